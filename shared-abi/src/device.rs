@@ -8,7 +8,7 @@ use crate::Error;
 /// A Linux device number in the kernel's internal `MKDEV` layout: 12 bits of major above
 /// 20 bits of minor. Used for physical disks (`hda` is 3:0) and for virtual devices (`xvda`
 /// is 202:0) alike.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DeviceNumber(u32);
 
 const MINOR_BITS: u32 = 20;

@@ -1,0 +1,141 @@
+//! Guest memory as the hypervisor sees it: addresses that must be checked before use.
+//!
+//! An address a guest passes is an allegation. [`GuestAddress`] has no `+`: offsets go
+//! through [`GuestAddress::checked_offset`] and array elements through
+//! [`GuestAddress::element`], which fail on wrap-around instead of aliasing low memory.
+
+use shared_abi::Error;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// An address in the calling domain's memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestAddress(pub u64);
+
+impl GuestAddress {
+    /// `self + bytes`, or `EFAULT` when it wraps.
+    pub fn checked_offset(self, bytes: u64) -> Result<GuestAddress, Error> {
+        self.0
+            .checked_add(bytes)
+            .map(GuestAddress)
+            .ok_or(Error::BadAddress)
+    }
+
+    /// The address of element `index` of an array of `element_size`-byte elements starting
+    /// here, or `EFAULT` when the multiplication or the addition wraps.
+    pub fn element(self, index: u64, element_size: usize) -> Result<GuestAddress, Error> {
+        let offset = index
+            .checked_mul(element_size as u64)
+            .ok_or(Error::BadAddress)?;
+        self.checked_offset(offset)
+    }
+}
+
+/// Copy-in and copy-out of the calling domain's memory, implemented by the hypervisor.
+/// Both must check the whole range `[address, address + len)` and fail with `EFAULT`
+/// without touching anything when any of it is outside the domain's memory.
+pub trait GuestMemory {
+    fn read(&self, address: GuestAddress, out: &mut [u8]) -> Result<(), Error>;
+    fn write(&mut self, address: GuestAddress, data: &[u8]) -> Result<(), Error>;
+}
+
+/// Guest memory held in one byte slice, addressed from zero: how the test hypervisor models
+/// the memory image a remote caller sends in its frame, and how host tests model a guest.
+pub struct SliceMemory<'a> {
+    bytes: &'a mut [u8],
+}
+
+impl<'a> SliceMemory<'a> {
+    pub fn new(bytes: &'a mut [u8]) -> SliceMemory<'a> {
+        SliceMemory { bytes }
+    }
+
+    /// The checked byte range `[address, address + len)` inside the slice.
+    fn range(&self, address: GuestAddress, len: usize) -> Result<core::ops::Range<usize>, Error> {
+        let start = usize::try_from(address.0).map_err(|_| Error::BadAddress)?;
+        let end = start.checked_add(len).ok_or(Error::BadAddress)?;
+        if end > self.bytes.len() {
+            return Err(Error::BadAddress);
+        }
+        Ok(start..end)
+    }
+}
+
+impl GuestMemory for SliceMemory<'_> {
+    fn read(&self, address: GuestAddress, out: &mut [u8]) -> Result<(), Error> {
+        let range = self.range(address, out.len())?;
+        out.copy_from_slice(&self.bytes[range]);
+        Ok(())
+    }
+
+    fn write(&mut self, address: GuestAddress, data: &[u8]) -> Result<(), Error> {
+        let range = self.range(address, data.len())?;
+        self.bytes[range].copy_from_slice(data);
+        Ok(())
+    }
+}
+
+/// Copy one wire struct in. The result is a local copy: nothing keeps pointing into guest
+/// memory, so the guest cannot change it after it is validated.
+pub(crate) fn read_struct<T, M>(memory: &M, address: GuestAddress) -> Result<T, Error>
+where
+    T: FromBytes + IntoBytes + KnownLayout + Immutable,
+    M: GuestMemory + ?Sized,
+{
+    let mut value = T::new_zeroed();
+    memory.read(address, value.as_mut_bytes())?;
+    Ok(value)
+}
+
+/// Copy one wire struct out.
+pub(crate) fn write_struct<T, M>(
+    memory: &mut M,
+    address: GuestAddress,
+    value: &T,
+) -> Result<(), Error>
+where
+    T: IntoBytes + Immutable,
+    M: GuestMemory + ?Sized,
+{
+    memory.write(address, value.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slice_memory_checks_every_byte_of_the_range() {
+        let mut bytes = [0u8; 16];
+        let mut memory = SliceMemory::new(&mut bytes);
+        let mut out = [0u8; 4];
+        assert_eq!(memory.read(GuestAddress(12), &mut out), Ok(()));
+        assert_eq!(
+            memory.read(GuestAddress(13), &mut out),
+            Err(Error::BadAddress)
+        );
+        assert_eq!(
+            memory.read(GuestAddress(u64::MAX), &mut out),
+            Err(Error::BadAddress)
+        );
+        assert_eq!(memory.write(GuestAddress(16), &[1]), Err(Error::BadAddress));
+        assert_eq!(memory.write(GuestAddress(15), &[7]), Ok(()));
+        assert_eq!(bytes[15], 7);
+    }
+
+    #[test]
+    fn address_arithmetic_refuses_wrap_around() {
+        assert_eq!(
+            GuestAddress(u64::MAX).checked_offset(1),
+            Err(Error::BadAddress)
+        );
+        assert_eq!(GuestAddress(8).element(2, 24), Ok(GuestAddress(56)));
+        assert_eq!(
+            GuestAddress(0).element(u64::MAX / 2, 24),
+            Err(Error::BadAddress)
+        );
+        assert_eq!(
+            GuestAddress(u64::MAX - 10).element(1, 24),
+            Err(Error::BadAddress)
+        );
+    }
+}
