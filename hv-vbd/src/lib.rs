@@ -39,3 +39,9 @@ pub type DefaultVbdTable = VbdTable<64, 16, 65536, 16>;
 
 /// The size of [`DefaultVbdTable`] in bytes.
 pub const DEFAULT_TABLE_BYTES: usize = core::mem::size_of::<DefaultVbdTable>();
+
+// The footprint promised above, checked at compile time: at most 32 bytes per extent, and
+// the default table is the arena plus under 64 KiB of VBD and domain slots.
+const _: () = assert!(BYTES_PER_EXTENT == 28);
+const _: () = assert!(DEFAULT_TABLE_BYTES >= 65536 * BYTES_PER_EXTENT);
+const _: () = assert!(DEFAULT_TABLE_BYTES < 65536 * BYTES_PER_EXTENT + 64 * 1024);
