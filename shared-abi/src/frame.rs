@@ -54,6 +54,10 @@ pub enum FrameKind {
     /// Hypervisor → host: a frame was malformed; payload is a [`crate::wire::BlockResponse`]
     /// holding the errno. Sequence is the malformed frame's when its header was readable.
     Reject = 8,
+    /// dom0 → hypervisor: print the summary line and power off (other ports: `EPERM`).
+    /// Test harnesses end every run this way, so a run passes only on the agreed exit code
+    /// and the summary line.
+    Shutdown = 9,
 }
 
 impl TryFrom<u8> for FrameKind {
@@ -69,6 +73,7 @@ impl TryFrom<u8> for FrameKind {
             6 => FrameKind::BlockResponse,
             7 => FrameKind::ChangeNotice,
             8 => FrameKind::Reject,
+            9 => FrameKind::Shutdown,
             _ => return Err(FrameError::UnknownKind),
         })
     }
