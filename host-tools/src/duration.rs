@@ -1,0 +1,110 @@
+//! Expiry durations as people type them: seconds, `0` or `never`, or `30s`, `10m`, `2h`, `7d`.
+
+use crate::error::{Error, Result};
+
+/// When a virtual disk expires, relative to the moment the operation runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expiry {
+    /// The disk lives until it is deleted.
+    Never,
+    /// The disk expires this many seconds from now.
+    After(u64),
+}
+
+/// The longest expiry accepted. Far beyond any real use, and it keeps every expiry time a
+/// four-digit year in RFC 3339.
+pub const LONGEST_EXPIRY_SECONDS: u64 = 100 * 365 * 24 * 3600;
+
+/// Parse an expiry. A bare `0` means never, as in the seed; `0s` and the like are refused
+/// because a disk that expires at once is almost certainly a typo.
+pub fn parse_expiry(text: &str) -> Result<Expiry> {
+    let bad = |reason: &str| Error::Usage(format!("expiry {text:?}: {reason}"));
+    let trimmed = text.trim();
+    if trimmed == "0" || trimmed.eq_ignore_ascii_case("never") {
+        return Ok(Expiry::Never);
+    }
+    let digits_end = trimmed
+        .find(|character: char| !character.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (digits, unit) = trimmed.split_at(digits_end);
+    if digits.is_empty() {
+        return Err(bad(
+            "not a duration (expected seconds, 0 or never, or a number with s, m, h or d)",
+        ));
+    }
+    let multiplier: u64 = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(bad("unknown unit (use s, m, h or d)")),
+    };
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| bad("too long (at most 100 years)"))?;
+    if number == 0 {
+        return Err(bad("must be greater than zero (use 0 or never for no expiry)"));
+    }
+    match number.checked_mul(multiplier) {
+        Some(seconds) if seconds <= LONGEST_EXPIRY_SECONDS => Ok(Expiry::After(seconds)),
+        _ => Err(bad("too long (at most 100 years)")),
+    }
+}
+
+impl Expiry {
+    /// The absolute expiry time for an operation running at `now` (Unix seconds), or `None`
+    /// for a disk that never expires.
+    pub fn expires_at(self, now: i64) -> Option<i64> {
+        match self {
+            Expiry::Never => None,
+            // Cannot overflow: LONGEST_EXPIRY_SECONDS is far below i64::MAX - now.
+            Expiry::After(seconds) => Some(now.saturating_add(seconds as i64)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(text: &str) -> String {
+        parse_expiry(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn units_multiply() {
+        assert_eq!(parse_expiry("45").unwrap(), Expiry::After(45));
+        assert_eq!(parse_expiry("30s").unwrap(), Expiry::After(30));
+        assert_eq!(parse_expiry("10m").unwrap(), Expiry::After(600));
+        assert_eq!(parse_expiry("2h").unwrap(), Expiry::After(7200));
+        assert_eq!(parse_expiry("7d").unwrap(), Expiry::After(604800));
+    }
+
+    #[test]
+    fn zero_and_never_mean_never() {
+        assert_eq!(parse_expiry("0").unwrap(), Expiry::Never);
+        assert_eq!(parse_expiry("never").unwrap(), Expiry::Never);
+        assert_eq!(Expiry::Never.expires_at(100), None);
+        assert_eq!(Expiry::After(5).expires_at(100), Some(105));
+    }
+
+    #[test]
+    fn bad_durations_are_refused_with_the_reason() {
+        assert_eq!(
+            error("0s"),
+            "expiry \"0s\": must be greater than zero (use 0 or never for no expiry)"
+        );
+        assert_eq!(
+            error("-1"),
+            "expiry \"-1\": not a duration (expected seconds, 0 or never, or a number with s, m, h or d)"
+        );
+        assert_eq!(error("5w"), "expiry \"5w\": unknown unit (use s, m, h or d)");
+        assert_eq!(error("1.5h"), "expiry \"1.5h\": unknown unit (use s, m, h or d)");
+        assert_eq!(error("36600d"), "expiry \"36600d\": too long (at most 100 years)");
+        assert_eq!(
+            error("99999999999999999999999"),
+            "expiry \"99999999999999999999999\": too long (at most 100 years)"
+        );
+        assert_eq!(parse_expiry("x").unwrap_err().exit_code(), 2);
+    }
+}

@@ -1,0 +1,142 @@
+//! The database schema, its version (`PRAGMA user_version`) and the migrations between
+//! versions. Constraints live here, in the schema, so that no code path can break them.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::error::Result;
+
+/// `PRAGMA application_id` of a vdisk database ("VDSK"): tells our file from any other
+/// SQLite file, so that a foreign database is refused instead of being "migrated".
+pub const APPLICATION_ID: i32 = 0x5644_534B;
+
+/// Each migration takes the schema from version `index` to `index + 1`.
+const MIGRATIONS: &[&str] = &[
+    // Version 1.
+    //
+    // `extents` is the free pool. A virtual disk owns an extent through
+    // `virtual_disk_extents`; it is live while `expires_at` is NULL or in the future, and an
+    // extent is free when no live disk owns it and no recorded attachment overlaps it. Rows
+    // of expired disks stay, so that `undelete` can tell whether an extent was reissued.
+    // `dirty` marks an extent that may hold someone's data; allocation zeros it first.
+    "
+    CREATE TABLE pool_partitions (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL CHECK (length(name) BETWEEN 1 AND 32),
+        device INTEGER NOT NULL CHECK (device BETWEEN 0 AND 4294967295),
+        start_sector INTEGER NOT NULL CHECK (start_sector >= 0),
+        nr_sectors INTEGER NOT NULL CHECK (nr_sectors > 0),
+        extent_sectors INTEGER NOT NULL CHECK (extent_sectors > 0 AND extent_sectors <= nr_sectors),
+        formatted_at INTEGER NOT NULL,
+        UNIQUE (device, start_sector)
+    ) STRICT;
+
+    CREATE TABLE extents (
+        id INTEGER PRIMARY KEY,
+        partition_id INTEGER NOT NULL REFERENCES pool_partitions (id),
+        device INTEGER NOT NULL CHECK (device BETWEEN 0 AND 4294967295),
+        start_sector INTEGER NOT NULL CHECK (start_sector >= 0),
+        nr_sectors INTEGER NOT NULL CHECK (nr_sectors > 0),
+        dirty INTEGER NOT NULL DEFAULT 1 CHECK (dirty IN (0, 1)),
+        UNIQUE (device, start_sector)
+    ) STRICT;
+
+    CREATE TABLE virtual_disks (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        state TEXT NOT NULL CHECK (state IN ('creating', 'ready')),
+        size_sectors INTEGER NOT NULL CHECK (size_sectors > 0),
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER
+    ) STRICT;
+
+    CREATE TABLE virtual_disk_extents (
+        virtual_disk_id INTEGER NOT NULL REFERENCES virtual_disks (id),
+        position INTEGER NOT NULL CHECK (position >= 0),
+        extent_id INTEGER NOT NULL REFERENCES extents (id),
+        PRIMARY KEY (virtual_disk_id, position),
+        UNIQUE (virtual_disk_id, extent_id)
+    ) STRICT;
+
+    CREATE INDEX virtual_disk_extents_by_extent ON virtual_disk_extents (extent_id);
+
+    CREATE TABLE attachments (
+        id INTEGER PRIMARY KEY,
+        uname TEXT NOT NULL,
+        virtual_disk_id INTEGER REFERENCES virtual_disks (id),
+        domain INTEGER NOT NULL CHECK (domain BETWEEN 0 AND 4294967295),
+        vdevice INTEGER NOT NULL CHECK (vdevice BETWEEN 0 AND 4294967295),
+        mode TEXT NOT NULL CHECK (mode IN ('r', 'rw')),
+        attached_at INTEGER NOT NULL,
+        UNIQUE (domain, vdevice)
+    ) STRICT;
+
+    CREATE TABLE attachment_extents (
+        attachment_id INTEGER NOT NULL REFERENCES attachments (id) ON DELETE CASCADE,
+        position INTEGER NOT NULL CHECK (position >= 0),
+        device INTEGER NOT NULL CHECK (device BETWEEN 0 AND 4294967295),
+        start_sector INTEGER NOT NULL CHECK (start_sector >= 0),
+        nr_sectors INTEGER NOT NULL CHECK (nr_sectors > 0),
+        PRIMARY KEY (attachment_id, position)
+    ) STRICT;
+
+    CREATE INDEX attachment_extents_by_device ON attachment_extents (device, start_sector);
+    ",
+];
+
+/// The schema version this build writes.
+pub const LATEST_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Bring the schema up to [`LATEST_VERSION`] in one immediate transaction. The version is
+/// read again inside the transaction, so two processes initialising one file at once apply
+/// each migration once.
+pub fn migrate(connection: &mut Connection) -> Result<()> {
+    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = transaction.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+        transaction.execute_batch(migration)?;
+        // PRAGMA arguments cannot be bound; these are our own integer constants.
+        transaction.execute_batch(&format!(
+            "PRAGMA user_version = {}; PRAGMA application_id = {APPLICATION_ID};",
+            index + 1
+        ))?;
+    }
+    transaction.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrating_twice_is_harmless() {
+        let mut connection = Connection::open_in_memory().unwrap();
+        migrate(&mut connection).unwrap();
+        migrate(&mut connection).unwrap();
+        let version: i64 = connection
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, LATEST_VERSION);
+    }
+
+    #[test]
+    fn constraints_refuse_nonsense_rows() {
+        let mut connection = Connection::open_in_memory().unwrap();
+        migrate(&mut connection).unwrap();
+        let refused = connection.execute(
+            "INSERT INTO virtual_disks (state, size_sectors, created_at) VALUES ('ready', 0, 0)",
+            [],
+        );
+        assert_eq!(
+            refused.unwrap_err().to_string(),
+            "CHECK constraint failed: size_sectors > 0"
+        );
+        let refused = connection.execute(
+            "INSERT INTO virtual_disks (state, size_sectors, created_at) VALUES ('zombie', 1, 0)",
+            [],
+        );
+        assert_eq!(
+            refused.unwrap_err().to_string(),
+            "CHECK constraint failed: state IN ('creating', 'ready')"
+        );
+    }
+}
