@@ -1,1 +1,58 @@
-fn main() {}
+//! `cargo xtask`: the project's automation, in Rust so it runs wherever cargo does.
+//!
+//! Every external command is printed before it runs. Exit status: 0 when everything held,
+//! 1 when a step failed, 2 for a usage error.
+
+mod demo;
+mod provision;
+mod qemu;
+mod test;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [options]
+
+commands:
+  demo                          the HOWTO walkthrough in QEMU, every command printed
+  test                          formatting, clippy, every host test, the no_std builds and
+                                the QEMU integration suite
+  qemu [--dir DIR] [--disk NAME=SIZE ...]
+                                boot the test hypervisor with partitioned images and keep it
+                                running; writes DIR/machine.toml for `vdisk --devices`/`--hv`
+                                (default DIR target/qemu, disks hda=256M hdb=256M)
+
+examples:
+  cargo xtask demo
+  cargo xtask qemu --dir /tmp/vm --disk hda=512M --disk hdb=128M
+";
+
+fn main() -> ExitCode {
+    let arguments: Vec<String> = std::env::args().skip(1).collect();
+    let result = match arguments.first().map(String::as_str) {
+        Some("demo") if arguments.len() == 1 => demo::run(),
+        Some("test") if arguments.len() == 1 => test::run(),
+        Some("qemu") => match qemu::Options::parse(&arguments[1..]) {
+            Ok(options) => qemu::run(options),
+            Err(message) => return usage_error(&message),
+        },
+        Some("-h" | "--help" | "help") => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => return usage_error(&format!("unknown command or arguments: `{other}`")),
+        None => return usage_error("no command given"),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("xtask: {message}\n\n{USAGE}");
+    ExitCode::from(2)
+}

@@ -1,0 +1,52 @@
+//! Building what a machine needs: the hypervisor ELF and the `vdisk` binary.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::process::run;
+
+/// The workspace root, found from this crate's manifest directory (`tests/machine`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("tests/machine is two levels deep")
+        .to_path_buf()
+}
+
+/// Build the test hypervisor (release, `x86_64-unknown-none`) and return the ELF's path.
+/// Runs cargo from the hypervisor's directory so its own `.cargo/config.toml` applies.
+pub fn build_hypervisor() -> Result<PathBuf, String> {
+    let directory = workspace_root().join("tests/hypervisor");
+    run(Command::new(env!("CARGO")).current_dir(&directory).args([
+        "build",
+        "--release",
+        "--target",
+        "x86_64-unknown-none",
+    ]))?;
+    let elf = directory.join("target/x86_64-unknown-none/release/vbd-hypervisor");
+    if elf.is_file() {
+        Ok(elf)
+    } else {
+        Err(format!(
+            "the hypervisor build did not produce {}",
+            elf.display()
+        ))
+    }
+}
+
+/// Build the `vdisk` command and return its path.
+pub fn build_vdisk() -> Result<PathBuf, String> {
+    let root = workspace_root();
+    run(Command::new(env!("CARGO")).current_dir(&root).args([
+        "build",
+        "--quiet",
+        "--package",
+        "host-tools",
+        "--bin",
+        "vdisk",
+    ]))?;
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    Ok(target.join("debug/vdisk"))
+}

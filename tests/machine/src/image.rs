@@ -1,0 +1,127 @@
+//! Sparse disk images partitioned with `sfdisk`.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use shared_abi::DeviceNumber;
+
+/// The default layout: three MBR partitions of 64 MiB, 96 MiB and the rest.
+pub const DEFAULT_PARTITIONS: &str = "label: dos\n,64M\n,96M\n,\n";
+
+/// One disk of a machine: an IDE name (`hda`..`hdd`), a size, and an `sfdisk` script
+/// (empty for an unpartitioned disk).
+#[derive(Clone, Debug)]
+pub struct DiskSpec {
+    pub name: String,
+    pub size_bytes: u64,
+    pub partitions: String,
+}
+
+impl DiskSpec {
+    /// Parse `NAME=SIZE` as `cargo xtask qemu --disk` takes it: SIZE in bytes or with a
+    /// K, M or G suffix; the default three-partition layout.
+    pub fn parse(text: &str) -> Result<DiskSpec, String> {
+        let (name, size) = text
+            .split_once('=')
+            .ok_or_else(|| format!("disk `{text}`: expected NAME=SIZE, e.g. hda=256M"))?;
+        if !["hda", "hdb", "hdc", "hdd"].contains(&name) {
+            return Err(format!(
+                "disk `{text}`: the name must be hda, hdb, hdc or hdd (IDE)"
+            ));
+        }
+        let (digits, unit) = match size.char_indices().last() {
+            Some((index, 'K')) => (&size[..index], 1u64 << 10),
+            Some((index, 'M')) => (&size[..index], 1 << 20),
+            Some((index, 'G')) => (&size[..index], 1 << 30),
+            _ => (size, 1),
+        };
+        let size_bytes = digits
+            .parse::<u64>()
+            .ok()
+            .and_then(|count| count.checked_mul(unit))
+            .filter(|&bytes| bytes >= 4 << 20 && bytes % 512 == 0)
+            .ok_or_else(|| {
+                format!("disk `{text}`: size must be a multiple of 512 bytes and at least 4M")
+            })?;
+        Ok(DiskSpec {
+            name: name.to_owned(),
+            size_bytes,
+            partitions: DEFAULT_PARTITIONS.to_owned(),
+        })
+    }
+
+    /// The Linux device number of the whole disk (`hda` is 3:0).
+    pub fn device(&self) -> DeviceNumber {
+        DeviceNumber::from_name(&self.name).expect("validated IDE name")
+    }
+
+    /// QEMU's IDE index: hda 0 .. hdd 3.
+    pub fn ide_index(&self) -> usize {
+        usize::from(self.name.as_bytes()[2] - b'a')
+    }
+
+    /// Create the sparse image at `path` and partition it.
+    pub fn create(&self, path: &Path) -> Result<(), String> {
+        let file = File::create(path).map_err(|error| format!("{}: {error}", path.display()))?;
+        file.set_len(self.size_bytes)
+            .map_err(|error| format!("{}: {error}", path.display()))?;
+        if self.partitions.is_empty() {
+            return Ok(());
+        }
+        let mut command = Command::new("sfdisk");
+        command
+            .args(["--quiet", "--no-reread", "--no-tell-kernel"])
+            .arg(path);
+        eprintln!(
+            "$ {} <<< {:?}",
+            crate::process::display(&command),
+            self.partitions
+        );
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|error| format!("sfdisk: {error} (install the fdisk package)"))?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(self.partitions.as_bytes())
+            .map_err(|error| format!("sfdisk: {error}"))?;
+        let status = child.wait().map_err(|error| format!("sfdisk: {error}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("sfdisk failed on {}: {status}", path.display()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_specs_parse() {
+        let disk = DiskSpec::parse("hdb=256M").unwrap();
+        assert_eq!(
+            (disk.name.as_str(), disk.size_bytes, disk.ide_index()),
+            ("hdb", 256 << 20, 1)
+        );
+        assert_eq!(disk.device().to_string(), "3:64");
+        assert_eq!(DiskSpec::parse("hdc=1G").unwrap().size_bytes, 1 << 30);
+        for bad in [
+            "hda",
+            "sda=64M",
+            "hda=",
+            "hda=1K",
+            "hda=xM",
+            "hda=513",
+            "hda=99999999999999999G",
+        ] {
+            assert!(DiskSpec::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

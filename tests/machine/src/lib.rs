@@ -1,0 +1,16 @@
+//! Boots the bare-metal test hypervisor in QEMU with partitioned disk images.
+//!
+//! Shared by `cargo xtask` (demo, qemu, bench) and the integration suite, so that every run
+//! is set up the same way: the hypervisor built for `x86_64-unknown-none`, sparse disk images
+//! partitioned by `sfdisk`, COM1 logged to `console.log`, COM2..COM4 on unix sockets for
+//! dom0, dom1 and dom2, `machine.toml` describing it all, and QEMU under a wall-clock timeout
+//! that dies with the process that started it.
+
+mod build;
+mod image;
+mod machine;
+pub mod process;
+
+pub use build::{build_hypervisor, build_vdisk, workspace_root};
+pub use image::{DiskSpec, DEFAULT_PARTITIONS};
+pub use machine::{Machine, MachineConfig, SUMMARY_PREFIX};
