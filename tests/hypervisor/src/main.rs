@@ -1,0 +1,224 @@
+//! A bare-metal x86_64 test hypervisor for the VBD layer, booted by QEMU through PVH.
+//!
+//! It links `hv-vbd`, finds the IDE disks and registers them, and then serves three serial
+//! ports, each the channel of one domain: COM2 is dom0, COM3 domain 1, COM4 domain 2. COM1
+//! is the console. Hypercalls arrive as frames carrying the caller's memory image; block
+//! requests are translated by `hv-vbd` and carried out by the ATA driver. There is one core,
+//! no interrupts and no allocator: the main loop polls the ports round-robin.
+#![no_std]
+#![no_main]
+
+mod ata;
+mod boot;
+mod channel;
+mod cpu;
+mod disks;
+mod exit;
+mod serial;
+mod server;
+mod timer;
+
+use hv_vbd::{DefaultVbdTable, Segment, SharingLevel, VbdTable};
+use shared_abi::DeviceNumber;
+
+use crate::channel::{Receiver, Step, IDLE_MILLISECONDS};
+use crate::disks::Disks;
+use crate::exit::ExitCode;
+use crate::serial::log;
+use crate::server::{
+    ChannelPort, Server, Statistics, CHANNEL_PORTS, MAX_BLOCK_BYTES, MAX_SEGMENTS,
+};
+use crate::timer::Instant;
+
+/// Bytes read from one port before the loop moves on, so a busy port cannot starve the
+/// others of attention.
+const BYTES_PER_TURN: usize = 4096;
+
+static TABLE: DefaultVbdTable = VbdTable::new(SharingLevel::ReadersOnly);
+
+/// The large buffers, in `.bss` rather than on the stack: one frame per port, one block
+/// transfer and one translated segment list. The main loop locks it once and keeps it.
+struct Workspace {
+    receivers: [Receiver; CHANNEL_PORTS.len()],
+    block_buffer: [u8; MAX_BLOCK_BYTES],
+    segments: [Segment; MAX_SEGMENTS],
+}
+
+static WORKSPACE: spin::Mutex<Workspace> = spin::Mutex::new(Workspace {
+    receivers: [Receiver::new(), Receiver::new(), Receiver::new()],
+    block_buffer: [0; MAX_BLOCK_BYTES],
+    segments: [Segment {
+        device: DeviceNumber::from_raw(0),
+        sector: 0,
+        nr_sectors: 0,
+    }; MAX_SEGMENTS],
+});
+
+/// Called by the entry code in 64-bit mode with a stack.
+#[no_mangle]
+extern "C" fn hypervisor_main() -> ! {
+    serial::COM1.initialise();
+    log!("booting");
+    match timer::calibrate() {
+        Ok(ticks_per_millisecond) => log!("TSC runs at {ticks_per_millisecond} kHz"),
+        Err(error) => {
+            log!("fatal: cannot calibrate the TSC: {error}");
+            exit::exit(ExitCode::Boot);
+        }
+    }
+    let present = CHANNEL_PORTS.map(|port| port.uart.initialise());
+    for (port, present) in CHANNEL_PORTS.iter().zip(present) {
+        if !present {
+            log!(
+                "{}: no UART; domain {} is not served",
+                port.name,
+                port.domain
+            );
+        }
+    }
+    let disks = Disks::discover();
+    for disk in disks.iter() {
+        let registered = TABLE.register_disk(hv_vbd::Disk {
+            device: disk.device,
+            sectors: disk.ata.sectors(),
+        });
+        if let Err(error) = registered {
+            log!("fatal: cannot register {}: {}", disk.name, error.name());
+            exit::exit(ExitCode::Boot);
+        }
+        log!(
+            "disk {} {} sectors={} ({} MiB) model=\"{}\"",
+            disk.name,
+            disk.device,
+            disk.ata.sectors(),
+            disk.mebibytes(),
+            disk.ata.model()
+        );
+    }
+    log!(
+        "ready ports={} disks={}",
+        present.iter().filter(|&&present| present).count(),
+        disks.iter().count()
+    );
+    for (port, present) in CHANNEL_PORTS.iter().zip(present) {
+        if present {
+            port.send_ready();
+        }
+    }
+    serve_forever(&disks, present)
+}
+
+/// Poll every present channel port in turn, reassemble frames and serve them.
+fn serve_forever(disks: &Disks, present: [bool; CHANNEL_PORTS.len()]) -> ! {
+    let mut workspace = WORKSPACE.lock();
+    let Workspace {
+        receivers,
+        block_buffer,
+        segments,
+    } = &mut *workspace;
+    let mut server = Server {
+        table: &TABLE,
+        disks,
+        block_buffer,
+        segments,
+        statistics: Statistics::default(),
+    };
+    loop {
+        for (index, port) in CHANNEL_PORTS.iter().enumerate() {
+            if !present[index] {
+                continue;
+            }
+            let receiver = &mut receivers[index];
+            receiver.receive(|| port.uart.try_read(), BYTES_PER_TURN);
+            if receiver.abandon_if_idle() {
+                server.statistics.partial_frames_abandoned += 1;
+                log!(
+                    "{}: dropped a partial frame idle for over {IDLE_MILLISECONDS} ms",
+                    port.name
+                );
+            }
+            let turn = serve_buffered_frames(&mut server, port, receiver, present);
+            let discarded = receiver.take_discarded();
+            if discarded != 0 {
+                server.statistics.bytes_skipped += discarded as u64;
+                log!(
+                    "{}: skipped {discarded} bytes that were not a frame",
+                    port.name
+                );
+            }
+            if turn.shutdown {
+                log!("shutdown requested by dom0");
+                log!("summary {}", server.statistics);
+                exit::exit(ExitCode::Success);
+            }
+            if let Some(domain) = turn.destroyed {
+                if let Some(target) = CHANNEL_PORTS.iter().position(|port| port.domain == domain) {
+                    receivers[target].clear();
+                    if present[target] {
+                        log!(
+                            "{}: serving a fresh domain {domain}",
+                            CHANNEL_PORTS[target].name
+                        );
+                        CHANNEL_PORTS[target].send_ready();
+                    }
+                }
+            }
+            if turn.served {
+                // Bytes that waited in QEMU while we served were not the senders' idleness.
+                let now = Instant::now();
+                receivers
+                    .iter_mut()
+                    .for_each(|receiver| receiver.resume(now));
+            }
+        }
+    }
+}
+
+/// What one port's turn did that concerns the other ports.
+struct Turn {
+    served: bool,
+    destroyed: Option<u32>,
+    shutdown: bool,
+}
+
+/// Serve every complete frame the receiver holds. Bounded: each step consumes bytes.
+fn serve_buffered_frames(
+    server: &mut Server<'_>,
+    port: &ChannelPort,
+    receiver: &mut Receiver,
+    present: [bool; CHANNEL_PORTS.len()],
+) -> Turn {
+    let mut turn = Turn {
+        served: false,
+        destroyed: None,
+        shutdown: false,
+    };
+    loop {
+        match receiver.step() {
+            Step::NeedMore => return turn,
+            Step::Rejected { sequence, error } => {
+                server.statistics.frames_rejected += 1;
+                log!("{}: rejected frame {sequence}: {error}", port.name);
+                port.send_reject(sequence, error.errno());
+            }
+            Step::Frame { header, payload } => {
+                turn.served = true;
+                let served = server.serve(port, header, payload);
+                if let Some(changed) = served.changed {
+                    let target = CHANNEL_PORTS
+                        .iter()
+                        .zip(present)
+                        .find(|(target, present)| *present && target.domain == changed.domain);
+                    if let Some((target, _)) = target {
+                        target.send_change(changed);
+                    }
+                }
+                turn.destroyed = turn.destroyed.or(served.destroyed);
+                if served.shutdown {
+                    turn.shutdown = true;
+                    return turn;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! 16550 UARTs: COM1 is the console, COM2..COM4 carry the frame channels.
+//!
+//! Everything is polled; interrupts stay off. QEMU moves bytes from a socket into a UART's
+//! receive FIFO only while the FIFO has room, so a port that is not read for a while loses
+//! nothing: its peer's bytes wait in QEMU and the socket.
+
+use core::fmt::{self, Write};
+
+use crate::cpu;
+use crate::timer::Deadline;
+
+/// Register offsets from a UART's base port.
+const DATA: u16 = 0;
+const INTERRUPT_ENABLE: u16 = 1;
+const FIFO_CONTROL: u16 = 2;
+const LINE_CONTROL: u16 = 3;
+const MODEM_CONTROL: u16 = 4;
+const LINE_STATUS: u16 = 5;
+const SCRATCH: u16 = 7;
+
+const LINE_STATUS_DATA_READY: u8 = 0x01;
+const LINE_STATUS_TRANSMIT_EMPTY: u8 = 0x20;
+/// Bytes the transmit FIFO holds once it reports empty.
+const TRANSMIT_FIFO_BYTES: usize = 16;
+
+/// The console.
+pub const COM1: Uart = Uart::new(0x3F8);
+
+/// One 16550-compatible UART at a fixed base port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Uart {
+    base: u16,
+}
+
+/// A peer stopped accepting bytes: QEMU kept the transmit FIFO full past the deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransmitStalled;
+
+impl Uart {
+    pub const fn new(base: u16) -> Uart {
+        Uart { base }
+    }
+
+    /// Program 115200 8N1 with FIFOs on and interrupts off; returns whether a UART answers
+    /// at this port (a missing one reads back all ones from its scratch register).
+    pub fn initialise(self) -> bool {
+        cpu::write_byte(self.base + SCRATCH, 0x5A);
+        if cpu::read_byte(self.base + SCRATCH) != 0x5A {
+            return false;
+        }
+        cpu::write_byte(self.base + INTERRUPT_ENABLE, 0x00);
+        // Divisor latch access, divisor 1 (115200 baud; QEMU ignores the rate anyway).
+        cpu::write_byte(self.base + LINE_CONTROL, 0x80);
+        cpu::write_byte(self.base + DATA, 0x01);
+        cpu::write_byte(self.base + INTERRUPT_ENABLE, 0x00);
+        cpu::write_byte(self.base + LINE_CONTROL, 0x03);
+        // FIFOs on and cleared, receive trigger at 14 bytes: QEMU then offers up to 14 bytes
+        // per refill instead of one.
+        cpu::write_byte(self.base + FIFO_CONTROL, 0xC7);
+        cpu::write_byte(self.base + MODEM_CONTROL, 0x03);
+        true
+    }
+
+    /// The next received byte, if one is waiting.
+    pub fn try_read(self) -> Option<u8> {
+        if cpu::read_byte(self.base + LINE_STATUS) & LINE_STATUS_DATA_READY != 0 {
+            Some(cpu::read_byte(self.base + DATA))
+        } else {
+            None
+        }
+    }
+
+    fn transmit_empty(self) -> bool {
+        cpu::read_byte(self.base + LINE_STATUS) & LINE_STATUS_TRANSMIT_EMPTY != 0
+    }
+
+    /// Transmit `bytes`, giving up when the transmit FIFO stays full for longer than
+    /// `patience_milliseconds` at a time (the peer's socket is full: it stopped reading).
+    pub fn write(self, bytes: &[u8], patience_milliseconds: u64) -> Result<(), TransmitStalled> {
+        for chunk in bytes.chunks(TRANSMIT_FIFO_BYTES) {
+            if !self.transmit_empty() {
+                let deadline = Deadline::after_milliseconds(patience_milliseconds);
+                while !self.transmit_empty() {
+                    if deadline.expired() {
+                        return Err(TransmitStalled);
+                    }
+                }
+            }
+            for &byte in chunk {
+                cpu::write_byte(self.base + DATA, byte);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The console as a `fmt::Write` sink. A console nobody reads must not stop the
+/// hypervisor, so a write waits only briefly for the transmitter before dropping the line.
+pub struct Console;
+
+/// How long a console write may wait for the transmitter.
+const CONSOLE_PATIENCE_MILLISECONDS: u64 = 100;
+
+impl Write for Console {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        COM1.write(text.as_bytes(), CONSOLE_PATIENCE_MILLISECONDS)
+            .map_err(|_| fmt::Error)
+    }
+}
+
+/// Write one console line, prefixed so that harnesses can pick the hypervisor's lines out.
+pub fn log_line(arguments: fmt::Arguments<'_>) {
+    // A stalled console has nowhere to report its own failure.
+    let _ = Console.write_fmt(format_args!("vbd-hypervisor: {arguments}\n"));
+}
+
+/// `log!("format", args...)`: one line on the console.
+macro_rules! log {
+    ($($argument:tt)*) => {
+        $crate::serial::log_line(format_args!($($argument)*))
+    };
+}
+pub(crate) use log;

@@ -1,0 +1,120 @@
+//! Wall-clock time from the time-stamp counter, calibrated once against the PIT.
+//!
+//! Idle timeouts and every bounded polling loop need milliseconds. The TSC is cheap to read
+//! but its rate is unknown, so boot counts TSC ticks across a known number of PIT ticks
+//! (channel 2, whose output is readable in port 0x61 without interrupts).
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::cpu;
+
+/// The PIT's input clock.
+const PIT_HERTZ: u64 = 1_193_182;
+/// Long enough that port-access jitter under TCG is noise, short enough not to slow boot.
+const CALIBRATION_MILLISECONDS: u64 = 50;
+const PIT_CHANNEL_2_DATA: u16 = 0x42;
+const PIT_COMMAND: u16 = 0x43;
+/// Bit 0 gates PIT channel 2, bit 1 routes it to the speaker, bit 5 reads its output.
+const SYSTEM_CONTROL: u16 = 0x61;
+const CHANNEL_2_GATE: u8 = 0x01;
+const SPEAKER_ENABLE: u8 = 0x02;
+const CHANNEL_2_OUTPUT: u8 = 0x20;
+/// Port reads before calibration gives up on a PIT that never fires: several seconds even
+/// at a fast emulated port read.
+const CALIBRATION_READ_LIMIT: u64 = 100_000_000;
+
+/// TSC ticks per millisecond. Until calibration this assumes a 4 GHz counter, which only
+/// makes early deadlines longer than asked, never shorter on a slower counter.
+static TICKS_PER_MILLISECOND: AtomicU64 = AtomicU64::new(4_000_000);
+
+/// Why the TSC could not be calibrated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CalibrationError {
+    /// The PIT's channel 2 output never went high.
+    PitSilent,
+    /// The TSC moved too little during the calibration interval to be a clock.
+    TscTooSlow { ticks: u64 },
+}
+
+impl core::fmt::Display for CalibrationError {
+    fn fmt(&self, formatter: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            CalibrationError::PitSilent => write!(formatter, "PIT channel 2 never fired"),
+            CalibrationError::TscTooSlow { ticks } => write!(
+                formatter,
+                "TSC advanced only {ticks} ticks in {CALIBRATION_MILLISECONDS} ms"
+            ),
+        }
+    }
+}
+
+/// Measure the TSC rate against PIT channel 2 in one-shot mode; returns ticks per
+/// millisecond and uses it for every later [`Deadline`] and [`Instant`].
+pub fn calibrate() -> Result<u64, CalibrationError> {
+    let count = PIT_HERTZ * CALIBRATION_MILLISECONDS / 1000;
+    let control = cpu::read_byte(SYSTEM_CONTROL);
+    cpu::write_byte(SYSTEM_CONTROL, (control & !SPEAKER_ENABLE) | CHANNEL_2_GATE);
+    // Channel 2, low byte then high byte, mode 0 (interrupt on terminal count), binary.
+    cpu::write_byte(PIT_COMMAND, 0b1011_0000);
+    cpu::write_byte(PIT_CHANNEL_2_DATA, (count & 0xFF) as u8);
+    // Counting starts with the high byte, so take the start time right after it.
+    cpu::write_byte(PIT_CHANNEL_2_DATA, (count >> 8) as u8);
+    let start = cpu::time_stamp();
+    let mut reads = 0;
+    while cpu::read_byte(SYSTEM_CONTROL) & CHANNEL_2_OUTPUT == 0 {
+        reads += 1;
+        if reads == CALIBRATION_READ_LIMIT {
+            return Err(CalibrationError::PitSilent);
+        }
+    }
+    let ticks = cpu::time_stamp().wrapping_sub(start);
+    let per_millisecond = ticks / CALIBRATION_MILLISECONDS;
+    // Below 1 MHz the counter is not the constant-rate TSC this code relies on.
+    if per_millisecond < 1000 {
+        return Err(CalibrationError::TscTooSlow { ticks });
+    }
+    TICKS_PER_MILLISECOND.store(per_millisecond, Ordering::Relaxed);
+    Ok(per_millisecond)
+}
+
+fn ticks_per_millisecond() -> u64 {
+    TICKS_PER_MILLISECOND.load(Ordering::Relaxed)
+}
+
+/// A point in time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Instant {
+    ticks: u64,
+}
+
+impl Instant {
+    pub fn now() -> Instant {
+        Instant {
+            ticks: cpu::time_stamp(),
+        }
+    }
+
+    /// Whole milliseconds from `self` to now.
+    pub fn elapsed_milliseconds(self) -> u64 {
+        cpu::time_stamp().saturating_sub(self.ticks) / ticks_per_millisecond()
+    }
+}
+
+/// The end of a bounded wait.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline {
+    end_ticks: u64,
+}
+
+impl Deadline {
+    pub fn after_milliseconds(milliseconds: u64) -> Deadline {
+        Deadline {
+            end_ticks: cpu::time_stamp()
+                .saturating_add(milliseconds.saturating_mul(ticks_per_millisecond())),
+        }
+    }
+
+    pub fn expired(&self) -> bool {
+        cpu::time_stamp() >= self.end_ticks
+    }
+}
