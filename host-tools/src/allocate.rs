@@ -52,7 +52,10 @@ fn runs(free: &[FreeExtent]) -> Vec<Run> {
 /// Ties go to the lowest device and sector, so the choice is deterministic. The result is
 /// in disk order, which is also the virtual disk's layout. `None` when the pool is short.
 pub fn choose_extents(free: &[FreeExtent], size_sectors: u64) -> Option<Vec<FreeExtent>> {
-    let total: u64 = free.iter().map(|candidate| candidate.extent.nr_sectors).sum();
+    let total: u64 = free
+        .iter()
+        .map(|candidate| candidate.extent.nr_sectors)
+        .sum();
     if total < size_sectors || size_sectors == 0 {
         return None;
     }
@@ -97,7 +100,9 @@ pub fn merge_adjacent(extents: &[Extent]) -> Vec<Extent> {
     let mut merged: Vec<Extent> = Vec::with_capacity(extents.len());
     for extent in extents {
         match merged.last_mut() {
-            Some(last) if last.device == extent.device && last.end_sector() == extent.start_sector => {
+            Some(last)
+                if last.device == extent.device && last.end_sector() == extent.start_sector =>
+            {
                 last.nr_sectors += extent.nr_sectors;
             }
             _ => merged.push(*extent),
@@ -127,7 +132,11 @@ mod tests {
     }
 
     fn ids(chosen: Option<Vec<FreeExtent>>) -> Vec<i64> {
-        chosen.unwrap().iter().map(|candidate| candidate.id).collect()
+        chosen
+            .unwrap()
+            .iter()
+            .map(|candidate| candidate.id)
+            .collect()
     }
 
     #[test]

@@ -7,7 +7,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{
+    params, Connection, ErrorCode, OpenFlags, OptionalExtension, Transaction, TransactionBehavior,
+};
 use shared_abi::wire::Extent;
 use shared_abi::DeviceNumber;
 
@@ -181,7 +183,9 @@ impl Database {
         match fs::File::open(path) {
             Ok(mut file) => {
                 let mut header = [0u8; 16];
-                let length = file.read(&mut header).map_err(|error| Error::io(path, error))?;
+                let length = file
+                    .read(&mut header)
+                    .map_err(|error| Error::io(path, error))?;
                 // An empty file is what SQLite itself leaves before its first write.
                 if length > 0 && (length < 16 || &header != SQLITE_MAGIC) {
                     return Err(bad("not an SQLite database".into()));
@@ -194,7 +198,10 @@ impl Database {
                         path.display()
                     )));
                 }
-                if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+                if let Some(parent) = path
+                    .parent()
+                    .filter(|parent| !parent.as_os_str().is_empty())
+                {
                     fs::create_dir_all(parent).map_err(|error| Error::io(parent, error))?;
                 }
             }
@@ -202,12 +209,17 @@ impl Database {
         }
         let flags = match mode {
             OpenMode::Existing => OpenFlags::SQLITE_OPEN_READ_WRITE,
-            OpenMode::CreateIfMissing => OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+            OpenMode::CreateIfMissing => {
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
+            }
         } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let mut connection = Connection::open_with_flags(path, flags).map_err(|error| bad(error.to_string()))?;
+        let mut connection =
+            Connection::open_with_flags(path, flags).map_err(|error| bad(error.to_string()))?;
         connection.busy_timeout(BUSY_TIMEOUT)?;
         let describe = |error: rusqlite::Error| match error.sqlite_error_code() {
-            Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => bad("corrupt (not a healthy SQLite file)".into()),
+            Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => {
+                bad("corrupt (not a healthy SQLite file)".into())
+            }
             _ => bad(error.to_string()),
         };
         let read_header = |connection: &Connection| -> rusqlite::Result<(i32, i64, i64)> {
@@ -220,10 +232,14 @@ impl Database {
         let (application_id, version, objects) = read_header(&connection).map_err(describe)?;
         let fresh = application_id == 0 && version == 0 && objects == 0;
         if fresh && mode == OpenMode::Existing {
-            return Err(bad("empty, not a vdisk database (vdisk format initialises one)".into()));
+            return Err(bad(
+                "empty, not a vdisk database (vdisk format initialises one)".into(),
+            ));
         }
         if !fresh && application_id != APPLICATION_ID {
-            return Err(bad("not a vdisk database (another program's SQLite file)".into()));
+            return Err(bad(
+                "not a vdisk database (another program's SQLite file)".into()
+            ));
         }
         if version > LATEST_VERSION {
             return Err(bad(format!(
@@ -262,19 +278,18 @@ impl Database {
 
     /// Add `region` to the free pool, split into extents of `extent_sectors` (a tail shorter
     /// than one extent is left out). Refused when it overlaps anything already in the pool.
-    pub fn format(&mut self, region: &Region, extent_sectors: u64, now: i64) -> Result<PoolPartition> {
-        if region.nr_sectors < extent_sectors {
-            return Err(Error::Refused(format!(
-                "phy:{}: its {} are smaller than one extent of {}",
-                region.name,
-                format_sectors(region.nr_sectors),
-                format_sectors(extent_sectors)
-            )));
-        }
+    pub fn format(
+        &mut self,
+        region: &Region,
+        extent_sectors: u64,
+        now: i64,
+    ) -> Result<PoolPartition> {
         let end = region
             .start_sector
             .checked_add(region.nr_sectors)
-            .ok_or_else(|| Error::Refused(format!("phy:{}: sector range overflows", region.name)))?;
+            .ok_or_else(|| {
+                Error::Refused(format!("phy:{}: sector range overflows", region.name))
+            })?;
         self.immediate(|transaction| {
             let overlapping: Option<(String, u64, u64)> = transaction
                 .query_row(
@@ -289,6 +304,14 @@ impl Database {
                 return Err(Error::Refused(format!(
                     "phy:{}: sectors {}+{} of {} overlap phy:{name} (sectors {start}+{count}), already in the pool",
                     region.name, region.start_sector, region.nr_sectors, region.disk_device
+                )));
+            }
+            if region.nr_sectors < extent_sectors {
+                return Err(Error::Refused(format!(
+                    "phy:{}: its {} are smaller than one extent of {}",
+                    region.name,
+                    format_sectors(region.nr_sectors),
+                    format_sectors(extent_sectors)
                 )));
             }
             transaction.execute(
@@ -385,7 +408,12 @@ impl Database {
     /// being created, holding its extents under a lease; [`Database::finish_create`] makes it
     /// usable once the caller has zeroed `to_zero`. Selecting and claiming happen in one
     /// immediate transaction, so concurrent creates never share an extent (seed defect 6).
-    pub fn begin_create(&mut self, size_sectors: u64, zero_all: bool, now: i64) -> Result<PendingCreate> {
+    pub fn begin_create(
+        &mut self,
+        size_sectors: u64,
+        zero_all: bool,
+        now: i64,
+    ) -> Result<PendingCreate> {
         self.immediate(|transaction| {
             let free = Self::free_extents(transaction, now)?;
             let candidates: Vec<FreeExtent> = free.iter().map(|(candidate, _)| *candidate).collect();
@@ -439,7 +467,9 @@ impl Database {
                 params![id.get(), now + CREATE_LEASE_SECONDS, now],
             )?;
             if changed == 0 {
-                return Err(Error::Refused(format!("{id}: lost its claim on its extents while being created")));
+                return Err(Error::Refused(format!(
+                    "{id}: lost its claim on its extents while being created"
+                )));
             }
             Ok(())
         })
@@ -454,7 +484,9 @@ impl Database {
                 params![id.get(), expiry.expires_at(now), now],
             )?;
             if changed == 0 {
-                return Err(Error::Refused(format!("{id}: lost its claim on its extents while being created")));
+                return Err(Error::Refused(format!(
+                    "{id}: lost its claim on its extents while being created"
+                )));
             }
             Self::read_virtual_disk(transaction, id, now)
         })
@@ -557,18 +589,7 @@ impl Database {
     /// it. With `wiped`, the caller has zeroed its extents, which are marked clean.
     pub fn delete(&mut self, id: VdId, force: bool, wiped: bool, now: i64) -> Result<VirtualDisk> {
         self.immediate(|transaction| {
-            let disk = Self::read_virtual_disk(transaction, id, now)?;
-            require_live(&disk)?;
-            if !force {
-                if let Some(attachment) = Self::attachments_where(transaction, Some(id))?.first() {
-                    return Err(Error::Refused(format!(
-                        "{id}: still attached to domain {} as {} ({}); detach it first or use --force",
-                        attachment.domain,
-                        vdevice_name(attachment.vdevice),
-                        attachment.mode.as_str()
-                    )));
-                }
-            }
+            Self::check_deletable(transaction, id, force, now)?;
             transaction.execute(
                 "UPDATE virtual_disks SET expires_at = ?2 WHERE id = ?1",
                 params![id.get(), now],
@@ -582,6 +603,28 @@ impl Database {
             }
             Self::read_virtual_disk(transaction, id, now)
         })
+    }
+
+    /// The disk `id`, when `delete` may expire it: live, and unless `force` with no
+    /// recorded attachment.
+    pub fn deletable(&self, id: VdId, force: bool, now: i64) -> Result<VirtualDisk> {
+        Self::check_deletable(&self.connection, id, force, now)
+    }
+
+    fn check_deletable(connection: &Connection, id: VdId, force: bool, now: i64) -> Result<VirtualDisk> {
+        let disk = Self::read_virtual_disk(connection, id, now)?;
+        require_live(&disk)?;
+        if !force {
+            if let Some(attachment) = Self::attachments_where(connection, Some(id))?.first() {
+                return Err(Error::Refused(format!(
+                    "{id}: still attached to domain {} as {} ({}); detach it first or use --force",
+                    attachment.domain,
+                    vdevice_name(attachment.vdevice),
+                    attachment.mode.as_str()
+                )));
+            }
+        }
+        Ok(disk)
     }
 
     /// Bring back an expired disk, never expiring, when none of its extents was given to a
@@ -694,7 +737,10 @@ impl Database {
                 .into_iter()
                 .find(|attachment| attachment.domain == domain && attachment.vdevice == vdevice)
                 .ok_or_else(|| {
-                    Error::NotFound(format!("domain {domain} {}: no recorded attachment", vdevice_name(vdevice)))
+                    Error::NotFound(format!(
+                        "domain {domain} {}: no recorded attachment",
+                        vdevice_name(vdevice)
+                    ))
                 })?;
             transaction.execute(
                 "DELETE FROM attachments WHERE domain = ?1 AND vdevice = ?2",
@@ -745,7 +791,11 @@ impl Database {
                 virtual_disk: virtual_disk.map(VdId::from_database),
                 domain,
                 vdevice: DeviceNumber::from_raw(vdevice),
-                mode: if mode == "rw" { AccessMode::ReadWrite } else { AccessMode::ReadOnly },
+                mode: if mode == "rw" {
+                    AccessMode::ReadWrite
+                } else {
+                    AccessMode::ReadOnly
+                },
                 extents,
             });
         }
@@ -763,9 +813,11 @@ impl Database {
             .into_iter()
             .filter(|line| line != "ok")
             .collect();
-        let foreign_key_violations: i64 = self
-            .connection
-            .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |row| row.get(0))?;
+        let foreign_key_violations: i64 = self.connection.query_row(
+            "SELECT count(*) FROM pragma_foreign_key_check",
+            [],
+            |row| row.get(0),
+        )?;
         if foreign_key_violations > 0 {
             problems.push(format!("{foreign_key_violations} foreign key violations"));
         }
@@ -800,7 +852,9 @@ impl Database {
             ),
         ];
         for (problem, query) in queries {
-            let count: i64 = self.connection.query_row(query, params![now], |row| row.get(0))?;
+            let count: i64 = self
+                .connection
+                .query_row(query, params![now], |row| row.get(0))?;
             if count > 0 {
                 problems.push(format!("{count} {problem}"));
             }

@@ -110,19 +110,26 @@ impl DevicesFile {
 
     /// Check the text of a devices file that lives at `file`.
     pub fn parse(file: &Path, text: &str) -> Result<DevicesFile> {
-        let bad = |reason: String| Error::Refused(format!("devices file {}: {reason}", file.display()));
-        let parsed: DevicesToml = toml::from_str(text)
-            .map_err(|error| bad(error.message().replace('\n', " ")))?;
+        let bad =
+            |reason: String| Error::Refused(format!("devices file {}: {reason}", file.display()));
+        let parsed: DevicesToml =
+            toml::from_str(text).map_err(|error| bad(error.message().replace('\n', " ")))?;
         let base = file.parent().unwrap_or(Path::new("."));
         let mut names = HashSet::new();
         let mut numbers = HashSet::new();
         let mut disks = Vec::new();
         for entry in parsed.disk {
             if !is_device_name(&entry.name) {
-                return Err(bad(format!("disk name {:?} is not a device name", entry.name)));
+                return Err(bad(format!(
+                    "disk name {:?} is not a device name",
+                    entry.name
+                )));
             }
             let device: DeviceNumber = entry.device.parse().map_err(|_| {
-                bad(format!("disk {}: device {:?} is not major:minor or a device name", entry.name, entry.device))
+                bad(format!(
+                    "disk {}: device {:?} is not major:minor or a device name",
+                    entry.name, entry.device
+                ))
             })?;
             if !names.insert(entry.name.clone()) {
                 return Err(bad(format!("disk name {} appears twice", entry.name)));
@@ -175,7 +182,10 @@ impl DeviceSource for DevicesFile {
                 Ok(partitions) => partitions,
                 Err(TableError::NoTable) => return Err(self.not_found(name)),
                 Err(error) => {
-                    return Err(Error::Refused(format!("phy:{name}: {}: {error}", disk.path.display())))
+                    return Err(Error::Refused(format!(
+                        "phy:{name}: {}: {error}",
+                        disk.path.display()
+                    )))
                 }
             };
             return partitions
@@ -251,7 +261,9 @@ impl Default for Sysfs {
 }
 
 fn read_trimmed(path: &Path) -> Option<String> {
-    fs::read_to_string(path).ok().map(|text| text.trim().to_string())
+    fs::read_to_string(path)
+        .ok()
+        .map(|text| text.trim().to_string())
 }
 
 fn read_number(path: &Path) -> Option<u64> {
@@ -270,7 +282,9 @@ impl Sysfs {
     fn entry(&self, directory: &Path) -> Option<SysfsEntry> {
         let directory = fs::canonicalize(directory).ok()?;
         // A directory without a well-formed `dev` is not a block device.
-        read_trimmed(&directory.join("dev"))?.parse::<DeviceNumber>().ok()?;
+        read_trimmed(&directory.join("dev"))?
+            .parse::<DeviceNumber>()
+            .ok()?;
         let nr_sectors = read_number(&directory.join("size"))?;
         if directory.join("partition").exists() {
             Some(SysfsEntry {
@@ -291,8 +305,9 @@ impl Sysfs {
     /// covers.
     pub fn host_region(&self, device: DeviceNumber) -> Option<HostRegion> {
         let entry = self.entry(&self.sys_root.join("dev/block").join(device.to_string()))?;
-        let disk_device: DeviceNumber =
-            read_trimmed(&entry.disk_directory.join("dev"))?.parse().ok()?;
+        let disk_device: DeviceNumber = read_trimmed(&entry.disk_directory.join("dev"))?
+            .parse()
+            .ok()?;
         let loop_directory = entry.disk_directory.join("loop");
         let (backing_file, offset) = match read_trimmed(&loop_directory.join("backing_file")) {
             Some(file) => (
@@ -312,7 +327,12 @@ impl Sysfs {
 
 impl DeviceSource for Sysfs {
     fn resolve(&self, name: &str) -> Result<Region> {
-        let not_found = || Error::NotFound(format!("phy:{name}: no such block device in {}", self.sys_root.join("class/block").display()));
+        let not_found = || {
+            Error::NotFound(format!(
+                "phy:{name}: no such block device in {}",
+                self.sys_root.join("class/block").display()
+            ))
+        };
         if !is_device_name(name) {
             return Err(not_found());
         }
@@ -332,7 +352,9 @@ impl DeviceSource for Sysfs {
 
     fn path_of(&self, disk: DeviceNumber) -> Result<PathBuf> {
         let directory = fs::canonicalize(self.sys_root.join("dev/block").join(disk.to_string()))
-            .map_err(|_| Error::NotFound(format!("device {disk}: not a block device of this machine")))?;
+            .map_err(|_| {
+                Error::NotFound(format!("device {disk}: not a block device of this machine"))
+            })?;
         let name = directory
             .file_name()
             .ok_or_else(|| Error::NotFound(format!("device {disk}: no name in sysfs")))?;
@@ -389,7 +411,10 @@ mod tests {
     fn glibc_device_numbers_decode() {
         assert_eq!(device_number_of(0x0801), DeviceNumber::new(8, 1));
         assert_eq!(device_number_of((259 << 8) | 3), DeviceNumber::new(259, 3));
-        assert_eq!(device_number_of(0x0010_0000 | (1 << 8)), DeviceNumber::new(1, 0x100));
+        assert_eq!(
+            device_number_of(0x0010_0000 | (1 << 8)),
+            DeviceNumber::new(1, 0x100)
+        );
     }
 
     /// Build a fake sysfs with disk `sda` (8:0) and partition `sda2` (8:2) at sector 4096.
@@ -407,7 +432,9 @@ mod tests {
         for link_directory in ["class/block", "dev/block"] {
             fs::create_dir_all(root.path().join(link_directory)).unwrap();
         }
-        let link = |target: &Path, link: &str| std::os::unix::fs::symlink(target, root.path().join(link)).unwrap();
+        let link = |target: &Path, link: &str| {
+            std::os::unix::fs::symlink(target, root.path().join(link)).unwrap()
+        };
         link(&disk, "class/block/sda");
         link(&part, "class/block/sda2");
         link(&disk, "dev/block/8:0");
@@ -425,20 +452,38 @@ mod tests {
         let sda = DeviceNumber::new(8, 0).unwrap();
         assert_eq!(
             sysfs.resolve("sda2").unwrap(),
-            Region { name: "sda2".into(), disk_device: sda, start_sector: 4096, nr_sectors: 2048 }
+            Region {
+                name: "sda2".into(),
+                disk_device: sda,
+                start_sector: 4096,
+                nr_sectors: 2048
+            }
         );
         assert_eq!(
             sysfs.resolve("sda").unwrap(),
-            Region { name: "sda".into(), disk_device: sda, start_sector: 0, nr_sectors: 100000 }
+            Region {
+                name: "sda".into(),
+                disk_device: sda,
+                start_sector: 0,
+                nr_sectors: 100000
+            }
         );
         assert_eq!(sysfs.path_of(sda).unwrap(), PathBuf::from("/dev/sda"));
         assert_eq!(
             sysfs.host_region(DeviceNumber::new(8, 2).unwrap()),
-            Some(HostRegion { disk_device: sda, backing_file: None, start_sector: 4096, nr_sectors: 2048 })
+            Some(HostRegion {
+                disk_device: sda,
+                backing_file: None,
+                start_sector: 4096,
+                nr_sectors: 2048
+            })
         );
         assert_eq!(
             sysfs.resolve("sdz").unwrap_err().to_string(),
-            format!("phy:sdz: no such block device in {}", sysfs.sys_root.join("class/block").display())
+            format!(
+                "phy:sdz: no such block device in {}",
+                sysfs.sys_root.join("class/block").display()
+            )
         );
     }
 }

@@ -43,7 +43,9 @@ pub fn parse_expiry(text: &str) -> Result<Expiry> {
         .parse()
         .map_err(|_| bad("too long (at most 100 years)"))?;
     if number == 0 {
-        return Err(bad("must be greater than zero (use 0 or never for no expiry)"));
+        return Err(bad(
+            "must be greater than zero (use 0 or never for no expiry)",
+        ));
     }
     match number.checked_mul(multiplier) {
         Some(seconds) if seconds <= LONGEST_EXPIRY_SECONDS => Ok(Expiry::After(seconds)),
@@ -98,9 +100,18 @@ mod tests {
             error("-1"),
             "expiry \"-1\": not a duration (expected seconds, 0 or never, or a number with s, m, h or d)"
         );
-        assert_eq!(error("5w"), "expiry \"5w\": unknown unit (use s, m, h or d)");
-        assert_eq!(error("1.5h"), "expiry \"1.5h\": unknown unit (use s, m, h or d)");
-        assert_eq!(error("36600d"), "expiry \"36600d\": too long (at most 100 years)");
+        assert_eq!(
+            error("5w"),
+            "expiry \"5w\": unknown unit (use s, m, h or d)"
+        );
+        assert_eq!(
+            error("1.5h"),
+            "expiry \"1.5h\": unknown unit (use s, m, h or d)"
+        );
+        assert_eq!(
+            error("36600d"),
+            "expiry \"36600d\": too long (at most 100 years)"
+        );
         assert_eq!(
             error("99999999999999999999999"),
             "expiry \"99999999999999999999999\": too long (at most 100 years)"

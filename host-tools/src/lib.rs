@@ -7,10 +7,15 @@ pub mod database;
 pub mod devices;
 pub mod duration;
 pub mod error;
+pub mod hypervisor;
+pub mod lifecycle;
+pub mod mounts;
 pub mod partition;
 pub mod schema;
 pub mod size;
 pub mod timestamp;
 pub mod uname;
+pub mod validator;
+pub mod zero;
 
 pub use error::{Error, Result};

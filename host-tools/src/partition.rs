@@ -43,7 +43,11 @@ impl SectorSource for [u8] {
         let start = usize::try_from(first_sector)
             .ok()
             .and_then(|sector| sector.checked_mul(SECTOR))
-            .filter(|&start| start.checked_add(buffer.len()).is_some_and(|end| end <= self.len()))
+            .filter(|&start| {
+                start
+                    .checked_add(buffer.len())
+                    .is_some_and(|end| end <= self.len())
+            })
             .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
         buffer.copy_from_slice(&self[start..start + buffer.len()]);
         Ok(())
@@ -71,7 +75,11 @@ impl std::fmt::Display for TableError {
     }
 }
 
-fn read(source: &(impl SectorSource + ?Sized), sector: u64, buffer: &mut [u8]) -> Result<(), TableError> {
+fn read(
+    source: &(impl SectorSource + ?Sized),
+    sector: u64,
+    buffer: &mut [u8],
+) -> Result<(), TableError> {
     source
         .read_sectors(sector, buffer)
         .map_err(|error| TableError::Io(format!("sector {sector}: {error}")))
@@ -101,7 +109,11 @@ pub fn read_partition_table(
     let entries: Vec<(u8, u64, u64)> = (0..4)
         .map(|index| {
             let entry = &mbr[446 + 16 * index..446 + 16 * (index + 1)];
-            (entry[4], u64::from(u32_at(entry, 8)), u64::from(u32_at(entry, 12)))
+            (
+                entry[4],
+                u64::from(u32_at(entry, 8)),
+                u64::from(u32_at(entry, 12)),
+            )
         })
         .collect();
     let partitions = if entries.iter().any(|&(kind, _, _)| kind == 0xEE) {
@@ -177,15 +189,22 @@ fn read_logical(
     )))
 }
 
-fn read_gpt(source: &(impl SectorSource + ?Sized), disk_sectors: u64) -> Result<Vec<Partition>, TableError> {
+fn read_gpt(
+    source: &(impl SectorSource + ?Sized),
+    disk_sectors: u64,
+) -> Result<Vec<Partition>, TableError> {
     let mut header = [0u8; SECTOR];
     read(source, 1, &mut header)?;
     if &header[0..8] != b"EFI PART" {
-        return Err(TableError::Corrupt("protective MBR but no GPT header".into()));
+        return Err(TableError::Corrupt(
+            "protective MBR but no GPT header".into(),
+        ));
     }
     let header_size = u32_at(&header, 12) as usize;
     if !(92..=SECTOR).contains(&header_size) {
-        return Err(TableError::Corrupt(format!("GPT header size {header_size}")));
+        return Err(TableError::Corrupt(format!(
+            "GPT header size {header_size}"
+        )));
     }
     let mut checked = header[..header_size].to_vec();
     checked[16..20].fill(0);
@@ -204,7 +223,9 @@ fn read_gpt(source: &(impl SectorSource + ?Sized), disk_sectors: u64) -> Result<
     let mut entries = vec![0u8; entry_bytes.div_ceil(SECTOR_SIZE) as usize * SECTOR];
     read(source, entries_lba, &mut entries)?;
     if crc32(&entries[..entry_bytes as usize]) != u32_at(&header, 88) {
-        return Err(TableError::Corrupt("GPT entry array checksum mismatch".into()));
+        return Err(TableError::Corrupt(
+            "GPT entry array checksum mismatch".into(),
+        ));
     }
     let mut partitions = Vec::new();
     for index in 0..entry_count as usize {
@@ -303,9 +324,21 @@ mod tests {
         assert_eq!(
             partitions,
             vec![
-                Partition { number: 1, start_sector: 2048, nr_sectors: 1024 },
-                Partition { number: 5, start_sector: 3073, nr_sectors: 100 },
-                Partition { number: 6, start_sector: 3586, nr_sectors: 50 },
+                Partition {
+                    number: 1,
+                    start_sector: 2048,
+                    nr_sectors: 1024
+                },
+                Partition {
+                    number: 5,
+                    start_sector: 3073,
+                    nr_sectors: 100
+                },
+                Partition {
+                    number: 6,
+                    start_sector: 3586,
+                    nr_sectors: 50
+                },
             ]
         );
     }
@@ -328,7 +361,10 @@ mod tests {
     #[test]
     fn unpartitioned_and_out_of_range() {
         let disk = vec![0u8; 8 * SECTOR];
-        assert_eq!(read_partition_table(disk.as_slice(), 8), Err(TableError::NoTable));
+        assert_eq!(
+            read_partition_table(disk.as_slice(), 8),
+            Err(TableError::NoTable)
+        );
         let mut disk = vec![0u8; 8 * SECTOR];
         mbr_entry(&mut disk[..SECTOR], 0, 0x83, 4, 8);
         assert_eq!(
@@ -372,8 +408,16 @@ mod tests {
         assert_eq!(
             read_partition_table(disk.as_slice(), 64).unwrap(),
             vec![
-                Partition { number: 1, start_sector: 34, nr_sectors: 6 },
-                Partition { number: 3, start_sector: 40, nr_sectors: 21 },
+                Partition {
+                    number: 1,
+                    start_sector: 34,
+                    nr_sectors: 6
+                },
+                Partition {
+                    number: 3,
+                    start_sector: 40,
+                    nr_sectors: 21
+                },
             ]
         );
     }
@@ -383,7 +427,9 @@ mod tests {
         let disk = gpt_disk(true);
         assert_eq!(
             read_partition_table(disk.as_slice(), 64),
-            Err(TableError::Corrupt("GPT entry array checksum mismatch".into()))
+            Err(TableError::Corrupt(
+                "GPT entry array checksum mismatch".into()
+            ))
         );
         let mut disk = gpt_disk(false);
         disk[SECTOR + 72] ^= 1;

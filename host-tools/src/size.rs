@@ -34,7 +34,9 @@ pub fn parse_size(text: &str) -> Result<u64> {
     if number == 0 {
         return Err(bad("must be greater than zero"));
     }
-    let bytes = number.checked_mul(multiplier).ok_or_else(|| bad("too large"))?;
+    let bytes = number
+        .checked_mul(multiplier)
+        .ok_or_else(|| bad("too large"))?;
     // Sector counts are stored as SQLite integers, which are signed.
     if bytes / SECTOR_SIZE > i64::MAX as u64 {
         return Err(bad("too large"));
@@ -51,7 +53,12 @@ pub fn parse_size_sectors(text: &str) -> Result<u64> {
 /// `64M`, `1.5G`, `512K`, `3s` for a few odd sectors.
 pub fn format_sectors(sectors: u64) -> String {
     let bytes = u128::from(sectors) * u128::from(SECTOR_SIZE);
-    let units = [("T", 1u128 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)];
+    let units = [
+        ("T", 1u128 << 40),
+        ("G", 1 << 30),
+        ("M", 1 << 20),
+        ("K", 1 << 10),
+    ];
     for (suffix, unit) in units {
         if bytes >= unit {
             let tenths = bytes * 10 / unit;
@@ -97,10 +104,22 @@ mod tests {
             error("-5"),
             "size \"-5\": not a size (expected a whole number of MiB, or a number with K, M, G or T)"
         );
-        assert_eq!(error("1.5G"), "size \"1.5G\": unknown unit (use K, M, G or T)");
-        assert_eq!(error("12X"), "size \"12X\": unknown unit (use K, M, G or T)");
-        assert_eq!(error(""), "size \"\": not a size (expected a whole number of MiB, or a number with K, M, G or T)");
-        assert_eq!(error("99999999999999999999"), "size \"99999999999999999999\": too large");
+        assert_eq!(
+            error("1.5G"),
+            "size \"1.5G\": unknown unit (use K, M, G or T)"
+        );
+        assert_eq!(
+            error("12X"),
+            "size \"12X\": unknown unit (use K, M, G or T)"
+        );
+        assert_eq!(
+            error(""),
+            "size \"\": not a size (expected a whole number of MiB, or a number with K, M, G or T)"
+        );
+        assert_eq!(
+            error("99999999999999999999"),
+            "size \"99999999999999999999\": too large"
+        );
         assert_eq!(error("16777216T"), "size \"16777216T\": too large");
         assert_eq!(parse_size("0").unwrap_err().exit_code(), 2);
     }

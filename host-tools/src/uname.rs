@@ -98,7 +98,17 @@ mod tests {
 
     #[test]
     fn injection_and_junk_ids_are_refused() {
-        for text in ["1 OR 1=1", "0", "-1", "+1", "1.0", "", "vd:", "99999999999999999999", "0x1"] {
+        for text in [
+            "1 OR 1=1",
+            "0",
+            "-1",
+            "+1",
+            "1.0",
+            "",
+            "vd:",
+            "99999999999999999999",
+            "0x1",
+        ] {
             assert_eq!(
                 VdId::parse(text).unwrap_err().to_string(),
                 format!("virtual disk id {text:?}: not a positive integer")

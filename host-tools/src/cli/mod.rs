@@ -1,0 +1,147 @@
+//! The `vdisk` command line: global options, one variant per subcommand, each with its own
+//! `run`, and the mapping of errors to one line and an exit status.
+
+mod disks;
+mod output;
+mod pool;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use host_tools::database::{Database, OpenMode};
+use host_tools::devices::{DeviceSource, DevicesFile, Sysfs};
+use host_tools::Result;
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Manage the pool of physical extents and the virtual disks (VDs) allocated from it.
+///
+/// Exit status: 0 done; 1 refused or failed (no space, not found, unsafe, corrupt
+/// database), with one line on standard error naming the input and the reason; 2 usage.
+#[derive(Parser)]
+#[command(name = "vdisk", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    global: GlobalOptions,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct GlobalOptions {
+    /// The VD database; its directory is created by the first `format`.
+    #[arg(long, global = true, env = "VDISK_DB", default_value = "/var/lib/vdisk/vdisk.sqlite")]
+    db: PathBuf,
+    /// A TOML file of `[[disk]] name, device, path` naming the physical disks (images can
+    /// stand in for disks). Without it, names resolve through /sys/class/block.
+    #[arg(long, global = true, env = "VDISK_DEVICES")]
+    devices: Option<PathBuf>,
+    /// The hypervisor's endpoint, `unix:PATH`.
+    #[arg(long, global = true, env = "VDISK_HV")]
+    hv: Option<String>,
+    /// Print machine-readable JSON instead of the human form.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Format(pool::Format),
+    Create(disks::Create),
+    Refresh(disks::Refresh),
+    Delete(disks::Delete),
+    Undelete(disks::Undelete),
+    List(disks::List),
+    Show(disks::Show),
+    Pool(pool::Pool),
+    Lookup(pool::Lookup),
+    Check(pool::Check),
+}
+
+impl Command {
+    fn run(self, context: &Context) -> Result<()> {
+        match self {
+            Command::Format(command) => command.run(context),
+            Command::Create(command) => command.run(context),
+            Command::Refresh(command) => command.run(context),
+            Command::Delete(command) => command.run(context),
+            Command::Undelete(command) => command.run(context),
+            Command::List(command) => command.run(context),
+            Command::Show(command) => command.run(context),
+            Command::Pool(command) => command.run(context),
+            Command::Lookup(command) => command.run(context),
+            Command::Check(command) => command.run(context),
+        }
+    }
+}
+
+/// What every subcommand may need, opened only when it asks.
+pub struct Context {
+    db: PathBuf,
+    devices: Option<PathBuf>,
+    hv: Option<String>,
+    json: bool,
+}
+
+impl Context {
+    fn database(&self, mode: OpenMode) -> Result<Database> {
+        Database::open(&self.db, mode)
+    }
+
+    fn device_source(&self) -> Result<Box<dyn DeviceSource>> {
+        match &self.devices {
+            Some(file) => Ok(Box::new(DevicesFile::load(file)?)),
+            None => Ok(Box::new(Sysfs::default())),
+        }
+    }
+
+    /// A progress bar on standard error, hidden when that is not a terminal so scripts and
+    /// logs see only results.
+    fn progress_bar(&self, message: &'static str) -> ProgressBar {
+        if !std::io::stderr().is_terminal() {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::new(0).with_message(message);
+        if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}") {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar
+    }
+}
+
+/// Parse the command line, run the subcommand and return the exit status.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            use clap::error::ErrorKind;
+            if matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = error.print();
+                return 0;
+            }
+            if error.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                let _ = error.print();
+                return 2;
+            }
+            // clap's message is several lines; scripts get the first, which names the
+            // argument and the problem.
+            let rendered = error.render().to_string();
+            let line = rendered.lines().next().unwrap_or("usage error");
+            eprintln!("vdisk: {}", line.strip_prefix("error: ").unwrap_or(line));
+            return 2;
+        }
+    };
+    let context = Context {
+        db: cli.global.db,
+        devices: cli.global.devices,
+        hv: cli.global.hv,
+        json: cli.global.json,
+    };
+    match cli.command.run(&context) {
+        Ok(()) => 0,
+        Err(error) => {
+            eprintln!("vdisk: {}", error.to_string().replace('\n', " "));
+            error.exit_code()
+        }
+    }
+}
