@@ -13,7 +13,7 @@ use rusqlite::{
 use shared_abi::wire::Extent;
 use shared_abi::DeviceNumber;
 
-use crate::allocate::{choose_extents, FreeExtent};
+use crate::allocate::{choose_extents, merge_adjacent, FreeExtent};
 use crate::devices::Region;
 use crate::duration::Expiry;
 use crate::error::{Error, Result};
@@ -514,7 +514,7 @@ impl Database {
             .optional()?;
         let (state, size_sectors, created_at, expires_at) =
             row.ok_or_else(|| Error::NotFound(format!("{id}: no such virtual disk")))?;
-        let alive = expires_at.is_none_or(|expires_at| expires_at > now);
+        let alive = expires_at.map_or(true, |expires_at| expires_at > now);
         let state = match (state.as_str(), alive) {
             ("ready", true) => VdState::Live,
             ("ready", false) => VdState::Expired,
@@ -611,7 +611,12 @@ impl Database {
         Self::check_deletable(&self.connection, id, force, now)
     }
 
-    fn check_deletable(connection: &Connection, id: VdId, force: bool, now: i64) -> Result<VirtualDisk> {
+    fn check_deletable(
+        connection: &Connection,
+        id: VdId,
+        force: bool,
+        now: i64,
+    ) -> Result<VirtualDisk> {
         let disk = Self::read_virtual_disk(connection, id, now)?;
         require_live(&disk)?;
         if !force {
@@ -689,7 +694,7 @@ impl Database {
                 AttachmentTarget::VirtualDisk(id) => {
                     let disk = Self::read_virtual_disk(transaction, *id, now)?;
                     require_live(&disk)?;
-                    (id.to_string(), Some(*id), disk.extents)
+                    (id.to_string(), Some(*id), merge_adjacent(&disk.extents))
                 }
                 AttachmentTarget::Physical { name, extents } => (format!("phy:{name}"), None, extents.clone()),
             };

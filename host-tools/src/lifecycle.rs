@@ -119,7 +119,9 @@ pub fn delete_virtual_disk(
     }
     if request.wipe {
         let devices = devices.ok_or_else(|| {
-            Error::Usage(format!("delete {id} --wipe: needs --devices or sysfs to find the disks"))
+            Error::Usage(format!(
+                "delete {id} --wipe: needs --devices or sysfs to find the disks"
+            ))
         })?;
         let target = ZeroTarget::open(&disk.extents, devices)?;
         let total = total_bytes(&disk.extents);

@@ -31,7 +31,9 @@ fn unescape(field: &str) -> String {
         });
         match escape {
             Some(digits) => {
-                let value = digits.iter().fold(0u32, |value, digit| value * 8 + u32::from(digit - b'0'));
+                let value = digits
+                    .iter()
+                    .fold(0u32, |value, digit| value * 8 + u32::from(digit - b'0'));
                 out.push(value as u8);
                 index += 4;
             }
@@ -73,7 +75,9 @@ pub fn mount_device(entry: &MountEntry) -> Option<DeviceNumber> {
     match fs::metadata(&entry.source) {
         Ok(metadata) if metadata.file_type().is_block_device() => device_number_of(metadata.rdev()),
         Ok(_) => None,
-        Err(_) if entry.source == "/dev/root" => device_number_of(fs::metadata(&entry.mount_point).ok()?.dev()),
+        Err(_) if entry.source == "/dev/root" => {
+            device_number_of(fs::metadata(&entry.mount_point).ok()?.dev())
+        }
         Err(_) => None,
     }
 }
@@ -99,7 +103,11 @@ pub fn mount_users(entries: &[MountEntry], sysfs: &Sysfs, devices: &dyn DeviceSo
 }
 
 /// Read `/proc/mounts` (or `path`) and resolve it.
-pub fn read_mount_users(path: &Path, sysfs: &Sysfs, devices: &dyn DeviceSource) -> Result<Vec<User>> {
+pub fn read_mount_users(
+    path: &Path,
+    sysfs: &Sysfs,
+    devices: &dyn DeviceSource,
+) -> Result<Vec<User>> {
     let text = fs::read_to_string(path).map_err(|error| Error::io(path, error))?;
     Ok(mount_users(&parse_mounts(&text), sysfs, devices))
 }
@@ -114,16 +122,32 @@ mod tests {
         assert_eq!(
             parse_mounts(text),
             vec![
-                MountEntry { source: "/dev/sda2".into(), mount_point: "/".into(), writable: true },
-                MountEntry { source: "proc".into(), mount_point: "/proc".into(), writable: true },
-                MountEntry { source: "/dev/sdb1".into(), mount_point: "/mnt/my disk".into(), writable: false },
+                MountEntry {
+                    source: "/dev/sda2".into(),
+                    mount_point: "/".into(),
+                    writable: true
+                },
+                MountEntry {
+                    source: "proc".into(),
+                    mount_point: "/proc".into(),
+                    writable: true
+                },
+                MountEntry {
+                    source: "/dev/sdb1".into(),
+                    mount_point: "/mnt/my disk".into(),
+                    writable: false
+                },
             ]
         );
     }
 
     #[test]
     fn dev_root_resolves_through_the_mounted_directory() {
-        let entry = MountEntry { source: "/dev/root".into(), mount_point: "/".into(), writable: true };
+        let entry = MountEntry {
+            source: "/dev/root".into(),
+            mount_point: "/".into(),
+            writable: true,
+        };
         let expected = device_number_of(fs::metadata("/").unwrap().dev());
         // A machine may have a real /dev/root node; then its number is used instead.
         match fs::metadata("/dev/root") {
@@ -132,7 +156,11 @@ mod tests {
             }
             _ => assert_eq!(mount_device(&entry), expected),
         }
-        let tmpfs = MountEntry { source: "tmpfs".into(), mount_point: "/tmp".into(), writable: true };
+        let tmpfs = MountEntry {
+            source: "tmpfs".into(),
+            mount_point: "/tmp".into(),
+            writable: true,
+        };
         assert_eq!(mount_device(&tmpfs), None);
     }
 }

@@ -31,7 +31,9 @@ impl SafetyLevel {
             "0" => Ok(SafetyLevel::ReadOnlySharing),
             "1" => Ok(SafetyLevel::SingleWriter),
             "2" => Ok(SafetyLevel::Unrestricted),
-            _ => Err(Error::Usage(format!("safety level {text:?}: expected 0, 1 or 2"))),
+            _ => Err(Error::Usage(format!(
+                "safety level {text:?}: expected 0, 1 or 2"
+            ))),
         }
     }
 
@@ -87,10 +89,20 @@ impl fmt::Display for User {
         let mode = if self.writable { "rw" } else { "r" };
         match &self.kind {
             UserKind::Vbd { domain, vdevice } => {
-                write!(formatter, "domain {domain} {} ({mode})", vdevice_name(*vdevice))
+                write!(
+                    formatter,
+                    "domain {domain} {} ({mode})",
+                    vdevice_name(*vdevice)
+                )
             }
-            UserKind::Mount { source, mount_point } => {
-                write!(formatter, "dom0 mount of {source} on {mount_point} ({mode})")
+            UserKind::Mount {
+                source,
+                mount_point,
+            } => {
+                write!(
+                    formatter,
+                    "dom0 mount of {source} on {mount_point} ({mode})"
+                )
             }
         }
     }
@@ -115,14 +127,23 @@ pub struct Conflict {
 
 /// `3:0 sectors 2048+4096`.
 pub fn describe_extent(extent: &Extent) -> String {
-    format!("{} sectors {}+{}", extent.device, extent.start_sector, extent.nr_sectors)
+    format!(
+        "{} sectors {}+{}",
+        extent.device, extent.start_sector, extent.nr_sectors
+    )
 }
 
 impl Conflict {
     /// One line explaining the conflict: which extent, which user, where they overlap.
     pub fn explain(&self, users: &[User]) -> String {
-        let start = self.new_extent.start_sector.max(self.other_extent.start_sector);
-        let end = self.new_extent.end_sector().min(self.other_extent.end_sector());
+        let start = self
+            .new_extent
+            .start_sector
+            .max(self.other_extent.start_sector);
+        let end = self
+            .new_extent
+            .end_sector()
+            .min(self.other_extent.end_sector());
         let holder = match &self.holder {
             Holder::Itself => "another extent of the same disk".to_string(),
             Holder::User(index) => users[*index].to_string(),
@@ -145,7 +166,12 @@ enum Source {
 
 /// The conflicts a new VBD of `new_extents` (writable or not) would have with `users` at
 /// `level`, in the order of the new extents. Empty means the VBD is safe to create.
-pub fn validate(new_extents: &[Extent], writable: bool, users: &[User], level: SafetyLevel) -> Vec<Conflict> {
+pub fn validate(
+    new_extents: &[Extent],
+    writable: bool,
+    users: &[User],
+    level: SafetyLevel,
+) -> Vec<Conflict> {
     let mut intervals: Vec<(Extent, Source)> = new_extents
         .iter()
         .enumerate()
@@ -157,9 +183,20 @@ pub fn validate(new_extents: &[Extent], writable: bool, users: &[User], level: S
         if !level.conflicts(writable, user.writable) {
             continue;
         }
-        intervals.extend(user.extents.iter().enumerate().map(|(extent_index, extent)| {
-            (*extent, Source::Existing { user: user_index, extent: extent_index })
-        }));
+        intervals.extend(
+            user.extents
+                .iter()
+                .enumerate()
+                .map(|(extent_index, extent)| {
+                    (
+                        *extent,
+                        Source::Existing {
+                            user: user_index,
+                            extent: extent_index,
+                        },
+                    )
+                }),
+        );
     }
     intervals.sort_by_key(|(extent, _)| (extent.device, extent.start_sector));
 
@@ -175,10 +212,16 @@ pub fn validate(new_extents: &[Extent], writable: bool, users: &[User], level: S
             open_new.clear();
             open_existing.clear();
         }
-        while open_new.peek().is_some_and(|Reverse((end, _))| *end <= extent.start_sector) {
+        while open_new
+            .peek()
+            .is_some_and(|Reverse((end, _))| *end <= extent.start_sector)
+        {
             open_new.pop();
         }
-        while open_existing.peek().is_some_and(|Reverse((end, _, _))| *end <= extent.start_sector) {
+        while open_existing
+            .peek()
+            .is_some_and(|Reverse((end, _, _))| *end <= extent.start_sector)
+        {
             open_existing.pop();
         }
         // Every interval still open started no later and ends after this one starts: it
@@ -201,7 +244,10 @@ pub fn validate(new_extents: &[Extent], writable: bool, users: &[User], level: S
                 }
                 open_new.push(Reverse((extent.end_sector(), index)));
             }
-            Source::Existing { user, extent: user_extent } => {
+            Source::Existing {
+                user,
+                extent: user_extent,
+            } => {
                 for Reverse((_, index)) in open_new.iter() {
                     conflicts.push(Conflict {
                         new_extent: new_extents[*index],
@@ -237,20 +283,35 @@ mod tests {
     }
 
     fn vbd(domain: u32, writable: bool, extents: Vec<Extent>) -> User {
-        User::vbd(domain, DeviceNumber::from_name("xvda").unwrap(), writable, extents)
+        User::vbd(
+            domain,
+            DeviceNumber::from_name("xvda").unwrap(),
+            writable,
+            extents,
+        )
     }
 
     #[test]
     fn a_new_extent_that_strictly_contains_an_old_one_conflicts() {
         // Seed defect 4: the old check looked only at the new extent's ends.
         let users = vec![vbd(1, true, vec![extent(100, 10)])];
-        let conflicts = validate(&[extent(0, 1000)], false, &users, SafetyLevel::ReadOnlySharing);
+        let conflicts = validate(
+            &[extent(0, 1000)],
+            false,
+            &users,
+            SafetyLevel::ReadOnlySharing,
+        );
         assert_eq!(conflicts.len(), 1);
         assert_eq!(
             conflicts[0].explain(&users),
             "3:0 sectors 0+1000 overlaps domain 1 xvda (rw) at 3:0 sectors 100+10 (shared: sectors 100+10)"
         );
-        let contained = validate(&[extent(105, 1)], false, &users, SafetyLevel::ReadOnlySharing);
+        let contained = validate(
+            &[extent(105, 1)],
+            false,
+            &users,
+            SafetyLevel::ReadOnlySharing,
+        );
         assert_eq!(contained.len(), 1);
     }
 
@@ -260,25 +321,48 @@ mod tests {
         let writers = vec![vbd(1, true, vec![extent(0, 10)])];
         let new = [extent(5, 10)];
         assert!(validate(&new, false, &readers, SafetyLevel::ReadOnlySharing).is_empty());
-        assert_eq!(validate(&new, true, &readers, SafetyLevel::ReadOnlySharing).len(), 1);
-        assert_eq!(validate(&new, false, &writers, SafetyLevel::ReadOnlySharing).len(), 1);
+        assert_eq!(
+            validate(&new, true, &readers, SafetyLevel::ReadOnlySharing).len(),
+            1
+        );
+        assert_eq!(
+            validate(&new, false, &writers, SafetyLevel::ReadOnlySharing).len(),
+            1
+        );
         assert!(validate(&new, true, &readers, SafetyLevel::SingleWriter).is_empty());
         assert!(validate(&new, false, &writers, SafetyLevel::SingleWriter).is_empty());
-        assert_eq!(validate(&new, true, &writers, SafetyLevel::SingleWriter).len(), 1);
+        assert_eq!(
+            validate(&new, true, &writers, SafetyLevel::SingleWriter).len(),
+            1
+        );
         assert!(validate(&new, true, &writers, SafetyLevel::Unrestricted).is_empty());
     }
 
     #[test]
     fn touching_extents_and_other_devices_do_not_conflict() {
         let users = vec![vbd(1, true, vec![extent(10, 10)])];
-        assert!(validate(&[extent(0, 10), extent(20, 5)], true, &users, SafetyLevel::ReadOnlySharing).is_empty());
-        let other_disk = Extent { device: DeviceNumber::new(3, 64).unwrap(), ..extent(10, 10) };
+        assert!(validate(
+            &[extent(0, 10), extent(20, 5)],
+            true,
+            &users,
+            SafetyLevel::ReadOnlySharing
+        )
+        .is_empty());
+        let other_disk = Extent {
+            device: DeviceNumber::new(3, 64).unwrap(),
+            ..extent(10, 10)
+        };
         assert!(validate(&[other_disk], true, &users, SafetyLevel::ReadOnlySharing).is_empty());
     }
 
     #[test]
     fn a_list_that_overlaps_itself_is_reported() {
-        let conflicts = validate(&[extent(0, 10), extent(5, 10)], false, &[], SafetyLevel::Unrestricted);
+        let conflicts = validate(
+            &[extent(0, 10), extent(5, 10)],
+            false,
+            &[],
+            SafetyLevel::Unrestricted,
+        );
         assert_eq!(conflicts.len(), 1);
         assert_eq!(conflicts[0].holder, Holder::Itself);
     }
@@ -288,19 +372,31 @@ mod tests {
         // Seed defect 9: lists stopped at 1024 entries, hiding an overlap further on.
         let existing: Vec<Extent> = (0..5000).map(|index| extent(index * 20, 10)).collect();
         let users = vec![vbd(2, true, existing)];
-        let new: Vec<Extent> = (0..3000).map(|index| extent(index * 20 + 10, 10)).chain([extent(4900 * 20 + 5, 1)]).collect();
+        let new: Vec<Extent> = (0..3000)
+            .map(|index| extent(index * 20 + 10, 10))
+            .chain([extent(4900 * 20 + 5, 1)])
+            .collect();
         let conflicts = validate(&new, false, &users, SafetyLevel::ReadOnlySharing);
         assert_eq!(conflicts.len(), 1);
         assert_eq!(conflicts[0].other_extent, extent(4900 * 20, 10));
     }
 
     /// The reference model: every pair, checked one by one.
-    fn naive(new_extents: &[Extent], writable: bool, users: &[User], level: SafetyLevel) -> Vec<Conflict> {
+    fn naive(
+        new_extents: &[Extent],
+        writable: bool,
+        users: &[User],
+        level: SafetyLevel,
+    ) -> Vec<Conflict> {
         let mut conflicts = Vec::new();
         for (index, new_extent) in new_extents.iter().enumerate() {
             for (other_index, other) in new_extents.iter().enumerate() {
                 if other_index < index && new_extent.overlaps(other) {
-                    conflicts.push(Conflict { new_extent: *new_extent, holder: Holder::Itself, other_extent: *other });
+                    conflicts.push(Conflict {
+                        new_extent: *new_extent,
+                        holder: Holder::Itself,
+                        other_extent: *other,
+                    });
                 }
             }
             for (user_index, user) in users.iter().enumerate() {
@@ -309,7 +405,11 @@ mod tests {
                 }
                 for user_extent in &user.extents {
                     if new_extent.overlaps(user_extent) {
-                        conflicts.push(Conflict { new_extent: *new_extent, holder: Holder::User(user_index), other_extent: *user_extent });
+                        conflicts.push(Conflict {
+                            new_extent: *new_extent,
+                            holder: Holder::User(user_index),
+                            other_extent: *user_extent,
+                        });
                     }
                 }
             }
@@ -324,7 +424,10 @@ mod tests {
         };
         // For self-overlaps the pair is unordered.
         let (first, second) = if holder.is_none() {
-            (conflict.new_extent.min(conflict.other_extent), conflict.new_extent.max(conflict.other_extent))
+            (
+                conflict.new_extent.min(conflict.other_extent),
+                conflict.new_extent.max(conflict.other_extent),
+            )
         } else {
             (conflict.new_extent, conflict.other_extent)
         };

@@ -56,7 +56,11 @@ impl ZeroTarget {
     /// Zero `extents`, calling `progress` with the bytes written so far after each chunk
     /// (it may fail to stop the work), and flush to stable storage before returning, so that
     /// "zeroed" in the database is never ahead of the disk.
-    pub fn zero(&self, extents: &[Extent], progress: &mut dyn FnMut(u64) -> Result<()>) -> Result<()> {
+    pub fn zero(
+        &self,
+        extents: &[Extent],
+        progress: &mut dyn FnMut(u64) -> Result<()>,
+    ) -> Result<()> {
         let zeros = vec![0u8; CHUNK_BYTES];
         let mut written = 0u64;
         for extent in extents {
@@ -81,5 +85,8 @@ impl ZeroTarget {
 
 /// The bytes `extents` cover.
 pub fn total_bytes(extents: &[Extent]) -> u64 {
-    extents.iter().map(|extent| extent.nr_sectors * SECTOR_SIZE).sum()
+    extents
+        .iter()
+        .map(|extent| extent.nr_sectors * SECTOR_SIZE)
+        .sum()
 }

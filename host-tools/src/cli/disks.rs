@@ -4,7 +4,9 @@ use clap::Args;
 use host_tools::database::{OpenMode, VdState};
 use host_tools::duration::{parse_expiry, Expiry};
 use host_tools::error::{Error, Result};
-use host_tools::lifecycle::{create_virtual_disk, delete_virtual_disk, CreateRequest, DeleteRequest};
+use host_tools::lifecycle::{
+    create_virtual_disk, delete_virtual_disk, CreateRequest, DeleteRequest,
+};
 use host_tools::size::parse_size_sectors;
 use host_tools::timestamp::now;
 use host_tools::uname::VdId;
@@ -56,10 +58,15 @@ impl Create {
             expiry: self.expiry,
             zero_all: self.zero,
         };
-        let disk = create_virtual_disk(&mut database, devices.as_ref(), &request, &mut |written, total| {
-            bar.set_length(total);
-            bar.set_position(written);
-        })?;
+        let disk = create_virtual_disk(
+            &mut database,
+            devices.as_ref(),
+            &request,
+            &mut |written, total| {
+                bar.set_length(total);
+                bar.set_position(written);
+            },
+        )?;
         bar.finish_and_clear();
         if context.json {
             println!("{}", disk_json(&disk, true));
@@ -127,10 +134,15 @@ impl Delete {
             wipe: self.wipe,
             mapped: None,
         };
-        let disk = delete_virtual_disk(&mut database, Some(devices.as_ref()), request, &mut |written, total| {
-            bar.set_length(total);
-            bar.set_position(written);
-        })?;
+        let disk = delete_virtual_disk(
+            &mut database,
+            Some(devices.as_ref()),
+            request,
+            &mut |written, total| {
+                bar.set_length(total);
+                bar.set_position(written);
+            },
+        )?;
         bar.finish_and_clear();
         print_disk(context, &disk);
         Ok(())
@@ -196,7 +208,10 @@ impl Show {
         let database = context.database(OpenMode::Existing)?;
         let disk = database.virtual_disk(self.id, now())?;
         if disk.state == VdState::Creating {
-            return Err(Error::Refused(format!("{}: is still being created", disk.id)));
+            return Err(Error::Refused(format!(
+                "{}: is still being created",
+                disk.id
+            )));
         }
         print_disk(context, &disk);
         Ok(())

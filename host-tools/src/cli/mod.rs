@@ -30,7 +30,12 @@ pub struct Cli {
 #[derive(clap::Args)]
 struct GlobalOptions {
     /// The VD database; its directory is created by the first `format`.
-    #[arg(long, global = true, env = "VDISK_DB", default_value = "/var/lib/vdisk/vdisk.sqlite")]
+    #[arg(
+        long,
+        global = true,
+        env = "VDISK_DB",
+        default_value = "/var/lib/vdisk/vdisk.sqlite"
+    )]
     db: PathBuf,
     /// A TOML file of `[[disk]] name, device, path` naming the physical disks (images can
     /// stand in for disks). Without it, names resolve through /sys/class/block.
@@ -102,7 +107,9 @@ impl Context {
             return ProgressBar::hidden();
         }
         let bar = ProgressBar::new(0).with_message(message);
-        if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}") {
+        if let Ok(style) = ProgressStyle::with_template(
+            "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        ) {
             bar.set_style(style.progress_chars("=> "));
         }
         bar
@@ -115,7 +122,10 @@ pub fn main() -> i32 {
         Ok(cli) => cli,
         Err(error) => {
             use clap::error::ErrorKind;
-            if matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+            if matches!(
+                error.kind(),
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+            ) {
                 let _ = error.print();
                 return 0;
             }

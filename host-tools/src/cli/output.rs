@@ -47,7 +47,9 @@ pub fn disk_json(disk: &VirtualDisk, with_extents: bool) -> Value {
 }
 
 fn expiry_text(disk: &VirtualDisk) -> String {
-    disk.expires_at.map(rfc3339).unwrap_or_else(|| "never".into())
+    disk.expires_at
+        .map(rfc3339)
+        .unwrap_or_else(|| "never".into())
 }
 
 /// The human form of one disk with its extents.
@@ -61,7 +63,10 @@ pub fn disk_text(disk: &VirtualDisk) -> String {
         expiry_text(disk)
     );
     for extent in merge_adjacent(&disk.extents) {
-        text.push_str(&format!("  {} {} {}\n", extent.device, extent.start_sector, extent.nr_sectors));
+        text.push_str(&format!(
+            "  {} {} {}\n",
+            extent.device, extent.start_sector, extent.nr_sectors
+        ));
     }
     text
 }
@@ -97,8 +102,14 @@ pub fn partition_json(partition: &PoolPartition) -> Value {
 
 /// The `pool --json` object.
 pub fn pool_json(partitions: &[PoolPartition]) -> Value {
-    let total: u64 = partitions.iter().map(|p| p.total_extents * p.extent_sectors).sum();
-    let free: u64 = partitions.iter().map(|p| p.free_extents * p.extent_sectors).sum();
+    let total: u64 = partitions
+        .iter()
+        .map(|p| p.total_extents * p.extent_sectors)
+        .sum();
+    let free: u64 = partitions
+        .iter()
+        .map(|p| p.free_extents * p.extent_sectors)
+        .sum();
     json!({
         "total_sectors": total,
         "free_sectors": free,
@@ -124,8 +135,18 @@ pub fn pool_table(partitions: &[PoolPartition]) -> String {
             partition.free_extents
         ));
     }
-    let free: u64 = partitions.iter().map(|p| p.free_extents * p.extent_sectors).sum();
-    let total: u64 = partitions.iter().map(|p| p.total_extents * p.extent_sectors).sum();
-    text.push_str(&format!("free {} of {}\n", format_sectors(free), format_sectors(total)));
+    let free: u64 = partitions
+        .iter()
+        .map(|p| p.free_extents * p.extent_sectors)
+        .sum();
+    let total: u64 = partitions
+        .iter()
+        .map(|p| p.total_extents * p.extent_sectors)
+        .sum();
+    text.push_str(&format!(
+        "free {} of {}\n",
+        format_sectors(free),
+        format_sectors(total)
+    ));
     text
 }

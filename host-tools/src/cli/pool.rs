@@ -24,7 +24,9 @@ const MOUNTS: &str = "/proc/mounts";
 fn extent_size_argument(text: &str) -> std::result::Result<u64, String> {
     let bytes = parse_size(text).map_err(|error| error.to_string())?;
     if !bytes.is_power_of_two() || bytes < 1 << 20 {
-        return Err(format!("extent size {text:?}: must be a power of two of at least 1M"));
+        return Err(format!(
+            "extent size {text:?}: must be a power of two of at least 1M"
+        ));
     }
     Ok(bytes / SECTOR_SIZE)
 }
@@ -53,7 +55,9 @@ fn safety_argument(text: &str) -> std::result::Result<SafetyLevel, String> {
 /// Refused when it overlaps a range already in the pool or a filesystem dom0 has mounted.
 /// Extents are numbered by absolute sectors of the whole disk.
 #[derive(Args)]
-#[command(after_help = "Example:\n  vdisk --devices machine.toml format phy:hda2 --extent-size 64M")]
+#[command(
+    after_help = "Example:\n  vdisk --devices machine.toml format phy:hda2 --extent-size 64M"
+)]
 pub struct Format {
     /// The disk or partition: phy:NAME (hda2, sda1, nvme0n1p3).
     #[arg(value_parser = phy_argument)]
@@ -68,9 +72,18 @@ impl Format {
         let devices = context.device_source()?;
         let region = devices.resolve(&self.name)?;
         let mounts = read_mount_users(Path::new(MOUNTS), &Sysfs::default(), devices.as_ref())?;
-        let conflicts = validate(&[region.extent()], true, &mounts, SafetyLevel::ReadOnlySharing);
+        let conflicts = validate(
+            &[region.extent()],
+            true,
+            &mounts,
+            SafetyLevel::ReadOnlySharing,
+        );
         if let Some(conflict) = conflicts.first() {
-            return Err(Error::Refused(format!("phy:{}: in use: {}", self.name, conflict.explain(&mounts))));
+            return Err(Error::Refused(format!(
+                "phy:{}: in use: {}",
+                self.name,
+                conflict.explain(&mounts)
+            )));
         }
         let mut database = context.database(OpenMode::CreateIfMissing)?;
         let partition = database.format(&region, self.extent_size, now())?;
@@ -110,11 +123,18 @@ impl Pool {
 }
 
 /// The extents a vd:ID or phy:NAME stands for.
-fn extents_of(context: &Context, database: Option<&Database>, uname: &Uname) -> Result<Vec<Extent>> {
+fn extents_of(
+    context: &Context,
+    database: Option<&Database>,
+    uname: &Uname,
+) -> Result<Vec<Extent>> {
     match uname {
         Uname::VirtualDisk(id) => {
-            let database = database.ok_or_else(|| Error::Usage("vd:ID needs the database".into()))?;
-            Ok(merge_adjacent(&database.live_virtual_disk(*id, now())?.extents))
+            let database =
+                database.ok_or_else(|| Error::Usage("vd:ID needs the database".into()))?;
+            Ok(merge_adjacent(
+                &database.live_virtual_disk(*id, now())?.extents,
+            ))
         }
         Uname::Physical(name) => Ok(vec![context.device_source()?.resolve(name)?.extent()]),
     }
@@ -122,7 +142,9 @@ fn extents_of(context: &Context, database: Option<&Database>, uname: &Uname) -> 
 
 /// Print the extents that vd:ID or phy:NAME stands for, one `device start sectors` a line.
 #[derive(Args)]
-#[command(after_help = "Examples:\n  vdisk lookup vd:3\n  vdisk --devices machine.toml lookup phy:hda2 --json")]
+#[command(
+    after_help = "Examples:\n  vdisk lookup vd:3\n  vdisk --devices machine.toml lookup phy:hda2 --json"
+)]
 pub struct Lookup {
     /// vd:ID or phy:NAME.
     #[arg(value_parser = uname_argument)]
@@ -144,7 +166,10 @@ impl Lookup {
             );
         } else {
             for extent in extents {
-                println!("{} {} {}", extent.device, extent.start_sector, extent.nr_sectors);
+                println!(
+                    "{} {} {}",
+                    extent.device, extent.start_sector, extent.nr_sectors
+                );
             }
         }
         Ok(())
@@ -178,13 +203,32 @@ impl Check {
         let mut users: Vec<User> = database
             .attachments()?
             .into_iter()
-            .map(|attachment| User::vbd(attachment.domain, attachment.vdevice, attachment.mode.is_writable(), attachment.extents))
+            .map(|attachment| {
+                User::vbd(
+                    attachment.domain,
+                    attachment.vdevice,
+                    attachment.mode.is_writable(),
+                    attachment.extents,
+                )
+            })
             .collect();
         let devices: Box<dyn DeviceSource> = context.device_source()?;
-        users.extend(read_mount_users(Path::new(MOUNTS), &Sysfs::default(), devices.as_ref())?);
+        users.extend(read_mount_users(
+            Path::new(MOUNTS),
+            &Sysfs::default(),
+            devices.as_ref(),
+        )?);
         let conflicts = validate(&extents, self.mode.is_writable(), &users, self.safety);
-        let explanations: Vec<String> = conflicts.iter().map(|conflict| conflict.explain(&users)).collect();
-        let what = format!("{} {} at safety {}", self.uname, self.mode.as_str(), self.safety.number());
+        let explanations: Vec<String> = conflicts
+            .iter()
+            .map(|conflict| conflict.explain(&users))
+            .collect();
+        let what = format!(
+            "{} {} at safety {}",
+            self.uname,
+            self.mode.as_str(),
+            self.safety.number()
+        );
         if context.json {
             let conflicts_json: Vec<_> = conflicts
                 .iter()
@@ -202,12 +246,22 @@ impl Check {
                 json!({"uname": self.uname.to_string(), "mode": self.mode.as_str(), "safety": self.safety.number(), "safe": conflicts.is_empty(), "conflicts": conflicts_json})
             );
         } else if conflicts.is_empty() {
-            println!("{what}: safe ({} checked)", extents.iter().map(describe_extent).collect::<Vec<_>>().join(", "));
+            println!(
+                "{what}: safe ({} checked)",
+                extents
+                    .iter()
+                    .map(describe_extent)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
         if conflicts.is_empty() {
             Ok(())
         } else {
-            Err(Error::Refused(format!("{what}: unsafe: {}", explanations.join("; "))))
+            Err(Error::Refused(format!(
+                "{what}: unsafe: {}",
+                explanations.join("; ")
+            )))
         }
     }
 }

@@ -131,9 +131,8 @@ impl Channel {
                 }
                 _ if reply_kind == expected => return Ok(reply),
                 other => {
-                    return Err(self.protocol_error(format!(
-                        "expected a {expected:?} reply, got {other:?}"
-                    )))
+                    return Err(self
+                        .protocol_error(format!("expected a {expected:?} reply, got {other:?}")))
                 }
             }
         }
@@ -145,7 +144,10 @@ impl Channel {
     }
 
     /// Wait up to `limit` for a change notice.
-    pub fn wait_notice(&mut self, limit: Duration) -> Result<Option<ChangeNotice>, HypervisorError> {
+    pub fn wait_notice(
+        &mut self,
+        limit: Duration,
+    ) -> Result<Option<ChangeNotice>, HypervisorError> {
         if let Some(notice) = self.notices.first().copied() {
             self.notices.remove(0);
             return Ok(Some(notice));

@@ -147,20 +147,33 @@ impl Hypervisor {
     }
 
     /// Create an empty VBD.
-    pub fn create(&mut self, domain: u32, vdevice: DeviceNumber, mode: Mode) -> Result<(), HypervisorError> {
+    pub fn create(
+        &mut self,
+        domain: u32,
+        vdevice: DeviceNumber,
+        mode: Mode,
+    ) -> Result<(), HypervisorError> {
         let args = CreateArgs {
             handle: handle(domain, vdevice),
             mode: mode.bits(),
             _reserved: 0,
         };
-        self.hypercall(Op::Create, &args, &[], 0, || format!("create {}", describe(domain, vdevice)))
-            .map(drop)
+        self.hypercall(Op::Create, &args, &[], 0, || {
+            format!("create {}", describe(domain, vdevice))
+        })
+        .map(drop)
     }
 
     /// Replace a VBD's extents atomically.
-    pub fn set_extents(&mut self, domain: u32, vdevice: DeviceNumber, extents: &[Extent]) -> Result<(), HypervisorError> {
+    pub fn set_extents(
+        &mut self,
+        domain: u32,
+        vdevice: DeviceNumber,
+        extents: &[Extent],
+    ) -> Result<(), HypervisorError> {
         let wire: Vec<WireExtent> = extents.iter().map(Extent::to_wire).collect();
-        let count = u32::try_from(wire.len()).map_err(|_| self.protocol_error("too many extents"))?;
+        let count =
+            u32::try_from(wire.len()).map_err(|_| self.protocol_error("too many extents"))?;
         let args = SetExtentsArgs {
             handle: handle(domain, vdevice),
             extents_address: ARRAY_ADDRESS as u64,
@@ -174,13 +187,20 @@ impl Hypervisor {
     }
 
     /// Append one extent.
-    pub fn grow(&mut self, domain: u32, vdevice: DeviceNumber, extent: Extent) -> Result<(), HypervisorError> {
+    pub fn grow(
+        &mut self,
+        domain: u32,
+        vdevice: DeviceNumber,
+        extent: Extent,
+    ) -> Result<(), HypervisorError> {
         let args = GrowArgs {
             handle: handle(domain, vdevice),
             extent: extent.to_wire(),
         };
-        self.hypercall(Op::Grow, &args, &[], 0, || format!("grow {}", describe(domain, vdevice)))
-            .map(drop)
+        self.hypercall(Op::Grow, &args, &[], 0, || {
+            format!("grow {}", describe(domain, vdevice))
+        })
+        .map(drop)
     }
 
     /// Remove the last extent.
@@ -201,14 +221,22 @@ impl Hypervisor {
 
     /// Release everything a domain had; returns how many VBDs that was.
     pub fn destroy_domain(&mut self, domain: u32) -> Result<u64, HypervisorError> {
-        let args = DomainArgs { domain, _reserved: 0 };
-        self.hypercall(Op::DestroyDomain, &args, &[], 0, || format!("destroy domain {domain}"))
-            .map(|(released, _)| released)
+        let args = DomainArgs {
+            domain,
+            _reserved: 0,
+        };
+        self.hypercall(Op::DestroyDomain, &args, &[], 0, || {
+            format!("destroy domain {domain}")
+        })
+        .map(|(released, _)| released)
     }
 
     /// The VBDs of `domain` (or of every domain for `None`) and the generation; asks again
     /// with a larger buffer when the first did not fit, so nothing is ever cut short.
-    pub fn probe(&mut self, domain: Option<u32>) -> Result<(Vec<VbdSummary>, u64), HypervisorError> {
+    pub fn probe(
+        &mut self,
+        domain: Option<u32>,
+    ) -> Result<(Vec<VbdSummary>, u64), HypervisorError> {
         let target = domain.unwrap_or(PROBE_ALL);
         let entry_size = std::mem::size_of::<ProbeEntry>();
         let mut capacity = 16u32;
@@ -223,11 +251,19 @@ impl Hypervisor {
                 Some(domain) => format!("probe of domain {domain}"),
                 None => "probe of all domains".to_owned(),
             };
-            match self.hypercall(Op::Probe, &args, &[], capacity as usize * entry_size, operation) {
+            match self.hypercall(
+                Op::Probe,
+                &args,
+                &[],
+                capacity as usize * entry_size,
+                operation,
+            ) {
                 Ok((count, image)) => {
                     let after: ProbeArgs = self.read_back(&image, 0)?;
                     let entries = (0..count as usize)
-                        .map(|index| self.read_back::<ProbeEntry>(&image, ARRAY_ADDRESS + index * entry_size))
+                        .map(|index| {
+                            self.read_back::<ProbeEntry>(&image, ARRAY_ADDRESS + index * entry_size)
+                        })
                         .map(|entry| entry.map(summary))
                         .collect::<Result<Vec<_>, _>>()?;
                     return Ok((entries, after.generation));
@@ -242,7 +278,11 @@ impl Hypervisor {
     }
 
     /// One VBD's mode, size and every extent.
-    pub fn info(&mut self, domain: u32, vdevice: DeviceNumber) -> Result<VbdDetails, HypervisorError> {
+    pub fn info(
+        &mut self,
+        domain: u32,
+        vdevice: DeviceNumber,
+    ) -> Result<VbdDetails, HypervisorError> {
         let extent_size = std::mem::size_of::<WireExtent>();
         let mut capacity = 64u32;
         loop {
@@ -253,14 +293,22 @@ impl Hypervisor {
                 ..Default::default()
             };
             let operation = || format!("info on {}", describe(domain, vdevice));
-            match self.hypercall(Op::Info, &args, &[], capacity as usize * extent_size, operation) {
+            match self.hypercall(
+                Op::Info,
+                &args,
+                &[],
+                capacity as usize * extent_size,
+                operation,
+            ) {
                 Ok((count, image)) => {
                     let after: InfoArgs = self.read_back(&image, 0)?;
                     let extents = (0..count as usize)
                         .map(|index| {
-                            let wire: WireExtent = self.read_back(&image, ARRAY_ADDRESS + index * extent_size)?;
-                            wire.validate()
-                                .map_err(|error| self.protocol_error(format!("bad extent in info: {error}")))
+                            let wire: WireExtent =
+                                self.read_back(&image, ARRAY_ADDRESS + index * extent_size)?;
+                            wire.validate().map_err(|error| {
+                                self.protocol_error(format!("bad extent in info: {error}"))
+                            })
                         })
                         .collect::<Result<Vec<_>, _>>()?;
                     return Ok(VbdDetails {
@@ -290,14 +338,21 @@ impl Hypervisor {
     }
 
     /// Read `nr_sectors` sectors from the port's VBD `vdevice`, starting at `sector`.
-    pub fn read(&mut self, vdevice: DeviceNumber, sector: u64, nr_sectors: u32) -> Result<Vec<u8>, HypervisorError> {
+    pub fn read(
+        &mut self,
+        vdevice: DeviceNumber,
+        sector: u64,
+        nr_sectors: u32,
+    ) -> Result<Vec<u8>, HypervisorError> {
         let request = block_request(vdevice, sector, nr_sectors);
         let reply = self.channel.request(
             FrameKind::BlockRead,
             &[request.as_bytes()],
             FrameKind::BlockResponse,
         )?;
-        let data = self.block_result(&reply, || format!("read of {nr_sectors} sectors at {sector} from {vdevice}"))?;
+        let data = self.block_result(&reply, || {
+            format!("read of {nr_sectors} sectors at {sector} from {vdevice}")
+        })?;
         if data.len() as u64 != u64::from(nr_sectors) * SECTOR_SIZE {
             return Err(self.protocol_error("a read reply of the wrong length"));
         }
@@ -305,9 +360,19 @@ impl Hypervisor {
     }
 
     /// Write whole sectors to the port's VBD `vdevice`, starting at `sector`.
-    pub fn write(&mut self, vdevice: DeviceNumber, sector: u64, data: &[u8]) -> Result<(), HypervisorError> {
-        if data.len() as u64 % SECTOR_SIZE != 0 || data.len() as u64 > u64::from(MAX_BLOCK_SECTORS) * SECTOR_SIZE {
-            return Err(self.protocol_error(format!("a write of {} bytes is not whole sectors within one request", data.len())));
+    pub fn write(
+        &mut self,
+        vdevice: DeviceNumber,
+        sector: u64,
+        data: &[u8],
+    ) -> Result<(), HypervisorError> {
+        if data.len() as u64 % SECTOR_SIZE != 0
+            || data.len() as u64 > u64::from(MAX_BLOCK_SECTORS) * SECTOR_SIZE
+        {
+            return Err(self.protocol_error(format!(
+                "a write of {} bytes is not whole sectors within one request",
+                data.len()
+            )));
         }
         let nr_sectors = (data.len() as u64 / SECTOR_SIZE) as u32;
         let request = block_request(vdevice, sector, nr_sectors);
@@ -316,11 +381,17 @@ impl Hypervisor {
             &[request.as_bytes(), data],
             FrameKind::BlockResponse,
         )?;
-        self.block_result(&reply, || format!("write of {nr_sectors} sectors at {sector} to {vdevice}"))?;
+        self.block_result(&reply, || {
+            format!("write of {nr_sectors} sectors at {sector} to {vdevice}")
+        })?;
         Ok(())
     }
 
-    fn block_result<'a>(&self, reply: &'a [u8], operation: impl FnOnce() -> String) -> Result<&'a [u8], HypervisorError> {
+    fn block_result<'a>(
+        &self,
+        reply: &'a [u8],
+        operation: impl FnOnce() -> String,
+    ) -> Result<&'a [u8], HypervisorError> {
         let (response, data) = BlockResponse::read_from_prefix(reply)
             .map_err(|_| self.protocol_error("short block reply"))?;
         match shared_abi::Error::from_wire(response.result) {

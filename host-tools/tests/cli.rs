@@ -1,0 +1,868 @@
+//! The `vdisk` binary driven as scripts drive it, on sparse images partitioned with sfdisk:
+//! every command, every seed defect, the create race, crash safety and bad input.
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use host_tools::database::{AccessMode, AttachmentTarget, Database, OpenMode, VdState};
+use host_tools::timestamp::now;
+use host_tools::uname::VdId;
+use serde_json::Value;
+use shared_abi::DeviceNumber;
+
+const SFDISK: &str = "/usr/sbin/sfdisk";
+const MIB: u64 = 1 << 20;
+
+/// A temporary machine: one disk image `hda` (3:0) with partitions, a devices file and a
+/// database path.
+struct Machine {
+    directory: tempfile::TempDir,
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Machine {
+    /// `partitions_mib` sizes the partitions in MiB, starting at 1 MiB.
+    fn new(disk_mib: u64, partitions_mib: &[u64]) -> Machine {
+        assert!(
+            Path::new(SFDISK).exists(),
+            "{SFDISK} is missing: install the fdisk package (apt-get install fdisk)"
+        );
+        let directory = tempfile::tempdir().unwrap();
+        let image = directory.path().join("hda.img");
+        fs::File::create(&image)
+            .unwrap()
+            .set_len(disk_mib * MIB)
+            .unwrap();
+        let mut script = String::from("label: dos\n");
+        for size in partitions_mib {
+            script.push_str(&format!(",{size}M\n"));
+        }
+        let mut child = Command::new(SFDISK)
+            .args(["-q", "--no-reread"])
+            .arg(&image)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success(), "sfdisk failed");
+        fs::write(
+            directory.path().join("devices.toml"),
+            "[[disk]]\nname = \"hda\"\ndevice = \"3:0\"\npath = \"hda.img\"\n",
+        )
+        .unwrap();
+        Machine { directory }
+    }
+
+    fn database_path(&self) -> PathBuf {
+        self.directory.path().join("state/vdisk.sqlite")
+    }
+
+    fn image(&self) -> PathBuf {
+        self.directory.path().join("hda.img")
+    }
+
+    fn command(&self, arguments: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_vdisk"));
+        command
+            .args(arguments)
+            .env("VDISK_DB", self.database_path())
+            .env("VDISK_DEVICES", self.directory.path().join("devices.toml"))
+            .env_remove("VDISK_HV");
+        command
+    }
+
+    fn run(&self, arguments: &[&str]) -> Run {
+        let output: Output = self.command(arguments).output().unwrap();
+        Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8(output.stdout).unwrap(),
+            stderr: String::from_utf8(output.stderr).unwrap(),
+        }
+    }
+
+    /// Run and require success; returns standard output.
+    fn ok(&self, arguments: &[&str]) -> String {
+        let run = self.run(arguments);
+        assert_eq!(run.code, 0, "vdisk {arguments:?} failed: {}", run.stderr);
+        assert_eq!(run.stderr, "");
+        run.stdout
+    }
+
+    fn json(&self, arguments: &[&str]) -> Value {
+        let mut arguments = arguments.to_vec();
+        arguments.push("--json");
+        serde_json::from_str(&self.ok(&arguments)).unwrap()
+    }
+
+    /// Run and require failure with `code` and exactly `message` as its one line.
+    fn fails(&self, arguments: &[&str], code: i32, message: &str) {
+        let run = self.run(arguments);
+        assert_eq!(run.code, code, "vdisk {arguments:?}: {}", run.stderr);
+        assert_eq!(
+            run.stderr,
+            format!("vdisk: {message}\n"),
+            "vdisk {arguments:?}"
+        );
+        assert_eq!(run.stdout, "");
+    }
+
+    /// Everything a script can see of the database: the pool and every disk.
+    fn snapshot(&self) -> (Value, Value) {
+        (self.json(&["pool"]), self.json(&["list", "--all"]))
+    }
+
+    fn database(&self) -> Database {
+        Database::open(&self.database_path(), OpenMode::Existing).unwrap()
+    }
+
+    fn read_image(&self, sector: u64, sectors: u64) -> Vec<u8> {
+        let mut buffer = vec![0u8; (sectors * 512) as usize];
+        fs::File::open(self.image())
+            .unwrap()
+            .read_exact_at(&mut buffer, sector * 512)
+            .unwrap();
+        buffer
+    }
+
+    fn fill_image(&self, sector: u64, sectors: u64, byte: u8) {
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .open(self.image())
+            .unwrap();
+        file.write_all_at(&vec![byte; (sectors * 512) as usize], sector * 512)
+            .unwrap();
+    }
+}
+
+fn extents(disk: &Value) -> Vec<(String, u64, u64)> {
+    disk["extents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|extent| {
+            (
+                extent["device"].as_str().unwrap().to_string(),
+                extent["start_sector"].as_u64().unwrap(),
+                extent["nr_sectors"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Partition starts as sfdisk reports them, in sectors.
+fn partition_starts(image: &Path) -> Vec<u64> {
+    let output = Command::new(SFDISK).arg("-d").arg(image).output().unwrap();
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|line| line.split("start=").nth(1))
+        .map(|rest| rest.split(',').next().unwrap().trim().parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn every_command_works_and_prints_the_agreed_shapes() {
+    let machine = Machine::new(64, &[16, 16, 16]);
+    let partition = machine.json(&["format", "phy:hda2", "--extent-size", "1M"]);
+    let starts = partition_starts(&machine.image());
+    assert_eq!(partition["name"], "hda2");
+    assert_eq!(partition["device"], "3:0");
+    assert_eq!(partition["start_sector"], starts[1]);
+    assert_eq!(partition["extent_sectors"], 2048);
+    assert_eq!(partition["total_extents"], 16);
+
+    let created = machine.json(&["create", "4M", "--expiry", "2h"]);
+    assert_eq!(created["id"], 1);
+    assert_eq!(created["size_sectors"], 8192);
+    assert_eq!(created["state"], "live");
+    assert!(created["expires_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(
+        extents(&created),
+        vec![("3:0".to_string(), starts[1], 8192)]
+    );
+    assert_eq!(machine.ok(&["create", "3"]), "2\n");
+
+    let shown = machine.json(&["show", "2"]);
+    let keys: Vec<&String> = shown.as_object().unwrap().keys().collect();
+    assert_eq!(
+        keys,
+        ["expires_at", "extents", "id", "size_sectors", "state"]
+    );
+    assert_eq!(shown["expires_at"], Value::Null);
+    assert_eq!(
+        extents(&shown),
+        vec![("3:0".to_string(), starts[1] + 8192, 6144)]
+    );
+
+    let listed = machine.json(&["list"]);
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert_eq!(listed[0].get("extents"), None);
+
+    let pool = machine.json(&["pool"]);
+    assert_eq!(pool["total_sectors"], 16 * 2048);
+    assert_eq!(pool["free_sectors"], 9 * 2048);
+    assert_eq!(pool["partitions"][0]["free_extents"], 9);
+
+    assert_eq!(
+        machine.ok(&["lookup", "vd:1"]),
+        format!("3:0 {} 8192\n", starts[1])
+    );
+    assert_eq!(
+        machine.ok(&["lookup", "phy:hda3"]),
+        format!("3:0 {} 32768\n", starts[2])
+    );
+    assert_eq!(machine.json(&["lookup", "vd:2"])["size_sectors"], 6144);
+    assert!(machine
+        .ok(&["check", "vd:1", "rw"])
+        .starts_with("vd:1 rw at safety 0: safe"));
+
+    let refreshed = machine.json(&["refresh", "1", "--expiry", "never"]);
+    assert_eq!(refreshed["expires_at"], Value::Null);
+    let deleted = machine.json(&["delete", "vd:1"]);
+    assert_eq!(deleted["state"], "expired");
+    assert_eq!(machine.json(&["list"]).as_array().unwrap().len(), 1);
+    assert_eq!(
+        machine.json(&["list", "--all"]).as_array().unwrap().len(),
+        2
+    );
+    assert_eq!(machine.json(&["undelete", "1"])["state"], "live");
+    assert!(machine.ok(&["list"]).contains("vd:1"));
+    assert!(machine.ok(&["pool"]).contains("hda2"));
+    machine.json(&["delete", "1", "--wipe"]);
+}
+
+#[test]
+fn every_subcommand_has_an_example_in_its_help() {
+    let machine = Machine::new(8, &[4]);
+    for command in [
+        "format", "create", "refresh", "delete", "undelete", "list", "show", "pool", "lookup",
+        "check",
+    ] {
+        let help = machine.ok(&[command, "--help"]);
+        assert!(help.contains("Example"), "{command} --help has no example");
+    }
+    assert!(machine
+        .ok(&["create", "--help"])
+        .contains("smallest such run"));
+}
+
+#[test]
+fn global_options_are_accepted_anywhere() {
+    let machine = Machine::new(16, &[8]);
+    let devices = machine.directory.path().join("devices.toml");
+    let database = machine.database_path();
+    let output = Command::new(env!("CARGO_BIN_EXE_vdisk"))
+        .args(["format", "--json", "phy:hda1", "--devices"])
+        .arg(&devices)
+        .arg("--extent-size=1M")
+        .arg("--db")
+        .arg(&database)
+        .env_remove("VDISK_DB")
+        .env_remove("VDISK_DEVICES")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(database.exists());
+}
+
+#[test]
+fn formatting_refuses_overlaps_and_unknown_devices() {
+    let machine = Machine::new(32, &[8, 8]);
+    machine.ok(&["format", "phy:hda1", "--extent-size", "1M"]);
+    let starts = partition_starts(&machine.image());
+    machine.fails(
+        &["format", "phy:hda", "--extent-size", "1M"],
+        1,
+        &format!("phy:hda: sectors 0+65536 of 3:0 overlap phy:hda1 (sectors {}+16384), already in the pool", starts[0]),
+    );
+    let devices = machine.directory.path().join("devices.toml");
+    machine.fails(
+        &["format", "phy:hdz1"],
+        1,
+        &format!(
+            "phy:hdz1: no such disk or partition in devices file {}",
+            devices.display()
+        ),
+    );
+    machine.fails(
+        &["format", "phy:hda7"],
+        1,
+        &format!(
+            "phy:hda7: no such disk or partition in devices file {}",
+            devices.display()
+        ),
+    );
+    machine.fails(
+        &["format", "phy:hda2", "--extent-size", "3M"],
+        2,
+        "invalid value '3M' for '--extent-size <EXTENT_SIZE>': extent size \"3M\": must be a power of two of at least 1M",
+    );
+    machine.fails(
+        &["format", "phy:hda2", "--extent-size", "16M"],
+        1,
+        "phy:hda2: its 8M are smaller than one extent of 16M",
+    );
+}
+
+#[test]
+fn seed_defect_1_ids_are_bound_never_spliced_into_sql() {
+    let machine = Machine::new(16, &[8]);
+    machine.ok(&["format", "phy:hda1", "--extent-size", "1M"]);
+    machine.ok(&["create", "2"]);
+    let before = machine.snapshot();
+    machine.fails(
+        &["lookup", "vd:1 OR 1=1"],
+        2,
+        "invalid value 'vd:1 OR 1=1' for '<UNAME>': virtual disk id \"vd:1 OR 1=1\": not a positive integer",
+    );
+    machine.fails(
+        &["delete", "1 OR 1=1"],
+        2,
+        "invalid value '1 OR 1=1' for '<ID>': virtual disk id \"1 OR 1=1\": not a positive integer",
+    );
+    machine.fails(
+        &["format", "phy:hda1'; DROP TABLE extents; --"],
+        2,
+        "invalid value 'phy:hda1'; DROP TABLE extents; --' for '<NAME>': \"phy:hda1'; DROP TABLE extents; --\": not a device name (letters and digits, like hda2 or nvme0n1p3)",
+    );
+    assert_eq!(machine.snapshot(), before);
+    assert_eq!(machine.json(&["lookup", "vd:1"])["size_sectors"], 4096);
+}
+
+#[test]
+fn seed_defect_2_partition_extents_count_from_the_start_of_the_disk() {
+    let machine = Machine::new(48, &[8, 8, 8]);
+    let starts = partition_starts(&machine.image());
+    // hda1 and hda2 hold data and stay out of the pool; a disk made from hda3 and zeroed
+    // must not touch them (the seed numbered hda3's extents from sector 0 of the disk).
+    machine.fill_image(starts[0], 2 * 16384, 0x5A);
+    machine.fill_image(starts[2], 16384, 0xA5);
+    let outside_before = machine.read_image(0, starts[2]);
+    machine.ok(&["format", "phy:hda3", "--extent-size", "1M"]);
+    let disk = machine.json(&["create", "8", "--zero"]);
+    assert_eq!(extents(&disk), vec![("3:0".to_string(), starts[2], 16384)]);
+    assert!(machine
+        .read_image(starts[2], 16384)
+        .iter()
+        .all(|&byte| byte == 0));
+    assert_eq!(machine.read_image(0, starts[2]), outside_before);
+    // Two partitions of one disk live side by side in the pool without colliding.
+    machine.ok(&["format", "phy:hda1", "--extent-size", "1M"]);
+    let pool = machine.json(&["pool"]);
+    assert_eq!(pool["partitions"][0]["start_sector"], starts[0]);
+    assert_eq!(pool["partitions"][1]["start_sector"], starts[2]);
+    let second = machine.json(&["create", "8"]);
+    assert_eq!(
+        extents(&second),
+        vec![("3:0".to_string(), starts[0], 16384)]
+    );
+    assert_eq!(
+        machine.database().consistency_problems(now()).unwrap(),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn seed_defect_3_refresh_does_not_revive_a_reissued_disk() {
+    let machine = Machine::new(16, &[4]);
+    machine.ok(&["format", "phy:hda1", "--extent-size", "1M"]);
+    machine.ok(&["create", "4", "--expiry", "1s"]);
+    std::thread::sleep(Duration::from_millis(2100));
+    machine.ok(&["create", "4"]);
+    machine.fails(
+        &["refresh", "1", "--expiry", "1h"],
+        1,
+        "vd:1: has expired (its extents may be reissued; undelete checks whether it can come back)",
+    );
+    let first = machine.json(&["show", "1"]);
+    let second = machine.json(&["show", "2"]);
+    machine.fails(
+        &["undelete", "1"],
+        1,
+        &format!(
+            "vd:1: its extent at 3:0:{} was reissued to vd:2",
+            extents(&first)[0].1
+        ),
+    );
+    assert_eq!(extents(&first), extents(&second));
+    assert_eq!(first["state"], "expired");
+    assert_eq!(second["state"], "live");
+}
+
+#[test]
+fn seed_defect_5_layout_follows_recorded_positions_in_disk_order() {
+    let machine = Machine::new(16, &[8]);
+    machine.ok(&["format", "phy:hda1", "--extent-size", "1M"]);
+    for _ in 0..8 {
+        machine.ok(&["create", "1"]);
+    }
+    for id in ["2", "5", "7"] {
+        machine.ok(&["delete", id]);
+    }
+    let disk = machine.json(&["create", "3"]);
+    let layout = extents(&disk);
+    let mut sorted = layout.clone();
+    sorted.sort_by_key(|extent| extent.1);
+    assert_eq!(layout, sorted);
+    assert_eq!(layout.len(), 3);
+    // The same order every time it is read, whatever SQLite's row order.
+    let lookup: Vec<String> = machine
+        .ok(&["lookup", "vd:9"])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        lookup,
+        layout
+            .iter()
+            .map(|(device, start, count)| format!("{device} {start} {count}"))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn seed_defect_6_eight_racing_creates_on_room_for_four_succeed_four_times() {
+    let machine = Machine::new(16, &[8]);
+    machine.ok(&["format", "phy:hda1", "--extent-size", "2M"]);
+    let children: Vec<_> = (0..8)
+        .map(|_| {
+            machine
+                .command(&["create", "2", "--zero"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outputs: Vec<Output> = children
+        .into_iter()
+        .map(|child| child.wait_with_output().unwrap())
+        .collect();
+    let succeeded = outputs
+        .iter()
+        .filter(|output| output.status.success())
+        .count();
+    assert_eq!(
+        succeeded,
+        4,
+        "{:?}",
+        outputs
+            .iter()
+            .map(|output| String::from_utf8_lossy(&output.stderr).into_owned())
+            .collect::<Vec<_>>()
+    );
+    for output in outputs.iter().filter(|output| !output.status.success()) {
+        assert_eq!(output.status.code(), Some(1));
+        assert_eq!(
+            String::from_utf8_lossy(&output.stderr),
+            "vdisk: create 2M: no space (the pool has 0s free)\n"
+        );
+    }
+    let mut all: Vec<_> = (1..=4)
+        .flat_map(|id| extents(&machine.json(&["show", &id.to_string()])))
+        .collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 4);
+    assert_eq!(
+        machine.database().consistency_problems(now()).unwrap(),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn seed_defect_7_a_new_disk_never_reads_the_previous_owners_data() {
+    let machine = Machine::new(16, &[8]);
+    machine.ok(&["format", "phy:hda1", "--extent-size", "1M"]);
+    let first = machine.json(&["create", "8"]);
+    let (_, start, count) = extents(&first)[0].clone();
+    machine.fill_image(start, count, 0xEE);
+    machine.ok(&["delete", "1"]);
+    let second = machine.json(&["create", "8"]);
+    assert_eq!(extents(&second), extents(&first));
+    assert!(machine
+        .read_image(start, count)
+        .iter()
+        .all(|&byte| byte == 0));
+    // A wiped disk's extents are zeroed on delete, and stay zero for the next owner.
+    machine.fill_image(start, count, 0x11);
+    machine.ok(&["delete", "2", "--wipe"]);
+    assert!(machine
+        .read_image(start, count)
+        .iter()
+        .all(|&byte| byte == 0));
+    machine.ok(&["create", "8"]);
+    assert!(machine
+        .read_image(start, count)
+        .iter()
+        .all(|&byte| byte == 0));
+}
+
+#[test]
+fn seed_defect_8_extents_still_mapped_are_not_reissued() {
+    let machine = Machine::new(16, &[4]);
+    machine.ok(&["format", "phy:hda1", "--extent-size", "1M"]);
+    machine.ok(&["create", "4"]);
+    let xvda = DeviceNumber::from_name("xvda").unwrap();
+    machine
+        .database()
+        .record_attachment(
+            &AttachmentTarget::VirtualDisk(VdId::parse("1").unwrap()),
+            1,
+            xvda,
+            AccessMode::ReadWrite,
+            now(),
+        )
+        .unwrap();
+    let before = machine.snapshot();
+    machine.fails(
+        &["delete", "1"],
+        1,
+        "vd:1: still attached to domain 1 as xvda (rw); detach it first or use --force",
+    );
+    assert_eq!(machine.snapshot(), before);
+    machine.ok(&["delete", "1", "--force"]);
+    machine.fails(
+        &["create", "1"],
+        1,
+        "create 1M: no space (the pool has 0s free)",
+    );
+    assert_eq!(machine.json(&["pool"])["free_sectors"], 0);
+    machine.fails(&["check", "phy:hda1", "r"], 1, "phy:hda1 r at safety 0: unsafe: 3:0 sectors 2048+8192 overlaps domain 1 xvda (rw) at 3:0 sectors 2048+8192 (shared: sectors 2048+8192)");
+    let removed = machine.database().remove_attachment(1, xvda).unwrap();
+    assert_eq!(removed.uname, "vd:1");
+    assert_eq!(
+        machine
+            .database()
+            .attachments_of(VdId::parse("1").unwrap())
+            .unwrap(),
+        vec![]
+    );
+    machine.ok(&["create", "1"]);
+}
+
+#[test]
+fn seed_defect_9_long_extent_lists_are_kept_whole() {
+    let machine = Machine::new(1200, &[1100]);
+    machine.ok(&["format", "phy:hda1", "--extent-size", "1M"]);
+    let mut database = machine.database();
+    let time = now();
+    // Claim every extent, then free every other one: 550 free extents, none adjacent.
+    let mut ids = Vec::new();
+    for _ in 0..1100 {
+        let pending = database.begin_create(2048, false, time).unwrap();
+        database
+            .finish_create(pending.id, host_tools::duration::Expiry::Never, time)
+            .unwrap();
+        ids.push(pending.id);
+    }
+    for id in ids.iter().step_by(2) {
+        database.delete(*id, false, false, time).unwrap();
+    }
+    let pending = database.begin_create(1100 * 1024, false, time).unwrap();
+    let disk = database
+        .finish_create(pending.id, host_tools::duration::Expiry::Never, time)
+        .unwrap();
+    assert_eq!(disk.extents.len(), 550);
+    drop(database);
+    // Add 550 more disjoint extents to the same disk by re-creating a longer list: record
+    // an attachment of 1100 extents (all of hda1) and check the last one is seen.
+    let shown = machine.json(&["show", &disk.id.get().to_string()]);
+    assert_eq!(extents(&shown).len(), 550);
+    let mut database = machine.database();
+    let all: Vec<_> = (0..1100u64)
+        .map(|index| shared_abi::wire::Extent {
+            device: DeviceNumber::new(3, 0).unwrap(),
+            start_sector: 2048 + index * 2048,
+            nr_sectors: 1024,
+        })
+        .collect();
+    database
+        .record_attachment(
+            &AttachmentTarget::Physical {
+                name: "hda1".into(),
+                extents: all,
+            },
+            2,
+            DeviceNumber::from_name("xvdb").unwrap(),
+            AccessMode::ReadWrite,
+            time,
+        )
+        .unwrap();
+    assert_eq!(database.attachments().unwrap()[0].extents.len(), 1100);
+    drop(database);
+    let check = machine.run(&["check", &disk.id.to_string(), "r", "--json"]);
+    assert_eq!(check.code, 1);
+    let report: Value = serde_json::from_str(&check.stdout).unwrap();
+    // Every one of the 550 extents overlaps one of the 1100 recorded ones, the last included.
+    assert_eq!(report["conflicts"].as_array().unwrap().len(), 550);
+    assert_eq!(report["safe"], false);
+}
+
+#[test]
+fn killing_a_large_zeroing_create_leaves_a_consistent_database() {
+    let machine = Machine::new(1100, &[1024]);
+    machine.ok(&["format", "phy:hda1", "--extent-size", "1M"]);
+    let mut child = machine
+        .command(&["create", "1000", "--zero"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the create never started zeroing"
+        );
+        let state = Database::open(&machine.database_path(), OpenMode::Existing)
+            .ok()
+            .and_then(|database| database.virtual_disk(VdId::parse("1").unwrap(), now()).ok())
+            .map(|disk| disk.state);
+        if state == Some(VdState::Creating) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        None,
+        "the create finished before it could be killed"
+    );
+    let database = machine.database();
+    assert_eq!(
+        database.consistency_problems(now()).unwrap(),
+        Vec::<String>::new()
+    );
+    // The half-made disk is not usable, holds its extents until its lease lapses, and the
+    // rest of the pool still works.
+    assert_eq!(machine.json(&["list", "--all"]), serde_json::json!([]));
+    machine.fails(&["show", "1"], 1, "vd:1: is still being created");
+    machine.fails(&["lookup", "vd:1"], 1, "vd:1: is still being created");
+    assert_eq!(machine.json(&["pool"])["free_sectors"], 24 * 2048);
+    machine.ok(&["create", "8"]);
+    // After the lease, every extent is back and, being dirty, will be zeroed again.
+    let lapse = now() + host_tools::database::CREATE_LEASE_SECONDS + 1;
+    let pool = database.pool(lapse).unwrap();
+    assert_eq!(pool[0].free_extents, 1024 - 8);
+    assert_eq!(
+        database
+            .virtual_disk(VdId::parse("1").unwrap(), lapse)
+            .unwrap()
+            .state,
+        VdState::Abandoned
+    );
+}
+
+#[test]
+fn bad_sizes_and_durations_are_usage_errors_that_change_nothing() {
+    let machine = Machine::new(16, &[8]);
+    machine.ok(&["format", "phy:hda1", "--extent-size", "1M"]);
+    machine.ok(&["create", "1", "--expiry", "1h"]);
+    let before = machine.snapshot();
+    let size_error = |text: &str, reason: &str| {
+        format!("invalid value '{text}' for '<SIZE>': size \"{text}\": {reason}")
+    };
+    machine.fails(
+        &["create", "0"],
+        2,
+        &size_error("0", "must be greater than zero"),
+    );
+    machine.fails(
+        &["create", "0K"],
+        2,
+        &size_error("0K", "must be greater than zero"),
+    );
+    machine.fails(
+        &["create", "1.5G"],
+        2,
+        &size_error("1.5G", "unknown unit (use K, M, G or T)"),
+    );
+    machine.fails(
+        &["create", "abc"],
+        2,
+        &size_error(
+            "abc",
+            "not a size (expected a whole number of MiB, or a number with K, M, G or T)",
+        ),
+    );
+    machine.fails(
+        &["create", "99999999999999999999"],
+        2,
+        &size_error("99999999999999999999", "too large"),
+    );
+    machine.fails(
+        &["create", "--", "-5"],
+        2,
+        &size_error(
+            "-5",
+            "not a size (expected a whole number of MiB, or a number with K, M, G or T)",
+        ),
+    );
+    machine.fails(
+        &["create", "1T"],
+        1,
+        "create 1T: no space (the pool has 7M free)",
+    );
+    let expiry_error = |text: &str, reason: &str| {
+        format!("invalid value '{text}' for '--expiry <EXPIRY>': expiry \"{text}\": {reason}")
+    };
+    machine.fails(
+        &["create", "1", "--expiry", "0s"],
+        2,
+        &expiry_error(
+            "0s",
+            "must be greater than zero (use 0 or never for no expiry)",
+        ),
+    );
+    machine.fails(
+        &["create", "1", "--expiry=-1"],
+        2,
+        &expiry_error(
+            "-1",
+            "not a duration (expected seconds, 0 or never, or a number with s, m, h or d)",
+        ),
+    );
+    machine.fails(
+        &["refresh", "1", "--expiry", "5w"],
+        2,
+        &expiry_error("5w", "unknown unit (use s, m, h or d)"),
+    );
+    machine.fails(
+        &["refresh", "1", "--expiry", "36600d"],
+        2,
+        &expiry_error("36600d", "too long (at most 100 years)"),
+    );
+    machine.fails(&["show", "99"], 1, "vd:99: no such virtual disk");
+    machine.fails(&["delete", "99"], 1, "vd:99: no such virtual disk");
+    machine.fails(
+        &["refresh", "0"],
+        2,
+        "invalid value '0' for '<ID>': virtual disk id \"0\": not a positive integer",
+    );
+    machine.fails(
+        &["show", "x"],
+        2,
+        "invalid value 'x' for '<ID>': virtual disk id \"x\": not a positive integer",
+    );
+    machine.fails(
+        &["check", "vd:1", "rwx"],
+        2,
+        "invalid value 'rwx' for '<MODE>': mode \"rwx\": expected r or rw",
+    );
+    machine.fails(
+        &["check", "vd:1", "r", "--safety", "3"],
+        2,
+        "invalid value '3' for '--safety <SAFETY>': safety level \"3\": expected 0, 1 or 2",
+    );
+    machine.fails(&["undelete", "1"], 1, "vd:1: is live, nothing to undelete");
+    assert_eq!(machine.snapshot(), before);
+    assert_eq!(machine.run(&["frobnicate"]).code, 2);
+}
+
+#[test]
+fn delete_with_hv_refuses_rather_than_pretending_to_ask_the_hypervisor() {
+    let machine = Machine::new(16, &[8]);
+    machine.ok(&["format", "phy:hda1", "--extent-size", "1M"]);
+    machine.ok(&["create", "1"]);
+    machine.fails(
+        &["delete", "1", "--hv", "unix:/nonexistent"],
+        1,
+        "--hv unix:/nonexistent: this vdisk cannot ask a hypervisor yet; unset VDISK_HV to check recorded attachments only",
+    );
+    assert_eq!(machine.json(&["show", "1"])["state"], "live");
+}
+
+#[test]
+fn corrupt_foreign_and_missing_databases_are_refused_and_left_untouched() {
+    let machine = Machine::new(16, &[8]);
+    let database = machine.database_path();
+    machine.fails(
+        &["list"],
+        1,
+        &format!(
+            "database {}: does not exist (vdisk format creates it)",
+            database.display()
+        ),
+    );
+    assert!(!database.exists());
+    fs::create_dir_all(database.parent().unwrap()).unwrap();
+
+    let garbage: Vec<u8> = (0..8192u32).map(|index| (index * 7 + 3) as u8).collect();
+    fs::write(&database, &garbage).unwrap();
+    for arguments in [
+        &["list"][..],
+        &["format", "phy:hda1"][..],
+        &["create", "1"][..],
+    ] {
+        machine.fails(
+            arguments,
+            1,
+            &format!("database {}: not an SQLite database", database.display()),
+        );
+        assert_eq!(fs::read(&database).unwrap(), garbage);
+    }
+
+    // A healthy SQLite file, but another program's.
+    fs::remove_file(&database).unwrap();
+    let foreign = rusqlite::Connection::open(&database).unwrap();
+    foreign
+        .execute_batch("CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('mine');")
+        .unwrap();
+    drop(foreign);
+    let bytes = fs::read(&database).unwrap();
+    machine.fails(
+        &["format", "phy:hda1"],
+        1,
+        &format!(
+            "database {}: not a vdisk database (another program's SQLite file)",
+            database.display()
+        ),
+    );
+    machine.fails(
+        &["pool"],
+        1,
+        &format!(
+            "database {}: not a vdisk database (another program's SQLite file)",
+            database.display()
+        ),
+    );
+    assert_eq!(fs::read(&database).unwrap(), bytes);
+
+    // A vdisk database whose pages were damaged after the header.
+    fs::remove_file(&database).unwrap();
+    machine.ok(&["format", "phy:hda1", "--extent-size", "1M"]);
+    let mut damaged = fs::read(&database).unwrap();
+    let length = damaged.len();
+    for byte in &mut damaged[4096..length] {
+        *byte = 0xFF;
+    }
+    fs::write(&database, &damaged).unwrap();
+    machine.fails(
+        &["create", "1"],
+        1,
+        "database: database disk image is malformed",
+    );
+    assert_eq!(fs::read(&database).unwrap(), damaged);
+}
