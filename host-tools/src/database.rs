@@ -887,3 +887,73 @@ pub fn vdevice_name(vdevice: DeviceNumber) -> String {
         .map(|name| name.to_string())
         .unwrap_or_else(|| vdevice.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool_of(extents: u64) -> (tempfile::TempDir, Database) {
+        let directory = tempfile::tempdir().unwrap();
+        let mut database = Database::open(
+            &directory.path().join("v.sqlite"),
+            OpenMode::CreateIfMissing,
+        )
+        .unwrap();
+        let region = Region {
+            name: "hda1".into(),
+            disk_device: DeviceNumber::new(3, 0).unwrap(),
+            start_sector: 2048,
+            nr_sectors: extents * 2048,
+        };
+        database.format(&region, 2048, 0).unwrap();
+        (directory, database)
+    }
+
+    fn create(database: &mut Database, sectors: u64, expiry: Expiry, now: i64) -> VirtualDisk {
+        let pending = database.begin_create(sectors, false, now).unwrap();
+        database.finish_create(pending.id, expiry, now).unwrap()
+    }
+
+    #[test]
+    fn expiry_returns_extents_to_the_pool_at_the_agreed_second() {
+        let (_directory, mut database) = pool_of(2);
+        let disk = create(&mut database, 4096, Expiry::After(10), 100);
+        assert_eq!(database.pool(109).unwrap()[0].free_extents, 0);
+        assert_eq!(
+            database.virtual_disk(disk.id, 110).unwrap().state,
+            VdState::Expired
+        );
+        assert_eq!(database.pool(110).unwrap()[0].free_extents, 2);
+    }
+
+    #[test]
+    fn a_lapsed_create_lease_frees_its_extents_and_cannot_finish() {
+        let (_directory, mut database) = pool_of(1);
+        let pending = database.begin_create(2048, false, 0).unwrap();
+        assert_eq!(
+            pending.to_zero.len(),
+            1,
+            "freshly formatted extents are dirty"
+        );
+        let lapse = CREATE_LEASE_SECONDS;
+        assert_eq!(database.pool(lapse).unwrap()[0].free_extents, 1);
+        assert_eq!(
+            database
+                .finish_create(pending.id, Expiry::Never, lapse)
+                .unwrap_err()
+                .to_string(),
+            "vd:1: lost its claim on its extents while being created"
+        );
+    }
+
+    #[test]
+    fn wiped_extents_are_not_zeroed_again_but_reused_ones_are() {
+        let (_directory, mut database) = pool_of(1);
+        let disk = create(&mut database, 2048, Expiry::Never, 0);
+        database.delete(disk.id, false, true, 1).unwrap();
+        assert_eq!(
+            database.begin_create(2048, false, 2).unwrap().to_zero,
+            vec![]
+        );
+    }
+}
