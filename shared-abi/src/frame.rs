@@ -33,6 +33,12 @@ pub const MAX_PAYLOAD: usize = MAX_BLOCK_SECTORS as usize * 512 + 4096;
 /// The largest encoded frame.
 pub const MAX_FRAME: usize = HEADER_LEN + MAX_PAYLOAD;
 
+/// The value the hypervisor writes to QEMU's `isa-debug-exit` port after a clean
+/// [`FrameKind::Shutdown`]; QEMU then exits with status `(value << 1) | 1` = 33.
+pub const SHUTDOWN_EXIT_VALUE: u8 = 0x10;
+/// The value written on a fatal error (QEMU exits with 35).
+pub const FAILURE_EXIT_VALUE: u8 = 0x11;
+
 /// What a frame carries.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
