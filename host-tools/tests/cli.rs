@@ -782,14 +782,19 @@ fn bad_sizes_and_durations_are_usage_errors_that_change_nothing() {
 }
 
 #[test]
-fn delete_with_hv_refuses_rather_than_pretending_to_ask_the_hypervisor() {
+fn delete_with_an_unreachable_hypervisor_is_refused_and_changes_nothing() {
     let machine = Machine::new(16, &[8]);
     machine.ok(&["format", "phy:hda1", "--extent-size", "1M"]);
     machine.ok(&["create", "1"]);
     machine.fails(
         &["delete", "1", "--hv", "unix:/nonexistent"],
         1,
-        "--hv unix:/nonexistent: this vdisk cannot ask a hypervisor yet; unset VDISK_HV to check recorded attachments only",
+        "hypervisor at unix:/nonexistent: No such file or directory (os error 2)",
+    );
+    machine.fails(
+        &["delete", "1", "--hv", "tcp:localhost:1"],
+        2,
+        "hypervisor endpoint `tcp:localhost:1`: expected unix:PATH",
     );
     assert_eq!(machine.json(&["show", "1"])["state"], "live");
 }

@@ -100,8 +100,9 @@ impl Refresh {
 
 /// Expire a virtual disk now; its extents return to the pool.
 ///
-/// Refused while a recorded attachment maps it, unless --force; even then its extents stay
-/// out of the pool until the attachment is removed.
+/// Refused while a recorded attachment maps it, or (with --hv) any VBD the hypervisor
+/// reports, unless --force; even then its extents stay out of the pool until the
+/// attachment is removed.
 #[derive(Args)]
 #[command(after_help = "Example:\n  vdisk delete 3 --wipe")]
 pub struct Delete {
@@ -118,21 +119,21 @@ pub struct Delete {
 
 impl Delete {
     pub fn run(self, context: &Context) -> Result<()> {
-        if let Some(endpoint) = &context.hv {
-            // Refusing is honest: checking only the database while the caller asked for
-            // the hypervisor's view would claim a safety we did not check.
-            return Err(Error::Refused(format!(
-                "--hv {endpoint}: this vdisk cannot ask a hypervisor yet; unset VDISK_HV to check recorded attachments only"
-            )));
-        }
         let mut database = context.database(OpenMode::Existing)?;
         let devices = context.device_source()?;
         let bar = context.progress_bar("wiping");
+        // With --hv, every VBD the hypervisor reports counts, not only recorded ones.
+        let mut hypervisor = match context.hv {
+            Some(_) => Some(super::vbd::hypervisor(context)?),
+            None => None,
+        };
         let request = DeleteRequest {
             id: self.id,
             force: self.force,
             wipe: self.wipe,
-            mapped: None,
+            mapped: hypervisor
+                .as_mut()
+                .map(|hypervisor| hypervisor as &mut dyn host_tools::lifecycle::MappedExtents),
         };
         let disk = delete_virtual_disk(
             &mut database,

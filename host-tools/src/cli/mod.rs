@@ -2,8 +2,10 @@
 //! `run`, and the mapping of errors to one line and an exit status.
 
 mod disks;
+mod io;
 mod output;
 mod pool;
+mod vbd;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -61,6 +63,11 @@ enum Command {
     Pool(pool::Pool),
     Lookup(pool::Lookup),
     Check(pool::Check),
+    Attach(vbd::Attach),
+    Detach(vbd::Detach),
+    Vbds(vbd::Vbds),
+    Write(io::Write),
+    Read(io::Read),
 }
 
 impl Command {
@@ -76,6 +83,11 @@ impl Command {
             Command::Pool(command) => command.run(context),
             Command::Lookup(command) => command.run(context),
             Command::Check(command) => command.run(context),
+            Command::Attach(command) => command.run(context),
+            Command::Detach(command) => command.run(context),
+            Command::Vbds(command) => command.run(context),
+            Command::Write(command) => command.run(context),
+            Command::Read(command) => command.run(context),
         }
     }
 }

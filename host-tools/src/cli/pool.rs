@@ -31,7 +31,7 @@ fn extent_size_argument(text: &str) -> std::result::Result<u64, String> {
     Ok(bytes / SECTOR_SIZE)
 }
 
-fn uname_argument(text: &str) -> std::result::Result<Uname, String> {
+pub(super) fn uname_argument(text: &str) -> std::result::Result<Uname, String> {
     Uname::parse(text).map_err(|error| error.to_string())
 }
 
@@ -42,11 +42,11 @@ fn phy_argument(text: &str) -> std::result::Result<String, String> {
     }
 }
 
-fn mode_argument(text: &str) -> std::result::Result<AccessMode, String> {
+pub(super) fn mode_argument(text: &str) -> std::result::Result<AccessMode, String> {
     AccessMode::parse(text).map_err(|error| error.to_string())
 }
 
-fn safety_argument(text: &str) -> std::result::Result<SafetyLevel, String> {
+pub(super) fn safety_argument(text: &str) -> std::result::Result<SafetyLevel, String> {
     SafetyLevel::parse(text).map_err(|error| error.to_string())
 }
 
@@ -123,7 +123,7 @@ impl Pool {
 }
 
 /// The extents a vd:ID or phy:NAME stands for.
-fn extents_of(
+pub(super) fn extents_of(
     context: &Context,
     database: Option<&Database>,
     uname: &Uname,
@@ -212,12 +212,7 @@ impl Check {
                 )
             })
             .collect();
-        let devices: Box<dyn DeviceSource> = context.device_source()?;
-        users.extend(read_mount_users(
-            Path::new(MOUNTS),
-            &Sysfs::default(),
-            devices.as_ref(),
-        )?);
+        users.extend(dom0_mount_users(context)?);
         let conflicts = validate(&extents, self.mode.is_writable(), &users, self.safety);
         let explanations: Vec<String> = conflicts
             .iter()
@@ -264,4 +259,10 @@ impl Check {
             )))
         }
     }
+}
+
+/// What dom0 has mounted, as validator users.
+pub(super) fn dom0_mount_users(context: &Context) -> Result<Vec<User>> {
+    let devices: Box<dyn DeviceSource> = context.device_source()?;
+    read_mount_users(Path::new(MOUNTS), &Sysfs::default(), devices.as_ref())
 }

@@ -7,8 +7,8 @@
 use shared_abi::frame::{FrameKind, MAX_BLOCK_SECTORS, MAX_PAYLOAD};
 use shared_abi::wire::{
     BlockRequest, BlockResponse, CreateArgs, DomainArgs, Extent, GrowArgs, HypercallRequest,
-    HypercallResponse, InfoArgs, ProbeArgs, ProbeEntry, SetExtentsArgs, VbdHandle, WireExtent,
-    PROBE_ALL,
+    HypercallResponse, InfoArgs, ProbeArgs, ProbeEntry, ReadyNotice, SetExtentsArgs, VbdHandle,
+    WireExtent, PROBE_ALL,
 };
 use shared_abi::{DeviceNumber, Mode, Op, SECTOR_SIZE};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -45,6 +45,7 @@ pub struct VbdDetails {
 pub struct Hypervisor {
     channel: Channel,
     endpoint: String,
+    domain: u32,
 }
 
 fn handle(domain: u32, vdevice: DeviceNumber) -> VbdHandle {
@@ -62,13 +63,43 @@ fn describe(domain: u32, vdevice: DeviceNumber) -> String {
 }
 
 impl Hypervisor {
-    /// Connect to `unix:PATH`.
+    /// Connect to `unix:PATH` and learn which domain the port belongs to: the client sends
+    /// an empty `Ready` frame and the hypervisor answers with the port's [`ReadyNotice`].
     pub fn connect(endpoint: &str) -> Result<Hypervisor, HypervisorError> {
         let parsed: Endpoint = endpoint.parse()?;
+        let mut channel = Channel::connect(&parsed)?;
+        let reply = channel.request(FrameKind::Ready, &[], FrameKind::Ready)?;
+        let notice = ReadyNotice::read_from_prefix(&reply)
+            .map(|(notice, _)| notice)
+            .map_err(|_| HypervisorError::Protocol {
+                endpoint: endpoint.to_owned(),
+                message: "short ready reply".to_owned(),
+            })?;
+        if notice.abi_version != shared_abi::ABI_VERSION {
+            return Err(HypervisorError::Protocol {
+                endpoint: endpoint.to_owned(),
+                message: format!(
+                    "speaks ABI version {}, this vdisk speaks {}",
+                    notice.abi_version,
+                    shared_abi::ABI_VERSION
+                ),
+            });
+        }
         Ok(Hypervisor {
-            channel: Channel::connect(&parsed)?,
+            channel,
             endpoint: endpoint.to_owned(),
+            domain: notice.domain,
         })
+    }
+
+    /// The domain this port belongs to.
+    pub fn domain(&self) -> u32 {
+        self.domain
+    }
+
+    /// The endpoint this client is connected to.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
     }
 
     /// The underlying channel, for notices and raw bytes.
@@ -328,7 +359,7 @@ impl Hypervisor {
         }
     }
 
-    /// Every VBD the port's domain may see, in full (dom0: every domain's).
+    /// Every VBD of `domain` (or of every domain for `None`), in full.
     pub fn all_vbds(&mut self, domain: Option<u32>) -> Result<Vec<VbdDetails>, HypervisorError> {
         let (summaries, _) = self.probe(domain)?;
         summaries
@@ -425,5 +456,23 @@ fn summary(entry: ProbeEntry) -> VbdSummary {
         },
         size_sectors: entry.capacity_sectors,
         nr_extents: entry.nr_extents,
+    }
+}
+
+impl crate::lifecycle::MappedExtents for Hypervisor {
+    /// Every VBD of every domain, as the hypervisor reports it (dom0's port only).
+    fn mapped_users(&mut self) -> crate::Result<Vec<crate::validator::User>> {
+        Ok(self
+            .all_vbds(None)?
+            .into_iter()
+            .map(|vbd| {
+                crate::validator::User::vbd(
+                    vbd.domain,
+                    vbd.vdevice,
+                    vbd.mode.is_writable(),
+                    vbd.extents,
+                )
+            })
+            .collect())
     }
 }

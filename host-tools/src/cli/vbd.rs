@@ -1,0 +1,280 @@
+//! The subcommands that change or list VBDs in the hypervisor: attach, detach, vbds.
+
+use clap::Args;
+use host_tools::database::{vdevice_name, AccessMode, AttachmentTarget, Database, OpenMode};
+use host_tools::error::{Error, Result};
+use host_tools::hypervisor::{Hypervisor, VbdDetails};
+use host_tools::size::format_sectors;
+use host_tools::timestamp::now;
+use host_tools::uname::Uname;
+use host_tools::validator::{validate, SafetyLevel, User};
+use serde_json::json;
+use shared_abi::{DeviceNumber, Mode};
+
+use super::output::extents_json;
+use super::pool::{dom0_mount_users, extents_of, mode_argument, safety_argument, uname_argument};
+use super::Context;
+
+/// A virtual device: a name like `xvda` or `hdb`, or `major:minor`.
+pub(super) fn vdevice_argument(text: &str) -> std::result::Result<DeviceNumber, String> {
+    text.parse::<DeviceNumber>()
+        .map_err(|_| format!("{text:?}: not a device name like xvda or hdb, nor major:minor"))
+}
+
+fn domain_argument(text: &str) -> std::result::Result<u32, String> {
+    text.parse::<u32>()
+        .ok()
+        .filter(|&domain| domain != u32::MAX)
+        .ok_or_else(|| format!("{text:?}: a domain is a number from 0 to 4294967294"))
+}
+
+/// Connect to the hypervisor named by `--hv`.
+pub(super) fn hypervisor(context: &Context) -> Result<Hypervisor> {
+    let endpoint = context.hv.as_deref().ok_or_else(|| {
+        Error::Usage(
+            "this command talks to the hypervisor: give --hv unix:PATH (or VDISK_HV)".to_owned(),
+        )
+    })?;
+    Ok(Hypervisor::connect(endpoint)?)
+}
+
+fn mode_of(mode: AccessMode) -> Mode {
+    if mode.is_writable() {
+        Mode::READ | Mode::WRITE
+    } else {
+        Mode::READ
+    }
+}
+
+/// Make a VBD of DOMAIN from a VD or a physical device, after checking it is safe.
+///
+/// The new extents are checked against every VBD the hypervisor reports (probe of all
+/// domains, then info on each) and every filesystem dom0 has mounted, at the given safety
+/// level: 0 allows sharing only when everyone reads, 1 also one writer beside readers, 2
+/// anything. A refusal names each conflict. The hypervisor checks its own sharing level
+/// again when the extents are set, atomically, so a racing attach cannot slip through.
+#[derive(Args)]
+#[command(
+    after_help = "Examples:\n  vdisk --hv unix:/tmp/vm/dom0.sock attach vd:3 xvda 1 rw\n  vdisk --hv unix:/tmp/vm/dom0.sock attach phy:hda3 xvdb 2 r --safety 1"
+)]
+pub struct Attach {
+    /// vd:ID or phy:NAME.
+    #[arg(value_parser = uname_argument)]
+    uname: Uname,
+    /// The virtual device the domain sees: xvda, xvdb, hdb, or major:minor.
+    #[arg(value_parser = vdevice_argument)]
+    vdevice: DeviceNumber,
+    /// The domain to attach it to.
+    #[arg(value_parser = domain_argument)]
+    domain: u32,
+    /// r (read-only) or rw.
+    #[arg(value_parser = mode_argument, default_value = "r")]
+    mode: AccessMode,
+    /// The sharing level: 0, 1 or 2.
+    #[arg(long, value_parser = safety_argument, default_value = "0")]
+    safety: SafetyLevel,
+}
+
+impl Attach {
+    pub fn run(self, context: &Context) -> Result<()> {
+        let mut database = context.database(OpenMode::Existing)?;
+        let extents = extents_of(context, Some(&database), &self.uname)?;
+        let mut hypervisor = hypervisor(context)?;
+        let mut users: Vec<User> = hypervisor
+            .all_vbds(None)?
+            .into_iter()
+            .map(|vbd| User::vbd(vbd.domain, vbd.vdevice, vbd.mode.is_writable(), vbd.extents))
+            .collect();
+        users.extend(dom0_mount_users(context)?);
+        let what = format!(
+            "attach {} as {} of domain {} {}",
+            self.uname,
+            vdevice_name(self.vdevice),
+            self.domain,
+            self.mode.as_str()
+        );
+        let conflicts = validate(&extents, self.mode.is_writable(), &users, self.safety);
+        if !conflicts.is_empty() {
+            let explanations: Vec<String> = conflicts
+                .iter()
+                .map(|conflict| conflict.explain(&users))
+                .collect();
+            return Err(Error::Refused(format!(
+                "{what}: unsafe at safety {}: {}",
+                self.safety.number(),
+                explanations.join("; ")
+            )));
+        }
+        let target = match &self.uname {
+            Uname::VirtualDisk(id) => AttachmentTarget::VirtualDisk(*id),
+            Uname::Physical(name) => AttachmentTarget::Physical {
+                name: name.clone(),
+                extents: extents.clone(),
+            },
+        };
+        // Record first: the record keeps the extents out of the pool, and a refusal here
+        // (an existing record) leaves the hypervisor untouched.
+        database.record_attachment(&target, self.domain, self.vdevice, self.mode, now())?;
+        if let Err(error) = create_vbd(
+            &mut hypervisor,
+            self.domain,
+            self.vdevice,
+            self.mode,
+            &extents,
+        ) {
+            let _ = database.remove_attachment(self.domain, self.vdevice);
+            return Err(Error::Refused(format!("{what}: {error}")));
+        }
+        if context.json {
+            println!(
+                "{}",
+                json!({"domain": self.domain, "vdevice": vdevice_name(self.vdevice), "uname": self.uname.to_string(), "mode": self.mode.as_str(), "extents": extents_json(&extents)})
+            );
+        } else {
+            println!(
+                "{what}: {} in {} extents",
+                format_sectors(extents.iter().map(|extent| extent.nr_sectors).sum()),
+                extents.len()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Create the VBD and set its extents; if setting them fails, delete it again so nothing
+/// half-made is left in the hypervisor.
+fn create_vbd(
+    hypervisor: &mut Hypervisor,
+    domain: u32,
+    vdevice: DeviceNumber,
+    mode: AccessMode,
+    extents: &[shared_abi::wire::Extent],
+) -> Result<()> {
+    hypervisor.create(domain, vdevice, mode_of(mode))?;
+    if let Err(error) = hypervisor.set_extents(domain, vdevice, extents) {
+        let _ = hypervisor.delete(domain, vdevice);
+        return Err(error.into());
+    }
+    Ok(())
+}
+
+/// Remove VBD VDEV from DOMAIN; its extents stay out of the pool until then.
+#[derive(Args)]
+#[command(after_help = "Example:\n  vdisk --hv unix:/tmp/vm/dom0.sock detach xvda 1")]
+pub struct Detach {
+    /// The virtual device: xvda, xvdb, hdb, or major:minor.
+    #[arg(value_parser = vdevice_argument)]
+    vdevice: DeviceNumber,
+    /// The domain it belongs to.
+    #[arg(value_parser = domain_argument)]
+    domain: u32,
+}
+
+impl Detach {
+    pub fn run(self, context: &Context) -> Result<()> {
+        let mut database = context.database(OpenMode::Existing)?;
+        let mut hypervisor = hypervisor(context)?;
+        let what = format!(
+            "detach {} of domain {}",
+            vdevice_name(self.vdevice),
+            self.domain
+        );
+        let in_hypervisor = hypervisor
+            .delete(self.domain, self.vdevice)
+            .map_err(Error::from);
+        let recorded = database.remove_attachment(self.domain, self.vdevice);
+        match (in_hypervisor, recorded) {
+            (Ok(()), _) => println!("{what}: done"),
+            // The hypervisor lost it (a restart), but the record kept its extents reserved.
+            (Err(Error::NotFound(_)), Ok(attachment)) => {
+                println!(
+                    "{what}: the hypervisor had no such VBD; removed the record of {}",
+                    attachment.uname
+                )
+            }
+            (Err(error), _) => return Err(error),
+        }
+        Ok(())
+    }
+}
+
+/// List VBDs: each one's domain, name, mode, size and extents.
+///
+/// dom0's port may list any domain or all; a guest's port only its own (the default there).
+#[derive(Args)]
+#[command(
+    after_help = "Examples:\n  vdisk --hv unix:/tmp/vm/dom0.sock vbds all\n  vdisk --hv unix:/tmp/vm/dom1.sock vbds --json"
+)]
+pub struct Vbds {
+    /// A domain number, or `all` (the default on dom0's port).
+    domain: Option<String>,
+}
+
+impl Vbds {
+    pub fn run(self, context: &Context) -> Result<()> {
+        let mut hypervisor = hypervisor(context)?;
+        let domain = match self.domain.as_deref() {
+            None if hypervisor.domain() == shared_abi::DOM0 => None,
+            None => Some(hypervisor.domain()),
+            Some("all") => None,
+            Some(text) => Some(domain_argument(text).map_err(Error::Usage)?),
+        };
+        let vbds = hypervisor.all_vbds(domain)?;
+        // The database, when there is one, says what each VBD was made from.
+        let attachments = Database::open(&context.db, OpenMode::Existing)
+            .and_then(|database| database.attachments())
+            .unwrap_or_default();
+        let source = |vbd: &VbdDetails| {
+            attachments
+                .iter()
+                .find(|attachment| {
+                    attachment.domain == vbd.domain && attachment.vdevice == vbd.vdevice
+                })
+                .map(|attachment| attachment.uname.clone())
+        };
+        if context.json {
+            let array: Vec<_> = vbds
+                .iter()
+                .map(|vbd| {
+                    json!({
+                        "domain": vbd.domain,
+                        "vdevice": vdevice_name(vbd.vdevice),
+                        "device": vbd.vdevice.to_string(),
+                        "mode": if vbd.mode.is_writable() { "rw" } else { "r" },
+                        "size_sectors": vbd.size_sectors,
+                        "source": source(vbd),
+                        "extents": extents_json(&vbd.extents),
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::Value::Array(array));
+            return Ok(());
+        }
+        println!(
+            "{:<7} {:<8} {:<4} {:>10} {:<8} EXTENTS",
+            "DOMAIN", "VDEV", "MODE", "SIZE", "SOURCE"
+        );
+        for vbd in &vbds {
+            let extents: Vec<String> = vbd
+                .extents
+                .iter()
+                .map(|extent| {
+                    format!(
+                        "{}:{}+{}",
+                        extent.device, extent.start_sector, extent.nr_sectors
+                    )
+                })
+                .collect();
+            println!(
+                "{:<7} {:<8} {:<4} {:>10} {:<8} {}",
+                vbd.domain,
+                vdevice_name(vbd.vdevice),
+                if vbd.mode.is_writable() { "rw" } else { "r" },
+                format_sectors(vbd.size_sectors),
+                source(vbd).unwrap_or_else(|| "-".to_owned()),
+                extents.join(" ")
+            );
+        }
+        Ok(())
+    }
+}
