@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use vbd_machine::{build_hypervisor, build_vdisk, workspace_root, Machine, MachineConfig};
 
 /// The hypervisor ELF and the `vdisk` binary, built once per test process.
-fn artifacts() -> &'static (PathBuf, PathBuf) {
+pub fn artifacts() -> &'static (PathBuf, PathBuf) {
     static ARTIFACTS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     ARTIFACTS.get_or_init(|| {
         let hypervisor =

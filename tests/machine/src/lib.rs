@@ -10,6 +10,7 @@ mod build;
 mod image;
 mod machine;
 pub mod process;
+pub mod walkthrough;
 
 pub use build::{build_hypervisor, build_vdisk, workspace_root};
 pub use image::{DiskSpec, DEFAULT_PARTITIONS};
