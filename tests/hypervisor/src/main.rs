@@ -63,7 +63,7 @@ extern "C" fn hypervisor_main() -> ! {
         Ok(ticks_per_millisecond) => log!("TSC runs at {ticks_per_millisecond} kHz"),
         Err(error) => {
             log!("fatal: cannot calibrate the TSC: {error}");
-            exit::exit(ExitCode::Boot);
+            exit::exit(ExitCode::Failure);
         }
     }
     let present = CHANNEL_PORTS.map(|port| port.uart.initialise());
@@ -84,7 +84,7 @@ extern "C" fn hypervisor_main() -> ! {
         });
         if let Err(error) = registered {
             log!("fatal: cannot register {}: {}", disk.name, error.name());
-            exit::exit(ExitCode::Boot);
+            exit::exit(ExitCode::Failure);
         }
         log!(
             "disk {} {} sectors={} ({} MiB) model=\"{}\"",
@@ -129,7 +129,7 @@ fn serve_forever(disks: &Disks, present: [bool; CHANNEL_PORTS.len()]) -> ! {
                 continue;
             }
             let receiver = &mut receivers[index];
-            receiver.receive(|| port.uart.try_read(), BYTES_PER_TURN);
+            let received = receiver.receive(|| port.uart.try_read(), BYTES_PER_TURN);
             if receiver.abandon_if_idle() {
                 server.statistics.partial_frames_abandoned += 1;
                 log!(
@@ -138,7 +138,12 @@ fn serve_forever(disks: &Disks, present: [bool; CHANNEL_PORTS.len()]) -> ! {
                 );
             }
             let turn = serve_buffered_frames(&mut server, port, receiver, present);
-            let discarded = receiver.take_discarded();
+            // Garbage trickles in a FIFO load at a time: report it once the port falls quiet.
+            let discarded = if received == 0 {
+                receiver.take_discarded()
+            } else {
+                0
+            };
             if discarded != 0 {
                 server.statistics.bytes_skipped += discarded as u64;
                 log!(
