@@ -3,6 +3,7 @@
 //! Every external command is printed before it runs. Exit status: 0 when everything held,
 //! 1 when a step failed, 2 for a usage error.
 
+mod bench;
 mod demo;
 mod provision;
 mod qemu;
@@ -14,6 +15,8 @@ const USAGE: &str = "\
 usage: cargo xtask <command> [options]
 
 commands:
+  bench [--quick]               criterion and vdisk benchmarks beside their baselines; prints
+                                a table, writes target/bench/summary.json (--quick: < 3 min)
   demo                          the HOWTO walkthrough in QEMU, every command printed
   test                          formatting, clippy, every host test, the no_std builds and
                                 the QEMU integration suite
@@ -30,6 +33,10 @@ examples:
 fn main() -> ExitCode {
     let arguments: Vec<String> = std::env::args().skip(1).collect();
     let result = match arguments.first().map(String::as_str) {
+        Some("bench") => match bench::Options::parse(&arguments[1..]) {
+            Ok(options) => bench::run(options),
+            Err(message) => return usage_error(&message),
+        },
         Some("demo") if arguments.len() == 1 => demo::run(),
         Some("test") if arguments.len() == 1 => test::run(),
         Some("qemu") => match qemu::Options::parse(&arguments[1..]) {

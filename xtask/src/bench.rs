@@ -1,0 +1,530 @@
+//! `cargo xtask bench [--quick]`: every benchmark of the project beside its baseline, as a
+//! table on standard output and as `target/bench/summary.json` (medians).
+//!
+//! The micro-benchmarks are criterion benches (`hv-vbd/benches`, `host-tools/benches`);
+//! this module runs them and reads the medians criterion writes to
+//! `<target>/criterion/**/new/estimates.json`. The `vdisk` figures are wall-clock times of
+//! the release binary on a sparse image. xtask stays light: no serde, the JSON is read and
+//! written by hand.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Instant, SystemTime};
+
+use vbd_machine::process::{output, run as run_command};
+use vbd_machine::workspace_root;
+
+/// The VBD sizes the translation benchmark measures, in extents.
+const EXTENT_COUNTS: [u32; 5] = [1, 16, 256, 4096, 65536];
+
+/// The pool for the `vdisk` figures: a 256 GiB sparse image split into 4 MiB extents.
+const IMAGE_BYTES: u64 = 256 << 30;
+const POOL_EXTENTS: u64 = 65536;
+const CREATE_SIZE: &str = "64G";
+
+/// Criterion's settings for `--quick`: the whole run stays under three minutes once built.
+const QUICK_CRITERION: [&str; 6] = [
+    "--warm-up-time",
+    "1",
+    "--measurement-time",
+    "2",
+    "--sample-size",
+    "10",
+];
+
+pub struct Options {
+    quick: bool,
+}
+
+impl Options {
+    pub fn parse(arguments: &[String]) -> Result<Options, String> {
+        let mut quick = false;
+        for argument in arguments {
+            match argument.as_str() {
+                "--quick" => quick = true,
+                other => return Err(format!("bench: unknown option `{other}`")),
+            }
+        }
+        Ok(Options { quick })
+    }
+
+    /// Timed runs of each `vdisk` command; the median is reported.
+    fn vdisk_runs(&self) -> usize {
+        if self.quick {
+            3
+        } else {
+            5
+        }
+    }
+}
+
+/// Every figure of one run, in the units of `summary.json`.
+#[derive(Debug, Default, PartialEq)]
+pub struct Summary {
+    /// `(extents, ns)` per translation, hv-vbd's binary search.
+    pub translate_ns: Vec<(u32, f64)>,
+    /// `(extents, ns)` per translation, Xen 1.2's linear walk.
+    pub translate_linear_ns: Vec<(u32, f64)>,
+    pub setextents_us: f64,
+    pub create_ms_16384: f64,
+    pub format_ms_65536: f64,
+    pub validate_ms_10k: f64,
+    pub validate_naive_ms_10k: f64,
+    /// `{"single_extent": MiB/s, "many_extents": MiB/s}` as a JSON object, rendered with
+    /// [`json_object`]; `None` (written `null`) until the QEMU I/O benchmark, a function
+    /// `qemu_io() -> Result<String, String>` beside [`run`], fills it in.
+    pub qemu_io_mib_s: Option<String>,
+    pub bytes_per_extent: usize,
+    pub table_bytes: usize,
+}
+
+pub fn run(options: Options) -> Result<(), String> {
+    let root = workspace_root();
+    let target = target_directory(&root);
+    let started = SystemTime::now();
+    run_criterion(&root, options.quick)?;
+    let criterion = target.join("criterion");
+    let median = |benchmark: &str| read_median(&criterion, benchmark, started);
+    let mut summary = Summary {
+        bytes_per_extent: hv_vbd::BYTES_PER_EXTENT,
+        table_bytes: hv_vbd::DEFAULT_TABLE_BYTES,
+        setextents_us: median("set_extents/1024_into_10000")? / 1e3,
+        validate_ms_10k: median("validate/sweep_10k")? / 1e6,
+        validate_naive_ms_10k: median("validate/naive_10k")? / 1e6,
+        qemu_io_mib_s: None,
+        ..Summary::default()
+    };
+    for extents in EXTENT_COUNTS {
+        let binary_search = median(&format!("translate/binary_search/{extents}"))?;
+        let linear_walk = median(&format!("translate/linear_walk/{extents}"))?;
+        summary.translate_ns.push((extents, binary_search));
+        summary.translate_linear_ns.push((extents, linear_walk));
+    }
+    (summary.format_ms_65536, summary.create_ms_16384) =
+        time_vdisk(&root, &target, options.vdisk_runs())?;
+
+    print!("{}", render_table(&summary));
+    let directory = target.join("bench");
+    fs::create_dir_all(&directory)
+        .map_err(|error| format!("creating {}: {error}", directory.display()))?;
+    let path = directory.join("summary.json");
+    fs::write(&path, render_json(&summary))
+        .map_err(|error| format!("writing {}: {error}", path.display()))?;
+    println!("\nwrote {}", path.display());
+    Ok(())
+}
+
+/// Where cargo puts its output: `CARGO_TARGET_DIR` (relative to the workspace root, where
+/// every cargo command here runs), or the workspace's `target/`.
+fn target_directory(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |dir| root.join(dir))
+}
+
+fn run_criterion(root: &Path, quick: bool) -> Result<(), String> {
+    let suites: [&[&str]; 2] = [
+        &["hv-vbd", "--bench", "translate", "--bench", "set_extents"],
+        &["host-tools", "--bench", "validate"],
+    ];
+    for suite in suites {
+        let mut command = Command::new(env!("CARGO"));
+        command
+            .current_dir(root)
+            .args(["bench", "--package"])
+            .args(suite)
+            .arg("--");
+        if quick {
+            command.args(QUICK_CRITERION);
+        }
+        run_command(&mut command)?;
+    }
+    Ok(())
+}
+
+/// The median of one criterion benchmark in nanoseconds, refusing a file older than this
+/// run: a benchmark that was renamed or skipped must not report a stale figure.
+fn read_median(criterion: &Path, benchmark: &str, started: SystemTime) -> Result<f64, String> {
+    let path = criterion.join(benchmark).join("new/estimates.json");
+    let stale = fs::metadata(&path)
+        .and_then(|metadata| metadata.modified())
+        .map_err(|error| format!("{}: {error}", path.display()))?
+        < started;
+    if stale {
+        return Err(format!("{}: not written by this run", path.display()));
+    }
+    let text = fs::read_to_string(&path).map_err(|error| format!("{}: {error}", path.display()))?;
+    parse_median(&text).ok_or_else(|| format!("{}: no median point estimate", path.display()))
+}
+
+/// `median.point_estimate` from criterion's `estimates.json`. Criterion writes the key
+/// `"median"` once, as an object whose first number is its point estimate; that is all
+/// this needs to know about the format.
+pub fn parse_median(estimates: &str) -> Option<f64> {
+    let median = estimates.find("\"median\"")?;
+    let rest = &estimates[median..];
+    let key = "\"point_estimate\"";
+    let rest = rest[rest.find(key)? + key.len()..].trim_start();
+    let rest = rest.strip_prefix(':')?.trim_start();
+    let end = rest
+        .find(|character: char| {
+            !(character.is_ascii_digit() || matches!(character, '.' | '-' | '+' | 'e' | 'E'))
+        })
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// Median wall-clock milliseconds of `vdisk format` (65 536 extents of 4 MiB from a 256 GiB
+/// sparse image) and of `vdisk create 64G` (16 384 of them), each run on a fresh database.
+fn time_vdisk(root: &Path, target: &Path, runs: usize) -> Result<(f64, f64), String> {
+    run_command(Command::new(env!("CARGO")).current_dir(root).args([
+        "build",
+        "--release",
+        "--quiet",
+        "--package",
+        "host-tools",
+        "--bin",
+        "vdisk",
+    ]))?;
+    let vdisk = target.join("release/vdisk");
+    let scratch = target.join("bench/vdisk");
+    fs::create_dir_all(&scratch)
+        .map_err(|error| format!("creating {}: {error}", scratch.display()))?;
+    let image = scratch.join("hda.img");
+    let devices = scratch.join("devices.toml");
+    let database = scratch.join("vdisk.sqlite");
+    // set_len on a new file makes it sparse: 256 GiB of address space, no blocks.
+    let file = fs::File::create(&image)
+        .map_err(|error| format!("creating {}: {error}", image.display()))?;
+    file.set_len(IMAGE_BYTES)
+        .map_err(|error| format!("sizing {}: {error}", image.display()))?;
+    fs::write(
+        &devices,
+        format!(
+            "[[disk]]\nname = \"hda\"\ndevice = \"3:0\"\npath = \"{}\"\n",
+            image.display()
+        ),
+    )
+    .map_err(|error| format!("writing {}: {error}", devices.display()))?;
+    let vdisk_command = |arguments: &[&str]| {
+        let mut command = Command::new(&vdisk);
+        command
+            .arg("--db")
+            .arg(&database)
+            .arg("--devices")
+            .arg(&devices)
+            .args(arguments);
+        command
+    };
+
+    let (mut format_ms, mut create_ms) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        remove_database(&database)?;
+        format_ms.push(timed(&mut vdisk_command(&[
+            "format",
+            "phy:hda",
+            "--extent-size",
+            "4M",
+        ]))?);
+        mark_pool_clean(&database)?;
+        create_ms.push(timed(&mut vdisk_command(&["create", CREATE_SIZE]))?);
+    }
+    remove_database(&database)?;
+    fs::remove_file(&image).map_err(|error| format!("removing {}: {error}", image.display()))?;
+    Ok((median_of(&mut format_ms), median_of(&mut create_ms)))
+}
+
+/// A freshly formatted extent is dirty (it may hold the partition's old data), so `create`
+/// would write 64 GiB of zeros before the disk is usable: that is a measure of the disk, not
+/// of allocation, and would fill this machine's. Mark the pool clean, as `delete --wipe`
+/// leaves it, and check that it took, so no run can start zeroing.
+fn mark_pool_clean(database: &Path) -> Result<(), String> {
+    run_command(
+        Command::new("sqlite3")
+            .arg(database)
+            .arg("UPDATE extents SET dirty = 0"),
+    )
+    .map_err(|error| format!("{error} (is the sqlite3 command installed?)"))?;
+    let counted = output(
+        Command::new("sqlite3")
+            .arg(database)
+            .arg("SELECT count(*), sum(dirty) FROM extents"),
+    )?;
+    let counted = String::from_utf8_lossy(&counted.stdout);
+    if counted.trim() != format!("{POOL_EXTENTS}|0") {
+        return Err(format!(
+            "the pool should hold {POOL_EXTENTS} clean extents, sqlite3 says count|dirty = {}",
+            counted.trim()
+        ));
+    }
+    Ok(())
+}
+
+fn remove_database(database: &Path) -> Result<(), String> {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = database.as_os_str().to_owned();
+        path.push(suffix);
+        match fs::remove_file(&path) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                return Err(format!("removing {}: {error}", Path::new(&path).display()))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Milliseconds a command took, start to exit; it must succeed.
+fn timed(command: &mut Command) -> Result<f64, String> {
+    let start = Instant::now();
+    output(command)?;
+    Ok(start.elapsed().as_secs_f64() * 1e3)
+}
+
+fn median_of(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[middle]
+    } else {
+        (values[middle - 1] + values[middle]) / 2.0
+    }
+}
+
+/// A JSON number: three decimals are finer than any of these measurements.
+fn json_number(value: f64) -> String {
+    if value.is_finite() {
+        let text = format!("{value:.3}");
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        "null".to_string()
+    }
+}
+
+/// `{"key": number, ...}`, keys in the order given.
+pub fn json_object<K: std::fmt::Display>(pairs: &[(K, f64)]) -> String {
+    let fields: Vec<String> = pairs
+        .iter()
+        .map(|(key, value)| format!("\"{key}\": {}", json_number(*value)))
+        .collect();
+    format!("{{{}}}", fields.join(", "))
+}
+
+pub fn render_json(summary: &Summary) -> String {
+    let fields = [
+        ("translate_ns", json_object(&summary.translate_ns)),
+        (
+            "translate_linear_ns",
+            json_object(&summary.translate_linear_ns),
+        ),
+        ("setextents_us", json_number(summary.setextents_us)),
+        ("create_ms_16384", json_number(summary.create_ms_16384)),
+        ("format_ms_65536", json_number(summary.format_ms_65536)),
+        ("validate_ms_10k", json_number(summary.validate_ms_10k)),
+        (
+            "validate_naive_ms_10k",
+            json_number(summary.validate_naive_ms_10k),
+        ),
+        (
+            "qemu_io_mib_s",
+            summary
+                .qemu_io_mib_s
+                .clone()
+                .unwrap_or_else(|| "null".to_string()),
+        ),
+        ("bytes_per_extent", summary.bytes_per_extent.to_string()),
+        ("table_bytes", summary.table_bytes.to_string()),
+    ];
+    let lines: Vec<String> = fields
+        .iter()
+        .map(|(key, value)| format!("  \"{key}\": {value}"))
+        .collect();
+    format!("{{\n{}\n}}\n", lines.join(",\n"))
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
+/// The human table: every figure beside its baseline, then each goal of the issue.
+pub fn render_table(summary: &Summary) -> String {
+    let mut table = String::new();
+    let one_extent = summary.translate_ns.first().map_or(f64::NAN, |pair| pair.1);
+    let _ = writeln!(table, "\ntranslation, ns per request (median)");
+    let _ = writeln!(
+        table,
+        "{:>8} {:>14} {:>12} {:>10} {:>13}",
+        "extents", "binary search", "linear walk", "speed-up", "vs 1 extent"
+    );
+    for ((extents, ours), (_, linear)) in summary
+        .translate_ns
+        .iter()
+        .zip(&summary.translate_linear_ns)
+    {
+        let _ = writeln!(
+            table,
+            "{extents:>8} {ours:>14.1} {linear:>12.1} {:>9.1}x {:>12.1}x",
+            linear / ours,
+            ours / one_extent
+        );
+    }
+    let _ = writeln!(table);
+    let rows = [
+        (
+            "set_extents, 1024 into 10 000",
+            format!("{:.1} us", summary.setextents_us),
+        ),
+        (
+            "vdisk format, 65 536 extents",
+            format!("{:.1} ms", summary.format_ms_65536),
+        ),
+        (
+            "vdisk create 64G, 16 384 extents",
+            format!("{:.1} ms", summary.create_ms_16384),
+        ),
+        (
+            "validate 10k x 10k, sweep",
+            format!("{:.3} ms", summary.validate_ms_10k),
+        ),
+        (
+            "validate 10k x 10k, all pairs",
+            format!("{:.3} ms", summary.validate_naive_ms_10k),
+        ),
+        (
+            "QEMU I/O, MiB/s",
+            summary
+                .qemu_io_mib_s
+                .clone()
+                .unwrap_or_else(|| "not measured".to_string()),
+        ),
+        ("bytes per extent", summary.bytes_per_extent.to_string()),
+        ("default table, bytes", summary.table_bytes.to_string()),
+    ];
+    for (name, value) in rows {
+        let _ = writeln!(table, "{name:<34} {value}");
+    }
+
+    let translate_at = |pairs: &[(u32, f64)], extents: u32| {
+        pairs
+            .iter()
+            .find(|pair| pair.0 == extents)
+            .map_or(f64::NAN, |pair| pair.1)
+    };
+    let speed_up_4096 = translate_at(&summary.translate_linear_ns, 4096)
+        / translate_at(&summary.translate_ns, 4096);
+    let ratio_65536 = translate_at(&summary.translate_ns, 65536) / one_extent;
+    let goals = [
+        (
+            format!("translation at 4096 extents >= 50x the linear walk: {speed_up_4096:.1}x"),
+            speed_up_4096 >= 50.0,
+        ),
+        (
+            format!("translation at 65536 extents within 3x of 1 extent: {ratio_65536:.1}x"),
+            ratio_65536 <= 3.0,
+        ),
+        (
+            format!(
+                "16384-extent VD allocated in < 100 ms: {:.1} ms",
+                summary.create_ms_16384
+            ),
+            summary.create_ms_16384 < 100.0,
+        ),
+        (
+            format!(
+                "validation 10k x 10k in < 10 ms: {:.3} ms",
+                summary.validate_ms_10k
+            ),
+            summary.validate_ms_10k < 10.0,
+        ),
+        (
+            format!("<= 32 bytes per extent: {}", summary.bytes_per_extent),
+            summary.bytes_per_extent <= 32,
+        ),
+    ];
+    let _ = writeln!(table, "\ngoals");
+    for (goal, met) in goals {
+        let _ = writeln!(table, "  {:<7} {goal}", verdict(met));
+    }
+    if summary.qemu_io_mib_s.is_none() {
+        let _ = writeln!(
+            table,
+            "  {:<7} I/O through 1000+ extents >= 0.95x one extent: not measured yet",
+            "-"
+        );
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shape criterion 0.5 writes, abridged.
+    const ESTIMATES: &str = r#"{"mean":{"confidence_interval":{"confidence_level":0.95,"lower_bound":17.9,"upper_bound":18.8},"point_estimate":18.3,"standard_error":0.2},"median":{"confidence_interval":{"confidence_level":0.95,"lower_bound":18.2,"upper_bound":18.6},"point_estimate":18.414,"standard_error":0.1},"median_abs_dev":{"confidence_interval":{"confidence_level":0.95,"lower_bound":0.1,"upper_bound":0.4},"point_estimate":0.25,"standard_error":0.07},"slope":null,"std_dev":{"confidence_interval":{"confidence_level":0.95,"lower_bound":0.2,"upper_bound":0.9},"point_estimate":0.5,"standard_error":0.1}}"#;
+
+    #[test]
+    fn the_median_point_estimate_is_read_not_the_mean() {
+        assert_eq!(parse_median(ESTIMATES), Some(18.414));
+    }
+
+    #[test]
+    fn spacing_and_exponents_are_accepted() {
+        let spaced = "{\n  \"median\": {\n    \"point_estimate\" : 1.5e6,\n    \"x\": 2\n  }\n}";
+        assert_eq!(parse_median(spaced), Some(1.5e6));
+    }
+
+    #[test]
+    fn a_file_without_a_median_is_refused() {
+        assert_eq!(parse_median(r#"{"mean":{"point_estimate":3.0}}"#), None);
+        assert_eq!(parse_median(r#"{"median":{"point_estimate":"x"}}"#), None);
+        assert_eq!(parse_median(""), None);
+    }
+
+    #[test]
+    fn the_summary_has_the_issue_keys_and_exact_footprint() {
+        let summary = Summary {
+            translate_ns: vec![(1, 18.25), (65536, 110.0)],
+            translate_linear_ns: vec![(1, 6.0), (65536, 14603.5)],
+            setextents_us: 336.15,
+            create_ms_16384: 80.0,
+            format_ms_65536: 150.125,
+            validate_ms_10k: 0.9716,
+            validate_naive_ms_10k: 112.0,
+            qemu_io_mib_s: None,
+            bytes_per_extent: hv_vbd::BYTES_PER_EXTENT,
+            table_bytes: hv_vbd::DEFAULT_TABLE_BYTES,
+        };
+        let json = render_json(&summary);
+        assert!(json.contains("\"translate_ns\": {\"1\": 18.25, \"65536\": 110}"));
+        assert!(json.contains("\"translate_linear_ns\": {\"1\": 6, \"65536\": 14603.5}"));
+        assert!(json.contains("\"validate_ms_10k\": 0.972,"));
+        assert!(json.contains("\"qemu_io_mib_s\": null,"));
+        assert!(json.contains("\"bytes_per_extent\": 28,"));
+        let keys = [
+            "translate_ns",
+            "translate_linear_ns",
+            "setextents_us",
+            "create_ms_16384",
+            "format_ms_65536",
+            "validate_ms_10k",
+            "validate_naive_ms_10k",
+            "qemu_io_mib_s",
+            "bytes_per_extent",
+            "table_bytes",
+        ];
+        for key in keys {
+            assert_eq!(json.matches(&format!("\"{key}\":")).count(), 1, "{key}");
+        }
+        assert_eq!(json.lines().count(), keys.len() + 2);
+    }
+
+    #[test]
+    fn medians_of_odd_and_even_runs() {
+        assert_eq!(median_of(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median_of(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+}
