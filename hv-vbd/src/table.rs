@@ -214,6 +214,23 @@ impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize, const DISKS:
         }
     }
 
+    /// Change the sharing level, normally once at boot from the hypervisor's configuration.
+    /// Refused with `EBUSY` while any VBD has extents, since existing sharing was checked
+    /// against the old level and might not satisfy the new one.
+    pub fn set_sharing_level(&self, level: SharingLevel) -> Result<(), Error> {
+        let mut state = self.state.write();
+        if state.arena.used() != 0 {
+            return Err(Error::Busy);
+        }
+        state.level = level;
+        Ok(())
+    }
+
+    /// The sharing level in force.
+    pub fn sharing_level(&self) -> SharingLevel {
+        self.state.read().level
+    }
+
     /// Register a physical disk found at boot.
     pub fn register_disk(&self, disk: Disk) -> Result<(), Error> {
         self.state.write().disks.register(disk)

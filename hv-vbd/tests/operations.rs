@@ -773,3 +773,22 @@ fn a_refused_share_is_refused_by_grow_too() {
     );
     assert_eq!(table.extents_in_use(), 1);
 }
+
+#[test]
+fn the_sharing_level_changes_only_while_no_extent_is_mapped() {
+    let table = table(SharingLevel::ReadersOnly);
+    assert_eq!(table.set_sharing_level(SharingLevel::SingleWriter), Ok(()));
+    assert_eq!(table.sharing_level(), SharingLevel::SingleWriter);
+    assert_eq!(create(&table, DOM0, GUEST, xvda(), READ_WRITE), 0);
+    assert_eq!(
+        table.set_sharing_level(SharingLevel::Unrestricted),
+        Ok(()),
+        "an empty VBD maps nothing"
+    );
+    assert_eq!(grow(&table, DOM0, GUEST, xvda(), extent(hda(), 0, 10)), 0);
+    assert_eq!(
+        table.set_sharing_level(SharingLevel::ReadersOnly),
+        Err(Error::Busy)
+    );
+    assert_eq!(table.sharing_level(), SharingLevel::Unrestricted);
+}
