@@ -20,10 +20,12 @@ commands:
   demo                          the HOWTO walkthrough in QEMU, every command printed
   test                          formatting, clippy, every host test, the no_std builds and
                                 the QEMU integration suite
-  qemu [--dir DIR] [--disk NAME=SIZE ...]
+  qemu [--dir DIR] [--disk NAME=SIZE ...] [--sharing 0|1|2]
                                 boot the test hypervisor with partitioned images and keep it
                                 running; writes DIR/machine.toml for `vdisk --devices`/`--hv`
-                                (default DIR target/qemu, disks hda=256M hdb=256M)
+                                (default DIR target/qemu, disks hda=256M hdb=256M, each with
+                                partitions of 64M, 96M and the rest; the hypervisor enforces
+                                sharing level 0 unless told otherwise)
 
 examples:
   cargo xtask demo

@@ -9,12 +9,14 @@ use crate::provision;
 pub struct Options {
     dir: PathBuf,
     disks: Vec<DiskSpec>,
+    sharing: u8,
 }
 
 impl Options {
     pub fn parse(arguments: &[String]) -> Result<Options, String> {
         let mut dir = workspace_root().join("target/qemu");
         let mut disks = Vec::new();
+        let mut sharing = 0;
         let mut arguments = arguments.iter();
         while let Some(argument) = arguments.next() {
             let mut value = || {
@@ -31,16 +33,30 @@ impl Options {
                     }
                     disks.push(disk);
                 }
+                "--sharing" => {
+                    let text = value()?;
+                    sharing = match text.as_str() {
+                        "0" => 0,
+                        "1" => 1,
+                        "2" => 2,
+                        _ => return Err(format!("--sharing {text}: expected 0, 1 or 2")),
+                    };
+                }
                 other => return Err(format!("unknown option `{other}`")),
             }
         }
-        Ok(Options { dir, disks })
+        Ok(Options {
+            dir,
+            disks,
+            sharing,
+        })
     }
 }
 
 pub fn run(options: Options) -> Result<(), String> {
     provision::ensure_all()?;
     let mut config = MachineConfig::new(&options.dir, build_hypervisor()?);
+    config.sharing = options.sharing;
     if !options.disks.is_empty() {
         config.disks = options.disks;
     }

@@ -26,13 +26,20 @@ pub struct TestMachine {
 }
 
 impl TestMachine {
-    /// Boot a machine named after the test, with the default two disks.
+    /// Boot a machine named after the test, with the default two disks, the hypervisor
+    /// enforcing sharing level 0.
     pub fn boot(name: &str) -> TestMachine {
+        TestMachine::boot_with_sharing(name, 0)
+    }
+
+    /// Boot with the hypervisor enforcing sharing level `sharing`.
+    pub fn boot_with_sharing(name: &str, sharing: u8) -> TestMachine {
         let (hypervisor, _) = artifacts();
         let dir = workspace_root().join("target/integration").join(name);
         let _ = std::fs::remove_dir_all(&dir);
         let mut config = MachineConfig::new(&dir, hypervisor.clone());
         config.timeout = std::time::Duration::from_secs(600);
+        config.sharing = sharing;
         let machine =
             Machine::start(&config).unwrap_or_else(|error| panic!("booting {name}: {error}"));
         TestMachine {

@@ -25,6 +25,8 @@ pub struct MachineConfig {
     /// QEMU is killed after this long, whatever happens.
     pub timeout: Duration,
     pub hypervisor: PathBuf,
+    /// The hypervisor's sharing level (0, 1 or 2), passed on its command line.
+    pub sharing: u8,
 }
 
 impl MachineConfig {
@@ -40,6 +42,7 @@ impl MachineConfig {
             disks: vec![disk("hda"), disk("hdb")],
             timeout: Duration::from_secs(600),
             hypervisor,
+            sharing: 0,
         }
     }
 }
@@ -106,7 +109,13 @@ impl Machine {
             "-device",
             "isa-debug-exit,iobase=0xf4,iosize=0x04",
         ]);
-        command.arg("-kernel").arg(&config.hypervisor);
+        command
+            .args(["-nic", "none"])
+            .arg("-kernel")
+            .arg(&config.hypervisor);
+        command
+            .arg("-append")
+            .arg(format!("sharing={}", config.sharing));
         command
             .arg("-serial")
             .arg(format!("file:{}", self.console_path().display()));
