@@ -1,8 +1,9 @@
 //! The processor instructions the hypervisor needs: port I/O, the time-stamp counter, halt.
 //!
-//! This is the only module with `unsafe` besides the entry assembly. Port I/O is unsafe
-//! because a write to the wrong port can reprogram any device; the callers are the device
-//! modules, each of which names its own fixed ports.
+//! With the entry assembly and [`crate::interrupts`] (the IDT) and [`crate::command_line`]
+//! (reading the boot loader's memory), this is one of the few modules with `unsafe`. Port
+//! I/O is unsafe because a write to the wrong port can reprogram any device; the callers
+//! are the device modules, each of which names its own fixed ports.
 
 use core::arch::asm;
 
@@ -75,6 +76,20 @@ pub fn time_stamp() -> u64 {
         asm!("rdtsc", out("eax") low, out("edx") high, options(nomem, nostack, preserves_flags))
     };
     (u64::from(high) << 32) | u64::from(low)
+}
+
+/// Sleep until the next interrupt, then return with interrupts disabled again. Callers
+/// check their devices with interrupts disabled and call this when nothing was ready: an
+/// interrupt raised after that check stays pending until here, and `sti` only takes effect
+/// after the following instruction, so the pending interrupt ends the `hlt` instead of
+/// being taken before it. The 1 kHz PIT tick bounds every sleep to about a millisecond.
+pub fn wait_for_interrupt() {
+    // SAFETY: [`crate::interrupts::initialise`] ran first thing at boot, so every vector the
+    // PICs can raise has a gate whose stub only acknowledges the PIC and returns with every
+    // register intact. The handler pushes its frame below `rsp`; the target has no red zone,
+    // so nothing of ours lives there. `cli` restores the interrupts-off state Rust code
+    // runs in.
+    unsafe { asm!("sti", "hlt", "cli") };
 }
 
 /// Stop the processor for good: interrupts are off, so nothing wakes it.

@@ -3,8 +3,9 @@
 //! It links `hv-vbd`, finds the IDE disks and registers them, and then serves three serial
 //! ports, each the channel of one domain: COM2 is dom0, COM3 domain 1, COM4 domain 2. COM1
 //! is the console. Hypercalls arrive as frames carrying the caller's memory image; block
-//! requests are translated by `hv-vbd` and carried out by the ATA driver. There is one core,
-//! no interrupts and no allocator: the main loop polls the ports round-robin.
+//! requests are translated by `hv-vbd` and carried out by the ATA driver. There is one core
+//! and no allocator: the main loop polls the ports round-robin and, when none has a byte,
+//! halts until an interrupt (a UART's or the 1 kHz timer's) says there may be one.
 #![no_std]
 #![no_main]
 
@@ -14,6 +15,7 @@ mod channel;
 mod cpu;
 mod disks;
 mod exit;
+mod interrupts;
 mod serial;
 mod server;
 mod timer;
@@ -57,6 +59,8 @@ static WORKSPACE: spin::Mutex<Workspace> = spin::Mutex::new(Workspace {
 /// Called by the entry code in 64-bit mode with a stack.
 #[no_mangle]
 extern "C" fn hypervisor_main() -> ! {
+    // First, so that an exception is reported and any wait can sleep.
+    interrupts::initialise();
     serial::COM1.initialise();
     log!("booting");
     match timer::calibrate() {
@@ -68,7 +72,9 @@ extern "C" fn hypervisor_main() -> ! {
     }
     let present = CHANNEL_PORTS.map(|port| port.uart.initialise());
     for (port, present) in CHANNEL_PORTS.iter().zip(present) {
-        if !present {
+        if present {
+            port.uart.enable_receive_interrupt();
+        } else {
             log!(
                 "{}: no UART; domain {} is not served",
                 port.name,
@@ -124,12 +130,14 @@ fn serve_forever(disks: &Disks, present: [bool; CHANNEL_PORTS.len()]) -> ! {
         statistics: Statistics::default(),
     };
     loop {
+        let mut received_any = false;
         for (index, port) in CHANNEL_PORTS.iter().enumerate() {
             if !present[index] {
                 continue;
             }
             let receiver = &mut receivers[index];
             let received = receiver.receive(|| port.uart.try_read(), BYTES_PER_TURN);
+            received_any |= received != 0;
             if receiver.abandon_if_idle() {
                 server.statistics.partial_frames_abandoned += 1;
                 log!(
@@ -175,6 +183,13 @@ fn serve_forever(disks: &Disks, present: [bool; CHANNEL_PORTS.len()]) -> ! {
                     .iter_mut()
                     .for_each(|receiver| receiver.resume(now));
             }
+        }
+        // Every port's FIFO was empty when read and every complete frame is served (a frame
+        // completes only on a round that received bytes). Polling on would starve QEMU's
+        // thread that refills the FIFOs; sleep until a UART or the timer interrupts. While
+        // bytes keep arriving, rounds receive some and never sleep.
+        if !received_any {
+            cpu::wait_for_interrupt();
         }
     }
 }

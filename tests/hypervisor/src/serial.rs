@@ -1,8 +1,11 @@
 //! 16550 UARTs: COM1 is the console, COM2..COM4 carry the frame channels.
 //!
-//! Everything is polled; interrupts stay off. QEMU moves bytes from a socket into a UART's
-//! receive FIFO only while the FIFO has room, so a port that is not read for a while loses
-//! nothing: its peer's bytes wait in QEMU and the socket.
+//! Reads and writes poll the status register, but a caller with nothing to do sleeps until
+//! an interrupt instead of polling on (see [`crate::interrupts`] for why): the channel
+//! ports raise "received data available", and a transmitter waiting for room sleeps until
+//! the next timer tick. QEMU moves bytes from a socket into a UART's receive FIFO only
+//! while the FIFO has room, so a port that is not read for a while loses nothing: its
+//! peer's bytes wait in QEMU and the socket.
 
 use core::fmt::{self, Write};
 
@@ -17,6 +20,13 @@ const LINE_CONTROL: u16 = 3;
 const MODEM_CONTROL: u16 = 4;
 const LINE_STATUS: u16 = 5;
 const SCRATCH: u16 = 7;
+
+/// Interrupt enable: received data available (or the FIFO's character timeout).
+const RECEIVE_INTERRUPT: u8 = 0x01;
+/// Modem control: DTR and RTS, as every driver sets them.
+const MODEM_READY: u8 = 0x03;
+/// Modem control OUT2: on a PC it connects the UART's interrupt line to the PIC.
+const MODEM_OUT2: u8 = 0x08;
 
 const LINE_STATUS_DATA_READY: u8 = 0x01;
 const LINE_STATUS_TRANSMIT_EMPTY: u8 = 0x20;
@@ -57,8 +67,15 @@ impl Uart {
         // FIFOs on and cleared, receive trigger at 14 bytes: QEMU then offers up to 14 bytes
         // per refill instead of one.
         cpu::write_byte(self.base + FIFO_CONTROL, 0xC7);
-        cpu::write_byte(self.base + MODEM_CONTROL, 0x03);
+        cpu::write_byte(self.base + MODEM_CONTROL, MODEM_READY);
         true
+    }
+
+    /// Raise the port's IRQ when received bytes reach the FIFO trigger level or have
+    /// waited a few character times, so that a halted processor wakes for them.
+    pub fn enable_receive_interrupt(self) {
+        cpu::write_byte(self.base + INTERRUPT_ENABLE, RECEIVE_INTERRUPT);
+        cpu::write_byte(self.base + MODEM_CONTROL, MODEM_READY | MODEM_OUT2);
     }
 
     /// The next received byte, if one is waiting.
@@ -76,6 +93,10 @@ impl Uart {
 
     /// Transmit `bytes`, giving up when the transmit FIFO stays full for longer than
     /// `patience_milliseconds` at a time (the peer's socket is full: it stopped reading).
+    ///
+    /// QEMU sends a written byte at once while the socket takes it; the FIFO stays full
+    /// only while the socket is full, and then QEMU's main-loop thread drains it when the
+    /// peer reads. The wait sleeps between checks so as not to starve that thread.
     pub fn write(self, bytes: &[u8], patience_milliseconds: u64) -> Result<(), TransmitStalled> {
         for chunk in bytes.chunks(TRANSMIT_FIFO_BYTES) {
             if !self.transmit_empty() {
@@ -84,6 +105,7 @@ impl Uart {
                     if deadline.expired() {
                         return Err(TransmitStalled);
                     }
+                    cpu::wait_for_interrupt();
                 }
             }
             for &byte in chunk {

@@ -1,8 +1,11 @@
-//! Wall-clock time from the time-stamp counter, calibrated once against the PIT.
+//! Wall-clock time from the time-stamp counter, calibrated once against the PIT, and the
+//! PIT's periodic tick that wakes a halted processor.
 //!
-//! Idle timeouts and every bounded polling loop need milliseconds. The TSC is cheap to read
-//! but its rate is unknown, so boot counts TSC ticks across a known number of PIT ticks
-//! (channel 2, whose output is readable in port 0x61 without interrupts).
+//! Idle timeouts and every bounded wait need milliseconds. The TSC is cheap to read but its
+//! rate is unknown, so boot counts TSC ticks across a known number of PIT ticks (channel 2,
+//! whose output is readable in port 0x61 without interrupts). Channel 0 interrupts about
+//! once a millisecond so that a processor halted until the next interrupt notices elapsed
+//! deadlines even when no device speaks.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -12,6 +15,7 @@ use crate::cpu;
 const PIT_HERTZ: u64 = 1_193_182;
 /// Long enough that port-access jitter under TCG is noise, short enough not to slow boot.
 const CALIBRATION_MILLISECONDS: u64 = 50;
+const PIT_CHANNEL_0_DATA: u16 = 0x40;
 const PIT_CHANNEL_2_DATA: u16 = 0x42;
 const PIT_COMMAND: u16 = 0x43;
 /// Bit 0 gates PIT channel 2, bit 1 routes it to the speaker, bit 5 reads its output.
@@ -75,6 +79,19 @@ pub fn calibrate() -> Result<u64, CalibrationError> {
     }
     TICKS_PER_MILLISECOND.store(per_millisecond, Ordering::Relaxed);
     Ok(per_millisecond)
+}
+
+/// PIT input clocks between wake-up ticks: 1193 makes about 1000.15 Hz.
+const WAKEUP_DIVISOR: u16 = (PIT_HERTZ / 1000) as u16;
+
+/// Program PIT channel 0 as a rate generator at about 1 kHz (IRQ0). Its interrupts only
+/// wake [`cpu::wait_for_interrupt`]; time itself is read from the TSC.
+pub fn start_wakeup_tick() {
+    // Channel 0, low byte then high byte, mode 2 (rate generator), binary.
+    cpu::write_byte(PIT_COMMAND, 0b0011_0100);
+    let [low, high] = WAKEUP_DIVISOR.to_le_bytes();
+    cpu::write_byte(PIT_CHANNEL_0_DATA, low);
+    cpu::write_byte(PIT_CHANNEL_0_DATA, high);
 }
 
 fn ticks_per_millisecond() -> u64 {
