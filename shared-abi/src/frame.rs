@@ -43,7 +43,13 @@ pub const FAILURE_EXIT_VALUE: u8 = 0x11;
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FrameKind {
-    /// Hypervisor → host: this port is served ([`crate::wire::ReadyNotice`]).
+    /// Both directions. Host → hypervisor: the first frame of every connection, with an
+    /// empty payload and a sequence of the host's choosing (a non-empty payload is
+    /// rejected with `EINVAL`). Hypervisor → host: a [`crate::wire::ReadyNotice`] naming
+    /// the port's domain and [`crate::ABI_VERSION`], as the reply to the host's `Ready`
+    /// (same sequence), and unprompted with sequence 0 when the hypervisor starts serving
+    /// the port (at boot, and when dom0 destroys the port's domain). Bytes sent before a
+    /// host connected are lost, which is why the host asks.
     Ready = 1,
     /// Host → hypervisor: [`crate::wire::HypercallRequest`] + guest memory image.
     HypercallRequest = 2,

@@ -1,4 +1,4 @@
-//! ATA PIO driver for the legacy IDE controller: IDENTIFY, LBA48 reads, writes and flushes.
+//! ATA PIO driver for the legacy IDE controller: IDENTIFY, LBA48 reads and writes.
 //!
 //! Polled, one command at a time; every wait is bounded by a deadline and every failure is
 //! an [`AtaError`] the caller reports as `EIO`, never a panic. After a failure the channel
@@ -33,15 +33,12 @@ const CONTROL_SOFTWARE_RESET: u8 = 0x04;
 const COMMAND_IDENTIFY: u8 = 0xEC;
 const COMMAND_READ_SECTORS_EXT: u8 = 0x24;
 const COMMAND_WRITE_SECTORS_EXT: u8 = 0x34;
-const COMMAND_FLUSH_CACHE_EXT: u8 = 0xEA;
 
 /// Sectors per READ/WRITE SECTORS EXT command. The command takes up to 65536, but a short
 /// command bounds how much one failure costs and keeps a deadline per command meaningful.
 const SECTORS_PER_COMMAND: usize = 256;
 /// The most a single command may take before the disk counts as hung.
 const COMMAND_MILLISECONDS: u64 = 5_000;
-/// A flush writes back the whole cache, which may take the host much longer.
-const FLUSH_MILLISECONDS: u64 = 30_000;
 /// LBA48 addresses 2^48 sectors.
 const LBA48_LIMIT: u64 = 1 << 48;
 
@@ -279,8 +276,10 @@ impl Disk {
         Ok(())
     }
 
-    /// Write `data` (a whole number of sectors) starting at `sector`. The drive may still
-    /// hold it in its cache: call [`Disk::flush`] before telling anyone it is written.
+    /// Write `data` (a whole number of sectors) starting at `sector`. Done means the drive
+    /// accepted every sector: QEMU has then written them to the image file, where the host
+    /// sees them. That is all a reply promises; no cache flush (which would make small
+    /// writes several times slower) is needed for the host to read them back.
     pub fn write(&self, sector: u64, data: &[u8]) -> Result<(), AtaError> {
         self.check_range(sector, data.len())?;
         let mut first = sector;
@@ -289,21 +288,6 @@ impl Disk {
             first += (chunk.len() / SECTOR_BYTES) as u64;
         }
         Ok(())
-    }
-
-    /// FLUSH CACHE EXT: afterwards QEMU has written everything to the image file.
-    pub fn flush(&self) -> Result<(), AtaError> {
-        let deadline = Deadline::after_milliseconds(FLUSH_MILLISECONDS);
-        let result = self.channel.select(self.drive, &deadline).and_then(|()| {
-            cpu::write_byte(
-                self.channel.command + STATUS_COMMAND,
-                COMMAND_FLUSH_CACHE_EXT,
-            );
-            self.channel.settle();
-            let status = self.channel.wait_not_busy(&deadline)?;
-            self.channel.check(status)
-        });
-        self.recover_on_error(result)
     }
 
     fn check_range(&self, sector: u64, bytes: usize) -> Result<(), AtaError> {

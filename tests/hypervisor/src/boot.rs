@@ -4,7 +4,9 @@
 //! (`XEN_ELFNOTE_PHYS32_ENTRY`) and jumps there in flat 32-bit protected mode. Long mode
 //! needs paging, so the entry code builds identity page tables for the first 4 GiB with
 //! 2 MiB pages (the image, its buffers and every RAM size QEMU is given here), switches on
-//! PAE, long mode and paging, loads a 64-bit GDT and calls [`crate::hypervisor_main`].
+//! PAE, long mode and paging, loads a 64-bit GDT and calls [`crate::hypervisor_main`] with
+//! the physical address of the PVH start info, which the loader leaves in %ebx and which
+//! nothing here overwrites.
 //!
 //! The code is assembly because no Rust can run before there is a stack and 64-bit mode.
 //! Everything it touches is its own: `.bss`, which it zeroes first, holds the stack and the
@@ -123,6 +125,7 @@ long_mode_entry:
     movw %ax, %gs
     movabsq $boot_stack_top, %rsp
     xorl %ebp, %ebp
+    movl %ebx, %edi             /* the start info address, zero-extended: the first argument */
     call hypervisor_main
 3:
     hlt

@@ -90,10 +90,6 @@ impl PhysicalDisk {
             .map_err(|error| self.failed(sector, error))
     }
 
-    pub fn flush(&self) -> Result<(), TransferError> {
-        self.ata.flush().map_err(|error| self.failed(0, error))
-    }
-
     /// Size in MiB, for the console.
     pub fn mebibytes(&self) -> u64 {
         self.ata.sectors() * SECTOR_BYTES as u64 / (1024 * 1024)

@@ -12,6 +12,7 @@
 mod ata;
 mod boot;
 mod channel;
+mod command_line;
 mod cpu;
 mod disks;
 mod exit;
@@ -24,6 +25,7 @@ use hv_vbd::{DefaultVbdTable, Segment, SharingLevel, VbdTable};
 use shared_abi::DeviceNumber;
 
 use crate::channel::{Receiver, Step, IDLE_MILLISECONDS};
+use crate::command_line::CommandLine;
 use crate::disks::Disks;
 use crate::exit::ExitCode;
 use crate::serial::log;
@@ -56,9 +58,10 @@ static WORKSPACE: spin::Mutex<Workspace> = spin::Mutex::new(Workspace {
     }; MAX_SEGMENTS],
 });
 
-/// Called by the entry code in 64-bit mode with a stack.
+/// Called by the entry code in 64-bit mode with a stack and the physical address of the
+/// PVH start info.
 #[no_mangle]
-extern "C" fn hypervisor_main() -> ! {
+extern "C" fn hypervisor_main(start_info: u32) -> ! {
     // First, so that an exception is reported and any wait can sleep.
     interrupts::initialise();
     serial::COM1.initialise();
@@ -69,6 +72,22 @@ extern "C" fn hypervisor_main() -> ! {
             log!("fatal: cannot calibrate the TSC: {error}");
             exit::exit(ExitCode::Failure);
         }
+    }
+    let options = CommandLine::read(start_info).and_then(|command_line| {
+        command_line.options(|word| {
+            log!("ignoring `{}` on the command line", word.escape_ascii());
+        })
+    });
+    let options = match options {
+        Ok(options) => options,
+        Err(error) => {
+            log!("fatal: {error}");
+            exit::exit(ExitCode::Failure);
+        }
+    };
+    if let Err(error) = TABLE.set_sharing_level(options.sharing) {
+        log!("fatal: cannot set the sharing level: {}", error.name());
+        exit::exit(ExitCode::Failure);
     }
     let present = CHANNEL_PORTS.map(|port| port.uart.initialise());
     for (port, present) in CHANNEL_PORTS.iter().zip(present) {
@@ -102,13 +121,14 @@ extern "C" fn hypervisor_main() -> ! {
         );
     }
     log!(
-        "ready ports={} disks={}",
+        "ready ports={} disks={} sharing={}",
         present.iter().filter(|&&present| present).count(),
-        disks.iter().count()
+        disks.iter().count(),
+        TABLE.sharing_level() as u32
     );
     for (port, present) in CHANNEL_PORTS.iter().zip(present) {
         if present {
-            port.send_ready();
+            port.send_ready(0);
         }
     }
     serve_forever(&disks, present)
@@ -172,7 +192,7 @@ fn serve_forever(disks: &Disks, present: [bool; CHANNEL_PORTS.len()]) -> ! {
                             "{}: serving a fresh domain {domain}",
                             CHANNEL_PORTS[target].name
                         );
-                        CHANNEL_PORTS[target].send_ready();
+                        CHANNEL_PORTS[target].send_ready(0);
                     }
                 }
             }

@@ -74,13 +74,14 @@ impl ChannelPort {
         }
     }
 
-    /// Announce that this port is served, for the domain it speaks for.
-    pub fn send_ready(&self) {
+    /// Say that this port is served, for the domain it speaks for: unprompted with
+    /// sequence 0 when serving starts, or in reply to a peer's `Ready` with its sequence.
+    pub fn send_ready(&self, sequence: u32) {
         let notice = ReadyNotice {
             domain: self.domain,
             abi_version: ABI_VERSION,
         };
-        self.send(FrameKind::Ready, 0, &[notice.as_bytes()]);
+        self.send(FrameKind::Ready, sequence, &[notice.as_bytes()]);
     }
 
     /// Tell the peer a frame it sent was malformed.
@@ -168,9 +169,17 @@ impl Server<'_> {
                 port.send_reject(header.sequence, Error::PermissionDenied);
                 Served::default()
             }
+            // A peer opens every connection this way: the reply names its domain and ABI.
+            FrameKind::Ready if payload.is_empty() => {
+                port.send_ready(header.sequence);
+                Served::default()
+            }
+            FrameKind::Ready => {
+                port.send_reject(header.sequence, Error::InvalidArgument);
+                Served::default()
+            }
             // Kinds only the hypervisor sends: a peer sending one speaks another protocol.
-            FrameKind::Ready
-            | FrameKind::HypercallResponse
+            FrameKind::HypercallResponse
             | FrameKind::BlockResponse
             | FrameKind::ChangeNotice
             | FrameKind::Reject => {
@@ -308,18 +317,6 @@ impl Server<'_> {
                 return Err(Error::Io);
             }
             offset = range.end;
-        }
-        if access == Access::Write {
-            // The reply promises the bytes are in the image file, which only a flush does.
-            for disk in self.disks.iter() {
-                if segments.iter().any(|segment| segment.device == disk.device) {
-                    if let Err(failure) = disk.flush() {
-                        log!("{}: flush failed: {failure}", port.name);
-                        self.statistics.io_errors += 1;
-                        return Err(Error::Io);
-                    }
-                }
-            }
         }
         Ok(bytes)
     }
