@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::timestamp::now;
 use crate::uname::VdId;
 use crate::validator::{validate, SafetyLevel, User};
-use crate::zero::{total_bytes, ZeroTarget};
+use crate::zero::{total_bytes, ZeroTarget, Zeroing};
 
 /// A source of VBDs beyond the attachments the database recorded: the hypervisor, which
 /// alone knows every VBD that exists. `delete` refuses a disk that any of them maps.
@@ -32,6 +32,7 @@ pub struct CreateRequest {
     pub expiry: Expiry,
     /// Zero every extent, not only those that may hold a previous owner's data.
     pub zero_all: bool,
+    pub zeroing: Zeroing,
 }
 
 /// Progress of zeroing: `(bytes written, bytes in all)`.
@@ -51,7 +52,14 @@ pub fn create_virtual_disk(
     progress: Progress<'_>,
 ) -> Result<VirtualDisk> {
     let pending = database.begin_create(request.size_sectors, request.zero_all, now())?;
-    let zeroed = zero_with_lease(database, devices, pending.id, &pending.to_zero, progress);
+    let zeroed = zero_with_lease(
+        database,
+        devices,
+        pending.id,
+        &pending.to_zero,
+        request.zeroing,
+        progress,
+    );
     if let Err(error) = zeroed {
         // Best effort: if even this fails, the lease runs out on its own.
         let _ = database.abandon_create(pending.id, now());
@@ -65,12 +73,13 @@ fn zero_with_lease(
     devices: &dyn DeviceSource,
     id: VdId,
     extents: &[Extent],
+    zeroing: Zeroing,
     progress: Progress<'_>,
 ) -> Result<()> {
     if extents.is_empty() {
         return Ok(());
     }
-    let target = ZeroTarget::open(extents, devices)?;
+    let target = ZeroTarget::open(extents, devices, zeroing)?;
     let total = total_bytes(extents);
     let mut last_renewal = Instant::now();
     target.zero(extents, &mut |written| {
@@ -91,6 +100,7 @@ pub struct DeleteRequest<'a> {
     pub force: bool,
     /// Zero its extents first (needs `devices`).
     pub wipe: bool,
+    pub zeroing: Zeroing,
     /// VBDs the hypervisor reports, when it was asked (`--hv`).
     pub mapped: Option<&'a mut dyn MappedExtents>,
 }
@@ -123,7 +133,7 @@ pub fn delete_virtual_disk(
                 "delete {id} --wipe: needs --devices or sysfs to find the disks"
             ))
         })?;
-        let target = ZeroTarget::open(&disk.extents, devices)?;
+        let target = ZeroTarget::open(&disk.extents, devices, request.zeroing)?;
         let total = total_bytes(&disk.extents);
         target.zero(&disk.extents, &mut |written| {
             progress(written, total);

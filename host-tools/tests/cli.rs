@@ -2,7 +2,7 @@
 //! every command, every seed defect, the create race, crash safety and bad input.
 
 use std::fs;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -619,11 +619,31 @@ fn seed_defect_9_long_extent_lists_are_kept_whole() {
 }
 
 #[test]
+fn zeroing_a_fresh_pool_zeros_in_place_and_keeps_the_image_sparse() {
+    let machine = Machine::new(1100, &[1024]);
+    machine.ok(&["format", "phy:hda1", "--extent-size", "1M"]);
+    machine.fill_image(4096, 2048, 0xEE);
+    let allocated = || fs::metadata(machine.image()).unwrap().blocks() * 512;
+    let before = allocated();
+    let disk = machine.json(&["create", "1000"]);
+    assert_eq!(extents(&disk)[0].1, 2048);
+    assert!(machine.read_image(4096, 2048).iter().all(|&byte| byte == 0));
+    // Had the 1000 MiB been written, the image would hold 1000 MiB of blocks.
+    assert!(
+        allocated() <= before,
+        "{} bytes allocated after zeroing, {before} before",
+        allocated()
+    );
+}
+
+#[test]
 fn killing_a_large_zeroing_create_leaves_a_consistent_database() {
     let machine = Machine::new(1100, &[1024]);
     machine.ok(&["format", "phy:hda1", "--extent-size", "1M"]);
+    // Zeroing in place would finish before the kill; writing 1000 MiB leaves a window.
     let mut child = machine
         .command(&["create", "1000", "--zero"])
+        .env("VDISK_ZERO_WITH_WRITES", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -57,6 +57,7 @@ impl Create {
             size_sectors: self.size,
             expiry: self.expiry,
             zero_all: self.zero,
+            zeroing: context.zeroing,
         };
         let disk = create_virtual_disk(
             &mut database,
@@ -131,6 +132,7 @@ impl Delete {
             id: self.id,
             force: self.force,
             wipe: self.wipe,
+            zeroing: context.zeroing,
             mapped: hypervisor
                 .as_mut()
                 .map(|hypervisor| hypervisor as &mut dyn host_tools::lifecycle::MappedExtents),

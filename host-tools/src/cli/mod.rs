@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use host_tools::database::{Database, OpenMode};
 use host_tools::devices::{DeviceSource, DevicesFile, Sysfs};
+use host_tools::zero::Zeroing;
 use host_tools::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -49,6 +50,16 @@ struct GlobalOptions {
     /// Print machine-readable JSON instead of the human form.
     #[arg(long, global = true)]
     json: bool,
+    /// Zero by writing zeros even where the disk could zero in place. A test hook, hidden:
+    /// the crash test needs a zeroing create slow enough to kill.
+    #[arg(
+        long,
+        global = true,
+        hide = true,
+        env = "VDISK_ZERO_WITH_WRITES",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    zero_with_writes: bool,
 }
 
 #[derive(Subcommand)]
@@ -98,6 +109,7 @@ pub struct Context {
     devices: Option<PathBuf>,
     hv: Option<String>,
     json: bool,
+    zeroing: Zeroing,
 }
 
 impl Context {
@@ -158,6 +170,11 @@ pub fn main() -> i32 {
         devices: cli.global.devices,
         hv: cli.global.hv,
         json: cli.global.json,
+        zeroing: if cli.global.zero_with_writes {
+            Zeroing::Writes
+        } else {
+            Zeroing::Offload
+        },
     };
     match cli.command.run(&context) {
         Ok(()) => 0,
