@@ -1,8 +1,12 @@
 //! ATA PIO driver for the legacy IDE controller: IDENTIFY, LBA48 reads and writes.
 //!
-//! Polled, one command at a time; every wait is bounded by a deadline and every failure is
-//! an [`AtaError`] the caller reports as `EIO`, never a panic. After a failure the channel
-//! is reset, so a command abandoned mid-transfer cannot confuse the next one.
+//! One command at a time. A wait reads the status register and, while the drive is busy,
+//! sleeps until an interrupt: QEMU completes each sector's I/O on its main-loop thread,
+//! which a guest polling the status register in a tight loop starves of the global lock
+//! (see [`crate::interrupts`]). The drives' IRQs (14, 15) are enabled only to wake that
+//! sleep; the 1 kHz timer wakes it too. Every wait is bounded by a deadline and every
+//! failure is an [`AtaError`] the caller reports as `EIO`, never a panic. After a failure
+//! the channel is reset, so a command abandoned mid-transfer cannot confuse the next one.
 
 use core::fmt;
 
@@ -26,8 +30,9 @@ const STATUS_DEVICE_FAULT: u8 = 0x20;
 const STATUS_DATA_REQUEST: u8 = 0x08;
 const STATUS_ERROR: u8 = 0x01;
 
-/// Device control bits (written to the control block).
-const CONTROL_INTERRUPTS_OFF: u8 = 0x02;
+/// Device control bits (written to the control block); nIEN (0x02) stays clear, so the
+/// drive raises its IRQ when it finishes a sector or a command.
+const CONTROL_INTERRUPTS_ON: u8 = 0x00;
 const CONTROL_SOFTWARE_RESET: u8 = 0x04;
 
 const COMMAND_IDENTIFY: u8 = 0xEC;
@@ -129,14 +134,11 @@ impl Channel {
         status
     }
 
-    /// Turn interrupts off (everything here polls) and put the drives in a known state.
+    /// Put the drives in a known state, with their interrupts on (they only wake waits).
     pub fn reset(self) {
-        cpu::write_byte(
-            self.control,
-            CONTROL_INTERRUPTS_OFF | CONTROL_SOFTWARE_RESET,
-        );
+        cpu::write_byte(self.control, CONTROL_INTERRUPTS_ON | CONTROL_SOFTWARE_RESET);
         self.settle();
-        cpu::write_byte(self.control, CONTROL_INTERRUPTS_OFF);
+        cpu::write_byte(self.control, CONTROL_INTERRUPTS_ON);
         self.settle();
         let deadline = Deadline::after_milliseconds(COMMAND_MILLISECONDS);
         // A drive that stays busy shows up as a timeout on its first command.
@@ -152,6 +154,9 @@ impl Channel {
             if deadline.expired() {
                 return Err(AtaError::Timeout { status });
             }
+            // Reading the status register cleared any pending drive interrupt, so the next
+            // one means the drive moved on.
+            cpu::wait_for_interrupt();
         }
     }
 
@@ -168,6 +173,7 @@ impl Channel {
             if deadline.expired() {
                 return Err(AtaError::Timeout { status });
             }
+            cpu::wait_for_interrupt();
         }
     }
 

@@ -5,9 +5,10 @@
 //! polls its UARTs in a tight loop starves that thread, and the host's writes stall. So the
 //! main loop halts when no port has a byte, and the UARTs' "received data available"
 //! interrupts (IRQ3, IRQ4) and a 1 kHz PIT tick (IRQ0, so that timeouts still advance) wake
-//! it. Interrupts are enabled only inside [`crate::cpu::wait_for_interrupt`]; the PIC
-//! handlers only acknowledge the interrupt, the waking is their whole purpose. Every CPU
-//! exception is fatal: its handler logs the vector and exits with the failure code.
+//! it; the ATA driver sleeps the same way until the IDE channels interrupt (IRQ14, 15).
+//! Interrupts are enabled only inside [`crate::cpu::wait_for_interrupt`]; the PIC handlers
+//! only acknowledge the interrupt, the waking is their whole purpose. Every CPU exception
+//! is fatal: its handler logs the vector and exits with the failure code.
 
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -33,10 +34,13 @@ const EXCEPTION_VECTORS: usize = 32;
 /// The master's input the slave is wired to.
 const CASCADE_IRQ: u8 = 2;
 
-/// The only IRQs unmasked: the PIT's channel 0, COM2 and COM4, COM1 and COM3.
+/// The only IRQs unmasked: the PIT's channel 0, COM2 and COM4, COM1 and COM3, and the
+/// IDE channels (14 and 15, the slave's inputs 6 and 7, through the cascade).
 const TIMER_IRQ: u8 = 0;
 const COM2_COM4_IRQ: u8 = 3;
 const COM1_COM3_IRQ: u8 = 4;
+const PRIMARY_IDE_SLAVE_INPUT: u8 = 14 - 8;
+const SECONDARY_IDE_SLAVE_INPUT: u8 = 15 - 8;
 
 /// The 64-bit code segment of the entry code's GDT.
 const CODE_SELECTOR: u64 = 0x08;
@@ -59,9 +63,12 @@ exception_stubs:
     .set exception_vector, 0
     .rept 32
     .balign 16
-    .if (exception_vector == 8) || ((exception_vector >= 10) && (exception_vector <= 14)) || (exception_vector == 17) || (exception_vector == 21) || (exception_vector == 29) || (exception_vector == 30)
-    .else
+    .if (exception_vector != 8) && ((exception_vector < 10) || (exception_vector > 14))
+    .if (exception_vector != 17) && (exception_vector != 21)
+    .if (exception_vector != 29) && (exception_vector != 30)
     pushq $0
+    .endif
+    .endif
     .endif
     pushq $exception_vector
     jmp exception_common
@@ -88,7 +95,8 @@ master_interrupt_stub:
     popq %rax
     iretq
 
-    /* IRQs 8-15 are all masked; should one arrive anyway, acknowledge both PICs. */
+    /* IRQs 8-15: acknowledge the slave, then the master's cascade input. Only IRQ14 and 15
+     * (the IDE channels) are unmasked. */
     .balign 16
     .global slave_interrupt_stub
 slave_interrupt_stub:
@@ -133,8 +141,8 @@ fn set_gate(vector: usize, handler: usize) {
     TABLE.0[2 * vector + 1].store(address >> 32, Ordering::Relaxed);
 }
 
-/// Load the IDT, remap the PICs above the exception vectors, unmask only the timer and
-/// UART IRQs and start the PIT's 1 kHz tick. Interrupts stay disabled (IF clear); call
+/// Load the IDT, remap the PICs above the exception vectors, unmask only the timer, UART
+/// and IDE IRQs and start the PIT's 1 kHz tick. Interrupts stay disabled (IF clear); call
 /// first thing at boot, before anything waits with [`cpu::wait_for_interrupt`].
 pub fn initialise() {
     for vector in 0..EXCEPTION_VECTORS {
@@ -177,9 +185,11 @@ pub fn initialise() {
     cpu::write_byte(MASTER_DATA, MODE_8086);
     cpu::write_byte(SLAVE_DATA, MODE_8086);
     crate::timer::start_wakeup_tick();
-    let unmasked = 1 << TIMER_IRQ | 1 << COM2_COM4_IRQ | 1 << COM1_COM3_IRQ;
-    cpu::write_byte(MASTER_DATA, !unmasked);
-    cpu::write_byte(SLAVE_DATA, 0xFF);
+    let master_unmasked =
+        1 << TIMER_IRQ | 1 << CASCADE_IRQ | 1 << COM2_COM4_IRQ | 1 << COM1_COM3_IRQ;
+    let slave_unmasked = 1 << PRIMARY_IDE_SLAVE_INPUT | 1 << SECONDARY_IDE_SLAVE_INPUT;
+    cpu::write_byte(MASTER_DATA, !master_unmasked);
+    cpu::write_byte(SLAVE_DATA, !slave_unmasked);
 }
 
 fn exception_name(vector: u64) -> &'static str {
