@@ -436,16 +436,25 @@ impl Database {
                 params![allocated, now, now + CREATE_LEASE_SECONDS],
             )?;
             let id = transaction.last_insert_rowid();
-            let mut insert = transaction.prepare(
-                "INSERT INTO virtual_disk_extents (virtual_disk_id, position, extent_id) VALUES (?1, ?2, ?3)",
+            // Two set-based statements, not two per extent: a 64 GiB disk of 4 MiB extents
+            // is 16 384 of them. The ids go in as one bound JSON array, whose indices are the
+            // layout positions.
+            let extent_ids: Vec<i64> = chosen.iter().map(|candidate| candidate.id).collect();
+            let extent_ids = serde_json::to_string(&extent_ids)
+                .map_err(|error| Error::Refused(format!("create: encoding extent ids: {error}")))?;
+            let inserted = transaction.execute(
+                "INSERT INTO virtual_disk_extents (virtual_disk_id, position, extent_id)
+                 SELECT ?1, key, value FROM json_each(?2)",
+                params![id, extent_ids],
             )?;
-            let mut mark_dirty = transaction.prepare("UPDATE extents SET dirty = 1 WHERE id = ?1")?;
-            for (position, candidate) in chosen.iter().enumerate() {
-                insert.execute(params![id, position as i64, candidate.id])?;
-                // The new owner may write from now on; should it die mid-zeroing, the next
-                // owner must zero again.
-                mark_dirty.execute(params![candidate.id])?;
-            }
+            debug_assert_eq!(inserted, chosen.len());
+            // The new owner may write from now on; should it die mid-zeroing, the next owner
+            // must zero again.
+            transaction.execute(
+                "UPDATE extents SET dirty = 1
+                 WHERE id IN (SELECT extent_id FROM virtual_disk_extents WHERE virtual_disk_id = ?1)",
+                params![id],
+            )?;
             Ok(PendingCreate {
                 id: VdId::from_database(id),
                 extents: chosen.iter().map(|candidate| candidate.extent).collect(),

@@ -95,6 +95,8 @@ enum Zeroed {
 struct Target {
     path: PathBuf,
     file: File,
+    /// Its size, read once: a large disk has thousands of extents to check against it.
+    sectors: u64,
     offload: Option<Offload>,
 }
 
@@ -127,23 +129,25 @@ impl ZeroTarget {
                 Zeroing::Offload => Offload::for_file(&file, &path)?,
                 Zeroing::Writes => None,
             };
+            let sectors = sectors_of(&path)?;
             targets.insert(
                 extent.device,
                 Target {
                     path,
                     file,
+                    sectors,
                     offload,
                 },
             );
         }
         for extent in extents {
-            let path = &targets[&extent.device].path;
-            let sectors = sectors_of(path)?;
-            if extent.end_sector() > sectors {
+            let target = &targets[&extent.device];
+            if extent.end_sector() > target.sectors {
                 return Err(Error::Refused(format!(
-                    "{}: ends past the end of {} ({sectors} sectors)",
+                    "{}: ends past the end of {} ({} sectors)",
                     describe_extent(extent),
-                    path.display()
+                    target.path.display(),
+                    target.sectors
                 )));
             }
         }

@@ -79,10 +79,35 @@ fn chunks(offset: u64, length: u64) -> impl Iterator<Item = (u64, u32, u64, u64)
         })
 }
 
+/// With `--sparse`, zero data is skipped in pieces of this many sectors (4 KiB, the block
+/// size of most filesystem images).
+const SPARSE_GRANULE_SECTORS: usize = 8;
+
+/// The runs of `data` (whole sectors) that hold a non-zero byte, in granules of
+/// [`SPARSE_GRANULE_SECTORS`]: `(first sector, sectors)` relative to the start of `data`.
+fn nonzero_runs(data: &[u8]) -> Vec<(u64, u64)> {
+    let granule = SPARSE_GRANULE_SECTORS * SECTOR_SIZE as usize;
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for (index, piece) in data.chunks(granule).enumerate() {
+        if piece.iter().all(|&byte| byte == 0) {
+            continue;
+        }
+        let first = (index * SPARSE_GRANULE_SECTORS) as u64;
+        let sectors = piece.len() as u64 / SECTOR_SIZE;
+        match runs.last_mut() {
+            Some((start, count)) if *start + *count == first => *count += sectors,
+            _ => runs.push((first, sectors)),
+        }
+    }
+    runs
+}
+
 /// Write a file into a VBD of the domain whose port --hv names.
 ///
 /// Partial sectors at either end are read, merged and written back, so any byte offset
 /// works. The whole range is checked against the VBD's size before anything is written.
+/// --sparse skips 4 KiB pieces that are all zeros, like `cp --sparse`: use it only where
+/// the VBD already reads zeros, as a freshly created VD does.
 #[derive(Args)]
 #[command(
     after_help = "Example:\n  vdisk --hv unix:/tmp/vm/dom0.sock write xvda --from rootfs.img"
@@ -97,6 +122,9 @@ pub struct Write {
     /// Where in the VBD to start, in bytes (K, M, G allowed).
     #[arg(long, value_parser = bytes_argument, default_value = "0")]
     offset: u64,
+    /// Skip 4 KiB pieces of zeros (the VBD must already read zeros there).
+    #[arg(long)]
+    sparse: bool,
 }
 
 impl Write {
@@ -113,6 +141,18 @@ impl Write {
         bar.set_length(length);
         for (sector, sectors, at, bytes) in chunks(self.offset, length) {
             let whole = u64::from(sectors) * SECTOR_SIZE;
+            if self.sparse && bytes == whole {
+                let mut buffer = vec![0u8; whole as usize];
+                file.read_exact_at(&mut buffer, at)
+                    .map_err(|error| Error::io(&self.from, error))?;
+                for (first, count) in nonzero_runs(&buffer) {
+                    let bytes =
+                        (first * SECTOR_SIZE) as usize..((first + count) * SECTOR_SIZE) as usize;
+                    hypervisor.write(self.vdevice, sector + first, &buffer[bytes])?;
+                }
+                bar.inc(bytes);
+                continue;
+            }
             let mut buffer = if bytes == whole {
                 vec![0u8; whole as usize]
             } else {
@@ -201,6 +241,21 @@ mod tests {
             vec![(1, 2048, 0, big), (2049, 2048, big, big)]
         );
         assert_eq!(chunks(0, 0).count(), 0);
+    }
+
+    #[test]
+    fn sparse_writes_skip_only_zero_granules() {
+        let granule = SPARSE_GRANULE_SECTORS * 512;
+        let mut data = vec![0u8; granule * 6];
+        data[0] = 1;
+        data[granule + 5] = 2;
+        data[granule * 4 + granule - 1] = 3;
+        assert_eq!(nonzero_runs(&data), vec![(0, 16), (32, 8)]);
+        assert_eq!(nonzero_runs(&vec![0u8; granule * 3]), vec![]);
+        // A short last piece (whole sectors, less than a granule) counts its own sectors.
+        let mut tail = vec![0u8; granule + 1024];
+        tail[granule + 1] = 9;
+        assert_eq!(nonzero_runs(&tail), vec![(8, 2)]);
     }
 
     #[test]

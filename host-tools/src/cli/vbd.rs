@@ -77,7 +77,8 @@ pub struct Attach {
 
 impl Attach {
     pub fn run(self, context: &Context) -> Result<()> {
-        let mut database = context.database(OpenMode::Existing)?;
+        // Attaching records what it maps, so it may start the database, as format does.
+        let mut database = context.database(OpenMode::CreateIfMissing)?;
         let extents = extents_of(context, Some(&database), &self.uname)?;
         let mut hypervisor = hypervisor(context)?;
         let mut users: Vec<User> = hypervisor
@@ -260,7 +261,7 @@ impl Vbds {
                 .iter()
                 .map(|extent| {
                     format!(
-                        "{}:{}+{}",
+                        "{} {}+{}",
                         extent.device, extent.start_sector, extent.nr_sectors
                     )
                 })
@@ -272,7 +273,7 @@ impl Vbds {
                 if vbd.mode.is_writable() { "rw" } else { "r" },
                 format_sectors(vbd.size_sectors),
                 source(vbd).unwrap_or_else(|| "-".to_owned()),
-                extents.join(" ")
+                extents.join(", ")
             );
         }
         Ok(())

@@ -178,6 +178,8 @@ fn read_only_vbds_refuse_writes_and_bounds_are_enforced() {
         refusal(guest.read(DeviceNumber::from_name("xvdb").unwrap(), 0, 1)),
         Error::NotFound
     );
+    // A port serves one connection at a time; the tool connects next.
+    drop(guest);
     // The tool refuses the same before sending anything.
     let file = test.machine.dir().join("sector");
     fs::write(&file, [1u8; 512]).unwrap();
@@ -264,6 +266,7 @@ fn the_hypervisor_enforces_its_sharing_level_itself() {
         Error::Busy
     );
     assert_eq!(dom0.info(2, xvda()).unwrap().extents, vec![]);
+    drop(dom0);
     test.finish();
 }
 
@@ -287,6 +290,7 @@ fn destroying_a_domain_removes_its_vbds_and_a_fresh_one_starts_clean() {
     test.vdisk_ok(&["--hv", &dom0, "detach", "xvda", "1"]);
     test.vdisk_ok(&["--hv", &dom0, "attach", "phy:hda3", "xvda", "1", "r"]);
     assert_eq!(guest.read(xvda(), 0, 1).unwrap().len(), 512);
+    drop(guest);
     test.finish();
 }
 
@@ -330,5 +334,6 @@ fn a_guest_is_told_when_its_vbds_change() {
         assert_eq!(notice.domain, 1);
     }
     assert_eq!(last.domain, 1);
+    drop(guest);
     test.finish();
 }

@@ -18,13 +18,20 @@ pub fn workspace_root() -> PathBuf {
 /// Runs cargo from the hypervisor's directory so its own `.cargo/config.toml` applies.
 pub fn build_hypervisor() -> Result<PathBuf, String> {
     let directory = workspace_root().join("tests/hypervisor");
-    run(Command::new(env!("CARGO")).current_dir(&directory).args([
-        "build",
-        "--release",
-        "--target",
-        "x86_64-unknown-none",
-    ]))?;
-    let elf = directory.join("target/x86_64-unknown-none/release/vbd-hypervisor");
+    // Its own target directory, whatever CARGO_TARGET_DIR says: the bare-metal build shares
+    // nothing with the host builds, and the ELF's path stays predictable.
+    let target = directory.join("target");
+    run(Command::new(env!("CARGO"))
+        .current_dir(&directory)
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "x86_64-unknown-none",
+            "--target-dir",
+        ])
+        .arg(&target))?;
+    let elf = target.join("x86_64-unknown-none/release/vbd-hypervisor");
     if elf.is_file() {
         Ok(elf)
     } else {
