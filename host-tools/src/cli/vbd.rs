@@ -132,10 +132,11 @@ impl Attach {
                 json!({"domain": self.domain, "vdevice": vdevice_name(self.vdevice), "uname": self.uname.to_string(), "mode": self.mode.as_str(), "extents": extents_json(&extents)})
             );
         } else {
+            let count = extents.len();
             println!(
-                "{what}: {} in {} extents",
+                "{what}: {} in {count} extent{}",
                 format_sectors(extents.iter().map(|extent| extent.nr_sectors).sum()),
-                extents.len()
+                if count == 1 { "" } else { "s" }
             );
         }
         Ok(())

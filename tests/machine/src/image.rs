@@ -7,8 +7,16 @@ use std::process::{Command, Stdio};
 
 use shared_abi::DeviceNumber;
 
-/// The default layout: three MBR partitions of 64 MiB, 96 MiB and the rest.
-pub const DEFAULT_PARTITIONS: &str = "label: dos\n,64M\n,96M\n,\n";
+/// The default layout: three MBR partitions of a quarter, three eighths and the rest of
+/// the disk, in whole MiB (64 MiB, 96 MiB and 95 MiB on a 256 MiB disk).
+pub fn default_partitions(size_bytes: u64) -> String {
+    let mib = size_bytes >> 20;
+    format!(
+        "label: dos\n,{}M\n,{}M\n,\n",
+        (mib / 4).max(1),
+        (mib * 3 / 8).max(1)
+    )
+}
 
 /// One disk of a machine: an IDE name (`hda`..`hdd`), a size, and an `sfdisk` script
 /// (empty for an unpartitioned disk).
@@ -41,14 +49,14 @@ impl DiskSpec {
             .parse::<u64>()
             .ok()
             .and_then(|count| count.checked_mul(unit))
-            .filter(|&bytes| bytes >= 4 << 20 && bytes % 512 == 0)
+            .filter(|&bytes| bytes >= 8 << 20 && bytes % 512 == 0)
             .ok_or_else(|| {
-                format!("disk `{text}`: size must be a multiple of 512 bytes and at least 4M")
+                format!("disk `{text}`: size must be a multiple of 512 bytes and at least 8M")
             })?;
         Ok(DiskSpec {
             name: name.to_owned(),
             size_bytes,
-            partitions: DEFAULT_PARTITIONS.to_owned(),
+            partitions: default_partitions(size_bytes),
         })
     }
 
@@ -112,6 +120,11 @@ mod tests {
         );
         assert_eq!(disk.device().to_string(), "3:64");
         assert_eq!(DiskSpec::parse("hdc=1G").unwrap().size_bytes, 1 << 30);
+        assert_eq!(disk.partitions, "label: dos\n,64M\n,96M\n,\n");
+        assert_eq!(
+            DiskSpec::parse("hda=8M").unwrap().partitions,
+            "label: dos\n,2M\n,3M\n,\n"
+        );
         for bad in [
             "hda",
             "sda=64M",

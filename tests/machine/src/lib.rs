@@ -13,5 +13,5 @@ pub mod process;
 pub mod walkthrough;
 
 pub use build::{build_hypervisor, build_vdisk, workspace_root};
-pub use image::{DiskSpec, DEFAULT_PARTITIONS};
+pub use image::{default_partitions, DiskSpec};
 pub use machine::{Machine, MachineConfig, SUMMARY_PREFIX};

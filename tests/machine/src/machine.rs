@@ -35,7 +35,7 @@ impl MachineConfig {
         let disk = |name: &str| DiskSpec {
             name: name.to_owned(),
             size_bytes: 256 << 20,
-            partitions: crate::DEFAULT_PARTITIONS.to_owned(),
+            partitions: crate::default_partitions(256 << 20),
         };
         MachineConfig {
             dir: dir.into(),
