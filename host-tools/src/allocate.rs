@@ -8,6 +8,8 @@ use shared_abi::wire::Extent;
 pub struct FreeExtent {
     pub id: i64,
     pub extent: Extent,
+    /// It may hold a previous owner's data, so it must be zeroed before it is handed out.
+    pub dirty: bool,
 }
 
 /// A maximal run of physically adjacent free extents: `free[first..first + count]`.
@@ -127,6 +129,7 @@ mod tests {
                     start_sector: start,
                     nr_sectors: 10,
                 },
+                dirty: false,
             })
             .collect()
     }
