@@ -13,8 +13,9 @@
 //!
 //! # Footprint
 //!
-//! Each extent of capacity costs [`BYTES_PER_EXTENT`] bytes (a 24-byte entry and a 4-byte
-//! slot in the physical index). [`DefaultVbdTable`] (64 domains, 16 VBDs each, 65 536
+//! Each extent of capacity costs [`BYTES_PER_EXTENT`] bytes (an 8-byte virtual end, kept
+//! in its own dense array for the search, a 16-byte physical place and a 4-byte slot in the
+//! physical index). [`DefaultVbdTable`] (64 domains, 16 VBDs each, 65 536
 //! extents, 16 disks) occupies [`DEFAULT_TABLE_BYTES`] bytes, about 1.8 MiB, almost all of
 //! it the extent arena.
 #![cfg_attr(not(test), no_std)]

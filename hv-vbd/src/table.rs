@@ -167,9 +167,7 @@ impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize, const DISKS:
         let vbd = *self.vbd(id)?;
         let keep = keep.unwrap_or(vbd.run.count as usize);
         let writable = vbd.mode.is_writable();
-        let mut virtual_base = self.arena.run(vbd.run)[..keep]
-            .last()
-            .map_or(0, |kept| kept.virtual_end);
+        let mut virtual_base = self.arena.kept_sectors(vbd.run, keep);
         let mut staged = 0usize;
         for extent in extents {
             let extent = extent?;
@@ -469,33 +467,10 @@ impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize, const DISKS:
             return Err(Error::ReadOnly);
         }
         let end = sector.checked_add(nr_sectors).ok_or(Error::OutOfRange)?;
-        let extents = state.arena.run(vbd.run);
-        if end > extents.last().map_or(0, |last| last.virtual_end) {
+        if end > state.arena.run_sectors(vbd.run) {
             return Err(Error::OutOfRange);
         }
-        let mut index = extents.partition_point(|extent| extent.virtual_end <= sector);
-        let mut position = sector;
-        let mut written = 0;
-        // Bounded: each step covers at least one sector and moves to the next extent.
-        while position < end {
-            let extent = &extents[index];
-            let virtual_start = if index == 0 {
-                0
-            } else {
-                extents[index - 1].virtual_end
-            };
-            let length = extent.virtual_end.min(end) - position;
-            let slot = out.get_mut(written).ok_or(Error::TooBig)?;
-            *slot = Segment {
-                device: DeviceNumber::from_raw(extent.device),
-                sector: extent.physical_start + (position - virtual_start),
-                nr_sectors: length,
-            };
-            written += 1;
-            position += length;
-            index += 1;
-        }
-        Ok(written)
+        state.arena.translate(vbd.run, sector, end, out)
     }
 
     /// Check every invariant of the table: runs account for the arena exactly, virtual ends
