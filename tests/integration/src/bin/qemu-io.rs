@@ -14,8 +14,8 @@ use shared_abi::wire::Extent;
 use shared_abi::{DeviceNumber, Mode, SECTOR_SIZE};
 use vbd_integration::TestMachine;
 
-/// Sectors per extent of the fragmented VBD: 16 KiB, so 16 MiB takes 1024 extents.
-const SMALL_EXTENT_SECTORS: u64 = 32;
+/// Extents in the fragmented VBD: at least 1000, whatever its size.
+const SMALL_EXTENTS: u64 = 1024;
 
 fn main() {
     let mut arguments = std::env::args().skip(1);
@@ -50,15 +50,11 @@ fn measure(mib: u64) -> Result<String, String> {
     let third_partition = 160 * (1 << 20) / SECTOR_SIZE;
     let single =
         vec![Extent::new(hda, third_partition, sectors).map_err(|error| error.to_string())?];
-    // Every other 16 KiB chunk, so no two extents are adjacent and none merges.
-    let many: Vec<Extent> = (0..sectors / SMALL_EXTENT_SECTORS)
-        .map(|index| {
-            Extent::new(
-                hdb,
-                third_partition + index * 2 * SMALL_EXTENT_SECTORS,
-                SMALL_EXTENT_SECTORS,
-            )
-        })
+    // Every other small chunk, so no two extents are adjacent and none merges: 16 KiB
+    // extents for 16 MiB, 2 KiB extents for 2 MiB.
+    let small = sectors / SMALL_EXTENTS;
+    let many: Vec<Extent> = (0..SMALL_EXTENTS)
+        .map(|index| Extent::new(hdb, third_partition + index * 2 * small, small))
         .collect::<Result<_, _>>()
         .map_err(|error| error.to_string())?;
     let mut dom0 = test.client(0);
