@@ -17,6 +17,8 @@ use std::time::{Instant, SystemTime};
 use vbd_machine::process::{output, run as run_command};
 use vbd_machine::workspace_root;
 
+use crate::qemu_io::{self, QemuIo};
+
 /// The VBD sizes the translation benchmark measures, in extents.
 const EXTENT_COUNTS: [u32; 5] = [1, 16, 256, 4096, 65536];
 
@@ -73,10 +75,9 @@ pub struct Summary {
     pub format_ms_65536: f64,
     pub validate_ms_10k: f64,
     pub validate_naive_ms_10k: f64,
-    /// `{"single_extent": MiB/s, "many_extents": MiB/s}` as a JSON object, rendered with
-    /// [`json_object`]; `None` (written `null`) until the QEMU I/O benchmark, a function
-    /// `qemu_io() -> Result<String, String>` beside [`run`], fills it in.
-    pub qemu_io_mib_s: Option<String>,
+    /// Guest throughput through one extent and through 1024; `None` (written `null`) only
+    /// in tests of the rendering.
+    pub qemu_io_mib_s: Option<QemuIo>,
     pub bytes_per_extent: usize,
     pub table_bytes: usize,
 }
@@ -94,7 +95,6 @@ pub fn run(options: Options) -> Result<(), String> {
         setextents_us: median("set_extents/1024_into_10000")? / 1e3,
         validate_ms_10k: median("validate/sweep_10k")? / 1e6,
         validate_naive_ms_10k: median("validate/naive_10k")? / 1e6,
-        qemu_io_mib_s: None,
         ..Summary::default()
     };
     for extents in EXTENT_COUNTS {
@@ -105,6 +105,7 @@ pub fn run(options: Options) -> Result<(), String> {
     }
     (summary.format_ms_65536, summary.create_ms_16384) =
         time_vdisk(&root, &target, options.vdisk_runs())?;
+    summary.qemu_io_mib_s = Some(qemu_io::measure(options.quick)?);
 
     print!("{}", render_table(&summary));
     let directory = target.join("bench");
@@ -421,10 +422,15 @@ pub fn render_json(summary: &Summary) -> String {
         ),
         (
             "qemu_io_mib_s",
-            summary
-                .qemu_io_mib_s
-                .clone()
-                .unwrap_or_else(|| "null".to_string()),
+            summary.qemu_io_mib_s.map_or_else(
+                || "null".to_string(),
+                |io| {
+                    json_object(&[
+                        ("single_extent", io.single_extent),
+                        ("many_extents", io.many_extents),
+                    ])
+                },
+            ),
         ),
         ("bytes_per_extent", summary.bytes_per_extent.to_string()),
         ("table_bytes", summary.table_bytes.to_string()),
@@ -490,10 +496,15 @@ pub fn render_table(summary: &Summary) -> String {
         ),
         (
             "QEMU I/O, MiB/s",
-            summary
-                .qemu_io_mib_s
-                .clone()
-                .unwrap_or_else(|| "not measured".to_string()),
+            summary.qemu_io_mib_s.map_or_else(
+                || "not measured".to_string(),
+                |io| {
+                    format!(
+                        "{:.3} (1 extent), {:.3} (1024 extents)",
+                        io.single_extent, io.many_extents
+                    )
+                },
+            ),
         ),
         ("bytes per extent", summary.bytes_per_extent.to_string()),
         ("default table, bytes", summary.table_bytes.to_string()),
@@ -543,11 +554,12 @@ pub fn render_table(summary: &Summary) -> String {
     for (goal, met) in goals {
         let _ = writeln!(table, "  {:<7} {goal}", verdict(met));
     }
-    if summary.qemu_io_mib_s.is_none() {
+    if let Some(io) = summary.qemu_io_mib_s {
         let _ = writeln!(
             table,
-            "  {:<7} I/O through 1000+ extents >= 0.95x one extent: not measured yet",
-            "-"
+            "  {:<7} I/O through 1000+ extents >= 0.95x one extent: {:.2}x",
+            verdict(io.ratio() >= 0.95),
+            io.ratio()
         );
     }
     table

@@ -7,6 +7,7 @@ mod bench;
 mod demo;
 mod provision;
 mod qemu;
+mod qemu_io;
 mod test;
 
 use std::process::ExitCode;
