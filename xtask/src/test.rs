@@ -1,10 +1,64 @@
-//! `cargo xtask test`: everything CI checks, in the order that fails fastest.
+//! `cargo xtask test`: everything CI checks, in the order that fails fastest, closing with
+//! one line that totals the tests of every cargo test run (`N passed, N failed`).
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 
-use vbd_machine::{process::run as run_command, workspace_root};
+use vbd_machine::process::{display, run as run_command};
+use vbd_machine::workspace_root;
 
 use crate::provision;
+
+/// Tests counted from cargo's `test result:` lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+}
+
+impl Tally {
+    /// Add the counts of one `test result: ok. 28 passed; 0 failed; ...` line.
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        let count = |word: &str| {
+            rest.split(';')
+                .filter_map(|part| {
+                    part.trim()
+                        .trim_start_matches("ok. ")
+                        .trim_start_matches("FAILED. ")
+                        .strip_suffix(word)
+                })
+                .find_map(|number| number.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        self.passed += count(" passed");
+        self.failed += count(" failed");
+    }
+}
+
+/// Run a `cargo test` command, echoing its output and counting its tests.
+fn run_tests(command: &mut Command, tally: &mut Tally) -> Result<(), String> {
+    eprintln!("$ {}", display(command));
+    let mut child = command
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|error| format!("{}: {error}", display(command)))?;
+    let stdout = child.stdout.take().expect("piped");
+    for line in BufReader::new(stdout).lines() {
+        let line = line.map_err(|error| error.to_string())?;
+        println!("{line}");
+        tally.add_line(&line);
+    }
+    let status = child.wait().map_err(|error| error.to_string())?;
+    if status.success() {
+        Ok(())
+    } else {
+        println!("{} passed, {} failed", tally.passed, tally.failed.max(1));
+        Err(format!("`{}` failed: {status}", display(command)))
+    }
+}
 
 pub fn run() -> Result<(), String> {
     provision::ensure_all()?;
@@ -42,7 +96,11 @@ pub fn run() -> Result<(), String> {
         "warnings",
     ]))?;
     eprintln!("xtask: host tests");
-    run_command(cargo().args(["test", "--workspace", "--exclude", "vbd-integration"]))?;
+    let mut tally = Tally::default();
+    run_tests(
+        cargo().args(["test", "--workspace", "--exclude", "vbd-integration"]),
+        &mut tally,
+    )?;
     eprintln!("xtask: hv-vbd and shared-abi build for x86_64-unknown-none (no_std, no alloc)");
     run_command(cargo().args([
         "build",
@@ -54,13 +112,40 @@ pub fn run() -> Result<(), String> {
         "x86_64-unknown-none",
     ]))?;
     eprintln!("xtask: QEMU integration suite");
-    run_command(cargo().args([
-        "test",
-        "--package",
-        "vbd-integration",
-        "--",
-        "--test-threads=2",
-    ]))?;
+    run_tests(
+        cargo().args([
+            "test",
+            "--package",
+            "vbd-integration",
+            "--",
+            "--test-threads=2",
+        ]),
+        &mut tally,
+    )?;
     eprintln!("xtask: every check passed");
+    println!("{} passed, {} failed", tally.passed, tally.failed);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_result_lines_are_totalled() {
+        let mut tally = Tally::default();
+        tally.add_line("test result: ok. 28 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s");
+        tally.add_line(
+            "test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out",
+        );
+        tally.add_line("running 3 tests");
+        tally.add_line("test passed_and_failed ... ok");
+        assert_eq!(
+            tally,
+            Tally {
+                passed: 31,
+                failed: 2
+            }
+        );
+    }
 }
