@@ -130,7 +130,8 @@ impl<const EXTENTS: usize> Arena<EXTENTS> {
 
     /// Write the physical segments of the virtual range `[sector, end)` of a run to `out`,
     /// split at every extent boundary, and return how many there are. The caller has
-    /// checked that `sector < end <= run_sectors(run)`. `E2BIG` when `out` is too small.
+    /// checked that `sector < end`. `ERANGE` when `end` is past the run's end, `E2BIG` when
+    /// `out` is too small.
     pub(crate) fn translate(
         &self,
         run: Run,
@@ -140,6 +141,10 @@ impl<const EXTENTS: usize> Arena<EXTENTS> {
     ) -> Result<usize, Error> {
         let range = run.range();
         let ends = &self.virtual_ends[range.clone()];
+        // Checked here, on the slice the search uses, so the run is bounds-checked once.
+        if end > ends.last().map_or(0, |&size| size) {
+            return Err(Error::OutOfRange);
+        }
         let places = &self.places[range];
         let mut index = first_ending_after(ends, sector);
         let mut virtual_start = if index == 0 { 0 } else { ends[index - 1] };
@@ -411,7 +416,7 @@ impl<const EXTENTS: usize> Arena<EXTENTS> {
 /// A branchless search that splits the range in eight per step rather than two: the seven
 /// keys of a step do not depend on each other, so their cache misses overlap, and a run of
 /// 65 536 extents waits for six rounds of misses instead of sixteen. The comparisons only
-/// count (no data-dependent branch), so random requests do not mispredict.
+/// move the base (no data-dependent branch), so random requests do not mispredict.
 fn first_ending_after(ends: &[u64], sector: u64) -> usize {
     let mut base = 0;
     let mut len = ends.len();
@@ -424,10 +429,16 @@ fn first_ending_after(ends: &[u64], sector: u64) -> usize {
         base += eighth * below;
         len -= 7 * eighth;
     }
-    base + ends[base..base + len]
-        .iter()
-        .map(|&virtual_end| usize::from(virtual_end <= sector))
-        .sum::<usize>()
+    // At most eight keys are left, usually in one cache line: halve the rest rather than
+    // count them, which LLVM would vectorize with a set-up that costs more than it saves.
+    while len > 1 {
+        let half = len / 2;
+        if ends[base + half - 1] <= sector {
+            base += half;
+        }
+        len -= half;
+    }
+    base + usize::from(len == 1 && ends[base] <= sector)
 }
 
 /// Where an extent in the sharing sweep comes from.

@@ -478,9 +478,6 @@ impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize, const DISKS:
             return Err(Error::ReadOnly);
         }
         let end = sector.checked_add(nr_sectors).ok_or(Error::OutOfRange)?;
-        if end > state.arena.run_sectors(vbd.run) {
-            return Err(Error::OutOfRange);
-        }
         state.arena.translate(vbd.run, sector, end, out)
     }
 
