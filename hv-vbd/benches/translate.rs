@@ -1,6 +1,7 @@
 //! Nanoseconds per translation of a guest request, for VBDs of 1 to 65 536 extents: hv-vbd's
-//! binary search over the arena beside Xen 1.2's linear walk of the extent list, on the same
-//! extents and the same requests, in the same run.
+//! search over the arena beside Xen 1.2's linear walk of its linked extent list, and beside
+//! the same walk over a contiguous slice (a stronger baseline than Xen 1.2 ever had), on the
+//! same extents and the same requests, in the same run.
 //!
 //! Requests are drawn once from a seeded generator: random offsets and sizes, and one in
 //! eight placed astride an extent boundary, so the split into segments is measured too.
@@ -41,13 +42,50 @@ struct Request {
     nr_sectors: u64,
 }
 
-/// One VBD under test: its extents as a plain list (what Xen 1.2 walked), its domain in
+/// One VBD under test: its extents as a slice and as Xen 1.2's linked list, its domain in
 /// [`TABLE`], and the requests to translate.
 struct Workload {
     extent_count: usize,
     domain: u32,
     extents: Vec<Extent>,
+    list: ExtentList,
     requests: Vec<Request>,
+}
+
+/// Xen 1.2's extent list (`xen_extent_le_t`): one node per extent, each naming the next,
+/// allocated one after another in list order as Xen 1.2's `kmalloc` calls did. Walking it
+/// is a chain of dependent loads; indices stand in for pointers.
+struct ExtentList {
+    nodes: Vec<ListNode>,
+}
+
+struct ListNode {
+    extent: Extent,
+    next: Option<u32>,
+}
+
+impl ExtentList {
+    fn new(extents: &[Extent]) -> ExtentList {
+        let nodes = extents
+            .iter()
+            .enumerate()
+            .map(|(index, extent)| ListNode {
+                extent: *extent,
+                next: (index + 1 < extents.len()).then_some(index as u32 + 1),
+            })
+            .collect();
+        ExtentList { nodes }
+    }
+
+    /// The extents from the head, following each node's `next`.
+    fn walk(&self) -> impl Iterator<Item = &Extent> {
+        let mut next = (!self.nodes.is_empty()).then_some(0u32);
+        std::iter::from_fn(move || {
+            let node = &self.nodes[next? as usize];
+            next = node.next;
+            Some(&node.extent)
+        })
+    }
 }
 
 /// Scatter `extent_count` extents of 8 to 1016 sectors over region `region` of the disk,
@@ -121,6 +159,7 @@ fn workloads() -> Vec<Workload> {
             Workload {
                 extent_count,
                 domain,
+                list: ExtentList::new(&extents),
                 extents,
                 requests,
             }
@@ -128,13 +167,13 @@ fn workloads() -> Vec<Workload> {
         .collect()
 }
 
-/// Xen 1.2's translation (`vbd_translate` walking `xen_extent_le_t`), over a plain slice
-/// rather than a linked list, which only helps it: from the head of the list, subtract each
-/// extent's length until the sector falls inside one, then emit segments extent by extent.
-/// Unlike Xen 1.2 it follows a request across any number of boundaries, so that both sides
-/// produce the same segments. It takes no lock and looks up no VBD, which also only helps it.
-fn translate_linear(
-    extents: &[Extent],
+/// Xen 1.2's translation (`vbd_translate` walking `xen_extent_le_t`) over any walk of the
+/// list: from the head, subtract each extent's length until the sector falls inside one,
+/// then emit segments extent by extent. Unlike Xen 1.2 it follows a request across any
+/// number of boundaries, so that every side produces the same segments. It takes no lock and
+/// looks up no VBD, which only helps it.
+fn translate_linear<'a>(
+    extents: impl IntoIterator<Item = &'a Extent>,
     writable: bool,
     sector: u64,
     nr_sectors: u64,
@@ -149,7 +188,7 @@ fn translate_linear(
     }
     let mut remaining = nr_sectors;
     let mut offset = sector;
-    let mut list = extents.iter();
+    let mut list = extents.into_iter();
     let mut extent = loop {
         let candidate = list.next().ok_or(Error::OutOfRange)?;
         if offset < candidate.nr_sectors {
@@ -182,6 +221,7 @@ fn check_agreement(workload: &Workload) {
     for request in &workload.requests {
         let mut ours = [Segment::default(); MAX_SEGMENTS];
         let mut theirs = [Segment::default(); MAX_SEGMENTS];
+        let mut listed = [Segment::default(); MAX_SEGMENTS];
         let written = TABLE
             .translate(
                 workload.domain,
@@ -201,7 +241,17 @@ fn check_agreement(workload: &Workload) {
             &mut theirs,
         )
         .expect("the linear walk translates every benchmark request");
+        let followed = translate_linear(
+            workload.list.walk(),
+            false,
+            request.sector,
+            request.nr_sectors,
+            Access::Read,
+            &mut listed,
+        )
+        .expect("the list walk translates every benchmark request");
         assert_eq!(ours[..written], theirs[..walked]);
+        assert_eq!(ours[..written], listed[..followed]);
         crossing += usize::from(written > 1);
     }
     if workload.extent_count > 1 {
@@ -247,6 +297,18 @@ fn translate(criterion: &mut Criterion) {
             })
         });
         group.bench_function(BenchmarkId::new("linear_walk", extent_count), |bencher| {
+            bench_requests(bencher, &workload.requests, |request, out| {
+                translate_linear(
+                    black_box(&workload.list).walk(),
+                    black_box(false),
+                    request.sector,
+                    request.nr_sectors,
+                    Access::Read,
+                    out,
+                )
+            })
+        });
+        group.bench_function(BenchmarkId::new("slice_walk", extent_count), |bencher| {
             bench_requests(bencher, &workload.requests, |request, out| {
                 translate_linear(
                     black_box(&workload.extents),
