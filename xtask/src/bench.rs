@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::{Instant, SystemTime};
 
 use vbd_machine::process::{output, run as run_command};
-use vbd_machine::workspace_root;
+use vbd_machine::{build_vdisk, target_directory, workspace_root};
 
 use crate::qemu_io::{self, QemuIo};
 
@@ -87,7 +87,7 @@ pub struct Summary {
 
 pub fn run(options: Options) -> Result<(), String> {
     let root = workspace_root();
-    let target = target_directory(&root);
+    let target = target_directory();
     let started = SystemTime::now();
     run_criterion(&root, options.quick)?;
     let criterion = target.join("criterion");
@@ -108,8 +108,7 @@ pub fn run(options: Options) -> Result<(), String> {
         let slice_walk = median(&format!("translate/slice_walk/{extents}"))?;
         summary.translate_slice_walk_ns.push((extents, slice_walk));
     }
-    (summary.format_ms_65536, summary.create_ms_16384) =
-        time_vdisk(&root, &target, options.vdisk_runs())?;
+    (summary.format_ms_65536, summary.create_ms_16384) = time_vdisk(&target, options.vdisk_runs())?;
     summary.qemu_io_mib_s = Some(qemu_io::measure(options.quick)?);
 
     print!("{}", render_table(&summary));
@@ -121,12 +120,6 @@ pub fn run(options: Options) -> Result<(), String> {
         .map_err(|error| format!("writing {}: {error}", path.display()))?;
     println!("\nwrote {}", path.display());
     Ok(())
-}
-
-/// Where cargo puts its output: `CARGO_TARGET_DIR` (relative to the workspace root, where
-/// every cargo command here runs), or the workspace's `target/`.
-fn target_directory(root: &Path) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |dir| root.join(dir))
 }
 
 fn run_criterion(root: &Path, quick: bool) -> Result<(), String> {
@@ -186,17 +179,8 @@ pub fn parse_median(estimates: &str) -> Option<f64> {
 /// a fresh database and a fresh image, so every extent is dirty and `create` zeros 64 GiB.
 /// That is only affordable because `vdisk` zeros a regular file by punching holes; a probe
 /// checks that it does so here before anything large is zeroed.
-fn time_vdisk(root: &Path, target: &Path, runs: usize) -> Result<(f64, f64), String> {
-    run_command(Command::new(env!("CARGO")).current_dir(root).args([
-        "build",
-        "--release",
-        "--quiet",
-        "--package",
-        "host-tools",
-        "--bin",
-        "vdisk",
-    ]))?;
-    let vdisk = target.join("release/vdisk");
+fn time_vdisk(target: &Path, runs: usize) -> Result<(f64, f64), String> {
+    let vdisk = build_vdisk(true)?;
     let scratch = target.join("bench/vdisk");
     fs::create_dir_all(&scratch)
         .map_err(|error| format!("creating {}: {error}", scratch.display()))?;

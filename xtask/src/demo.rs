@@ -7,6 +7,6 @@ use crate::provision;
 pub fn run() -> Result<(), String> {
     provision::ensure_all()?;
     let hypervisor = build_hypervisor()?;
-    let vdisk = build_vdisk()?;
+    let vdisk = build_vdisk(false)?;
     walkthrough::run(&workspace_root().join("target/demo"), hypervisor, vdisk).map(drop)
 }

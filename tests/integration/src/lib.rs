@@ -13,7 +13,7 @@ pub fn artifacts() -> &'static (PathBuf, PathBuf) {
     ARTIFACTS.get_or_init(|| {
         let hypervisor =
             build_hypervisor().unwrap_or_else(|error| panic!("building the hypervisor: {error}"));
-        let vdisk = build_vdisk().unwrap_or_else(|error| panic!("building vdisk: {error}"));
+        let vdisk = build_vdisk(false).unwrap_or_else(|error| panic!("building vdisk: {error}"));
         (hypervisor, vdisk)
     })
 }

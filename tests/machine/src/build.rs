@@ -42,18 +42,30 @@ pub fn build_hypervisor() -> Result<PathBuf, String> {
     }
 }
 
-/// Build the `vdisk` command and return its path.
-pub fn build_vdisk() -> Result<PathBuf, String> {
+/// Build the `vdisk` command (`release` for the benchmarks, debug otherwise) and return its
+/// path.
+pub fn build_vdisk(release: bool) -> Result<PathBuf, String> {
     let root = workspace_root();
-    run(Command::new(env!("CARGO")).current_dir(&root).args([
+    let mut command = Command::new(env!("CARGO"));
+    command.current_dir(&root).args([
         "build",
         "--quiet",
         "--package",
         "host-tools",
         "--bin",
         "vdisk",
-    ]))?;
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    Ok(target.join("debug/vdisk"))
+    ]);
+    if release {
+        command.arg("--release");
+    }
+    run(&mut command)?;
+    let profile = if release { "release" } else { "debug" };
+    Ok(target_directory().join(profile).join("vdisk"))
+}
+
+/// Where cargo puts the workspace's output: `CARGO_TARGET_DIR` (relative to the workspace
+/// root, where every cargo command here runs), or the workspace's `target/`.
+pub fn target_directory() -> PathBuf {
+    let root = workspace_root();
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |dir| root.join(dir))
 }

@@ -12,6 +12,6 @@ mod machine;
 pub mod process;
 pub mod walkthrough;
 
-pub use build::{build_hypervisor, build_vdisk, workspace_root};
+pub use build::{build_hypervisor, build_vdisk, target_directory, workspace_root};
 pub use image::{default_partitions, DiskSpec};
 pub use machine::{Machine, MachineConfig, SUMMARY_PREFIX};
