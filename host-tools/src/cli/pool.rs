@@ -7,6 +7,7 @@ use host_tools::allocate::merge_adjacent;
 use host_tools::database::{AccessMode, Database, OpenMode};
 use host_tools::devices::{DeviceSource, Sysfs};
 use host_tools::error::{Error, Result};
+use host_tools::lifecycle::MappedExtents;
 use host_tools::mounts::read_mount_users;
 use host_tools::size::{format_sectors, parse_size};
 use host_tools::timestamp::now;
@@ -177,7 +178,8 @@ impl Lookup {
 }
 
 /// Check whether a VBD of vd:ID or phy:NAME in mode r or rw would be safe, against the
-/// recorded attachments and dom0's mounts.
+/// recorded attachments (with --hv, every VBD the hypervisor reports instead) and dom0's
+/// mounts.
 ///
 /// Safety levels: 0 allows sharing an extent only when everyone reads it only; 1 also
 /// allows one writer with readers; 2 allows anything. Exits 1 when unsafe, after naming
@@ -200,18 +202,22 @@ impl Check {
     pub fn run(self, context: &Context) -> Result<()> {
         let database = context.database(OpenMode::Existing)?;
         let extents = extents_of(context, Some(&database), &self.uname)?;
-        let mut users: Vec<User> = database
-            .attachments()?
-            .into_iter()
-            .map(|attachment| {
-                User::vbd(
-                    attachment.domain,
-                    attachment.vdevice,
-                    attachment.mode.is_writable(),
-                    attachment.extents,
-                )
-            })
-            .collect();
+        // The hypervisor knows every VBD; the database only those vdisk attached.
+        let mut users: Vec<User> = match context.hv {
+            Some(_) => super::vbd::hypervisor(context)?.mapped_users()?,
+            None => database
+                .attachments()?
+                .into_iter()
+                .map(|attachment| {
+                    User::vbd(
+                        attachment.domain,
+                        attachment.vdevice,
+                        attachment.mode.is_writable(),
+                        attachment.extents,
+                    )
+                })
+                .collect(),
+        };
         users.extend(dom0_mount_users(context)?);
         let conflicts = validate(&extents, self.mode.is_writable(), &users, self.safety);
         let explanations: Vec<String> = conflicts

@@ -205,6 +205,10 @@ fn the_validator_refuses_unsafe_sharing_and_allows_readers() {
     let dom0 = test.endpoint(0);
     test.vdisk_ok(&["format", "phy:hda2", "--extent-size", "1M"]);
     test.vdisk_ok(&["--hv", &dom0, "attach", "phy:hda3", "xvda", "1", "rw"]);
+    // `check` asks the hypervisor too: the whole disk strictly contains hda3.
+    let output = test.vdisk(&["--hv", &dom0, "check", "phy:hda", "r"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("domain 1"));
     // The whole disk strictly contains hda3: refused at level 0 even read-only.
     let output = test.vdisk(&["--hv", &dom0, "attach", "phy:hda", "xvda", "2", "r"]);
     assert_eq!(output.status.code(), Some(1));
