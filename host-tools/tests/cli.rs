@@ -251,7 +251,7 @@ fn every_subcommand_has_an_example_in_its_help() {
     let machine = Machine::new(8, &[4]);
     for command in [
         "format", "create", "refresh", "delete", "undelete", "list", "show", "pool", "lookup",
-        "check",
+        "check", "attach", "detach", "vbds", "write", "read",
     ] {
         let help = machine.ok(&[command, "--help"]);
         assert!(help.contains("Example"), "{command} --help has no example");
@@ -890,4 +890,48 @@ fn corrupt_foreign_and_missing_databases_are_refused_and_left_untouched() {
         "database: database disk image is malformed",
     );
     assert_eq!(fs::read(&database).unwrap(), damaged);
+}
+
+#[test]
+fn hypervisor_commands_refuse_bad_input_before_connecting() {
+    let machine = Machine::new(16, &[8]);
+    machine.ok(&["format", "phy:hda1", "--extent-size", "1M"]);
+    machine.ok(&["create", "1"]);
+    let before = machine.snapshot();
+    machine.fails(
+        &["attach", "vd:1", "xvda", "1", "rw"],
+        2,
+        "this command talks to the hypervisor: give --hv unix:PATH (or VDISK_HV)",
+    );
+    machine.fails(
+        &["attach", "vd:1", "xvq", "1"],
+        2,
+        "invalid value 'xvq' for '<VDEVICE>': \"xvq\": not a device name like xvda or hdb, nor major:minor",
+    );
+    machine.fails(
+        &["attach", "vd:1", "xvda", "-1"],
+        2,
+        "unexpected argument '-1' found",
+    );
+    machine.fails(
+        &["detach", "xvda", "4294967295"],
+        2,
+        "invalid value '4294967295' for '<DOMAIN>': \"4294967295\": a domain is a number from 0 to 4294967294",
+    );
+    machine.fails(
+        &["write", "xvda", "--from", "x", "--offset", "1.5M"],
+        2,
+        "invalid value '1.5M' for '--offset <OFFSET>': \"1.5M\": expected a byte count like 4096 or 1M",
+    );
+    machine.fails(
+        &["vbds", "--hv", "tcp:1.2.3.4:5"],
+        2,
+        "hypervisor endpoint `tcp:1.2.3.4:5`: expected unix:PATH",
+    );
+    machine.fails(
+        &["read", "xvda", "--to", "out", "--hv", "unix:/nonexistent"],
+        1,
+        "hypervisor at unix:/nonexistent: No such file or directory (os error 2)",
+    );
+    assert_eq!(machine.snapshot(), before);
 }
