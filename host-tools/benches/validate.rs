@@ -9,7 +9,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
-use host_tools::validator::{validate, Conflict, Holder, SafetyLevel, User};
+use host_tools::validator::{validate, validate_all_pairs, Conflict, SafetyLevel, User};
 use shared_abi::wire::Extent;
 use shared_abi::DeviceNumber;
 
@@ -61,49 +61,6 @@ fn workload() -> (Vec<Extent>, Vec<User>) {
     (new, users)
 }
 
-/// The baseline: every new extent against every other new extent and every extent of every
-/// user the level does not let it share with, as a first implementation would write it.
-/// Same semantics as [`validate`], including the new list's overlaps with itself.
-fn validate_naive(
-    new_extents: &[Extent],
-    writable: bool,
-    users: &[User],
-    level: SafetyLevel,
-) -> Vec<Conflict> {
-    let conflicts_with = |user_writable: bool| match level {
-        SafetyLevel::ReadOnlySharing => writable || user_writable,
-        SafetyLevel::SingleWriter => writable && user_writable,
-        SafetyLevel::Unrestricted => false,
-    };
-    let mut conflicts = Vec::new();
-    for (index, new_extent) in new_extents.iter().enumerate() {
-        for other in &new_extents[..index] {
-            if new_extent.overlaps(other) {
-                conflicts.push(Conflict {
-                    new_extent: *new_extent,
-                    holder: Holder::Itself,
-                    other_extent: *other,
-                });
-            }
-        }
-        for (user_index, user) in users.iter().enumerate() {
-            if !conflicts_with(user.writable) {
-                continue;
-            }
-            for user_extent in &user.extents {
-                if new_extent.overlaps(user_extent) {
-                    conflicts.push(Conflict {
-                        new_extent: *new_extent,
-                        holder: Holder::User(user_index),
-                        other_extent: *user_extent,
-                    });
-                }
-            }
-        }
-    }
-    conflicts
-}
-
 fn validate_benchmarks(criterion: &mut Criterion) {
     let (new, users) = workload();
     let level = SafetyLevel::SingleWriter;
@@ -112,7 +69,7 @@ fn validate_benchmarks(criterion: &mut Criterion) {
         .iter()
         .map(key)
         .collect();
-    let mut naive: Vec<_> = validate_naive(&new, true, &users, level)
+    let mut naive: Vec<_> = validate_all_pairs(&new, true, &users, level)
         .iter()
         .map(key)
         .collect();
@@ -130,7 +87,7 @@ fn validate_benchmarks(criterion: &mut Criterion) {
         bencher.iter(|| validate(black_box(&new), true, black_box(&users), level))
     });
     group.bench_function("naive_10k", |bencher| {
-        bencher.iter(|| validate_naive(black_box(&new), true, black_box(&users), level))
+        bencher.iter(|| validate_all_pairs(black_box(&new), true, black_box(&users), level))
     });
     group.finish();
 }

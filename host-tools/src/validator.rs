@@ -269,6 +269,45 @@ pub fn validate(
     conflicts
 }
 
+/// The same answer as [`validate`], the way a first implementation would find it: every new
+/// extent against every other new extent and every extent of every user, `O(n * (n + m))`.
+/// Kept as the reference the tests check the sweep against and the baseline the benchmark
+/// times it beside.
+pub fn validate_all_pairs(
+    new_extents: &[Extent],
+    writable: bool,
+    users: &[User],
+    level: SafetyLevel,
+) -> Vec<Conflict> {
+    let mut conflicts = Vec::new();
+    for (index, new_extent) in new_extents.iter().enumerate() {
+        for other in &new_extents[..index] {
+            if new_extent.overlaps(other) {
+                conflicts.push(Conflict {
+                    new_extent: *new_extent,
+                    holder: Holder::Itself,
+                    other_extent: *other,
+                });
+            }
+        }
+        for (user_index, user) in users.iter().enumerate() {
+            if !level.conflicts(writable, user.writable) {
+                continue;
+            }
+            for user_extent in &user.extents {
+                if new_extent.overlaps(user_extent) {
+                    conflicts.push(Conflict {
+                        new_extent: *new_extent,
+                        holder: Holder::User(user_index),
+                        other_extent: *user_extent,
+                    });
+                }
+            }
+        }
+    }
+    conflicts
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,42 +420,6 @@ mod tests {
         assert_eq!(conflicts[0].other_extent, extent(4900 * 20, 10));
     }
 
-    /// The reference model: every pair, checked one by one.
-    fn naive(
-        new_extents: &[Extent],
-        writable: bool,
-        users: &[User],
-        level: SafetyLevel,
-    ) -> Vec<Conflict> {
-        let mut conflicts = Vec::new();
-        for (index, new_extent) in new_extents.iter().enumerate() {
-            for (other_index, other) in new_extents.iter().enumerate() {
-                if other_index < index && new_extent.overlaps(other) {
-                    conflicts.push(Conflict {
-                        new_extent: *new_extent,
-                        holder: Holder::Itself,
-                        other_extent: *other,
-                    });
-                }
-            }
-            for (user_index, user) in users.iter().enumerate() {
-                if !level.conflicts(writable, user.writable) {
-                    continue;
-                }
-                for user_extent in &user.extents {
-                    if new_extent.overlaps(user_extent) {
-                        conflicts.push(Conflict {
-                            new_extent: *new_extent,
-                            holder: Holder::User(user_index),
-                            other_extent: *user_extent,
-                        });
-                    }
-                }
-            }
-        }
-        conflicts
-    }
-
     fn key(conflict: &Conflict) -> (Extent, Extent, Option<usize>) {
         let holder = match conflict.holder {
             Holder::Itself => None,
@@ -453,7 +456,7 @@ mod tests {
             let users: Vec<User> = users.into_iter().enumerate().map(|(domain, (user_writable, extents))| vbd(domain as u32, user_writable, extents)).collect();
             let level = SafetyLevel::parse(&level.to_string()).unwrap();
             let mut swept: Vec<_> = validate(&new_extents, writable, &users, level).iter().map(key).collect();
-            let mut expected: Vec<_> = naive(&new_extents, writable, &users, level).iter().map(key).collect();
+            let mut expected: Vec<_> = validate_all_pairs(&new_extents, writable, &users, level).iter().map(key).collect();
             swept.sort();
             expected.sort();
             prop_assert_eq!(swept, expected);

@@ -44,10 +44,6 @@ impl<const DISKS: usize> DiskRegistry<DISKS> {
         }
         Ok(())
     }
-
-    pub(crate) fn disks(&self) -> &[Disk] {
-        &self.disks
-    }
 }
 
 #[cfg(test)]

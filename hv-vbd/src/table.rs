@@ -259,11 +259,6 @@ impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize, const DISKS:
         self.state.write().disks.register(disk)
     }
 
-    /// The registered disks, copied out.
-    pub fn disks(&self) -> Vec<Disk, DISKS> {
-        Vec::from_slice(self.state.read().disks.disks()).unwrap_or_default()
-    }
-
     /// Create an empty VBD (dom0 only).
     pub fn create(&self, caller: u32, id: VbdId, mode: Mode) -> Result<Changed, Error> {
         require_dom0(caller)?;

@@ -162,9 +162,14 @@ fn read_median(criterion: &Path, benchmark: &str, started: SystemTime) -> Result
 /// this needs to know about the format.
 pub fn parse_median(estimates: &str) -> Option<f64> {
     let median = estimates.find("\"median\"")?;
-    let rest = &estimates[median..];
-    let key = "\"point_estimate\"";
-    let rest = rest[rest.find(key)? + key.len()..].trim_start();
+    number_after(&estimates[median..], "point_estimate")
+}
+
+/// The number after the first `"key":` in `json`: enough JSON reading for criterion's
+/// estimates and `qemu-io`'s one-line output, without a JSON crate in xtask.
+pub fn number_after(json: &str, key: &str) -> Option<f64> {
+    let quoted = format!("\"{key}\"");
+    let rest = json[json.find(&quoted)? + quoted.len()..].trim_start();
     let rest = rest.strip_prefix(':')?.trim_start();
     let end = rest
         .find(|character: char| {

@@ -7,6 +7,8 @@ use std::process::Command;
 use vbd_machine::process::output;
 use vbd_machine::workspace_root;
 
+use crate::bench::number_after;
+
 /// MiB each VBD is written then read: the 16, or 2 for `--quick`, since every byte
 /// crosses an emulated UART at a few hundred KiB/s.
 const FULL_MIB: u32 = 16;
@@ -52,16 +54,6 @@ pub fn measure(quick: bool) -> Result<QemuIo, String> {
         single_extent: field("single_extent")?,
         many_extents: field("many_extents")?,
     })
-}
-
-/// The number after `"key":` in a flat JSON object.
-fn number_after(json: &str, key: &str) -> Option<f64> {
-    let rest = &json[json.find(&format!("\"{key}\""))? + key.len() + 2..];
-    let rest = rest.trim_start().strip_prefix(':')?.trim_start();
-    let end = rest
-        .find(|character: char| !(character.is_ascii_digit() || ".-+eE".contains(character)))
-        .unwrap_or(rest.len());
-    rest[..end].parse().ok()
 }
 
 #[cfg(test)]

@@ -117,6 +117,16 @@ impl Context {
         Database::open(&self.db, mode)
     }
 
+    /// The database when its file exists: commands that work on the hypervisor alone use
+    /// what it records when there is one, and still refuse a damaged one.
+    fn existing_database(&self) -> Result<Option<Database>> {
+        if self.db.exists() {
+            self.database(OpenMode::Existing).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
     fn device_source(&self) -> Result<Box<dyn DeviceSource>> {
         match &self.devices {
             Some(file) => Ok(Box::new(DevicesFile::load(file)?)),

@@ -1,13 +1,14 @@
 //! The subcommands that change or list VBDs in the hypervisor: attach, detach, vbds.
 
 use clap::Args;
-use host_tools::database::{vdevice_name, AccessMode, AttachmentTarget, Database, OpenMode};
+use host_tools::database::{vdevice_name, AccessMode, AttachmentTarget, OpenMode};
 use host_tools::error::{Error, Result};
 use host_tools::hypervisor::{Hypervisor, VbdDetails};
+use host_tools::lifecycle::MappedExtents;
 use host_tools::size::format_sectors;
 use host_tools::timestamp::now;
 use host_tools::uname::Uname;
-use host_tools::validator::{validate, SafetyLevel, User};
+use host_tools::validator::{validate, SafetyLevel};
 use serde_json::json;
 use shared_abi::{DeviceNumber, Mode};
 
@@ -77,15 +78,12 @@ pub struct Attach {
 
 impl Attach {
     pub fn run(self, context: &Context) -> Result<()> {
+        // The hypervisor first: without one, nothing (not even a new database) is made.
+        let mut hypervisor = hypervisor(context)?;
         // Attaching records what it maps, so it may start the database, as format does.
         let mut database = context.database(OpenMode::CreateIfMissing)?;
         let extents = extents_of(context, Some(&database), &self.uname)?;
-        let mut hypervisor = hypervisor(context)?;
-        let mut users: Vec<User> = hypervisor
-            .all_vbds(None)?
-            .into_iter()
-            .map(|vbd| User::vbd(vbd.domain, vbd.vdevice, vbd.mode.is_writable(), vbd.extents))
-            .collect();
+        let mut users = hypervisor.mapped_users()?;
         users.extend(dom0_mount_users(context)?);
         let what = format!(
             "attach {} as {} of domain {} {}",
@@ -174,7 +172,8 @@ pub struct Detach {
 
 impl Detach {
     pub fn run(self, context: &Context) -> Result<()> {
-        let mut database = context.database(OpenMode::Existing)?;
+        // Without a database there is no record to remove, only the VBD.
+        let mut database = context.existing_database()?;
         let mut hypervisor = hypervisor(context)?;
         let what = format!(
             "detach {} of domain {}",
@@ -184,11 +183,13 @@ impl Detach {
         let in_hypervisor = hypervisor
             .delete(self.domain, self.vdevice)
             .map_err(Error::from);
-        let recorded = database.remove_attachment(self.domain, self.vdevice);
+        let recorded = database
+            .as_mut()
+            .map(|database| database.remove_attachment(self.domain, self.vdevice));
         match (in_hypervisor, recorded) {
             (Ok(()), _) => println!("{what}: done"),
             // The hypervisor lost it (a restart), but the record kept its extents reserved.
-            (Err(Error::NotFound(_)), Ok(attachment)) => {
+            (Err(Error::NotFound(_)), Some(Ok(attachment))) => {
                 println!(
                     "{what}: the hypervisor had no such VBD; removed the record of {}",
                     attachment.uname
@@ -223,9 +224,10 @@ impl Vbds {
         };
         let vbds = hypervisor.all_vbds(domain)?;
         // The database, when there is one, says what each VBD was made from.
-        let attachments = Database::open(&context.db, OpenMode::Existing)
-            .and_then(|database| database.attachments())
-            .unwrap_or_default();
+        let attachments = match context.existing_database()? {
+            Some(database) => database.attachments()?,
+            None => Vec::new(),
+        };
         let source = |vbd: &VbdDetails| {
             attachments
                 .iter()

@@ -271,6 +271,14 @@ fn the_hypervisor_enforces_its_sharing_level_itself() {
     );
     assert_eq!(dom0.info(2, xvda()).unwrap().extents, vec![]);
     drop(dom0);
+    // VBDs made without vdisk have no record; detach works on the hypervisor alone and
+    // creates no database.
+    let dom0 = test.endpoint(0);
+    test.vdisk_ok(&["--hv", &dom0, "detach", "xvda", "1"]);
+    let left: serde_json::Value =
+        serde_json::from_str(&test.vdisk_ok(&["--hv", &dom0, "vbds", "1", "--json"])).unwrap();
+    assert_eq!(left, serde_json::json!([]));
+    assert!(!test.database.exists());
     test.finish();
 }
 
