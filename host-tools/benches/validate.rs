@@ -9,9 +9,10 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
-use host_tools::validator::{validate, validate_all_pairs, Conflict, SafetyLevel, User};
+use host_tools::validator::{validate, validate_all_pairs, Conflict, User};
 use shared_abi::wire::Extent;
 use shared_abi::DeviceNumber;
+use shared_abi::SharingLevel;
 
 const EXISTING_EXTENTS: u64 = 10_000;
 const NEW_EXTENTS: u64 = 10_000;
@@ -63,7 +64,7 @@ fn workload() -> (Vec<Extent>, Vec<User>) {
 
 fn validate_benchmarks(criterion: &mut Criterion) {
     let (new, users) = workload();
-    let level = SafetyLevel::SingleWriter;
+    let level = SharingLevel::SingleWriter;
     let key = |conflict: &Conflict| (conflict.new_extent, conflict.other_extent);
     let mut swept: Vec<_> = validate(&new, true, &users, level)
         .iter()

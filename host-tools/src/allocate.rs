@@ -27,17 +27,17 @@ fn runs(free: &[FreeExtent]) -> Vec<Run> {
             Some(run)
                 if {
                     let previous = &free[run.first + run.count - 1].extent;
-                    previous.device == candidate.extent.device
-                        && previous.end_sector() == candidate.extent.start_sector
+                    previous.device() == candidate.extent.device()
+                        && previous.end_sector() == candidate.extent.start_sector()
                 } =>
             {
                 run.count += 1;
-                run.sectors += candidate.extent.nr_sectors;
+                run.sectors += candidate.extent.nr_sectors();
             }
             _ => runs.push(Run {
                 first: index,
                 count: 1,
-                sectors: candidate.extent.nr_sectors,
+                sectors: candidate.extent.nr_sectors(),
             }),
         }
     }
@@ -56,7 +56,7 @@ fn runs(free: &[FreeExtent]) -> Vec<Run> {
 pub fn choose_extents(free: &[FreeExtent], size_sectors: u64) -> Option<Vec<FreeExtent>> {
     let total: u64 = free
         .iter()
-        .map(|candidate| candidate.extent.nr_sectors)
+        .map(|candidate| candidate.extent.nr_sectors())
         .sum();
     if total < size_sectors || size_sectors == 0 {
         return None;
@@ -89,10 +89,10 @@ pub fn choose_extents(free: &[FreeExtent], size_sectors: u64) -> Option<Vec<Free
                 break;
             }
             chosen.push(*candidate);
-            remaining = remaining.saturating_sub(candidate.extent.nr_sectors);
+            remaining = remaining.saturating_sub(candidate.extent.nr_sectors());
         }
     }
-    chosen.sort_by_key(|candidate| (candidate.extent.device, candidate.extent.start_sector));
+    chosen.sort_by_key(|candidate| (candidate.extent.device(), candidate.extent.start_sector()));
     Some(chosen)
 }
 
@@ -101,13 +101,12 @@ pub fn choose_extents(free: &[FreeExtent], size_sectors: u64) -> Option<Vec<Free
 pub fn merge_adjacent(extents: &[Extent]) -> Vec<Extent> {
     let mut merged: Vec<Extent> = Vec::with_capacity(extents.len());
     for extent in extents {
-        match merged.last_mut() {
-            Some(last)
-                if last.device == extent.device && last.end_sector() == extent.start_sector =>
-            {
-                last.nr_sectors += extent.nr_sectors;
-            }
-            _ => merged.push(*extent),
+        match merged
+            .last_mut()
+            .and_then(|last| Some((last.joined(extent)?, last)))
+        {
+            Some((joined, last)) => *last = joined,
+            None => merged.push(*extent),
         }
     }
     merged
@@ -124,11 +123,7 @@ mod tests {
             .enumerate()
             .map(|(index, &(minor, start))| FreeExtent {
                 id: index as i64 + 1,
-                extent: Extent {
-                    device: DeviceNumber::new(3, minor).unwrap(),
-                    start_sector: start,
-                    nr_sectors: 10,
-                },
+                extent: Extent::new(DeviceNumber::new(3, minor).unwrap(), start, 10).unwrap(),
                 dirty: false,
             })
             .collect()
@@ -175,6 +170,6 @@ mod tests {
             .collect();
         let merged = merge_adjacent(&extents);
         assert_eq!(merged.len(), 3);
-        assert_eq!((merged[0].start_sector, merged[0].nr_sectors), (0, 20));
+        assert_eq!((merged[0].start_sector(), merged[0].nr_sectors()), (0, 20));
     }
 }

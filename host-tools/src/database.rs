@@ -165,10 +165,20 @@ fn device_number(raw: i64) -> rusqlite::Result<DeviceNumber> {
 }
 
 fn extent_from_row(row: &rusqlite::Row<'_>, first_column: usize) -> rusqlite::Result<Extent> {
-    Ok(Extent {
-        device: device_number(row.get(first_column)?)?,
-        start_sector: row.get(first_column + 1)?,
-        nr_sectors: row.get(first_column + 2)?,
+    let device = device_number(row.get(first_column)?)?;
+    // The schema's checks keep rows sane; a row that is not an extent anyway (a database
+    // edited by hand) is an error, never an unchecked extent.
+    Extent::new(
+        device,
+        row.get(first_column + 1)?,
+        row.get(first_column + 2)?,
+    )
+    .map_err(|error| {
+        rusqlite::Error::FromSqlConversionFailure(
+            first_column + 2,
+            rusqlite::types::Type::Integer,
+            Box::new(error),
+        )
     })
 }
 
@@ -401,7 +411,7 @@ impl Database {
         // Sorted here rather than by ORDER BY: walking the (device, start_sector) index
         // costs a second B-tree lookup per extent to fetch its row, sorting costs far less.
         free.sort_unstable_by_key(|candidate| {
-            (candidate.extent.device, candidate.extent.start_sector)
+            (candidate.extent.device(), candidate.extent.start_sector())
         });
         Ok(free)
     }
@@ -419,14 +429,14 @@ impl Database {
         self.immediate(|transaction| {
             let free = Self::free_extents(transaction, now)?;
             let chosen = choose_extents(&free, size_sectors).ok_or_else(|| {
-                let free_sectors: u64 = free.iter().map(|candidate| candidate.extent.nr_sectors).sum();
+                let free_sectors: u64 = free.iter().map(|candidate| candidate.extent.nr_sectors()).sum();
                 Error::Refused(format!(
                     "create {}: no space (the pool has {} free)",
                     format_sectors(size_sectors),
                     format_sectors(free_sectors)
                 ))
             })?;
-            let allocated: u64 = chosen.iter().map(|candidate| candidate.extent.nr_sectors).sum();
+            let allocated: u64 = chosen.iter().map(|candidate| candidate.extent.nr_sectors()).sum();
             transaction.execute(
                 "INSERT INTO virtual_disks (state, size_sectors, created_at, expires_at) VALUES ('creating', ?1, ?2, ?3)",
                 params![allocated, now, now + CREATE_LEASE_SECONDS],
@@ -524,7 +534,7 @@ impl Database {
             .optional()?;
         let (state, size_sectors, created_at, expires_at) =
             row.ok_or_else(|| Error::NotFound(format!("{id}: no such virtual disk")))?;
-        let alive = expires_at.map_or(true, |expires_at| expires_at > now);
+        let alive = expires_at.is_none_or(|expires_at| expires_at > now);
         let state = match (state.as_str(), alive) {
             ("ready", true) => VdState::Live,
             ("ready", false) => VdState::Expired,
@@ -732,7 +742,7 @@ impl Database {
                  VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             for (position, extent) in extents.iter().enumerate() {
-                insert.execute(params![attachment_id, position as i64, extent.device.raw(), extent.start_sector, extent.nr_sectors])?;
+                insert.execute(params![attachment_id, position as i64, extent.device().raw(), extent.start_sector(), extent.nr_sectors()])?;
             }
             Ok(Attachment {
                 uname,

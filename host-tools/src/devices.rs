@@ -30,13 +30,15 @@ pub struct Region {
 }
 
 impl Region {
-    /// The region as one extent of its whole disk.
-    pub fn extent(&self) -> Extent {
-        Extent {
-            device: self.disk_device,
-            start_sector: self.start_sector,
-            nr_sectors: self.nr_sectors,
-        }
+    /// The region as one extent of its whole disk; refused for an empty region or one
+    /// whose end overflows (a damaged partition table says such things).
+    pub fn extent(&self) -> crate::Result<Extent> {
+        Extent::new(self.disk_device, self.start_sector, self.nr_sectors).map_err(|error| {
+            crate::Error::Refused(format!(
+                "{}: {} sectors from sector {} is not an extent: {error}",
+                self.name, self.nr_sectors, self.start_sector
+            ))
+        })
     }
 }
 
@@ -227,11 +229,10 @@ impl DeviceSource for DevicesFile {
                 metadata.file_type().is_block_device()
                     && device_number_of(metadata.rdev()) == Some(region.disk_device)
             });
-            (same_file || same_device).then_some(Extent {
-                device: disk.device,
-                start_sector: region.start_sector,
-                nr_sectors: region.nr_sectors,
-            })
+            if !(same_file || same_device) {
+                return None;
+            }
+            Extent::new(disk.device, region.start_sector, region.nr_sectors).ok()
         })
     }
 }
@@ -362,11 +363,7 @@ impl DeviceSource for Sysfs {
     }
 
     fn extent_of_host_region(&self, region: &HostRegion) -> Option<Extent> {
-        Some(Extent {
-            device: region.disk_device,
-            start_sector: region.start_sector,
-            nr_sectors: region.nr_sectors,
-        })
+        Extent::new(region.disk_device, region.start_sector, region.nr_sectors).ok()
     }
 }
 

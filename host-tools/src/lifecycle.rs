@@ -11,8 +11,9 @@ use crate::duration::Expiry;
 use crate::error::{Error, Result};
 use crate::timestamp::now;
 use crate::uname::VdId;
-use crate::validator::{validate, SafetyLevel, User};
+use crate::validator::{validate, User};
 use crate::zero::{total_bytes, ZeroTarget, Zeroing};
+use shared_abi::SharingLevel;
 
 /// A source of VBDs beyond the attachments the database recorded: the hypervisor, which
 /// alone knows every VBD that exists. `delete` refuses a disk that any of them maps.
@@ -119,7 +120,7 @@ pub fn delete_virtual_disk(
     if let (false, Some(mapped)) = (request.force, request.mapped) {
         let users = mapped.mapped_users()?;
         // At level 0 with a writer, every overlap at all is reported.
-        let conflicts = validate(&disk.extents, true, &users, SafetyLevel::ReadOnlySharing);
+        let conflicts = validate(&disk.extents, true, &users, SharingLevel::ReadersOnly);
         if let Some(conflict) = conflicts.first() {
             return Err(Error::Refused(format!(
                 "{id}: still mapped: {}; detach it first or use --force",

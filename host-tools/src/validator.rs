@@ -8,53 +8,9 @@ use std::collections::BinaryHeap;
 use std::fmt;
 
 use shared_abi::wire::Extent;
-use shared_abi::DeviceNumber;
+use shared_abi::{DeviceNumber, SharingLevel};
 
 use crate::database::vdevice_name;
-use crate::error::{Error, Result};
-
-/// How much sharing of an extent is allowed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum SafetyLevel {
-    /// 0: an extent may be shared only when every user reads it only.
-    ReadOnlySharing,
-    /// 1: also one writer alongside readers.
-    SingleWriter,
-    /// 2: anything goes.
-    Unrestricted,
-}
-
-impl SafetyLevel {
-    /// Parse `0`, `1` or `2`.
-    pub fn parse(text: &str) -> Result<SafetyLevel> {
-        match text {
-            "0" => Ok(SafetyLevel::ReadOnlySharing),
-            "1" => Ok(SafetyLevel::SingleWriter),
-            "2" => Ok(SafetyLevel::Unrestricted),
-            _ => Err(Error::Usage(format!(
-                "safety level {text:?}: expected 0, 1 or 2"
-            ))),
-        }
-    }
-
-    pub fn number(self) -> u8 {
-        match self {
-            SafetyLevel::ReadOnlySharing => 0,
-            SafetyLevel::SingleWriter => 1,
-            SafetyLevel::Unrestricted => 2,
-        }
-    }
-
-    /// Whether a user of mode `existing_writable` conflicts with a new one of mode
-    /// `new_writable` on a shared extent.
-    fn conflicts(self, new_writable: bool, existing_writable: bool) -> bool {
-        match self {
-            SafetyLevel::ReadOnlySharing => new_writable || existing_writable,
-            SafetyLevel::SingleWriter => new_writable && existing_writable,
-            SafetyLevel::Unrestricted => false,
-        }
-    }
-}
 
 /// Who uses some extents.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -129,7 +85,9 @@ pub struct Conflict {
 pub fn describe_extent(extent: &Extent) -> String {
     format!(
         "{} sectors {}+{}",
-        extent.device, extent.start_sector, extent.nr_sectors
+        extent.device(),
+        extent.start_sector(),
+        extent.nr_sectors()
     )
 }
 
@@ -138,8 +96,8 @@ impl Conflict {
     pub fn explain(&self, users: &[User]) -> String {
         let start = self
             .new_extent
-            .start_sector
-            .max(self.other_extent.start_sector);
+            .start_sector()
+            .max(self.other_extent.start_sector());
         let end = self
             .new_extent
             .end_sector()
@@ -170,7 +128,7 @@ pub fn validate(
     new_extents: &[Extent],
     writable: bool,
     users: &[User],
-    level: SafetyLevel,
+    level: SharingLevel,
 ) -> Vec<Conflict> {
     let mut intervals: Vec<(Extent, Source)> = new_extents
         .iter()
@@ -180,7 +138,7 @@ pub fn validate(
     for (user_index, user) in users.iter().enumerate() {
         // Users the level allows to share are left out before the sweep, so each overlap
         // the sweep finds is a conflict and the work stays proportional to the output.
-        if !level.conflicts(writable, user.writable) {
+        if level.allows(writable, user.writable) {
             continue;
         }
         intervals.extend(
@@ -198,7 +156,7 @@ pub fn validate(
                 }),
         );
     }
-    intervals.sort_by_key(|(extent, _)| (extent.device, extent.start_sector));
+    intervals.sort_by_key(|(extent, _)| (extent.device(), extent.start_sector()));
 
     let mut conflicts = Vec::new();
     // Intervals that started earlier and may still be open, keyed by end sector so that the
@@ -207,20 +165,20 @@ pub fn validate(
     let mut open_existing: BinaryHeap<Reverse<(u64, usize, usize)>> = BinaryHeap::new();
     let mut current_device = None;
     for (extent, source) in intervals {
-        if current_device != Some(extent.device) {
-            current_device = Some(extent.device);
+        if current_device != Some(extent.device()) {
+            current_device = Some(extent.device());
             open_new.clear();
             open_existing.clear();
         }
         while open_new
             .peek()
-            .is_some_and(|Reverse((end, _))| *end <= extent.start_sector)
+            .is_some_and(|Reverse((end, _))| *end <= extent.start_sector())
         {
             open_new.pop();
         }
         while open_existing
             .peek()
-            .is_some_and(|Reverse((end, _, _))| *end <= extent.start_sector)
+            .is_some_and(|Reverse((end, _, _))| *end <= extent.start_sector())
         {
             open_existing.pop();
         }
@@ -277,7 +235,7 @@ pub fn validate_all_pairs(
     new_extents: &[Extent],
     writable: bool,
     users: &[User],
-    level: SafetyLevel,
+    level: SharingLevel,
 ) -> Vec<Conflict> {
     let mut conflicts = Vec::new();
     for (index, new_extent) in new_extents.iter().enumerate() {
@@ -291,7 +249,7 @@ pub fn validate_all_pairs(
             }
         }
         for (user_index, user) in users.iter().enumerate() {
-            if !level.conflicts(writable, user.writable) {
+            if level.allows(writable, user.writable) {
                 continue;
             }
             for user_extent in &user.extents {
@@ -314,11 +272,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn extent(start: u64, count: u64) -> Extent {
-        Extent {
-            device: DeviceNumber::new(3, 0).unwrap(),
-            start_sector: start,
-            nr_sectors: count,
-        }
+        Extent::new(DeviceNumber::new(3, 0).unwrap(), start, count).unwrap()
     }
 
     fn vbd(domain: u32, writable: bool, extents: Vec<Extent>) -> User {
@@ -334,23 +288,13 @@ mod tests {
     fn a_new_extent_that_strictly_contains_an_old_one_conflicts() {
         // Seed defect 4: the old check looked only at the new extent's ends.
         let users = vec![vbd(1, true, vec![extent(100, 10)])];
-        let conflicts = validate(
-            &[extent(0, 1000)],
-            false,
-            &users,
-            SafetyLevel::ReadOnlySharing,
-        );
+        let conflicts = validate(&[extent(0, 1000)], false, &users, SharingLevel::ReadersOnly);
         assert_eq!(conflicts.len(), 1);
         assert_eq!(
             conflicts[0].explain(&users),
             "3:0 sectors 0+1000 overlaps domain 1 xvda (rw) at 3:0 sectors 100+10 (shared: sectors 100+10)"
         );
-        let contained = validate(
-            &[extent(105, 1)],
-            false,
-            &users,
-            SafetyLevel::ReadOnlySharing,
-        );
+        let contained = validate(&[extent(105, 1)], false, &users, SharingLevel::ReadersOnly);
         assert_eq!(contained.len(), 1);
     }
 
@@ -359,22 +303,22 @@ mod tests {
         let readers = vec![vbd(1, false, vec![extent(0, 10)])];
         let writers = vec![vbd(1, true, vec![extent(0, 10)])];
         let new = [extent(5, 10)];
-        assert!(validate(&new, false, &readers, SafetyLevel::ReadOnlySharing).is_empty());
+        assert!(validate(&new, false, &readers, SharingLevel::ReadersOnly).is_empty());
         assert_eq!(
-            validate(&new, true, &readers, SafetyLevel::ReadOnlySharing).len(),
+            validate(&new, true, &readers, SharingLevel::ReadersOnly).len(),
             1
         );
         assert_eq!(
-            validate(&new, false, &writers, SafetyLevel::ReadOnlySharing).len(),
+            validate(&new, false, &writers, SharingLevel::ReadersOnly).len(),
             1
         );
-        assert!(validate(&new, true, &readers, SafetyLevel::SingleWriter).is_empty());
-        assert!(validate(&new, false, &writers, SafetyLevel::SingleWriter).is_empty());
+        assert!(validate(&new, true, &readers, SharingLevel::SingleWriter).is_empty());
+        assert!(validate(&new, false, &writers, SharingLevel::SingleWriter).is_empty());
         assert_eq!(
-            validate(&new, true, &writers, SafetyLevel::SingleWriter).len(),
+            validate(&new, true, &writers, SharingLevel::SingleWriter).len(),
             1
         );
-        assert!(validate(&new, true, &writers, SafetyLevel::Unrestricted).is_empty());
+        assert!(validate(&new, true, &writers, SharingLevel::Unrestricted).is_empty());
     }
 
     #[test]
@@ -384,14 +328,11 @@ mod tests {
             &[extent(0, 10), extent(20, 5)],
             true,
             &users,
-            SafetyLevel::ReadOnlySharing
+            SharingLevel::ReadersOnly
         )
         .is_empty());
-        let other_disk = Extent {
-            device: DeviceNumber::new(3, 64).unwrap(),
-            ..extent(10, 10)
-        };
-        assert!(validate(&[other_disk], true, &users, SafetyLevel::ReadOnlySharing).is_empty());
+        let other_disk = Extent::new(DeviceNumber::new(3, 64).unwrap(), 10, 10).unwrap();
+        assert!(validate(&[other_disk], true, &users, SharingLevel::ReadersOnly).is_empty());
     }
 
     #[test]
@@ -400,7 +341,7 @@ mod tests {
             &[extent(0, 10), extent(5, 10)],
             false,
             &[],
-            SafetyLevel::Unrestricted,
+            SharingLevel::Unrestricted,
         );
         assert_eq!(conflicts.len(), 1);
         assert_eq!(conflicts[0].holder, Holder::Itself);
@@ -415,7 +356,7 @@ mod tests {
             .map(|index| extent(index * 20 + 10, 10))
             .chain([extent(4900 * 20 + 5, 1)])
             .collect();
-        let conflicts = validate(&new, false, &users, SafetyLevel::ReadOnlySharing);
+        let conflicts = validate(&new, false, &users, SharingLevel::ReadersOnly);
         assert_eq!(conflicts.len(), 1);
         assert_eq!(conflicts[0].other_extent, extent(4900 * 20, 10));
     }
@@ -438,10 +379,8 @@ mod tests {
     }
 
     fn arbitrary_extent() -> impl Strategy<Value = Extent> {
-        (0u32..2, 0u64..200, 1u64..40).prop_map(|(minor, start, count)| Extent {
-            device: DeviceNumber::new(3, minor * 64).unwrap(),
-            start_sector: start,
-            nr_sectors: count,
+        (0u32..2, 0u64..200, 1u64..40).prop_map(|(minor, start, count)| {
+            Extent::new(DeviceNumber::new(3, minor * 64).unwrap(), start, count).unwrap()
         })
     }
 
@@ -451,10 +390,14 @@ mod tests {
             new_extents in prop::collection::vec(arbitrary_extent(), 0..8),
             writable in any::<bool>(),
             users in prop::collection::vec((any::<bool>(), prop::collection::vec(arbitrary_extent(), 0..6)), 0..5),
-            level in 0u8..3,
+            level in 0u32..3,
         ) {
-            let users: Vec<User> = users.into_iter().enumerate().map(|(domain, (user_writable, extents))| vbd(domain as u32, user_writable, extents)).collect();
-            let level = SafetyLevel::parse(&level.to_string()).unwrap();
+            let users: Vec<User> = users
+                .into_iter()
+                .enumerate()
+                .map(|(domain, (user_writable, extents))| vbd(domain as u32, user_writable, extents))
+                .collect();
+            let level = SharingLevel::try_from(level).unwrap();
             let mut swept: Vec<_> = validate(&new_extents, writable, &users, level).iter().map(key).collect();
             let mut expected: Vec<_> = validate_all_pairs(&new_extents, writable, &users, level).iter().map(key).collect();
             swept.sort();

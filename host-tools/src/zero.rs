@@ -116,10 +116,10 @@ impl ZeroTarget {
     ) -> Result<ZeroTarget> {
         let mut targets = HashMap::new();
         for extent in extents {
-            if targets.contains_key(&extent.device) {
+            if targets.contains_key(&extent.device()) {
                 continue;
             }
-            let path = devices.path_of(extent.device)?;
+            let path = devices.path_of(extent.device())?;
             // Never create or truncate: the path is a disk, not a scratch file.
             let file = OpenOptions::new()
                 .write(true)
@@ -131,7 +131,7 @@ impl ZeroTarget {
             };
             let sectors = sectors_of(&path)?;
             targets.insert(
-                extent.device,
+                extent.device(),
                 Target {
                     path,
                     file,
@@ -141,7 +141,7 @@ impl ZeroTarget {
             );
         }
         for extent in extents {
-            let target = &targets[&extent.device];
+            let target = &targets[&extent.device()];
             if extent.end_sector() > target.sectors {
                 return Err(Error::Refused(format!(
                     "{}: ends past the end of {} ({} sectors)",
@@ -168,20 +168,20 @@ impl ZeroTarget {
         let mut refused: HashSet<DeviceNumber> = HashSet::new();
         let mut done = 0u64;
         for range in &ranges {
-            let target = &self.targets[&range.device];
-            let mut offset = range.start_sector * SECTOR_SIZE;
+            let target = &self.targets[&range.device()];
+            let mut offset = range.start_sector() * SECTOR_SIZE;
             let end = range.end_sector() * SECTOR_SIZE;
             while offset < end {
                 let length = (end - offset).min(OFFLOAD_CHUNK_BYTES);
                 let zeroed = match target.offload {
-                    Some(offload) if !refused.contains(&range.device) => {
+                    Some(offload) if !refused.contains(&range.device()) => {
                         zero_in_place(&target.file, offload, offset, length)
                             .map_err(|error| Error::io(&target.path, error))?
                     }
                     _ => Zeroed::Unsupported,
                 };
                 if zeroed == Zeroed::Unsupported {
-                    refused.insert(range.device);
+                    refused.insert(range.device());
                     write_zeros(&target.file, offset, length, &mut |written| {
                         progress(done + written)
                     })
@@ -253,7 +253,7 @@ fn write_zeros(
 pub fn total_bytes(extents: &[Extent]) -> u64 {
     extents
         .iter()
-        .map(|extent| extent.nr_sectors * SECTOR_SIZE)
+        .map(|extent| extent.nr_sectors() * SECTOR_SIZE)
         .sum()
 }
 
@@ -378,10 +378,8 @@ mod tests {
             )
             .unwrap();
             let devices = crate::devices::DevicesFile::load(&devices_file).unwrap();
-            let extent = |start_sector, nr_sectors| Extent {
-                device: DeviceNumber::new(3, 0).unwrap(),
-                start_sector,
-                nr_sectors,
+            let extent = |start_sector, nr_sectors| {
+                Extent::new(DeviceNumber::new(3, 0).unwrap(), start_sector, nr_sectors).unwrap()
             };
             // Two adjacent extents (zeroed as one range) and the range's expected bytes.
             let extents = [extent(2048, 4096), extent(6144, 1)];

@@ -590,10 +590,13 @@ fn seed_defect_9_long_extent_lists_are_kept_whole() {
     assert_eq!(extents(&shown).len(), 550);
     let mut database = machine.database();
     let all: Vec<_> = (0..1100u64)
-        .map(|index| shared_abi::wire::Extent {
-            device: DeviceNumber::new(3, 0).unwrap(),
-            start_sector: 2048 + index * 2048,
-            nr_sectors: 1024,
+        .map(|index| {
+            shared_abi::wire::Extent::new(
+                DeviceNumber::new(3, 0).unwrap(),
+                2048 + index * 2048,
+                1024,
+            )
+            .unwrap()
         })
         .collect();
     database

@@ -13,8 +13,8 @@ use std::hint::black_box;
 
 use common::{hda, xvda, Random};
 use criterion::{criterion_group, criterion_main, Bencher, BenchmarkId, Criterion};
-use hv_vbd::{Access, Disk, Segment, SharingLevel, VbdId, VbdTable};
-use shared_abi::{wire::Extent, Error, Mode, DOM0};
+use hv_vbd::{Access, Disk, IoContext, Request, Segment, SharingLevel, VbdId, VbdTable};
+use shared_abi::{wire::Extent, Error, Label, Mode, DOM0};
 
 /// The VBD sizes measured, in extents.
 const EXTENT_COUNTS: [usize; 5] = [1, 16, 256, 4096, 65536];
@@ -33,11 +33,11 @@ const MAX_REQUEST_SECTORS: u64 = 256;
 const MAX_SEGMENTS: usize = 64;
 
 /// About 1.9 MiB: too large for the stack, so it lives in a static (`new` is `const`).
-static TABLE: VbdTable<5, 1, TOTAL_EXTENTS, 1> = VbdTable::new(SharingLevel::ReadersOnly);
+static TABLE: VbdTable<5, 1, TOTAL_EXTENTS, 1> = VbdTable::new(SharingLevel::Unrestricted);
 
 /// One pre-generated request.
 #[derive(Clone, Copy)]
-struct Request {
+struct Sample {
     sector: u64,
     nr_sectors: u64,
 }
@@ -49,7 +49,7 @@ struct Workload {
     domain: u32,
     extents: Vec<Extent>,
     list: ExtentList,
-    requests: Vec<Request>,
+    requests: Vec<Sample>,
 }
 
 /// Xen 1.2's extent list (`xen_extent_le_t`): one node per extent, each naming the next,
@@ -103,11 +103,11 @@ fn make_extents(random: &mut Random, region: u64, extent_count: usize) -> Vec<Ex
         .collect()
 }
 
-fn make_requests(random: &mut Random, extents: &[Extent]) -> Vec<Request> {
+fn make_requests(random: &mut Random, extents: &[Extent]) -> Vec<Sample> {
     let mut virtual_ends = Vec::with_capacity(extents.len());
     let mut size = 0;
     for extent in extents {
-        size += extent.nr_sectors;
+        size += extent.nr_sectors();
         virtual_ends.push(size);
     }
     (0..REQUESTS)
@@ -115,13 +115,13 @@ fn make_requests(random: &mut Random, extents: &[Extent]) -> Vec<Request> {
             if index % 8 == 0 && extents.len() > 1 {
                 // Astride a boundary: the last 4 sectors of one extent, the first 4 of the next.
                 let boundary = virtual_ends[random.below(extents.len() as u64 - 1) as usize];
-                Request {
+                Sample {
                     sector: boundary - 4,
                     nr_sectors: 8,
                 }
             } else {
                 let nr_sectors = (1 + random.below(MAX_REQUEST_SECTORS)).min(size);
-                Request {
+                Sample {
                     sector: random.below(size - nr_sectors + 1),
                     nr_sectors,
                 }
@@ -151,11 +151,18 @@ fn workloads() -> Vec<Workload> {
                 vdevice: xvda(),
             };
             TABLE
-                .create(DOM0, id, Mode::READ)
+                .create(DOM0, id, Mode::READ, Label::EMPTY)
                 .expect("create a benchmark VBD");
             TABLE
-                .set_extents(DOM0, id, extents.iter().map(|extent| Ok(*extent)))
-                .expect("set a benchmark VBD's extents");
+                .set_extents(
+                    DOM0,
+                    id,
+                    extents.iter().map(|extent| Ok(*extent)),
+                    SharingLevel::ReadersOnly,
+                )
+                .expect("set a benchmark VBD's extents")
+                .fence
+                .wait(std::hint::spin_loop);
             Workload {
                 extent_count,
                 domain,
@@ -191,18 +198,18 @@ fn translate_linear<'a>(
     let mut list = extents.into_iter();
     let mut extent = loop {
         let candidate = list.next().ok_or(Error::OutOfRange)?;
-        if offset < candidate.nr_sectors {
+        if offset < candidate.nr_sectors() {
             break candidate;
         }
-        offset -= candidate.nr_sectors;
+        offset -= candidate.nr_sectors();
     };
     let mut written = 0;
     loop {
-        let length = (extent.nr_sectors - offset).min(remaining);
+        let length = (extent.nr_sectors() - offset).min(remaining);
         let slot = out.get_mut(written).ok_or(Error::TooBig)?;
         *slot = Segment {
-            device: extent.device,
-            sector: extent.start_sector + offset,
+            device: extent.device(),
+            sector: extent.start_sector() + offset,
             nr_sectors: length,
         };
         written += 1;
@@ -215,22 +222,32 @@ fn translate_linear<'a>(
     }
 }
 
+/// hv-vbd's whole block path for one request, as an I/O thread runs it: validate the
+/// request, translate it under the in-flight registration, and complete it. Returns the
+/// number of segments.
+fn translate_table(
+    context: &IoContext<'static>,
+    domain: u32,
+    sample: Sample,
+    out: &mut [Segment],
+) -> Result<usize, Error> {
+    let request = Request::new(Access::Read, sample.sector, sample.nr_sectors)?;
+    let id = VbdId {
+        domain,
+        vdevice: xvda(),
+    };
+    let translation = TABLE.translate(context, id, &request, out)?;
+    Ok(translation.segments().len())
+}
+
 /// Both translations must agree on every request, or the comparison means nothing.
-fn check_agreement(workload: &Workload) {
+fn check_agreement(context: &IoContext<'static>, workload: &Workload) {
     let mut crossing = 0;
     for request in &workload.requests {
         let mut ours = [Segment::default(); MAX_SEGMENTS];
         let mut theirs = [Segment::default(); MAX_SEGMENTS];
         let mut listed = [Segment::default(); MAX_SEGMENTS];
-        let written = TABLE
-            .translate(
-                workload.domain,
-                xvda(),
-                request.sector,
-                request.nr_sectors,
-                Access::Read,
-                &mut ours,
-            )
+        let written = translate_table(context, workload.domain, *request, &mut ours)
             .expect("hv-vbd translates every benchmark request");
         let walked = translate_linear(
             &workload.extents,
@@ -266,8 +283,8 @@ fn check_agreement(workload: &Workload) {
 /// median is the cost of one translation.
 fn bench_requests<R>(
     bencher: &mut Bencher<'_>,
-    requests: &[Request],
-    mut translate: impl FnMut(Request, &mut [Segment]) -> R,
+    requests: &[Sample],
+    mut translate: impl FnMut(Sample, &mut [Segment]) -> R,
 ) {
     let mut out = [Segment::default(); MAX_SEGMENTS];
     let mut next = 0;
@@ -280,20 +297,16 @@ fn bench_requests<R>(
 
 fn translate(criterion: &mut Criterion) {
     let workloads = workloads();
+    let context = TABLE
+        .io_context()
+        .expect("a fresh table has free I/O contexts");
     let mut group = criterion.benchmark_group("translate");
     for workload in &workloads {
-        check_agreement(workload);
+        check_agreement(&context, workload);
         let extent_count = workload.extent_count;
         group.bench_function(BenchmarkId::new("binary_search", extent_count), |bencher| {
             bench_requests(bencher, &workload.requests, |request, out| {
-                TABLE.translate(
-                    black_box(workload.domain),
-                    black_box(xvda()),
-                    request.sector,
-                    request.nr_sectors,
-                    Access::Read,
-                    out,
-                )
+                translate_table(&context, black_box(workload.domain), request, out)
             })
         });
         group.bench_function(BenchmarkId::new("linear_walk", extent_count), |bencher| {

@@ -1,55 +1,24 @@
-//! The extent arena: every VBD's extents in one fixed array, plus an index by physical place.
+//! The extent arena: every VBD's extents in one fixed set of arrays.
 //!
-//! Each VBD owns one contiguous *run* of the arena, in virtual order. An entry stores the
-//! virtual sector just past it (`virtual_end`, cumulative within the run) rather than its
-//! length, so translation is a binary search over the run. The index `by_physical` lists
-//! every used position sorted by `(device, physical_start)`, so the sharing check is a merge
-//! of two sorted lists instead of a comparison of every pair.
+//! Each VBD owns one contiguous *run* of positions, in virtual order. A position stores the
+//! virtual sector just past its extent (`virtual_ends`, cumulative within the run) rather
+//! than its length, so translation is a search over the run. The virtual ends, the only
+//! thing the search reads, sit in their own dense array, eight to a cache line, apart from
+//! the physical places that only the found extents need.
 //!
-//! The arena is a structure of arrays: the virtual ends, the only thing the search reads,
-//! sit in their own dense array, eight to a cache line, apart from the physical places
-//! that only the found extents need. A search of a large run then touches a third of the
-//! lines it would in an array of whole entries, and its last three steps share one line.
-//!
-//! A change is staged first, in the free tail of the arena, checked there, and only then
-//! committed by moving entries; a refused change leaves the arena exactly as it was.
+//! What translation reads is atomics ([`Extents`]), read under the table's seqlock; what
+//! only changes read ([`Layout`]: the index by physical place and the owner of each
+//! position) is plain data under the writer mutex. Positions `[0, visible)` hold the runs
+//! translation can see; `[visible, used)` hold *pending* runs, extent lists being built by
+//! a multi-call set-extents, which nothing reads but the writer, so building them never
+//! disturbs a reader.
+
+use core::ops::Range;
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use shared_abi::{wire::Extent, DeviceNumber, Error};
 
-use crate::sharing::SharingLevel;
-use crate::table::Segment;
-
-/// Where one extent lies on its disk: 16 bytes, beside its 8-byte virtual end in
-/// [`Arena::virtual_ends`]. Its length is its virtual end minus the previous entry's, or
-/// minus zero for the first entry of a run ([`RUN_START`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Place {
-    pub(crate) physical_start: u64,
-    pub(crate) device: u32,
-    pub(crate) flags: u32,
-}
-
-/// Flag: the owning VBD is writable (the sharing check reads it through the index).
-pub(crate) const WRITABLE: u32 = 1;
-/// Flag: first entry of a run, so its virtual start is zero.
-pub(crate) const RUN_START: u32 = 2;
-
-impl Place {
-    const EMPTY: Place = Place {
-        physical_start: 0,
-        device: 0,
-        flags: 0,
-    };
-
-    fn key(&self) -> (u32, u64) {
-        (self.device, self.physical_start)
-    }
-}
-
-/// Bytes the hypervisor spends per extent of capacity: its virtual end, its place and its
-/// index slot.
-pub const BYTES_PER_EXTENT: usize =
-    core::mem::size_of::<u64>() + core::mem::size_of::<Place>() + core::mem::size_of::<u32>();
+use crate::block::Segment;
 
 /// Where a VBD's extents live in the arena.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -61,77 +30,86 @@ pub(crate) struct Run {
 impl Run {
     pub(crate) const EMPTY: Run = Run { first: 0, count: 0 };
 
-    fn range(self) -> core::ops::Range<usize> {
+    pub(crate) fn range(self) -> Range<usize> {
         self.first as usize..self.first as usize + self.count as usize
     }
+
+    pub(crate) fn end(self) -> usize {
+        self.first as usize + self.count as usize
+    }
 }
 
-/// A change to one run, staged in the arena's tail: keep the first `keep` extents, then
-/// append the `staged` extents that [`Arena::stage`] placed.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Change {
-    pub(crate) run: Run,
-    pub(crate) keep: u32,
-    pub(crate) staged: u32,
-    pub(crate) writable: bool,
+/// Bytes the hypervisor spends per extent of capacity: its virtual end, physical start and
+/// device (read by translation), its slot in the physical index and the index's merge
+/// buffer, and its owner (read by changes).
+pub const BYTES_PER_EXTENT: usize = 2 * core::mem::size_of::<u64>()
+    + 3 * core::mem::size_of::<u32>()
+    + core::mem::size_of::<Owner>();
+
+/// The arrays translation reads. Written only by the writer inside a seqlock write, or at
+/// positions no visible run covers.
+pub(crate) struct Extents<const EXTENTS: usize> {
+    virtual_ends: [AtomicU64; EXTENTS],
+    physical_starts: [AtomicU64; EXTENTS],
+    devices: [AtomicU32; EXTENTS],
 }
 
-pub(crate) struct Arena<const EXTENTS: usize> {
-    /// Each entry's virtual end, cumulative within its run: the search key, kept dense.
-    virtual_ends: [u64; EXTENTS],
-    /// Each entry's physical place, at the same position as its virtual end.
-    places: [Place; EXTENTS],
-    by_physical: [u32; EXTENTS],
-    used: usize,
-}
-
-impl<const EXTENTS: usize> Arena<EXTENTS> {
+impl<const EXTENTS: usize> Extents<EXTENTS> {
     pub(crate) const fn new() -> Self {
-        Arena {
-            virtual_ends: [0; EXTENTS],
-            places: [Place::EMPTY; EXTENTS],
-            by_physical: [0; EXTENTS],
-            used: 0,
+        Extents {
+            virtual_ends: [const { AtomicU64::new(0) }; EXTENTS],
+            physical_starts: [const { AtomicU64::new(0) }; EXTENTS],
+            devices: [const { AtomicU32::new(0) }; EXTENTS],
         }
     }
 
-    pub(crate) fn used(&self) -> usize {
-        self.used
+    fn end_at(&self, position: usize) -> Option<u64> {
+        self.virtual_ends.get(position).map(|end| end.load(Relaxed))
     }
 
-    /// The virtual ends of a run's extents, in virtual order.
-    fn virtual_ends_of(&self, run: Run) -> &[u64] {
-        &self.virtual_ends[run.range()]
-    }
-
-    /// The virtual size of a run in sectors.
+    /// The virtual size of a run. Under a racing write this may be any value; it never
+    /// panics.
     pub(crate) fn run_sectors(&self, run: Run) -> u64 {
-        self.virtual_ends_of(run).last().map_or(0, |&last| last)
-    }
-
-    /// The virtual size of the first `keep` extents of a run.
-    pub(crate) fn kept_sectors(&self, run: Run, keep: usize) -> u64 {
-        self.virtual_ends_of(run)[..keep]
-            .last()
-            .map_or(0, |&last| last)
-    }
-
-    /// Extent `index` of a run as a typed extent.
-    pub(crate) fn extent(&self, run: Run, index: usize) -> Extent {
-        let ends = self.virtual_ends_of(run);
-        let virtual_start = if index == 0 { 0 } else { ends[index - 1] };
-        let place = self.places[run.range()][index];
-        Extent {
-            device: DeviceNumber::from_raw(place.device),
-            start_sector: place.physical_start,
-            nr_sectors: ends[index] - virtual_start,
+        match run.count {
+            0 => 0,
+            count => self
+                .end_at(run.first as usize + count as usize - 1)
+                .unwrap_or(0),
         }
     }
 
-    /// Write the physical segments of the virtual range `[sector, end)` of a run to `out`,
-    /// split at every extent boundary, and return how many there are. The caller has
-    /// checked that `sector < end`. `ERANGE` when `end` is past the run's end, `E2BIG` when
-    /// `out` is too small.
+    /// Extent `index` of a consistent run (the writer's view). Every stored extent was
+    /// validated when it was pushed, so this cannot fail; the check stays rather than a
+    /// panic in a hypervisor.
+    pub(crate) fn extent(&self, run: Run, index: usize) -> Result<Extent, Error> {
+        let position = run.first as usize + index;
+        let virtual_start = if index == 0 {
+            0
+        } else {
+            self.virtual_ends[position - 1].load(Relaxed)
+        };
+        let length = self.virtual_ends[position].load(Relaxed) - virtual_start;
+        let device = DeviceNumber::from_raw(self.devices[position].load(Relaxed));
+        let start = self.physical_starts[position].load(Relaxed);
+        Extent::new(device, start, length)
+    }
+
+    /// The physical key the index sorts by.
+    pub(crate) fn key(&self, position: usize) -> (u32, u64) {
+        (
+            self.devices[position].load(Relaxed),
+            self.physical_starts[position].load(Relaxed),
+        )
+    }
+
+    /// Write the physical segments of the virtual range `[sector, end)` of `run` to `out`,
+    /// split at every extent boundary, and return how many there are. The caller checked
+    /// `sector < end`. `ERANGE` past the run's end, `E2BIG` when `out` is too small.
+    ///
+    /// Runs inside a seqlock read, so every value may be torn: every index is checked and
+    /// every loop is bounded by `out`, and a torn read returns some error that the seqlock
+    /// then discards. On consistent data the loop is the familiar one: each step covers at
+    /// least one sector and moves to the next extent.
     pub(crate) fn translate(
         &self,
         run: Run,
@@ -140,291 +118,85 @@ impl<const EXTENTS: usize> Arena<EXTENTS> {
         out: &mut [Segment],
     ) -> Result<usize, Error> {
         let range = run.range();
-        let ends = &self.virtual_ends[range.clone()];
-        // Checked here, on the slice the search uses, so the run is bounds-checked once.
-        if end > ends.last().map_or(0, |&size| size) {
+        let ends = self
+            .virtual_ends
+            .get(range.clone())
+            .ok_or(Error::OutOfRange)?;
+        let size = ends.last().map_or(0, |last| last.load(Relaxed));
+        if end > size {
             return Err(Error::OutOfRange);
         }
-        let places = &self.places[range];
-        let mut index = first_ending_after(ends, sector);
-        let mut virtual_start = if index == 0 { 0 } else { ends[index - 1] };
+        let first = first_ending_after(ends, sector);
+        let mut virtual_start = match first {
+            0 => 0,
+            _ => ends[first - 1].load(Relaxed),
+        };
         let mut position = sector;
-        let mut written = 0;
-        // Bounded: each step covers at least one sector and moves to the next extent, and
-        // `end` is inside the run.
-        while position < end {
-            let virtual_end = ends[index];
-            let place = places[index];
+        for (at, (written, slot)) in (range.start + first..).zip(out.iter_mut().enumerate()) {
+            let virtual_end = self.end_at(at).ok_or(Error::OutOfRange)?;
+            if virtual_end <= position || position < virtual_start {
+                return Err(Error::OutOfRange);
+            }
             let length = virtual_end.min(end) - position;
-            let slot = out.get_mut(written).ok_or(Error::TooBig)?;
             *slot = Segment {
-                device: DeviceNumber::from_raw(place.device),
-                sector: place.physical_start + (position - virtual_start),
+                device: DeviceNumber::from_raw(self.devices[at].load(Relaxed)),
+                sector: self.physical_starts[at]
+                    .load(Relaxed)
+                    .wrapping_add(position - virtual_start),
                 nr_sectors: length,
             };
-            written += 1;
             position += length;
+            if position >= end {
+                return Ok(written + 1);
+            }
             virtual_start = virtual_end;
-            index += 1;
         }
-        Ok(written)
+        Err(Error::TooBig)
     }
 
-    /// Place staged extent number `index` of a change whose kept extents end at virtual
-    /// sector `virtual_base`. Returns the virtual end of the staged extent. `ENOSPC` when the
-    /// arena's free tail has no room for it; `ERANGE` when the VBD's size would overflow.
-    pub(crate) fn stage(
-        &mut self,
-        index: usize,
-        extent: &Extent,
-        virtual_base: u64,
-        writable: bool,
-    ) -> Result<u64, Error> {
-        let position = self
-            .used
-            .checked_add(index)
-            .filter(|&position| position < EXTENTS)
-            .ok_or(Error::NoSpace)?;
-        let virtual_start = if index == 0 {
-            virtual_base
-        } else {
-            self.virtual_ends[position - 1]
-        };
-        let virtual_end = virtual_start
-            .checked_add(extent.nr_sectors)
-            .ok_or(Error::OutOfRange)?;
-        self.virtual_ends[position] = virtual_end;
-        self.places[position] = Place {
-            physical_start: extent.start_sector,
-            device: extent.device.raw(),
-            flags: if writable { WRITABLE } else { 0 },
-        };
-        Ok(virtual_end)
+    /// Set the virtual end of the extent at `position`, when it joins a run. Call inside a
+    /// seqlock write.
+    pub(crate) fn set_virtual_end(&self, position: usize, virtual_end: u64) {
+        self.virtual_ends[position].store(virtual_end, Relaxed);
     }
 
-    /// Physical length of the entry at `position`, whether committed or staged.
-    fn length_at(&self, position: usize, change: &Change) -> u64 {
-        let virtual_start = if position >= self.used {
-            if position == self.used {
-                // The first staged entry continues after the kept extents.
-                self.kept_sectors(change.run, change.keep as usize)
-            } else {
-                self.virtual_ends[position - 1]
-            }
-        } else if self.places[position].flags & RUN_START != 0 {
-            0
-        } else {
-            self.virtual_ends[position - 1]
-        };
-        self.virtual_ends[position] - virtual_start
+    fn copy(&self, from: usize, to: usize) {
+        self.virtual_ends[to].store(self.virtual_ends[from].load(Relaxed), Relaxed);
+        self.physical_starts[to].store(self.physical_starts[from].load(Relaxed), Relaxed);
+        self.devices[to].store(self.devices[from].load(Relaxed), Relaxed);
     }
 
-    /// Check a staged change: no two extents of the VBD overlap (`EINVAL`) and no overlap
-    /// with another VBD is forbidden by `level` (`EBUSY`). `O((n + m) log(n + m))`: the
-    /// staged extents are sorted in the index's free tail, then merged with the index.
-    pub(crate) fn check(&mut self, change: &Change, level: SharingLevel) -> Result<(), Error> {
-        let used = self.used;
-        let staged = change.staged as usize;
-        let staged_index = &mut self.by_physical[used..used + staged];
-        for (slot, position) in staged_index.iter_mut().zip(used..) {
-            *slot = position as u32;
-        }
-        let places = &self.places;
-        staged_index.sort_unstable_by_key(|&position| places[position as usize].key());
-        let existing = &self.by_physical[..used];
-        let staged_index = &self.by_physical[used..used + staged];
-
-        let kept = change.run.first as usize..change.run.first as usize + change.keep as usize;
-        let dropped = kept.end..change.run.range().end;
-        let mut sweep = Sweep::new(level, change.writable);
-        let (mut next_existing, mut next_staged) = (0, 0);
-        loop {
-            let take_existing = match (existing.get(next_existing), staged_index.get(next_staged)) {
-                (None, None) => return Ok(()),
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                // On equal keys the existing extent goes first, so the staged one sees it.
-                (Some(&old), Some(&new)) => {
-                    self.places[old as usize].key() <= self.places[new as usize].key()
-                }
-            };
-            let position = if take_existing {
-                next_existing += 1;
-                existing[next_existing - 1] as usize
-            } else {
-                next_staged += 1;
-                staged_index[next_staged - 1] as usize
-            };
-            if dropped.contains(&position) {
-                continue;
-            }
-            let entry = &self.places[position];
-            let start = entry.physical_start;
-            let end = start + self.length_at(position, change);
-            let source = if !take_existing {
-                Source::Staged
-            } else if kept.contains(&position) {
-                Source::SameVbd
-            } else {
-                Source::Other {
-                    writable: entry.flags & WRITABLE != 0,
-                }
-            };
-            sweep.visit(entry.device, start, end, source)?;
-        }
-    }
-
-    /// Apply a checked change. Returns the new run and a function mapping any other run's
-    /// old first position to its new one.
-    pub(crate) fn commit(&mut self, change: &Change) -> (Run, impl Fn(Run) -> Run) {
-        let first = change.run.first as usize;
-        let old_end = first + change.run.count as usize;
-        let keep = change.keep as usize;
-        let staged = change.staged as usize;
-        let removed = change.run.count as usize - keep;
-        let used = self.used;
-
-        // Drop the removed extents, then rotate the staged ones (now at the end) to follow
-        // the kept ones. Every other run keeps its order.
-        let moved = used - old_end + staged;
-        self.virtual_ends
-            .copy_within(old_end..used + staged, first + keep);
-        self.virtual_ends[first + keep..first + keep + moved].rotate_right(staged);
-        self.places
-            .copy_within(old_end..used + staged, first + keep);
-        self.places[first + keep..first + keep + moved].rotate_right(staged);
-        let new_count = keep + staged;
-        if new_count > 0 {
-            self.places[first].flags |= RUN_START;
-        }
-
-        let remap = move |position: usize| -> Option<usize> {
-            if position < first + keep {
-                Some(position)
-            } else if position < old_end {
-                None
-            } else if position < used {
-                Some(position - removed + staged)
-            } else {
-                Some(first + keep + (position - used))
-            }
-        };
-        let mut write = 0;
-        for read in 0..used + staged {
-            if let Some(position) = remap(self.by_physical[read] as usize) {
-                self.by_physical[write] = position as u32;
-                write += 1;
-            }
-        }
-        self.used = used - removed + staged;
-        debug_assert_eq!(write, self.used);
-        let places = &self.places;
-        self.by_physical[..write].sort_unstable_by_key(|&position| places[position as usize].key());
-
-        let new_run = if new_count == 0 {
-            Run::EMPTY
-        } else {
-            Run {
-                first: first as u32,
-                count: new_count as u32,
-            }
-        };
-        let move_other = move |other: Run| {
-            if other.count == 0 {
-                Run::EMPTY
-            } else {
-                // Other runs lie wholly before or wholly after the changed one.
-                let first = remap(other.first as usize).unwrap_or(other.first as usize);
-                Run {
-                    first: first as u32,
-                    count: other.count,
-                }
-            }
-        };
-        (new_run, move_other)
-    }
-
-    /// Check the arena's own invariants, for tests and debug builds of embedders.
-    pub(crate) fn check_invariants(
-        &self,
-        runs: &mut dyn Iterator<Item = Run>,
-    ) -> Result<(), &'static str> {
-        let mut total = 0usize;
-        let mut starts_seen = 0usize;
-        for run in runs {
-            if run.count == 0 {
-                continue;
-            }
-            let range = run.range();
-            if range.end > self.used {
-                return Err("run past the used part of the arena");
-            }
-            total += run.count as usize;
-            if self.places[range.start].flags & RUN_START == 0 {
-                return Err("first extent of a run lacks RUN_START");
-            }
-            starts_seen += 1;
-            let mut previous_end = 0;
-            for &virtual_end in &self.virtual_ends[range] {
-                if virtual_end <= previous_end {
-                    return Err("virtual ends not strictly increasing");
-                }
-                previous_end = virtual_end;
-            }
-        }
-        if total != self.used {
-            return Err("runs do not account for the used arena exactly");
-        }
-        let run_starts = self.places[..self.used]
-            .iter()
-            .filter(|entry| entry.flags & RUN_START != 0)
-            .count();
-        if run_starts != starts_seen {
-            return Err("RUN_START set inside a run");
-        }
-        let index = &self.by_physical[..self.used];
-        if index.iter().any(|&position| position as usize >= self.used) {
-            return Err("physical index points past the used arena");
-        }
-        // Sorted by key, so a repeated position can only hide among entries of equal key.
-        let mut group_start = 0;
-        for end in 1..=index.len() {
-            let key = |at: usize| self.places[index[at] as usize].key();
-            if end < index.len() && key(end) == key(group_start) {
-                continue;
-            }
-            if end < index.len() && key(end) < key(group_start) {
-                return Err("physical index not sorted");
-            }
-            let group = &index[group_start..end];
-            if group
-                .iter()
-                .enumerate()
-                .any(|(at, position)| group[at + 1..].contains(position))
-            {
-                return Err("physical index repeats a position");
-            }
-            group_start = end;
-        }
-        Ok(())
+    fn swap(&self, first: usize, second: usize) {
+        swap_atomic(&self.virtual_ends, first, second);
+        swap_atomic(&self.physical_starts, first, second);
+        let device = self.devices[first].load(Relaxed);
+        self.devices[first].store(self.devices[second].load(Relaxed), Relaxed);
+        self.devices[second].store(device, Relaxed);
     }
 }
 
+fn swap_atomic(array: &[AtomicU64], first: usize, second: usize) {
+    let value = array[first].load(Relaxed);
+    array[first].store(array[second].load(Relaxed), Relaxed);
+    array[second].store(value, Relaxed);
+}
+
 /// The index of the first of `ends` (strictly increasing) that is greater than `sector`:
-/// the extent holding it. `ends.len()` when there is none.
+/// the extent holding it. `ends.len()` when there is none; on torn data, some index up to
+/// `ends.len()`.
 ///
 /// A branchless search that splits the range in eight per step rather than two: the seven
 /// keys of a step do not depend on each other, so their cache misses overlap, and a run of
 /// 65 536 extents waits for six rounds of misses instead of sixteen. The comparisons only
 /// move the base (no data-dependent branch), so random requests do not mispredict.
-fn first_ending_after(ends: &[u64], sector: u64) -> usize {
+fn first_ending_after(ends: &[AtomicU64], sector: u64) -> usize {
     let mut base = 0;
     let mut len = ends.len();
     // The answer stays in `base..=base + len`, and `base + len <= ends.len()`.
     while len > 8 {
         let eighth = len / 8;
         let below = (1..8)
-            .map(|part| usize::from(ends[base + part * eighth - 1] <= sector))
+            .map(|part| usize::from(ends[base + part * eighth - 1].load(Relaxed) <= sector))
             .sum::<usize>();
         base += eighth * below;
         len -= 7 * eighth;
@@ -433,87 +205,242 @@ fn first_ending_after(ends: &[u64], sector: u64) -> usize {
     // count them, which LLVM would vectorize with a set-up that costs more than it saves.
     while len > 1 {
         let half = len / 2;
-        if ends[base + half - 1] <= sector {
+        if ends[base + half - 1].load(Relaxed) <= sector {
             base += half;
         }
         len -= half;
     }
-    base + usize::from(len == 1 && ends[base] <= sector)
+    base + usize::from(len == 1 && ends[base].load(Relaxed) <= sector)
 }
 
-/// Where an extent in the sharing sweep comes from.
-#[derive(Clone, Copy)]
-enum Source {
-    /// Part of the change.
-    Staged,
-    /// Kept from the same VBD: any overlap with a staged extent is a malformed VBD.
-    SameVbd,
-    /// Another VBD, of either mode.
-    Other { writable: bool },
+/// A position's owner: the VBD slot (`domain_index * VBDS + vbd_index`) whose run, visible
+/// or pending, holds it. Two bytes, so a table has at most 65 536 VBD slots.
+pub(crate) type Owner = u16;
+
+/// What changes alone read: the physical index and each position's owner, and where the
+/// visible and pending parts of the arena end.
+pub(crate) struct Layout<const EXTENTS: usize> {
+    /// Every used position, sorted by `(device, physical_start)`, so the sharing check is
+    /// one sweep instead of a comparison of every pair: `indexes[current]`. The other array
+    /// receives the next merge, and then they swap.
+    indexes: [[u32; EXTENTS]; 2],
+    current: usize,
+    owners: [Owner; EXTENTS],
+    visible: usize,
+    used: usize,
 }
 
-/// Sweep-line state over one device at a time: the furthest end seen so far of each kind
-/// of extent, so each visit is O(1).
-struct Sweep {
-    level: SharingLevel,
-    staged_writable: bool,
-    device: Option<u32>,
-    staged_end: u64,
-    same_vbd_end: u64,
-    other_reader_end: u64,
-    other_writer_end: u64,
-}
-
-impl Sweep {
-    fn new(level: SharingLevel, staged_writable: bool) -> Sweep {
-        Sweep {
-            level,
-            staged_writable,
-            device: None,
-            staged_end: 0,
-            same_vbd_end: 0,
-            other_reader_end: 0,
-            other_writer_end: 0,
+impl<const EXTENTS: usize> Layout<EXTENTS> {
+    pub(crate) const fn new() -> Self {
+        // Positions are stored as `u32`; a larger arena could not be indexed.
+        assert!(EXTENTS <= u32::MAX as usize, "EXTENTS must fit in a u32");
+        Layout {
+            indexes: [[0; EXTENTS]; 2],
+            current: 0,
+            owners: [0; EXTENTS],
+            visible: 0,
+            used: 0,
         }
     }
 
-    /// Visit extents in `(device, start)` order.
-    fn visit(&mut self, device: u32, start: u64, end: u64, source: Source) -> Result<(), Error> {
-        if self.device != Some(device) {
-            *self = Sweep::new(self.level, self.staged_writable);
-            self.device = Some(device);
+    pub(crate) fn used(&self) -> usize {
+        self.used
+    }
+
+    pub(crate) fn visible(&self) -> usize {
+        self.visible
+    }
+
+    pub(crate) fn owner(&self, position: usize) -> Owner {
+        self.owners[position]
+    }
+
+    /// The index, in physical order.
+    pub(crate) fn by_physical(&self) -> &[u32] {
+        &self.indexes[self.current][..self.used]
+    }
+
+    fn index_mut(&mut self) -> &mut [u32] {
+        &mut self.indexes[self.current][..self.used]
+    }
+
+    /// Append `extent` at the end of the arena as the next extent of a pending run of
+    /// `owner` whose extents so far end at virtual sector `virtual_base`; returns its
+    /// virtual end. Not yet indexed: see [`Layout::index_from`]. `ENOSPC` when the arena
+    /// is full, `ERANGE` when the run's size would overflow.
+    pub(crate) fn push(
+        &mut self,
+        extents: &Extents<EXTENTS>,
+        extent: &Extent,
+        owner: Owner,
+        virtual_base: u64,
+    ) -> Result<u64, Error> {
+        let position = self.used;
+        if position >= EXTENTS {
+            return Err(Error::NoSpace);
         }
-        match source {
-            Source::Staged => {
-                if self.staged_end > start || self.same_vbd_end > start {
-                    return Err(Error::InvalidArgument);
-                }
-                if (self.other_writer_end > start && !self.level.allows(self.staged_writable, true))
-                    || (self.other_reader_end > start
-                        && !self.level.allows(self.staged_writable, false))
-                {
-                    return Err(Error::Busy);
-                }
-                self.staged_end = self.staged_end.max(end);
+        let virtual_end = virtual_base
+            .checked_add(extent.nr_sectors())
+            .ok_or(Error::OutOfRange)?;
+        // Past every run translation can see, so no seqlock write is needed.
+        extents.virtual_ends[position].store(virtual_end, Relaxed);
+        extents.physical_starts[position].store(extent.start_sector(), Relaxed);
+        extents.devices[position].store(extent.device().raw(), Relaxed);
+        self.owners[position] = owner;
+        self.used += 1;
+        Ok(virtual_end)
+    }
+
+    /// Put the positions `[from, used)`, pushed since the index last covered the arena, into
+    /// the index: sort them in the index's free tail, then merge both halves into the other
+    /// array and make it current. `O(used + n log n)`.
+    pub(crate) fn index_from(&mut self, extents: &Extents<EXTENTS>, from: usize) {
+        let used = self.used;
+        if used == from {
+            return;
+        }
+        let [first, second] = &mut self.indexes;
+        let (source, target) = if self.current == 0 {
+            (first, second)
+        } else {
+            (second, first)
+        };
+        for (slot, position) in source[from..used].iter_mut().zip(from..) {
+            *slot = position as u32;
+        }
+        source[from..used].sort_unstable_by_key(|&position| extents.key(position as usize));
+        let (old, new) = source[..used].split_at(from);
+        let (mut old, mut new) = (old.iter().peekable(), new.iter().peekable());
+        for slot in &mut target[..used] {
+            // On equal keys the existing extent goes first, as it was indexed first.
+            let take_old = match (old.peek(), new.peek()) {
+                (Some(&&a), Some(&&b)) => extents.key(a as usize) <= extents.key(b as usize),
+                (Some(_), None) => true,
+                _ => false,
+            };
+            let next = if take_old { old.next() } else { new.next() };
+            *slot = next.copied().unwrap_or(0);
+        }
+        self.current = 1 - self.current;
+    }
+
+    /// Make the pending run `run` (in `[visible, used)`) the first pending run, so that it
+    /// ends where the visible runs will end once it joins them. Moves pending runs only,
+    /// which no reader looks at. Returns the position map for every other run.
+    pub(crate) fn move_to_visible_edge(
+        &mut self,
+        extents: &Extents<EXTENTS>,
+        run: Run,
+    ) -> impl Fn(usize) -> usize {
+        self.rotate(extents, self.visible..run.end(), run.count as usize)
+    }
+
+    /// Make the pending run `run` the last run of the arena, so pushes extend it. Moves
+    /// pending runs only. Returns the position map for every other run.
+    pub(crate) fn move_to_end(
+        &mut self,
+        extents: &Extents<EXTENTS>,
+        run: Run,
+    ) -> impl Fn(usize) -> usize {
+        let used = self.used;
+        self.rotate(extents, run.first as usize..used, used - run.end())
+    }
+
+    /// Let the first `count` pending positions join the visible runs.
+    pub(crate) fn reveal(&mut self, count: usize) {
+        self.visible += count;
+    }
+
+    /// Move the block `source` (a pending run) to `destination`, the end of a visible run,
+    /// shifting everything in between up. Moves visible positions: call inside a seqlock
+    /// write. Returns the position map.
+    pub(crate) fn insert_after(
+        &mut self,
+        extents: &Extents<EXTENTS>,
+        source: Run,
+        destination: usize,
+    ) -> impl Fn(usize) -> usize {
+        self.rotate(extents, destination..source.end(), source.count as usize)
+    }
+
+    /// Rotate `range` up by `shift`: `[a, b - shift)` moves to `[a + shift, b)` and
+    /// `[b - shift, b)` to `[a, a + shift)`, in the arrays, the owners and the index.
+    fn rotate(
+        &mut self,
+        extents: &Extents<EXTENTS>,
+        range: Range<usize>,
+        shift: usize,
+    ) -> impl Fn(usize) -> usize {
+        let (start, end) = (range.start, range.end);
+        let map = move |position: usize| {
+            if position < start || position >= end {
+                position
+            } else if position < end - shift {
+                position + shift
+            } else {
+                position - (end - shift) + start
             }
-            Source::SameVbd => {
-                if self.staged_end > start {
-                    return Err(Error::InvalidArgument);
-                }
-                self.same_vbd_end = self.same_vbd_end.max(end);
-            }
-            Source::Other { writable } => {
-                if self.staged_end > start && !self.level.allows(self.staged_writable, writable) {
-                    return Err(Error::Busy);
-                }
-                if writable {
-                    self.other_writer_end = self.other_writer_end.max(end);
-                } else {
-                    self.other_reader_end = self.other_reader_end.max(end);
-                }
+        };
+        if shift != 0 && shift != end - start {
+            // Three reversals: in place, no buffer, each position moved about twice.
+            self.reverse(extents, start, end - shift);
+            self.reverse(extents, end - shift, end);
+            self.reverse(extents, start, end);
+            for slot in self.index_mut() {
+                *slot = map(*slot as usize) as u32;
             }
         }
-        Ok(())
+        map
+    }
+
+    fn reverse(&mut self, extents: &Extents<EXTENTS>, start: usize, end: usize) {
+        let (mut low, mut high) = (start, end);
+        while low + 1 < high {
+            high -= 1;
+            extents.swap(low, high);
+            self.owners.swap(low, high);
+            low += 1;
+        }
+    }
+
+    /// Drop the positions `removed`, moving everything above down. When `removed` lies
+    /// below `visible` this moves visible positions: call inside a seqlock write. Returns
+    /// the position map for the positions that remain.
+    pub(crate) fn remove(
+        &mut self,
+        extents: &Extents<EXTENTS>,
+        removed: Range<usize>,
+    ) -> impl Fn(usize) -> usize {
+        let (start, end) = (removed.start, removed.end);
+        let count = end - start;
+        let map = move |position: usize| {
+            if position >= end {
+                position - count
+            } else {
+                position
+            }
+        };
+        if count == 0 {
+            return map;
+        }
+        for position in end..self.used {
+            extents.copy(position, position - count);
+            self.owners[position - count] = self.owners[position];
+        }
+        let index = &mut self.indexes[self.current];
+        let mut write = 0;
+        for read in 0..self.used {
+            let position = index[read] as usize;
+            if !(start..end).contains(&position) {
+                index[write] = map(position) as u32;
+                write += 1;
+            }
+        }
+        if start < self.visible {
+            self.visible -= count.min(self.visible - start);
+        }
+        self.used -= count;
+        map
     }
 }
 
@@ -526,14 +453,92 @@ mod tests {
     #[test]
     fn search_agrees_with_partition_point() {
         for len in 0..200u64 {
-            let ends: std::vec::Vec<u64> = (1..=len).map(|index| index * 3).collect();
+            let ends: std::vec::Vec<AtomicU64> =
+                (1..=len).map(|index| AtomicU64::new(index * 3)).collect();
+            let plain: std::vec::Vec<u64> = (1..=len).map(|index| index * 3).collect();
             for sector in 0..=len * 3 + 1 {
                 assert_eq!(
                     first_ending_after(&ends, sector),
-                    ends.partition_point(|&end| end <= sector),
+                    plain.partition_point(|&end| end <= sector),
                     "{len} extents, sector {sector}"
                 );
             }
         }
+    }
+
+    fn disk() -> DeviceNumber {
+        DeviceNumber::from_name("hda").unwrap()
+    }
+
+    /// Push `lengths` as one pending run of `owner` at `starts`, and index them.
+    fn push_run(
+        layout: &mut Layout<32>,
+        extents: &Extents<32>,
+        owner: Owner,
+        starts: &[u64],
+    ) -> Run {
+        let first = layout.used();
+        let mut virtual_end = 0;
+        for &start in starts {
+            let extent = Extent::new(disk(), start, 2).unwrap();
+            layout.push(extents, &extent, owner, virtual_end).unwrap();
+            virtual_end += 2;
+        }
+        layout.index_from(extents, first);
+        Run {
+            first: first as u32,
+            count: starts.len() as u32,
+        }
+    }
+
+    fn index_is_sorted_permutation(layout: &Layout<32>, extents: &Extents<32>) {
+        let index = layout.by_physical();
+        let mut seen = index.to_vec();
+        seen.sort_unstable();
+        assert_eq!(
+            seen,
+            (0..layout.used() as u32).collect::<std::vec::Vec<_>>()
+        );
+        assert!(index
+            .windows(2)
+            .all(|pair| extents.key(pair[0] as usize) <= extents.key(pair[1] as usize)));
+    }
+
+    #[test]
+    fn index_merges_moves_and_removals_keep_it_a_sorted_permutation() {
+        let extents = Extents::<32>::new();
+        let mut layout = Layout::<32>::new();
+        let first = push_run(&mut layout, &extents, 1, &[40, 10, 30]);
+        layout.reveal(first.count as usize);
+        let second = push_run(&mut layout, &extents, 2, &[20, 0, 50, 35]);
+        index_is_sorted_permutation(&layout, &extents);
+        let third = push_run(&mut layout, &extents, 3, &[60]);
+        // Join the third run to the first: the second shifts up by one.
+        let map = layout.insert_after(&extents, third, first.end());
+        assert_eq!(map(second.first as usize), second.first as usize + 1);
+        assert_eq!(map(third.first as usize), first.end());
+        assert_eq!(extents.key(first.end()), (disk().raw(), 60));
+        assert_eq!(layout.owner(first.end()), 3);
+        index_is_sorted_permutation(&layout, &extents);
+        let map = layout.remove(&extents, 0..2);
+        assert_eq!(map(5), 3);
+        assert_eq!(layout.used(), 6);
+        assert_eq!(layout.visible(), 1);
+        index_is_sorted_permutation(&layout, &extents);
+    }
+
+    #[test]
+    fn push_refuses_a_full_arena_and_an_overflowing_run() {
+        let extents = Extents::<32>::new();
+        let mut layout = Layout::<32>::new();
+        let extent = Extent::new(disk(), 0, 2).unwrap();
+        assert_eq!(
+            layout.push(&extents, &extent, 0, u64::MAX - 1),
+            Err(Error::OutOfRange)
+        );
+        for _ in 0..32 {
+            layout.push(&extents, &extent, 0, 0).unwrap();
+        }
+        assert_eq!(layout.push(&extents, &extent, 0, 0), Err(Error::NoSpace));
     }
 }

@@ -5,33 +5,72 @@
 
 use shared_abi::{
     wire::{
-        CreateArgs, DomainArgs, GrowArgs, InfoArgs, ProbeArgs, ProbeEntry, SetExtentsArgs,
-        VbdHandle, WireExtent,
+        CreateArgs, DomainArgs, GrowArgs, InfoArgs, LimitsArgs, ProbeArgs, ProbeEntry,
+        SetExtentsArgs, VbdHandle, WireExtent,
     },
     DeviceNumber, Error, Op, ABI_VERSION, DOM0,
 };
 
+use crate::inflight::Fence;
 use crate::memory::{read_struct, write_struct, GuestAddress, GuestMemory};
-use crate::table::{Changed, VbdId, VbdTable};
+use crate::table::{Changed, ListPiece, Removal, SetExtents, VbdId, VbdTable};
 
 /// The result of one hypercall: the wire result (a count, a version, zero, or a negative
-/// errno) and, when VBDs changed, which domain should be told.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Outcome {
+/// errno), which domain should be told its VBDs changed, and, for a change that removed or
+/// moved extents, the fence to wait on before replying.
+#[derive(Debug)]
+#[must_use = "reply only once the fence, if any, is complete"]
+pub struct Outcome<'t> {
     pub result: i64,
     pub changed: Option<Changed>,
+    pub fence: Option<Fence<'t>>,
 }
 
-impl From<Result<(u64, Option<Changed>), Error>> for Outcome {
-    fn from(result: Result<(u64, Option<Changed>), Error>) -> Outcome {
+/// What an operation did, before it is put in wire form.
+struct Done<'t> {
+    value: u64,
+    changed: Option<Changed>,
+    fence: Option<Fence<'t>>,
+}
+
+impl<'t> Done<'t> {
+    fn value(value: u64) -> Done<'t> {
+        Done {
+            value,
+            changed: None,
+            fence: None,
+        }
+    }
+
+    fn changed(changed: Changed) -> Done<'t> {
+        Done {
+            value: 0,
+            changed: Some(changed),
+            fence: None,
+        }
+    }
+
+    fn removed(value: u64, removal: Removal<'t>) -> Done<'t> {
+        Done {
+            value,
+            changed: Some(removal.changed),
+            fence: Some(removal.fence),
+        }
+    }
+}
+
+impl<'t> From<Result<Done<'t>, Error>> for Outcome<'t> {
+    fn from(result: Result<Done<'t>, Error>) -> Outcome<'t> {
         match result {
-            Ok((value, changed)) => Outcome {
-                result: Error::result_to_wire(Ok(value)),
-                changed,
+            Ok(done) => Outcome {
+                result: Error::result_to_wire(Ok(done.value)),
+                changed: done.changed,
+                fence: done.fence,
             },
             Err(error) => Outcome {
                 result: error.to_wire(),
                 changed: None,
+                fence: None,
             },
         }
     }
@@ -44,8 +83,17 @@ fn vbd_id(handle: VbdHandle) -> VbdId {
     }
 }
 
-impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize, const DISKS: usize>
-    VbdTable<DOMAINS, VBDS, EXTENTS, DISKS>
+fn count(value: usize) -> Result<u32, Error> {
+    u32::try_from(value).map_err(|_| Error::OutOfRange)
+}
+
+impl<
+        const DOMAINS: usize,
+        const VBDS: usize,
+        const EXTENTS: usize,
+        const DISKS: usize,
+        const CONTEXTS: usize,
+    > VbdTable<DOMAINS, VBDS, EXTENTS, DISKS, CONTEXTS>
 {
     /// Run hypercall `op` for domain `caller` (known from the channel it came on, never from
     /// the arguments) with its argument struct at `args` in the caller's memory.
@@ -55,7 +103,7 @@ impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize, const DISKS:
         op: u32,
         args: GuestAddress,
         memory: &mut M,
-    ) -> Outcome {
+    ) -> Outcome<'_> {
         Outcome::from(self.run(caller, op, args, memory))
     }
 
@@ -65,56 +113,97 @@ impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize, const DISKS:
         op: u32,
         args: GuestAddress,
         memory: &mut M,
-    ) -> Result<(u64, Option<Changed>), Error> {
+    ) -> Result<Done<'_>, Error> {
         let op = Op::try_from(op)?;
         if op.changes_vbds() && caller != DOM0 {
             return Err(Error::PermissionDenied);
         }
-        let changed = |changed: Changed| (0, Some(changed));
         match op {
-            Op::Version => Ok((u64::from(ABI_VERSION), None)),
+            Op::Version => Ok(Done::value(u64::from(ABI_VERSION))),
+            Op::Limits => self.limits_op(args, memory),
             Op::Create => {
                 let create = read_struct::<CreateArgs, M>(memory, args)?.validate()?;
-                let id = VbdId {
-                    domain: create.domain,
-                    vdevice: create.vdevice,
-                };
-                self.create(caller, id, create.mode).map(changed)
+                self.create(caller, vbd_id(create.handle), create.mode, create.label)
+                    .map(Done::changed)
             }
             Op::Grow => {
-                let grow: GrowArgs = read_struct(memory, args)?;
-                let extent = grow.extent.validate()?;
-                self.grow(caller, vbd_id(grow.handle), extent).map(changed)
+                let grow = read_struct::<GrowArgs, M>(memory, args)?.validate()?;
+                self.grow(caller, vbd_id(grow.handle), grow.extent, grow.sharing)
+                    .map(Done::changed)
             }
             Op::Shrink => {
                 let handle: VbdHandle = read_struct(memory, args)?;
-                self.shrink(caller, vbd_id(handle)).map(changed)
+                Ok(Done::removed(0, self.shrink(caller, vbd_id(handle))?))
             }
             Op::Delete => {
                 let handle: VbdHandle = read_struct(memory, args)?;
-                self.delete(caller, vbd_id(handle)).map(changed)
+                Ok(Done::removed(0, self.delete(caller, vbd_id(handle))?))
             }
-            Op::SetExtents => {
-                let set: SetExtentsArgs = read_struct(memory, args)?;
-                set.validate()?;
-                let base = GuestAddress(set.extents_address);
-                let memory = &*memory;
-                // Each element is read once, inside the table's staging loop; the count is
-                // bounded by the arena's capacity, which refuses the first extent too many.
-                let extents = (0..u64::from(set.nr_extents)).map(|index| {
-                    let address = base.element(index, core::mem::size_of::<WireExtent>())?;
-                    read_struct::<WireExtent, M>(memory, address)?.validate()
-                });
-                self.set_extents(caller, vbd_id(set.handle), extents)
-                    .map(changed)
-            }
+            Op::SetExtents => self.set_extents_op(caller, args, memory),
             Op::Probe => self.probe_op(caller, args, memory),
             Op::Info => self.info_op(caller, args, memory),
             Op::DestroyDomain => {
                 let domain = read_struct::<DomainArgs, M>(memory, args)?.validate()?;
-                let (released, changed) = self.destroy_domain(caller, domain)?;
-                Ok((released as u64, Some(changed)))
+                let (released, removal) = self.destroy_domain(caller, domain)?;
+                Ok(Done::removed(released as u64, removal))
             }
+        }
+    }
+
+    fn limits_op<M: GuestMemory + ?Sized>(
+        &self,
+        args: GuestAddress,
+        memory: &mut M,
+    ) -> Result<Done<'_>, Error> {
+        let limits = self.limits();
+        let wire = LimitsArgs {
+            abi_version: ABI_VERSION,
+            sharing_ceiling: limits.sharing_ceiling.number(),
+            domains: count(limits.domains)?,
+            vbds_per_domain: count(limits.vbds_per_domain)?,
+            extents: count(limits.extents)?,
+            extents_free: count(limits.extents_free)?,
+            disks: count(limits.disks)?,
+            _reserved: 0,
+            max_call_bytes: memory.max_call_bytes(),
+        };
+        write_struct(memory, args, &wire)?;
+        Ok(Done::value(0))
+    }
+
+    fn set_extents_op<M: GuestMemory + ?Sized>(
+        &self,
+        caller: u32,
+        args: GuestAddress,
+        memory: &mut M,
+    ) -> Result<Done<'_>, Error> {
+        let mut wire: SetExtentsArgs = read_struct(memory, args)?;
+        let set = wire.validate()?;
+        let base = GuestAddress(set.extents_address);
+        let piece = ListPiece {
+            first_index: set.first_index,
+            ticket: set.ticket,
+            more: set.more,
+            level: set.sharing,
+        };
+        let outcome = {
+            let memory = &*memory;
+            // Each element is read once, a batch at a time before the table's writer mutex
+            // is taken; the count is bounded by the arena's capacity, which refuses the
+            // first extent too many.
+            let extents = (0..u64::from(set.nr_extents)).map(|index| {
+                let address = base.element(index, core::mem::size_of::<WireExtent>())?;
+                read_struct::<WireExtent, M>(memory, address)?.validate()
+            });
+            self.set_extents_piece(caller, vbd_id(set.handle), piece, extents)?
+        };
+        match outcome {
+            SetExtents::Pending { ticket, length } => {
+                wire.ticket = ticket;
+                write_struct(memory, args, &wire)?;
+                Ok(Done::value(length as u64))
+            }
+            SetExtents::Committed(removal) => Ok(Done::removed(0, removal)),
         }
     }
 
@@ -123,7 +212,7 @@ impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize, const DISKS:
         caller: u32,
         args: GuestAddress,
         memory: &mut M,
-    ) -> Result<(u64, Option<Changed>), Error> {
+    ) -> Result<Done<'_>, Error> {
         let mut probe: ProbeArgs = read_struct(memory, args)?;
         probe.validate()?;
         let entries = GuestAddress(probe.entries_address);
@@ -139,11 +228,11 @@ impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize, const DISKS:
                 )
             },
         )?;
-        probe.count = u32::try_from(summary.count).map_err(|_| Error::OutOfRange)?;
+        probe.count = count(summary.count)?;
         probe.generation = summary.generation;
         write_struct(memory, args, &probe)?;
         if summary.complete {
-            Ok((summary.count as u64, None))
+            Ok(Done::value(summary.count as u64))
         } else {
             Err(Error::TooBig)
         }
@@ -154,27 +243,27 @@ impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize, const DISKS:
         caller: u32,
         args: GuestAddress,
         memory: &mut M,
-    ) -> Result<(u64, Option<Changed>), Error> {
+    ) -> Result<Done<'_>, Error> {
         let mut info: InfoArgs = read_struct(memory, args)?;
         info.validate()?;
         let extents = GuestAddress(info.extents_address);
         let summary = self.info(
             caller,
             vbd_id(info.handle),
+            info.first_index as usize,
             info.capacity as usize,
             |index, extent| {
-                let address = extents.element(index as u64, core::mem::size_of::<WireExtent>())?;
+                let offset = (index - info.first_index as usize) as u64;
+                let address = extents.element(offset, core::mem::size_of::<WireExtent>())?;
                 write_struct(memory, address, &extent.to_wire())
             },
         )?;
-        info.nr_extents = u32::try_from(summary.nr_extents).map_err(|_| Error::OutOfRange)?;
+        info.nr_extents = count(summary.nr_extents)?;
         info.mode = summary.mode.bits();
         info.size_sectors = summary.size_sectors;
+        info.generation = summary.generation;
+        info.label = summary.label.to_wire();
         write_struct(memory, args, &info)?;
-        if summary.complete {
-            Ok((summary.nr_extents as u64, None))
-        } else {
-            Err(Error::TooBig)
-        }
+        Ok(Done::value(summary.written as u64))
     }
 }

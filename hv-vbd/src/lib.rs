@@ -1,11 +1,19 @@
 //! Virtual block devices for a hypervisor: per-domain VBD tables, extent lists, sector
-//! translation and the block hypercalls, with no allocator and no `unsafe`.
+//! translation, the block path with in-flight fencing, and the block hypercalls, with no
+//! allocator and no `unsafe`.
 //!
 //! A VBD is an ordered list of physical extents that a domain sees as one contiguous disk.
 //! The embedding hypervisor keeps one [`VbdTable`] (usually in a `static`), registers the
-//! physical disks it found, feeds hypercalls to [`VbdTable::dispatch`] with the caller's
-//! domain taken from the channel, and calls [`VbdTable::translate`] for every block request
-//! before doing the I/O itself, outside the table's lock.
+//! physical disks it found, and then supplies only its transport and its disk I/O:
+//! - hypercalls go to [`VbdTable::dispatch`] with the caller's domain taken from the
+//!   channel, or whole frames to [`serve::FrameServer`], which also answers the channel's
+//!   block requests;
+//! - each I/O thread claims an [`IoContext`]; a guest request becomes a [`Request`], which
+//!   [`VbdTable::translate`] turns into physical [`Segment`]s without taking a lock; the
+//!   [`Translation`] it returns pairs them with the request's buffers ([`Transfers`]) and is
+//!   held until the disk I/O is done;
+//! - a change that removes or moves extents returns a [`Fence`], complete once every I/O
+//!   translated under the old mapping has finished; only then may it be answered.
 //!
 //! Guest input is hostile: arguments are copied in once and validated, guest addresses are
 //! checked before use ([`GuestAddress`]), every loop over guest data is bounded by a fixed
@@ -13,36 +21,46 @@
 //!
 //! # Footprint
 //!
-//! Each extent of capacity costs [`BYTES_PER_EXTENT`] bytes (an 8-byte virtual end, kept
-//! in its own dense array for the search, a 16-byte physical place and a 4-byte slot in the
-//! physical index). [`DefaultVbdTable`] (64 domains, 16 VBDs each, 65 536
-//! extents, 16 disks) occupies [`DEFAULT_TABLE_BYTES`] bytes, about 1.8 MiB, almost all of
-//! it the extent arena.
+//! Each extent of capacity costs [`BYTES_PER_EXTENT`] bytes: a virtual end, a physical
+//! start and a device for translation; an index slot, its merge buffer and an owner for
+//! changes.
+//! [`DefaultVbdTable`] (64 domains, 16 VBDs each, 65 536 extents, 16 disks, 64 I/O
+//! contexts) occupies [`DEFAULT_TABLE_BYTES`] bytes, about 1.9 MiB, almost all of it the
+//! extent arena.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
 mod arena;
+mod block;
 mod dispatch;
+mod inflight;
 mod memory;
 mod registry;
-mod sharing;
+mod seqlock;
+pub mod serve;
+mod sweep;
 mod table;
 
 pub use arena::BYTES_PER_EXTENT;
+pub use block::{Access, Request, Segment, Transfer, Transfers, Translation};
 pub use dispatch::Outcome;
+pub use inflight::{Fence, InFlight, IoContext};
 pub use memory::{GuestAddress, GuestMemory, SliceMemory};
 pub use registry::Disk;
-pub use sharing::SharingLevel;
-pub use table::{Access, Changed, ProbeSummary, Segment, VbdId, VbdInfo, VbdTable};
+pub use shared_abi::SharingLevel;
+pub use table::{
+    Changed, Limits, ListPiece, ProbeSummary, Removal, SetExtents, VbdId, VbdInfo, VbdTable,
+};
 
-/// A typical configuration: 64 domains, 16 VBDs each, 65 536 extents, 16 physical disks.
+/// A typical configuration: 64 domains, 16 VBDs each, 65 536 extents, 16 physical disks,
+/// 64 I/O contexts.
 pub type DefaultVbdTable = VbdTable<64, 16, 65536, 16>;
 
 /// The size of [`DefaultVbdTable`] in bytes.
 pub const DEFAULT_TABLE_BYTES: usize = core::mem::size_of::<DefaultVbdTable>();
 
 // The footprint promised above, checked at compile time: at most 32 bytes per extent, and
-// the default table is the arena plus under 64 KiB of VBD and domain slots.
-const _: () = assert!(BYTES_PER_EXTENT == 28);
+// the default table is the arena plus under 128 KiB of VBD, domain and context slots.
+const _: () = assert!(BYTES_PER_EXTENT == 30);
 const _: () = assert!(DEFAULT_TABLE_BYTES >= 65536 * BYTES_PER_EXTENT);
-const _: () = assert!(DEFAULT_TABLE_BYTES < 65536 * BYTES_PER_EXTENT + 64 * 1024);
+const _: () = assert!(DEFAULT_TABLE_BYTES < 65536 * BYTES_PER_EXTENT + 128 * 1024);

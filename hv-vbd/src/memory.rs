@@ -36,17 +36,37 @@ impl GuestAddress {
 pub trait GuestMemory {
     fn read(&self, address: GuestAddress, out: &mut [u8]) -> Result<(), Error>;
     fn write(&mut self, address: GuestAddress, data: &[u8]) -> Result<(), Error>;
+
+    /// The most bytes of argument struct and array one call can carry through this memory,
+    /// reported by [`shared_abi::Op::Limits`] so callers size their pieces: a hypervisor
+    /// that maps the caller's memory has no limit of its own; a channel that carries an
+    /// image of it in a frame has the frame's.
+    fn max_call_bytes(&self) -> u64 {
+        u64::MAX
+    }
 }
 
-/// Guest memory held in one byte slice, addressed from zero: how the test hypervisor models
-/// the memory image a remote caller sends in its frame, and how host tests model a guest.
+/// Guest memory held in one byte slice, addressed from zero: how a frame channel models
+/// the memory image a remote caller sends, and how host tests model a guest.
 pub struct SliceMemory<'a> {
     bytes: &'a mut [u8],
+    max_call_bytes: u64,
 }
 
 impl<'a> SliceMemory<'a> {
     pub fn new(bytes: &'a mut [u8]) -> SliceMemory<'a> {
-        SliceMemory { bytes }
+        SliceMemory {
+            bytes,
+            max_call_bytes: u64::MAX,
+        }
+    }
+
+    /// An image carried by a channel whose calls hold at most `max_call_bytes`.
+    pub fn with_call_limit(bytes: &'a mut [u8], max_call_bytes: u64) -> SliceMemory<'a> {
+        SliceMemory {
+            bytes,
+            max_call_bytes,
+        }
     }
 
     /// The checked byte range `[address, address + len)` inside the slice.
@@ -71,6 +91,10 @@ impl GuestMemory for SliceMemory<'_> {
         let range = self.range(address, data.len())?;
         self.bytes[range].copy_from_slice(data);
         Ok(())
+    }
+
+    fn max_call_bytes(&self) -> u64 {
+        self.max_call_bytes
     }
 }
 

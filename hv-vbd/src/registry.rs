@@ -20,10 +20,11 @@ impl<const DISKS: usize> DiskRegistry<DISKS> {
         DiskRegistry { disks: Vec::new() }
     }
 
-    /// Add a disk: `EINVAL` for an empty one, `EEXIST` for a second disk with the same
-    /// number, `ENOSPC` when the registry is full.
+    /// Add a disk: `EINVAL` for an empty one or one whose size in bytes does not fit a
+    /// `u64` (so no byte offset on it can overflow), `EEXIST` for a second disk with the
+    /// same number, `ENOSPC` when the registry is full.
     pub(crate) fn register(&mut self, disk: Disk) -> Result<(), Error> {
-        if disk.sectors == 0 {
+        if disk.sectors == 0 || disk.sectors.checked_mul(shared_abi::SECTOR_SIZE).is_none() {
             return Err(Error::InvalidArgument);
         }
         if self.find(disk.device).is_some() {
@@ -38,7 +39,7 @@ impl<const DISKS: usize> DiskRegistry<DISKS> {
 
     /// `ENODEV` for an extent on an unknown disk, `ERANGE` for one that runs past its end.
     pub(crate) fn check(&self, extent: &Extent) -> Result<(), Error> {
-        let disk = self.find(extent.device).ok_or(Error::NoDevice)?;
+        let disk = self.find(extent.device()).ok_or(Error::NoDevice)?;
         if extent.end_sector() > disk.sectors {
             return Err(Error::OutOfRange);
         }
@@ -61,6 +62,13 @@ mod tests {
             registry.register(Disk {
                 device: hda(),
                 sectors: 0
+            }),
+            Err(Error::InvalidArgument)
+        );
+        assert_eq!(
+            registry.register(Disk {
+                device: hda(),
+                sectors: u64::MAX / 512 + 1
             }),
             Err(Error::InvalidArgument)
         );

@@ -1,19 +1,41 @@
 //! The VBD table: every domain's VBDs, their extents, and the operations on them.
 //!
-//! One `spin::RwLock` guards the whole table. Translation takes it for reading; a change
-//! takes it for writing, stages and checks the new extents, and commits them before it
-//! lets go, so a reader sees a VBD's whole old mapping or its whole new one, never a mix.
+//! Three kinds of access, three mechanisms:
+//! - Translation, the hot path, takes no lock. It reads the VBD slots and the extent arrays
+//!   (atomics) under a seqlock, so any number of I/O threads translate at once without
+//!   writing a shared cache line, and it registers the I/O with its [`IoContext`] first,
+//!   so changes can fence it ([`crate::inflight`]).
+//! - Changes (dom0's create, grow, shrink, set-extents, delete, destroy-domain) are
+//!   serialised by the fencing's grace lock, held until the change's fence is complete. The
+//!   work itself happens under the writer mutex, and whatever moves a run translation can
+//!   see happens inside a seqlock write, so a reader sees a VBD's whole old mapping or its
+//!   whole new one, never a mix.
+//! - Queries (probe, info, limits) take the writer mutex for short batches and hand the
+//!   results out after releasing it, so a guest's memory is never touched under a lock
+//!   translation or a change might wait on.
+//!
+//! Both mutexes are ticket locks: first come, first served, so a stream of queries cannot
+//! starve dom0's changes; translation never waits for either, and a writer never waits for
+//! translation.
+
+use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 use heapless::Vec;
 use shared_abi::{
     wire::{Extent, ProbeEntry, PROBE_ALL},
-    DeviceNumber, Error, Mode, ProbeInfo, DOM0,
+    DeviceNumber, Error, Label, Mode, ProbeInfo, SharingLevel, DOM0,
 };
-use spin::RwLock;
+use spin::mutex::TicketMutex;
 
-use crate::arena::{Arena, Change, Run};
+use crate::arena::{Extents, Layout, Owner, Run};
+use crate::block::{Access, Request, Segment, Translation};
+use crate::inflight::{Fence, Fencing, IoContext};
 use crate::registry::{Disk, DiskRegistry};
-use crate::sharing::SharingLevel;
+use crate::seqlock::SeqLock;
+use crate::sweep::{Source, Sweep};
+
+#[cfg(feature = "invariants")]
+mod invariants;
 
 /// Names one VBD.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +50,15 @@ pub struct Changed {
     pub domain: u32,
     /// The domain's new generation: the table-wide change counter at this change.
     pub generation: u64,
+}
+
+/// What a change that may have removed or moved extents returns: the change, and the
+/// fence to wait on before telling anyone it is done.
+#[derive(Debug)]
+#[must_use = "the change is complete only when its fence is"]
+pub struct Removal<'t> {
+    pub changed: Changed,
+    pub fence: Fence<'t>,
 }
 
 /// What [`VbdTable::probe`] found.
@@ -47,64 +78,150 @@ pub struct VbdInfo {
     pub mode: Mode,
     pub nr_extents: usize,
     pub size_sectors: u64,
-    /// Whether every extent was passed to the sink.
-    pub complete: bool,
+    pub label: Label,
+    /// Changes whenever the VBD does.
+    pub generation: u64,
+    /// How many extents were passed to the sink.
+    pub written: usize,
+}
+
+/// What one piece of a set-extents did.
+#[derive(Debug)]
+#[must_use = "a committed set-extents is complete only when its fence is"]
+pub enum SetExtents<'t> {
+    /// More pieces are expected: the pending list's ticket and length.
+    Pending { ticket: u64, length: usize },
+    /// The list replaced the VBD's extents.
+    Committed(Removal<'t>),
+}
+
+/// The table's capacities and what it enforces, for [`shared_abi::Op::Limits`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub sharing_ceiling: SharingLevel,
+    pub domains: usize,
+    pub vbds_per_domain: usize,
+    pub extents: usize,
+    pub extents_free: usize,
+    pub disks: usize,
+}
+
+/// Extents copied in from the caller per batch, before the writer mutex is taken.
+const COPY_BATCH: usize = 64;
+/// Probe entries and info extents copied out per batch, after the writer mutex is released.
+const OUT_BATCH: usize = 64;
+/// A query that finds the table changed between its batches starts again, this many times
+/// at most before it answers `EBUSY`: a hostile dom0 cannot keep a guest's probe spinning.
+const QUERY_RESTARTS: usize = 8;
+
+/// A free domain slot's id: [`PROBE_ALL`], which no domain can have.
+const FREE_DOMAIN: u32 = PROBE_ALL;
+const SLOT_PRESENT: u32 = 1;
+const SLOT_WRITABLE: u32 = 2;
+
+/// What translation reads about one VBD slot.
+struct VbdSlot {
+    vdevice: AtomicU32,
+    flags: AtomicU32,
+    first: AtomicU32,
+    count: AtomicU32,
+}
+
+impl VbdSlot {
+    const fn new() -> VbdSlot {
+        VbdSlot {
+            vdevice: AtomicU32::new(0),
+            flags: AtomicU32::new(0),
+            first: AtomicU32::new(0),
+            count: AtomicU32::new(0),
+        }
+    }
+}
+
+/// Everything translation reads, written only by the writer inside seqlock writes.
+struct Shared<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize> {
+    sequence: SeqLock,
+    domain_ids: [AtomicU32; DOMAINS],
+    slots: [[VbdSlot; VBDS]; DOMAINS],
+    extents: Extents<EXTENTS>,
+}
+
+/// A multi-call set-extents in progress.
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    run: Run,
+    ticket: u64,
+}
+
+/// The writer's record of one VBD slot; [`Shared::slots`] mirrors part of it.
+#[derive(Clone, Copy, Debug)]
+struct VbdRecord {
+    present: bool,
+    vdevice: DeviceNumber,
+    mode: Mode,
+    label: Label,
+    /// The table generation at this VBD's last change.
+    version: u64,
+    run: Run,
+    pending: Option<Pending>,
+}
+
+impl VbdRecord {
+    const FREE: VbdRecord = VbdRecord {
+        present: false,
+        vdevice: DeviceNumber::from_raw(0),
+        mode: Mode::READ,
+        label: Label::EMPTY,
+        version: 0,
+        run: Run::EMPTY,
+        pending: None,
+    };
 }
 
 #[derive(Clone, Copy, Debug)]
-struct Vbd {
-    vdevice: DeviceNumber,
-    mode: Mode,
-    run: Run,
-}
-
-struct Domain<const VBDS: usize> {
+struct DomainRecord {
     id: u32,
     generation: u64,
-    vbds: Vec<Vbd, VBDS>,
+    vbds: usize,
 }
 
-struct State<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize, const DISKS: usize> {
+impl DomainRecord {
+    const FREE: DomainRecord = DomainRecord {
+        id: FREE_DOMAIN,
+        generation: 0,
+        vbds: 0,
+    };
+}
+
+/// Everything only the writer mutex's holder reads or writes.
+struct Writer<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize, const DISKS: usize> {
     disks: DiskRegistry<DISKS>,
-    domains: Vec<Domain<VBDS>, DOMAINS>,
-    /// The ids of `domains`, in the same order. A `Domain` holds all its VBD slots (about
-    /// 280 bytes at 16 VBDs), so scanning `domains` for an id would read one cache line per
-    /// domain on every translation; here 16 ids share a line.
-    domain_ids: Vec<u32, DOMAINS>,
-    arena: Arena<EXTENTS>,
-    level: SharingLevel,
+    layout: Layout<EXTENTS>,
+    domains: [DomainRecord; DOMAINS],
+    vbds: [[VbdRecord; VBDS]; DOMAINS],
+    ceiling: SharingLevel,
     /// Bumped by every change; a domain's generation is its value at the domain's last change.
     generation: u64,
+    next_ticket: u64,
 }
 
 /// The VBD table, sized by the embedding hypervisor: at most `DOMAINS` domains with VBDs,
 /// `VBDS` VBDs per domain, `EXTENTS` extents in all (one arena shared by every VBD, so one
-/// large VD does not make every VBD reserve room), and `DISKS` physical disks.
+/// large VD does not make every VBD reserve room), `DISKS` physical disks, and `CONTEXTS`
+/// I/O contexts (one per thread that translates).
 ///
-/// `size_of` is about `EXTENTS * BYTES_PER_EXTENT` (28 bytes) plus 24 bytes per VBD slot;
-/// see [`crate::DefaultVbdTable`] for a typical configuration.
+/// `size_of` is about `EXTENTS * BYTES_PER_EXTENT` (28 bytes) plus about 80 bytes per VBD
+/// slot and 128 per context; see [`crate::DefaultVbdTable`] for a typical configuration.
 pub struct VbdTable<
     const DOMAINS: usize,
     const VBDS: usize,
     const EXTENTS: usize,
     const DISKS: usize,
+    const CONTEXTS: usize = 64,
 > {
-    state: RwLock<State<DOMAINS, VBDS, EXTENTS, DISKS>>,
-}
-
-/// Access a block request asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Access {
-    Read,
-    Write,
-}
-
-/// One piece of a translated request: a physical range, in request order.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Segment {
-    pub device: DeviceNumber,
-    pub sector: u64,
-    pub nr_sectors: u64,
+    shared: Shared<DOMAINS, VBDS, EXTENTS>,
+    writer: TicketMutex<Writer<DOMAINS, VBDS, EXTENTS, DISKS>>,
+    fencing: Fencing<CONTEXTS>,
 }
 
 fn require_dom0(caller: u32) -> Result<(), Error> {
@@ -125,245 +242,701 @@ fn require_visible(caller: u32, domain: u32) -> Result<(), Error> {
 }
 
 impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize, const DISKS: usize>
-    State<DOMAINS, VBDS, EXTENTS, DISKS>
+    Writer<DOMAINS, VBDS, EXTENTS, DISKS>
 {
     fn domain_index(&self, id: u32) -> Option<usize> {
-        self.domain_ids
+        self.domains.iter().position(|domain| domain.id == id)
+    }
+
+    /// The `(domain index, VBD index)` of a VBD, or `ENOENT`.
+    fn find(&self, id: VbdId) -> Result<(usize, usize), Error> {
+        let domain = self.domain_index(id.domain).ok_or(Error::NotFound)?;
+        let vbd = self.vbds[domain]
             .iter()
-            .position(|&domain_id| domain_id == id)
+            .position(|vbd| vbd.present && vbd.vdevice == id.vdevice)
+            .ok_or(Error::NotFound)?;
+        Ok((domain, vbd))
     }
 
-    fn domain(&self, id: u32) -> Option<&Domain<VBDS>> {
-        self.domain_index(id).map(|index| &self.domains[index])
+    fn owner(domain: usize, vbd: usize) -> Owner {
+        (domain * VBDS + vbd) as Owner
     }
 
-    /// Add an empty domain and return its index; `ENOSPC` when `DOMAINS` are in use.
-    fn add_domain(&mut self, id: u32) -> Result<usize, Error> {
-        let domain = Domain {
-            id,
-            generation: 0,
-            vbds: Vec::new(),
-        };
-        // Both have room for `DOMAINS` and equal lengths, so both pushes fail or neither.
-        self.domains.push(domain).map_err(|_| Error::NoSpace)?;
-        self.domain_ids.push(id).map_err(|_| Error::NoSpace)?;
-        Ok(self.domains.len() - 1)
-    }
-
-    fn remove_domain(&mut self, index: usize) {
-        self.domains.swap_remove(index);
-        self.domain_ids.swap_remove(index);
-    }
-
-    fn vbd(&self, id: VbdId) -> Result<&Vbd, Error> {
-        let domain = self.domain(id.domain).ok_or(Error::NotFound)?;
-        domain
-            .vbds
-            .iter()
-            .find(|vbd| vbd.vdevice == id.vdevice)
-            .ok_or(Error::NotFound)
+    fn record(&self, owner: Owner) -> &VbdRecord {
+        let owner = owner as usize;
+        &self.vbds[owner / VBDS][owner % VBDS]
     }
 
     /// Mark a domain changed and return the notice for it.
-    fn touch(&mut self, domain_id: u32) -> Changed {
+    fn touch(&mut self, domain: usize, domain_id: u32) -> Changed {
         self.generation += 1;
-        let generation = self.generation;
-        if let Some(index) = self.domain_index(domain_id) {
-            self.domains[index].generation = generation;
-        }
+        self.domains[domain].generation = self.generation;
         Changed {
             domain: domain_id,
-            generation,
+            generation: self.generation,
         }
     }
 
-    /// Stage `extents` after the first `keep` extents of VBD `id`, check the result, and
-    /// commit it. Nothing changes unless every step succeeds.
-    fn replace_extents<I>(
-        &mut self,
-        id: VbdId,
-        keep: Option<usize>,
-        extents: I,
-    ) -> Result<(), Error>
-    where
-        I: IntoIterator<Item = Result<Extent, Error>>,
-    {
-        let vbd = *self.vbd(id)?;
-        let keep = keep.unwrap_or(vbd.run.count as usize);
-        let writable = vbd.mode.is_writable();
-        let mut virtual_base = self.arena.kept_sectors(vbd.run, keep);
-        let mut staged = 0usize;
-        for extent in extents {
-            let extent = extent?;
-            self.disks.check(&extent)?;
-            virtual_base = self.arena.stage(staged, &extent, virtual_base, writable)?;
-            staged += 1;
-        }
-        let change = Change {
-            run: vbd.run,
-            keep: keep as u32,
-            staged: staged as u32,
-            writable,
-        };
-        self.arena.check(&change, self.level)?;
-        let (new_run, move_other) = self.arena.commit(&change);
-        for domain in self.domains.iter_mut() {
-            for other in domain.vbds.iter_mut() {
-                other.run = if domain.id == id.domain && other.vdevice == id.vdevice {
-                    new_run
-                } else {
-                    move_other(other.run)
-                };
+    /// Apply a position map from an arena move to every run, visible and pending.
+    fn remap_runs(&mut self, map: impl Fn(usize) -> usize) {
+        for record in self.vbds.iter_mut().flatten() {
+            if record.run.count != 0 {
+                record.run.first = map(record.run.first as usize) as u32;
+            }
+            if let Some(pending) = record.pending.as_mut() {
+                if pending.run.count != 0 {
+                    pending.run.first = map(pending.run.first as usize) as u32;
+                }
             }
         }
+    }
+
+    /// The virtual start of the extent at `position`, from its run's layout.
+    fn virtual_start(&self, extents: &Extents<EXTENTS>, position: usize) -> u64 {
+        let record = self.record(self.layout.owner(position));
+        let run_first = if position < self.layout.visible() {
+            record.run.first
+        } else {
+            record.pending.map_or(0, |pending| pending.run.first)
+        };
+        if position == run_first as usize {
+            0
+        } else {
+            extents.run_sectors(Run {
+                first: position as u32 - 1,
+                count: 1,
+            })
+        }
+    }
+
+    /// Check the new extents `new` of VBD `owner` against every other visible VBD at
+    /// `level`, and against the VBD's own extents unless they are being replaced: one sweep
+    /// of the physical index. Pending lists of other VBDs are not mappings yet and are
+    /// skipped.
+    fn check(
+        &self,
+        extents: &Extents<EXTENTS>,
+        owner: Owner,
+        new: Run,
+        replacing: bool,
+        level: SharingLevel,
+    ) -> Result<(), Error> {
+        let writable = self.record(owner).mode.is_writable();
+        let mut sweep = Sweep::new(level, writable);
+        let visible = self.layout.visible();
+        for &position in self.layout.by_physical() {
+            let position = position as usize;
+            let position_owner = self.layout.owner(position);
+            let source = if new.range().contains(&position) {
+                Source::New
+            } else if position >= visible {
+                continue;
+            } else if position_owner == owner {
+                if replacing {
+                    continue;
+                }
+                Source::Kept
+            } else {
+                Source::Other {
+                    writable: self.record(position_owner).mode.is_writable(),
+                }
+            };
+            let (device, start) = extents.key(position);
+            let length = extents.run_sectors(Run {
+                first: position as u32,
+                count: 1,
+            }) - self.virtual_start(extents, position);
+            sweep.visit(device, start, start + length, source)?;
+        }
         Ok(())
+    }
+
+    /// Drop a VBD's pending list, if any. Pending runs are invisible, so this needs no
+    /// seqlock write.
+    fn discard_pending(&mut self, extents: &Extents<EXTENTS>, domain: usize, vbd: usize) {
+        if let Some(pending) = self.vbds[domain][vbd].pending.take() {
+            let map = self.layout.remove(extents, pending.run.range());
+            self.remap_runs(map);
+        }
     }
 }
 
-impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize, const DISKS: usize>
-    VbdTable<DOMAINS, VBDS, EXTENTS, DISKS>
+impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize> Shared<DOMAINS, VBDS, EXTENTS> {
+    /// Mirror a record into its slot. Call inside a seqlock write.
+    fn publish(&self, domain: usize, vbd: usize, record: &VbdRecord) {
+        let slot = &self.slots[domain][vbd];
+        let flags = match (record.present, record.mode.is_writable()) {
+            (false, _) => 0,
+            (true, false) => SLOT_PRESENT,
+            (true, true) => SLOT_PRESENT | SLOT_WRITABLE,
+        };
+        slot.vdevice.store(record.vdevice.raw(), Relaxed);
+        slot.flags.store(flags, Relaxed);
+        slot.first.store(record.run.first, Relaxed);
+        slot.count.store(record.run.count, Relaxed);
+    }
+
+    /// One translation attempt, inside a seqlock read: every value may be torn, and
+    /// nothing here may panic or loop unboundedly.
+    fn translate(&self, id: VbdId, request: &Request, out: &mut [Segment]) -> Result<usize, Error> {
+        let domain = self
+            .domain_ids
+            .iter()
+            .position(|domain_id| domain_id.load(Relaxed) == id.domain)
+            .ok_or(Error::NotFound)?;
+        let slot = self.slots[domain]
+            .iter()
+            .find(|slot| {
+                slot.flags.load(Relaxed) & SLOT_PRESENT != 0
+                    && slot.vdevice.load(Relaxed) == id.vdevice.raw()
+            })
+            .ok_or(Error::NotFound)?;
+        if request.access() == Access::Write && slot.flags.load(Relaxed) & SLOT_WRITABLE == 0 {
+            return Err(Error::ReadOnly);
+        }
+        let run = Run {
+            first: slot.first.load(Relaxed),
+            count: slot.count.load(Relaxed),
+        };
+        self.extents
+            .translate(run, request.sector(), request.end_sector(), out)
+    }
+}
+
+impl<
+        const DOMAINS: usize,
+        const VBDS: usize,
+        const EXTENTS: usize,
+        const DISKS: usize,
+        const CONTEXTS: usize,
+    > VbdTable<DOMAINS, VBDS, EXTENTS, DISKS, CONTEXTS>
 {
-    /// An empty table enforcing `level`. `const`, so a hypervisor can keep it in a `static`.
-    pub const fn new(level: SharingLevel) -> Self {
+    /// An empty table whose requests may ask for sharing up to `ceiling`. `const`, so a
+    /// hypervisor can keep it in a `static`.
+    pub const fn new(ceiling: SharingLevel) -> Self {
+        assert!(
+            DOMAINS * VBDS <= Owner::MAX as usize + 1,
+            "a table has at most 65 536 VBD slots"
+        );
         VbdTable {
-            state: RwLock::new(State {
+            shared: Shared {
+                sequence: SeqLock::new(),
+                domain_ids: [const { AtomicU32::new(FREE_DOMAIN) }; DOMAINS],
+                slots: [const { [const { VbdSlot::new() }; VBDS] }; DOMAINS],
+                extents: Extents::new(),
+            },
+            writer: TicketMutex::new(Writer {
                 disks: DiskRegistry::new(),
-                domains: Vec::new(),
-                domain_ids: Vec::new(),
-                arena: Arena::new(),
-                level,
+                layout: Layout::new(),
+                domains: [DomainRecord::FREE; DOMAINS],
+                vbds: [[VbdRecord::FREE; VBDS]; DOMAINS],
+                ceiling,
                 generation: 0,
+                next_ticket: 1,
             }),
+            fencing: Fencing::new(),
         }
     }
 
-    /// Change the sharing level, normally once at boot from the hypervisor's configuration.
-    /// Refused with `EBUSY` while any VBD has extents, since existing sharing was checked
-    /// against the old level and might not satisfy the new one.
-    pub fn set_sharing_level(&self, level: SharingLevel) -> Result<(), Error> {
-        let mut state = self.state.write();
-        if state.arena.used() != 0 {
+    /// Set the sharing ceiling, normally once at boot from the hypervisor's configuration.
+    /// Refused with `EBUSY` while any extent is mapped or pending, since those were checked
+    /// against the old ceiling.
+    pub fn set_sharing_ceiling(&self, ceiling: SharingLevel) -> Result<(), Error> {
+        let mut writer = self.writer.lock();
+        if writer.layout.used() != 0 {
             return Err(Error::Busy);
         }
-        state.level = level;
+        writer.ceiling = ceiling;
         Ok(())
     }
 
-    /// The sharing level in force.
-    pub fn sharing_level(&self) -> SharingLevel {
-        self.state.read().level
+    /// The most permissive sharing level a request may ask for.
+    pub fn sharing_ceiling(&self) -> SharingLevel {
+        self.writer.lock().ceiling
     }
 
     /// Register a physical disk found at boot.
     pub fn register_disk(&self, disk: Disk) -> Result<(), Error> {
-        self.state.write().disks.register(disk)
+        self.writer.lock().disks.register(disk)
     }
 
-    /// Create an empty VBD (dom0 only).
-    pub fn create(&self, caller: u32, id: VbdId, mode: Mode) -> Result<Changed, Error> {
+    /// The table's capacities and what it enforces.
+    pub fn limits(&self) -> Limits {
+        let writer = self.writer.lock();
+        Limits {
+            sharing_ceiling: writer.ceiling,
+            domains: DOMAINS,
+            vbds_per_domain: VBDS,
+            extents: EXTENTS,
+            extents_free: EXTENTS - writer.layout.used(),
+            disks: DISKS,
+        }
+    }
+
+    /// Claim an I/O context for the calling thread; `ENOSPC` when all `CONTEXTS` are taken.
+    pub fn io_context(&self) -> Result<IoContext<'_>, Error> {
+        self.fencing.claim()
+    }
+
+    /// `EPERM` for a level above the ceiling.
+    fn check_level(
+        writer: &Writer<DOMAINS, VBDS, EXTENTS, DISKS>,
+        level: SharingLevel,
+    ) -> Result<(), Error> {
+        if level > writer.ceiling {
+            Err(Error::PermissionDenied)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Create an empty VBD (dom0 only): `EINVAL` for [`PROBE_ALL`] as a domain or a mode
+    /// without read access, `EEXIST` when it exists, `ENOSPC` when the domain has `VBDS`
+    /// VBDs or `DOMAINS` domains have some.
+    pub fn create(
+        &self,
+        caller: u32,
+        id: VbdId,
+        mode: Mode,
+        label: Label,
+    ) -> Result<Changed, Error> {
         require_dom0(caller)?;
+        let mode = Mode::from_wire(mode.bits())?;
         if id.domain == PROBE_ALL {
             return Err(Error::InvalidArgument);
         }
-        let mut state = self.state.write();
-        let state = &mut *state;
-        let index = match state.domain_index(id.domain) {
-            Some(index) => index,
-            None => state.add_domain(id.domain)?,
+        let mut writer = self.writer.lock();
+        let domain = match writer.domain_index(id.domain) {
+            Some(domain) => domain,
+            None => writer.domain_index(FREE_DOMAIN).ok_or(Error::NoSpace)?,
         };
-        let domain = &mut state.domains[index];
-        if domain.vbds.iter().any(|vbd| vbd.vdevice == id.vdevice) {
+        if writer.find(id).is_ok() {
             return Err(Error::AlreadyExists);
         }
-        let vbd = Vbd {
+        let vbd = writer.vbds[domain]
+            .iter()
+            .position(|vbd| !vbd.present)
+            .ok_or(Error::NoSpace)?;
+        let version = writer.generation + 1;
+        let record = VbdRecord {
+            present: true,
             vdevice: id.vdevice,
             mode,
+            label,
+            version,
             run: Run::EMPTY,
+            pending: None,
         };
-        if domain.vbds.push(vbd).is_err() {
-            if domain.vbds.is_empty() {
-                state.remove_domain(index);
-            }
-            return Err(Error::NoSpace);
+        writer.vbds[domain][vbd] = record;
+        writer.domains[domain].id = id.domain;
+        writer.domains[domain].vbds += 1;
+        {
+            let _section = self.shared.sequence.write();
+            self.shared.domain_ids[domain].store(id.domain, Relaxed);
+            self.shared.publish(domain, vbd, &record);
         }
-        Ok(state.touch(id.domain))
+        Ok(writer.touch(domain, id.domain))
     }
 
-    /// Append one extent (dom0 only).
-    pub fn grow(&self, caller: u32, id: VbdId, extent: Extent) -> Result<Changed, Error> {
+    /// Append one extent (dom0 only), sharing at most at `level`. Drops any pending
+    /// set-extents list of the VBD. Adds and removes nothing else, so it needs no fence.
+    pub fn grow(
+        &self,
+        caller: u32,
+        id: VbdId,
+        extent: Extent,
+        level: SharingLevel,
+    ) -> Result<Changed, Error> {
         require_dom0(caller)?;
-        let mut state = self.state.write();
-        state.replace_extents(id, None, [Ok(extent)])?;
-        Ok(state.touch(id.domain))
+        let _change = self.fencing.begin_change();
+        let mut guard = self.writer.lock();
+        let writer = &mut *guard;
+        Self::check_level(writer, level)?;
+        let (domain, vbd) = writer.find(id)?;
+        writer.disks.check(&extent)?;
+        let extents = &self.shared.extents;
+        writer.discard_pending(extents, domain, vbd);
+        let owner = Writer::<DOMAINS, VBDS, EXTENTS, DISKS>::owner(domain, vbd);
+        let run = writer.vbds[domain][vbd].run;
+        let position = writer.layout.used();
+        // The new extent is a one-entry pending run until it passes; like every pending
+        // run it starts at virtual sector 0, and learns its place in the VBD on joining.
+        let length = writer.layout.push(extents, &extent, owner, 0)?;
+        writer.layout.index_from(extents, position);
+        let new = Run {
+            first: position as u32,
+            count: 1,
+        };
+        writer.vbds[domain][vbd].pending = Some(Pending {
+            run: new,
+            ticket: 0,
+        });
+        let size = extents.run_sectors(run);
+        let grown = size
+            .checked_add(length)
+            .ok_or(Error::OutOfRange)
+            .and_then(|grown| {
+                writer.check(extents, owner, new, false, level)?;
+                Ok(grown)
+            });
+        let grown = match grown {
+            Ok(grown) => grown,
+            Err(error) => {
+                writer.discard_pending(extents, domain, vbd);
+                return Err(error);
+            }
+        };
+        let destination = if run.count == 0 {
+            writer.layout.visible()
+        } else {
+            run.end()
+        };
+        {
+            let _section = self.shared.sequence.write();
+            writer.vbds[domain][vbd].pending = None;
+            let map = writer.layout.insert_after(extents, new, destination);
+            writer.layout.reveal(1);
+            writer.remap_runs(map);
+            extents.set_virtual_end(destination, grown);
+            let record = &mut writer.vbds[domain][vbd];
+            record.run = Run {
+                first: if run.count == 0 {
+                    destination as u32
+                } else {
+                    record.run.first
+                },
+                count: run.count + 1,
+            };
+            self.publish_all(writer);
+        }
+        let changed = writer.touch(domain, id.domain);
+        writer.vbds[domain][vbd].version = changed.generation;
+        Ok(changed)
+    }
+
+    /// Mirror every slot into the shared side. Call inside a seqlock write, after a move
+    /// that may have shifted any run.
+    fn publish_all(&self, writer: &Writer<DOMAINS, VBDS, EXTENTS, DISKS>) {
+        for (domain, records) in writer.vbds.iter().enumerate() {
+            for (vbd, record) in records.iter().enumerate() {
+                if record.present {
+                    self.shared.publish(domain, vbd, record);
+                }
+            }
+        }
     }
 
     /// Remove the last extent (dom0 only); `EINVAL` when there is none.
-    pub fn shrink(&self, caller: u32, id: VbdId) -> Result<Changed, Error> {
+    pub fn shrink(&self, caller: u32, id: VbdId) -> Result<Removal<'_>, Error> {
         require_dom0(caller)?;
-        let mut state = self.state.write();
-        let count = state.vbd(id)?.run.count as usize;
-        let keep = count.checked_sub(1).ok_or(Error::InvalidArgument)?;
-        state.replace_extents(id, Some(keep), core::iter::empty())?;
-        Ok(state.touch(id.domain))
+        let change = self.fencing.begin_change();
+        let mut guard = self.writer.lock();
+        let writer = &mut *guard;
+        let (domain, vbd) = writer.find(id)?;
+        let run = writer.vbds[domain][vbd].run;
+        if run.count == 0 {
+            return Err(Error::InvalidArgument);
+        }
+        let extents = &self.shared.extents;
+        writer.discard_pending(extents, domain, vbd);
+        {
+            let _section = self.shared.sequence.write();
+            let map = writer.layout.remove(extents, run.end() - 1..run.end());
+            writer.remap_runs(map);
+            writer.vbds[domain][vbd].run.count -= 1;
+            self.publish_all(writer);
+        }
+        let changed = writer.touch(domain, id.domain);
+        writer.vbds[domain][vbd].version = changed.generation;
+        drop(guard);
+        Ok(Removal {
+            changed,
+            fence: change.fence(),
+        })
     }
 
-    /// Replace every extent at once (dom0 only). The extents are drawn from `extents` while
-    /// the write lock is held, each exactly once; the first error refuses the whole change.
-    /// The new list is staged beside the old one, so it needs that much free arena.
-    pub fn set_extents<I>(&self, caller: u32, id: VbdId, extents: I) -> Result<Changed, Error>
+    /// Replace every extent at once (dom0 only), sharing at most at `level`: one piece at
+    /// index 0 with nothing pending after it. See [`VbdTable::set_extents_piece`].
+    pub fn set_extents<I>(
+        &self,
+        caller: u32,
+        id: VbdId,
+        extents: I,
+        level: SharingLevel,
+    ) -> Result<Removal<'_>, Error>
+    where
+        I: IntoIterator<Item = Result<Extent, Error>>,
+    {
+        let piece = ListPiece {
+            first_index: 0,
+            ticket: 0,
+            more: false,
+            level,
+        };
+        match self.set_extents_piece(caller, id, piece, extents)? {
+            SetExtents::Committed(removal) => Ok(removal),
+            // A piece without `more` always commits or fails.
+            SetExtents::Pending { .. } => Err(Error::InvalidArgument),
+        }
+    }
+
+    /// One piece of a VBD's new extent list (dom0 only); the protocol is
+    /// [`shared_abi::wire::SetExtentsArgs`]'s. The extents are drawn from `extents` in
+    /// batches, each batch before the writer mutex is taken, each extent exactly once.
+    ///
+    /// Errors: `EPERM` for a level above the ceiling; `ESTALE` for a ticket that is not the
+    /// pending list's (nothing changes: the list is someone else's); `EINVAL` for a piece
+    /// that does not continue the list, `ENODEV` or `ERANGE` for an extent outside the
+    /// disks, `ENOSPC` when the arena is full, and at the commit `EINVAL` for a list that
+    /// overlaps itself and `EBUSY` for sharing the level forbids. Each of these but the
+    /// first two discards the pending list; the VBD always keeps its extents.
+    pub fn set_extents_piece<I>(
+        &self,
+        caller: u32,
+        id: VbdId,
+        piece: ListPiece,
+        extents: I,
+    ) -> Result<SetExtents<'_>, Error>
     where
         I: IntoIterator<Item = Result<Extent, Error>>,
     {
         require_dom0(caller)?;
-        let mut state = self.state.write();
-        state.replace_extents(id, Some(0), extents)?;
-        Ok(state.touch(id.domain))
+        let change = self.fencing.begin_change();
+        let (domain, vbd, ticket) = self.open_pending(id, &piece)?;
+        let arena = &self.shared.extents;
+        let mut source = extents.into_iter();
+        loop {
+            // Copy a batch in from the caller before taking the writer mutex.
+            let mut batch: Vec<Result<Extent, Error>, COPY_BATCH> = Vec::new();
+            for extent in source.by_ref() {
+                // Cannot fail: the loop stops as soon as the batch is full.
+                let _ = batch.push(extent);
+                if batch.is_full() {
+                    break;
+                }
+            }
+            let last_batch = !batch.is_full();
+            let mut guard = self.writer.lock();
+            let writer = &mut *guard;
+            if let Err(error) = Self::stage_batch(writer, arena, domain, vbd, &batch) {
+                writer.discard_pending(arena, domain, vbd);
+                return Err(error);
+            }
+            if last_batch {
+                break;
+            }
+        }
+        let mut guard = self.writer.lock();
+        let writer = &mut *guard;
+        let pending = writer.vbds[domain][vbd].pending.ok_or(Error::Stale)?;
+        if piece.more {
+            return Ok(SetExtents::Pending {
+                ticket,
+                length: pending.run.count as usize,
+            });
+        }
+        let owner = Writer::<DOMAINS, VBDS, EXTENTS, DISKS>::owner(domain, vbd);
+        if let Err(error) = writer.check(arena, owner, pending.run, true, piece.level) {
+            writer.discard_pending(arena, domain, vbd);
+            return Err(error);
+        }
+        // Bring the list to the edge of the visible runs (a move of pending runs only),
+        // then, in one seqlock write, let it join them and drop the old extents.
+        if pending.run.count != 0 {
+            let map = writer.layout.move_to_visible_edge(arena, pending.run);
+            writer.remap_runs(map);
+        }
+        {
+            let _section = self.shared.sequence.write();
+            let new_count = pending.run.count as usize;
+            writer.layout.reveal(new_count);
+            let old = writer.vbds[domain][vbd].run;
+            let map = writer.layout.remove(arena, old.range());
+            writer.remap_runs(map);
+            let record = &mut writer.vbds[domain][vbd];
+            let new = record
+                .pending
+                .take()
+                .map_or(Run::EMPTY, |pending| pending.run);
+            record.run = if new.count == 0 { Run::EMPTY } else { new };
+            self.publish_all(writer);
+        }
+        let changed = writer.touch(domain, id.domain);
+        writer.vbds[domain][vbd].version = changed.generation;
+        drop(guard);
+        Ok(SetExtents::Committed(Removal {
+            changed,
+            fence: change.fence(),
+        }))
+    }
+
+    /// Start or continue a VBD's pending list for `piece`, leaving it the last run of the
+    /// arena so that pushes extend it. Returns the VBD and the list's ticket.
+    fn open_pending(&self, id: VbdId, piece: &ListPiece) -> Result<(usize, usize, u64), Error> {
+        let mut guard = self.writer.lock();
+        let writer = &mut *guard;
+        Self::check_level(writer, piece.level)?;
+        let (domain, vbd) = writer.find(id)?;
+        let arena = &self.shared.extents;
+        let used = writer.layout.used() as u32;
+        if piece.first_index == 0 {
+            writer.discard_pending(arena, domain, vbd);
+            let ticket = writer.next_ticket;
+            writer.next_ticket += 1;
+            let used = writer.layout.used() as u32;
+            writer.vbds[domain][vbd].pending = Some(Pending {
+                run: Run {
+                    first: used,
+                    count: 0,
+                },
+                ticket,
+            });
+            return Ok((domain, vbd, ticket));
+        }
+        let pending = writer.vbds[domain][vbd]
+            .pending
+            .filter(|pending| pending.ticket == piece.ticket && piece.ticket != 0)
+            .ok_or(Error::Stale)?;
+        if pending.run.count != piece.first_index {
+            writer.discard_pending(arena, domain, vbd);
+            return Err(Error::InvalidArgument);
+        }
+        if pending.run.count != 0 && pending.run.end() != used as usize {
+            let map = writer.layout.move_to_end(arena, pending.run);
+            writer.remap_runs(map);
+        }
+        Ok((domain, vbd, pending.ticket))
+    }
+
+    /// Append a batch of copied-in extents to the VBD's pending list, which ends the arena.
+    /// Whatever was pushed is indexed even on failure, so that discarding the list finds it.
+    fn stage_batch(
+        writer: &mut Writer<DOMAINS, VBDS, EXTENTS, DISKS>,
+        arena: &Extents<EXTENTS>,
+        domain: usize,
+        vbd: usize,
+        batch: &[Result<Extent, Error>],
+    ) -> Result<(), Error> {
+        let owner = Writer::<DOMAINS, VBDS, EXTENTS, DISKS>::owner(domain, vbd);
+        let mut pending = writer.vbds[domain][vbd].pending.ok_or(Error::Stale)?;
+        let start = writer.layout.used();
+        if pending.run.count == 0 {
+            pending.run.first = start as u32;
+        }
+        let mut virtual_end = arena.run_sectors(pending.run);
+        let mut pushed = || -> Result<(), Error> {
+            for extent in batch {
+                let extent = (*extent)?;
+                writer.disks.check(&extent)?;
+                virtual_end = writer.layout.push(arena, &extent, owner, virtual_end)?;
+            }
+            Ok(())
+        };
+        let result = pushed();
+        pending.run.count = (writer.layout.used() - pending.run.first as usize) as u32;
+        writer.layout.index_from(arena, start);
+        writer.vbds[domain][vbd].pending = Some(pending);
+        result
     }
 
     /// Delete a VBD and release its extents (dom0 only).
-    pub fn delete(&self, caller: u32, id: VbdId) -> Result<Changed, Error> {
+    pub fn delete(&self, caller: u32, id: VbdId) -> Result<Removal<'_>, Error> {
         require_dom0(caller)?;
-        let mut state = self.state.write();
-        state.replace_extents(id, Some(0), core::iter::empty())?;
-        let index = state.domain_index(id.domain).ok_or(Error::NotFound)?;
-        state.domains[index]
-            .vbds
-            .retain(|vbd| vbd.vdevice != id.vdevice);
-        Ok(state.touch(id.domain))
+        let change = self.fencing.begin_change();
+        let mut guard = self.writer.lock();
+        let writer = &mut *guard;
+        let (domain, vbd) = writer.find(id)?;
+        {
+            let _section = self.shared.sequence.write();
+            self.release_vbd(writer, domain, vbd);
+            self.publish_all(writer);
+        }
+        let changed = writer.touch(domain, id.domain);
+        if writer.domains[domain].vbds == 0 {
+            writer.domains[domain] = DomainRecord::FREE;
+        }
+        drop(guard);
+        Ok(Removal {
+            changed,
+            fence: change.fence(),
+        })
+    }
+
+    /// Drop a VBD, its extents and its pending list, and free its domain's slot in the
+    /// shared directory when it was the domain's last. Call inside a seqlock write.
+    fn release_vbd(
+        &self,
+        writer: &mut Writer<DOMAINS, VBDS, EXTENTS, DISKS>,
+        domain: usize,
+        vbd: usize,
+    ) {
+        let arena = &self.shared.extents;
+        writer.discard_pending(arena, domain, vbd);
+        let run = writer.vbds[domain][vbd].run;
+        let map = writer.layout.remove(arena, run.range());
+        writer.remap_runs(map);
+        writer.vbds[domain][vbd] = VbdRecord::FREE;
+        self.shared.publish(domain, vbd, &VbdRecord::FREE);
+        writer.domains[domain].vbds -= 1;
+        if writer.domains[domain].vbds == 0 {
+            self.shared.domain_ids[domain].store(FREE_DOMAIN, Relaxed);
+        }
     }
 
     /// Release every VBD of a domain that died (dom0 only). Returns how many there were.
     /// Domain 0 cannot be destroyed (`EINVAL`).
-    pub fn destroy_domain(&self, caller: u32, domain: u32) -> Result<(usize, Changed), Error> {
+    pub fn destroy_domain(
+        &self,
+        caller: u32,
+        domain_id: u32,
+    ) -> Result<(usize, Removal<'_>), Error> {
         require_dom0(caller)?;
-        if domain == DOM0 || domain == PROBE_ALL {
+        if domain_id == DOM0 || domain_id == PROBE_ALL {
             return Err(Error::InvalidArgument);
         }
-        let mut state = self.state.write();
-        let Some(index) = state.domain_index(domain) else {
-            return Ok((0, state.touch(domain)));
+        let change = self.fencing.begin_change();
+        let mut guard = self.writer.lock();
+        let writer = &mut *guard;
+        writer.generation += 1;
+        let changed = Changed {
+            domain: domain_id,
+            generation: writer.generation,
         };
-        let vdevices: Vec<DeviceNumber, VBDS> = state.domains[index]
-            .vbds
-            .iter()
-            .map(|vbd| vbd.vdevice)
-            .collect();
-        for vdevice in &vdevices {
-            state.replace_extents(
-                VbdId {
-                    domain,
-                    vdevice: *vdevice,
+        let Some(domain) = writer.domain_index(domain_id) else {
+            drop(guard);
+            return Ok((
+                0,
+                Removal {
+                    changed,
+                    fence: change.fence(),
                 },
-                Some(0),
-                core::iter::empty(),
-            )?;
+            ));
+        };
+        let released = writer.domains[domain].vbds;
+        {
+            let _section = self.shared.sequence.write();
+            for vbd in 0..VBDS {
+                if writer.vbds[domain][vbd].present {
+                    self.release_vbd(writer, domain, vbd);
+                }
+            }
+            self.publish_all(writer);
         }
-        state.remove_domain(index);
-        Ok((vdevices.len(), state.touch(domain)))
+        writer.domains[domain] = DomainRecord::FREE;
+        drop(guard);
+        Ok((
+            released,
+            Removal {
+                changed,
+                fence: change.fence(),
+            },
+        ))
     }
 
     /// List the VBDs of `domain`, or of every domain for [`PROBE_ALL`] (dom0 only). The sink
-    /// is called for each entry only when all `count` of them fit in `capacity`.
+    /// is called for each entry only when all `count` of them fit in `capacity`, in batches
+    /// after the writer mutex is released; `EBUSY` when the table kept changing between
+    /// batches.
     pub fn probe(
         &self,
         caller: u32,
@@ -376,159 +949,178 @@ impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize, const DISKS:
         } else {
             require_visible(caller, domain)?;
         }
-        let state = self.state.read();
-        let selected = || {
-            state
-                .domains
-                .iter()
-                .filter(|slot| domain == PROBE_ALL || slot.id == domain)
-        };
-        let count = selected().map(|slot| slot.vbds.len()).sum();
-        let generation = if domain == PROBE_ALL {
-            state.generation
-        } else {
-            state.domain(domain).map_or(0, |slot| slot.generation)
-        };
-        let complete = count <= capacity;
-        if complete {
-            let entries =
-                selected().flat_map(|slot| slot.vbds.iter().map(move |vbd| (slot.id, vbd)));
-            for (index, (domain_id, vbd)) in entries.enumerate() {
-                sink(
-                    index,
-                    ProbeEntry {
-                        device: vbd.vdevice.raw(),
-                        info: ProbeInfo::for_mode(vbd.mode).bits(),
-                        capacity_sectors: state.arena.run_sectors(vbd.run),
-                        domain: domain_id,
-                        nr_extents: vbd.run.count,
-                    },
-                )?;
+        'restart: for _ in 0..QUERY_RESTARTS {
+            let mut delivered = 0;
+            let mut summary = None;
+            loop {
+                let mut batch: Vec<ProbeEntry, OUT_BATCH> = Vec::new();
+                {
+                    let writer = self.writer.lock();
+                    let generation = if domain == PROBE_ALL {
+                        writer.generation
+                    } else {
+                        writer
+                            .domain_index(domain)
+                            .map_or(0, |index| writer.domains[index].generation)
+                    };
+                    let selected =
+                        writer
+                            .domains
+                            .iter()
+                            .zip(writer.vbds.iter())
+                            .filter(|(slot, _)| {
+                                slot.id != FREE_DOMAIN && (domain == PROBE_ALL || slot.id == domain)
+                            });
+                    let count = selected.clone().map(|(slot, _)| slot.vbds).sum();
+                    let now = ProbeSummary {
+                        count,
+                        generation,
+                        complete: count <= capacity,
+                    };
+                    match summary {
+                        None => summary = Some(now),
+                        Some(before) if before != now => continue 'restart,
+                        Some(_) => {}
+                    }
+                    if !now.complete {
+                        return Ok(now);
+                    }
+                    let entries = selected.flat_map(|(slot, records)| {
+                        records
+                            .iter()
+                            .filter(|record| record.present)
+                            .map(move |record| (slot.id, record))
+                    });
+                    for (domain_id, record) in entries.skip(delivered).take(OUT_BATCH) {
+                        // Cannot fail: `take` stops at the batch's capacity.
+                        let _ = batch.push(ProbeEntry {
+                            device: record.vdevice.raw(),
+                            info: ProbeInfo::for_mode(record.mode).bits(),
+                            capacity_sectors: self.shared.extents.run_sectors(record.run),
+                            domain: domain_id,
+                            nr_extents: record.run.count,
+                        });
+                    }
+                }
+                for entry in &batch {
+                    sink(delivered, *entry)?;
+                    delivered += 1;
+                }
+                if !batch.is_full() {
+                    return summary.ok_or(Error::Busy);
+                }
             }
         }
-        Ok(ProbeSummary {
-            count,
-            generation,
-            complete,
-        })
+        Err(Error::Busy)
     }
 
-    /// One VBD's mode, size and extents. The sink gets every extent, in virtual order, only
-    /// when all of them fit in `capacity`.
+    /// One VBD's mode, size and label, and up to `capacity` of its extents from
+    /// `first_index` on, passed to the sink in virtual order, in batches after the writer
+    /// mutex is released. `ERANGE` when `first_index` is past the last extent (it may
+    /// equal the count), `EBUSY` when the VBD kept changing between batches.
     pub fn info(
         &self,
         caller: u32,
         id: VbdId,
+        first_index: usize,
         capacity: usize,
         mut sink: impl FnMut(usize, Extent) -> Result<(), Error>,
     ) -> Result<VbdInfo, Error> {
         require_visible(caller, id.domain)?;
-        let state = self.state.read();
-        let vbd = state.vbd(id)?;
-        let nr_extents = vbd.run.count as usize;
-        let complete = nr_extents <= capacity;
-        if complete {
-            for index in 0..nr_extents {
-                sink(index, state.arena.extent(vbd.run, index))?;
+        'restart: for _ in 0..QUERY_RESTARTS {
+            let mut delivered = 0;
+            let mut info: Option<VbdInfo> = None;
+            loop {
+                let mut batch: Vec<Extent, OUT_BATCH> = Vec::new();
+                {
+                    let writer = self.writer.lock();
+                    let (domain, vbd) = writer.find(id)?;
+                    let record = &writer.vbds[domain][vbd];
+                    let nr_extents = record.run.count as usize;
+                    if first_index > nr_extents {
+                        return Err(Error::OutOfRange);
+                    }
+                    let written = capacity.min(nr_extents - first_index);
+                    let now = VbdInfo {
+                        mode: record.mode,
+                        nr_extents,
+                        size_sectors: self.shared.extents.run_sectors(record.run),
+                        label: record.label,
+                        generation: record.version,
+                        written,
+                    };
+                    match info {
+                        None => info = Some(now),
+                        Some(before) if before != now => continue 'restart,
+                        Some(_) => {}
+                    }
+                    let from = first_index + delivered;
+                    let until = (first_index + written).min(from + OUT_BATCH);
+                    for index in from..until {
+                        let extent = self.shared.extents.extent(record.run, index)?;
+                        // Cannot fail: at most `OUT_BATCH` indices.
+                        let _ = batch.push(extent);
+                    }
+                }
+                for extent in &batch {
+                    sink(first_index + delivered, *extent)?;
+                    delivered += 1;
+                }
+                if let Some(info) = info.filter(|info| delivered >= info.written) {
+                    return Ok(info);
+                }
             }
         }
-        Ok(VbdInfo {
-            mode: vbd.mode,
-            nr_extents,
-            size_sectors: state.arena.run_sectors(vbd.run),
-            complete,
-        })
+        Err(Error::Busy)
     }
 
     /// The generation of a domain: changes whenever its VBDs do.
     pub fn generation(&self, domain: u32) -> u64 {
-        self.state
-            .read()
-            .domain(domain)
-            .map_or(0, |slot| slot.generation)
+        let writer = self.writer.lock();
+        writer
+            .domain_index(domain)
+            .map_or(0, |index| writer.domains[index].generation)
     }
 
-    /// Translate a request of `domain` on its VBD `vdevice` into physical segments written
-    /// to `out`, in order, split at every extent boundary. Returns how many were written.
+    /// Translate `request` of `domain` on its VBD `vdevice` into physical segments written
+    /// to `out`, in order, split at every extent boundary, and register it as in flight
+    /// with `context` until the returned [`Translation`] is dropped. Takes no lock:
     /// `O(log E)` to find the first extent, then one step per segment.
     ///
-    /// Errors: `EINVAL` for an empty request, `ENOENT` for no such VBD, `EROFS` for a write
-    /// to a read-only VBD, `ERANGE` past the end or on overflow, `E2BIG` when `out` cannot
+    /// Errors: `EINVAL` for a context of another table, `ENOENT` for no such VBD, `EROFS`
+    /// for a write to a read-only VBD, `ERANGE` past the end, `E2BIG` when `out` cannot
     /// hold every segment (nothing is partial: the caller retries with room or splits).
-    pub fn translate(
-        &self,
-        domain: u32,
-        vdevice: DeviceNumber,
-        sector: u64,
-        nr_sectors: u64,
-        access: Access,
-        out: &mut [Segment],
-    ) -> Result<usize, Error> {
-        if nr_sectors == 0 {
+    pub fn translate<'s, 't>(
+        &'t self,
+        context: &IoContext<'t>,
+        id: VbdId,
+        request: &Request,
+        out: &'s mut [Segment],
+    ) -> Result<Translation<'s, 't>, Error> {
+        if !self.fencing.owns(context) {
             return Err(Error::InvalidArgument);
         }
-        let state = self.state.read();
-        let vbd = state.vbd(VbdId { domain, vdevice })?;
-        if access == Access::Write && !vbd.mode.is_writable() {
-            return Err(Error::ReadOnly);
-        }
-        let end = sector.checked_add(nr_sectors).ok_or(Error::OutOfRange)?;
-        state.arena.translate(vbd.run, sector, end, out)
+        let in_flight = context.enter();
+        let count = self
+            .shared
+            .sequence
+            .read(|| self.shared.translate(id, request, out))?;
+        Ok(Translation::new(&out[..count], in_flight))
     }
 
-    /// Check every invariant of the table: the domain ids match the domains, runs account
-    /// for the arena exactly, virtual ends
-    /// increase, the physical index is a sorted permutation, no VBD overlaps itself, every
-    /// extent lies inside its disk, and sharing obeys the level. For tests and fuzzing.
-    pub fn check_invariants(&self) -> Result<(), &'static str> {
-        let state = self.state.read();
-        if !state
-            .domains
-            .iter()
-            .map(|domain| domain.id)
-            .eq(state.domain_ids.iter().copied())
-        {
-            return Err("domain ids out of step with the domains");
-        }
-        let mut runs = state
-            .domains
-            .iter()
-            .flat_map(|domain| domain.vbds.iter().map(|vbd| vbd.run));
-        state.arena.check_invariants(&mut runs)?;
-        let vbds = || state.domains.iter().flat_map(|domain| domain.vbds.iter());
-        for vbd in vbds() {
-            for index in 0..vbd.run.count as usize {
-                let extent = state.arena.extent(vbd.run, index);
-                if state.disks.check(&extent).is_err() {
-                    return Err("extent outside its disk");
-                }
-                for (other_vbd, other_index) in vbds()
-                    .flat_map(|other| (0..other.run.count as usize).map(move |at| (other, at)))
-                {
-                    let same = core::ptr::eq(other_vbd, vbd);
-                    if same && other_index == index {
-                        continue;
-                    }
-                    if !extent.overlaps(&state.arena.extent(other_vbd.run, other_index)) {
-                        continue;
-                    }
-                    if same {
-                        return Err("a VBD overlaps itself");
-                    }
-                    if !state
-                        .level
-                        .allows(vbd.mode.is_writable(), other_vbd.mode.is_writable())
-                    {
-                        return Err("sharing level violated");
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Extents stored in the arena, for accounting checks.
+    /// Extents stored in the arena, pending lists included, for accounting checks.
     pub fn extents_in_use(&self) -> usize {
-        self.state.read().arena.used()
+        self.writer.lock().layout.used()
     }
+}
+
+/// A validated piece of a multi-call set-extents; see [`VbdTable::set_extents_piece`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListPiece {
+    pub first_index: u32,
+    /// The ticket of the list a later piece continues; ignored at index 0.
+    pub ticket: u64,
+    /// Whether more pieces follow.
+    pub more: bool,
+    pub level: SharingLevel,
 }

@@ -1,13 +1,17 @@
-//! Translation racing with changes: a reader must see a VBD's whole old mapping or its
-//! whole new one, never a mixture, and never a torn extent.
+//! Translation racing with changes, on real threads.
+//!
+//! A reader must see a VBD's whole old mapping or its whole new one, never a mixture; and a
+//! change that removes extents must not complete while an I/O translated under the old
+//! mapping is still in flight, so that once dom0 reuses the extents the old owner's write
+//! can never land in the new owner's disk.
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use common::*;
-use hv_vbd::{Access, Segment, SharingLevel, VbdId};
-use shared_abi::{wire::Extent, Mode};
+use hv_vbd::{Access, Request, Segment, VbdId};
+use shared_abi::{wire::Extent, Error, Label, Mode, SharingLevel};
 
 /// Two mappings of the same 120-sector VBD: twelve 10-sector extents on hda, or five
 /// 24-sector extents on hdb in reverse order.
@@ -22,31 +26,26 @@ fn mappings() -> [Vec<Extent>; 2] {
     [old, new]
 }
 
-fn translate_all(table: &Table) -> Vec<Segment> {
-    let mut out = [Segment::default(); 16];
-    let written = table
-        .translate(GUEST, xvda(), 0, 120, Access::Read, &mut out)
-        .unwrap();
-    out[..written].to_vec()
+fn set(table: &Table, id: VbdId, extents: &[Extent]) {
+    table
+        .set_extents(DOM0, id, extents.iter().map(|extent| Ok(*extent)), LEVEL)
+        .unwrap()
+        .fence
+        .wait(std::thread::yield_now);
 }
 
 #[test]
 fn readers_see_the_whole_old_or_the_whole_new_mapping() {
-    let table = table(SharingLevel::ReadersOnly);
-    let id = VbdId {
-        domain: GUEST,
-        vdevice: xvda(),
-    };
-    table.create(DOM0, id, Mode::READ).unwrap();
+    let table = table();
+    let id = id(GUEST, xvda());
+    table.create(DOM0, id, Mode::READ, Label::EMPTY).unwrap();
     let [old, new] = mappings();
-    table
-        .set_extents(DOM0, id, old.iter().map(|extent| Ok(*extent)))
-        .unwrap();
-    let expected_old = translate_all(&table);
-    table
-        .set_extents(DOM0, id, new.iter().map(|extent| Ok(*extent)))
-        .unwrap();
-    let expected_new = translate_all(&table);
+    let translate_all =
+        || translate_with_room(&table, GUEST, xvda(), 0, 120, Access::Read, 16).unwrap();
+    set(&table, id, &old);
+    let expected_old = translate_all();
+    set(&table, id, &new);
+    let expected_new = translate_all();
     assert_ne!(expected_old, expected_new);
 
     let done = AtomicBool::new(false);
@@ -54,15 +53,12 @@ fn readers_see_the_whole_old_or_the_whole_new_mapping() {
     std::thread::scope(|scope| {
         scope.spawn(|| {
             for round in 0..4000 {
-                let mapping = if round % 2 == 0 { &old } else { &new };
-                table
-                    .set_extents(DOM0, id, mapping.iter().map(|extent| Ok(*extent)))
-                    .unwrap();
+                set(&table, id, if round % 2 == 0 { &old } else { &new });
             }
             done.store(true, Ordering::Release);
         });
         while !done.load(Ordering::Acquire) {
-            let segments = translate_all(&table);
+            let segments = translate_all();
             if segments == expected_old {
                 seen_old += 1;
             } else if segments == expected_new {
@@ -74,4 +70,147 @@ fn readers_see_the_whole_old_or_the_whole_new_mapping() {
     });
     table.check_invariants().unwrap();
     assert!(seen_old + seen_new > 0, "the reader ran");
+}
+
+/// The extents every incarnation of the two VBDs is built on.
+fn shared_extents() -> Vec<Extent> {
+    (0..8)
+        .map(|index| Extent::new(hda(), 100 + index * 16, 16).unwrap())
+        .collect()
+}
+
+/// Who may write the shared extents (all on hda) right now: the domain whose VBD maps
+/// them, from before it is created until after their release has completed. 0 while
+/// nobody may.
+static OWNER: AtomicU32 = AtomicU32::new(0);
+
+/// One guest's I/O thread: write continuously through its own context; every write that
+/// lands must land while its domain still owns the extents.
+fn guest_writer(table: &Table, domain: u32, stop: &AtomicBool, landed: &AtomicU64) {
+    let context = table.io_context().unwrap();
+    let mut segments = [Segment::default(); 16];
+    let mut sector = 0;
+    while !stop.load(Ordering::Relaxed) {
+        sector = (sector + 37) % 120;
+        let request = Request::new(Access::Write, sector, 8).unwrap();
+        match table.translate(&context, id(domain, xvda()), &request, &mut segments) {
+            Ok(translation) => {
+                assert!(!translation.segments().is_empty());
+                // The disk takes its time: long enough for a change to overtake the I/O,
+                // were it not fenced.
+                for _ in 0..2000 {
+                    std::hint::spin_loop();
+                }
+                if translation
+                    .segments()
+                    .iter()
+                    .any(|segment| segment.device == hda())
+                {
+                    assert_eq!(
+                        OWNER.load(Ordering::SeqCst),
+                        domain,
+                        "a write of domain {domain} landed after the extents' release completed"
+                    );
+                }
+                landed.fetch_add(1, Ordering::Relaxed);
+                drop(translation);
+            }
+            Err(Error::NotFound | Error::OutOfRange) => std::thread::yield_now(),
+            Err(error) => panic!("unexpected {error:?}"),
+        }
+    }
+}
+
+#[test]
+fn no_write_translated_before_a_removal_lands_after_it_completes() {
+    let table = table();
+    let extents = shared_extents();
+    let stop = AtomicBool::new(false);
+    let landed = [AtomicU64::new(0), AtomicU64::new(0)];
+    std::thread::scope(|scope| {
+        for (domain, landed) in [GUEST, OTHER_GUEST].into_iter().zip(&landed) {
+            let (table, stop) = (&table, &stop);
+            scope.spawn(move || guest_writer(table, domain, stop, landed));
+        }
+        let writable = Mode::READ | Mode::WRITE;
+        for round in 0..600u32 {
+            // The two guests take turns owning the same extents; each hand-over goes
+            // through a different kind of removal.
+            let domain = [GUEST, OTHER_GUEST][round as usize % 2];
+            let vbd = id(domain, xvda());
+            OWNER.store(domain, Ordering::SeqCst);
+            table.create(DOM0, vbd, writable, Label::EMPTY).unwrap();
+            set(&table, vbd, &extents);
+            std::thread::yield_now();
+            match round % 3 {
+                0 => table
+                    .delete(DOM0, vbd)
+                    .unwrap()
+                    .fence
+                    .wait(std::thread::yield_now),
+                1 => {
+                    // Moving the VBD elsewhere releases the shared extents too.
+                    set(&table, vbd, &[Extent::new(hdb(), 0, 120).unwrap()]);
+                    OWNER.store(0, Ordering::SeqCst);
+                    table
+                        .delete(DOM0, vbd)
+                        .unwrap()
+                        .fence
+                        .wait(std::thread::yield_now);
+                }
+                _ => {
+                    let (released, removal) = table.destroy_domain(DOM0, domain).unwrap();
+                    assert_eq!(released, 1);
+                    removal.fence.wait(std::thread::yield_now);
+                }
+            }
+            OWNER.store(0, Ordering::SeqCst);
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    table.check_invariants().unwrap();
+    for (domain, landed) in [GUEST, OTHER_GUEST].iter().zip(&landed) {
+        assert!(
+            landed.load(Ordering::Relaxed) > 0,
+            "domain {domain} never wrote: the race was not run"
+        );
+    }
+    assert_eq!(table.extents_in_use(), 0);
+}
+
+#[test]
+fn a_write_in_flight_holds_up_the_removal_until_it_is_done() {
+    let table = table();
+    let vbd = id(GUEST, xvda());
+    table
+        .create(DOM0, vbd, Mode::READ | Mode::WRITE, Label::EMPTY)
+        .unwrap();
+    set(&table, vbd, &shared_extents());
+    let context = table.io_context().unwrap();
+    let mut segments = [Segment::default(); 4];
+    let request = Request::new(Access::Write, 0, 8).unwrap();
+    let translation = table
+        .translate(&context, vbd, &request, &mut segments)
+        .unwrap();
+    let removal = table.delete(DOM0, vbd).unwrap();
+    assert!(!removal.fence.is_complete(), "the write is still in flight");
+    // Translation goes on meanwhile, and sees the VBD gone.
+    let mut more = [Segment::default(); 4];
+    assert_eq!(
+        table.translate(&context, vbd, &request, &mut more).err(),
+        Some(Error::NotFound)
+    );
+    drop(translation);
+    assert!(removal.fence.is_complete());
+    // A context of another table is refused rather than counted in the wrong place.
+    let other = super_table();
+    let foreign = other.io_context().unwrap();
+    assert_eq!(
+        table.translate(&foreign, vbd, &request, &mut more).err(),
+        Some(Error::InvalidArgument)
+    );
+}
+
+fn super_table() -> Table {
+    Table::new(SharingLevel::ReadersOnly)
 }

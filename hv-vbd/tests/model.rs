@@ -8,11 +8,11 @@
 mod common;
 
 use common::*;
-use hv_vbd::{Access, Disk, GuestAddress, Segment, SharingLevel, SliceMemory, VbdTable};
+use hv_vbd::{Access, Disk, GuestAddress, ListPiece, Request, Segment, SliceMemory, VbdTable};
 use proptest::prelude::*;
 use shared_abi::{
     wire::{Extent, WireExtent},
-    DeviceNumber, Error, Op,
+    DeviceNumber, Error, Label, Op, SharingLevel,
 };
 
 /// The linear walk: every extent visited in order, as Xen 1.2 did.
@@ -24,16 +24,13 @@ fn linear_translate(
     access: Access,
     capacity: usize,
 ) -> Result<Vec<Segment>, Error> {
-    if count == 0 {
-        return Err(Error::InvalidArgument);
-    }
+    let end = request_end(sector, count)?;
     if access == Access::Write && !writable {
         return Err(Error::ReadOnly);
     }
-    let end = sector.checked_add(count).ok_or(Error::OutOfRange)?;
     let total = extents
         .iter()
-        .map(|extent| u128::from(extent.nr_sectors))
+        .map(|extent| u128::from(extent.nr_sectors()))
         .sum::<u128>();
     if u128::from(end) > total {
         return Err(Error::OutOfRange);
@@ -41,13 +38,13 @@ fn linear_translate(
     let mut segments = Vec::new();
     let mut virtual_start = 0u128;
     for extent in extents {
-        let virtual_end = virtual_start + u128::from(extent.nr_sectors);
+        let virtual_end = virtual_start + u128::from(extent.nr_sectors());
         let from = u128::from(sector).max(virtual_start);
         let to = u128::from(end).min(virtual_end);
         if from < to {
             segments.push(Segment {
-                device: extent.device,
-                sector: extent.start_sector + (from - virtual_start) as u64,
+                device: extent.device(),
+                sector: extent.start_sector() + (from - virtual_start) as u64,
                 nr_sectors: (to - from) as u64,
             });
         }
@@ -59,14 +56,30 @@ fn linear_translate(
     Ok(segments)
 }
 
-type BigTable = VbdTable<2, 2, 512, 2>;
-
-/// Extent lengths: mostly small, some enormous, so sums approach `u64::MAX`.
-fn length() -> impl Strategy<Value = u64> {
-    prop_oneof![6 => 1u64..16, 2 => 1u64..100_000, 1 => (1u64 << 50)..(1u64 << 54)]
+/// A request's validation, before any lookup: `EINVAL` for no sectors, `ERANGE` when its
+/// end in sectors or in bytes overflows.
+fn request_end(sector: u64, count: u64) -> Result<u64, Error> {
+    if count == 0 {
+        return Err(Error::InvalidArgument);
+    }
+    let end = sector.checked_add(count).ok_or(Error::OutOfRange)?;
+    end.checked_mul(512).ok_or(Error::OutOfRange)?;
+    Ok(end)
 }
 
-/// A non-overlapping list of extents on two disks of `u64::MAX` sectors, in random order.
+type BigTable = VbdTable<2, 2, 512, 2>;
+
+/// The largest disk a table accepts: its size in bytes still fits a `u64`.
+const LARGEST_DISK: u64 = u64::MAX / 512;
+
+/// Extent lengths: mostly small, some enormous, so a VBD over both disks approaches the
+/// largest size a request can address.
+fn length() -> impl Strategy<Value = u64> {
+    prop_oneof![6 => 1u64..16, 2 => 1u64..100_000, 1 => (1u64 << 44)..(1u64 << 46)]
+}
+
+/// A non-overlapping list of extents on two disks of [`LARGEST_DISK`] sectors, in random
+/// order.
 fn extent_list() -> impl Strategy<Value = Vec<Extent>> {
     proptest::collection::vec((any::<bool>(), length(), 0u64..8), 1..300).prop_map(|items| {
         let mut next = [0u64; 2];
@@ -76,23 +89,19 @@ fn extent_list() -> impl Strategy<Value = Vec<Extent>> {
                 let disk = usize::from(on_hdb);
                 let start_sector = next[disk] + gap;
                 next[disk] = start_sector + nr_sectors;
-                Extent {
-                    device: [hda(), hdb()][disk],
-                    start_sector,
-                    nr_sectors,
-                }
+                Extent::new([hda(), hdb()][disk], start_sector, nr_sectors).unwrap()
             })
             .collect()
     })
 }
 
 fn big_table(extents: &[Extent], writable: bool) -> BigTable {
-    let table = BigTable::new(SharingLevel::ReadersOnly);
+    let table = BigTable::new(SharingLevel::Unrestricted);
     for device in [hda(), hdb()] {
         table
             .register_disk(Disk {
                 device,
-                sectors: u64::MAX,
+                sectors: LARGEST_DISK,
             })
             .unwrap();
     }
@@ -105,11 +114,40 @@ fn big_table(extents: &[Extent], writable: bool) -> BigTable {
     } else {
         shared_abi::Mode::READ
     };
-    table.create(DOM0, id, mode).unwrap();
+    table.create(DOM0, id, mode, Label::EMPTY).unwrap();
     table
-        .set_extents(DOM0, id, extents.iter().map(|extent| Ok(*extent)))
-        .unwrap();
+        .set_extents(
+            DOM0,
+            id,
+            extents.iter().map(|extent| Ok(*extent)),
+            SharingLevel::ReadersOnly,
+        )
+        .unwrap()
+        .fence
+        .wait(std::thread::yield_now);
     table
+}
+
+/// Translate through a fresh context, as an I/O thread would.
+fn translate_on<const D: usize, const V: usize, const E: usize, const K: usize>(
+    table: &VbdTable<D, V, E, K>,
+    domain: u32,
+    vdevice: DeviceNumber,
+    sector: u64,
+    count: u64,
+    access: Access,
+    capacity: usize,
+) -> Result<Vec<Segment>, Error> {
+    let context = table.io_context()?;
+    let request = Request::new(access, sector, count)?;
+    let mut out = vec![Segment::default(); capacity];
+    let translation = table.translate(
+        &context,
+        hv_vbd::VbdId { domain, vdevice },
+        &request,
+        &mut out,
+    )?;
+    Ok(translation.segments().to_vec())
 }
 
 proptest! {
@@ -125,18 +163,17 @@ proptest! {
         ),
     ) {
         let table = big_table(&extents, writable);
-        let total: u128 = extents.iter().map(|extent| u128::from(extent.nr_sectors)).sum();
+        let total: u128 = extents.iter().map(|extent| u128::from(extent.nr_sectors())).sum();
         for (raw_sector, count, near_end, write, capacity) in requests {
             // Half the requests start near an extent boundary or the end, to cross many.
             let sector = if near_end && total > 0 {
-                let boundary = extents.iter().take(raw_sector as usize % extents.len()).map(|extent| u128::from(extent.nr_sectors)).sum::<u128>();
+                let boundary = extents.iter().take(raw_sector as usize % extents.len()).map(|extent| u128::from(extent.nr_sectors())).sum::<u128>();
                 u64::try_from(boundary.saturating_sub(u128::from(raw_sector % 4))).unwrap_or(u64::MAX)
             } else {
                 raw_sector
             };
             let access = if write { Access::Write } else { Access::Read };
-            let mut out = vec![Segment::default(); capacity];
-            let got = table.translate(GUEST, xvda(), sector, count, access, &mut out).map(|written| out[..written].to_vec());
+            let got = translate_on(&table, GUEST, xvda(), sector, count, access, capacity);
             prop_assert_eq!(got, linear_translate(&extents, writable, sector, count, access, capacity));
         }
     }
@@ -154,9 +191,10 @@ struct ModelVbd {
 }
 
 /// The table as plain vectors, with its capacities: 4 domains, 4 VBDs each, 64 extents.
+/// A domain is listed while it has VBDs.
 #[derive(Clone, Debug)]
 struct Model {
-    level: SharingLevel,
+    ceiling: SharingLevel,
     domains: Vec<(u32, Vec<ModelVbd>)>,
 }
 
@@ -174,6 +212,7 @@ enum Action {
         domain: u32,
         vdevice: u8,
         extent: WireExtent,
+        level: SharingLevel,
     },
     Shrink {
         caller: u32,
@@ -185,6 +224,9 @@ enum Action {
         domain: u32,
         vdevice: u8,
         extents: Vec<WireExtent>,
+        level: SharingLevel,
+        /// Sent in pieces of this many extents (0: in one call).
+        piece: usize,
     },
     Delete {
         caller: u32,
@@ -236,6 +278,14 @@ fn wire_extent() -> impl Strategy<Value = WireExtent> {
         })
 }
 
+fn level() -> impl Strategy<Value = SharingLevel> {
+    prop_oneof![
+        Just(SharingLevel::ReadersOnly),
+        Just(SharingLevel::SingleWriter),
+        Just(SharingLevel::Unrestricted)
+    ]
+}
+
 fn action() -> impl Strategy<Value = Action> {
     let caller = prop_oneof![4 => Just(0u32), 1 => 1u32..3];
     let domain = 0u32..6;
@@ -243,16 +293,16 @@ fn action() -> impl Strategy<Value = Action> {
     prop_oneof![
         3 => (caller.clone(), domain.clone(), vdevice.clone(), prop_oneof![Just(1u32), Just(3), 0u32..8])
             .prop_map(|(caller, domain, vdevice, mode)| Action::Create { caller, domain, vdevice, mode }),
-        4 => (caller.clone(), domain.clone(), vdevice.clone(), wire_extent())
-            .prop_map(|(caller, domain, vdevice, extent)| Action::Grow { caller, domain, vdevice, extent }),
+        4 => (caller.clone(), domain.clone(), vdevice.clone(), wire_extent(), level())
+            .prop_map(|(caller, domain, vdevice, extent, level)| Action::Grow { caller, domain, vdevice, extent, level }),
         1 => (caller.clone(), domain.clone(), vdevice.clone()).prop_map(|(caller, domain, vdevice)| Action::Shrink { caller, domain, vdevice }),
-        3 => (caller.clone(), domain.clone(), vdevice.clone(), proptest::collection::vec(wire_extent(), 0..12))
-            .prop_map(|(caller, domain, vdevice, extents)| Action::SetExtents { caller, domain, vdevice, extents }),
+        3 => (caller.clone(), domain.clone(), vdevice.clone(), proptest::collection::vec(wire_extent(), 0..12), level(), prop_oneof![2 => Just(0usize), 1 => 1usize..5])
+            .prop_map(|(caller, domain, vdevice, extents, level, piece)| Action::SetExtents { caller, domain, vdevice, extents, level, piece }),
         1 => (caller.clone(), domain.clone(), vdevice.clone()).prop_map(|(caller, domain, vdevice)| Action::Delete { caller, domain, vdevice }),
         1 => domain.clone().prop_map(|domain| Action::Destroy { domain }),
         3 => (domain, vdevice, 0u64..200, 0u64..80, any::<bool>())
             .prop_map(|(domain, vdevice, sector, count, write)| Action::Translate { domain, vdevice, sector, count, write }),
-        1 => (caller, 0u32..14, prop_oneof![0u64..64, any::<u64>()], proptest::collection::vec(any::<u8>(), 0..128))
+        1 => (caller, 0u32..14, prop_oneof![0u64..64, any::<u64>()], proptest::collection::vec(any::<u8>(), 0..160))
             .prop_map(|(caller, op, address, memory)| Action::Garbage { caller, op, address, memory }),
     ]
 }
@@ -281,7 +331,7 @@ impl Model {
 
     fn check_extent(wire: &WireExtent) -> Result<Extent, Error> {
         let extent = wire.validate()?;
-        if extent.device != hda() && extent.device != hdb() {
+        if extent.device() != hda() && extent.device() != hdb() {
             return Err(Error::NoDevice);
         }
         if extent.end_sector() > MODEL_DISK_SECTORS {
@@ -290,18 +340,24 @@ impl Model {
         Ok(extent)
     }
 
-    /// Replace VBD (domain, vdevice)'s extents by `kept ++ new` if every rule allows.
+    /// Replace VBD (domain, vdevice)'s extents by `kept ++ new`, asking for `level`, if
+    /// every rule allows.
     fn replace(
         &mut self,
         domain: u32,
         vdevice: DeviceNumber,
-        keep: usize,
+        keep: Option<usize>,
         new: &[WireExtent],
+        level: SharingLevel,
     ) -> Expected {
+        if level > self.ceiling {
+            return Err(vec![Error::PermissionDenied]);
+        }
         let vbd = self
             .vbd(domain, vdevice)
             .ok_or(vec![Error::NotFound])?
             .clone();
+        let keep = keep.unwrap_or(vbd.extents.len());
         let mut staged = Vec::new();
         let free = 64 - self.used();
         for wire in new {
@@ -332,10 +388,19 @@ impl Model {
                     .extents
                     .iter()
                     .any(|existing| existing.overlaps(extent))
-                    && !self.level.allows(vbd.writable, other.writable)
+                    && !level.allows(vbd.writable, other.writable)
                 {
                     errors.push(Error::Busy);
                 }
+            }
+        }
+        if keep != 0 {
+            let size: u128 = result
+                .iter()
+                .map(|extent| u128::from(extent.nr_sectors()))
+                .sum();
+            if size > u128::from(u64::MAX) {
+                errors.push(Error::OutOfRange);
             }
         }
         if !errors.is_empty() {
@@ -347,11 +412,12 @@ impl Model {
             .iter_mut()
             .find(|(id, _)| *id == domain)
             .unwrap();
-        slot.1
+        let target = slot
+            .1
             .iter_mut()
             .find(|other| other.vdevice == vdevice)
-            .unwrap()
-            .extents = result;
+            .unwrap();
+        target.extents = result;
         Ok(())
     }
 
@@ -395,15 +461,13 @@ impl Model {
                 domain,
                 vdevice: index,
                 extent,
+                level,
             } => {
                 if caller != 0 {
                     return Err(one(Error::PermissionDenied));
                 }
                 extent.validate().map_err(one)?;
-                let keep = self
-                    .vbd(domain, vdevice(index))
-                    .map_or(0, |vbd| vbd.extents.len());
-                self.replace(domain, vdevice(index), keep, &[extent])
+                self.replace(domain, vdevice(index), None, &[extent], level)
             }
             Action::Shrink {
                 caller,
@@ -419,18 +483,27 @@ impl Model {
                     .extents
                     .len();
                 let keep = count.checked_sub(1).ok_or(one(Error::InvalidArgument))?;
-                self.replace(domain, vdevice(index), keep, &[])
+                // Removing extents checks no sharing: any level will do.
+                self.replace(
+                    domain,
+                    vdevice(index),
+                    Some(keep),
+                    &[],
+                    SharingLevel::ReadersOnly,
+                )
             }
             Action::SetExtents {
                 caller,
                 domain,
                 vdevice: index,
                 ref extents,
+                level,
+                ..
             } => {
                 if caller != 0 {
                     return Err(one(Error::PermissionDenied));
                 }
-                self.replace(domain, vdevice(index), 0, extents)
+                self.replace(domain, vdevice(index), Some(0), extents, level)
             }
             Action::Delete {
                 caller,
@@ -448,6 +521,8 @@ impl Model {
                     .find(|(id, _)| *id == domain)
                     .unwrap();
                 slot.1.retain(|vbd| vbd.vdevice != vdevice(index));
+                // A domain's slot goes with its last VBD.
+                self.domains.retain(|(_, vbds)| !vbds.is_empty());
                 Ok(())
             }
             Action::Destroy { domain } => {
@@ -484,7 +559,15 @@ fn issue(table: &Table, action: &Action) -> Result<bool, Error> {
             domain,
             vdevice: index,
             extent,
-        } => wire(grow(table, *caller, *domain, vdevice(*index), *extent)),
+            level,
+        } => wire(grow_at(
+            table,
+            *caller,
+            *domain,
+            vdevice(*index),
+            *extent,
+            *level,
+        )),
         Action::Shrink {
             caller,
             domain,
@@ -495,13 +578,42 @@ fn issue(table: &Table, action: &Action) -> Result<bool, Error> {
             domain,
             vdevice: index,
             extents,
-        } => wire(set_extents(
-            table,
-            *caller,
-            *domain,
-            vdevice(*index),
-            extents,
-        )),
+            level,
+            piece,
+        } => {
+            let target = handle(*domain, vdevice(*index));
+            if *piece == 0 || extents.is_empty() {
+                let whole = ListPiece {
+                    first_index: 0,
+                    ticket: 0,
+                    more: false,
+                    level: *level,
+                };
+                return wire(set_piece(table, *caller, target, extents, whole).0);
+            }
+            // Several calls; every piece but the last leaves the list pending.
+            let pieces: Vec<&[WireExtent]> = extents.chunks(*piece).collect();
+            let mut ticket = 0;
+            for (number, chunk) in pieces.iter().enumerate() {
+                let more = number + 1 < pieces.len();
+                let first_index = (number * piece) as u32;
+                let next = ListPiece {
+                    first_index,
+                    ticket,
+                    more,
+                    level: *level,
+                };
+                let (result, after) = set_piece(table, *caller, target, chunk, next);
+                if result < 0 {
+                    return wire(result);
+                }
+                if more {
+                    assert_eq!(result, (first_index as usize + chunk.len()) as i64);
+                    ticket = after.ticket;
+                }
+            }
+            Ok(false)
+        }
         Action::Delete {
             caller,
             domain,
@@ -528,13 +640,14 @@ fn issue(table: &Table, action: &Action) -> Result<bool, Error> {
         } => {
             let mut memory = memory.clone();
             // Garbage may be refused or, rarely, be a valid call: either way, no panic.
+            let in_use = table.extents_in_use();
             let outcome = table.dispatch(
                 *caller,
                 *op,
                 GuestAddress(*address),
                 &mut SliceMemory::new(&mut memory),
             );
-            Ok(outcome.changed.is_some())
+            Ok(outcome.changed.is_some() || table.extents_in_use() != in_use)
         }
     }
 }
@@ -544,14 +657,14 @@ proptest! {
 
     #[test]
     fn operations_agree_with_the_model_and_keep_the_invariants(
-        level in prop_oneof![Just(SharingLevel::ReadersOnly), Just(SharingLevel::SingleWriter), Just(SharingLevel::Unrestricted)],
+        ceiling in level(),
         actions in proptest::collection::vec(action(), 1..60),
     ) {
-        let table = Table::new(level);
+        let table = Table::new(ceiling);
         for device in [hda(), hdb()] {
             table.register_disk(Disk { device, sectors: MODEL_DISK_SECTORS }).unwrap();
         }
-        let mut model = Model { level, domains: Vec::new() };
+        let mut model = Model { ceiling, domains: Vec::new() };
         for action in &actions {
             if matches!(action, Action::Garbage { .. }) {
                 // Garbage is checked for safety, not against the model; in the rare case it
@@ -565,11 +678,9 @@ proptest! {
             }
             if let Action::Translate { domain, vdevice: index, sector, count, write } = *action {
                 let access = if write { Access::Write } else { Access::Read };
-                let mut out = [Segment::default(); 8];
-                let got = table.translate(domain, vdevice(index), sector, count, access, &mut out).map(|written| out[..written].to_vec());
+                let got = translate_on(&table, domain, vdevice(index), sector, count, access, 8);
                 let expected = match model.vbd(domain, vdevice(index)) {
-                    None if count == 0 => Err(Error::InvalidArgument),
-                    None => Err(Error::NotFound),
+                    None => request_end(sector, count).and(Err(Error::NotFound)),
                     Some(vbd) => linear_translate(&vbd.extents, vbd.writable, sector, count, access, 8),
                 };
                 prop_assert_eq!(got, expected);

@@ -32,11 +32,14 @@ pub enum Error {
     NotImplemented,
     /// EIO: the physical disk failed the transfer.
     Io,
+    /// ESTALE: a piece of a multi-call set-extents names a pending list that another call
+    /// has since replaced or discarded; start again from index 0.
+    Stale,
 }
 
 impl Error {
     /// Every error, for exhaustive tests.
-    pub const ALL: [Error; 14] = [
+    pub const ALL: [Error; 15] = [
         Error::PermissionDenied,
         Error::NotFound,
         Error::BadAddress,
@@ -51,6 +54,7 @@ impl Error {
         Error::AccessDenied,
         Error::NotImplemented,
         Error::Io,
+        Error::Stale,
     ];
 
     /// The positive Linux errno value. Exhaustive on purpose: a new variant must be given
@@ -71,6 +75,7 @@ impl Error {
             Error::ReadOnly => 30,
             Error::OutOfRange => 34,
             Error::NotImplemented => 38,
+            Error::Stale => 116,
         }
     }
 
@@ -91,6 +96,7 @@ impl Error {
             Error::ReadOnly => "EROFS",
             Error::OutOfRange => "ERANGE",
             Error::NotImplemented => "ENOSYS",
+            Error::Stale => "ESTALE",
         }
     }
 
@@ -139,10 +145,13 @@ impl core::fmt::Display for Error {
             Error::AccessDenied => "access denied",
             Error::NotImplemented => "operation not implemented",
             Error::Io => "physical I/O error",
+            Error::Stale => "pending extent list replaced (start again)",
         };
         write!(formatter, "{} ({})", text, self.name())
     }
 }
+
+impl core::error::Error for Error {}
 
 #[cfg(test)]
 mod tests {

@@ -12,16 +12,20 @@ pub mod device;
 pub mod error;
 pub mod flags;
 pub mod frame;
+pub mod label;
 pub mod op;
+pub mod sharing;
 pub mod wire;
 
 pub use device::DeviceNumber;
 pub use error::Error;
 pub use flags::{Mode, ProbeInfo};
+pub use label::Label;
 pub use op::Op;
+pub use sharing::SharingLevel;
 
 /// Version of this ABI, returned by [`Op::Version`]. Bumped on any incompatible change.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Bytes in one sector: the unit of every `*_sector` and `nr_sectors` field.
 pub const SECTOR_SIZE: u64 = 512;

@@ -25,11 +25,13 @@ pub enum Op {
     Version = 10,
     /// Release everything a domain had: [`crate::wire::DomainArgs`].
     DestroyDomain = 11,
+    /// The table's limits and the sharing ceiling: [`crate::wire::LimitsArgs`].
+    Limits = 12,
 }
 
 impl Op {
     /// Every operation, in number order.
-    pub const ALL: [Op; 9] = [
+    pub const ALL: [Op; 10] = [
         Op::Create,
         Op::Grow,
         Op::Shrink,
@@ -39,6 +41,7 @@ impl Op {
         Op::Info,
         Op::Version,
         Op::DestroyDomain,
+        Op::Limits,
     ];
 
     /// Whether only dom0 may issue this operation for another domain's VBDs.
@@ -65,6 +68,7 @@ impl TryFrom<u32> for Op {
             9 => Op::Info,
             10 => Op::Version,
             11 => Op::DestroyDomain,
+            12 => Op::Limits,
             _ => return Err(Error::NotImplemented),
         })
     }
@@ -83,7 +87,7 @@ mod tests {
 
     #[test]
     fn unknown_numbers_are_enosys() {
-        for raw in [0, 1, 2, 12, 0xFFFF_FFFF] {
+        for raw in [0, 1, 2, 13, 0xFFFF_FFFF] {
             assert_eq!(Op::try_from(raw), Err(Error::NotImplemented));
         }
     }

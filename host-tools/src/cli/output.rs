@@ -14,9 +14,9 @@ pub fn extents_json(extents: &[Extent]) -> Value {
             .iter()
             .map(|extent| {
                 json!({
-                    "device": extent.device.to_string(),
-                    "start_sector": extent.start_sector,
-                    "nr_sectors": extent.nr_sectors,
+                    "device": extent.device().to_string(),
+                    "start_sector": extent.start_sector(),
+                    "nr_sectors": extent.nr_sectors(),
                 })
             })
             .collect(),
@@ -65,7 +65,9 @@ pub fn disk_text(disk: &VirtualDisk) -> String {
     for extent in merge_adjacent(&disk.extents) {
         text.push_str(&format!(
             "  {} {} {}\n",
-            extent.device, extent.start_sector, extent.nr_sectors
+            extent.device(),
+            extent.start_sector(),
+            extent.nr_sectors()
         ));
     }
     text

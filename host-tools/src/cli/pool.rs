@@ -12,10 +12,10 @@ use host_tools::mounts::read_mount_users;
 use host_tools::size::{format_sectors, parse_size};
 use host_tools::timestamp::now;
 use host_tools::uname::Uname;
-use host_tools::validator::{describe_extent, validate, SafetyLevel, User};
+use host_tools::validator::{describe_extent, validate, User};
 use serde_json::json;
 use shared_abi::wire::Extent;
-use shared_abi::SECTOR_SIZE;
+use shared_abi::{SharingLevel, SECTOR_SIZE};
 
 use super::output::{extents_json, partition_json, pool_json, pool_table};
 use super::Context;
@@ -47,8 +47,9 @@ pub(super) fn mode_argument(text: &str) -> std::result::Result<AccessMode, Strin
     AccessMode::parse(text).map_err(|error| error.to_string())
 }
 
-pub(super) fn safety_argument(text: &str) -> std::result::Result<SafetyLevel, String> {
-    SafetyLevel::parse(text).map_err(|error| error.to_string())
+pub(super) fn safety_argument(text: &str) -> std::result::Result<SharingLevel, String> {
+    text.parse()
+        .map_err(|_| format!("safety level {text:?}: expected 0, 1 or 2"))
 }
 
 /// Add a disk or partition to the free pool, split into extents.
@@ -74,10 +75,10 @@ impl Format {
         let region = devices.resolve(&self.name)?;
         let mounts = read_mount_users(Path::new(MOUNTS), &Sysfs::default(), devices.as_ref())?;
         let conflicts = validate(
-            &[region.extent()],
+            &[region.extent()?],
             true,
             &mounts,
-            SafetyLevel::ReadOnlySharing,
+            SharingLevel::ReadersOnly,
         );
         if let Some(conflict) = conflicts.first() {
             return Err(Error::Refused(format!(
@@ -137,7 +138,7 @@ pub(super) fn extents_of(
                 &database.live_virtual_disk(*id, now())?.extents,
             ))
         }
-        Uname::Physical(name) => Ok(vec![context.device_source()?.resolve(name)?.extent()]),
+        Uname::Physical(name) => Ok(vec![context.device_source()?.resolve(name)?.extent()?]),
     }
 }
 
@@ -160,7 +161,7 @@ impl Lookup {
         };
         let extents = extents_of(context, database.as_ref(), &self.uname)?;
         if context.json {
-            let size: u64 = extents.iter().map(|extent| extent.nr_sectors).sum();
+            let size: u64 = extents.iter().map(|extent| extent.nr_sectors()).sum();
             println!(
                 "{}",
                 json!({"uname": self.uname.to_string(), "size_sectors": size, "extents": extents_json(&extents)})
@@ -169,7 +170,9 @@ impl Lookup {
             for extent in extents {
                 println!(
                     "{} {} {}",
-                    extent.device, extent.start_sector, extent.nr_sectors
+                    extent.device(),
+                    extent.start_sector(),
+                    extent.nr_sectors()
                 );
             }
         }
@@ -195,7 +198,7 @@ pub struct Check {
     mode: AccessMode,
     /// The sharing level: 0, 1 or 2.
     #[arg(long, value_parser = safety_argument, default_value = "0")]
-    safety: SafetyLevel,
+    safety: SharingLevel,
 }
 
 impl Check {

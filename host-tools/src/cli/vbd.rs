@@ -8,9 +8,9 @@ use host_tools::lifecycle::MappedExtents;
 use host_tools::size::format_sectors;
 use host_tools::timestamp::now;
 use host_tools::uname::Uname;
-use host_tools::validator::{validate, SafetyLevel};
+use host_tools::validator::validate;
 use serde_json::json;
-use shared_abi::{DeviceNumber, Mode};
+use shared_abi::{DeviceNumber, Label, Mode, SharingLevel};
 
 use super::output::extents_json;
 use super::pool::{dom0_mount_users, extents_of, mode_argument, safety_argument, uname_argument};
@@ -73,7 +73,7 @@ pub struct Attach {
     mode: AccessMode,
     /// The sharing level: 0, 1 or 2.
     #[arg(long, value_parser = safety_argument, default_value = "0")]
-    safety: SafetyLevel,
+    safety: SharingLevel,
 }
 
 impl Attach {
@@ -114,13 +114,14 @@ impl Attach {
         // Record first: the record keeps the extents out of the pool, and a refusal here
         // (an existing record) leaves the hypervisor untouched.
         database.record_attachment(&target, self.domain, self.vdevice, self.mode, now())?;
-        if let Err(error) = create_vbd(
-            &mut hypervisor,
-            self.domain,
-            self.vdevice,
-            self.mode,
-            &extents,
-        ) {
+        let vbd = NewVbd {
+            domain: self.domain,
+            vdevice: self.vdevice,
+            mode: self.mode,
+            level: self.safety,
+            label: label_of(&self.uname),
+        };
+        if let Err(error) = vbd.create(&mut hypervisor, &extents) {
             let _ = database.remove_attachment(self.domain, self.vdevice);
             return Err(Error::Refused(format!("{what}: {error}")));
         }
@@ -133,7 +134,7 @@ impl Attach {
             let count = extents.len();
             println!(
                 "{what}: {} in {count} extent{}",
-                format_sectors(extents.iter().map(|extent| extent.nr_sectors).sum()),
+                format_sectors(extents.iter().map(|extent| extent.nr_sectors()).sum()),
                 if count == 1 { "" } else { "s" }
             );
         }
@@ -141,21 +142,36 @@ impl Attach {
     }
 }
 
-/// Create the VBD and set its extents; if setting them fails, delete it again so nothing
-/// half-made is left in the hypervisor.
-fn create_vbd(
-    hypervisor: &mut Hypervisor,
+/// The VBD `attach` makes: where, how, at which sharing level, and under which label.
+struct NewVbd {
     domain: u32,
     vdevice: DeviceNumber,
     mode: AccessMode,
-    extents: &[shared_abi::wire::Extent],
-) -> Result<()> {
-    hypervisor.create(domain, vdevice, mode_of(mode))?;
-    if let Err(error) = hypervisor.set_extents(domain, vdevice, extents) {
-        let _ = hypervisor.delete(domain, vdevice);
-        return Err(error.into());
+    level: SharingLevel,
+    label: Label,
+}
+
+impl NewVbd {
+    /// Create the VBD and set its extents; if setting them fails, delete it again so
+    /// nothing half-made is left in the hypervisor.
+    fn create(
+        &self,
+        hypervisor: &mut Hypervisor,
+        extents: &[shared_abi::wire::Extent],
+    ) -> Result<()> {
+        hypervisor.create(self.domain, self.vdevice, mode_of(self.mode), self.label)?;
+        if let Err(error) = hypervisor.set_extents(self.domain, self.vdevice, extents, self.level) {
+            let _ = hypervisor.delete(self.domain, self.vdevice);
+            return Err(error.into());
+        }
+        Ok(())
     }
-    Ok(())
+}
+
+/// The label the hypervisor keeps for a VBD made from `uname`: the uname itself, which
+/// fits for every `vd:ID` and classic partition name; a longer device name gets none.
+fn label_of(uname: &Uname) -> Label {
+    Label::new(&uname.to_string()).unwrap_or(Label::EMPTY)
 }
 
 /// Remove VBD VDEV from DOMAIN; its extents stay out of the pool until then.
@@ -265,7 +281,9 @@ impl Vbds {
                 .map(|extent| {
                     format!(
                         "{} {}+{}",
-                        extent.device, extent.start_sector, extent.nr_sectors
+                        extent.device(),
+                        extent.start_sector(),
+                        extent.nr_sectors()
                     )
                 })
                 .collect();

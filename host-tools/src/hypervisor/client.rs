@@ -2,24 +2,29 @@
 //!
 //! A hypercall frame carries the caller's memory image: the argument struct at offset 0 and
 //! any array after it at [`ARRAY_ADDRESS`]. The reply carries the image back as the
-//! hypervisor left it, from which results are copied out.
+//! hypervisor left it, from which results are copied out. Arrays longer than one call can
+//! carry (the hypervisor's limits say how long that is) go in pieces: set-extents builds a
+//! pending list that the last piece swaps in at once, and info reads from an index on.
 
 use shared_abi::frame::{FrameKind, MAX_BLOCK_SECTORS, MAX_PAYLOAD};
 use shared_abi::wire::{
     BlockRequest, BlockResponse, CreateArgs, DomainArgs, Extent, GrowArgs, HypercallRequest,
-    HypercallResponse, InfoArgs, ProbeArgs, ProbeEntry, ReadyNotice, SetExtentsArgs, VbdHandle,
-    WireExtent, PROBE_ALL,
+    HypercallResponse, InfoArgs, LimitsArgs, ProbeArgs, ProbeEntry, ReadyNotice, SetExtentsArgs,
+    SetExtentsFlags, VbdHandle, WireExtent, PROBE_ALL,
 };
-use shared_abi::{DeviceNumber, Mode, Op, SECTOR_SIZE};
+use shared_abi::{DeviceNumber, Label, Mode, Op, SharingLevel, SECTOR_SIZE};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::{Channel, Endpoint, HypervisorError};
 
-/// Where the array of a hypercall sits in the memory image, after the argument struct.
-const ARRAY_ADDRESS: usize = 64;
-/// Room for arrays in one frame.
-const MAX_ARRAY_BYTES: usize =
-    MAX_PAYLOAD - ARRAY_ADDRESS - std::mem::size_of::<HypercallRequest>();
+/// Where the array of a hypercall sits in the memory image, after the argument struct (the
+/// largest, `InfoArgs`, is 72 bytes).
+const ARRAY_ADDRESS: usize = 128;
+/// The most bytes of memory image one frame carries.
+const MAX_IMAGE_BYTES: usize = MAX_PAYLOAD - std::mem::size_of::<HypercallRequest>();
+/// How often a read in pieces starts again because the VBD changed meanwhile, before it
+/// gives up.
+const PIECE_RESTARTS: usize = 8;
 
 /// One VBD as probe reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,7 +43,33 @@ pub struct VbdDetails {
     pub vdevice: DeviceNumber,
     pub mode: Mode,
     pub size_sectors: u64,
+    /// What dom0 named it when it created it, e.g. `vd:3`; may be empty.
+    pub label: Label,
     pub extents: Vec<Extent>,
+}
+
+/// What the hypervisor enforces and how large its tables are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub sharing_ceiling: SharingLevel,
+    pub domains: u32,
+    pub vbds_per_domain: u32,
+    pub extents: u32,
+    pub extents_free: u32,
+    pub disks: u32,
+    /// The most bytes of arguments and array one call carries.
+    pub max_call_bytes: u64,
+}
+
+impl Limits {
+    /// How many elements of `element_bytes` one call can carry beside its arguments.
+    fn array_room(&self, element_bytes: usize) -> usize {
+        let call_bytes = usize::try_from(self.max_call_bytes).unwrap_or(usize::MAX);
+        call_bytes
+            .min(MAX_IMAGE_BYTES)
+            .saturating_sub(ARRAY_ADDRESS)
+            / element_bytes
+    }
 }
 
 /// A connection to one hypervisor port, speaking for that port's domain.
@@ -46,6 +77,8 @@ pub struct Hypervisor {
     channel: Channel,
     endpoint: String,
     domain: u32,
+    start_id: u64,
+    limits: Option<Limits>,
 }
 
 fn handle(domain: u32, vdevice: DeviceNumber) -> VbdHandle {
@@ -89,12 +122,20 @@ impl Hypervisor {
             channel,
             endpoint: endpoint.to_owned(),
             domain: notice.domain,
+            start_id: notice.start_id,
+            limits: None,
         })
     }
 
     /// The domain this port belongs to.
     pub fn domain(&self) -> u32 {
         self.domain
+    }
+
+    /// The identifier of the hypervisor's current start: a record made under another start
+    /// describes a VBD that a restart took away.
+    pub fn start_id(&self) -> u64 {
+        self.start_id
     }
 
     /// The endpoint this client is connected to.
@@ -125,10 +166,11 @@ impl Hypervisor {
         operation: impl FnOnce() -> String,
     ) -> Result<(u64, Vec<u8>), HypervisorError> {
         let room = array_room.max(array.len());
-        if room > MAX_ARRAY_BYTES {
+        if ARRAY_ADDRESS + room > MAX_IMAGE_BYTES {
             return Err(self.protocol_error(format!(
-                "{}: {room} bytes of arguments exceed one frame ({MAX_ARRAY_BYTES})",
-                operation()
+                "{}: {room} bytes of arguments exceed one frame ({} bytes)",
+                operation(),
+                MAX_IMAGE_BYTES - ARRAY_ADDRESS
             )));
         }
         let mut memory = vec![0u8; ARRAY_ADDRESS + room];
@@ -154,6 +196,7 @@ impl Hypervisor {
             Some(Err(error)) => Err(HypervisorError::Refused {
                 operation: operation(),
                 error,
+                image: Some(image.to_vec()),
             }),
             None => Err(self.protocol_error(format!("unknown result {}", response.result))),
         }
@@ -177,17 +220,41 @@ impl Hypervisor {
         u32::try_from(version).map_err(|_| self.protocol_error("version out of range"))
     }
 
-    /// Create an empty VBD.
+    /// The hypervisor's limits and sharing ceiling, asked once per connection.
+    pub fn limits(&mut self) -> Result<Limits, HypervisorError> {
+        if let Some(limits) = self.limits {
+            return Ok(limits);
+        }
+        let (_, image) = self.hypercall(Op::Limits, &LimitsArgs::default(), &[], 0, || {
+            "limits".to_owned()
+        })?;
+        let wire: LimitsArgs = self.read_back(&image, 0)?;
+        let limits = Limits {
+            sharing_ceiling: SharingLevel::try_from(wire.sharing_ceiling)
+                .map_err(|_| self.protocol_error("a sharing ceiling out of range"))?,
+            domains: wire.domains,
+            vbds_per_domain: wire.vbds_per_domain,
+            extents: wire.extents,
+            extents_free: wire.extents_free,
+            disks: wire.disks,
+            max_call_bytes: wire.max_call_bytes,
+        };
+        self.limits = Some(limits);
+        Ok(limits)
+    }
+
+    /// Create an empty VBD named `label`.
     pub fn create(
         &mut self,
         domain: u32,
         vdevice: DeviceNumber,
         mode: Mode,
+        label: Label,
     ) -> Result<(), HypervisorError> {
         let args = CreateArgs {
             handle: handle(domain, vdevice),
             mode: mode.bits(),
-            _reserved: 0,
+            label: label.to_wire(),
         };
         self.hypercall(Op::Create, &args, &[], 0, || {
             format!("create {}", describe(domain, vdevice))
@@ -195,38 +262,64 @@ impl Hypervisor {
         .map(drop)
     }
 
-    /// Replace a VBD's extents atomically.
+    /// Replace a VBD's extents atomically, accepting sharing up to `level`: in one call
+    /// when the list fits, otherwise in pieces that only the last one makes visible.
     pub fn set_extents(
         &mut self,
         domain: u32,
         vdevice: DeviceNumber,
         extents: &[Extent],
+        level: SharingLevel,
     ) -> Result<(), HypervisorError> {
+        let room = self
+            .limits()?
+            .array_room(std::mem::size_of::<WireExtent>())
+            .max(1);
         let wire: Vec<WireExtent> = extents.iter().map(Extent::to_wire).collect();
-        let count =
-            u32::try_from(wire.len()).map_err(|_| self.protocol_error("too many extents"))?;
-        let args = SetExtentsArgs {
-            handle: handle(domain, vdevice),
-            extents_address: ARRAY_ADDRESS as u64,
-            nr_extents: count,
-            _reserved: 0,
+        let operation = || format!("set-extents on {}", describe(domain, vdevice));
+        let pieces: Vec<&[WireExtent]> = if wire.is_empty() {
+            vec![&[]]
+        } else {
+            wire.chunks(room).collect()
         };
-        self.hypercall(Op::SetExtents, &args, wire.as_bytes(), 0, || {
-            format!("set-extents on {}", describe(domain, vdevice))
-        })
-        .map(drop)
+        let mut ticket = 0;
+        for (number, piece) in pieces.iter().enumerate() {
+            let more = number + 1 < pieces.len();
+            let args = SetExtentsArgs {
+                handle: handle(domain, vdevice),
+                extents_address: ARRAY_ADDRESS as u64,
+                nr_extents: u32::try_from(piece.len())
+                    .map_err(|_| self.protocol_error("a piece of over 4 G extents"))?,
+                first_index: u32::try_from(number * room)
+                    .map_err(|_| self.protocol_error("over 4 G extents"))?,
+                sharing: level.number(),
+                flags: if more {
+                    SetExtentsFlags::MORE.bits()
+                } else {
+                    0
+                },
+                ticket,
+            };
+            let (_, image) =
+                self.hypercall(Op::SetExtents, &args, piece.as_bytes(), 0, operation)?;
+            ticket = self.read_back::<SetExtentsArgs>(&image, 0)?.ticket;
+        }
+        Ok(())
     }
 
-    /// Append one extent.
+    /// Append one extent, accepting sharing up to `level`.
     pub fn grow(
         &mut self,
         domain: u32,
         vdevice: DeviceNumber,
         extent: Extent,
+        level: SharingLevel,
     ) -> Result<(), HypervisorError> {
         let args = GrowArgs {
             handle: handle(domain, vdevice),
             extent: extent.to_wire(),
+            sharing: level.number(),
+            _reserved: 0,
         };
         self.hypercall(Op::Grow, &args, &[], 0, || {
             format!("grow {}", describe(domain, vdevice))
@@ -262,25 +355,26 @@ impl Hypervisor {
         .map(|(released, _)| released)
     }
 
-    /// The VBDs of `domain` (or of every domain for `None`) and the generation; asks again
-    /// with a larger buffer when the first did not fit, so nothing is ever cut short.
+    /// The VBDs of `domain` (or of every domain for `None`) and the generation. A first
+    /// call with room for a domain's worth of VBDs; when that is too small the hypervisor
+    /// says how many there are, and the second call has exactly that room.
     pub fn probe(
         &mut self,
         domain: Option<u32>,
     ) -> Result<(Vec<VbdSummary>, u64), HypervisorError> {
         let target = domain.unwrap_or(PROBE_ALL);
         let entry_size = std::mem::size_of::<ProbeEntry>();
-        let mut capacity = 16u32;
-        loop {
+        let operation = || match domain {
+            Some(domain) => format!("probe of domain {domain}"),
+            None => "probe of all domains".to_owned(),
+        };
+        let mut capacity = self.limits()?.vbds_per_domain.max(1);
+        for _ in 0..PIECE_RESTARTS {
             let args = ProbeArgs {
                 domain: target,
                 capacity,
                 entries_address: ARRAY_ADDRESS as u64,
                 ..Default::default()
-            };
-            let operation = || match domain {
-                Some(domain) => format!("probe of domain {domain}"),
-                None => "probe of all domains".to_owned(),
             };
             match self.hypercall(
                 Op::Probe,
@@ -301,62 +395,80 @@ impl Hypervisor {
                 }
                 Err(HypervisorError::Refused {
                     error: shared_abi::Error::TooBig,
+                    image: Some(image),
                     ..
-                }) => capacity = capacity.saturating_mul(4),
+                }) => {
+                    // The count needed was written back; VBDs may come and go meanwhile,
+                    // so the next call may be too small again, a bounded number of times.
+                    capacity = self.read_back::<ProbeArgs>(&image, 0)?.count.max(1);
+                }
                 Err(error) => return Err(error),
             }
         }
+        Err(self.protocol_error(format!("{}: the VBDs kept changing", operation())))
     }
 
-    /// One VBD's mode, size and every extent.
+    /// One VBD's mode, size, label and every extent, read in as many pieces as the list
+    /// needs; a piece that finds the VBD changed since the first starts the read again.
     pub fn info(
         &mut self,
         domain: u32,
         vdevice: DeviceNumber,
     ) -> Result<VbdDetails, HypervisorError> {
         let extent_size = std::mem::size_of::<WireExtent>();
-        let mut capacity = 64u32;
-        loop {
-            let args = InfoArgs {
-                handle: handle(domain, vdevice),
-                extents_address: ARRAY_ADDRESS as u64,
-                capacity,
-                ..Default::default()
-            };
-            let operation = || format!("info on {}", describe(domain, vdevice));
-            match self.hypercall(
-                Op::Info,
-                &args,
-                &[],
-                capacity as usize * extent_size,
-                operation,
-            ) {
-                Ok((count, image)) => {
-                    let after: InfoArgs = self.read_back(&image, 0)?;
-                    let extents = (0..count as usize)
-                        .map(|index| {
-                            let wire: WireExtent =
-                                self.read_back(&image, ARRAY_ADDRESS + index * extent_size)?;
-                            wire.validate().map_err(|error| {
-                                self.protocol_error(format!("bad extent in info: {error}"))
-                            })
-                        })
-                        .collect::<Result<Vec<_>, _>>()?;
-                    return Ok(VbdDetails {
-                        domain,
-                        vdevice,
-                        mode: Mode::from_bits_truncate(after.mode),
-                        size_sectors: after.size_sectors,
-                        extents,
-                    });
+        let room = u32::try_from(self.limits()?.array_room(extent_size).max(1)).unwrap_or(u32::MAX);
+        let operation = || format!("info on {}", describe(domain, vdevice));
+        'restart: for _ in 0..PIECE_RESTARTS {
+            let mut extents = Vec::new();
+            let mut first: Option<InfoArgs> = None;
+            loop {
+                let args = InfoArgs {
+                    handle: handle(domain, vdevice),
+                    extents_address: ARRAY_ADDRESS as u64,
+                    capacity: room,
+                    first_index: extents.len() as u32,
+                    ..Default::default()
+                };
+                let (count, image) =
+                    self.hypercall(Op::Info, &args, &[], room as usize * extent_size, operation)?;
+                let after: InfoArgs = self.read_back(&image, 0)?;
+                match first {
+                    Some(first) if first.generation != after.generation => continue 'restart,
+                    Some(_) => {}
+                    None => first = Some(after),
                 }
-                Err(HypervisorError::Refused {
-                    error: shared_abi::Error::TooBig,
-                    ..
-                }) => capacity = capacity.saturating_mul(8),
-                Err(error) => return Err(error),
+                for index in 0..count as usize {
+                    let wire: WireExtent =
+                        self.read_back(&image, ARRAY_ADDRESS + index * extent_size)?;
+                    extents.push(wire.validate().map_err(|error| {
+                        self.protocol_error(format!("bad extent in info: {error}"))
+                    })?);
+                }
+                if extents.len() >= after.nr_extents as usize || count == 0 {
+                    break;
+                }
             }
+            let after = first.ok_or_else(|| self.protocol_error("no info"))?;
+            if extents.len() != after.nr_extents as usize {
+                return Err(self.protocol_error(format!(
+                    "{}: {} of {} extents returned",
+                    operation(),
+                    extents.len(),
+                    after.nr_extents
+                )));
+            }
+            return Ok(VbdDetails {
+                domain,
+                vdevice,
+                mode: Mode::from_wire(after.mode)
+                    .map_err(|_| self.protocol_error("a VBD mode out of range"))?,
+                size_sectors: after.size_sectors,
+                label: Label::from_wire(after.label)
+                    .map_err(|_| self.protocol_error("a malformed VBD label"))?,
+                extents,
+            });
         }
+        Err(self.protocol_error(format!("{}: the VBD kept changing", operation())))
     }
 
     /// Every VBD of `domain` (or of every domain for `None`), in full.
@@ -397,7 +509,7 @@ impl Hypervisor {
         sector: u64,
         data: &[u8],
     ) -> Result<(), HypervisorError> {
-        if data.len() as u64 % SECTOR_SIZE != 0
+        if !(data.len() as u64).is_multiple_of(SECTOR_SIZE)
             || data.len() as u64 > u64::from(MAX_BLOCK_SECTORS) * SECTOR_SIZE
         {
             return Err(self.protocol_error(format!(
@@ -430,6 +542,7 @@ impl Hypervisor {
             Some(Err(error)) => Err(HypervisorError::Refused {
                 operation: operation(),
                 error,
+                image: None,
             }),
             None => Err(self.protocol_error(format!("unknown result {}", response.result))),
         }

@@ -8,7 +8,7 @@ mod channel;
 mod client;
 
 pub use channel::{Channel, Endpoint};
-pub use client::{Hypervisor, VbdDetails, VbdSummary};
+pub use client::{Hypervisor, Limits, VbdDetails, VbdSummary};
 
 /// A failure talking to the hypervisor.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +26,9 @@ pub enum HypervisorError {
     Refused {
         operation: String,
         error: shared_abi::Error,
+        /// The caller's memory image as the refusal left it, for a hypercall: `E2BIG`
+        /// writes the count needed into it.
+        image: Option<Vec<u8>>,
     },
 }
 

@@ -1,13 +1,15 @@
 //! A test guest: builds a memory image, issues hypercalls through `dispatch`, reads results.
 #![allow(dead_code)] // Each test binary uses part of this harness.
 
-use hv_vbd::{Disk, GuestAddress, SharingLevel, SliceMemory, VbdTable};
+use hv_vbd::{
+    Access, Disk, GuestAddress, ListPiece, Request, Segment, SliceMemory, VbdId, VbdTable,
+};
 use shared_abi::{
     wire::{
-        CreateArgs, GrowArgs, InfoArgs, ProbeArgs, ProbeEntry, SetExtentsArgs, VbdHandle,
-        WireExtent,
+        CreateArgs, GrowArgs, InfoArgs, ProbeArgs, ProbeEntry, SetExtentsArgs, SetExtentsFlags,
+        VbdHandle, WireExtent,
     },
-    DeviceNumber, Error, Op,
+    DeviceNumber, Error, Label, Op, SharingLevel,
 };
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -22,6 +24,9 @@ pub const DOM0: u32 = 0;
 pub const GUEST: u32 = 1;
 pub const OTHER_GUEST: u32 = 2;
 pub const DISK_SECTORS: u64 = 1000;
+
+/// The level the harness's grow and set-extents ask for unless told otherwise.
+pub const LEVEL: SharingLevel = SharingLevel::ReadersOnly;
 
 pub fn hda() -> DeviceNumber {
     DeviceNumber::from_name("hda").unwrap()
@@ -39,21 +44,17 @@ pub fn xvdb() -> DeviceNumber {
     DeviceNumber::from_name("xvdb").unwrap()
 }
 
-/// A table with hda and hdb, 1000 sectors each.
-pub fn table(level: SharingLevel) -> Table {
-    let table = Table::new(level);
-    table
-        .register_disk(Disk {
-            device: hda(),
-            sectors: DISK_SECTORS,
-        })
-        .unwrap();
-    table
-        .register_disk(Disk {
-            device: hdb(),
-            sectors: DISK_SECTORS,
-        })
-        .unwrap();
+/// A table with hda and hdb, 1000 sectors each, and the default ceiling (level 2).
+pub fn table() -> Table {
+    let table = Table::new(SharingLevel::Unrestricted);
+    for device in [hda(), hdb()] {
+        table
+            .register_disk(Disk {
+                device,
+                sectors: DISK_SECTORS,
+            })
+            .unwrap();
+    }
     table
 }
 
@@ -71,6 +72,10 @@ pub fn handle(domain: u32, vdevice: DeviceNumber) -> VbdHandle {
         domain,
         vdevice: vdevice.raw(),
     }
+}
+
+pub fn id(domain: u32, vdevice: DeviceNumber) -> VbdId {
+    VbdId { domain, vdevice }
 }
 
 /// A guest memory image with `args` at [`ARGS`] and `array` at [`ARRAY`].
@@ -98,29 +103,60 @@ impl Image {
     }
 }
 
-/// Issue `op` from `caller` with `image` as its memory; returns the wire result.
+/// Issue `op` from `caller` with `image` as its memory; returns the wire result, once any
+/// fence is complete.
 pub fn call(table: &Table, caller: u32, op: Op, image: &mut Image) -> i64 {
-    table
-        .dispatch(
-            caller,
-            op as u32,
-            GuestAddress(ARGS),
-            &mut SliceMemory::new(&mut image.0),
-        )
-        .result
+    let outcome = table.dispatch(
+        caller,
+        op as u32,
+        GuestAddress(ARGS),
+        &mut SliceMemory::new(&mut image.0),
+    );
+    if let Some(fence) = outcome.fence {
+        fence.wait(std::thread::yield_now);
+    }
+    outcome.result
 }
 
 pub fn errno(error: Error) -> i64 {
     error.to_wire()
 }
 
-pub fn create(table: &Table, caller: u32, domain: u32, vdevice: DeviceNumber, mode: u32) -> i64 {
+pub fn create_labelled(
+    table: &Table,
+    caller: u32,
+    domain: u32,
+    vdevice: DeviceNumber,
+    mode: u32,
+    label: &str,
+) -> i64 {
     let args = CreateArgs {
         handle: handle(domain, vdevice),
         mode,
-        _reserved: 0,
+        label: Label::new(label).unwrap().to_wire(),
     };
     call(table, caller, Op::Create, &mut Image::new(&args, &[]))
+}
+
+pub fn create(table: &Table, caller: u32, domain: u32, vdevice: DeviceNumber, mode: u32) -> i64 {
+    create_labelled(table, caller, domain, vdevice, mode, "")
+}
+
+pub fn grow_at(
+    table: &Table,
+    caller: u32,
+    domain: u32,
+    vdevice: DeviceNumber,
+    extent: WireExtent,
+    level: SharingLevel,
+) -> i64 {
+    let args = GrowArgs {
+        handle: handle(domain, vdevice),
+        extent,
+        sharing: level.number(),
+        _reserved: 0,
+    };
+    call(table, caller, Op::Grow, &mut Image::new(&args, &[]))
 }
 
 pub fn grow(
@@ -130,11 +166,64 @@ pub fn grow(
     vdevice: DeviceNumber,
     extent: WireExtent,
 ) -> i64 {
-    let args = GrowArgs {
-        handle: handle(domain, vdevice),
-        extent,
+    grow_at(table, caller, domain, vdevice, extent, LEVEL)
+}
+
+/// A piece at `first_index` of the list `ticket` names, at the harness's level.
+pub fn piece(first_index: u32, ticket: u64, more: bool) -> ListPiece {
+    ListPiece {
+        first_index,
+        ticket,
+        more,
+        level: LEVEL,
+    }
+}
+
+/// One set-extents piece through `dispatch`: (result, args after the call).
+pub fn set_piece(
+    table: &Table,
+    caller: u32,
+    target: VbdHandle,
+    extents: &[WireExtent],
+    piece: ListPiece,
+) -> (i64, SetExtentsArgs) {
+    let args = SetExtentsArgs {
+        handle: target,
+        extents_address: ARRAY,
+        nr_extents: extents.len() as u32,
+        first_index: piece.first_index,
+        sharing: piece.level.number(),
+        flags: if piece.more {
+            SetExtentsFlags::MORE.bits()
+        } else {
+            0
+        },
+        ticket: piece.ticket,
     };
-    call(table, caller, Op::Grow, &mut Image::new(&args, &[]))
+    let mut image = Image::new(&args, extents.as_bytes());
+    let result = call(table, caller, Op::SetExtents, &mut image);
+    (result, image.args())
+}
+
+pub fn set_extents_at(
+    table: &Table,
+    caller: u32,
+    domain: u32,
+    vdevice: DeviceNumber,
+    extents: &[WireExtent],
+    level: SharingLevel,
+) -> i64 {
+    set_piece(
+        table,
+        caller,
+        handle(domain, vdevice),
+        extents,
+        ListPiece {
+            level,
+            ..piece(0, 0, false)
+        },
+    )
+    .0
 }
 
 pub fn set_extents(
@@ -144,18 +233,7 @@ pub fn set_extents(
     vdevice: DeviceNumber,
     extents: &[WireExtent],
 ) -> i64 {
-    let args = SetExtentsArgs {
-        handle: handle(domain, vdevice),
-        extents_address: ARRAY,
-        nr_extents: extents.len() as u32,
-        _reserved: 0,
-    };
-    call(
-        table,
-        caller,
-        Op::SetExtents,
-        &mut Image::new(&args, extents.as_bytes()),
-    )
+    set_extents_at(table, caller, domain, vdevice, extents, LEVEL)
 }
 
 pub fn vbd_op(table: &Table, caller: u32, op: Op, domain: u32, vdevice: DeviceNumber) -> i64 {
@@ -187,18 +265,20 @@ pub fn probe(
     (result, after, image.array(written))
 }
 
-/// Info with room for `capacity` extents: (result, args after the call, extents written).
-pub fn info(
+/// Info of up to `capacity` extents from `first_index`: (result, args after, extents).
+pub fn info_from(
     table: &Table,
     caller: u32,
     domain: u32,
     vdevice: DeviceNumber,
+    first_index: u32,
     capacity: u32,
 ) -> (i64, InfoArgs, Vec<WireExtent>) {
     let args = InfoArgs {
         handle: handle(domain, vdevice),
         extents_address: ARRAY,
         capacity,
+        first_index,
         ..Default::default()
     };
     let mut image = Image::new(&args, &[]);
@@ -206,4 +286,43 @@ pub fn info(
     let after: InfoArgs = image.args();
     let written = if result >= 0 { result as usize } else { 0 };
     (result, after, image.array(written))
+}
+
+/// Info with room for `capacity` extents from the first.
+pub fn info(
+    table: &Table,
+    caller: u32,
+    domain: u32,
+    vdevice: DeviceNumber,
+    capacity: u32,
+) -> (i64, InfoArgs, Vec<WireExtent>) {
+    info_from(table, caller, domain, vdevice, 0, capacity)
+}
+
+/// Translate a request of `domain` on `vdevice` with room for `room` segments.
+pub fn translate_with_room(
+    table: &Table,
+    domain: u32,
+    vdevice: DeviceNumber,
+    sector: u64,
+    count: u64,
+    access: Access,
+    room: usize,
+) -> Result<Vec<Segment>, Error> {
+    let context = table.io_context().unwrap();
+    let request = Request::new(access, sector, count)?;
+    let mut out = vec![Segment::default(); room];
+    let translation = table.translate(&context, id(domain, vdevice), &request, &mut out)?;
+    Ok(translation.segments().to_vec())
+}
+
+/// Translate a request of `domain` on its xvda.
+pub fn translate(
+    table: &Table,
+    domain: u32,
+    sector: u64,
+    count: u64,
+    access: Access,
+) -> Result<Vec<Segment>, Error> {
+    translate_with_room(table, domain, xvda(), sector, count, access, 8)
 }

@@ -10,7 +10,7 @@
 
 use core::fmt;
 
-use crate::cpu;
+use crate::cpu::{self, Port, Registers};
 use crate::timer::Deadline;
 
 pub const SECTOR_BYTES: usize = 512;
@@ -50,17 +50,22 @@ const LBA48_LIMIT: u64 = 1 << 48;
 /// One IDE channel: its command block and control block ports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Channel {
-    command: u16,
-    control: u16,
+    command: Registers<8>,
+    control: Port,
 }
 
+/// The legacy IDE controller's channels on QEMU's `pc` machine; only this module drives them.
 pub const PRIMARY: Channel = Channel {
-    command: 0x1F0,
-    control: 0x3F6,
+    // SAFETY: the primary channel's eight command-block registers.
+    command: unsafe { Registers::new(0x1F0) },
+    // SAFETY: the primary channel's device control / alternate status register.
+    control: unsafe { Port::new(0x3F6) },
 };
 pub const SECONDARY: Channel = Channel {
-    command: 0x170,
-    control: 0x376,
+    // SAFETY: the secondary channel's eight command-block registers.
+    command: unsafe { Registers::new(0x170) },
+    // SAFETY: the secondary channel's device control / alternate status register.
+    control: unsafe { Port::new(0x376) },
 };
 
 /// Which of a channel's two drives.
@@ -121,7 +126,7 @@ pub struct Disk {
 
 impl Channel {
     fn status(self) -> u8 {
-        cpu::read_byte(self.command + STATUS_COMMAND)
+        self.command.at(STATUS_COMMAND).read_byte()
     }
 
     /// The status without the side effects of reading the status register; four reads
@@ -129,16 +134,17 @@ impl Channel {
     fn settle(self) -> u8 {
         let mut status = 0;
         for _ in 0..4 {
-            status = cpu::read_byte(self.control);
+            status = self.control.read_byte();
         }
         status
     }
 
     /// Put the drives in a known state, with their interrupts on (they only wake waits).
     pub fn reset(self) {
-        cpu::write_byte(self.control, CONTROL_INTERRUPTS_ON | CONTROL_SOFTWARE_RESET);
+        self.control
+            .write_byte(CONTROL_INTERRUPTS_ON | CONTROL_SOFTWARE_RESET);
         self.settle();
-        cpu::write_byte(self.control, CONTROL_INTERRUPTS_ON);
+        self.control.write_byte(CONTROL_INTERRUPTS_ON);
         self.settle();
         let deadline = Deadline::after_milliseconds(COMMAND_MILLISECONDS);
         // A drive that stays busy shows up as a timeout on its first command.
@@ -181,7 +187,7 @@ impl Channel {
         if status & STATUS_ERROR != 0 {
             return Err(AtaError::Device {
                 status,
-                error: cpu::read_byte(self.command + ERROR),
+                error: self.command.at(ERROR).read_byte(),
             });
         }
         if status & STATUS_DEVICE_FAULT != 0 {
@@ -193,7 +199,9 @@ impl Channel {
     fn select(self, drive: Drive, deadline: &Deadline) -> Result<(), AtaError> {
         self.wait_not_busy(deadline)?;
         // 0x40: LBA addressing; 0xA0 are bits that old drives require set.
-        cpu::write_byte(self.command + DRIVE_SELECT, 0xE0 | drive.select_bit());
+        self.command
+            .at(DRIVE_SELECT)
+            .write_byte(0xE0 | drive.select_bit());
         self.settle();
         self.wait_not_busy(deadline).map(drop)
     }
@@ -202,14 +210,14 @@ impl Channel {
     fn load_address(self, sector: u64, count: u16) {
         let [count_low, count_high] = count.to_le_bytes();
         let lba = sector.to_le_bytes();
-        cpu::write_byte(self.command + SECTOR_COUNT, count_high);
-        cpu::write_byte(self.command + LBA_LOW, lba[3]);
-        cpu::write_byte(self.command + LBA_MID, lba[4]);
-        cpu::write_byte(self.command + LBA_HIGH, lba[5]);
-        cpu::write_byte(self.command + SECTOR_COUNT, count_low);
-        cpu::write_byte(self.command + LBA_LOW, lba[0]);
-        cpu::write_byte(self.command + LBA_MID, lba[1]);
-        cpu::write_byte(self.command + LBA_HIGH, lba[2]);
+        self.command.at(SECTOR_COUNT).write_byte(count_high);
+        self.command.at(LBA_LOW).write_byte(lba[3]);
+        self.command.at(LBA_MID).write_byte(lba[4]);
+        self.command.at(LBA_HIGH).write_byte(lba[5]);
+        self.command.at(SECTOR_COUNT).write_byte(count_low);
+        self.command.at(LBA_LOW).write_byte(lba[0]);
+        self.command.at(LBA_MID).write_byte(lba[1]);
+        self.command.at(LBA_HIGH).write_byte(lba[2]);
     }
 
     /// Send IDENTIFY to `drive`; `None` when nothing answers or the device is not an ATA
@@ -222,21 +230,19 @@ impl Channel {
         }
         self.select(drive, &deadline).ok()?;
         self.load_address(0, 0);
-        cpu::write_byte(self.command + STATUS_COMMAND, COMMAND_IDENTIFY);
+        self.command.at(STATUS_COMMAND).write_byte(COMMAND_IDENTIFY);
         self.settle();
         if self.status() == 0 {
             return None;
         }
         self.wait_not_busy(&deadline).ok()?;
         // ATAPI and SATA devices abort IDENTIFY and leave their signature here.
-        if cpu::read_byte(self.command + LBA_MID) != 0
-            || cpu::read_byte(self.command + LBA_HIGH) != 0
-        {
+        if self.command.at(LBA_MID).read_byte() != 0 || self.command.at(LBA_HIGH).read_byte() != 0 {
             return None;
         }
         self.wait_data_request(&deadline).ok()?;
         let mut identity = [0u8; SECTOR_BYTES];
-        cpu::read_words_into(self.command + DATA, &mut identity);
+        self.command.at(DATA).read_words_into(&mut identity);
         let word =
             |index: usize| u16::from_le_bytes([identity[2 * index], identity[2 * index + 1]]);
         let supports_lba48 = word(83) & (1 << 10) != 0;
@@ -322,7 +328,7 @@ impl Disk {
         self.start(COMMAND_READ_SECTORS_EXT, sector, buffer.len(), &deadline)?;
         for sector_bytes in buffer.chunks_exact_mut(SECTOR_BYTES) {
             self.channel.wait_data_request(&deadline)?;
-            cpu::read_words_into(self.channel.command + DATA, sector_bytes);
+            self.channel.command.at(DATA).read_words_into(sector_bytes);
         }
         self.channel.settle();
         let status = self.channel.wait_not_busy(&deadline)?;
@@ -335,7 +341,7 @@ impl Disk {
         self.start(COMMAND_WRITE_SECTORS_EXT, sector, data.len(), &deadline)?;
         for sector_bytes in data.chunks_exact(SECTOR_BYTES) {
             self.channel.wait_data_request(&deadline)?;
-            cpu::write_words_from(self.channel.command + DATA, sector_bytes);
+            self.channel.command.at(DATA).write_words_from(sector_bytes);
         }
         self.channel.settle();
         let status = self.channel.wait_not_busy(&deadline)?;
@@ -353,7 +359,7 @@ impl Disk {
         // At most SECTORS_PER_COMMAND, so it fits the 16-bit count.
         self.channel
             .load_address(sector, (bytes / SECTOR_BYTES) as u16);
-        cpu::write_byte(self.channel.command + STATUS_COMMAND, command);
+        self.channel.command.at(STATUS_COMMAND).write_byte(command);
         self.channel.settle();
         Ok(())
     }

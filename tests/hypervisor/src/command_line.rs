@@ -1,5 +1,7 @@
 //! The kernel command line (QEMU's `-append`), read from the PVH start info, and the one
-//! option it carries: `sharing=0|1|2`, the VBD sharing level (default 0).
+//! option it carries: `sharing=0|1|2`, the sharing ceiling: the most permissive level any
+//! request may ask for (default 2, so the tools' requests rule unless an administrator
+//! lowers it).
 //!
 //! QEMU's PVH loader leaves the physical address of a `struct hvm_start_info` in %ebx at
 //! entry; its `cmdline_paddr` points at a NUL-terminated string. The string is input: it is
@@ -29,6 +31,7 @@ pub struct CommandLine {
 /// What the hypervisor takes from its command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Options {
+    /// The sharing ceiling.
     pub sharing: SharingLevel,
 }
 
@@ -154,11 +157,12 @@ impl CommandLine {
             if sharing.is_some() {
                 return Err(CommandLineError::RepeatedSharing);
             }
-            sharing = Some(match value {
-                b"0" => SharingLevel::ReadersOnly,
-                b"1" => SharingLevel::SingleWriter,
-                b"2" => SharingLevel::Unrestricted,
-                _ => {
+            let parsed = core::str::from_utf8(value)
+                .ok()
+                .and_then(|text| text.parse::<SharingLevel>().ok());
+            sharing = Some(match parsed {
+                Some(level) => level,
+                None => {
                     let mut shown = [0u8; 16];
                     let kept = value.len().min(shown.len());
                     shown[..kept].copy_from_slice(&value[..kept]);
@@ -170,7 +174,7 @@ impl CommandLine {
             });
         }
         Ok(Options {
-            sharing: sharing.unwrap_or(SharingLevel::ReadersOnly),
+            sharing: sharing.unwrap_or(SharingLevel::Unrestricted),
         })
     }
 }

@@ -2,69 +2,114 @@
 //!
 //! With the entry assembly and [`crate::interrupts`] (the IDT) and [`crate::command_line`]
 //! (reading the boot loader's memory), this is one of the few modules with `unsafe`. Port
-//! I/O is unsafe because a write to the wrong port can reprogram any device; the callers
-//! are the device modules, each of which names its own fixed ports.
+//! I/O is unsafe because a write to the wrong port can reprogram any device (the DMA
+//! controller or the PIC can break memory safety), so an access needs a [`Port`] token,
+//! and only an `unsafe` constructor makes one: each device module makes its own, once, for
+//! the fixed ports of the device it drives, and says why they are its.
 
 use core::arch::asm;
 
-/// Read a byte from an I/O port.
-pub fn read_byte(port: u16) -> u8 {
-    let value: u8;
-    // SAFETY: `in` reads a device register; it touches no memory and the device modules
-    // only name ports of the legacy devices they drive (UARTs, PIT, IDE).
-    unsafe {
-        asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack, preserves_flags))
-    };
-    value
+/// The right to access one I/O port. Accesses through it are safe; making one is not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Port(u16);
+
+impl Port {
+    /// # Safety
+    ///
+    /// `number` must be a register of a legacy device this hypervisor alone drives, and
+    /// the module that owns the token must access it only as that device's protocol
+    /// allows.
+    pub const unsafe fn new(number: u16) -> Port {
+        Port(number)
+    }
+
+    /// Read a byte.
+    pub fn read_byte(self) -> u8 {
+        let value: u8;
+        // SAFETY: `in` reads a device register and touches no memory; `Port::new`'s caller
+        // vouched that the port is a register of a device this hypervisor drives.
+        unsafe {
+            asm!("in al, dx", in("dx") self.0, out("al") value, options(nomem, nostack, preserves_flags))
+        };
+        value
+    }
+
+    /// Write a byte.
+    pub fn write_byte(self, value: u8) {
+        // SAFETY: as in `read_byte`; no memory is touched.
+        unsafe {
+            asm!("out dx, al", in("dx") self.0, in("al") value, options(nomem, nostack, preserves_flags))
+        };
+    }
+
+    /// Fill `buffer` with 16-bit words read from the port (little-endian, as the ATA data
+    /// register delivers sector bytes). `buffer` must have an even length.
+    pub fn read_words_into(self, buffer: &mut [u8]) {
+        assert!(
+            buffer.len().is_multiple_of(2),
+            "word transfer into an odd-length buffer"
+        );
+        // SAFETY: `rep insw` stores exactly `rcx` words from `rdi` upwards; `rcx` is
+        // `buffer.len() / 2`, so every store lands inside `buffer`, which we borrow
+        // exclusively. The direction flag is clear: the entry code clears it and Rust code
+        // keeps it clear.
+        unsafe {
+            asm!(
+                "rep insw",
+                in("dx") self.0,
+                inout("rdi") buffer.as_mut_ptr() => _,
+                inout("rcx") buffer.len() / 2 => _,
+                options(nostack, preserves_flags)
+            )
+        };
+    }
+
+    /// Write the bytes of `buffer` to the port as 16-bit little-endian words. `buffer`
+    /// must have an even length.
+    pub fn write_words_from(self, buffer: &[u8]) {
+        assert!(
+            buffer.len().is_multiple_of(2),
+            "word transfer from an odd-length buffer"
+        );
+        // SAFETY: `rep outsw` loads exactly `rcx` words from `rsi` upwards, all inside
+        // `buffer`; the direction flag is clear (see `read_words_into`).
+        unsafe {
+            asm!(
+                "rep outsw",
+                in("dx") self.0,
+                inout("rsi") buffer.as_ptr() => _,
+                inout("rcx") buffer.len() / 2 => _,
+                options(nostack, preserves_flags, readonly)
+            )
+        };
+    }
 }
 
-/// Write a byte to an I/O port.
-pub fn write_byte(port: u16, value: u8) {
-    // SAFETY: as in `read_byte`; no memory is touched.
-    unsafe {
-        asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
-    };
+/// A device's block of `LENGTH` consecutive registers, from which its module takes the
+/// [`Port`] of each register by offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Registers<const LENGTH: u16> {
+    base: u16,
 }
 
-/// Fill `buffer` with 16-bit words read from one port (little-endian, as the ATA data
-/// register delivers sector bytes). `buffer` must have an even length.
-pub fn read_words_into(port: u16, buffer: &mut [u8]) {
-    assert!(
-        buffer.len().is_multiple_of(2),
-        "word transfer into an odd-length buffer"
-    );
-    // SAFETY: `rep insw` stores exactly `rcx` words from `rdi` upwards; `rcx` is
-    // `buffer.len() / 2`, so every store lands inside `buffer`, which we borrow exclusively.
-    // The direction flag is clear: the entry code clears it and Rust code keeps it clear.
-    unsafe {
-        asm!(
-            "rep insw",
-            in("dx") port,
-            inout("rdi") buffer.as_mut_ptr() => _,
-            inout("rcx") buffer.len() / 2 => _,
-            options(nostack, preserves_flags)
-        )
-    };
-}
+impl<const LENGTH: u16> Registers<LENGTH> {
+    /// # Safety
+    ///
+    /// `[base, base + LENGTH)` must be the registers of one legacy device this hypervisor
+    /// alone drives, and the owning module must access them only as the device allows.
+    pub const unsafe fn new(base: u16) -> Self {
+        Registers { base }
+    }
 
-/// Write the bytes of `buffer` to one port as 16-bit little-endian words. `buffer` must have
-/// an even length.
-pub fn write_words_from(port: u16, buffer: &[u8]) {
-    assert!(
-        buffer.len().is_multiple_of(2),
-        "word transfer from an odd-length buffer"
-    );
-    // SAFETY: `rep outsw` loads exactly `rcx` words from `rsi` upwards, all inside `buffer`;
-    // the direction flag is clear (see `read_words_into`).
-    unsafe {
-        asm!(
-            "rep outsw",
-            in("dx") port,
-            inout("rsi") buffer.as_ptr() => _,
-            inout("rcx") buffer.len() / 2 => _,
-            options(nostack, preserves_flags, readonly)
-        )
-    };
+    /// The register at `offset`, which must lie inside the block (checked: offsets are
+    /// constants, so a wrong one is a bug to stop at, not a port to touch).
+    pub const fn at(self, offset: u16) -> Port {
+        assert!(
+            offset < LENGTH,
+            "register offset outside the device's block"
+        );
+        Port(self.base + offset)
+    }
 }
 
 /// The time-stamp counter: ticks at a constant rate that [`crate::timer`] calibrates.

@@ -6,10 +6,12 @@
 
 use shared_abi::frame::{FAILURE_EXIT_VALUE, SHUTDOWN_EXIT_VALUE};
 
-use crate::cpu;
+use crate::cpu::{self, Port};
 use crate::serial::log;
 
-const DEBUG_EXIT_PORT: u16 = 0xF4;
+// SAFETY: 0xF4 is where the harnesses put QEMU's isa-debug-exit device; nothing else is
+// there, and writing it only ends the run.
+const DEBUG_EXIT_PORT: Port = unsafe { Port::new(0xF4) };
 
 /// How the hypervisor stops; the values are the ones the harnesses agreed on in shared-abi.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,7 +33,7 @@ impl ExitCode {
 
 /// Stop QEMU with `code`, or halt when there is no exit device.
 pub fn exit(code: ExitCode) -> ! {
-    cpu::write_byte(DEBUG_EXIT_PORT, code.value());
+    DEBUG_EXIT_PORT.write_byte(code.value());
     cpu::halt_forever()
 }
 

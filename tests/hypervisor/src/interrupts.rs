@@ -13,14 +13,20 @@
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::cpu;
+use crate::cpu::Port;
 use crate::exit::{self, ExitCode};
 use crate::serial::log;
 
-const MASTER_COMMAND: u16 = 0x20;
-const MASTER_DATA: u16 = 0x21;
-const SLAVE_COMMAND: u16 = 0xA0;
-const SLAVE_DATA: u16 = 0xA1;
+// The two 8259 PICs' ports; this module alone programs them, at boot, and its interrupt
+// stubs acknowledge through them.
+// SAFETY: the master PIC's command port.
+const MASTER_COMMAND: Port = unsafe { Port::new(0x20) };
+// SAFETY: the master PIC's data (mask) port.
+const MASTER_DATA: Port = unsafe { Port::new(0x21) };
+// SAFETY: the slave PIC's command port.
+const SLAVE_COMMAND: Port = unsafe { Port::new(0xA0) };
+// SAFETY: the slave PIC's data (mask) port.
+const SLAVE_DATA: Port = unsafe { Port::new(0xA1) };
 /// ICW1: edge-triggered, cascaded, ICW4 follows.
 const INITIALISE_WITH_ICW4: u8 = 0x11;
 /// ICW4: 8086 mode, normal (not automatic) end of interrupt.
@@ -176,20 +182,20 @@ pub fn initialise() {
         asm!("lidt [{}]", in(reg) &pointer, options(readonly, nostack, preserves_flags));
     }
 
-    cpu::write_byte(MASTER_COMMAND, INITIALISE_WITH_ICW4);
-    cpu::write_byte(SLAVE_COMMAND, INITIALISE_WITH_ICW4);
-    cpu::write_byte(MASTER_DATA, MASTER_VECTOR_BASE);
-    cpu::write_byte(SLAVE_DATA, SLAVE_VECTOR_BASE);
-    cpu::write_byte(MASTER_DATA, 1 << CASCADE_IRQ);
-    cpu::write_byte(SLAVE_DATA, CASCADE_IRQ);
-    cpu::write_byte(MASTER_DATA, MODE_8086);
-    cpu::write_byte(SLAVE_DATA, MODE_8086);
+    MASTER_COMMAND.write_byte(INITIALISE_WITH_ICW4);
+    SLAVE_COMMAND.write_byte(INITIALISE_WITH_ICW4);
+    MASTER_DATA.write_byte(MASTER_VECTOR_BASE);
+    SLAVE_DATA.write_byte(SLAVE_VECTOR_BASE);
+    MASTER_DATA.write_byte(1 << CASCADE_IRQ);
+    SLAVE_DATA.write_byte(CASCADE_IRQ);
+    MASTER_DATA.write_byte(MODE_8086);
+    SLAVE_DATA.write_byte(MODE_8086);
     crate::timer::start_wakeup_tick();
     let master_unmasked =
         1 << TIMER_IRQ | 1 << CASCADE_IRQ | 1 << COM2_COM4_IRQ | 1 << COM1_COM3_IRQ;
     let slave_unmasked = 1 << PRIMARY_IDE_SLAVE_INPUT | 1 << SECONDARY_IDE_SLAVE_INPUT;
-    cpu::write_byte(MASTER_DATA, !master_unmasked);
-    cpu::write_byte(SLAVE_DATA, !slave_unmasked);
+    MASTER_DATA.write_byte(!master_unmasked);
+    SLAVE_DATA.write_byte(!slave_unmasked);
 }
 
 fn exception_name(vector: u64) -> &'static str {

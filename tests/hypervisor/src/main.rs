@@ -2,10 +2,11 @@
 //!
 //! It links `hv-vbd`, finds the IDE disks and registers them, and then serves three serial
 //! ports, each the channel of one domain: COM2 is dom0, COM3 domain 1, COM4 domain 2. COM1
-//! is the console. Hypercalls arrive as frames carrying the caller's memory image; block
-//! requests are translated by `hv-vbd` and carried out by the ATA driver. There is one core
-//! and no allocator: the main loop polls the ports round-robin and, when none has a byte,
-//! halts until an interrupt (a UART's or the 1 kHz timer's) says there may be one.
+//! is the console. What it adds to hv-vbd is only a transport and disk I/O: frames are
+//! reassembled from the UARTs and handed to hv-vbd's frame server, whose block requests end
+//! in the ATA driver. There is one core and no allocator: the main loop polls the ports
+//! round-robin and, when none has a byte, halts until an interrupt (a UART's or the 1 kHz
+//! timer's) says there may be one.
 #![no_std]
 #![no_main]
 
@@ -21,7 +22,8 @@ mod serial;
 mod server;
 mod timer;
 
-use hv_vbd::{DefaultVbdTable, Segment, SharingLevel, VbdTable};
+use hv_vbd::serve::{Port, MAX_BLOCK_BYTES, MAX_SEGMENTS};
+use hv_vbd::{DefaultVbdTable, IoContext, Segment, SharingLevel, VbdTable};
 use shared_abi::DeviceNumber;
 
 use crate::channel::{Receiver, Step, IDLE_MILLISECONDS};
@@ -29,16 +31,14 @@ use crate::command_line::CommandLine;
 use crate::disks::Disks;
 use crate::exit::ExitCode;
 use crate::serial::log;
-use crate::server::{
-    ChannelPort, Server, Statistics, CHANNEL_PORTS, MAX_BLOCK_BYTES, MAX_SEGMENTS,
-};
+use crate::server::{AtaDevices, ChannelPort, Statistics, CHANNEL_PORTS};
 use crate::timer::Instant;
 
 /// Bytes read from one port before the loop moves on, so a busy port cannot starve the
 /// others of attention.
 const BYTES_PER_TURN: usize = 4096;
 
-static TABLE: DefaultVbdTable = VbdTable::new(SharingLevel::ReadersOnly);
+static TABLE: DefaultVbdTable = VbdTable::new(SharingLevel::Unrestricted);
 
 /// The large buffers, in `.bss` rather than on the stack: one frame per port, one block
 /// transfer and one translated segment list. The main loop locks it once and keeps it.
@@ -85,10 +85,13 @@ extern "C" fn hypervisor_main(start_info: u32) -> ! {
             exit::exit(ExitCode::Failure);
         }
     };
-    if let Err(error) = TABLE.set_sharing_level(options.sharing) {
-        log!("fatal: cannot set the sharing level: {}", error.name());
+    if let Err(error) = TABLE.set_sharing_ceiling(options.sharing) {
+        log!("fatal: cannot set the sharing ceiling: {}", error.name());
         exit::exit(ExitCode::Failure);
     }
+    // Different at every boot (QEMU's TSC follows the host's clock), so tools can tell
+    // the VBDs they recorded under an earlier start from this one's.
+    let start_id = cpu::time_stamp();
     let present = CHANNEL_PORTS.map(|port| port.uart.initialise());
     for (port, present) in CHANNEL_PORTS.iter().zip(present) {
         if present {
@@ -121,21 +124,43 @@ extern "C" fn hypervisor_main(start_info: u32) -> ! {
         );
     }
     log!(
-        "ready ports={} disks={} sharing={}",
+        "ready ports={} disks={} sharing={} start={start_id:#x}",
         present.iter().filter(|&&present| present).count(),
         disks.iter().count(),
-        TABLE.sharing_level() as u32
+        TABLE.sharing_ceiling()
     );
     for (port, present) in CHANNEL_PORTS.iter().zip(present) {
         if present {
-            port.send_ready(0);
+            port.send_ready(start_id);
         }
     }
-    serve_forever(&disks, present)
+    let context = match TABLE.io_context() {
+        Ok(context) => context,
+        Err(error) => {
+            log!("fatal: no I/O context: {}", error.name());
+            exit::exit(ExitCode::Failure);
+        }
+    };
+    serve_forever(&disks, &context, present, start_id)
+}
+
+/// What serving needs besides the frame: the disks, the buffers, the counters.
+struct Server<'a> {
+    context: &'a IoContext<'static>,
+    devices: AtaDevices<'a>,
+    block_buffer: &'a mut [u8; MAX_BLOCK_BYTES],
+    segments: &'a mut [Segment; MAX_SEGMENTS],
+    start_id: u64,
+    statistics: Statistics,
 }
 
 /// Poll every present channel port in turn, reassemble frames and serve them.
-fn serve_forever(disks: &Disks, present: [bool; CHANNEL_PORTS.len()]) -> ! {
+fn serve_forever(
+    disks: &Disks,
+    context: &IoContext<'static>,
+    present: [bool; CHANNEL_PORTS.len()],
+    start_id: u64,
+) -> ! {
     let mut workspace = WORKSPACE.lock();
     let Workspace {
         receivers,
@@ -143,10 +168,11 @@ fn serve_forever(disks: &Disks, present: [bool; CHANNEL_PORTS.len()]) -> ! {
         segments,
     } = &mut *workspace;
     let mut server = Server {
-        table: &TABLE,
-        disks,
+        context,
+        devices: AtaDevices { disks },
         block_buffer,
         segments,
+        start_id,
         statistics: Statistics::default(),
     };
     loop {
@@ -192,7 +218,7 @@ fn serve_forever(disks: &Disks, present: [bool; CHANNEL_PORTS.len()]) -> ! {
                             "{}: serving a fresh domain {domain}",
                             CHANNEL_PORTS[target].name
                         );
-                        CHANNEL_PORTS[target].send_ready(0);
+                        CHANNEL_PORTS[target].send_ready(start_id);
                     }
                 }
             }
@@ -243,7 +269,28 @@ fn serve_buffered_frames(
             }
             Step::Frame { header, payload } => {
                 turn.served = true;
-                let served = server.serve(port, header, payload);
+                server.statistics.frames_served += 1;
+                let mut channel = Port {
+                    domain: port.domain,
+                    start_id: server.start_id,
+                    context: server.context,
+                    disks: &mut server.devices,
+                    buffer: &mut server.block_buffer[..],
+                    segments: &mut server.segments[..],
+                };
+                // One core, and every I/O is done before its reply: a change never finds
+                // I/O in flight, so its fence is complete at once.
+                let served = TABLE.serve_frame(
+                    &mut channel,
+                    header.kind,
+                    header.sequence,
+                    payload,
+                    &mut core::hint::spin_loop,
+                    &mut |kind, sequence, parts| port.send(kind, sequence, parts),
+                );
+                if served.io_error {
+                    server.statistics.io_errors += 1;
+                }
                 if let Some(changed) = served.changed {
                     let target = CHANNEL_PORTS
                         .iter()
@@ -252,6 +299,9 @@ fn serve_buffered_frames(
                     if let Some((target, _)) = target {
                         target.send_change(changed);
                     }
+                }
+                if let Some(domain) = served.destroyed {
+                    log!("domain {domain} destroyed by dom0");
                 }
                 turn.destroyed = turn.destroyed.or(served.destroyed);
                 if served.shutdown {

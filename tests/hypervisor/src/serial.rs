@@ -9,7 +9,7 @@
 
 use core::fmt::{self, Write};
 
-use crate::cpu;
+use crate::cpu::{self, Port, Registers};
 use crate::timer::Deadline;
 
 /// Register offsets from a UART's base port.
@@ -34,12 +34,13 @@ const LINE_STATUS_TRANSMIT_EMPTY: u8 = 0x20;
 const TRANSMIT_FIFO_BYTES: usize = 16;
 
 /// The console.
-pub const COM1: Uart = Uart::new(0x3F8);
+// SAFETY: 0x3F8 is COM1's legacy base on QEMU's `pc` machine, driven only by this module.
+pub const COM1: Uart = unsafe { Uart::new(0x3F8) };
 
 /// One 16550-compatible UART at a fixed base port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Uart {
-    base: u16,
+    registers: Registers<8>,
 }
 
 /// A peer stopped accepting bytes: QEMU kept the transmit FIFO full past the deadline.
@@ -47,48 +48,61 @@ pub struct Uart {
 pub struct TransmitStalled;
 
 impl Uart {
-    pub const fn new(base: u16) -> Uart {
-        Uart { base }
+    /// # Safety
+    ///
+    /// `base` must be the first of a 16550's eight registers, which only this `Uart`
+    /// (and copies of it) drives.
+    pub const unsafe fn new(base: u16) -> Uart {
+        Uart {
+            // SAFETY: the caller's promise, passed on.
+            registers: unsafe { Registers::new(base) },
+        }
+    }
+
+    fn register(self, offset: u16) -> Port {
+        self.registers.at(offset)
     }
 
     /// Program 115200 8N1 with FIFOs on and interrupts off; returns whether a UART answers
     /// at this port (a missing one reads back all ones from its scratch register).
     pub fn initialise(self) -> bool {
-        cpu::write_byte(self.base + SCRATCH, 0x5A);
-        if cpu::read_byte(self.base + SCRATCH) != 0x5A {
+        self.register(SCRATCH).write_byte(0x5A);
+        if self.register(SCRATCH).read_byte() != 0x5A {
             return false;
         }
-        cpu::write_byte(self.base + INTERRUPT_ENABLE, 0x00);
+        self.register(INTERRUPT_ENABLE).write_byte(0x00);
         // Divisor latch access, divisor 1 (115200 baud; QEMU ignores the rate anyway).
-        cpu::write_byte(self.base + LINE_CONTROL, 0x80);
-        cpu::write_byte(self.base + DATA, 0x01);
-        cpu::write_byte(self.base + INTERRUPT_ENABLE, 0x00);
-        cpu::write_byte(self.base + LINE_CONTROL, 0x03);
+        self.register(LINE_CONTROL).write_byte(0x80);
+        self.register(DATA).write_byte(0x01);
+        self.register(INTERRUPT_ENABLE).write_byte(0x00);
+        self.register(LINE_CONTROL).write_byte(0x03);
         // FIFOs on and cleared, receive trigger at 14 bytes: QEMU then offers up to 14 bytes
         // per refill instead of one.
-        cpu::write_byte(self.base + FIFO_CONTROL, 0xC7);
-        cpu::write_byte(self.base + MODEM_CONTROL, MODEM_READY);
+        self.register(FIFO_CONTROL).write_byte(0xC7);
+        self.register(MODEM_CONTROL).write_byte(MODEM_READY);
         true
     }
 
     /// Raise the port's IRQ when received bytes reach the FIFO trigger level or have
     /// waited a few character times, so that a halted processor wakes for them.
     pub fn enable_receive_interrupt(self) {
-        cpu::write_byte(self.base + INTERRUPT_ENABLE, RECEIVE_INTERRUPT);
-        cpu::write_byte(self.base + MODEM_CONTROL, MODEM_READY | MODEM_OUT2);
+        self.register(INTERRUPT_ENABLE)
+            .write_byte(RECEIVE_INTERRUPT);
+        self.register(MODEM_CONTROL)
+            .write_byte(MODEM_READY | MODEM_OUT2);
     }
 
     /// The next received byte, if one is waiting.
     pub fn try_read(self) -> Option<u8> {
-        if cpu::read_byte(self.base + LINE_STATUS) & LINE_STATUS_DATA_READY != 0 {
-            Some(cpu::read_byte(self.base + DATA))
+        if self.register(LINE_STATUS).read_byte() & LINE_STATUS_DATA_READY != 0 {
+            Some(self.register(DATA).read_byte())
         } else {
             None
         }
     }
 
     fn transmit_empty(self) -> bool {
-        cpu::read_byte(self.base + LINE_STATUS) & LINE_STATUS_TRANSMIT_EMPTY != 0
+        self.register(LINE_STATUS).read_byte() & LINE_STATUS_TRANSMIT_EMPTY != 0
     }
 
     /// Transmit `bytes`, giving up when the transmit FIFO stays full for longer than
@@ -109,7 +123,7 @@ impl Uart {
                 }
             }
             for &byte in chunk {
-                cpu::write_byte(self.base + DATA, byte);
+                self.register(DATA).write_byte(byte);
             }
         }
         Ok(())

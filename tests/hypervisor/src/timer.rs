@@ -9,17 +9,23 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::cpu;
+use crate::cpu::{self, Port};
 
 /// The PIT's input clock.
 const PIT_HERTZ: u64 = 1_193_182;
 /// Long enough that port-access jitter under TCG is noise, short enough not to slow boot.
 const CALIBRATION_MILLISECONDS: u64 = 50;
-const PIT_CHANNEL_0_DATA: u16 = 0x40;
-const PIT_CHANNEL_2_DATA: u16 = 0x42;
-const PIT_COMMAND: u16 = 0x43;
+// The PIT's ports, which this module alone drives.
+// SAFETY: the PIT's channel 0 data port.
+const PIT_CHANNEL_0_DATA: Port = unsafe { Port::new(0x40) };
+// SAFETY: the PIT's channel 2 data port.
+const PIT_CHANNEL_2_DATA: Port = unsafe { Port::new(0x42) };
+// SAFETY: the PIT's mode/command port.
+const PIT_COMMAND: Port = unsafe { Port::new(0x43) };
 /// Bit 0 gates PIT channel 2, bit 1 routes it to the speaker, bit 5 reads its output.
-const SYSTEM_CONTROL: u16 = 0x61;
+// SAFETY: the system control port; of it this module changes only the channel 2 gate and
+// speaker bits, leaving the others as it read them.
+const SYSTEM_CONTROL: Port = unsafe { Port::new(0x61) };
 const CHANNEL_2_GATE: u8 = 0x01;
 const SPEAKER_ENABLE: u8 = 0x02;
 const CHANNEL_2_OUTPUT: u8 = 0x20;
@@ -56,16 +62,16 @@ impl core::fmt::Display for CalibrationError {
 /// millisecond and uses it for every later [`Deadline`] and [`Instant`].
 pub fn calibrate() -> Result<u64, CalibrationError> {
     let count = PIT_HERTZ * CALIBRATION_MILLISECONDS / 1000;
-    let control = cpu::read_byte(SYSTEM_CONTROL);
-    cpu::write_byte(SYSTEM_CONTROL, (control & !SPEAKER_ENABLE) | CHANNEL_2_GATE);
+    let control = SYSTEM_CONTROL.read_byte();
+    SYSTEM_CONTROL.write_byte((control & !SPEAKER_ENABLE) | CHANNEL_2_GATE);
     // Channel 2, low byte then high byte, mode 0 (interrupt on terminal count), binary.
-    cpu::write_byte(PIT_COMMAND, 0b1011_0000);
-    cpu::write_byte(PIT_CHANNEL_2_DATA, (count & 0xFF) as u8);
+    PIT_COMMAND.write_byte(0b1011_0000);
+    PIT_CHANNEL_2_DATA.write_byte((count & 0xFF) as u8);
     // Counting starts with the high byte, so take the start time right after it.
-    cpu::write_byte(PIT_CHANNEL_2_DATA, (count >> 8) as u8);
+    PIT_CHANNEL_2_DATA.write_byte((count >> 8) as u8);
     let start = cpu::time_stamp();
     let mut reads = 0;
-    while cpu::read_byte(SYSTEM_CONTROL) & CHANNEL_2_OUTPUT == 0 {
+    while SYSTEM_CONTROL.read_byte() & CHANNEL_2_OUTPUT == 0 {
         reads += 1;
         if reads == CALIBRATION_READ_LIMIT {
             return Err(CalibrationError::PitSilent);
@@ -88,10 +94,10 @@ const WAKEUP_DIVISOR: u16 = (PIT_HERTZ / 1000) as u16;
 /// wake [`cpu::wait_for_interrupt`]; time itself is read from the TSC.
 pub fn start_wakeup_tick() {
     // Channel 0, low byte then high byte, mode 2 (rate generator), binary.
-    cpu::write_byte(PIT_COMMAND, 0b0011_0100);
+    PIT_COMMAND.write_byte(0b0011_0100);
     let [low, high] = WAKEUP_DIVISOR.to_le_bytes();
-    cpu::write_byte(PIT_CHANNEL_0_DATA, low);
-    cpu::write_byte(PIT_CHANNEL_0_DATA, high);
+    PIT_CHANNEL_0_DATA.write_byte(low);
+    PIT_CHANNEL_0_DATA.write_byte(high);
 }
 
 fn ticks_per_millisecond() -> u64 {

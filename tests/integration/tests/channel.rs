@@ -33,7 +33,8 @@ fn garbage_truncation_and_disconnects_leave_the_hypervisor_serving() {
     // A new connection is served as soon as the half frame is abandoned.
     let mut dom0 = test.client(0);
     assert_eq!(dom0.version().unwrap(), shared_abi::ABI_VERSION);
-    dom0.create(1, xvda(), Mode::READ).unwrap();
+    dom0.create(1, xvda(), Mode::READ, shared_abi::Label::EMPTY)
+        .unwrap();
     // A port serves one connection at a time: let go of it before the shutdown.
     drop(dom0);
     let summary = test.finish();
@@ -44,15 +45,27 @@ fn garbage_truncation_and_disconnects_leave_the_hypervisor_serving() {
 fn a_guest_cannot_change_vbds_and_sees_only_its_own() {
     let test = TestMachine::boot("guest-permissions");
     let mut dom0 = test.client(0);
-    dom0.create(1, xvda(), Mode::READ).unwrap();
-    dom0.create(2, xvda(), Mode::READ | Mode::WRITE).unwrap();
+    dom0.create(1, xvda(), Mode::READ, shared_abi::Label::EMPTY)
+        .unwrap();
+    dom0.create(
+        2,
+        xvda(),
+        Mode::READ | Mode::WRITE,
+        shared_abi::Label::EMPTY,
+    )
+    .unwrap();
     let mut guest = test.client(1);
     let refused = |result: Result<(), HypervisorError>| match result {
         Err(HypervisorError::Refused { error, .. }) => error,
         other => panic!("expected a refusal, got {other:?}"),
     };
     assert_eq!(
-        refused(guest.create(1, DeviceNumber::from_name("xvdb").unwrap(), Mode::READ)),
+        refused(guest.create(
+            1,
+            DeviceNumber::from_name("xvdb").unwrap(),
+            Mode::READ,
+            shared_abi::Label::EMPTY
+        )),
         Error::PermissionDenied
     );
     assert_eq!(refused(guest.delete(2, xvda())), Error::PermissionDenied);

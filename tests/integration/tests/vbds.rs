@@ -252,20 +252,24 @@ fn the_hypervisor_enforces_its_sharing_level_itself() {
     let mut dom0 = test.client(0);
     let hda = DeviceNumber::from_name("hda").unwrap();
     let writable = shared_abi::Mode::READ | shared_abi::Mode::WRITE;
-    dom0.create(1, xvda(), writable).unwrap();
+    dom0.create(1, xvda(), writable, shared_abi::Label::EMPTY)
+        .unwrap();
     dom0.set_extents(
         1,
         xvda(),
         &[shared_abi::wire::Extent::new(hda, 1000, 100).unwrap()],
+        shared_abi::SharingLevel::ReadersOnly,
     )
     .unwrap();
     // A tool that skipped the validator is still refused, atomically.
-    dom0.create(2, xvda(), shared_abi::Mode::READ).unwrap();
+    dom0.create(2, xvda(), shared_abi::Mode::READ, shared_abi::Label::EMPTY)
+        .unwrap();
     assert_eq!(
         refusal(dom0.set_extents(
             2,
             xvda(),
-            &[shared_abi::wire::Extent::new(hda, 0, 5000).unwrap()]
+            &[shared_abi::wire::Extent::new(hda, 0, 5000).unwrap()],
+            shared_abi::SharingLevel::ReadersOnly,
         )),
         Error::Busy
     );

@@ -65,9 +65,9 @@ fn measure(mib: u64) -> Result<String, String> {
         DeviceNumber::from_name("xvdb").expect("xvdb"),
     ];
     for (vdevice, extents) in vdevices.iter().zip([&single, &many]) {
-        dom0.create(1, *vdevice, read_write)
+        dom0.create(1, *vdevice, read_write, shared_abi::Label::EMPTY)
             .map_err(|error| error.to_string())?;
-        dom0.set_extents(1, *vdevice, extents)
+        dom0.set_extents(1, *vdevice, extents, shared_abi::SharingLevel::ReadersOnly)
             .map_err(|error| error.to_string())?;
     }
     let mut guest = test.client(1);
