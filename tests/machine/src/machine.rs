@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use shared_abi::frame::{encode, FrameKind, HEADER_LEN, SHUTDOWN_EXIT_VALUE};
 
 use crate::image::DiskSpec;
+use crate::process::tail;
 
 /// The console line the hypervisor prints once every port is served.
 const READY_PREFIX: &str = "vbd-hypervisor: ready";
@@ -279,14 +280,9 @@ impl Machine {
     }
 }
 
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
 /// Stop QEMU: SIGTERM to `timeout`, which passes it on to QEMU (a SIGKILL would orphan
 /// QEMU), then SIGKILL if it is still there after five seconds.
-fn terminate(mut child: Child) {
+pub(crate) fn terminate(mut child: Child) {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();

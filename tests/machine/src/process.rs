@@ -47,3 +47,9 @@ pub fn output(command: &mut Command) -> Result<Output, String> {
         ))
     }
 }
+
+/// The last `lines` lines of `text`, for error messages.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

@@ -1,0 +1,197 @@
+//! Real Linux guests (Debian's cloud kernel under TCG) on qemu-storage-daemon's vhost-user-blk
+//! export and on QEMU's own virtio-blk: what the guest reads and writes is checked from the
+//! host, byte for byte.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use vbd_machine::guest::{
+    run_guest, Aio, Cache, GuestArtefacts, GuestConfig, GuestDisk, Initramfs, RootFilesystem,
+    StorageDaemon,
+};
+use vbd_machine::process::output;
+use vbd_machine::workspace_root;
+
+/// A fresh directory for one test.
+fn test_dir(name: &str) -> PathBuf {
+    let dir = workspace_root().join("target/integration").join(name);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Deterministic bytes that differ with `seed`.
+fn noise(length: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..length)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+fn sha256(path: &Path) -> String {
+    let listed = output(Command::new("sha256sum").arg(path)).unwrap();
+    String::from_utf8_lossy(&listed.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// Every byte of `image` equals `original`, except `pattern` at `offset`.
+fn assert_written_exactly(image: &Path, original: &[u8], pattern: &[u8], offset: usize) {
+    let now = fs::read(image).unwrap();
+    assert_eq!(
+        now.len(),
+        original.len(),
+        "{} changed size",
+        image.display()
+    );
+    let end = offset + pattern.len();
+    assert!(
+        now[offset..end] == *pattern,
+        "{}: the pattern is not at byte {offset}",
+        image.display()
+    );
+    let first_other = (0..now.len())
+        .filter(|index| !(offset..end).contains(index))
+        .find(|&index| now[index] != original[index]);
+    assert_eq!(
+        first_other,
+        None,
+        "{}: a byte outside the pattern changed",
+        image.display()
+    );
+}
+
+#[test]
+fn a_guest_reads_and_writes_a_qsd_disk_and_a_builtin_one_at_the_right_bytes() {
+    let dir = test_dir("guest-disks");
+    let artefacts = GuestArtefacts::ensure().unwrap();
+    let (vda_image, vdb_image) = (dir.join("vda.img"), dir.join("vdb.img"));
+    let (vda_original, vdb_original) = (noise(8 << 20, 1), noise(4 << 20, 2));
+    fs::write(&vda_image, &vda_original).unwrap();
+    fs::write(&vdb_image, &vdb_original).unwrap();
+    let (vda_sum, vdb_sum) = (sha256(&vda_image), sha256(&vdb_image));
+    let mut pattern = b"vbd-machine guest pattern\n".to_vec();
+    pattern.extend(noise(4096 - pattern.len(), 3));
+    // Sectors that are not 4 KiB aligned, so an off-by-a-block translation shows.
+    let (vda_sector, vdb_sector) = (12_345, 777);
+
+    let daemon = StorageDaemon::start(&dir, &vda_image, 1).unwrap();
+    let body = format!(
+        r#"wait_for_block /dev/vda
+wait_for_block /dev/vdb
+for disk in vda vdb; do
+    result $disk.sectors "$(cat /sys/block/$disk/size)"
+    result $disk.sha256 "$(sha256sum < /dev/$disk | cut -d' ' -f1)"
+done
+dd if=/etc/pattern of=/dev/vda bs=512 seek={vda_sector} oflag=direct conv=fsync 2>/dev/null
+dd if=/etc/pattern of=/dev/vdb bs=512 seek={vdb_sector} oflag=direct conv=fsync 2>/dev/null
+result vda.readback "$(dd if=/dev/vda bs=512 skip={vda_sector} count=8 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)"
+"#
+    );
+    let mut initramfs = Initramfs::guest(&artefacts, &body);
+    initramfs.file("etc/pattern", pattern.clone(), 0o644);
+    let initrd = dir.join("initramfs.cpio.gz");
+    initramfs.write(&initrd).unwrap();
+    let mut config = GuestConfig::new(&dir, &artefacts, &initrd);
+    config.disks = vec![
+        GuestDisk::VhostUser {
+            socket: daemon.vhost_user_socket.clone(),
+            queues: 1,
+        },
+        GuestDisk::Drive {
+            image: vdb_image.clone(),
+            cache: Cache::Writeback,
+            aio: Aio::Threads,
+            read_only: false,
+            queues: 1,
+        },
+    ];
+    let report = run_guest(&config).unwrap_or_else(|error| panic!("{error}"));
+    eprintln!("guest ran in {:.1} s", report.elapsed.as_secs_f64());
+    daemon.stop().unwrap();
+
+    assert_eq!(report.get("vda.sectors"), Ok("16384"));
+    assert_eq!(report.get("vdb.sectors"), Ok("8192"));
+    assert_eq!(report.get("vda.sha256"), Ok(vda_sum.as_str()));
+    assert_eq!(report.get("vdb.sha256"), Ok(vdb_sum.as_str()));
+    let pattern_file = dir.join("pattern");
+    fs::write(&pattern_file, &pattern).unwrap();
+    assert_eq!(
+        report.get("vda.readback"),
+        Ok(sha256(&pattern_file).as_str())
+    );
+    assert_written_exactly(&vda_image, &vda_original, &pattern, vda_sector * 512);
+    assert_written_exactly(&vdb_image, &vdb_original, &pattern, vdb_sector * 512);
+}
+
+#[test]
+fn a_guest_boots_from_an_ext4_root_on_qsd_checks_its_manifest_and_leaves_a_file() {
+    let dir = test_dir("guest-root");
+    let artefacts = GuestArtefacts::ensure().unwrap();
+    let body = r#"cd /
+sha256sum -c etc/manifest.sha256 > /tmp/checked
+result verified "$(grep -c ': OK$' /tmp/checked)"
+result root "$(grep ' / ' /proc/mounts | cut -d' ' -f1-3)"
+echo "written by the guest on $(cat /etc/hostname)" > /var/guest-note
+sync
+"#;
+    let mut root = RootFilesystem::new(body);
+    root.file("etc/hostname", "guest1\n")
+        .file("var/lib/blob", noise(300 << 10, 4));
+    let image = dir.join("root.img");
+    root.build(&artefacts, &dir.join("rootfs"), &image, 16 << 20)
+        .unwrap();
+    let daemon = StorageDaemon::start(&dir, &image, 1).unwrap();
+    let initrd = dir.join("loader.cpio.gz");
+    Initramfs::root_loader(&artefacts).write(&initrd).unwrap();
+    let mut config = GuestConfig::new(&dir, &artefacts, &initrd);
+    config.append.push_str(" root=/dev/vda");
+    config.disks = vec![GuestDisk::VhostUser {
+        socket: daemon.vhost_user_socket.clone(),
+        queues: 1,
+    }];
+    let report = run_guest(&config).unwrap_or_else(|error| panic!("{error}"));
+    eprintln!("guest ran in {:.1} s", report.elapsed.as_secs_f64());
+    daemon.stop().unwrap();
+
+    // busybox, /init and the two files.
+    assert_eq!(report.get("verified"), Ok("4"));
+    assert_eq!(report.get("root"), Ok("/dev/vda / ext4"));
+    output(Command::new("e2fsck").args(["-f", "-n"]).arg(&image)).unwrap();
+    let note = output(
+        Command::new("debugfs")
+            .args(["-R", "cat /var/guest-note"])
+            .arg(&image),
+    )
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&note.stdout),
+        "written by the guest on guest1\n"
+    );
+}
+
+#[test]
+fn a_failing_command_in_the_guest_fails_the_run_and_still_powers_off() {
+    let dir = test_dir("guest-failure");
+    let artefacts = GuestArtefacts::ensure().unwrap();
+    let initrd = dir.join("initramfs.cpio.gz");
+    Initramfs::guest(&artefacts, "result before 1\nfalse\nresult after 1")
+        .write(&initrd)
+        .unwrap();
+    let error = run_guest(&GuestConfig::new(&dir, &artefacts, &initrd)).unwrap_err();
+    assert_eq!(
+        error,
+        "the guest failed: the script stopped at a failing command (status 1)"
+    );
+    let console = fs::read_to_string(dir.join("console.log")).unwrap();
+    assert!(console.contains("reboot: Power down"), "{console}");
+    assert!(!console.contains("RESULT after"), "{console}");
+}
