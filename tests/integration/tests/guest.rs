@@ -5,10 +5,11 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use vbd_machine::guest::{
-    run_guest, Aio, Cache, GuestArtefacts, GuestConfig, GuestDisk, Initramfs, RootFilesystem,
-    StorageDaemon,
+    fio_layer, process_cpu_time, run_guest, Aio, Cache, Engine, FioJob, FioReport, GuestArtefacts,
+    GuestConfig, GuestDisk, Initramfs, RootFilesystem, StorageDaemon,
 };
 use vbd_machine::process::output;
 use vbd_machine::workspace_root;
@@ -194,4 +195,72 @@ fn a_failing_command_in_the_guest_fails_the_run_and_still_powers_off() {
     let console = fs::read_to_string(dir.join("console.log")).unwrap();
     assert!(console.contains("reboot: Power down"), "{console}");
     assert!(!console.contains("RESULT after"), "{console}");
+}
+
+#[test]
+fn fio_runs_in_the_guest_on_qsd_and_its_reports_add_up() {
+    let dir = test_dir("guest-fio");
+    let artefacts = GuestArtefacts::ensure().unwrap();
+    let layer = fio_layer().unwrap();
+    let image = dir.join("disk.img");
+    fs::write(&image, noise(32 << 20, 5)).unwrap();
+    let daemon = StorageDaemon::start(&dir, &image, 1).unwrap();
+    let runtime = Duration::from_secs(2);
+    let mut random = FioJob::random_read("randread_qd32", 32, runtime);
+    random.engine = Engine::IoUring;
+    let jobs = [
+        FioJob::sequential_read("seq_read", runtime),
+        FioJob::sequential_write("seq_write", runtime),
+        random,
+    ];
+    let mut body = "wait_for_block /dev/vda\nresult fio.version \"$(fio --version)\"\n".to_owned();
+    for job in &jobs {
+        body.push_str(&job.guest_command("/dev/vda"));
+    }
+    let mut initramfs = Initramfs::guest(&artefacts, &body);
+    initramfs.layer(&layer);
+    let initrd = dir.join("initramfs.cpio.gz");
+    initramfs.write(&initrd).unwrap();
+    let mut config = GuestConfig::new(&dir, &artefacts, &initrd);
+    config.timeout = Duration::from_secs(180);
+    config.disks = vec![GuestDisk::VhostUser {
+        socket: daemon.vhost_user_socket.clone(),
+        queues: 1,
+    }];
+    let cpu_before = process_cpu_time(daemon.pid()).unwrap();
+    let report = run_guest(&config).unwrap_or_else(|error| panic!("{error}"));
+    let qsd_cpu = process_cpu_time(daemon.pid()).unwrap() - cpu_before;
+    daemon.stop().unwrap();
+
+    assert_eq!(report.get("fio.version"), Ok("fio-3.33"));
+    let mut total_ios = 0;
+    for job in &jobs {
+        let fio = FioReport::parse(report.get(&job.key()).unwrap()).unwrap();
+        let (done, idle) = if job.name == "seq_write" {
+            (fio.write, fio.read)
+        } else {
+            (fio.read, fio.write)
+        };
+        assert!(done.total_ios > 0, "{}: no I/O", job.name);
+        assert_eq!(
+            done.io_bytes,
+            done.total_ios * u64::from(job.block_size),
+            "{}",
+            job.name
+        );
+        assert_eq!(idle.total_ios, 0, "{}", job.name);
+        eprintln!(
+            "{}: {:.1} MiB/s, {:.0} IOPS (TCG guest, qsd)",
+            job.name,
+            done.mib_per_second(),
+            done.iops
+        );
+        total_ios += done.total_ios;
+    }
+    assert!(qsd_cpu > Duration::ZERO, "qemu-storage-daemon used no CPU");
+    eprintln!(
+        "qemu-storage-daemon: {:.1} us of CPU per I/O over {total_ios} I/Os; guest ran {:.1} s",
+        qsd_cpu.as_secs_f64() * 1e6 / total_ios as f64,
+        report.elapsed.as_secs_f64()
+    );
 }

@@ -21,6 +21,8 @@
 
 mod apt;
 mod artefacts;
+mod cpu;
+mod fio;
 mod initramfs;
 mod report;
 mod rootfs;
@@ -30,6 +32,8 @@ mod storage_daemon;
 
 pub use apt::{install as apt_install, is_root, update_once as apt_update_once};
 pub use artefacts::{guest_directory, Fio, GuestArtefacts, VIRTIO_MODULES};
+pub use cpu::process_cpu_time;
+pub use fio::{Engine, FioDirection, FioJob, FioReport, Pattern};
 pub use initramfs::{fio_layer, Initramfs};
 pub use report::GuestReport;
 pub use rootfs::RootFilesystem;

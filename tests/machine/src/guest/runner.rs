@@ -4,13 +4,13 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use super::artefacts::GuestArtefacts;
 use super::report::{self, GuestReport};
 use crate::machine::terminate;
-use crate::process::{display, tail};
+use crate::process::{spawn_logged, tail};
 
 /// QEMU's host cache mode for a [`GuestDisk::Drive`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,16 +171,11 @@ impl Guest {
         fs::create_dir_all(&config.dir)
             .map_err(|error| format!("{}: {error}", config.dir.display()))?;
         let _ = fs::remove_file(config.dir.join("console.log"));
-        let log = fs::File::create(config.dir.join("qemu.log"))
-            .map_err(|error| format!("qemu.log: {error}"))?;
-        let mut command = config.command()?;
-        eprintln!("$ {}", display(&command));
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|error| error.to_string())?)
-            .stderr(log)
-            .spawn()
-            .map_err(|error| format!("cannot start QEMU: {error} (install qemu-system-x86)"))?;
+        let child = spawn_logged(
+            &mut config.command()?,
+            &config.dir.join("qemu.log"),
+            "install qemu-system-x86",
+        )?;
         Ok(Guest {
             child: Some(child),
             dir: config.dir.clone(),

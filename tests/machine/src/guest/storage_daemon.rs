@@ -3,11 +3,11 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use crate::machine::terminate;
-use crate::process::display;
+use crate::process::spawn_logged;
 
 /// A running qemu-storage-daemon. Dropping it stops the daemon.
 pub struct StorageDaemon {
@@ -27,8 +27,6 @@ impl StorageDaemon {
         for socket in [&vhost_user_socket, &nbd_socket] {
             let _ = fs::remove_file(socket);
         }
-        let log = fs::File::create(dir.join("qsd.log"))
-            .map_err(|error| format!("{}: {error}", dir.join("qsd.log").display()))?;
         let mut command = Command::new("setpriv");
         // setpriv execs the daemon, so the child's pid is the daemon's (for its CPU time).
         command.args(["--pdeathsig", "TERM", "--", "qemu-storage-daemon"]);
@@ -48,15 +46,11 @@ impl StorageDaemon {
             "--export",
             "type=nbd,id=e1,node-name=d0,name=d0,writable=on",
         ]);
-        eprintln!("$ {}", display(&command));
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|error| error.to_string())?)
-            .stderr(log)
-            .spawn()
-            .map_err(|error| {
-                format!("cannot start qemu-storage-daemon: {error} (install qemu-system-common)")
-            })?;
+        let child = spawn_logged(
+            &mut command,
+            &dir.join("qsd.log"),
+            "install qemu-system-common",
+        )?;
         let mut daemon = StorageDaemon {
             child: Some(child),
             vhost_user_socket,
