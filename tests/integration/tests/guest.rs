@@ -8,8 +8,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use vbd_machine::guest::{
-    fio_layer, process_cpu_time, run_guest, Aio, Cache, Engine, FioJob, FioReport, GuestArtefacts,
-    GuestConfig, GuestDisk, Initramfs, RootFilesystem, StorageDaemon,
+    fio_layer, process_cpu_time, run_guest, Aio, Cache, Engine, FioJob, FioReport, Guest,
+    GuestArtefacts, GuestConfig, GuestDisk, Initramfs, RootFilesystem, StorageDaemon,
 };
 use vbd_machine::process::output;
 use vbd_machine::workspace_root;
@@ -83,6 +83,9 @@ fn a_guest_reads_and_writes_a_qsd_disk_and_a_builtin_one_at_the_right_bytes() {
     pattern.extend(noise(4096 - pattern.len(), 3));
     // Sectors that are not 4 KiB aligned, so an off-by-a-block translation shows.
     let (vda_sector, vdb_sector) = (12_345, 777);
+    // A block the host overwrites while the guest runs, which the guest reads after.
+    let host_block = 1000;
+    let host_bytes = noise(4096, 6);
 
     let daemon = StorageDaemon::start(&dir, &vda_image, 1).unwrap();
     let body = format!(
@@ -95,6 +98,8 @@ done
 dd if=/etc/pattern of=/dev/vda bs=512 seek={vda_sector} oflag=direct conv=fsync 2>/dev/null
 dd if=/etc/pattern of=/dev/vdb bs=512 seek={vdb_sector} oflag=direct conv=fsync 2>/dev/null
 result vda.readback "$(dd if=/dev/vda bs=512 skip={vda_sector} count=8 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)"
+wait_for_host overwritten
+result vda.host_block "$(dd if=/dev/vda bs=4096 skip={host_block} count=1 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)"
 "#
     );
     let mut initramfs = Initramfs::guest(&artefacts, &body);
@@ -115,10 +120,33 @@ result vda.readback "$(dd if=/dev/vda bs=512 skip={vda_sector} count=8 iflag=dir
             queues: 1,
         },
     ];
-    let report = run_guest(&config).unwrap_or_else(|error| panic!("{error}"));
+    config.control = true;
+    let mut guest = Guest::start(&config).unwrap();
+    guest.wait_for_result("vda.readback").unwrap();
+    // The guest's O_DIRECT write is in the image while the guest still runs.
+    let image = fs::read(&vda_image).unwrap();
+    let at = vda_sector * 512;
+    assert!(image[at..at + pattern.len()] == *pattern);
+    let mut vda_expected = vda_original.clone();
+    vda_expected[host_block * 4096..(host_block + 1) * 4096].copy_from_slice(&host_bytes);
+    {
+        use std::os::unix::fs::FileExt;
+        let file = fs::OpenOptions::new().write(true).open(&vda_image).unwrap();
+        file.write_all_at(&host_bytes, (host_block * 4096) as u64)
+            .unwrap();
+        file.sync_all().unwrap();
+    }
+    guest.release("overwritten").unwrap();
+    let report = guest.finish().unwrap_or_else(|error| panic!("{error}"));
     eprintln!("guest ran in {:.1} s", report.elapsed.as_secs_f64());
     daemon.stop().unwrap();
 
+    let host_file = dir.join("host-block");
+    fs::write(&host_file, &host_bytes).unwrap();
+    assert_eq!(
+        report.get("vda.host_block"),
+        Ok(sha256(&host_file).as_str())
+    );
     assert_eq!(report.get("vda.sectors"), Ok("16384"));
     assert_eq!(report.get("vdb.sectors"), Ok("8192"));
     assert_eq!(report.get("vda.sha256"), Ok(vda_sum.as_str()));
@@ -129,7 +157,7 @@ result vda.readback "$(dd if=/dev/vda bs=512 skip={vda_sector} count=8 iflag=dir
         report.get("vda.readback"),
         Ok(sha256(&pattern_file).as_str())
     );
-    assert_written_exactly(&vda_image, &vda_original, &pattern, vda_sector * 512);
+    assert_written_exactly(&vda_image, &vda_expected, &pattern, vda_sector * 512);
     assert_written_exactly(&vdb_image, &vdb_original, &pattern, vdb_sector * 512);
 }
 

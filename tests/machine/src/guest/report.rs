@@ -78,6 +78,8 @@ pub fn results(console: &str) -> Result<Vec<(String, String)>, String> {
                 return Err(format!("the guest reported {key} twice"));
             }
             results.push((key.to_owned(), value.to_owned()));
+        } else if message.starts_with("WAIT ") {
+            // A pause for the host (`wait_for_host`); it reports nothing.
         } else if let Some(count) = message.strip_prefix("DONE results=") {
             if count.parse::<usize>().ok() != Some(results.len()) {
                 return Err(format!(
@@ -111,6 +113,7 @@ mod tests {
 
     const GOOD: &str = "[    1.0] Linux version 6.1\r\n\
         VBD-GUEST RESULT sha256=ab12\r\n\
+        VBD-GUEST WAIT overwritten\r\n\
         [    1.5] random kernel line\r\n\
         VBD-GUEST RESULT pattern.read=VBD pattern 1\r\n\
         VBD-GUEST DONE results=2\r\n\

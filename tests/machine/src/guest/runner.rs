@@ -3,6 +3,8 @@
 //! console in a file, and a wall-clock limit that kills QEMU and fails the run.
 
 use std::fs;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -11,6 +13,9 @@ use super::artefacts::GuestArtefacts;
 use super::report::{self, GuestReport};
 use crate::machine::terminate;
 use crate::process::{spawn_logged, tail};
+
+/// The control port's socket, in the guest's directory.
+const CONTROL_SOCKET: &str = "control.sock";
 
 /// QEMU's host cache mode for a [`GuestDisk::Drive`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +68,9 @@ pub struct GuestConfig {
     /// Virtual CPUs (TCG runs one host thread per vCPU).
     pub cpus: u32,
     pub disks: Vec<GuestDisk>,
+    /// A second serial port, the guest's `/dev/ttyS1`, on `DIR/control.sock`, by which
+    /// [`Guest::release`] lets a guest in `wait_for_host` go on.
+    pub control: bool,
     /// QEMU is killed after this long, and the run fails.
     pub timeout: Duration,
 }
@@ -79,6 +87,7 @@ impl GuestConfig {
             memory_mib: 512,
             cpus: 1,
             disks: Vec::new(),
+            control: false,
             timeout: Duration::from_secs(120),
         }
     }
@@ -102,6 +111,13 @@ impl GuestConfig {
         command
             .arg("-serial")
             .arg(format!("file:{}", self.dir.join("console.log").display()));
+        if self.control {
+            command.arg("-chardev").arg(format!(
+                "socket,id=control,path={},server=on,wait=off",
+                self.dir.join(CONTROL_SOCKET).display()
+            ));
+            command.args(["-serial", "chardev:control"]);
+        }
         command.arg("-kernel").arg(&self.kernel);
         if let Some(initrd) = &self.initrd {
             command.arg("-initrd").arg(initrd);
@@ -160,6 +176,9 @@ impl GuestConfig {
 /// A running guest. Dropping it kills QEMU.
 pub struct Guest {
     child: Option<Child>,
+    /// The control port's connection, kept open while the guest runs: QEMU drops what a
+    /// client wrote but the guest's UART had not taken yet when the client hangs up.
+    control: Option<UnixStream>,
     dir: PathBuf,
     started: Instant,
     timeout: Duration,
@@ -170,7 +189,9 @@ impl Guest {
     pub fn start(config: &GuestConfig) -> Result<Guest, String> {
         fs::create_dir_all(&config.dir)
             .map_err(|error| format!("{}: {error}", config.dir.display()))?;
-        let _ = fs::remove_file(config.dir.join("console.log"));
+        for stale in ["console.log", CONTROL_SOCKET] {
+            let _ = fs::remove_file(config.dir.join(stale));
+        }
         let child = spawn_logged(
             &mut config.command()?,
             &config.dir.join("qemu.log"),
@@ -178,6 +199,7 @@ impl Guest {
         )?;
         Ok(Guest {
             child: Some(child),
+            control: None,
             dir: config.dir.clone(),
             started: Instant::now(),
             timeout: config.timeout,
@@ -193,23 +215,50 @@ impl Guest {
     /// while the guest runs on; fails if QEMU exits first or the run's time is up.
     pub fn wait_for_result(&mut self, key: &str) -> Result<String, String> {
         let wanted = format!("{} RESULT {key}=", super::script::PREFIX);
+        let line = self.wait_for_line(key, |line| line.starts_with(&wanted))?;
+        Ok(line[wanted.len()..].to_owned())
+    }
+
+    /// Wait for the first console line that `matches`; `what` names it in errors.
+    fn wait_for_line(
+        &mut self,
+        what: &str,
+        matches: impl Fn(&str) -> bool,
+    ) -> Result<String, String> {
         loop {
-            if let Some(value) = self.console().lines().find_map(|line| {
-                line.trim_end_matches('\r')
-                    .strip_prefix(&wanted)
-                    .map(str::to_owned)
-            }) {
-                return Ok(value);
+            if let Some(line) = self
+                .console()
+                .lines()
+                .map(|line| line.trim_end_matches('\r'))
+                .find(|line| matches(line))
+            {
+                return Ok(line.to_owned());
             }
             if self.exited()? {
                 return Err(format!(
-                    "QEMU exited before the guest reported {key}; console ends:\n{}",
+                    "QEMU exited before the guest printed {what}; console ends:\n{}",
                     tail(&self.console(), 30)
                 ));
             }
             self.check_time()?;
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Wait until the guest is in `wait_for_host WORD`, then send it WORD on the control port
+    /// (the guest must have been started with [`GuestConfig::control`]).
+    pub fn release(&mut self, word: &str) -> Result<(), String> {
+        let waiting = format!("{} WAIT {word}", super::script::PREFIX);
+        self.wait_for_line(&format!("WAIT {word}"), |line| line == waiting)?;
+        let socket = self.dir.join(CONTROL_SOCKET);
+        let failed = |error: std::io::Error| format!("{}: {error}", socket.display());
+        if self.control.is_none() {
+            self.control = Some(UnixStream::connect(&socket).map_err(failed)?);
+        }
+        let stream = self.control.as_mut().expect("just connected");
+        stream
+            .write_all(format!("{word}\n").as_bytes())
+            .map_err(failed)
     }
 
     fn exited(&mut self) -> Result<bool, String> {

@@ -6,7 +6,10 @@
 //! failing command fails the run. When the body ends, the script prints
 //! `VBD-GUEST DONE results=N`, syncs and powers off with `poweroff -f`; whatever way it
 //! stops, it powers off, never leaving init to exit (a kernel panic). The host half is
-//! [`super::report`]. Helpers for the body: `wait_for_block DEVICE` (up to 10 s).
+//! [`super::report`]. Helpers for the body: `wait_for_block DEVICE` (up to 10 s), and
+//! `wait_for_host WORD`, which prints `VBD-GUEST WAIT WORD` and blocks (up to 5 minutes)
+//! until the host sends that word on the control port, `/dev/ttyS1` (see
+//! [`super::GuestConfig::control`] and [`super::Guest::release`]).
 
 use super::artefacts::VIRTIO_MODULES;
 
@@ -52,6 +55,20 @@ wait_for_block() {{
         [ "$vbd_tries" -le 100 ] || fail "no block device $1 after 10 s"
         sleep 0.1
     done
+}}
+wait_for_host() {{
+    if [ -z "$vbd_control" ]; then
+        [ -c /dev/ttyS1 ] || fail "no control port /dev/ttyS1 for wait_for_host"
+        stty -F /dev/ttyS1 -echo
+        # Opened once and kept open: the UART drops what arrives while no one has it open.
+        exec 3< /dev/ttyS1
+        vbd_control=open
+    fi
+    echo "{PREFIX} WAIT $1"
+    while read -r -t 300 vbd_word <&3; do
+        [ "$vbd_word" != "$1" ] || return 0
+    done
+    fail "the host did not send $1 within 5 minutes"
 }}
 set -e
 "#
