@@ -101,10 +101,13 @@ pub fn download_and_unpack(packages: &[String], destination: &Path) -> Result<()
             .map_err(|error| format!("{}: {error}", directory.display()))?;
     }
     update_once()?;
-    run(Command::new("apt-get")
-        .current_dir(&debs)
-        .args(["download", "-q"])
-        .args(packages))?;
+    let mut download = Command::new("apt-get");
+    download.current_dir(&debs).args(["download", "-q"]);
+    if is_root() {
+        // apt's download user cannot write into root's target directory; root downloads.
+        download.args(["-o", "APT::Sandbox::User=root"]);
+    }
+    run(download.args(packages))?;
     let mut archives: Vec<_> = fs::read_dir(&debs)
         .map_err(|error| format!("{}: {error}", debs.display()))?
         .filter_map(|entry| entry.ok().map(|entry| entry.path()))

@@ -1,10 +1,15 @@
-//! fio in the guest: a job as the shell line an initramfs guest runs (its JSON report, with
-//! the newlines dropped, becomes one `RESULT fio.NAME=...` line), and that report read back.
-//! The guest's initramfs needs [`super::fio_layer`].
+//! fio in the guest: a job as the shell lines an initramfs guest runs (it waits for the host,
+//! then its JSON report, newlines dropped, becomes one `RESULT fio.NAME=...` line), the host's
+//! side of running it ([`run_job`], which also takes a server's CPU time across it), and that
+//! report read back. The guest's initramfs needs [`super::fio_layer`], its configuration
+//! [`super::GuestConfig::control`].
 
 use std::time::Duration;
 
 use serde_json::Value;
+
+use super::cpu::process_cpu_time;
+use super::runner::Guest;
 
 /// How fio submits I/O in the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,7 +77,8 @@ impl FioJob {
         format!("fio.{}", self.name)
     }
 
-    /// The guest's shell lines: run the job on `device` and report its JSON.
+    /// The guest's shell lines: wait for [`run_job`] to start the job, run it on `device` and
+    /// report its JSON.
     pub fn guest_command(&self, device: &str) -> String {
         let pattern = match self.pattern {
             Pattern::SequentialRead => "read",
@@ -85,7 +91,8 @@ impl FioJob {
         };
         let output = format!("/tmp/fio-{}.json", self.name);
         format!(
-            "fio --name={name} --filename={device} --rw={pattern} --bs={block_size} \
+            "wait_for_host {key}\n\
+             fio --name={name} --filename={device} --rw={pattern} --bs={block_size} \
              --iodepth={iodepth} --ioengine={engine} --direct=1 --time_based \
              --runtime={runtime}ms --eta=never --output-format=json --output={output}\n\
              result {key} \"$(tr -d '\\n' < {output})\"\n",
@@ -96,6 +103,31 @@ impl FioJob {
             key = self.key(),
         )
     }
+}
+
+/// What [`run_job`] measured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FioRun {
+    pub report: FioReport,
+    /// CPU time the server process spent from the job's start to its report, when asked.
+    pub server_cpu: Option<Duration>,
+}
+
+/// Start `job` in a guest whose script holds its [`FioJob::guest_command`], wait for its report,
+/// and take the CPU time process `server` (a block backend) spent meanwhile. Start each job
+/// in the order the script has them.
+pub fn run_job(guest: &mut Guest, job: &FioJob, server: Option<u32>) -> Result<FioRun, String> {
+    let before = server.map(process_cpu_time).transpose()?;
+    guest.release(&job.key())?;
+    let json = guest.wait_for_result(&job.key())?;
+    let server_cpu = match (server, before) {
+        (Some(pid), Some(before)) => Some(process_cpu_time(pid)?.saturating_sub(before)),
+        _ => None,
+    };
+    Ok(FioRun {
+        report: FioReport::parse(&json).map_err(|error| format!("{}: {error}", job.key()))?,
+        server_cpu,
+    })
 }
 
 /// One direction (read or write) of a job's report.
@@ -221,7 +253,8 @@ mod tests {
         job.engine = Engine::IoUring;
         assert_eq!(
             job.guest_command("/dev/vda"),
-            "fio --name=qd32 --filename=/dev/vda --rw=randread --bs=4096 --iodepth=32 \
+            "wait_for_host fio.qd32\n\
+             fio --name=qd32 --filename=/dev/vda --rw=randread --bs=4096 --iodepth=32 \
              --ioengine=io_uring --direct=1 --time_based --runtime=3000ms \
              --eta=never --output-format=json --output=/tmp/fio-qd32.json\n\
              result fio.qd32 \"$(tr -d '\\n' < /tmp/fio-qd32.json)\"\n"

@@ -30,10 +30,10 @@ mod runner;
 mod script;
 mod storage_daemon;
 
-pub use apt::{install as apt_install, is_root, update_once as apt_update_once};
+pub use apt::{install as apt_install, is_root};
 pub use artefacts::{guest_directory, Fio, GuestArtefacts, VIRTIO_MODULES};
 pub use cpu::process_cpu_time;
-pub use fio::{Engine, FioDirection, FioJob, FioReport, Pattern};
+pub use fio::{run_job, Engine, FioDirection, FioJob, FioReport, FioRun, Pattern};
 pub use initramfs::{fio_layer, Initramfs};
 pub use report::GuestReport;
 pub use rootfs::RootFilesystem;

@@ -226,8 +226,10 @@ impl Guest {
         matches: impl Fn(&str) -> bool,
     ) -> Result<String, String> {
         loop {
-            if let Some(line) = self
-                .console()
+            let console = self.console();
+            // Only whole lines: the guest may be halfway through printing the last one.
+            let complete = &console[..console.rfind('\n').map_or(0, |end| end + 1)];
+            if let Some(line) = complete
                 .lines()
                 .map(|line| line.trim_end_matches('\r'))
                 .find(|line| matches(line))
