@@ -1,8 +1,10 @@
-//! Provisioning: install what the demo and the tests need, or say exactly how to.
+//! Provisioning: install what the demo and the tests need, or say exactly how to; then fetch
+//! the guests' kernel and busybox under `target/guest/` (fio only when a benchmark asks).
 
 use std::path::Path;
 use std::process::Command;
 
+use vbd_machine::guest::{apt_install, is_root, GuestArtefacts};
 use vbd_machine::process::{output, run};
 
 /// A program the tests run, and the Debian package that ships it.
@@ -11,10 +13,20 @@ struct Tool {
     package: &'static str,
 }
 
-const TOOLS: [Tool; 6] = [
+const TOOLS: [Tool; 8] = [
     Tool {
         program: "qemu-system-x86_64",
         package: "qemu-system-x86",
+    },
+    Tool {
+        program: "qemu-storage-daemon",
+        package: "qemu-system-common",
+    },
+    // Debian 12's qemu-system-x86 removes a newer preinstalled qemu-utils, so it is installed
+    // in a second round, after everything else.
+    Tool {
+        program: "qemu-img",
+        package: QEMU_UTILS,
     },
     Tool {
         program: "sfdisk",
@@ -38,13 +50,16 @@ const TOOLS: [Tool; 6] = [
     },
 ];
 
+const QEMU_UTILS: &str = "qemu-utils";
+
 const RUST_TARGET: &str = "x86_64-unknown-none";
 
-/// Make sure the Rust target and the Debian packages are there, installing them when we
-/// may (as root), otherwise failing with the command to run.
+/// Make sure the Rust target, the Debian packages and the guest artefacts are there,
+/// installing them when we may (as root), otherwise failing with the command to run.
 pub fn ensure_all() -> Result<(), String> {
     ensure_rust_target()?;
-    ensure_packages()
+    ensure_packages()?;
+    GuestArtefacts::ensure().map(drop)
 }
 
 fn ensure_rust_target() -> Result<(), String> {
@@ -68,39 +83,49 @@ pub fn find_program(program: &str) -> bool {
         .any(|directory| Path::new(&directory).join(program).is_file())
 }
 
-fn ensure_packages() -> Result<(), String> {
+fn missing_packages() -> Vec<&'static str> {
     let mut missing: Vec<&str> = TOOLS
         .iter()
         .filter(|tool| !find_program(tool.program))
         .map(|tool| tool.package)
         .collect();
     missing.dedup();
+    missing
+}
+
+fn ensure_packages() -> Result<(), String> {
+    let missing = missing_packages();
     if missing.is_empty() {
-        eprintln!("xtask: qemu-system-x86_64, sfdisk and e2fsprogs are installed");
+        let programs: Vec<&str> = TOOLS.iter().map(|tool| tool.program).collect();
+        eprintln!("xtask: {} are installed", programs.join(", "));
         return Ok(());
     }
-    let install = format!("apt-get update && apt-get install -y {}", missing.join(" "));
     if !is_root() {
         return Err(format!(
-            "missing packages {}; run as root: {install}",
-            missing.join(", ")
+            "missing packages {}; run as root: apt-get update && apt-get install -y {}",
+            missing.join(", "),
+            missing.join(" ")
         ));
     }
-    eprintln!(
-        "xtask: installing {} from Debian's packages",
-        missing.join(", ")
-    );
-    // Debian's qemu-system-x86 replaces a newer preinstalled qemu-utils; put it back after.
-    let had_qemu_img = find_program("qemu-img");
-    run(Command::new("apt-get").arg("update").arg("-q"))?;
-    run(Command::new("apt-get")
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["install", "-y", "-q"])
-        .args(&missing))?;
-    if had_qemu_img && !find_program("qemu-img") {
-        run(Command::new("apt-get")
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "-q", "qemu-utils"]))?;
+    let first: Vec<&str> = missing
+        .iter()
+        .copied()
+        .filter(|&package| package != QEMU_UTILS)
+        .collect();
+    if !first.is_empty() {
+        eprintln!(
+            "xtask: installing {} from Debian's packages",
+            first.join(", ")
+        );
+        apt_install(&first)?;
+    }
+    let second = missing_packages();
+    if !second.is_empty() {
+        eprintln!(
+            "xtask: installing {} from Debian's packages",
+            second.join(", ")
+        );
+        apt_install(&second)?;
     }
     match TOOLS.iter().find(|tool| !find_program(tool.program)) {
         Some(tool) => Err(format!(
@@ -109,12 +134,4 @@ fn ensure_packages() -> Result<(), String> {
         )),
         None => Ok(()),
     }
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|output| String::from_utf8_lossy(&output.stdout).trim() == "0")
-        .unwrap_or(false)
 }

@@ -1,4 +1,5 @@
-//! Boots the bare-metal test hypervisor in QEMU with partitioned disk images.
+//! Boots the bare-metal test hypervisor in QEMU with partitioned disk images, and real Linux
+//! guests ([`guest`]).
 //!
 //! Shared by `cargo xtask` (demo, qemu, bench) and the integration suite, so that every run
 //! is set up the same way: the hypervisor built for `x86_64-unknown-none`, sparse disk images
@@ -7,6 +8,7 @@
 //! that dies with the process that started it.
 
 mod build;
+pub mod guest;
 mod image;
 mod machine;
 pub mod process;

@@ -4,12 +4,13 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use shared_abi::frame::{encode, FrameKind, HEADER_LEN, SHUTDOWN_EXIT_VALUE};
 
 use crate::image::DiskSpec;
+use crate::process::{spawn_logged, tail};
 
 /// The console line the hypervisor prints once every port is served.
 const READY_PREFIX: &str = "vbd-hypervisor: ready";
@@ -84,8 +85,6 @@ impl Machine {
     }
 
     fn boot(&mut self, config: &MachineConfig) -> Result<(), String> {
-        let log = fs::File::create(self.dir.join("qemu.log"))
-            .map_err(|error| format!("qemu.log: {error}"))?;
         let mut command = Command::new("setpriv");
         // QEMU dies with whoever started it (setpriv's death signal reaches `timeout`, which
         // passes it on), and in any case after the wall-clock timeout.
@@ -134,13 +133,11 @@ impl Machine {
                 disk.ide_index()
             ));
         }
-        eprintln!("$ {}", crate::process::display(&command));
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|error| error.to_string())?)
-            .stderr(log)
-            .spawn()
-            .map_err(|error| format!("cannot start QEMU: {error} (install qemu-system-x86)"))?;
+        let child = spawn_logged(
+            &mut command,
+            &self.dir.join("qemu.log"),
+            "install qemu-system-x86",
+        )?;
         self.child = Some(child);
         self.wait_for_console(READY_PREFIX, Duration::from_secs(60))
     }
@@ -279,14 +276,9 @@ impl Machine {
     }
 }
 
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
 /// Stop QEMU: SIGTERM to `timeout`, which passes it on to QEMU (a SIGKILL would orphan
 /// QEMU), then SIGKILL if it is still there after five seconds.
-fn terminate(mut child: Child) {
+pub(crate) fn terminate(mut child: Child) {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
