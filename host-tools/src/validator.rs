@@ -10,8 +10,9 @@ use std::fmt;
 use shared_abi::wire::Extent;
 use shared_abi::DeviceNumber;
 
-use crate::database::vdevice_name;
+use crate::database::{vdevice_name, Owner, VdState};
 use crate::error::{Error, Result};
+use crate::uname::VdId;
 
 /// How much sharing of an extent is allowed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -63,6 +64,9 @@ pub enum UserKind {
     Vbd { domain: u32, vdevice: DeviceNumber },
     /// A filesystem dom0 has mounted.
     Mount { source: String, mount_point: String },
+    /// A virtual disk that holds the extents: live, being created, or with a claim on
+    /// them (a wipe or a grow). Its tenant may write them, so it is a writer.
+    VirtualDisk { id: VdId, state: VdState },
 }
 
 /// One existing user of extents.
@@ -80,6 +84,20 @@ impl User {
             kind: UserKind::Vbd { domain, vdevice },
             writable,
             extents,
+        }
+    }
+}
+
+impl User {
+    /// A disk that holds extents, as a writer of them.
+    pub fn owner(owner: Owner) -> User {
+        User {
+            kind: UserKind::VirtualDisk {
+                id: owner.id,
+                state: owner.state,
+            },
+            writable: true,
+            extents: owner.extents,
         }
     }
 }
@@ -103,6 +121,9 @@ impl fmt::Display for User {
                     formatter,
                     "dom0 mount of {source} on {mount_point} ({mode})"
                 )
+            }
+            UserKind::VirtualDisk { id, state } => {
+                write!(formatter, "{} disk {id} ({mode})", state.as_str())
             }
         }
     }

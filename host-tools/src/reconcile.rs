@@ -1,0 +1,140 @@
+//! One reconciliation of the VBDs the hypervisor reports with the attachments the database
+//! recorded, which `attach`, `delete`, `check`, `undelete`, `resize` and `vbds` all use
+//! rather than each deciding on its own what counts as mapped.
+
+use shared_abi::DeviceNumber;
+
+use crate::database::Attachment;
+use crate::hypervisor::VbdDetails;
+use crate::uname::VdId;
+use crate::validator::User;
+
+/// A record whose VBD is missing is taken for one whose `attach` is still making it for
+/// this long after it was recorded, before it counts as gone.
+pub const PENDING_SECONDS: i64 = 60;
+
+/// A VBD the hypervisor reports, with the record that made it, if the database has one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReconciledVbd {
+    pub vbd: VbdDetails,
+    pub record: Option<Attachment>,
+}
+
+/// What the hypervisor and the database say together.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reconciliation {
+    /// Every VBD the hypervisor reports in the scope asked, in its order; empty when the
+    /// hypervisor was not asked.
+    pub vbds: Vec<ReconciledVbd>,
+    /// Records that still stand without a VBD to show for them: every record when the
+    /// hypervisor was not asked, records outside the scope asked, and records whose
+    /// `attach` is still making the VBD.
+    pub unmatched: Vec<Attachment>,
+    /// Records whose VBD is gone (its domain died, or it was deleted behind vdisk's back):
+    /// they reserve nothing any more and are removed when seen.
+    ///
+    /// Issue 10 divides these: a record made under an earlier start of the hypervisor (the
+    /// Ready handshake will carry a start id) is *restorable* by `vdisk restore`, and only
+    /// one made under the current start whose VBD is gone is dead. Until the handshake
+    /// says which start this is, every gone record is dead.
+    pub dead: Vec<Attachment>,
+}
+
+impl Reconciliation {
+    /// Match `records` with `vbds`, the hypervisor's VBDs of `scope` (one domain, or every
+    /// domain for `None`), or `None` when the hypervisor was not asked. `now` is the time,
+    /// to tell a record an `attach` is still completing from a dead one.
+    pub fn new(
+        records: Vec<Attachment>,
+        vbds: Option<(Vec<VbdDetails>, Option<u32>)>,
+        now: i64,
+    ) -> Reconciliation {
+        let Some((vbds, scope)) = vbds else {
+            return Reconciliation {
+                vbds: Vec::new(),
+                unmatched: records,
+                dead: Vec::new(),
+            };
+        };
+        let key = |domain: u32, vdevice: DeviceNumber| (domain, vdevice);
+        let mut unmatched = Vec::new();
+        let mut dead = Vec::new();
+        let mut matched: Vec<Attachment> = Vec::new();
+        for record in records {
+            let present = vbds
+                .iter()
+                .any(|vbd| key(vbd.domain, vbd.vdevice) == key(record.domain, record.vdevice));
+            let in_scope = scope.map_or(true, |domain| domain == record.domain);
+            let pending = !record.confirmed && now - record.attached_at < PENDING_SECONDS;
+            match (present, in_scope, pending) {
+                (true, _, _) => matched.push(record),
+                (false, false, _) | (false, true, true) => unmatched.push(record),
+                (false, true, false) => dead.push(record),
+            }
+        }
+        let vbds = vbds
+            .into_iter()
+            .map(|vbd| {
+                let record = matched
+                    .iter()
+                    .find(|record| {
+                        key(record.domain, record.vdevice) == key(vbd.domain, vbd.vdevice)
+                    })
+                    .cloned();
+                ReconciledVbd { vbd, record }
+            })
+            .collect();
+        Reconciliation {
+            vbds,
+            unmatched,
+            dead,
+        }
+    }
+
+    /// Everything that maps extents, as validator users: every VBD the hypervisor reports
+    /// as it reports it, and every record that still stands without one.
+    pub fn users(&self) -> Vec<User> {
+        self.users_where(|_| true)
+    }
+
+    /// The users that map something other than virtual disk `id`: what `undelete` must not
+    /// collide with.
+    pub fn users_other_than(&self, id: VdId) -> Vec<User> {
+        self.users_where(|record| record.map_or(true, |record| record.virtual_disk != Some(id)))
+    }
+
+    fn users_where(&self, keep: impl Fn(Option<&Attachment>) -> bool) -> Vec<User> {
+        self.vbds
+            .iter()
+            .filter(|reconciled| keep(reconciled.record.as_ref()))
+            .map(|reconciled| {
+                let vbd = &reconciled.vbd;
+                User::vbd(
+                    vbd.domain,
+                    vbd.vdevice,
+                    vbd.mode.is_writable(),
+                    vbd.extents.clone(),
+                )
+            })
+            .chain(
+                self.unmatched
+                    .iter()
+                    .filter(|record| keep(Some(record)))
+                    .map(Attachment::user),
+            )
+            .collect()
+    }
+
+    /// The VBDs the hypervisor reports that were made from virtual disk `id`.
+    pub fn vbds_of(&self, id: VdId) -> Vec<&ReconciledVbd> {
+        self.vbds
+            .iter()
+            .filter(|reconciled| {
+                reconciled
+                    .record
+                    .as_ref()
+                    .is_some_and(|record| record.virtual_disk == Some(id))
+            })
+            .collect()
+    }
+}
