@@ -138,3 +138,100 @@ impl Reconciliation {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use shared_abi::wire::Extent;
+    use shared_abi::Mode;
+
+    use super::*;
+    use crate::database::AccessMode;
+
+    fn xvd(name: &str) -> DeviceNumber {
+        DeviceNumber::from_name(name).unwrap()
+    }
+
+    fn extent(start_sector: u64) -> Extent {
+        Extent {
+            device: DeviceNumber::new(3, 0).unwrap(),
+            start_sector,
+            nr_sectors: 8,
+        }
+    }
+
+    fn record(domain: u32, vdevice: &str, confirmed: bool, attached_at: i64) -> Attachment {
+        Attachment {
+            record: i64::from(domain) * 100 + i64::from(xvd(vdevice).minor()),
+            uname: "vd:1".into(),
+            virtual_disk: Some(VdId::parse("1").unwrap()),
+            domain,
+            vdevice: xvd(vdevice),
+            mode: AccessMode::ReadOnly,
+            attached_at,
+            confirmed,
+            extents: vec![extent(0)],
+        }
+    }
+
+    fn vbd(domain: u32, vdevice: &str) -> VbdDetails {
+        VbdDetails {
+            domain,
+            vdevice: xvd(vdevice),
+            mode: Mode::READ | Mode::WRITE,
+            size_sectors: 8,
+            extents: vec![extent(100)],
+        }
+    }
+
+    #[test]
+    fn records_match_their_vbds_and_gone_ones_are_dead() {
+        let matched = record(1, "xvda", true, 0);
+        let gone = record(2, "xvda", true, 0);
+        let young = record(3, "xvda", false, 950);
+        let stale = record(3, "xvdb", false, 900);
+        let reconciliation = Reconciliation::new(
+            vec![matched.clone(), gone.clone(), young.clone(), stale.clone()],
+            Some((vec![vbd(1, "xvda"), vbd(4, "xvda")], None)),
+            1000,
+        );
+        assert_eq!(
+            reconciliation.vbds,
+            vec![
+                ReconciledVbd {
+                    vbd: vbd(1, "xvda"),
+                    record: Some(matched)
+                },
+                ReconciledVbd {
+                    vbd: vbd(4, "xvda"),
+                    record: None
+                },
+            ]
+        );
+        assert_eq!(reconciliation.unmatched, vec![young.clone()]);
+        assert_eq!(reconciliation.dead, vec![gone, stale]);
+        // Users: what the hypervisor reports (its extents, not the record's), and the
+        // record whose attach is under way.
+        let users = reconciliation.users();
+        assert_eq!(users.len(), 3);
+        assert_eq!(users[0].extents, vec![extent(100)]);
+        assert_eq!(users[2], young.user());
+        assert_eq!(reconciliation.vbds_of(VdId::parse("1").unwrap()).len(), 1);
+        assert_eq!(
+            reconciliation
+                .users_other_than(VdId::parse("1").unwrap())
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn without_the_hypervisor_or_outside_the_scope_records_stand() {
+        let records = vec![record(1, "xvda", true, 0), record(2, "xvda", true, 0)];
+        let alone = Reconciliation::new(records.clone(), None, 1000);
+        assert_eq!(alone.unmatched, records);
+        assert_eq!(alone.dead, vec![]);
+        let scoped = Reconciliation::new(records.clone(), Some((vec![], Some(1))), 1000);
+        assert_eq!(scoped.dead, vec![records[0].clone()]);
+        assert_eq!(scoped.unmatched, vec![records[1].clone()]);
+    }
+}

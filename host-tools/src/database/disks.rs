@@ -734,3 +734,153 @@ fn take_claim(transaction: &Transaction<'_>, claim: &Claim, now: i64) -> Result<
         Err(lost_claim(claim.id))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    use std::sync::Arc;
+
+    use shared_abi::DeviceNumber;
+
+    use super::*;
+    use crate::database::OpenMode;
+    use crate::devices::{DiskIdentity, Region};
+
+    /// A pool of `extents` extents of 1 MiB on hda1, and the clock the database reads.
+    fn pool_of(extents: u64) -> (tempfile::TempDir, Database, Arc<AtomicI64>) {
+        let directory = tempfile::tempdir().unwrap();
+        let mut database = Database::open(
+            &directory.path().join("v.sqlite"),
+            OpenMode::CreateIfMissing,
+        )
+        .unwrap();
+        let clock = Arc::new(AtomicI64::new(0));
+        let reader = Arc::clone(&clock);
+        database.set_clock(move || reader.load(Ordering::SeqCst));
+        let region = Region {
+            name: "hda1".into(),
+            disk_device: DeviceNumber::new(3, 0).unwrap(),
+            start_sector: 2048,
+            nr_sectors: extents * 2048,
+            disk: DiskIdentity {
+                path: "hda.img".into(),
+                identity: "file 1:1".into(),
+            },
+            partition_table: None,
+            warnings: Vec::new(),
+        };
+        database.format(&region, 2048).unwrap();
+        (directory, database, clock)
+    }
+
+    fn create(database: &mut Database, sectors: u64, expiry: Expiry) -> VirtualDisk {
+        let pending = database.begin_create(sectors, false).unwrap();
+        database.finish_create(pending.id, expiry).unwrap()
+    }
+
+    fn dirty(database: &Database) -> i64 {
+        database
+            .connection
+            .query_row("SELECT count(*) FROM extents WHERE dirty = 1", [], |row| {
+                row.get(0)
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn expiry_returns_extents_to_the_pool_at_the_agreed_second() {
+        let (_directory, mut database, clock) = pool_of(2);
+        clock.store(100, Ordering::SeqCst);
+        let disk = create(&mut database, 4096, Expiry::After(10));
+        clock.store(109, Ordering::SeqCst);
+        assert_eq!(database.pool().unwrap()[0].free_extents, 0);
+        clock.store(110, Ordering::SeqCst);
+        assert_eq!(
+            database.virtual_disk(disk.id).unwrap().state,
+            VdState::Expired
+        );
+        assert_eq!(database.pool().unwrap()[0].free_extents, 2);
+    }
+
+    #[test]
+    fn a_lapsed_create_lease_frees_its_extents_and_cannot_finish() {
+        let (_directory, mut database, clock) = pool_of(1);
+        let pending = database.begin_create(2048, false).unwrap();
+        assert_eq!(
+            pending.to_zero.len(),
+            1,
+            "freshly formatted extents are dirty"
+        );
+        clock.store(LEASE_SECONDS, Ordering::SeqCst);
+        assert_eq!(database.pool().unwrap()[0].free_extents, 1);
+        assert_eq!(
+            database
+                .finish_create(pending.id, Expiry::Never)
+                .unwrap_err()
+                .to_string(),
+            "vd:1: lost its claim on its extents while they were zeroed"
+        );
+        assert_eq!(
+            database.virtual_disk(pending.id).unwrap().state,
+            VdState::Abandoned
+        );
+    }
+
+    #[test]
+    fn wiped_extents_are_not_zeroed_again_but_reused_ones_are() {
+        let (_directory, mut database, _clock) = pool_of(1);
+        let disk = create(&mut database, 2048, Expiry::Never);
+        let (_, claim) = database.delete(disk.id, false, true, &[]).unwrap();
+        database.finish_wipe(&claim.unwrap()).unwrap();
+        assert_eq!(database.begin_create(2048, false).unwrap().to_zero, vec![]);
+    }
+
+    #[test]
+    fn a_wipe_whose_claim_lapsed_marks_nothing_clean() {
+        let (_directory, mut database, clock) = pool_of(2);
+        let disk = create(&mut database, 4096, Expiry::Never);
+        let (_, claim) = database.delete(disk.id, false, true, &[]).unwrap();
+        let claim = claim.unwrap();
+        assert_eq!(
+            database.virtual_disk(disk.id).unwrap().state,
+            VdState::Wiping
+        );
+        // The wiping process stalls past its lease; meanwhile the disk comes back and its
+        // tenant may write again.
+        clock.store(LEASE_SECONDS, Ordering::SeqCst);
+        assert_eq!(
+            database
+                .undelete(disk.id, Expiry::Never, &[])
+                .unwrap()
+                .state,
+            VdState::Live
+        );
+        assert_eq!(
+            database.finish_wipe(&claim).unwrap_err().to_string(),
+            "vd:1: lost its claim on its extents while they were zeroed"
+        );
+        assert_eq!(dirty(&database), 2);
+        assert_eq!(
+            database.renew_claim(&claim).unwrap_err().to_string(),
+            "vd:1: lost its claim on its extents while they were zeroed"
+        );
+    }
+
+    #[test]
+    fn a_grow_holds_its_new_extents_and_a_lapsed_one_cannot_finish() {
+        let (_directory, mut database, clock) = pool_of(3);
+        let disk = create(&mut database, 2048, Expiry::Never);
+        let claim = database.begin_grow(disk.id, 4096, false).unwrap();
+        assert_eq!(database.pool().unwrap()[0].free_extents, 1);
+        assert_eq!(
+            database.begin_create(4096, false).unwrap_err().to_string(),
+            "create 2M: no space (the pool has 1M free)"
+        );
+        clock.store(LEASE_SECONDS, Ordering::SeqCst);
+        assert_eq!(
+            database.finish_grow(&claim).unwrap_err().to_string(),
+            "vd:1: lost its claim on its extents while they were zeroed"
+        );
+        assert_eq!(database.virtual_disk(disk.id).unwrap().size_sectors, 2048);
+    }
+}
