@@ -798,3 +798,22 @@ fn hypervisor_commands_refuse_bad_input_before_connecting() {
     );
     assert_eq!(machine.snapshot(), before);
 }
+
+#[test]
+fn completions_and_the_manual_come_from_the_command_definitions() {
+    let machine = Machine::new(8, &[4]);
+    let bash = machine.ok(&["completions", "bash"]);
+    assert!(bash.contains("complete -F _vdisk"), "{bash}");
+    for subcommand in ["format", "resize", "attach", "completions"] {
+        assert!(bash.contains(subcommand), "bash completes {subcommand}");
+    }
+    assert!(machine.ok(&["completions", "zsh"]).starts_with("#compdef vdisk"));
+    let page = machine.ok(&["man"]);
+    assert!(page.contains(".TH vdisk 1"), "{page}");
+    assert!(page.contains("resize"));
+    machine.fails(
+        &["completions", "tcsh"],
+        2,
+        "invalid value 'tcsh' for '<SHELL>' [possible values: bash, elvish, fish, powershell, zsh]",
+    );
+}
