@@ -127,6 +127,29 @@ fn zero_claim(
     finish(database, claim)
 }
 
+/// Zero what a delete or shrink released under `claim`, if it released anything, and mark
+/// it clean; `disk` is the disk as the release left it.
+fn wipe_released(
+    database: &mut Database,
+    devices: &dyn DeviceSource,
+    disk: VirtualDisk,
+    claim: Option<Claim>,
+    zeroing: Zeroing,
+    progress: Progress<'_>,
+) -> Result<VirtualDisk> {
+    match claim {
+        Some(claim) => zero_claim(
+            database,
+            devices,
+            &claim,
+            zeroing,
+            progress,
+            Database::finish_wipe,
+        ),
+        None => Ok(disk),
+    }
+}
+
 /// What `delete` is asked for.
 pub struct DeleteRequest<'a> {
     pub id: VdId,
@@ -167,16 +190,9 @@ pub fn delete_virtual_disk(
         false => None,
     };
     let (disk, claim) = database.delete(id, request.force, request.wipe, request.users)?;
-    match (claim, devices) {
-        (Some(claim), Some(devices)) => zero_claim(
-            database,
-            devices,
-            &claim,
-            request.zeroing,
-            progress,
-            Database::finish_wipe,
-        ),
-        _ => Ok(disk),
+    match devices {
+        Some(devices) => wipe_released(database, devices, disk, claim, request.zeroing, progress),
+        None => Ok(disk),
     }
 }
 
@@ -210,7 +226,7 @@ pub fn resize_virtual_disk(
     let disk = database.live_virtual_disk(id)?;
     check_pool_disks(database, devices)?;
     if request.size_sectors > disk.size_sectors {
-        let claim = database.begin_grow(id, request.size_sectors, false)?;
+        let claim = database.begin_grow(id, request.size_sectors)?;
         let disk = zero_claim(
             database,
             devices,
@@ -232,17 +248,7 @@ pub fn resize_virtual_disk(
         )));
     }
     let (disk, claim) = database.shrink(id, request.size_sectors, request.users)?;
-    let disk = match claim {
-        Some(claim) => zero_claim(
-            database,
-            devices,
-            &claim,
-            request.zeroing,
-            progress,
-            Database::finish_wipe,
-        )?,
-        None => disk,
-    };
+    let disk = wipe_released(database, devices, disk, claim, request.zeroing, progress)?;
     Ok(Resized {
         disk,
         added: Vec::new(),

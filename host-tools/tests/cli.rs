@@ -807,7 +807,9 @@ fn completions_and_the_manual_come_from_the_command_definitions() {
     for subcommand in ["format", "resize", "attach", "completions"] {
         assert!(bash.contains(subcommand), "bash completes {subcommand}");
     }
-    assert!(machine.ok(&["completions", "zsh"]).starts_with("#compdef vdisk"));
+    assert!(machine
+        .ok(&["completions", "zsh"])
+        .starts_with("#compdef vdisk"));
     let page = machine.ok(&["man"]);
     assert!(page.contains(".TH vdisk 1"), "{page}");
     assert!(page.contains("resize"));

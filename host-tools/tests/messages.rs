@@ -123,16 +123,12 @@ fn an_abandoned_create_has_one_state_word_everywhere() {
     machine.ok(&["format", "phy:hda1", "--extent-size", "1M"]);
     machine.ok(&["create", "1"]);
     // A create whose process died long ago: its lease ran out at second 21.
-    let sqlite = rusqlite::Connection::open(machine.database_path()).unwrap();
-    sqlite
-        .execute_batch(
-            "INSERT INTO virtual_disks (id, state, size_sectors, created_at, expires_at)
-               VALUES (2, 'creating', 2048, 1, 21);
-             INSERT INTO virtual_disk_extents (virtual_disk_id, position, extent_id)
-               SELECT 2, 0, max(id) FROM extents;",
-        )
-        .unwrap();
-    drop(sqlite);
+    machine.tamper(
+        "INSERT INTO virtual_disks (id, state, size_sectors, created_at, expires_at)
+           VALUES (2, 'creating', 2048, 1, 21);
+         INSERT INTO virtual_disk_extents (virtual_disk_id, position, extent_id)
+           SELECT 2, 0, max(id) FROM extents;",
+    );
     assert_eq!(machine.json(&["show", "2"])["state"], "abandoned");
     let listed = machine.json(&["list", "--all"]);
     let states: Vec<(u64, &str)> = listed
@@ -159,9 +155,7 @@ fn a_schema_that_does_not_match_its_version_is_named_in_one_line() {
     let machine = Machine::new(16, &[8]);
     machine.ok(&["format", "phy:hda1", "--extent-size", "1M"]);
     let database = machine.database_path();
-    let sqlite = rusqlite::Connection::open(&database).unwrap();
-    sqlite.execute_batch("PRAGMA user_version = 0").unwrap();
-    drop(sqlite);
+    machine.tamper("PRAGMA user_version = 0");
     let bytes = fs::read(&database).unwrap();
     machine.fails(
         &["pool"],
@@ -187,15 +181,10 @@ fn tables_fit_long_names_and_sizes_show_in_bytes() {
     let machine = Machine::new(16, &[8]);
     machine.ok(&["format", "phy:hda1", "--extent-size", "1M"]);
     machine.ok(&["create", "1"]);
-    let sqlite = rusqlite::Connection::open(machine.database_path()).unwrap();
-    sqlite
-        .execute_batch(
-            "PRAGMA foreign_keys = OFF;
-             UPDATE virtual_disk_extents SET virtual_disk_id = 1234567;
-             UPDATE virtual_disks SET id = 1234567;",
-        )
-        .unwrap();
-    drop(sqlite);
+    machine.tamper(
+        "UPDATE virtual_disk_extents SET virtual_disk_id = 1234567;
+         UPDATE virtual_disks SET id = 1234567;",
+    );
     assert_eq!(
         machine.ok(&["list"]),
         "ID          SIZE  STATE  EXPIRES\nvd:1234567    1M  live   never\n"

@@ -454,12 +454,6 @@ impl Database {
         })
     }
 
-    /// The disk `id` as `delete` would see it: live and, unless `force`, mapped by no
-    /// recorded attachment and none of `users`.
-    pub fn deletable(&self, id: VdId, force: bool, users: &[User]) -> Result<VirtualDisk> {
-        self.read(|connection, now| check_deletable(connection, id, force, users, now))
-    }
-
     /// Expire a live disk now. Unless `force`, refused while a recorded attachment or one
     /// of `users` (VBDs the hypervisor reports) maps it. With `wipe`, its extents are not
     /// yet free: the returned claim holds them until [`Database::finish_wipe`].
@@ -540,7 +534,7 @@ impl Database {
     /// Claim extents to grow live disk `id` to at least `size_sectors`, preferring those
     /// that follow its last extent on disk, so the data in place never moves and the
     /// layout stays in few runs. [`Database::finish_grow`] appends them once zeroed.
-    pub fn begin_grow(&mut self, id: VdId, size_sectors: u64, zero_all: bool) -> Result<Claim> {
+    pub fn begin_grow(&mut self, id: VdId, size_sectors: u64) -> Result<Claim> {
         self.immediate(|transaction, now| {
             let disk = read_live(transaction, id, now)?;
             let more = size_sectors.saturating_sub(disk.size_sectors);
@@ -560,7 +554,7 @@ impl Database {
                 claim_id,
                 id,
                 extents: chosen.iter().map(|candidate| candidate.extent).collect(),
-                to_zero: dirty_ones(&chosen, zero_all),
+                to_zero: dirty_ones(&chosen, false),
             })
         })
     }
@@ -870,7 +864,7 @@ mod tests {
     fn a_grow_holds_its_new_extents_and_a_lapsed_one_cannot_finish() {
         let (_directory, mut database, clock) = pool_of(3);
         let disk = create(&mut database, 2048, Expiry::Never);
-        let claim = database.begin_grow(disk.id, 4096, false).unwrap();
+        let claim = database.begin_grow(disk.id, 4096).unwrap();
         assert_eq!(database.pool().unwrap()[0].free_extents, 1);
         assert_eq!(
             database.begin_create(4096, false).unwrap_err().to_string(),

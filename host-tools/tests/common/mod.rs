@@ -198,6 +198,15 @@ impl Machine {
         .unwrap()
     }
 
+    /// Change the database behind `vdisk`'s back, as a damaged or old one would be, with
+    /// its foreign keys unchecked.
+    pub fn tamper(&self, sql: &str) {
+        let connection = rusqlite::Connection::open(self.database_path()).unwrap();
+        connection
+            .execute_batch(&format!("PRAGMA foreign_keys = OFF; {sql}"))
+            .unwrap();
+    }
+
     /// One integer from `query` against the database.
     pub fn count(&self, query: &str) -> i64 {
         self.sqlite()
