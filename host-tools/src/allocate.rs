@@ -96,6 +96,45 @@ pub fn choose_extents(free: &[FreeExtent], size_sectors: u64) -> Option<Vec<Free
     Some(chosen)
 }
 
+/// Choose extents covering at least `size_sectors` to append to a disk whose last extent is
+/// `last`: first the run of free extents that follows it on disk, so the disk stays in few
+/// runs, then the rest as [`choose_extents`] would. The result is in the order to append.
+pub fn choose_extents_after(
+    free: &[FreeExtent],
+    last: Option<&Extent>,
+    size_sectors: u64,
+) -> Option<Vec<FreeExtent>> {
+    let mut adjacent = Vec::new();
+    let mut remaining = size_sectors;
+    if let Some(last) = last {
+        let mut end = *last;
+        for candidate in free.iter().skip_while(|candidate| {
+            candidate.extent.device() != last.device()
+                || candidate.extent.start_sector() != last.end_sector()
+        }) {
+            if remaining == 0
+                || candidate.extent.device() != end.device()
+                || candidate.extent.start_sector() != end.end_sector()
+            {
+                break;
+            }
+            adjacent.push(*candidate);
+            remaining = remaining.saturating_sub(candidate.extent.nr_sectors());
+            end = candidate.extent;
+        }
+    }
+    if remaining == 0 {
+        return Some(adjacent);
+    }
+    let rest: Vec<FreeExtent> = free
+        .iter()
+        .filter(|candidate| !adjacent.contains(candidate))
+        .copied()
+        .collect();
+    adjacent.extend(choose_extents(&rest, remaining)?);
+    Some(adjacent)
+}
+
 /// Merge extents that follow each other on disk, keeping the list's order: the form in
 /// which a virtual disk is shown and handed to the hypervisor.
 pub fn merge_adjacent(extents: &[Extent]) -> Vec<Extent> {
@@ -160,6 +199,28 @@ mod tests {
         let free = pool(&[(0, 0), (64, 10)]);
         assert_eq!(ids(choose_extents(&free, 20)), vec![1, 2]);
         assert_eq!(runs(&free).len(), 2);
+    }
+
+    #[test]
+    fn growing_prefers_the_run_after_the_last_extent() {
+        // The disk ends at sector 10 (id 1's extent); ids 2-3 follow it, id 4 is elsewhere.
+        let free = pool(&[(0, 10), (0, 20), (0, 100), (0, 200), (0, 210), (0, 220)]);
+        let last = Extent::new(DeviceNumber::new(3, 0).unwrap(), 0, 10).unwrap();
+        assert_eq!(
+            ids(choose_extents_after(&free, Some(&last), 20)),
+            vec![1, 2]
+        );
+        // More than the run holds: the run, then the smallest run that holds the rest.
+        assert_eq!(
+            ids(choose_extents_after(&free, Some(&last), 30)),
+            vec![1, 2, 3]
+        );
+        assert_eq!(
+            ids(choose_extents_after(&free, Some(&last), 50)),
+            vec![1, 2, 4, 5, 6]
+        );
+        assert_eq!(choose_extents_after(&free, Some(&last), 61), None);
+        assert_eq!(ids(choose_extents_after(&free, None, 10)), vec![3]);
     }
 
     #[test]

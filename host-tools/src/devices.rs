@@ -14,7 +14,39 @@ use shared_abi::{DeviceNumber, SECTOR_SIZE};
 
 use crate::error::{Error, Result};
 use crate::partition::{self, TableError};
-use crate::uname::is_device_name;
+use crate::uname::{is_device_name, parse_device_number};
+
+/// Which disk a device number stands for: the file or block device through which it is
+/// read and written, and what makes that disk itself whatever path names it (a file by its
+/// file system and inode, a block device by its number), so that two names for one disk
+/// are seen to be one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskIdentity {
+    pub path: PathBuf,
+    pub identity: String,
+}
+
+/// What kind of partition table a whole disk carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableKind {
+    Mbr,
+    Gpt,
+    /// The kernel lists partitions of it (sysfs), whatever their table.
+    Some,
+    /// Sector 0 has an MBR signature, but the table does not make sense.
+    Damaged,
+}
+
+impl std::fmt::Display for TableKind {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(match self {
+            TableKind::Mbr => "an MBR",
+            TableKind::Gpt => "a GPT",
+            TableKind::Some => "a",
+            TableKind::Damaged => "a damaged",
+        })
+    }
+}
 
 /// A named range of a physical disk: the whole disk or one partition of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,6 +59,12 @@ pub struct Region {
     /// from the partition's start).
     pub start_sector: u64,
     pub nr_sectors: u64,
+    /// The whole disk the region lies on.
+    pub disk: DiskIdentity,
+    /// For a whole disk, the partition table it carries, if any.
+    pub partition_table: Option<TableKind>,
+    /// What was found amiss but worked around (a GPT read from its backup), to be told.
+    pub warnings: Vec<String>,
 }
 
 impl Region {
@@ -56,21 +94,61 @@ pub struct HostRegion {
 pub trait DeviceSource {
     /// The disk or partition called `name`.
     fn resolve(&self, name: &str) -> Result<Region>;
-    /// The file or block device through which `disk` is written (to zero extents).
-    fn path_of(&self, disk: DeviceNumber) -> Result<PathBuf>;
+    /// The disk `disk` stands for, through which it is written (to zero extents).
+    fn disk(&self, disk: DeviceNumber) -> Result<DiskIdentity>;
     /// The extent a range of one of dom0's own disks occupies in this namespace, if it lies
     /// on a disk this namespace knows.
     fn extent_of_host_region(&self, region: &HostRegion) -> Option<Extent>;
 }
 
-/// The size of a file or block device in whole sectors.
-pub fn sectors_of(path: &Path) -> Result<u64> {
-    let mut file = File::open(path).map_err(|error| Error::io(path, error))?;
+/// What makes the file `metadata` describes one disk, or why it is no disk at all: only a
+/// regular file (an image) or a block device is (a directory "holds" 2^63 bytes).
+pub fn identity_of(path: &Path, metadata: &fs::Metadata) -> Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let file_type = metadata.file_type();
+    if file_type.is_file() {
+        Ok(format!("file {}:{}", metadata.dev(), metadata.ino()))
+    } else if file_type.is_block_device() {
+        Ok(format!("block {:x}", metadata.rdev()))
+    } else {
+        let what = if file_type.is_dir() {
+            "a directory"
+        } else if file_type.is_char_device() {
+            "a character device"
+        } else if file_type.is_fifo() {
+            "a pipe"
+        } else if file_type.is_socket() {
+            "a socket"
+        } else {
+            "something else"
+        };
+        Err(Error::Refused(format!(
+            "{}: {what}, not a disk image or block device",
+            path.display()
+        )))
+    }
+}
+
+/// Open the disk at `path` (for writing too with `write`), refusing anything that is not a
+/// regular file or block device; returns it with its identity and size in whole sectors.
+pub fn open_disk(path: &Path, write: bool) -> Result<(File, DiskIdentity, u64)> {
+    // Never create or truncate: the path is a disk, not a scratch file.
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(write)
+        .open(path)
+        .map_err(|error| Error::io(path, error))?;
+    let metadata = file.metadata().map_err(|error| Error::io(path, error))?;
+    let identity = identity_of(path, &metadata)?;
     // Seeking to the end works for block devices too, whose metadata length is zero.
     let bytes = file
         .seek(SeekFrom::End(0))
         .map_err(|error| Error::io(path, error))?;
-    Ok(bytes / SECTOR_SIZE)
+    let disk = DiskIdentity {
+        path: path.to_path_buf(),
+        identity,
+    };
+    Ok((file, disk, bytes / SECTOR_SIZE))
 }
 
 /// One `[[disk]]` of a devices file.
@@ -127,7 +205,7 @@ impl DevicesFile {
                     entry.name
                 )));
             }
-            let device: DeviceNumber = entry.device.parse().map_err(|_| {
+            let device = parse_device_number(&entry.device).ok_or_else(|| {
                 bad(format!(
                     "disk {}: device {:?} is not major:minor or a device name",
                     entry.name, entry.device
@@ -144,6 +222,27 @@ impl DevicesFile {
                 device,
                 path: base.join(entry.path),
             });
+        }
+        // Two entries for one disk (a link, the same block device) would let two virtual
+        // disks share bytes. Paths that cannot be read yet are refused where they are used.
+        let mut identities: Vec<(String, &Disk)> = Vec::new();
+        for disk in &disks {
+            let Ok(identity) = fs::metadata(&disk.path)
+                .map_err(|error| Error::io(&disk.path, error))
+                .and_then(|metadata| identity_of(&disk.path, &metadata))
+            else {
+                continue;
+            };
+            if let Some((_, first)) = identities.iter().find(|(known, _)| *known == identity) {
+                return Err(bad(format!(
+                    "disks {} and {} are one disk ({} and {})",
+                    first.name,
+                    disk.name,
+                    first.path.display(),
+                    disk.path.display()
+                )));
+            }
+            identities.push((identity, disk));
         }
         Ok(DevicesFile {
             file: file.to_path_buf(),
@@ -164,57 +263,85 @@ impl DevicesFile {
     }
 }
 
+impl DevicesFile {
+    /// Resolve `name` on `disk`, the entry it is or whose partition it names.
+    fn resolve_on(&self, disk: &Disk, name: &str, number: Option<u32>) -> Result<Region> {
+        let (file, identity, disk_sectors) = open_disk(&disk.path, false)?;
+        let table = partition::read_partition_table(&file, disk_sectors);
+        let mut region = Region {
+            name: name.to_string(),
+            disk_device: disk.device,
+            start_sector: 0,
+            nr_sectors: disk_sectors,
+            disk: identity,
+            partition_table: None,
+            warnings: Vec::new(),
+        };
+        let Some(number) = number else {
+            region.partition_table = match table {
+                Ok(table) => Some(table.kind),
+                Err(TableError::NoTable) => None,
+                Err(_) => Some(TableKind::Damaged),
+            };
+            return Ok(region);
+        };
+        let table = match table {
+            Ok(table) => table,
+            Err(TableError::NoTable) => return Err(self.not_found(name)),
+            Err(error) => return Err(Error::Refused(format!("{}: {error}", disk.path.display()))),
+        };
+        let partition = table
+            .partitions
+            .iter()
+            .find(|partition| partition.number == number)
+            .ok_or_else(|| self.not_found(name))?;
+        region.start_sector = partition.start_sector;
+        region.nr_sectors = partition.nr_sectors;
+        region.warnings = table
+            .warnings
+            .iter()
+            .map(|warning| format!("{}: {warning}", disk.path.display()))
+            .collect();
+        Ok(region)
+    }
+}
+
 impl DeviceSource for DevicesFile {
     fn resolve(&self, name: &str) -> Result<Region> {
-        for disk in &self.disks {
-            if disk.name == name {
-                return Ok(Region {
-                    name: name.to_string(),
-                    disk_device: disk.device,
-                    start_sector: 0,
-                    nr_sectors: sectors_of(&disk.path)?,
-                });
-            }
-            let Some(number) = partition::partition_number(&disk.name, name) else {
-                continue;
-            };
-            let disk_sectors = sectors_of(&disk.path)?;
-            let file = File::open(&disk.path).map_err(|error| Error::io(&disk.path, error))?;
-            let partitions = match partition::read_partition_table(&file, disk_sectors) {
-                Ok(partitions) => partitions,
-                Err(TableError::NoTable) => return Err(self.not_found(name)),
-                Err(error) => {
-                    return Err(Error::Refused(format!(
-                        "phy:{name}: {}: {error}",
-                        disk.path.display()
-                    )))
+        let (disk, number) = self
+            .disks
+            .iter()
+            .find_map(|disk| {
+                if disk.name == name {
+                    Some((disk, None))
+                } else {
+                    partition::partition_number(&disk.name, name).map(|number| (disk, Some(number)))
                 }
-            };
-            return partitions
-                .iter()
-                .find(|partition| partition.number == number)
-                .map(|partition| Region {
-                    name: name.to_string(),
-                    disk_device: disk.device,
-                    start_sector: partition.start_sector,
-                    nr_sectors: partition.nr_sectors,
-                })
-                .ok_or_else(|| self.not_found(name));
-        }
-        Err(self.not_found(name))
+            })
+            .ok_or_else(|| self.not_found(name))?;
+        self.resolve_on(disk, name, number)
+            .map_err(|error| match error {
+                Error::NotFound(_) => error,
+                other => Error::Refused(format!("phy:{name}: {other}")),
+            })
     }
 
-    fn path_of(&self, disk: DeviceNumber) -> Result<PathBuf> {
-        self.disks
+    fn disk(&self, disk: DeviceNumber) -> Result<DiskIdentity> {
+        let entry = self
+            .disks
             .iter()
             .find(|entry| entry.device == disk)
-            .map(|entry| entry.path.clone())
             .ok_or_else(|| {
                 Error::NotFound(format!(
                     "device {disk}: not in devices file {}",
                     self.file.display()
                 ))
-            })
+            })?;
+        let metadata = fs::metadata(&entry.path).map_err(|error| Error::io(&entry.path, error))?;
+        Ok(DiskIdentity {
+            path: entry.path.clone(),
+            identity: identity_of(&entry.path, &metadata)?,
+        })
     }
 
     fn extent_of_host_region(&self, region: &HostRegion) -> Option<Extent> {
@@ -343,15 +470,25 @@ impl DeviceSource for Sysfs {
         let disk_device = read_trimmed(&entry.disk_directory.join("dev"))
             .and_then(|text| text.parse().ok())
             .ok_or_else(not_found)?;
+        // The kernel lists a whole disk's partitions as directories that say `partition`.
+        let partitioned = entry.start_sector == 0
+            && fs::read_dir(&entry.disk_directory).is_ok_and(|children| {
+                children
+                    .flatten()
+                    .any(|child| child.path().join("partition").exists())
+            });
         Ok(Region {
             name: name.to_string(),
             disk_device,
             start_sector: entry.start_sector,
             nr_sectors: entry.nr_sectors,
+            disk: self.disk(disk_device)?,
+            partition_table: partitioned.then_some(TableKind::Some),
+            warnings: Vec::new(),
         })
     }
 
-    fn path_of(&self, disk: DeviceNumber) -> Result<PathBuf> {
+    fn disk(&self, disk: DeviceNumber) -> Result<DiskIdentity> {
         let directory = fs::canonicalize(self.sys_root.join("dev/block").join(disk.to_string()))
             .map_err(|_| {
                 Error::NotFound(format!("device {disk}: not a block device of this machine"))
@@ -359,7 +496,11 @@ impl DeviceSource for Sysfs {
         let name = directory
             .file_name()
             .ok_or_else(|| Error::NotFound(format!("device {disk}: no name in sysfs")))?;
-        Ok(self.dev_root.join(name))
+        // The kernel's number is the disk's identity here: the path is only how to reach it.
+        Ok(DiskIdentity {
+            path: self.dev_root.join(name),
+            identity: format!("block {disk}"),
+        })
     }
 
     fn extent_of_host_region(&self, region: &HostRegion) -> Option<Extent> {
@@ -453,7 +594,13 @@ mod tests {
                 name: "sda2".into(),
                 disk_device: sda,
                 start_sector: 4096,
-                nr_sectors: 2048
+                nr_sectors: 2048,
+                disk: DiskIdentity {
+                    path: PathBuf::from("/dev/sda"),
+                    identity: "block 8:0".into()
+                },
+                partition_table: None,
+                warnings: vec![],
             }
         );
         assert_eq!(
@@ -462,10 +609,16 @@ mod tests {
                 name: "sda".into(),
                 disk_device: sda,
                 start_sector: 0,
-                nr_sectors: 100000
+                nr_sectors: 100000,
+                disk: DiskIdentity {
+                    path: PathBuf::from("/dev/sda"),
+                    identity: "block 8:0".into()
+                },
+                partition_table: Some(TableKind::Some),
+                warnings: vec![],
             }
         );
-        assert_eq!(sysfs.path_of(sda).unwrap(), PathBuf::from("/dev/sda"));
+        assert_eq!(sysfs.disk(sda).unwrap().path, PathBuf::from("/dev/sda"));
         assert_eq!(
             sysfs.host_region(DeviceNumber::new(8, 2).unwrap()),
             Some(HostRegion {

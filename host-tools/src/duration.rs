@@ -1,4 +1,7 @@
-//! Expiry durations as people type them: seconds, `0` or `never`, or `30s`, `10m`, `2h`, `7d`.
+//! Expiry durations as people type them: seconds, `0` or `never`, or `30s`, `10m`, `2h`,
+//! `7d`, `2w`, `1h 30m` (humantime's units).
+
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 
@@ -15,41 +18,44 @@ pub enum Expiry {
 /// four-digit year in RFC 3339.
 pub const LONGEST_EXPIRY_SECONDS: u64 = 100 * 365 * 24 * 3600;
 
-/// Parse an expiry. A bare `0` means never, as in the seed; `0s` and the like are refused
-/// because a disk that expires at once is almost certainly a typo.
+/// Parse an expiry. A bare number is seconds, and zero (`0`, `00`) means never, as in the
+/// seed; `0s` and the like are refused because a disk that expires at once is almost
+/// certainly a typo.
 pub fn parse_expiry(text: &str) -> Result<Expiry> {
     let bad = |reason: &str| Error::Usage(format!("expiry {text:?}: {reason}"));
+    let too_long = || bad("too long (at most 100 years)");
     let trimmed = text.trim();
-    if trimmed == "0" || trimmed.eq_ignore_ascii_case("never") {
+    if trimmed.eq_ignore_ascii_case("never") {
         return Ok(Expiry::Never);
     }
-    let digits_end = trimmed
-        .find(|character: char| !character.is_ascii_digit())
-        .unwrap_or(trimmed.len());
-    let (digits, unit) = trimmed.split_at(digits_end);
-    if digits.is_empty() {
-        return Err(bad(
-            "not a duration (expected seconds, 0 or never, or a number with s, m, h or d)",
-        ));
-    }
-    let multiplier: u64 = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => return Err(bad("unknown unit (use s, m, h or d)")),
+    let seconds = if !trimmed.is_empty() && trimmed.bytes().all(|byte| byte.is_ascii_digit()) {
+        match trimmed.parse::<u64>().map_err(|_| too_long())? {
+            0 => return Ok(Expiry::Never),
+            seconds => Duration::from_secs(seconds),
+        }
+    } else {
+        let duration = humantime::parse_duration(trimmed).map_err(|error| match error {
+            humantime::DurationError::NumberOverflow => too_long(),
+            humantime::DurationError::UnknownUnit { .. } => {
+                bad("unknown unit (use s, m, h, d or w)")
+            }
+            _ => bad(
+                "not a duration (expected seconds, 0 or never, or a number with s, m, h, d or w)",
+            ),
+        })?;
+        if duration.is_zero() {
+            return Err(bad(
+                "must be greater than zero (use 0 or never for no expiry)",
+            ));
+        }
+        if duration.subsec_nanos() != 0 {
+            return Err(bad("not a whole number of seconds"));
+        }
+        duration
     };
-    let number: u64 = digits
-        .parse()
-        .map_err(|_| bad("too long (at most 100 years)"))?;
-    if number == 0 {
-        return Err(bad(
-            "must be greater than zero (use 0 or never for no expiry)",
-        ));
-    }
-    match number.checked_mul(multiplier) {
-        Some(seconds) if seconds <= LONGEST_EXPIRY_SECONDS => Ok(Expiry::After(seconds)),
-        _ => Err(bad("too long (at most 100 years)")),
+    match seconds.as_secs() {
+        seconds if seconds <= LONGEST_EXPIRY_SECONDS => Ok(Expiry::After(seconds)),
+        _ => Err(too_long()),
     }
 }
 
@@ -80,11 +86,14 @@ mod tests {
         assert_eq!(parse_expiry("10m").unwrap(), Expiry::After(600));
         assert_eq!(parse_expiry("2h").unwrap(), Expiry::After(7200));
         assert_eq!(parse_expiry("7d").unwrap(), Expiry::After(604800));
+        assert_eq!(parse_expiry("1h 30m").unwrap(), Expiry::After(5400));
+        assert_eq!(parse_expiry("1.5h").unwrap(), Expiry::After(5400));
     }
 
     #[test]
     fn zero_and_never_mean_never() {
         assert_eq!(parse_expiry("0").unwrap(), Expiry::Never);
+        assert_eq!(parse_expiry("00").unwrap(), Expiry::Never);
         assert_eq!(parse_expiry("never").unwrap(), Expiry::Never);
         assert_eq!(Expiry::Never.expires_at(100), None);
         assert_eq!(Expiry::After(5).expires_at(100), Some(105));
@@ -98,15 +107,19 @@ mod tests {
         );
         assert_eq!(
             error("-1"),
-            "expiry \"-1\": not a duration (expected seconds, 0 or never, or a number with s, m, h or d)"
+            "expiry \"-1\": not a duration (expected seconds, 0 or never, or a number with s, m, h, d or w)"
         );
         assert_eq!(
-            error("5w"),
-            "expiry \"5w\": unknown unit (use s, m, h or d)"
+            error("5x"),
+            "expiry \"5x\": unknown unit (use s, m, h, d or w)"
         );
         assert_eq!(
-            error("1.5h"),
-            "expiry \"1.5h\": unknown unit (use s, m, h or d)"
+            error("1,5h"),
+            "expiry \"1,5h\": not a duration (expected seconds, 0 or never, or a number with s, m, h, d or w)"
+        );
+        assert_eq!(
+            error("1500ms"),
+            "expiry \"1500ms\": not a whole number of seconds"
         );
         assert_eq!(
             error("36600d"),

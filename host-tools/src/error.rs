@@ -18,6 +18,9 @@ pub enum Error {
     /// The database file is not a healthy vdisk database; it was left untouched.
     #[error("database {path}: {reason}")]
     BadDatabase { path: PathBuf, reason: String },
+    /// Another process held the database's lock for as long as we wait.
+    #[error("database {path}: locked by another process; gave up after {seconds} s")]
+    Locked { path: PathBuf, seconds: u64 },
     /// SQLite failed in a way that is not the caller's fault.
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
@@ -40,6 +43,7 @@ impl Error {
             Error::NotFound(_)
             | Error::Refused(_)
             | Error::BadDatabase { .. }
+            | Error::Locked { .. }
             | Error::Sqlite(_)
             | Error::Io { .. } => 1,
         }

@@ -11,6 +11,7 @@ pub mod hypervisor;
 pub mod lifecycle;
 pub mod mounts;
 pub mod partition;
+pub mod reconcile;
 pub mod schema;
 pub mod size;
 pub mod timestamp;
@@ -19,3 +20,11 @@ pub mod validator;
 pub mod zero;
 
 pub use error::{Error, Result};
+
+/// Serialise a value by its `Display` form: device numbers as `3:0` in every JSON shape.
+pub fn serialize_display<T: std::fmt::Display, S: serde::Serializer>(
+    value: &T,
+    serializer: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
+}

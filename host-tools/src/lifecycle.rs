@@ -1,30 +1,21 @@
 //! The operations that span more than one transaction because they write to disks in
-//! between: `create` (claim, zero, finish) and `delete` (check, wipe, expire).
+//! between: `create` (claim, zero, finish), `delete --wipe` and shrinking (release under a
+//! claim, zero, mark clean) and growing (claim, zero, append). Every write of zeros happens
+//! under a lease the database holds for it, so no other disk can be handed those extents
+//! meanwhile, and no write ever reaches an extent another disk owns.
 
 use std::time::{Duration, Instant};
 
 use shared_abi::wire::Extent;
 
-use crate::database::{Database, VirtualDisk, CREATE_LEASE_SECONDS};
+use crate::database::{Claim, Database, VirtualDisk, LEASE_SECONDS};
 use crate::devices::DeviceSource;
 use crate::duration::Expiry;
 use crate::error::{Error, Result};
-use crate::timestamp::now;
+use crate::size::format_sectors;
 use crate::uname::VdId;
-use crate::validator::{validate, User};
-use crate::zero::{total_bytes, ZeroTarget, Zeroing};
-use shared_abi::SharingLevel;
-
-/// A source of VBDs beyond the attachments the database recorded: the hypervisor, which
-/// alone knows every VBD that exists. `delete` refuses a disk that any of them maps.
-///
-/// The hypervisor client (`--hv`) implements this by probing every domain and asking for
-/// each VBD's extents. Without `--hv` no implementation is passed and only the database's
-/// own records are checked; nothing pretends to have asked the hypervisor.
-pub trait MappedExtents {
-    /// Every VBD of every domain, as validator users.
-    fn mapped_users(&mut self) -> Result<Vec<User>>;
-}
+use crate::validator::User;
+use crate::zero::{check_pool_disk, total_bytes, ZeroTarget, Zeroing};
 
 /// What `create` is asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,58 +30,124 @@ pub struct CreateRequest {
 /// Progress of zeroing: `(bytes written, bytes in all)`.
 pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
 
-/// Renew the create lease this often: a quarter of it, so a slow disk never loses it.
-const LEASE_RENEWAL: Duration = Duration::from_secs(CREATE_LEASE_SECONDS as u64 / 4);
+/// Renew a lease this often: a quarter of it, so a slow disk never loses it.
+const LEASE_RENEWAL: Duration = Duration::from_secs(LEASE_SECONDS as u64 / 4);
+
+/// Refuse, before anything is claimed, a devices namespace in which a number of the pool
+/// now names another disk than the one `format` recorded.
+fn check_pool_disks(database: &Database, devices: &dyn DeviceSource) -> Result<()> {
+    let pool = database.pool_disks()?;
+    for (device, _) in &pool {
+        // A disk the namespace cannot find is refused when (if ever) it is written.
+        if let Ok(disk) = devices.disk(*device) {
+            check_pool_disk(&pool, *device, &disk)?;
+        }
+    }
+    Ok(())
+}
+
+/// Zero `extents`, calling `renew` to extend the lease that holds them often enough that it
+/// never lapses while the disks are busy.
+fn zero_under_lease(
+    database: &mut Database,
+    devices: &dyn DeviceSource,
+    extents: &[Extent],
+    zeroing: Zeroing,
+    progress: Progress<'_>,
+    renew: &mut dyn FnMut(&mut Database) -> Result<()>,
+) -> Result<()> {
+    if extents.is_empty() {
+        return Ok(());
+    }
+    let pool = database.pool_disks()?;
+    let target = ZeroTarget::open(extents, devices, zeroing, &pool)?;
+    let total = total_bytes(extents);
+    let mut last_renewal = Instant::now();
+    target.zero(extents, &mut |written| {
+        progress(written, total);
+        if last_renewal.elapsed() >= LEASE_RENEWAL {
+            renew(database)?;
+            last_renewal = Instant::now();
+        }
+        Ok(())
+    })
+}
 
 /// Create a virtual disk: claim its extents, zero those that may hold someone's data (all
 /// of them with `zero_all`), then make it usable. Should this process die while zeroing,
-/// the claim lapses after [`CREATE_LEASE_SECONDS`] and the extents, still marked dirty,
-/// return to the pool; the half-created disk never becomes usable.
+/// the claim lapses after [`LEASE_SECONDS`] and the extents, still marked dirty, return to
+/// the pool; the half-created disk never becomes usable.
 pub fn create_virtual_disk(
     database: &mut Database,
     devices: &dyn DeviceSource,
     request: &CreateRequest,
     progress: Progress<'_>,
 ) -> Result<VirtualDisk> {
-    let pending = database.begin_create(request.size_sectors, request.zero_all, now())?;
-    let zeroed = zero_with_lease(
+    check_pool_disks(database, devices)?;
+    let pending = database.begin_create(request.size_sectors, request.zero_all)?;
+    let id = pending.id;
+    let zeroed = zero_under_lease(
         database,
         devices,
-        pending.id,
         &pending.to_zero,
         request.zeroing,
         progress,
+        &mut |database| database.renew_lease(id),
     );
     if let Err(error) = zeroed {
         // Best effort: if even this fails, the lease runs out on its own.
-        let _ = database.abandon_create(pending.id, now());
+        let _ = database.abandon_create(id);
         return Err(error);
     }
-    database.finish_create(pending.id, request.expiry, now())
+    database.finish_create(id, request.expiry)
 }
 
-fn zero_with_lease(
+/// Zero what `claim` holds and end it: a wipe marks its extents clean, a grow appends them.
+fn zero_claim(
     database: &mut Database,
     devices: &dyn DeviceSource,
-    id: VdId,
-    extents: &[Extent],
+    claim: &Claim,
     zeroing: Zeroing,
     progress: Progress<'_>,
-) -> Result<()> {
-    if extents.is_empty() {
-        return Ok(());
+    finish: fn(&mut Database, &Claim) -> Result<VirtualDisk>,
+) -> Result<VirtualDisk> {
+    let zeroed = zero_under_lease(
+        database,
+        devices,
+        &claim.to_zero,
+        zeroing,
+        progress,
+        &mut |database| database.renew_claim(claim),
+    );
+    if let Err(error) = zeroed {
+        // The extents stay dirty; if even this fails, the claim runs out on its own.
+        let _ = database.abandon_claim(claim);
+        return Err(error);
     }
-    let target = ZeroTarget::open(extents, devices, zeroing)?;
-    let total = total_bytes(extents);
-    let mut last_renewal = Instant::now();
-    target.zero(extents, &mut |written| {
-        progress(written, total);
-        if last_renewal.elapsed() >= LEASE_RENEWAL {
-            database.renew_lease(id, now())?;
-            last_renewal = Instant::now();
-        }
-        Ok(())
-    })
+    finish(database, claim)
+}
+
+/// Zero what a delete or shrink released under `claim`, if it released anything, and mark
+/// it clean; `disk` is the disk as the release left it.
+fn wipe_released(
+    database: &mut Database,
+    devices: &dyn DeviceSource,
+    disk: VirtualDisk,
+    claim: Option<Claim>,
+    zeroing: Zeroing,
+    progress: Progress<'_>,
+) -> Result<VirtualDisk> {
+    match claim {
+        Some(claim) => zero_claim(
+            database,
+            devices,
+            &claim,
+            zeroing,
+            progress,
+            Database::finish_wipe,
+        ),
+        None => Ok(disk),
+    }
 }
 
 /// What `delete` is asked for.
@@ -102,13 +159,21 @@ pub struct DeleteRequest<'a> {
     /// Zero its extents first (needs `devices`).
     pub wipe: bool,
     pub zeroing: Zeroing,
-    /// VBDs the hypervisor reports, when it was asked (`--hv`).
-    pub mapped: Option<&'a mut dyn MappedExtents>,
+    /// VBDs beyond the recorded ones that may map it: those the hypervisor reports (`--hv`).
+    pub users: &'a [User],
 }
 
-/// Delete (expire now) a live virtual disk, refusing while a recorded attachment or a VBD
-/// the hypervisor reports still maps it, unless forced. Every check runs before the wipe,
-/// so a refused delete has written nothing.
+fn wiping_devices(devices: Option<&dyn DeviceSource>, what: String) -> Result<&dyn DeviceSource> {
+    devices.ok_or_else(|| {
+        Error::Usage(format!(
+            "{what}: needs --devices or sysfs to find the disks"
+        ))
+    })
+}
+
+/// Delete (expire now) a live virtual disk, refusing while a recorded attachment or one of
+/// `users` still maps it, unless forced. With `wipe`, its extents stay claimed while they
+/// are zeroed: no delete, undelete or create can touch them until the wipe is done.
 pub fn delete_virtual_disk(
     database: &mut Database,
     devices: Option<&dyn DeviceSource>,
@@ -116,30 +181,76 @@ pub fn delete_virtual_disk(
     progress: Progress<'_>,
 ) -> Result<VirtualDisk> {
     let id = request.id;
-    let disk = database.deletable(id, request.force, now())?;
-    if let (false, Some(mapped)) = (request.force, request.mapped) {
-        let users = mapped.mapped_users()?;
-        // At level 0 with a writer, every overlap at all is reported.
-        let conflicts = validate(&disk.extents, true, &users, SharingLevel::ReadersOnly);
-        if let Some(conflict) = conflicts.first() {
-            return Err(Error::Refused(format!(
-                "{id}: still mapped: {}; detach it first or use --force",
-                conflict.explain(&users)
-            )));
+    let devices = match request.wipe {
+        true => {
+            let devices = wiping_devices(devices, format!("delete {id} --wipe"))?;
+            check_pool_disks(database, devices)?;
+            Some(devices)
         }
+        false => None,
+    };
+    let (disk, claim) = database.delete(id, request.force, request.wipe, request.users)?;
+    match devices {
+        Some(devices) => wipe_released(database, devices, disk, claim, request.zeroing, progress),
+        None => Ok(disk),
     }
-    if request.wipe {
-        let devices = devices.ok_or_else(|| {
-            Error::Usage(format!(
-                "delete {id} --wipe: needs --devices or sysfs to find the disks"
-            ))
-        })?;
-        let target = ZeroTarget::open(&disk.extents, devices, request.zeroing)?;
-        let total = total_bytes(&disk.extents);
-        target.zero(&disk.extents, &mut |written| {
-            progress(written, total);
-            Ok(())
-        })?;
+}
+
+/// What `resize` is asked for.
+pub struct ResizeRequest<'a> {
+    pub id: VdId,
+    pub size_sectors: u64,
+    /// Allow a smaller size.
+    pub shrink: bool,
+    pub zeroing: Zeroing,
+    /// VBDs beyond the recorded ones that may map it (`--hv`); a shrink refuses them.
+    pub users: &'a [User],
+}
+
+/// A resized disk and the extents a grow appended (empty for a shrink).
+pub struct Resized {
+    pub disk: VirtualDisk,
+    pub added: Vec<Extent>,
+}
+
+/// Grow a live disk by appending zeroed extents after its last one, or (with `shrink`)
+/// shrink it to the fewest of its first extents that hold the size, zeroing what it
+/// releases. The extents it keeps never move, so the data in them stays where it is.
+pub fn resize_virtual_disk(
+    database: &mut Database,
+    devices: &dyn DeviceSource,
+    request: ResizeRequest<'_>,
+    progress: Progress<'_>,
+) -> Result<Resized> {
+    let id = request.id;
+    let disk = database.live_virtual_disk(id)?;
+    check_pool_disks(database, devices)?;
+    if request.size_sectors > disk.size_sectors {
+        let claim = database.begin_grow(id, request.size_sectors)?;
+        let disk = zero_claim(
+            database,
+            devices,
+            &claim,
+            request.zeroing,
+            progress,
+            Database::finish_grow,
+        )?;
+        return Ok(Resized {
+            disk,
+            added: claim.extents,
+        });
     }
-    database.delete(id, request.force, request.wipe, now())
+    if request.size_sectors < disk.size_sectors && !request.shrink {
+        return Err(Error::Refused(format!(
+            "resize {id} to {}: smaller than its {}; give --shrink to release the rest",
+            format_sectors(request.size_sectors),
+            format_sectors(disk.size_sectors)
+        )));
+    }
+    let (disk, claim) = database.shrink(id, request.size_sectors, request.users)?;
+    let disk = wipe_released(database, devices, disk, claim, request.zeroing, progress)?;
+    Ok(Resized {
+        disk,
+        added: Vec::new(),
+    })
 }

@@ -1,5 +1,11 @@
 //! A small reader of MBR (with extended partitions) and GPT partition tables, so that
 //! `phy:hda2` can be found inside a raw disk image without asking the kernel.
+//!
+//! Kept rather than the `gpt` and `mbrman` crates: together they would replace about 200
+//! lines with two dependencies that each want a `Read + Seek` device of their own and their
+//! own error types, and neither numbers logical partitions the way Linux names them
+//! (`hda5` on); this reader takes any [`SectorSource`], bounds every loop over the disk's
+//! bytes, and falls back to the backup GPT header as Linux and sfdisk do.
 
 use std::fs::File;
 use std::io;
@@ -21,6 +27,15 @@ pub struct Partition {
     pub number: u32,
     pub start_sector: u64,
     pub nr_sectors: u64,
+}
+
+/// A disk's partition table as read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionTable {
+    pub kind: crate::devices::TableKind,
+    pub partitions: Vec<Partition>,
+    /// What was found damaged and worked around.
+    pub warnings: Vec<String>,
 }
 
 /// Something whose sectors can be read: an image file, a block device, or bytes in a test.
@@ -100,7 +115,7 @@ fn u64_at(bytes: &[u8], offset: usize) -> u64 {
 pub fn read_partition_table(
     source: &(impl SectorSource + ?Sized),
     disk_sectors: u64,
-) -> Result<Vec<Partition>, TableError> {
+) -> Result<PartitionTable, TableError> {
     let mut mbr = [0u8; SECTOR];
     read(source, 0, &mut mbr)?;
     if mbr[510..512] != [0x55, 0xAA] {
@@ -116,8 +131,10 @@ pub fn read_partition_table(
             )
         })
         .collect();
-    let partitions = if entries.iter().any(|&(kind, _, _)| kind == 0xEE) {
-        read_gpt(source, disk_sectors)?
+    let mut warnings = Vec::new();
+    let gpt = entries.iter().any(|&(kind, _, _)| kind == 0xEE);
+    let partitions = if gpt {
+        read_gpt(source, disk_sectors, &mut warnings)?
     } else {
         let mut partitions = Vec::new();
         let mut next_logical = 5;
@@ -150,7 +167,15 @@ pub fn read_partition_table(
             )));
         }
     }
-    Ok(partitions)
+    Ok(PartitionTable {
+        kind: if gpt {
+            crate::devices::TableKind::Gpt
+        } else {
+            crate::devices::TableKind::Mbr
+        },
+        partitions,
+        warnings,
+    })
 }
 
 /// Follow the chain of extended boot records that starts at `extended_start`.
@@ -189,43 +214,71 @@ fn read_logical(
     )))
 }
 
+/// The GPT of a disk: from the primary header at sector 1, or, when that is damaged, from
+/// the backup header in the last sector, saying so in `warnings`.
 fn read_gpt(
     source: &(impl SectorSource + ?Sized),
     disk_sectors: u64,
+    warnings: &mut Vec<String>,
 ) -> Result<Vec<Partition>, TableError> {
+    let primary = match read_gpt_at(source, 1, disk_sectors)? {
+        Ok(partitions) => return Ok(partitions),
+        Err(reason) => reason,
+    };
+    let backup_sector = disk_sectors.saturating_sub(1);
+    match read_gpt_at(source, backup_sector, disk_sectors)? {
+        Ok(partitions) => {
+            warnings.push(format!(
+                "the primary GPT header is damaged ({primary}); using the backup at sector {backup_sector}"
+            ));
+            Ok(partitions)
+        }
+        Err(backup) => Err(TableError::Corrupt(format!(
+            "{primary}; the backup: {backup}"
+        ))),
+    }
+}
+
+/// The partitions of the GPT whose header is at `header_sector`, or why that header or its
+/// entry array is damaged. Reading errors are the outer `Err`.
+fn read_gpt_at(
+    source: &(impl SectorSource + ?Sized),
+    header_sector: u64,
+    disk_sectors: u64,
+) -> Result<Result<Vec<Partition>, String>, TableError> {
     let mut header = [0u8; SECTOR];
-    read(source, 1, &mut header)?;
+    read(source, header_sector, &mut header)?;
     if &header[0..8] != b"EFI PART" {
-        return Err(TableError::Corrupt(
-            "protective MBR but no GPT header".into(),
-        ));
+        return Ok(Err("protective MBR but no GPT header".into()));
     }
     let header_size = u32_at(&header, 12) as usize;
     if !(92..=SECTOR).contains(&header_size) {
-        return Err(TableError::Corrupt(format!(
-            "GPT header size {header_size}"
-        )));
+        return Ok(Err(format!("GPT header size {header_size}")));
     }
     let mut checked = header[..header_size].to_vec();
     checked[16..20].fill(0);
     if crc32(&checked) != u32_at(&header, 16) {
-        return Err(TableError::Corrupt("GPT header checksum mismatch".into()));
+        return Ok(Err("GPT header checksum mismatch".into()));
+    }
+    if u64_at(&header, 24) != header_sector {
+        return Ok(Err(format!(
+            "GPT header at sector {header_sector} says it is at sector {}",
+            u64_at(&header, 24)
+        )));
     }
     let entries_lba = u64_at(&header, 72);
     let entry_count = u64::from(u32_at(&header, 80));
     let entry_size = u64::from(u32_at(&header, 84));
     let entry_bytes = entry_count * entry_size;
     if entry_size < 128 || entry_bytes > MAX_GPT_ENTRY_BYTES {
-        return Err(TableError::Corrupt(format!(
+        return Ok(Err(format!(
             "GPT entry array of {entry_count} entries of {entry_size} bytes"
         )));
     }
     let mut entries = vec![0u8; entry_bytes.div_ceil(SECTOR_SIZE) as usize * SECTOR];
     read(source, entries_lba, &mut entries)?;
     if crc32(&entries[..entry_bytes as usize]) != u32_at(&header, 88) {
-        return Err(TableError::Corrupt(
-            "GPT entry array checksum mismatch".into(),
-        ));
+        return Ok(Err("GPT entry array checksum mismatch".into()));
     }
     let mut partitions = Vec::new();
     for index in 0..entry_count as usize {
@@ -236,7 +289,7 @@ fn read_gpt(
         let first = u64_at(entry, 32);
         let last = u64_at(entry, 40);
         if last < first || last >= disk_sectors {
-            return Err(TableError::Corrupt(format!(
+            return Ok(Err(format!(
                 "GPT entry {} spans sectors {first}..={last} of a disk of {disk_sectors}",
                 index + 1
             )));
@@ -247,7 +300,7 @@ fn read_gpt(
             nr_sectors: last - first + 1,
         });
     }
-    Ok(partitions)
+    Ok(Ok(partitions))
 }
 
 /// The CRC-32 (IEEE 802.3) that GPT uses for its header and entry array.
@@ -320,7 +373,9 @@ mod tests {
         mbr_entry(&mut disk[3072 * SECTOR..3073 * SECTOR], 0, 0x83, 1, 100);
         mbr_entry(&mut disk[3072 * SECTOR..3073 * SECTOR], 1, 0x05, 512, 200);
         mbr_entry(&mut disk[3584 * SECTOR..3585 * SECTOR], 0, 0x83, 2, 50);
-        let partitions = read_partition_table(disk.as_slice(), 4096).unwrap();
+        let partitions = read_partition_table(disk.as_slice(), 4096)
+            .unwrap()
+            .partitions;
         assert_eq!(
             partitions,
             vec![
@@ -393,6 +448,7 @@ mod tests {
         let header = &mut disk[SECTOR..2 * SECTOR];
         header[0..8].copy_from_slice(b"EFI PART");
         put_u32(header, 12, 92);
+        put_u64(header, 24, 1);
         put_u64(header, 72, 2);
         put_u32(header, 80, 4);
         put_u32(header, 84, 128);
@@ -406,7 +462,9 @@ mod tests {
     fn gpt_entries_keep_their_slot_numbers() {
         let disk = gpt_disk(false);
         assert_eq!(
-            read_partition_table(disk.as_slice(), 64).unwrap(),
+            read_partition_table(disk.as_slice(), 64)
+                .unwrap()
+                .partitions,
             vec![
                 Partition {
                     number: 1,
@@ -428,14 +486,17 @@ mod tests {
         assert_eq!(
             read_partition_table(disk.as_slice(), 64),
             Err(TableError::Corrupt(
-                "GPT entry array checksum mismatch".into()
+                "GPT entry array checksum mismatch; the backup: protective MBR but no GPT header"
+                    .into()
             ))
         );
         let mut disk = gpt_disk(false);
         disk[SECTOR + 72] ^= 1;
         assert_eq!(
             read_partition_table(disk.as_slice(), 64),
-            Err(TableError::Corrupt("GPT header checksum mismatch".into()))
+            Err(TableError::Corrupt(
+                "GPT header checksum mismatch; the backup: protective MBR but no GPT header".into()
+            ))
         );
     }
 

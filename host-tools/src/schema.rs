@@ -5,6 +5,27 @@ use rusqlite::{Connection, TransactionBehavior};
 
 use crate::error::Result;
 
+/// The tables and indexes of schema `version`, by `(type, name)`, as a fresh database
+/// migrated to it has them: what a file claiming that version must hold.
+pub fn objects_of_version(version: i64) -> rusqlite::Result<Vec<(String, String)>> {
+    let connection = Connection::open_in_memory()?;
+    for migration in MIGRATIONS.iter().take(version.max(0) as usize) {
+        connection.execute_batch(migration)?;
+    }
+    objects(&connection)
+}
+
+/// The tables and indexes of a database, by `(type, name)`, leaving out SQLite's own.
+pub fn objects(connection: &Connection) -> rusqlite::Result<Vec<(String, String)>> {
+    connection
+        .prepare(
+            "SELECT type, name FROM sqlite_schema
+             WHERE type IN ('table', 'index') AND name NOT LIKE 'sqlite_%' ORDER BY type DESC, name",
+        )?
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect()
+}
+
 /// `PRAGMA application_id` of a vdisk database ("VDSK"): tells our file from any other
 /// SQLite file, so that a foreign database is refused instead of being "migrated".
 pub const APPLICATION_ID: i32 = 0x5644_534B;
@@ -79,6 +100,44 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
 
     CREATE INDEX attachment_extents_by_device ON attachment_extents (device, start_sector);
+    ",
+    // Version 2.
+    //
+    // `pool_disks` records which disk each device number of the pool is: a file by its
+    // file system and inode, a block device by its number. Two names for one disk, or one
+    // number for another disk, would let two virtual disks share bytes.
+    //
+    // `claims` hold extents for an operation that writes to them outside a transaction: a
+    // wipe (of a deleted disk, or of what a shrink released) and a grow (its new extents,
+    // zeroed before they join the disk). Like a create's, a claim is a lease its process
+    // renews; when the process dies it lapses and the extents, still dirty, are free again.
+    //
+    // An attachment is recorded before its VBD is made and confirmed after, so that a
+    // reconciliation running meanwhile does not take the record for a dead one.
+    "
+    CREATE TABLE pool_disks (
+        device INTEGER PRIMARY KEY CHECK (device BETWEEN 0 AND 4294967295),
+        identity TEXT NOT NULL UNIQUE,
+        path TEXT NOT NULL
+    ) STRICT;
+
+    CREATE TABLE claims (
+        id INTEGER PRIMARY KEY,
+        virtual_disk_id INTEGER NOT NULL REFERENCES virtual_disks (id),
+        kind TEXT NOT NULL CHECK (kind IN ('wipe', 'grow')),
+        expires_at INTEGER NOT NULL
+    ) STRICT;
+
+    CREATE TABLE claim_extents (
+        claim_id INTEGER NOT NULL REFERENCES claims (id) ON DELETE CASCADE,
+        position INTEGER NOT NULL CHECK (position >= 0),
+        extent_id INTEGER NOT NULL REFERENCES extents (id),
+        PRIMARY KEY (claim_id, position)
+    ) STRICT;
+
+    CREATE INDEX claim_extents_by_extent ON claim_extents (extent_id);
+
+    ALTER TABLE attachments ADD COLUMN confirmed INTEGER NOT NULL DEFAULT 1 CHECK (confirmed IN (0, 1));
     ",
 ];
 

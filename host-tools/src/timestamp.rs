@@ -1,6 +1,6 @@
-//! Unix times shown as RFC 3339 in UTC, without pulling in a calendar crate for one function.
+//! Unix times: the current one, and RFC 3339 in UTC as outputs show them.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The current time in Unix seconds.
 pub fn now() -> i64 {
@@ -11,31 +11,11 @@ pub fn now() -> i64 {
     }
 }
 
-/// `2024-03-01T12:00:00Z`. Uses Howard Hinnant's days-to-civil algorithm, exact for every
-/// date in the proleptic Gregorian calendar.
+/// `2024-03-01T12:00:00Z`. Times before 1970 (which no clock here produces) show as the
+/// epoch.
 pub fn rfc3339(unix_seconds: i64) -> String {
-    let days = unix_seconds.div_euclid(86400);
-    let second_of_day = unix_seconds.rem_euclid(86400);
-    let shifted = days + 719_468;
-    let era = shifted.div_euclid(146_097);
-    let day_of_era = shifted.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        second_of_day / 3600,
-        second_of_day / 60 % 60,
-        second_of_day % 60
-    )
+    let seconds = u64::try_from(unix_seconds).unwrap_or(0);
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(seconds)).to_string()
 }
 
 #[cfg(test)]

@@ -10,7 +10,8 @@ use std::fmt;
 use shared_abi::wire::Extent;
 use shared_abi::{DeviceNumber, SharingLevel};
 
-use crate::database::vdevice_name;
+use crate::database::{vdevice_name, Owner, VdState};
+use crate::uname::VdId;
 
 /// Who uses some extents.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,6 +20,9 @@ pub enum UserKind {
     Vbd { domain: u32, vdevice: DeviceNumber },
     /// A filesystem dom0 has mounted.
     Mount { source: String, mount_point: String },
+    /// A virtual disk that holds the extents: live, being created, or with a claim on
+    /// them (a wipe or a grow). Its tenant may write them, so it is a writer.
+    VirtualDisk { id: VdId, state: VdState },
 }
 
 /// One existing user of extents.
@@ -36,6 +40,20 @@ impl User {
             kind: UserKind::Vbd { domain, vdevice },
             writable,
             extents,
+        }
+    }
+}
+
+impl User {
+    /// A disk that holds extents, as a writer of them.
+    pub fn owner(owner: Owner) -> User {
+        User {
+            kind: UserKind::VirtualDisk {
+                id: owner.id,
+                state: owner.state,
+            },
+            writable: true,
+            extents: owner.extents,
         }
     }
 }
@@ -59,6 +77,9 @@ impl fmt::Display for User {
                     formatter,
                     "dom0 mount of {source} on {mount_point} ({mode})"
                 )
+            }
+            UserKind::VirtualDisk { id, state } => {
+                write!(formatter, "{} disk {id} ({mode})", state.as_str())
             }
         }
     }
@@ -390,14 +411,10 @@ mod tests {
             new_extents in prop::collection::vec(arbitrary_extent(), 0..8),
             writable in any::<bool>(),
             users in prop::collection::vec((any::<bool>(), prop::collection::vec(arbitrary_extent(), 0..6)), 0..5),
-            level in 0u32..3,
+            level in 0u8..3,
         ) {
-            let users: Vec<User> = users
-                .into_iter()
-                .enumerate()
-                .map(|(domain, (user_writable, extents))| vbd(domain as u32, user_writable, extents))
-                .collect();
-            let level = SharingLevel::try_from(level).unwrap();
+            let users: Vec<User> = users.into_iter().enumerate().map(|(domain, (user_writable, extents))| vbd(domain as u32, user_writable, extents)).collect();
+            let level = SharingLevel::try_from(u32::from(level)).unwrap();
             let mut swept: Vec<_> = validate(&new_extents, writable, &users, level).iter().map(key).collect();
             let mut expected: Vec<_> = validate_all_pairs(&new_extents, writable, &users, level).iter().map(key).collect();
             swept.sort();

@@ -14,7 +14,7 @@
 //!   provisioning as it was.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
@@ -24,7 +24,8 @@ use shared_abi::wire::Extent;
 use shared_abi::{DeviceNumber, SECTOR_SIZE};
 
 use crate::allocate::merge_adjacent;
-use crate::devices::{sectors_of, DeviceSource};
+use crate::database::pool_moved as moved;
+use crate::devices::{open_disk, DeviceSource, DiskIdentity};
 use crate::error::{Error, Result};
 use crate::validator::describe_extent;
 
@@ -108,28 +109,27 @@ pub struct ZeroTarget {
 
 impl ZeroTarget {
     /// Open the disk of every extent. Fails, having written nothing, when a disk is unknown,
-    /// cannot be opened, or is too small for an extent.
+    /// cannot be opened, is not the disk `pool` (what `format` recorded) says the number
+    /// stands for, or is too small for an extent.
     pub fn open(
         extents: &[Extent],
         devices: &dyn DeviceSource,
         zeroing: Zeroing,
+        pool: &[(DeviceNumber, DiskIdentity)],
     ) -> Result<ZeroTarget> {
         let mut targets = HashMap::new();
         for extent in extents {
             if targets.contains_key(&extent.device()) {
                 continue;
             }
-            let path = devices.path_of(extent.device())?;
-            // Never create or truncate: the path is a disk, not a scratch file.
-            let file = OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(|error| Error::io(&path, error))?;
+            let path = devices.disk(extent.device())?.path;
+            let (file, opened, sectors) = open_disk(&path, true)?;
+            // Checked on the open file, so the disk cannot change between check and write.
+            check_pool_disk(pool, extent.device(), &opened)?;
             let offload = match zeroing {
                 Zeroing::Offload => Offload::for_file(&file, &path)?,
                 Zeroing::Writes => None,
             };
-            let sectors = sectors_of(&path)?;
             targets.insert(
                 extent.device(),
                 Target {
@@ -206,6 +206,23 @@ impl ZeroTarget {
     }
 }
 
+/// Refuse `disk` as device `device` when the pool knows that number as another disk.
+pub fn check_pool_disk(
+    pool: &[(DeviceNumber, DiskIdentity)],
+    device: DeviceNumber,
+    disk: &DiskIdentity,
+) -> Result<()> {
+    match pool
+        .iter()
+        .find(|(known_device, _)| *known_device == device)
+    {
+        Some((_, known)) if known.identity != disk.identity => {
+            Err(Error::Refused(moved(device, known, disk)))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Ask the file system or device to zero `length` bytes at `offset`.
 fn zero_in_place(
     file: &File,
@@ -259,6 +276,7 @@ pub fn total_bytes(extents: &[Extent]) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use std::fs::OpenOptions;
     use std::os::unix::fs::MetadataExt;
 
     use super::*;
@@ -383,7 +401,7 @@ mod tests {
             };
             // Two adjacent extents (zeroed as one range) and the range's expected bytes.
             let extents = [extent(2048, 4096), extent(6144, 1)];
-            let target = ZeroTarget::open(&extents, &devices, zeroing).unwrap();
+            let target = ZeroTarget::open(&extents, &devices, zeroing, &[]).unwrap();
             let mut reported = 0;
             target
                 .zero(&extents, &mut |done| {

@@ -1,179 +1,19 @@
 //! The `vdisk` binary driven as scripts drive it, on sparse images partitioned with sfdisk:
 //! every command, every seed defect, the create race, crash safety and bad input.
 
+mod common;
+
 use std::fs;
-use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{extents, partition_starts, Machine};
 use host_tools::database::{AccessMode, AttachmentTarget, Database, OpenMode, VdState};
 use host_tools::timestamp::now;
 use host_tools::uname::VdId;
 use serde_json::Value;
 use shared_abi::DeviceNumber;
-
-const SFDISK: &str = "/usr/sbin/sfdisk";
-const MIB: u64 = 1 << 20;
-
-/// A temporary machine: one disk image `hda` (3:0) with partitions, a devices file and a
-/// database path.
-struct Machine {
-    directory: tempfile::TempDir,
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Machine {
-    /// `partitions_mib` sizes the partitions in MiB, starting at 1 MiB.
-    fn new(disk_mib: u64, partitions_mib: &[u64]) -> Machine {
-        assert!(
-            Path::new(SFDISK).exists(),
-            "{SFDISK} is missing: install the fdisk package (apt-get install fdisk)"
-        );
-        let directory = tempfile::tempdir().unwrap();
-        let image = directory.path().join("hda.img");
-        fs::File::create(&image)
-            .unwrap()
-            .set_len(disk_mib * MIB)
-            .unwrap();
-        let mut script = String::from("label: dos\n");
-        for size in partitions_mib {
-            script.push_str(&format!(",{size}M\n"));
-        }
-        let mut child = Command::new(SFDISK)
-            .args(["-q", "--no-reread"])
-            .arg(&image)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
-        assert!(child.wait().unwrap().success(), "sfdisk failed");
-        fs::write(
-            directory.path().join("devices.toml"),
-            "[[disk]]\nname = \"hda\"\ndevice = \"3:0\"\npath = \"hda.img\"\n",
-        )
-        .unwrap();
-        Machine { directory }
-    }
-
-    fn database_path(&self) -> PathBuf {
-        self.directory.path().join("state/vdisk.sqlite")
-    }
-
-    fn image(&self) -> PathBuf {
-        self.directory.path().join("hda.img")
-    }
-
-    fn command(&self, arguments: &[&str]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_vdisk"));
-        command
-            .args(arguments)
-            .env("VDISK_DB", self.database_path())
-            .env("VDISK_DEVICES", self.directory.path().join("devices.toml"))
-            .env_remove("VDISK_HV");
-        command
-    }
-
-    fn run(&self, arguments: &[&str]) -> Run {
-        let output: Output = self.command(arguments).output().unwrap();
-        Run {
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8(output.stdout).unwrap(),
-            stderr: String::from_utf8(output.stderr).unwrap(),
-        }
-    }
-
-    /// Run and require success; returns standard output.
-    fn ok(&self, arguments: &[&str]) -> String {
-        let run = self.run(arguments);
-        assert_eq!(run.code, 0, "vdisk {arguments:?} failed: {}", run.stderr);
-        assert_eq!(run.stderr, "");
-        run.stdout
-    }
-
-    fn json(&self, arguments: &[&str]) -> Value {
-        let mut arguments = arguments.to_vec();
-        arguments.push("--json");
-        serde_json::from_str(&self.ok(&arguments)).unwrap()
-    }
-
-    /// Run and require failure with `code` and exactly `message` as its one line.
-    fn fails(&self, arguments: &[&str], code: i32, message: &str) {
-        let run = self.run(arguments);
-        assert_eq!(run.code, code, "vdisk {arguments:?}: {}", run.stderr);
-        assert_eq!(
-            run.stderr,
-            format!("vdisk: {message}\n"),
-            "vdisk {arguments:?}"
-        );
-        assert_eq!(run.stdout, "");
-    }
-
-    /// Everything a script can see of the database: the pool and every disk.
-    fn snapshot(&self) -> (Value, Value) {
-        (self.json(&["pool"]), self.json(&["list", "--all"]))
-    }
-
-    fn database(&self) -> Database {
-        Database::open(&self.database_path(), OpenMode::Existing).unwrap()
-    }
-
-    fn read_image(&self, sector: u64, sectors: u64) -> Vec<u8> {
-        let mut buffer = vec![0u8; (sectors * 512) as usize];
-        fs::File::open(self.image())
-            .unwrap()
-            .read_exact_at(&mut buffer, sector * 512)
-            .unwrap();
-        buffer
-    }
-
-    fn fill_image(&self, sector: u64, sectors: u64, byte: u8) {
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .open(self.image())
-            .unwrap();
-        file.write_all_at(&vec![byte; (sectors * 512) as usize], sector * 512)
-            .unwrap();
-    }
-}
-
-fn extents(disk: &Value) -> Vec<(String, u64, u64)> {
-    disk["extents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|extent| {
-            (
-                extent["device"].as_str().unwrap().to_string(),
-                extent["start_sector"].as_u64().unwrap(),
-                extent["nr_sectors"].as_u64().unwrap(),
-            )
-        })
-        .collect()
-}
-
-/// Partition starts as sfdisk reports them, in sectors.
-fn partition_starts(image: &Path) -> Vec<u64> {
-    let output = Command::new(SFDISK).arg("-d").arg(image).output().unwrap();
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .filter_map(|line| line.split("start=").nth(1))
-        .map(|rest| rest.split(',').next().unwrap().trim().parse().unwrap())
-        .collect()
-}
 
 #[test]
 fn every_command_works_and_prints_the_agreed_shapes() {
@@ -250,8 +90,24 @@ fn every_command_works_and_prints_the_agreed_shapes() {
 fn every_subcommand_has_an_example_in_its_help() {
     let machine = Machine::new(8, &[4]);
     for command in [
-        "format", "create", "refresh", "delete", "undelete", "list", "show", "pool", "lookup",
-        "check", "attach", "detach", "vbds", "write", "read",
+        "format",
+        "create",
+        "refresh",
+        "delete",
+        "undelete",
+        "list",
+        "show",
+        "pool",
+        "lookup",
+        "check",
+        "attach",
+        "detach",
+        "vbds",
+        "write",
+        "read",
+        "resize",
+        "completions",
+        "man",
     ] {
         let help = machine.ok(&[command, "--help"]);
         assert!(help.contains("Example"), "{command} --help has no example");
@@ -290,7 +146,7 @@ fn formatting_refuses_overlaps_and_unknown_devices() {
     machine.ok(&["format", "phy:hda1", "--extent-size", "1M"]);
     let starts = partition_starts(&machine.image());
     machine.fails(
-        &["format", "phy:hda", "--extent-size", "1M"],
+        &["format", "phy:hda", "--extent-size", "1M", "--force"],
         1,
         &format!("phy:hda: sectors 0+65536 of 3:0 overlap phy:hda1 (sectors {}+16384), already in the pool", starts[0]),
     );
@@ -376,7 +232,7 @@ fn seed_defect_2_partition_extents_count_from_the_start_of_the_disk() {
         vec![("3:0".to_string(), starts[0], 16384)]
     );
     assert_eq!(
-        machine.database().consistency_problems(now()).unwrap(),
+        machine.database().consistency_problems().unwrap(),
         Vec::<String>::new()
     );
 }
@@ -474,7 +330,7 @@ fn seed_defect_6_eight_racing_creates_on_room_for_four_succeed_four_times() {
         assert_eq!(output.status.code(), Some(1));
         assert_eq!(
             String::from_utf8_lossy(&output.stderr),
-            "vdisk: create 2M: no space (the pool has 0s free)\n"
+            "vdisk: create 2M: no space (the pool has 0B free)\n"
         );
     }
     let mut all: Vec<_> = (1..=4)
@@ -484,7 +340,7 @@ fn seed_defect_6_eight_racing_creates_on_room_for_four_succeed_four_times() {
     all.dedup();
     assert_eq!(all.len(), 4);
     assert_eq!(
-        machine.database().consistency_problems(now()).unwrap(),
+        machine.database().consistency_problems().unwrap(),
         Vec::<String>::new()
     );
 }
@@ -530,21 +386,20 @@ fn seed_defect_8_extents_still_mapped_are_not_reissued() {
             1,
             xvda,
             AccessMode::ReadWrite,
-            now(),
         )
         .unwrap();
     let before = machine.snapshot();
     machine.fails(
         &["delete", "1"],
         1,
-        "vd:1: still attached to domain 1 as xvda (rw); detach it first or use --force",
+        "vd:1: still mapped: 3:0 sectors 2048+8192 overlaps domain 1 xvda (rw) at 3:0 sectors 2048+8192 (shared: sectors 2048+8192); detach it first or use --force",
     );
     assert_eq!(machine.snapshot(), before);
     machine.ok(&["delete", "1", "--force"]);
     machine.fails(
         &["create", "1"],
         1,
-        "create 1M: no space (the pool has 0s free)",
+        "create 1M: no space (the pool has 0B free)",
     );
     assert_eq!(machine.json(&["pool"])["free_sectors"], 0);
     machine.fails(&["check", "phy:hda1", "r"], 1, "phy:hda1 r at safety 0: unsafe: 3:0 sectors 2048+8192 overlaps domain 1 xvda (rw) at 3:0 sectors 2048+8192 (shared: sectors 2048+8192)");
@@ -565,22 +420,21 @@ fn seed_defect_9_long_extent_lists_are_kept_whole() {
     let machine = Machine::new(1200, &[1100]);
     machine.ok(&["format", "phy:hda1", "--extent-size", "1M"]);
     let mut database = machine.database();
-    let time = now();
     // Claim every extent, then free every other one: 550 free extents, none adjacent.
     let mut ids = Vec::new();
     for _ in 0..1100 {
-        let pending = database.begin_create(2048, false, time).unwrap();
+        let pending = database.begin_create(2048, false).unwrap();
         database
-            .finish_create(pending.id, host_tools::duration::Expiry::Never, time)
+            .finish_create(pending.id, host_tools::duration::Expiry::Never)
             .unwrap();
         ids.push(pending.id);
     }
     for id in ids.iter().step_by(2) {
-        database.delete(*id, false, false, time).unwrap();
+        database.delete(*id, false, false, &[]).unwrap();
     }
-    let pending = database.begin_create(1100 * 1024, false, time).unwrap();
+    let pending = database.begin_create(1100 * 1024, false).unwrap();
     let disk = database
-        .finish_create(pending.id, host_tools::duration::Expiry::Never, time)
+        .finish_create(pending.id, host_tools::duration::Expiry::Never)
         .unwrap();
     assert_eq!(disk.extents.len(), 550);
     drop(database);
@@ -608,7 +462,6 @@ fn seed_defect_9_long_extent_lists_are_kept_whole() {
             2,
             DeviceNumber::from_name("xvdb").unwrap(),
             AccessMode::ReadWrite,
-            time,
         )
         .unwrap();
     assert_eq!(database.attachments().unwrap()[0].extents.len(), 1100);
@@ -659,7 +512,7 @@ fn killing_a_large_zeroing_create_leaves_a_consistent_database() {
         );
         let state = Database::open(&machine.database_path(), OpenMode::Existing)
             .ok()
-            .and_then(|database| database.virtual_disk(VdId::parse("1").unwrap(), now()).ok())
+            .and_then(|database| database.virtual_disk(VdId::parse("1").unwrap()).ok())
             .map(|disk| disk.state);
         if state == Some(VdState::Creating) {
             break;
@@ -673,25 +526,27 @@ fn killing_a_large_zeroing_create_leaves_a_consistent_database() {
         None,
         "the create finished before it could be killed"
     );
-    let database = machine.database();
+    let mut database = machine.database();
     assert_eq!(
-        database.consistency_problems(now()).unwrap(),
+        database.consistency_problems().unwrap(),
         Vec::<String>::new()
     );
     // The half-made disk is not usable, holds its extents until its lease lapses, and the
     // rest of the pool still works.
-    assert_eq!(machine.json(&["list", "--all"]), serde_json::json!([]));
-    machine.fails(&["show", "1"], 1, "vd:1: is still being created");
+    assert_eq!(machine.json(&["list"]), serde_json::json!([]));
+    assert_eq!(machine.json(&["list", "--all"])[0]["state"], "creating");
+    assert_eq!(machine.json(&["show", "1"])["state"], "creating");
     machine.fails(&["lookup", "vd:1"], 1, "vd:1: is still being created");
     assert_eq!(machine.json(&["pool"])["free_sectors"], 24 * 2048);
     machine.ok(&["create", "8"]);
     // After the lease, every extent is back and, being dirty, will be zeroed again.
-    let lapse = now() + host_tools::database::CREATE_LEASE_SECONDS + 1;
-    let pool = database.pool(lapse).unwrap();
+    let lapse = now() + host_tools::database::LEASE_SECONDS + 1;
+    database.set_clock(move || lapse);
+    let pool = database.pool().unwrap();
     assert_eq!(pool[0].free_extents, 1024 - 8);
     assert_eq!(
         database
-            .virtual_disk(VdId::parse("1").unwrap(), lapse)
+            .virtual_disk(VdId::parse("1").unwrap())
             .unwrap()
             .state,
         VdState::Abandoned
@@ -718,16 +573,21 @@ fn bad_sizes_and_durations_are_usage_errors_that_change_nothing() {
         &size_error("0K", "must be greater than zero"),
     );
     machine.fails(
-        &["create", "1.5G"],
+        &["create", "1.3K"],
         2,
-        &size_error("1.5G", "unknown unit (use K, M, G or T)"),
+        &size_error("1.3K", "not a whole number of 512-byte sectors"),
+    );
+    machine.fails(
+        &["create", "12X"],
+        2,
+        &size_error("12X", "unknown unit (use K, M, G or T)"),
     );
     machine.fails(
         &["create", "abc"],
         2,
         &size_error(
             "abc",
-            "not a size (expected a whole number of MiB, or a number with K, M, G or T)",
+            "not a size (expected a number of MiB, or a number with K, M, G or T)",
         ),
     );
     machine.fails(
@@ -740,7 +600,7 @@ fn bad_sizes_and_durations_are_usage_errors_that_change_nothing() {
         2,
         &size_error(
             "-5",
-            "not a size (expected a whole number of MiB, or a number with K, M, G or T)",
+            "not a size (expected a number of MiB, or a number with K, M, G or T)",
         ),
     );
     machine.fails(
@@ -764,13 +624,13 @@ fn bad_sizes_and_durations_are_usage_errors_that_change_nothing() {
         2,
         &expiry_error(
             "-1",
-            "not a duration (expected seconds, 0 or never, or a number with s, m, h or d)",
+            "not a duration (expected seconds, 0 or never, or a number with s, m, h, d or w)",
         ),
     );
     machine.fails(
-        &["refresh", "1", "--expiry", "5w"],
+        &["refresh", "1", "--expiry", "5x"],
         2,
-        &expiry_error("5w", "unknown unit (use s, m, h or d)"),
+        &expiry_error("5x", "unknown unit (use s, m, h, d or w)"),
     );
     machine.fails(
         &["refresh", "1", "--expiry", "36600d"],
@@ -780,7 +640,7 @@ fn bad_sizes_and_durations_are_usage_errors_that_change_nothing() {
     machine.fails(&["show", "99"], 1, "vd:99: no such virtual disk");
     machine.fails(&["delete", "99"], 1, "vd:99: no such virtual disk");
     machine.fails(
-        &["refresh", "0"],
+        &["refresh", "0", "--expiry", "1h"],
         2,
         "invalid value '0' for '<ID>': virtual disk id \"0\": not a positive integer",
     );
@@ -890,7 +750,10 @@ fn corrupt_foreign_and_missing_databases_are_refused_and_left_untouched() {
     machine.fails(
         &["create", "1"],
         1,
-        "database: database disk image is malformed",
+        &format!(
+            "database {}: corrupt (not a healthy SQLite file)",
+            database.display()
+        ),
     );
     assert_eq!(fs::read(&database).unwrap(), damaged);
 }
@@ -922,9 +785,9 @@ fn hypervisor_commands_refuse_bad_input_before_connecting() {
         "invalid value '4294967295' for '<DOMAIN>': \"4294967295\": a domain is a number from 0 to 4294967294",
     );
     machine.fails(
-        &["write", "xvda", "--from", "x", "--offset", "1.5M"],
+        &["write", "xvda", "--from", "x", "--offset", "1.5X"],
         2,
-        "invalid value '1.5M' for '--offset <OFFSET>': \"1.5M\": expected a byte count like 4096 or 1M",
+        "invalid value '1.5X' for '--offset <OFFSET>': byte count \"1.5X\": unknown unit (use K, M, G or T)",
     );
     machine.fails(
         &["vbds", "--hv", "tcp:1.2.3.4:5"],
@@ -937,4 +800,25 @@ fn hypervisor_commands_refuse_bad_input_before_connecting() {
         "hypervisor at unix:/nonexistent: No such file or directory (os error 2)",
     );
     assert_eq!(machine.snapshot(), before);
+}
+
+#[test]
+fn completions_and_the_manual_come_from_the_command_definitions() {
+    let machine = Machine::new(8, &[4]);
+    let bash = machine.ok(&["completions", "bash"]);
+    assert!(bash.contains("complete -F _vdisk"), "{bash}");
+    for subcommand in ["format", "resize", "attach", "completions"] {
+        assert!(bash.contains(subcommand), "bash completes {subcommand}");
+    }
+    assert!(machine
+        .ok(&["completions", "zsh"])
+        .starts_with("#compdef vdisk"));
+    let page = machine.ok(&["man"]);
+    assert!(page.contains(".TH vdisk 1"), "{page}");
+    assert!(page.contains("resize"));
+    machine.fails(
+        &["completions", "tcsh"],
+        2,
+        "invalid value 'tcsh' for '<SHELL>' [possible values: bash, elvish, fish, powershell, zsh]",
+    );
 }

@@ -5,6 +5,7 @@
 
 mod bench;
 mod demo;
+mod man;
 mod provision;
 mod qemu;
 mod qemu_io;
@@ -19,6 +20,7 @@ commands:
   bench [--quick]               criterion and vdisk benchmarks beside their baselines; prints
                                 a table, writes target/bench/summary.json (--quick: < 3 min)
   demo                          the HOWTO walkthrough in QEMU, every command printed
+  man                           write the manual page vdisk(1) to target/man/vdisk.1
   test                          formatting, clippy, every host test, the no_std builds and
                                 the QEMU integration suite
   qemu [--dir DIR] [--disk NAME=SIZE ...] [--sharing 0|1|2]
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
             Err(message) => return usage_error(&message),
         },
         Some("demo") if arguments.len() == 1 => demo::run(),
+        Some("man") if arguments.len() == 1 => man::run(),
         Some("test") if arguments.len() == 1 => test::run(),
         Some("qemu") => match qemu::Options::parse(&arguments[1..]) {
             Ok(options) => qemu::run(options),

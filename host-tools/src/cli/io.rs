@@ -9,25 +9,17 @@ use clap::Args;
 use host_tools::database::vdevice_name;
 use host_tools::error::{Error, Result};
 use host_tools::hypervisor::Hypervisor;
+use host_tools::size::{parse_size, BYTE_COUNT};
 use shared_abi::frame::MAX_BLOCK_SECTORS;
 use shared_abi::{DeviceNumber, SECTOR_SIZE};
 
+use super::output::emit;
 use super::vbd::{hypervisor, vdevice_argument};
 use super::Context;
 
-/// Bytes: a whole number, optionally with K, M or G (binary units).
+/// Bytes: a number, optionally with K, M or G (binary units).
 fn bytes_argument(text: &str) -> std::result::Result<u64, String> {
-    let (digits, unit) = match text.char_indices().last() {
-        Some((index, 'K')) => (&text[..index], 1u64 << 10),
-        Some((index, 'M')) => (&text[..index], 1 << 20),
-        Some((index, 'G')) => (&text[..index], 1 << 30),
-        _ => (text, 1),
-    };
-    digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|count| count.checked_mul(unit))
-        .ok_or_else(|| format!("{text:?}: expected a byte count like 4096 or 1M"))
+    parse_size(text, BYTE_COUNT).map_err(|error| error.to_string())
 }
 
 /// The size in bytes of the port's own VBD `vdevice`.
@@ -165,14 +157,14 @@ impl Write {
             bar.inc(bytes);
         }
         bar.finish_and_clear();
-        if !context.json {
-            println!(
-                "wrote {length} bytes to {} at offset {}",
-                vdevice_name(self.vdevice),
-                self.offset
-            );
+        if context.json {
+            return Ok(());
         }
-        Ok(())
+        emit(&format!(
+            "wrote {length} bytes to {} at offset {}\n",
+            vdevice_name(self.vdevice),
+            self.offset
+        ))
     }
 }
 
@@ -215,14 +207,14 @@ impl Read {
         file.sync_all()
             .map_err(|error| Error::io(&self.to, error))?;
         bar.finish_and_clear();
-        if !context.json {
-            println!(
-                "read {length} bytes from {} at offset {}",
-                vdevice_name(self.vdevice),
-                self.offset
-            );
+        if context.json {
+            return Ok(());
         }
-        Ok(())
+        emit(&format!(
+            "read {length} bytes from {} at offset {}\n",
+            vdevice_name(self.vdevice),
+            self.offset
+        ))
     }
 }
 
@@ -256,16 +248,6 @@ mod tests {
         let mut tail = vec![0u8; granule + 1024];
         tail[granule + 1] = 9;
         assert_eq!(nonzero_runs(&tail), vec![(8, 2)]);
-    }
-
-    #[test]
-    fn byte_counts_parse() {
-        assert_eq!(bytes_argument("4096"), Ok(4096));
-        assert_eq!(bytes_argument("1M"), Ok(1 << 20));
-        assert_eq!(bytes_argument("2K"), Ok(2048));
-        for bad in ["", "M", "-1", "1.5M", "99999999999999999999G", "1T"] {
-            assert!(bytes_argument(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]

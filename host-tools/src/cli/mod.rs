@@ -5,22 +5,28 @@ mod disks;
 mod io;
 mod output;
 mod pool;
+mod shell;
 mod vbd;
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use host_tools::database::{Database, OpenMode};
-use host_tools::devices::{DeviceSource, DevicesFile, Sysfs};
+use host_tools::devices::{DeviceSource, DevicesFile, Region, Sysfs};
+use host_tools::error::Error;
+use host_tools::hypervisor::Hypervisor;
+use host_tools::reconcile::Reconciliation;
 use host_tools::zero::Zeroing;
 use host_tools::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Manage the pool of physical extents and the virtual disks (VDs) allocated from it.
 ///
-/// Exit status: 0 done; 1 refused or failed (no space, not found, unsafe, corrupt
-/// database), with one line on standard error naming the input and the reason; 2 usage.
+/// Exit status: 0 done (also when whoever reads the output stops reading it, as `vdisk
+/// list | head -1` does); 1 refused or failed (no space, not found, unsafe, corrupt or
+/// locked database), with one line on standard error naming the input and the reason; 2
+/// usage.
 #[derive(Parser)]
 #[command(name = "vdisk", version, propagate_version = true)]
 pub struct Cli {
@@ -71,6 +77,7 @@ enum Command {
     Undelete(disks::Undelete),
     List(disks::List),
     Show(disks::Show),
+    Resize(disks::Resize),
     Pool(pool::Pool),
     Lookup(pool::Lookup),
     Check(pool::Check),
@@ -79,6 +86,8 @@ enum Command {
     Vbds(vbd::Vbds),
     Write(io::Write),
     Read(io::Read),
+    Completions(shell::Completions),
+    Man(shell::Man),
 }
 
 impl Command {
@@ -91,6 +100,7 @@ impl Command {
             Command::Undelete(command) => command.run(context),
             Command::List(command) => command.run(context),
             Command::Show(command) => command.run(context),
+            Command::Resize(command) => command.run(context),
             Command::Pool(command) => command.run(context),
             Command::Lookup(command) => command.run(context),
             Command::Check(command) => command.run(context),
@@ -99,6 +109,8 @@ impl Command {
             Command::Vbds(command) => command.run(context),
             Command::Write(command) => command.run(context),
             Command::Read(command) => command.run(context),
+            Command::Completions(command) => command.run(context),
+            Command::Man(command) => command.run(context),
         }
     }
 }
@@ -119,9 +131,9 @@ impl Context {
 
     /// The database when its file exists: commands that work on the hypervisor alone use
     /// what it records when there is one, and still refuse a damaged one.
-    fn existing_database(&self) -> Result<Option<Database>> {
+    fn existing_database(&self, mode: OpenMode) -> Result<Option<Database>> {
         if self.db.exists() {
-            self.database(OpenMode::Existing).map(Some)
+            self.database(mode).map(Some)
         } else {
             Ok(None)
         }
@@ -131,6 +143,49 @@ impl Context {
         match &self.devices {
             Some(file) => Ok(Box::new(DevicesFile::load(file)?)),
             None => Ok(Box::new(Sysfs::default())),
+        }
+    }
+
+    /// Resolve `phy:NAME`, telling on standard error what was found damaged on the way.
+    fn resolve(&self, devices: &dyn DeviceSource, name: &str) -> Result<Region> {
+        let region = devices.resolve(name)?;
+        for warning in &region.warnings {
+            warn(warning);
+        }
+        Ok(region)
+    }
+
+    /// The one reconciliation of the hypervisor's VBDs (of `scope`: a domain, or all) with
+    /// the database's records, when there is a hypervisor to ask; records whose VBD is gone
+    /// are removed, through a connection of their own since readers open read-only.
+    fn reconcile(
+        &self,
+        database: Option<&Database>,
+        hypervisor: Option<&mut Hypervisor>,
+        scope: Option<u32>,
+    ) -> Result<Reconciliation> {
+        let records = match database {
+            Some(database) => database.attachments()?,
+            None => Vec::new(),
+        };
+        let vbds = match hypervisor {
+            Some(hypervisor) => Some((hypervisor.all_vbds(scope)?, scope)),
+            None => None,
+        };
+        let now = database.map_or_else(host_tools::timestamp::now, Database::now);
+        let reconciliation = Reconciliation::new(records, vbds, now);
+        if !reconciliation.dead.is_empty() {
+            self.database(OpenMode::Existing)?
+                .forget_attachments(&reconciliation.dead)?;
+        }
+        Ok(reconciliation)
+    }
+
+    /// The hypervisor, when `--hv` names one.
+    fn optional_hypervisor(&self) -> Result<Option<Hypervisor>> {
+        match self.hv {
+            Some(_) => vbd::hypervisor(self).map(Some),
+            None => Ok(None),
         }
     }
 
@@ -167,11 +222,16 @@ pub fn main() -> i32 {
                 let _ = error.print();
                 return 2;
             }
-            // clap's message is several lines; scripts get the first, which names the
-            // argument and the problem.
+            // clap's message is several lines; scripts get one: what comes before the usage,
+            // which names the argument and the problem.
             let rendered = error.render().to_string();
-            let line = rendered.lines().next().unwrap_or("usage error");
-            eprintln!("vdisk: {}", line.strip_prefix("error: ").unwrap_or(line));
+            let message: Vec<&str> = rendered
+                .lines()
+                .take_while(|line| !line.is_empty())
+                .map(str::trim)
+                .collect();
+            let message = message.join(" ");
+            warn(message.strip_prefix("error: ").unwrap_or(&message));
             return 2;
         }
     };
@@ -188,9 +248,17 @@ pub fn main() -> i32 {
     };
     match cli.command.run(&context) {
         Ok(()) => 0,
+        // Whoever read the output stopped reading: what was asked is done, nothing to say.
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => 0,
         Err(error) => {
-            eprintln!("vdisk: {}", error.to_string().replace('\n', " "));
+            warn(&error.to_string().replace('\n', " "));
             error.exit_code()
         }
     }
+}
+
+/// One line on standard error. A standard error that cannot be written is no reason to
+/// panic: there is no one left to tell.
+fn warn(message: &str) {
+    let _ = writeln!(std::io::stderr(), "vdisk: {message}");
 }

@@ -1,49 +1,139 @@
-//! How results are printed: JSON in the shapes scripts rely on, and the human tables.
+//! How results are printed: JSON shapes derived with serde, the human tables through
+//! comfy-table, and every write to standard output checked, so a closed pipe ends the
+//! command quietly instead of panicking.
 
+use std::io::Write;
+
+use comfy_table::{presets::NOTHING, CellAlignment, Table};
 use host_tools::allocate::merge_adjacent;
 use host_tools::database::{PoolPartition, VdState, VirtualDisk};
+use host_tools::error::{Error, Result};
+use host_tools::serialize_display;
 use host_tools::size::format_sectors;
 use host_tools::timestamp::rfc3339;
-use serde_json::{json, Value};
+use serde::Serialize;
 use shared_abi::wire::Extent;
+use shared_abi::DeviceNumber;
 
-/// `{"device": "3:0", "start_sector", "nr_sectors"}` per extent.
-pub fn extents_json(extents: &[Extent]) -> Value {
-    Value::Array(
-        extents
-            .iter()
-            .map(|extent| {
-                json!({
-                    "device": extent.device().to_string(),
-                    "start_sector": extent.start_sector(),
-                    "nr_sectors": extent.nr_sectors(),
-                })
-            })
-            .collect(),
-    )
+/// Write `text` to standard output. A reader that has gone away (`vdisk list | head -1`)
+/// is an error the caller ends on and `main` keeps quiet about.
+pub fn emit(text: &str) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(|error| Error::io("standard output", error))
 }
 
-fn state_word(disk: &VirtualDisk) -> &'static str {
-    // A disk whose create died is, to a script, simply expired.
-    match disk.state {
-        VdState::Live => "live",
-        VdState::Creating => "creating",
-        VdState::Expired | VdState::Abandoned => "expired",
+/// Write `value` as one line of JSON.
+pub fn emit_json(value: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string(value)
+        .map_err(|error| Error::Refused(format!("JSON output: {error}")))?;
+    emit(&format!("{text}\n"))
+}
+
+/// `{"device": "3:0", "start_sector", "nr_sectors"}`.
+#[derive(Serialize)]
+pub struct ExtentJson {
+    #[serde(serialize_with = "serialize_display")]
+    device: DeviceNumber,
+    start_sector: u64,
+    nr_sectors: u64,
+}
+
+impl From<&Extent> for ExtentJson {
+    fn from(extent: &Extent) -> ExtentJson {
+        ExtentJson {
+            device: extent.device(),
+            start_sector: extent.start_sector(),
+            nr_sectors: extent.nr_sectors(),
+        }
     }
+}
+
+/// Every extent of a list, as JSON.
+pub fn extents_json(extents: &[Extent]) -> Vec<ExtentJson> {
+    extents.iter().map(ExtentJson::from).collect()
 }
 
 /// The `show --json` object; `list --json` leaves out `extents`.
-pub fn disk_json(disk: &VirtualDisk, with_extents: bool) -> Value {
-    let mut object = json!({
-        "id": disk.id.get(),
-        "size_sectors": disk.size_sectors,
-        "state": state_word(disk),
-        "expires_at": disk.expires_at.map(rfc3339),
-    });
-    if with_extents {
-        object["extents"] = extents_json(&merge_adjacent(&disk.extents));
+#[derive(Serialize)]
+pub struct DiskJson {
+    expires_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    extents: Option<Vec<ExtentJson>>,
+    id: i64,
+    size_sectors: u64,
+    state: VdState,
+}
+
+impl DiskJson {
+    pub fn new(disk: &VirtualDisk, with_extents: bool) -> DiskJson {
+        DiskJson {
+            expires_at: disk.expires_at.map(rfc3339),
+            extents: with_extents.then(|| extents_json(&merge_adjacent(&disk.extents))),
+            id: disk.id.get(),
+            size_sectors: disk.size_sectors,
+            state: disk.state,
+        }
     }
-    object
+}
+
+/// The `pool --json` object.
+#[derive(Serialize)]
+pub struct PoolJson<'a> {
+    free_sectors: u64,
+    partitions: &'a [PoolPartition],
+    total_sectors: u64,
+}
+
+fn pool_totals(partitions: &[PoolPartition]) -> (u64, u64) {
+    let sum = |count: fn(&PoolPartition) -> u64| -> u64 {
+        partitions
+            .iter()
+            .map(|partition| count(partition) * partition.extent_sectors)
+            .sum()
+    };
+    (
+        sum(|partition| partition.free_extents),
+        sum(|partition| partition.total_extents),
+    )
+}
+
+impl PoolJson<'_> {
+    pub fn new(partitions: &[PoolPartition]) -> PoolJson<'_> {
+        let (free_sectors, total_sectors) = pool_totals(partitions);
+        PoolJson {
+            free_sectors,
+            partitions,
+            total_sectors,
+        }
+    }
+}
+
+/// A table with one header row, columns two spaces apart and as wide as what they hold,
+/// the columns in `right` aligned right (numbers and sizes).
+pub fn table(header: &[&str], right: &[usize], rows: Vec<Vec<String>>) -> String {
+    let mut table = Table::new();
+    table.load_preset(NOTHING).set_header(header.to_vec());
+    for row in rows {
+        table.add_row(row);
+    }
+    let last = header.len().saturating_sub(1);
+    for (index, column) in table.column_iter_mut().enumerate() {
+        column.set_padding((0, if index == last { 0 } else { 2 }));
+        if right.contains(&index) {
+            column.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    let mut text: String = table
+        .trim_fmt()
+        .lines()
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n");
+    text.push('\n');
+    text
 }
 
 fn expiry_text(disk: &VirtualDisk) -> String {
@@ -59,7 +149,7 @@ pub fn disk_text(disk: &VirtualDisk) -> String {
         disk.id,
         format_sectors(disk.size_sectors),
         disk.size_sectors,
-        state_word(disk),
+        disk.state.as_str(),
         expiry_text(disk)
     );
     for extent in merge_adjacent(&disk.extents) {
@@ -75,80 +165,45 @@ pub fn disk_text(disk: &VirtualDisk) -> String {
 
 /// The human table of `list`.
 pub fn disks_table(disks: &[VirtualDisk]) -> String {
-    let mut text = format!("{:<8} {:>8} {:<8} {}\n", "ID", "SIZE", "STATE", "EXPIRES");
-    for disk in disks {
-        text.push_str(&format!(
-            "{:<8} {:>8} {:<8} {}\n",
-            disk.id.to_string(),
-            format_sectors(disk.size_sectors),
-            state_word(disk),
-            expiry_text(disk)
-        ));
-    }
-    text
-}
-
-/// `{"name", "device", "start_sector", "nr_sectors", "extent_sectors", "total_extents",
-/// "free_extents"}`.
-pub fn partition_json(partition: &PoolPartition) -> Value {
-    json!({
-        "name": partition.name,
-        "device": partition.device.to_string(),
-        "start_sector": partition.start_sector,
-        "nr_sectors": partition.nr_sectors,
-        "extent_sectors": partition.extent_sectors,
-        "total_extents": partition.total_extents,
-        "free_extents": partition.free_extents,
-    })
-}
-
-/// The `pool --json` object.
-pub fn pool_json(partitions: &[PoolPartition]) -> Value {
-    let total: u64 = partitions
+    let rows = disks
         .iter()
-        .map(|p| p.total_extents * p.extent_sectors)
-        .sum();
-    let free: u64 = partitions
-        .iter()
-        .map(|p| p.free_extents * p.extent_sectors)
-        .sum();
-    json!({
-        "total_sectors": total,
-        "free_sectors": free,
-        "partitions": partitions.iter().map(partition_json).collect::<Vec<_>>(),
-    })
+        .map(|disk| {
+            vec![
+                disk.id.to_string(),
+                format_sectors(disk.size_sectors),
+                disk.state.as_str().to_owned(),
+                expiry_text(disk),
+            ]
+        })
+        .collect();
+    table(&["ID", "SIZE", "STATE", "EXPIRES"], &[1], rows)
 }
 
-/// The human table of `pool`.
+/// The human table of `pool`, with what is free.
 pub fn pool_table(partitions: &[PoolPartition]) -> String {
-    let mut text = format!(
-        "{:<12} {:<8} {:>12} {:>8} {:>8} {:>8} {:>8}\n",
-        "NAME", "DEVICE", "START", "SIZE", "EXTENT", "EXTENTS", "FREE"
-    );
-    for partition in partitions {
-        text.push_str(&format!(
-            "{:<12} {:<8} {:>12} {:>8} {:>8} {:>8} {:>8}\n",
-            partition.name,
-            partition.device.to_string(),
-            partition.start_sector,
-            format_sectors(partition.nr_sectors),
-            format_sectors(partition.extent_sectors),
-            partition.total_extents,
-            partition.free_extents
-        ));
-    }
-    let free: u64 = partitions
+    let rows = partitions
         .iter()
-        .map(|p| p.free_extents * p.extent_sectors)
-        .sum();
-    let total: u64 = partitions
-        .iter()
-        .map(|p| p.total_extents * p.extent_sectors)
-        .sum();
-    text.push_str(&format!(
-        "free {} of {}\n",
+        .map(|partition| {
+            vec![
+                partition.name.clone(),
+                partition.device.to_string(),
+                partition.start_sector.to_string(),
+                format_sectors(partition.nr_sectors),
+                format_sectors(partition.extent_sectors),
+                partition.total_extents.to_string(),
+                partition.free_extents.to_string(),
+            ]
+        })
+        .collect();
+    let (free, total) = pool_totals(partitions);
+    format!(
+        "{}free {} of {}\n",
+        table(
+            &["NAME", "DEVICE", "START", "SIZE", "EXTENT", "EXTENTS", "FREE"],
+            &[2, 3, 4, 5, 6],
+            rows
+        ),
         format_sectors(free),
         format_sectors(total)
-    ));
-    text
+    )
 }

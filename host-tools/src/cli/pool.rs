@@ -7,23 +7,21 @@ use host_tools::allocate::merge_adjacent;
 use host_tools::database::{AccessMode, Database, OpenMode};
 use host_tools::devices::{DeviceSource, Sysfs};
 use host_tools::error::{Error, Result};
-use host_tools::lifecycle::MappedExtents;
 use host_tools::mounts::read_mount_users;
-use host_tools::size::{format_sectors, parse_size};
-use host_tools::timestamp::now;
-use host_tools::uname::Uname;
+use host_tools::size::{format_sectors, parse_size, DISK_SIZE};
+use host_tools::uname::{Uname, VdId};
 use host_tools::validator::{describe_extent, validate, User};
-use serde_json::json;
+use serde::Serialize;
 use shared_abi::wire::Extent;
 use shared_abi::{SharingLevel, SECTOR_SIZE};
 
-use super::output::{extents_json, partition_json, pool_json, pool_table};
+use super::output::{emit, emit_json, extents_json, pool_table, ExtentJson, PoolJson};
 use super::Context;
 
 const MOUNTS: &str = "/proc/mounts";
 
 fn extent_size_argument(text: &str) -> std::result::Result<u64, String> {
-    let bytes = parse_size(text).map_err(|error| error.to_string())?;
+    let bytes = parse_size(text, DISK_SIZE).map_err(|error| error.to_string())?;
     if !bytes.is_power_of_two() || bytes < 1 << 20 {
         return Err(format!(
             "extent size {text:?}: must be a power of two of at least 1M"
@@ -54,11 +52,12 @@ pub(super) fn safety_argument(text: &str) -> std::result::Result<SharingLevel, S
 
 /// Add a disk or partition to the free pool, split into extents.
 ///
-/// Refused when it overlaps a range already in the pool or a filesystem dom0 has mounted.
-/// Extents are numbered by absolute sectors of the whole disk.
+/// Refused when it overlaps a range already in the pool or a filesystem dom0 has mounted,
+/// and, for a whole disk that carries a partition table, unless --force: the pool's first
+/// create would zero the table. Extents are numbered by absolute sectors of the whole disk.
 #[derive(Args)]
 #[command(
-    after_help = "Example:\n  vdisk --devices machine.toml format phy:hda2 --extent-size 64M"
+    after_help = "Examples:\n  vdisk --devices machine.toml format phy:hda2 --extent-size 64M\n  vdisk format phy:sdb --force"
 )]
 pub struct Format {
     /// The disk or partition: phy:NAME (hda2, sda1, nvme0n1p3).
@@ -67,12 +66,21 @@ pub struct Format {
     /// Extent size: a power of two of at least 1M.
     #[arg(long, value_parser = extent_size_argument, default_value = "64M")]
     extent_size: u64,
+    /// Format a whole disk even though it carries a partition table.
+    #[arg(long)]
+    force: bool,
 }
 
 impl Format {
     pub fn run(self, context: &Context) -> Result<()> {
         let devices = context.device_source()?;
-        let region = devices.resolve(&self.name)?;
+        let region = context.resolve(devices.as_ref(), &self.name)?;
+        if let (Some(table), false) = (region.partition_table, self.force) {
+            return Err(Error::Refused(format!(
+                "phy:{}: carries {table} partition table, which the pool's first create would zero; give --force if that is meant",
+                self.name
+            )));
+        }
         let mounts = read_mount_users(Path::new(MOUNTS), &Sysfs::default(), devices.as_ref())?;
         let conflicts = validate(
             &[region.extent()?],
@@ -88,21 +96,20 @@ impl Format {
             )));
         }
         let mut database = context.database(OpenMode::CreateIfMissing)?;
-        let partition = database.format(&region, self.extent_size, now())?;
+        let partition = database.format(&region, self.extent_size)?;
         if context.json {
-            println!("{}", partition_json(&partition));
-        } else {
-            println!(
-                "phy:{}: {} sectors {}+{} added as {} extents of {}",
-                partition.name,
-                partition.device,
-                partition.start_sector,
-                partition.nr_sectors,
-                partition.total_extents,
-                format_sectors(partition.extent_sectors)
-            );
+            return emit_json(&partition);
         }
-        Ok(())
+        let count = partition.total_extents;
+        emit(&format!(
+            "phy:{}: {} sectors {}+{} added as {count} extent{} of {}\n",
+            partition.name,
+            partition.device,
+            partition.start_sector,
+            partition.nr_sectors,
+            if count == 1 { "" } else { "s" },
+            format_sectors(partition.extent_sectors)
+        ))
     }
 }
 
@@ -113,14 +120,13 @@ pub struct Pool {}
 
 impl Pool {
     pub fn run(self, context: &Context) -> Result<()> {
-        let database = context.database(OpenMode::Existing)?;
-        let partitions = database.pool(now())?;
+        let database = context.database(OpenMode::ReadOnly)?;
+        let partitions = database.pool()?;
         if context.json {
-            println!("{}", pool_json(&partitions));
+            emit_json(&PoolJson::new(&partitions))
         } else {
-            print!("{}", pool_table(&partitions));
+            emit(&pool_table(&partitions))
         }
-        Ok(())
     }
 }
 
@@ -134,12 +140,19 @@ pub(super) fn extents_of(
         Uname::VirtualDisk(id) => {
             let database =
                 database.ok_or_else(|| Error::Usage("vd:ID needs the database".into()))?;
-            Ok(merge_adjacent(
-                &database.live_virtual_disk(*id, now())?.extents,
-            ))
+            Ok(merge_adjacent(&database.live_virtual_disk(*id)?.extents))
         }
-        Uname::Physical(name) => Ok(vec![context.device_source()?.resolve(name)?.extent()?]),
+        Uname::Physical(name) => Ok(vec![context
+            .resolve(context.device_source()?.as_ref(), name)?
+            .extent()?]),
     }
+}
+
+#[derive(Serialize)]
+struct LookupJson {
+    uname: String,
+    size_sectors: u64,
+    extents: Vec<ExtentJson>,
 }
 
 /// Print the extents that vd:ID or phy:NAME stands for, one `device start sectors` a line.
@@ -156,37 +169,55 @@ pub struct Lookup {
 impl Lookup {
     pub fn run(self, context: &Context) -> Result<()> {
         let database = match self.uname {
-            Uname::VirtualDisk(_) => Some(context.database(OpenMode::Existing)?),
+            Uname::VirtualDisk(_) => Some(context.database(OpenMode::ReadOnly)?),
             Uname::Physical(_) => None,
         };
         let extents = extents_of(context, database.as_ref(), &self.uname)?;
         if context.json {
-            let size: u64 = extents.iter().map(|extent| extent.nr_sectors()).sum();
-            println!(
-                "{}",
-                json!({"uname": self.uname.to_string(), "size_sectors": size, "extents": extents_json(&extents)})
-            );
-        } else {
-            for extent in extents {
-                println!(
-                    "{} {} {}",
+            return emit_json(&LookupJson {
+                uname: self.uname.to_string(),
+                size_sectors: extents.iter().map(|extent| extent.nr_sectors()).sum(),
+                extents: extents_json(&extents),
+            });
+        }
+        let lines: String = extents
+            .iter()
+            .map(|extent| {
+                format!(
+                    "{} {} {}\n",
                     extent.device(),
                     extent.start_sector(),
                     extent.nr_sectors()
-                );
-            }
-        }
-        Ok(())
+                )
+            })
+            .collect();
+        emit(&lines)
     }
 }
 
-/// Check whether a VBD of vd:ID or phy:NAME in mode r or rw would be safe, against the
-/// recorded attachments (with --hv, every VBD the hypervisor reports instead) and dom0's
-/// mounts.
+#[derive(Serialize)]
+struct ConflictJson {
+    extent: ExtentJson,
+    other_extent: ExtentJson,
+    explanation: String,
+}
+
+#[derive(Serialize)]
+struct CheckJson {
+    uname: String,
+    mode: AccessMode,
+    safety: u32,
+    safe: bool,
+    conflicts: Vec<ConflictJson>,
+}
+
+/// Check whether a VBD of vd:ID or phy:NAME in mode r or rw would be safe, against every
+/// user of the extents: the recorded attachments (with --hv, every VBD the hypervisor
+/// reports instead), the virtual disks that hold extents, and dom0's mounts.
 ///
 /// Safety levels: 0 allows sharing an extent only when everyone reads it only; 1 also
-/// allows one writer with readers; 2 allows anything. Exits 1 when unsafe, after naming
-/// each conflict.
+/// allows one writer with readers; 2 allows anything. A virtual disk's tenant counts as a
+/// writer. Exits 1 when unsafe, after naming each conflict.
 #[derive(Args)]
 #[command(after_help = "Example:\n  vdisk check vd:3 rw --safety 1")]
 pub struct Check {
@@ -203,25 +234,10 @@ pub struct Check {
 
 impl Check {
     pub fn run(self, context: &Context) -> Result<()> {
-        let database = context.database(OpenMode::Existing)?;
+        let database = context.database(OpenMode::ReadOnly)?;
         let extents = extents_of(context, Some(&database), &self.uname)?;
-        // The hypervisor knows every VBD; the database only those vdisk attached.
-        let mut users: Vec<User> = match context.hv {
-            Some(_) => super::vbd::hypervisor(context)?.mapped_users()?,
-            None => database
-                .attachments()?
-                .into_iter()
-                .map(|attachment| {
-                    User::vbd(
-                        attachment.domain,
-                        attachment.vdevice,
-                        attachment.mode.is_writable(),
-                        attachment.extents,
-                    )
-                })
-                .collect(),
-        };
-        users.extend(dom0_mount_users(context)?);
+        let mut hypervisor = context.optional_hypervisor()?;
+        let users = users_of(context, &database, hypervisor.as_mut(), &self.uname)?;
         let conflicts = validate(&extents, self.mode.is_writable(), &users, self.safety);
         let explanations: Vec<String> = conflicts
             .iter()
@@ -234,30 +250,30 @@ impl Check {
             self.safety.number()
         );
         if context.json {
-            let conflicts_json: Vec<_> = conflicts
-                .iter()
-                .zip(&explanations)
-                .map(|(conflict, explanation)| {
-                    json!({
-                        "extent": extents_json(&[conflict.new_extent])[0],
-                        "other_extent": extents_json(&[conflict.other_extent])[0],
-                        "explanation": explanation,
+            emit_json(&CheckJson {
+                uname: self.uname.to_string(),
+                mode: self.mode,
+                safety: self.safety.number(),
+                safe: conflicts.is_empty(),
+                conflicts: conflicts
+                    .iter()
+                    .zip(&explanations)
+                    .map(|(conflict, explanation)| ConflictJson {
+                        extent: (&conflict.new_extent).into(),
+                        other_extent: (&conflict.other_extent).into(),
+                        explanation: explanation.clone(),
                     })
-                })
-                .collect();
-            println!(
-                "{}",
-                json!({"uname": self.uname.to_string(), "mode": self.mode.as_str(), "safety": self.safety.number(), "safe": conflicts.is_empty(), "conflicts": conflicts_json})
-            );
+                    .collect(),
+            })?;
         } else if conflicts.is_empty() {
-            println!(
-                "{what}: safe ({} checked)",
+            emit(&format!(
+                "{what}: safe ({} checked)\n",
                 extents
                     .iter()
                     .map(describe_extent)
                     .collect::<Vec<_>>()
                     .join(", ")
-            );
+            ))?;
         }
         if conflicts.is_empty() {
             Ok(())
@@ -270,8 +286,26 @@ impl Check {
     }
 }
 
-/// What dom0 has mounted, as validator users.
-pub(super) fn dom0_mount_users(context: &Context) -> Result<Vec<User>> {
+/// Every user a new VBD of `uname` must be checked against: what the one reconciliation
+/// says maps extents, every disk that holds extents but the one `uname` names, and dom0's
+/// mounts.
+pub(super) fn users_of(
+    context: &Context,
+    database: &Database,
+    hypervisor: Option<&mut host_tools::hypervisor::Hypervisor>,
+    uname: &Uname,
+) -> Result<Vec<User>> {
+    let itself: Option<VdId> = match uname {
+        Uname::VirtualDisk(id) => Some(*id),
+        Uname::Physical(_) => None,
+    };
+    let mut users = context.reconcile(Some(database), hypervisor, None)?.users();
+    users.extend(database.owners(itself)?.into_iter().map(User::owner));
     let devices: Box<dyn DeviceSource> = context.device_source()?;
-    read_mount_users(Path::new(MOUNTS), &Sysfs::default(), devices.as_ref())
+    users.extend(read_mount_users(
+        Path::new(MOUNTS),
+        &Sysfs::default(),
+        devices.as_ref(),
+    )?);
+    Ok(users)
 }

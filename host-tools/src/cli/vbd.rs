@@ -1,25 +1,26 @@
 //! The subcommands that change or list VBDs in the hypervisor: attach, detach, vbds.
 
 use clap::Args;
-use host_tools::database::{vdevice_name, AccessMode, AttachmentTarget, OpenMode};
+use host_tools::allocate::merge_adjacent;
+use host_tools::database::{vdevice_name, AccessMode, AttachmentTarget, Database, OpenMode};
 use host_tools::error::{Error, Result};
 use host_tools::hypervisor::{Hypervisor, VbdDetails};
-use host_tools::lifecycle::MappedExtents;
+use host_tools::reconcile::ReconciledVbd;
 use host_tools::size::format_sectors;
-use host_tools::timestamp::now;
-use host_tools::uname::Uname;
+use host_tools::uname::{parse_device_number, Uname};
 use host_tools::validator::validate;
-use serde_json::json;
+use serde::Serialize;
+use shared_abi::wire::Extent;
 use shared_abi::{DeviceNumber, Label, Mode, SharingLevel};
 
-use super::output::extents_json;
-use super::pool::{dom0_mount_users, extents_of, mode_argument, safety_argument, uname_argument};
+use super::output::{emit, emit_json, extents_json, table, ExtentJson};
+use super::pool::{extents_of, mode_argument, safety_argument, uname_argument, users_of};
 use super::Context;
 
 /// A virtual device: a name like `xvda` or `hdb`, or `major:minor`.
 pub(super) fn vdevice_argument(text: &str) -> std::result::Result<DeviceNumber, String> {
-    text.parse::<DeviceNumber>()
-        .map_err(|_| format!("{text:?}: not a device name like xvda or hdb, nor major:minor"))
+    parse_device_number(text)
+        .ok_or_else(|| format!("{text:?}: not a device name like xvda or hdb, nor major:minor"))
 }
 
 fn domain_argument(text: &str) -> std::result::Result<u32, String> {
@@ -83,8 +84,7 @@ impl Attach {
         // Attaching records what it maps, so it may start the database, as format does.
         let mut database = context.database(OpenMode::CreateIfMissing)?;
         let extents = extents_of(context, Some(&database), &self.uname)?;
-        let mut users = hypervisor.mapped_users()?;
-        users.extend(dom0_mount_users(context)?);
+        let users = users_of(context, &database, Some(&mut hypervisor), &self.uname)?;
         let what = format!(
             "attach {} as {} of domain {} {}",
             self.uname,
@@ -112,8 +112,9 @@ impl Attach {
             },
         };
         // Record first: the record keeps the extents out of the pool, and a refusal here
-        // (an existing record) leaves the hypervisor untouched.
-        database.record_attachment(&target, self.domain, self.vdevice, self.mode, now())?;
+        // (an existing record) leaves the hypervisor untouched. It is confirmed once the
+        // VBD exists, so a reconciliation meanwhile does not take it for a dead one.
+        let record = database.record_attachment(&target, self.domain, self.vdevice, self.mode)?;
         let vbd = NewVbd {
             domain: self.domain,
             vdevice: self.vdevice,
@@ -125,21 +126,63 @@ impl Attach {
             let _ = database.remove_attachment(self.domain, self.vdevice);
             return Err(Error::Refused(format!("{what}: {error}")));
         }
+        database.confirm_attachment(&record)?;
         if context.json {
-            println!(
-                "{}",
-                json!({"domain": self.domain, "vdevice": vdevice_name(self.vdevice), "uname": self.uname.to_string(), "mode": self.mode.as_str(), "extents": extents_json(&extents)})
-            );
-        } else {
-            let count = extents.len();
-            println!(
-                "{what}: {} in {count} extent{}",
-                format_sectors(extents.iter().map(|extent| extent.nr_sectors()).sum()),
-                if count == 1 { "" } else { "s" }
-            );
+            return emit_json(&AttachJson {
+                domain: self.domain,
+                vdevice: vdevice_name(self.vdevice),
+                uname: self.uname.to_string(),
+                mode: self.mode,
+                extents: extents_json(&extents),
+            });
         }
-        Ok(())
+        let count = extents.len();
+        emit(&format!(
+            "{what}: {} in {count} extent{}\n",
+            format_sectors(extents.iter().map(|extent| extent.nr_sectors()).sum()),
+            if count == 1 { "" } else { "s" }
+        ))
     }
+}
+
+#[derive(Serialize)]
+struct AttachJson {
+    domain: u32,
+    vdevice: String,
+    uname: String,
+    mode: AccessMode,
+    extents: Vec<ExtentJson>,
+}
+
+/// Grow the VBD `reconciled` (made from a disk that just grew) by the disk's new extents,
+/// through the hypervisor, and record what it maps now.
+pub(super) fn grow_vbd(
+    database: &mut Database,
+    hypervisor: &mut Hypervisor,
+    reconciled: &ReconciledVbd,
+    added: &[Extent],
+) -> Result<()> {
+    let vbd = &reconciled.vbd;
+    let failed = |error: Error| {
+        Error::Refused(format!(
+            "{} of domain {}: did not grow with its disk: {error}",
+            vdevice_name(vbd.vdevice),
+            vbd.domain
+        ))
+    };
+    for extent in merge_adjacent(added) {
+        // Freshly allocated extents share nothing: the strictest level says so.
+        hypervisor
+            .grow(vbd.domain, vbd.vdevice, extent, SharingLevel::ReadersOnly)
+            .map_err(|error| failed(error.into()))?;
+    }
+    let now = hypervisor
+        .info(vbd.domain, vbd.vdevice)
+        .map_err(|error| failed(error.into()))?;
+    if let Some(record) = &reconciled.record {
+        database.update_attachment_extents(record, &now.extents)?;
+    }
+    Ok(())
 }
 
 /// The VBD `attach` makes: where, how, at which sharing level, and under which label.
@@ -154,11 +197,7 @@ struct NewVbd {
 impl NewVbd {
     /// Create the VBD and set its extents; if setting them fails, delete it again so
     /// nothing half-made is left in the hypervisor.
-    fn create(
-        &self,
-        hypervisor: &mut Hypervisor,
-        extents: &[shared_abi::wire::Extent],
-    ) -> Result<()> {
+    fn create(&self, hypervisor: &mut Hypervisor, extents: &[Extent]) -> Result<()> {
         hypervisor.create(self.domain, self.vdevice, mode_of(self.mode), self.label)?;
         if let Err(error) = hypervisor.set_extents(self.domain, self.vdevice, extents, self.level) {
             let _ = hypervisor.delete(self.domain, self.vdevice);
@@ -169,7 +208,7 @@ impl NewVbd {
 }
 
 /// The label the hypervisor keeps for a VBD made from `uname`: the uname itself, which
-/// fits for every `vd:ID` and classic partition name; a longer device name gets none.
+/// fits every `vd:ID` and classic partition name; a device name over 20 bytes gets none.
 fn label_of(uname: &Uname) -> Label {
     Label::new(&uname.to_string()).unwrap_or(Label::EMPTY)
 }
@@ -189,7 +228,7 @@ pub struct Detach {
 impl Detach {
     pub fn run(self, context: &Context) -> Result<()> {
         // Without a database there is no record to remove, only the VBD.
-        let mut database = context.existing_database()?;
+        let mut database = context.existing_database(OpenMode::Existing)?;
         let mut hypervisor = hypervisor(context)?;
         let what = format!(
             "detach {} of domain {}",
@@ -203,23 +242,22 @@ impl Detach {
             .as_mut()
             .map(|database| database.remove_attachment(self.domain, self.vdevice));
         match (in_hypervisor, recorded) {
-            (Ok(()), _) => println!("{what}: done"),
+            (Ok(()), _) => emit(&format!("{what}: done\n")),
             // The hypervisor lost it (a restart), but the record kept its extents reserved.
-            (Err(Error::NotFound(_)), Some(Ok(attachment))) => {
-                println!(
-                    "{what}: the hypervisor had no such VBD; removed the record of {}",
-                    attachment.uname
-                )
-            }
-            (Err(error), _) => return Err(error),
+            (Err(Error::NotFound(_)), Some(Ok(attachment))) => emit(&format!(
+                "{what}: the hypervisor had no such VBD; removed the record of {}\n",
+                attachment.uname
+            )),
+            (Err(error), _) => Err(error),
         }
-        Ok(())
     }
 }
 
-/// List VBDs: each one's domain, name, mode, size and extents.
+/// List VBDs: each one's domain, name, mode, size, source and extents.
 ///
 /// dom0's port may list any domain or all; a guest's port only its own (the default there).
+/// SOURCE is what the database recorded the VBD was made from, or (unrecorded) for a VBD
+/// made behind vdisk's back; a record whose VBD is gone (its domain died) is removed.
 #[derive(Args)]
 #[command(
     after_help = "Examples:\n  vdisk --hv unix:/tmp/vm/dom0.sock vbds all\n  vdisk --hv unix:/tmp/vm/dom1.sock vbds --json"
@@ -228,6 +266,21 @@ pub struct Vbds {
     /// A domain number, or `all` (the default on dom0's port).
     domain: Option<String>,
 }
+
+#[derive(Serialize)]
+struct VbdJson {
+    domain: u32,
+    vdevice: String,
+    device: String,
+    mode: AccessMode,
+    size_sectors: u64,
+    /// What the database says it was made from; `null` for a VBD it has no record of.
+    source: Option<String>,
+    extents: Vec<ExtentJson>,
+}
+
+/// The SOURCE column for a VBD the database has no record of.
+const UNRECORDED: &str = "(unrecorded)";
 
 impl Vbds {
     pub fn run(self, context: &Context) -> Result<()> {
@@ -238,65 +291,72 @@ impl Vbds {
             Some("all") => None,
             Some(text) => Some(domain_argument(text).map_err(Error::Usage)?),
         };
-        let vbds = hypervisor.all_vbds(domain)?;
         // The database, when there is one, says what each VBD was made from.
-        let attachments = match context.existing_database()? {
-            Some(database) => database.attachments()?,
-            None => Vec::new(),
+        let database = context.existing_database(OpenMode::ReadOnly)?;
+        let reconciliation = context.reconcile(database.as_ref(), Some(&mut hypervisor), domain)?;
+        let mode = |vbd: &VbdDetails| {
+            if vbd.mode.is_writable() {
+                AccessMode::ReadWrite
+            } else {
+                AccessMode::ReadOnly
+            }
         };
-        let source = |vbd: &VbdDetails| {
-            attachments
-                .iter()
-                .find(|attachment| {
-                    attachment.domain == vbd.domain && attachment.vdevice == vbd.vdevice
-                })
-                .map(|attachment| attachment.uname.clone())
+        let source = |reconciled: &ReconciledVbd| {
+            reconciled
+                .record
+                .as_ref()
+                .map(|record| record.uname.clone())
         };
         if context.json {
-            let array: Vec<_> = vbds
+            let array: Vec<VbdJson> = reconciliation
+                .vbds
                 .iter()
-                .map(|vbd| {
-                    json!({
-                        "domain": vbd.domain,
-                        "vdevice": vdevice_name(vbd.vdevice),
-                        "device": vbd.vdevice.to_string(),
-                        "mode": if vbd.mode.is_writable() { "rw" } else { "r" },
-                        "size_sectors": vbd.size_sectors,
-                        "source": source(vbd),
-                        "extents": extents_json(&vbd.extents),
+                .map(|reconciled| {
+                    let vbd = &reconciled.vbd;
+                    VbdJson {
+                        domain: vbd.domain,
+                        vdevice: vdevice_name(vbd.vdevice),
+                        device: vbd.vdevice.to_string(),
+                        mode: mode(vbd),
+                        size_sectors: vbd.size_sectors,
+                        source: source(reconciled),
+                        extents: extents_json(&vbd.extents),
+                    }
+                })
+                .collect();
+            return emit_json(&array);
+        }
+        let rows = reconciliation
+            .vbds
+            .iter()
+            .map(|reconciled| {
+                let vbd = &reconciled.vbd;
+                let extents: Vec<String> = vbd
+                    .extents
+                    .iter()
+                    .map(|extent| {
+                        format!(
+                            "{} {}+{}",
+                            extent.device(),
+                            extent.start_sector(),
+                            extent.nr_sectors()
+                        )
                     })
-                })
-                .collect();
-            println!("{}", serde_json::Value::Array(array));
-            return Ok(());
-        }
-        println!(
-            "{:<7} {:<8} {:<4} {:>10} {:<8} EXTENTS",
-            "DOMAIN", "VDEV", "MODE", "SIZE", "SOURCE"
-        );
-        for vbd in &vbds {
-            let extents: Vec<String> = vbd
-                .extents
-                .iter()
-                .map(|extent| {
-                    format!(
-                        "{} {}+{}",
-                        extent.device(),
-                        extent.start_sector(),
-                        extent.nr_sectors()
-                    )
-                })
-                .collect();
-            println!(
-                "{:<7} {:<8} {:<4} {:>10} {:<8} {}",
-                vbd.domain,
-                vdevice_name(vbd.vdevice),
-                if vbd.mode.is_writable() { "rw" } else { "r" },
-                format_sectors(vbd.size_sectors),
-                source(vbd).unwrap_or_else(|| "-".to_owned()),
-                extents.join(", ")
-            );
-        }
-        Ok(())
+                    .collect();
+                vec![
+                    vbd.domain.to_string(),
+                    vdevice_name(vbd.vdevice),
+                    mode(vbd).as_str().to_owned(),
+                    format_sectors(vbd.size_sectors),
+                    source(reconciled).unwrap_or_else(|| UNRECORDED.to_owned()),
+                    extents.join(", "),
+                ]
+            })
+            .collect();
+        emit(&table(
+            &["DOMAIN", "VDEV", "MODE", "SIZE", "SOURCE", "EXTENTS"],
+            &[3],
+            rows,
+        ))
     }
 }

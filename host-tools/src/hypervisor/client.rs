@@ -571,21 +571,3 @@ fn summary(entry: ProbeEntry) -> VbdSummary {
         nr_extents: entry.nr_extents,
     }
 }
-
-impl crate::lifecycle::MappedExtents for Hypervisor {
-    /// Every VBD of every domain, as the hypervisor reports it (dom0's port only).
-    fn mapped_users(&mut self) -> crate::Result<Vec<crate::validator::User>> {
-        Ok(self
-            .all_vbds(None)?
-            .into_iter()
-            .map(|vbd| {
-                crate::validator::User::vbd(
-                    vbd.domain,
-                    vbd.vdevice,
-                    vbd.mode.is_writable(),
-                    vbd.extents,
-                )
-            })
-            .collect())
-    }
-}
