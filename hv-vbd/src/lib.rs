@@ -49,7 +49,7 @@ pub use memory::{GuestAddress, GuestMemory, SliceMemory};
 pub use registry::Disk;
 pub use shared_abi::SharingLevel;
 pub use table::{
-    Changed, Limits, ListPiece, ProbeSummary, Removal, SetExtents, VbdId, VbdInfo, VbdTable,
+    Changed, Limits, ListPiece, ProbeSummary, Removal, SetExtents, VbdId, VbdInfo, VbdRef, VbdTable,
 };
 
 /// A typical configuration: 64 domains, 16 VBDs each, 65 536 extents, 16 physical disks,

@@ -18,7 +18,7 @@
 //! starve dom0's changes; translation never waits for either, and a writer never waits for
 //! translation.
 
-use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use heapless::Vec;
 use shared_abi::{
@@ -81,6 +81,8 @@ pub struct VbdInfo {
     pub label: Label,
     /// Changes whenever the VBD does.
     pub generation: u64,
+    /// Distinct for every VBD the table ever created; see [`VbdRef`].
+    pub incarnation: u64,
     /// How many extents were passed to the sink.
     pub written: usize,
 }
@@ -125,6 +127,7 @@ struct VbdSlot {
     flags: AtomicU32,
     first: AtomicU32,
     count: AtomicU32,
+    incarnation: AtomicU64,
 }
 
 impl VbdSlot {
@@ -134,7 +137,51 @@ impl VbdSlot {
             flags: AtomicU32::new(0),
             first: AtomicU32::new(0),
             count: AtomicU32::new(0),
+            incarnation: AtomicU64::new(0),
         }
+    }
+
+    /// Whether the slot holds a VBD named `vdevice`.
+    fn holds(&self, vdevice: DeviceNumber) -> bool {
+        self.flags.load(Relaxed) & SLOT_PRESENT != 0 && self.vdevice.load(Relaxed) == vdevice.raw()
+    }
+
+    /// The run of the slot's VBD, for a request of `access`.
+    fn run_for(&self, access: Access) -> Result<Run, Error> {
+        let flags = self.flags.load(Relaxed);
+        if flags & SLOT_PRESENT == 0 {
+            return Err(Error::NotFound);
+        }
+        if access == Access::Write && flags & SLOT_WRITABLE == 0 {
+            return Err(Error::ReadOnly);
+        }
+        Ok(Run {
+            first: self.first.load(Relaxed),
+            count: self.count.load(Relaxed),
+        })
+    }
+}
+
+/// A VBD pinned by [`VbdTable::pin`]: where it lives in the table and which incarnation it
+/// is. Translating through it skips the lookup, and fails with `ENOENT` once that VBD is
+/// gone, even if another of the same name has been created since: a VMM connected to a
+/// VBD's socket reaches that VBD and no later one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VbdRef {
+    id: VbdId,
+    domain: u32,
+    vbd: u32,
+    incarnation: u64,
+}
+
+impl VbdRef {
+    pub fn id(&self) -> VbdId {
+        self.id
+    }
+
+    /// Distinct for every VBD the table ever created.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 }
 
@@ -162,6 +209,8 @@ struct VbdRecord {
     label: Label,
     /// The table generation at this VBD's last change.
     version: u64,
+    /// The table generation at this VBD's creation: distinct for every VBD ever made.
+    incarnation: u64,
     run: Run,
     pending: Option<Pending>,
 }
@@ -173,6 +222,7 @@ impl VbdRecord {
         mode: Mode::READ,
         label: Label::EMPTY,
         version: 0,
+        incarnation: 0,
         run: Run::EMPTY,
         pending: None,
     };
@@ -374,6 +424,7 @@ impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize> Shared<DOMAI
         slot.flags.store(flags, Relaxed);
         slot.first.store(record.run.first, Relaxed);
         slot.count.store(record.run.count, Relaxed);
+        slot.incarnation.store(record.incarnation, Relaxed);
     }
 
     /// One translation attempt, inside a seqlock read: every value may be torn, and
@@ -384,20 +435,32 @@ impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize> Shared<DOMAI
             .iter()
             .position(|domain_id| domain_id.load(Relaxed) == id.domain)
             .ok_or(Error::NotFound)?;
-        let slot = self.slots[domain]
+        let run = self.slots[domain]
             .iter()
-            .find(|slot| {
-                slot.flags.load(Relaxed) & SLOT_PRESENT != 0
-                    && slot.vdevice.load(Relaxed) == id.vdevice.raw()
-            })
+            .find(|slot| slot.holds(id.vdevice))
+            .ok_or(Error::NotFound)?
+            .run_for(request.access())?;
+        self.extents
+            .translate(run, request.sector(), request.end_sector(), out)
+    }
+
+    /// One translation attempt through a pinned VBD: its slot directly, if it still holds
+    /// that incarnation.
+    fn translate_pinned(
+        &self,
+        vbd: &VbdRef,
+        request: &Request,
+        out: &mut [Segment],
+    ) -> Result<usize, Error> {
+        let slot = self
+            .slots
+            .get(vbd.domain as usize)
+            .and_then(|slots| slots.get(vbd.vbd as usize))
             .ok_or(Error::NotFound)?;
-        if request.access() == Access::Write && slot.flags.load(Relaxed) & SLOT_WRITABLE == 0 {
-            return Err(Error::ReadOnly);
+        if slot.incarnation.load(Relaxed) != vbd.incarnation {
+            return Err(Error::NotFound);
         }
-        let run = Run {
-            first: slot.first.load(Relaxed),
-            count: slot.count.load(Relaxed),
-        };
+        let run = slot.run_for(request.access())?;
         self.extents
             .translate(run, request.sector(), request.end_sector(), out)
     }
@@ -524,6 +587,7 @@ impl<
             mode,
             label,
             version,
+            incarnation: version,
             run: Run::EMPTY,
             pending: None,
         };
@@ -1047,6 +1111,7 @@ impl<
                         size_sectors: self.shared.extents.run_sectors(record.run),
                         label: record.label,
                         generation: record.version,
+                        incarnation: record.incarnation,
                         written,
                     };
                     match info {
@@ -1105,6 +1170,40 @@ impl<
             .shared
             .sequence
             .read(|| self.shared.translate(id, request, out))?;
+        Ok(Translation::new(&out[..count], in_flight))
+    }
+
+    /// Pin VBD `id` for repeated translation ([`VbdTable::translate_pinned`]): a caller may
+    /// pin its own domain's VBDs, dom0 any. `ENOENT` when there is no such VBD.
+    pub fn pin(&self, caller: u32, id: VbdId) -> Result<VbdRef, Error> {
+        require_visible(caller, id.domain)?;
+        let writer = self.writer.lock();
+        let (domain, vbd) = writer.find(id)?;
+        Ok(VbdRef {
+            id,
+            domain: domain as u32,
+            vbd: vbd as u32,
+            incarnation: writer.vbds[domain][vbd].incarnation,
+        })
+    }
+
+    /// [`VbdTable::translate`] through a pinned VBD: no lookup, and `ENOENT` once that VBD
+    /// is gone, whatever has been created under its name since.
+    pub fn translate_pinned<'s, 't>(
+        &'t self,
+        context: &IoContext<'t>,
+        vbd: &VbdRef,
+        request: &Request,
+        out: &'s mut [Segment],
+    ) -> Result<Translation<'s, 't>, Error> {
+        if !self.fencing.owns(context) {
+            return Err(Error::InvalidArgument);
+        }
+        let in_flight = context.enter();
+        let count = self
+            .shared
+            .sequence
+            .read(|| self.shared.translate_pinned(vbd, request, out))?;
         Ok(Translation::new(&out[..count], in_flight))
     }
 

@@ -999,3 +999,44 @@ fn info_reads_in_pieces() {
         first.generation
     );
 }
+
+#[test]
+fn a_pinned_vbd_reaches_that_vbd_and_no_later_one_of_its_name() {
+    let table = guest_with_two_extents();
+    assert_eq!(
+        table.pin(OTHER_GUEST, id(GUEST, xvda())),
+        Err(Error::PermissionDenied)
+    );
+    assert_eq!(table.pin(GUEST, id(GUEST, xvdb())), Err(Error::NotFound));
+    let pinned = table.pin(GUEST, id(GUEST, xvda())).unwrap();
+    let context = table.io_context().unwrap();
+    let request = hv_vbd::Request::new(Access::Write, 9, 2).unwrap();
+    let mut out = [Segment::default(); 4];
+    let segments = table
+        .translate_pinned(&context, &pinned, &request, &mut out)
+        .unwrap()
+        .segments()
+        .to_vec();
+    assert_eq!(segments, vec![segment(hda(), 109, 1), segment(hdb(), 0, 1)]);
+    // Deleted and made again under the same name: the pin does not follow.
+    assert_eq!(vbd_op(&table, DOM0, Op::Delete, GUEST, xvda()), 0);
+    assert_eq!(create(&table, DOM0, GUEST, xvda(), READ), 0);
+    assert_eq!(grow(&table, DOM0, GUEST, xvda(), extent(hda(), 100, 10)), 0);
+    assert_eq!(
+        table
+            .translate_pinned(&context, &pinned, &request, &mut out)
+            .err(),
+        Some(Error::NotFound)
+    );
+    let again = table.pin(GUEST, id(GUEST, xvda())).unwrap();
+    assert_ne!(again.incarnation(), pinned.incarnation());
+    assert_eq!(
+        table
+            .translate_pinned(&context, &again, &request, &mut out)
+            .err(),
+        Some(Error::ReadOnly),
+        "the new VBD is read-only"
+    );
+    let read = hv_vbd::Request::new(Access::Read, 9, 1).unwrap();
+    assert!(table.translate_pinned(&context, &again, &read, &mut out).is_ok());
+}
