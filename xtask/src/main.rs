@@ -27,8 +27,8 @@ commands:
                                 boot the test hypervisor with partitioned images and keep it
                                 running; writes DIR/machine.toml for `vdisk --devices`/`--hv`
                                 (default DIR target/qemu, disks hda=256M hdb=256M, each with
-                                partitions of 64M, 96M and the rest; the hypervisor enforces
-                                sharing level 0 unless told otherwise)
+                                partitions of 64M, 96M and the rest; --sharing is the
+                                hypervisor's ceiling, default 2, so vdisk's --safety rules)
 
 examples:
   cargo xtask demo

@@ -16,7 +16,7 @@ impl Options {
     pub fn parse(arguments: &[String]) -> Result<Options, String> {
         let mut dir = workspace_root().join("target/qemu");
         let mut disks = Vec::new();
-        let mut sharing = 0;
+        let mut sharing = 2;
         let mut arguments = arguments.iter();
         while let Some(argument) = arguments.next() {
             let mut value = || {

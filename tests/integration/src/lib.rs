@@ -26,13 +26,13 @@ pub struct TestMachine {
 }
 
 impl TestMachine {
-    /// Boot a machine named after the test, with the default two disks, the hypervisor
-    /// enforcing sharing level 0.
+    /// Boot a machine named after the test, with the default two disks and the default
+    /// sharing ceiling (2: every request's own level rules).
     pub fn boot(name: &str) -> TestMachine {
-        TestMachine::boot_with_sharing(name, 0)
+        TestMachine::boot_with_sharing(name, 2)
     }
 
-    /// Boot with the hypervisor enforcing sharing level `sharing`.
+    /// Boot with the hypervisor's sharing ceiling at `sharing`.
     pub fn boot_with_sharing(name: &str, sharing: u8) -> TestMachine {
         let (hypervisor, _) = artifacts();
         let dir = workspace_root().join("target/integration").join(name);

@@ -26,7 +26,8 @@ pub struct MachineConfig {
     /// QEMU is killed after this long, whatever happens.
     pub timeout: Duration,
     pub hypervisor: PathBuf,
-    /// The hypervisor's sharing level (0, 1 or 2), passed on its command line.
+    /// The hypervisor's sharing ceiling (0, 1 or 2), passed on its command line: the most
+    /// permissive level a request may ask for.
     pub sharing: u8,
 }
 
@@ -43,7 +44,7 @@ impl MachineConfig {
             disks: vec![disk("hda"), disk("hdb")],
             timeout: Duration::from_secs(600),
             hypervisor,
-            sharing: 0,
+            sharing: 2,
         }
     }
 }
