@@ -13,7 +13,7 @@ use std::hint::black_box;
 
 use common::{hda, xvda, Random};
 use criterion::{criterion_group, criterion_main, Bencher, BenchmarkId, Criterion};
-use hv_vbd::{Access, Disk, IoContext, Request, Segment, SharingLevel, VbdId, VbdTable};
+use hv_vbd::{Access, Disk, IoContext, Request, Segment, SharingLevel, VbdId, VbdRef, VbdTable};
 use shared_abi::{wire::Extent, Error, Label, Mode, DOM0};
 
 /// The VBD sizes measured, in extents.
@@ -47,6 +47,8 @@ struct Sample {
 struct Workload {
     extent_count: usize,
     domain: u32,
+    /// The VBD, pinned as an I/O thread holds it.
+    vbd: VbdRef,
     extents: Vec<Extent>,
     list: ExtentList,
     requests: Vec<Sample>,
@@ -166,6 +168,7 @@ fn workloads() -> Vec<Workload> {
             Workload {
                 extent_count,
                 domain,
+                vbd: TABLE.pin(DOM0, id).expect("the VBD was just made"),
                 list: ExtentList::new(&extents),
                 extents,
                 requests,
@@ -227,6 +230,19 @@ fn translate_linear<'a>(
 /// number of segments.
 fn translate_table(
     context: &IoContext<'static>,
+    vbd: &VbdRef,
+    sample: Sample,
+    out: &mut [Segment],
+) -> Result<usize, Error> {
+    let request = Request::new(Access::Read, sample.sector, sample.nr_sectors)?;
+    let translation = TABLE.translate_pinned(context, vbd, &request, out)?;
+    Ok(translation.segments().len())
+}
+
+/// The same through the VBD's name, as a frame channel looks each request up: the domain
+/// and VBD lookups on top of [`translate_table`].
+fn translate_by_name(
+    context: &IoContext<'static>,
     domain: u32,
     sample: Sample,
     out: &mut [Segment],
@@ -247,8 +263,12 @@ fn check_agreement(context: &IoContext<'static>, workload: &Workload) {
         let mut ours = [Segment::default(); MAX_SEGMENTS];
         let mut theirs = [Segment::default(); MAX_SEGMENTS];
         let mut listed = [Segment::default(); MAX_SEGMENTS];
-        let written = translate_table(context, workload.domain, *request, &mut ours)
+        let written = translate_table(context, &workload.vbd, *request, &mut ours)
             .expect("hv-vbd translates every benchmark request");
+        let mut named = [Segment::default(); MAX_SEGMENTS];
+        let by_name = translate_by_name(context, workload.domain, *request, &mut named)
+            .expect("hv-vbd translates every benchmark request by name");
+        assert_eq!(ours[..written], named[..by_name]);
         let walked = translate_linear(
             &workload.extents,
             false,
@@ -306,7 +326,12 @@ fn translate(criterion: &mut Criterion) {
         let extent_count = workload.extent_count;
         group.bench_function(BenchmarkId::new("binary_search", extent_count), |bencher| {
             bench_requests(bencher, &workload.requests, |request, out| {
-                translate_table(&context, black_box(workload.domain), request, out)
+                translate_table(&context, black_box(&workload.vbd), request, out)
+            })
+        });
+        group.bench_function(BenchmarkId::new("by_name", extent_count), |bencher| {
+            bench_requests(bencher, &workload.requests, |request, out| {
+                translate_by_name(&context, black_box(workload.domain), request, out)
             })
         });
         group.bench_function(BenchmarkId::new("linear_walk", extent_count), |bencher| {

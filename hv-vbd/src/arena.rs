@@ -63,18 +63,15 @@ impl<const EXTENTS: usize> Extents<EXTENTS> {
         }
     }
 
-    fn end_at(&self, position: usize) -> Option<u64> {
-        self.virtual_ends.get(position).map(|end| end.load(Relaxed))
-    }
-
     /// The virtual size of a run. Under a racing write this may be any value; it never
     /// panics.
     pub(crate) fn run_sectors(&self, run: Run) -> u64 {
         match run.count {
             0 => 0,
             count => self
-                .end_at(run.first as usize + count as usize - 1)
-                .unwrap_or(0),
+                .virtual_ends
+                .get(run.first as usize + count as usize - 1)
+                .map_or(0, |end| end.load(Relaxed)),
         }
     }
 
@@ -110,6 +107,7 @@ impl<const EXTENTS: usize> Extents<EXTENTS> {
     /// every loop is bounded by `out`, and a torn read returns some error that the seqlock
     /// then discards. On consistent data the loop is the familiar one: each step covers at
     /// least one sector and moves to the next extent.
+    #[inline(always)]
     pub(crate) fn translate(
         &self,
         run: Run,
@@ -118,40 +116,53 @@ impl<const EXTENTS: usize> Extents<EXTENTS> {
         out: &mut [Segment],
     ) -> Result<usize, Error> {
         let range = run.range();
-        let ends = self
-            .virtual_ends
-            .get(range.clone())
-            .ok_or(Error::OutOfRange)?;
-        let size = ends.last().map_or(0, |last| last.load(Relaxed));
-        if end > size {
+        let (Some(ends), Some(starts), Some(devices)) = (
+            self.virtual_ends.get(range.clone()),
+            self.physical_starts.get(range.clone()),
+            self.devices.get(range),
+        ) else {
             return Err(Error::OutOfRange);
+        };
+        match ends.last() {
+            Some(size) if end <= size.load(Relaxed) => {}
+            _ => return Err(Error::OutOfRange),
         }
-        let first = first_ending_after(ends, sector);
-        let mut virtual_start = match first {
-            0 => 0,
-            _ => ends[first - 1].load(Relaxed),
+        let mut index = first_ending_after(ends, sector);
+        let mut virtual_start = match index.checked_sub(1).and_then(|previous| ends.get(previous)) {
+            Some(previous) => previous.load(Relaxed),
+            None => 0,
         };
         let mut position = sector;
-        for (at, (written, slot)) in (range.start + first..).zip(out.iter_mut().enumerate()) {
-            let virtual_end = self.end_at(at).ok_or(Error::OutOfRange)?;
+        let mut written = 0;
+        // Each turn writes one segment and moves to the next extent, so the loop ends within
+        // `ends.len()` and `out.len()` turns whatever the values read.
+        loop {
+            let Some(slot) = out.get_mut(written) else {
+                return Err(Error::TooBig);
+            };
+            let (Some(virtual_end), Some(start), Some(device)) =
+                (ends.get(index), starts.get(index), devices.get(index))
+            else {
+                return Err(Error::OutOfRange);
+            };
+            let virtual_end = virtual_end.load(Relaxed);
             if virtual_end <= position || position < virtual_start {
                 return Err(Error::OutOfRange);
             }
-            let length = virtual_end.min(end) - position;
+            let stop = virtual_end.min(end);
             *slot = Segment {
-                device: DeviceNumber::from_raw(self.devices[at].load(Relaxed)),
-                sector: self.physical_starts[at]
-                    .load(Relaxed)
-                    .wrapping_add(position - virtual_start),
-                nr_sectors: length,
+                device: DeviceNumber::from_raw(device.load(Relaxed)),
+                sector: start.load(Relaxed).wrapping_add(position - virtual_start),
+                nr_sectors: stop - position,
             };
-            position += length;
-            if position >= end {
-                return Ok(written + 1);
+            written += 1;
+            if stop >= end {
+                return Ok(written);
             }
+            position = stop;
             virtual_start = virtual_end;
+            index += 1;
         }
-        Err(Error::TooBig)
     }
 
     /// Set the virtual end of the extent at `position`, when it joins a run. Call inside a
@@ -189,6 +200,7 @@ fn swap_atomic(array: &[AtomicU64], first: usize, second: usize) {
 /// keys of a step do not depend on each other, so their cache misses overlap, and a run of
 /// 65 536 extents waits for six rounds of misses instead of sixteen. The comparisons only
 /// move the base (no data-dependent branch), so random requests do not mispredict.
+#[inline(always)]
 fn first_ending_after(ends: &[AtomicU64], sector: u64) -> usize {
     let mut base = 0;
     let mut len = ends.len();

@@ -175,6 +175,7 @@ pub struct IoContext<'t> {
 
 impl<'t> IoContext<'t> {
     /// Count one I/O in the current grace period, before its translation reads the mapping.
+    #[inline]
     pub(crate) fn enter(&self) -> InFlight<'t> {
         loop {
             let period = self.period.load(Ordering::SeqCst);

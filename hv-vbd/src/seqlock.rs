@@ -27,6 +27,7 @@ impl SeqLock {
     /// Run `attempt` until it ran while no write was under way, and return its result.
     /// `SeqCst` on the first load, so a reader's earlier in-flight registration (also
     /// `SeqCst`) is ordered before it: see [`crate::inflight`].
+    #[inline]
     pub(crate) fn read<T>(&self, mut attempt: impl FnMut() -> T) -> T {
         loop {
             let before = self.sequence.load(Ordering::SeqCst);

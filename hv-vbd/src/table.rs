@@ -142,11 +142,13 @@ impl VbdSlot {
     }
 
     /// Whether the slot holds a VBD named `vdevice`.
+    #[inline]
     fn holds(&self, vdevice: DeviceNumber) -> bool {
         self.flags.load(Relaxed) & SLOT_PRESENT != 0 && self.vdevice.load(Relaxed) == vdevice.raw()
     }
 
     /// The run of the slot's VBD, for a request of `access`.
+    #[inline]
     fn run_for(&self, access: Access) -> Result<Run, Error> {
         let flags = self.flags.load(Relaxed);
         if flags & SLOT_PRESENT == 0 {
@@ -429,6 +431,7 @@ impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize> Shared<DOMAI
 
     /// One translation attempt, inside a seqlock read: every value may be torn, and
     /// nothing here may panic or loop unboundedly.
+    #[inline]
     fn translate(&self, id: VbdId, request: &Request, out: &mut [Segment]) -> Result<usize, Error> {
         let domain = self
             .domain_ids
@@ -446,6 +449,7 @@ impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize> Shared<DOMAI
 
     /// One translation attempt through a pinned VBD: its slot directly, if it still holds
     /// that incarnation.
+    #[inline]
     fn translate_pinned(
         &self,
         vbd: &VbdRef,
