@@ -91,6 +91,22 @@ impl<const EXTENTS: usize> Extents<EXTENTS> {
         Extent::new(device, start, length)
     }
 
+    /// The virtual end of the extent at `position` (the writer's view).
+    pub(crate) fn virtual_end(&self, position: usize) -> u64 {
+        self.virtual_ends[position].load(Relaxed)
+    }
+
+    /// The length of the extent at `position` of a run whose first position is
+    /// `run_first` (the writer's view).
+    pub(crate) fn length(&self, position: usize, run_first: usize) -> u64 {
+        let start = if position == run_first {
+            0
+        } else {
+            self.virtual_end(position - 1)
+        };
+        self.virtual_end(position) - start
+    }
+
     /// The physical key the index sorts by.
     pub(crate) fn key(&self, position: usize) -> (u32, u64) {
         (
@@ -239,6 +255,10 @@ pub(crate) struct Layout<const EXTENTS: usize> {
     current: usize,
     owners: [Owner; EXTENTS],
     visible: usize,
+    /// Positions `[0, indexed)` are in the index; `[indexed, used)` were pushed since and
+    /// wait for [`Layout::index_pushed`], so a long list is sorted and merged once, not once
+    /// per batch.
+    indexed: usize,
     used: usize,
 }
 
@@ -251,6 +271,7 @@ impl<const EXTENTS: usize> Layout<EXTENTS> {
             current: 0,
             owners: [0; EXTENTS],
             visible: 0,
+            indexed: 0,
             used: 0,
         }
     }
@@ -268,17 +289,14 @@ impl<const EXTENTS: usize> Layout<EXTENTS> {
     }
 
     /// The index, in physical order.
+    /// The index, in physical order. Complete only after [`Layout::index_pushed`].
     pub(crate) fn by_physical(&self) -> &[u32] {
-        &self.indexes[self.current][..self.used]
-    }
-
-    fn index_mut(&mut self) -> &mut [u32] {
-        &mut self.indexes[self.current][..self.used]
+        &self.indexes[self.current][..self.indexed]
     }
 
     /// Append `extent` at the end of the arena as the next extent of a pending run of
     /// `owner` whose extents so far end at virtual sector `virtual_base`; returns its
-    /// virtual end. Not yet indexed: see [`Layout::index_from`]. `ENOSPC` when the arena
+    /// virtual end. Not yet indexed: see [`Layout::index_pushed`]. `ENOSPC` when the arena
     /// is full, `ERANGE` when the run's size would overflow.
     pub(crate) fn push(
         &mut self,
@@ -303,11 +321,11 @@ impl<const EXTENTS: usize> Layout<EXTENTS> {
         Ok(virtual_end)
     }
 
-    /// Put the positions `[from, used)`, pushed since the index last covered the arena, into
-    /// the index: sort them in the index's free tail, then merge both halves into the other
-    /// array and make it current. `O(used + n log n)`.
-    pub(crate) fn index_from(&mut self, extents: &Extents<EXTENTS>, from: usize) {
-        let used = self.used;
+    /// Put the positions pushed since the index last covered the arena into it: sort them
+    /// in the index's free tail, then merge both parts into the other array and make it
+    /// current. `O(used + n log n)`.
+    pub(crate) fn index_pushed(&mut self, extents: &Extents<EXTENTS>) {
+        let (from, used) = (self.indexed, self.used);
         if used == from {
             return;
         }
@@ -322,18 +340,29 @@ impl<const EXTENTS: usize> Layout<EXTENTS> {
         }
         source[from..used].sort_unstable_by_key(|&position| extents.key(position as usize));
         let (old, new) = source[..used].split_at(from);
-        let (mut old, mut new) = (old.iter().peekable(), new.iter().peekable());
+        let key = |position: u32| extents.key(position as usize);
+        let (mut next_old, mut next_new) = (0, 0);
+        let mut old_key = old.first().map(|&position| key(position));
+        let mut new_key = new.first().map(|&position| key(position));
         for slot in &mut target[..used] {
             // On equal keys the existing extent goes first, as it was indexed first.
-            let take_old = match (old.peek(), new.peek()) {
-                (Some(&&a), Some(&&b)) => extents.key(a as usize) <= extents.key(b as usize),
+            let take_old = match (old_key, new_key) {
+                (Some(a), Some(b)) => a <= b,
                 (Some(_), None) => true,
                 _ => false,
             };
-            let next = if take_old { old.next() } else { new.next() };
-            *slot = next.copied().unwrap_or(0);
+            if take_old {
+                *slot = old[next_old];
+                next_old += 1;
+                old_key = old.get(next_old).map(|&position| key(position));
+            } else {
+                *slot = new[next_new];
+                next_new += 1;
+                new_key = new.get(next_new).map(|&position| key(position));
+            }
         }
         self.current = 1 - self.current;
+        self.indexed = used;
     }
 
     /// Make the pending run `run` (in `[visible, used)`) the first pending run, so that it
@@ -376,13 +405,15 @@ impl<const EXTENTS: usize> Layout<EXTENTS> {
     }
 
     /// Rotate `range` up by `shift`: `[a, b - shift)` moves to `[a + shift, b)` and
-    /// `[b - shift, b)` to `[a, a + shift)`, in the arrays, the owners and the index.
+    /// `[b - shift, b)` to `[a, a + shift)`, in the arrays, the owners and the index, which
+    /// is first brought up to date.
     fn rotate(
         &mut self,
         extents: &Extents<EXTENTS>,
         range: Range<usize>,
         shift: usize,
     ) -> impl Fn(usize) -> usize {
+        self.index_pushed(extents);
         let (start, end) = (range.start, range.end);
         let map = move |position: usize| {
             if position < start || position >= end {
@@ -398,7 +429,7 @@ impl<const EXTENTS: usize> Layout<EXTENTS> {
             self.reverse(extents, start, end - shift);
             self.reverse(extents, end - shift, end);
             self.reverse(extents, start, end);
-            for slot in self.index_mut() {
+            for slot in &mut self.indexes[self.current][..self.indexed] {
                 *slot = map(*slot as usize) as u32;
             }
         }
@@ -439,15 +470,18 @@ impl<const EXTENTS: usize> Layout<EXTENTS> {
             extents.copy(position, position - count);
             self.owners[position - count] = self.owners[position];
         }
+        // Indexed positions are `[0, indexed)`: the removed ones leave the index, the rest
+        // are renumbered, and the boundary moves down by the indexed part of the removal.
         let index = &mut self.indexes[self.current];
         let mut write = 0;
-        for read in 0..self.used {
+        for read in 0..self.indexed {
             let position = index[read] as usize;
             if !(start..end).contains(&position) {
                 index[write] = map(position) as u32;
                 write += 1;
             }
         }
+        self.indexed = write;
         if start < self.visible {
             self.visible -= count.min(self.visible - start);
         }
@@ -496,7 +530,7 @@ mod tests {
             layout.push(extents, &extent, owner, virtual_end).unwrap();
             virtual_end += 2;
         }
-        layout.index_from(extents, first);
+        layout.index_pushed(extents);
         Run {
             first: first as u32,
             count: starts.len() as u32,

@@ -47,6 +47,7 @@ impl Sweep {
 
     /// Visit one extent `[start, end)`, in `(device, start)` order. `EINVAL` when a new
     /// extent overlaps another of the same VBD, `EBUSY` when sharing forbids an overlap.
+    #[inline]
     pub(crate) fn visit(
         &mut self,
         device: u32,

@@ -343,24 +343,6 @@ impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize, const DISKS:
         }
     }
 
-    /// The virtual start of the extent at `position`, from its run's layout.
-    fn virtual_start(&self, extents: &Extents<EXTENTS>, position: usize) -> u64 {
-        let record = self.record(self.layout.owner(position));
-        let run_first = if position < self.layout.visible() {
-            record.run.first
-        } else {
-            record.pending.map_or(0, |pending| pending.run.first)
-        };
-        if position == run_first as usize {
-            0
-        } else {
-            extents.run_sectors(Run {
-                first: position as u32 - 1,
-                count: 1,
-            })
-        }
-    }
-
     /// Check the new extents `new` of VBD `owner` against every other visible VBD at
     /// `level`, and against the VBD's own extents unless they are being replaced: one sweep
     /// of the physical index. Pending lists of other VBDs are not mappings yet and are
@@ -376,28 +358,27 @@ impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize, const DISKS:
         let writable = self.record(owner).mode.is_writable();
         let mut sweep = Sweep::new(level, writable);
         let visible = self.layout.visible();
+        let new_positions = new.range();
         for &position in self.layout.by_physical() {
             let position = position as usize;
-            let position_owner = self.layout.owner(position);
-            let source = if new.range().contains(&position) {
-                Source::New
+            let (source, run_first) = if new_positions.contains(&position) {
+                (Source::New, new.first)
             } else if position >= visible {
                 continue;
-            } else if position_owner == owner {
-                if replacing {
-                    continue;
-                }
-                Source::Kept
             } else {
-                Source::Other {
-                    writable: self.record(position_owner).mode.is_writable(),
+                let position_owner = self.layout.owner(position);
+                let record = self.record(position_owner);
+                if position_owner != owner {
+                    let writable = record.mode.is_writable();
+                    (Source::Other { writable }, record.run.first)
+                } else if replacing {
+                    continue;
+                } else {
+                    (Source::Kept, record.run.first)
                 }
             };
             let (device, start) = extents.key(position);
-            let length = extents.run_sectors(Run {
-                first: position as u32,
-                count: 1,
-            }) - self.virtual_start(extents, position);
+            let length = extents.length(position, run_first as usize);
             sweep.visit(device, start, start + length, source)?;
         }
         Ok(())
@@ -630,7 +611,7 @@ impl<
         // The new extent is a one-entry pending run until it passes; like every pending
         // run it starts at virtual sector 0, and learns its place in the VBD on joining.
         let length = writer.layout.push(extents, &extent, owner, 0)?;
-        writer.layout.index_from(extents, position);
+        writer.layout.index_pushed(extents);
         let new = Run {
             first: position as u32,
             count: 1,
@@ -796,6 +777,7 @@ impl<
         }
         let mut guard = self.writer.lock();
         let writer = &mut *guard;
+        writer.layout.index_pushed(arena);
         let pending = writer.vbds[domain][vbd].pending.ok_or(Error::Stale)?;
         if piece.more {
             return Ok(SetExtents::Pending {
@@ -877,7 +859,7 @@ impl<
     }
 
     /// Append a batch of copied-in extents to the VBD's pending list, which ends the arena.
-    /// Whatever was pushed is indexed even on failure, so that discarding the list finds it.
+    /// The index catches up once the whole piece is staged.
     fn stage_batch(
         writer: &mut Writer<DOMAINS, VBDS, EXTENTS, DISKS>,
         arena: &Extents<EXTENTS>,
@@ -902,7 +884,6 @@ impl<
         };
         let result = pushed();
         pending.run.count = (writer.layout.used() - pending.run.first as usize) as u32;
-        writer.layout.index_from(arena, start);
         writer.vbds[domain][vbd].pending = Some(pending);
         result
     }

@@ -10,6 +10,21 @@ use core::sync::atomic::Ordering::Relaxed;
 
 use super::*;
 
+impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize, const DISKS: usize>
+    Writer<DOMAINS, VBDS, EXTENTS, DISKS>
+{
+    /// The virtual start of the extent at `position`, from its run's layout.
+    fn virtual_start(&self, extents: &Extents<EXTENTS>, position: usize) -> u64 {
+        let record = self.record(self.layout.owner(position));
+        let run_first = if position < self.layout.visible() {
+            record.run.first
+        } else {
+            record.pending.map_or(0, |pending| pending.run.first)
+        };
+        extents.virtual_end(position) - extents.length(position, run_first as usize)
+    }
+}
+
 impl<
         const DOMAINS: usize,
         const VBDS: usize,
@@ -98,6 +113,9 @@ impl<
             }
         }
         let index = layout.by_physical();
+        if index.len() != layout.used() {
+            return Err("positions missing from the physical index");
+        }
         let mut seen = alloc::vec![false; EXTENTS];
         for pair in index.windows(2) {
             if arena.key(pair[0] as usize) > arena.key(pair[1] as usize) {
