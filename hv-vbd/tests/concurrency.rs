@@ -214,3 +214,124 @@ fn a_write_in_flight_holds_up_the_removal_until_it_is_done() {
 fn super_table() -> Table {
     Table::new(SharingLevel::ReadersOnly)
 }
+
+/// Guest memory that, on every access, checks from another thread that the table's writer
+/// mutex is free: the issue found set-extents reading guest memory under the write lock
+/// and probe and info writing it under the read lock.
+struct WatchfulMemory<'a> {
+    bytes: Vec<u8>,
+    table: &'a Table,
+    accesses: std::cell::Cell<usize>,
+}
+
+impl WatchfulMemory<'_> {
+    fn check_unlocked(&self) {
+        self.accesses.set(self.accesses.get() + 1);
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                // Takes the writer mutex; blocks while the caller holds it.
+                let _ = self.table.limits();
+                let _ = sender.send(());
+            });
+            assert!(
+                receiver
+                    .recv_timeout(std::time::Duration::from_secs(2))
+                    .is_ok(),
+                "guest memory was touched under the table's lock"
+            );
+        });
+    }
+}
+
+impl hv_vbd::GuestMemory for WatchfulMemory<'_> {
+    fn read(&self, address: hv_vbd::GuestAddress, out: &mut [u8]) -> Result<(), Error> {
+        self.check_unlocked();
+        let start = address.0 as usize;
+        out.copy_from_slice(
+            self.bytes
+                .get(start..start + out.len())
+                .ok_or(Error::BadAddress)?,
+        );
+        Ok(())
+    }
+
+    fn write(&mut self, address: hv_vbd::GuestAddress, data: &[u8]) -> Result<(), Error> {
+        self.check_unlocked();
+        let start = address.0 as usize;
+        self.bytes
+            .get_mut(start..start + data.len())
+            .ok_or(Error::BadAddress)?
+            .copy_from_slice(data);
+        Ok(())
+    }
+}
+
+#[test]
+fn guest_memory_is_never_touched_under_the_tables_lock() {
+    use shared_abi::{wire, Op};
+    use zerocopy::IntoBytes;
+    let table = table();
+    table
+        .create(DOM0, id(GUEST, xvda()), Mode::READ, Label::EMPTY)
+        .unwrap();
+    let extents: Vec<wire::WireExtent> = (0..50).map(|index| extent(hda(), index * 2, 1)).collect();
+    // Each call with the least number of accesses it must make: args in, each element, args out.
+    let calls: Vec<(Op, usize, Vec<u8>)> = vec![
+        (
+            Op::SetExtents,
+            51,
+            wire::SetExtentsArgs {
+                handle: handle(GUEST, xvda()),
+                extents_address: ARRAY,
+                nr_extents: 50,
+                ..Default::default()
+            }
+            .as_bytes()
+            .to_vec(),
+        ),
+        (
+            Op::Info,
+            52,
+            wire::InfoArgs {
+                handle: handle(GUEST, xvda()),
+                extents_address: ARRAY,
+                capacity: 50,
+                ..Default::default()
+            }
+            .as_bytes()
+            .to_vec(),
+        ),
+        (
+            Op::Probe,
+            3,
+            wire::ProbeArgs {
+                domain: GUEST,
+                capacity: 4,
+                entries_address: ARRAY,
+                ..Default::default()
+            }
+            .as_bytes()
+            .to_vec(),
+        ),
+    ];
+    for (op, least, args) in calls {
+        let mut bytes = vec![0u8; ARRAY as usize + extents.as_bytes().len()];
+        bytes[..args.len()].copy_from_slice(&args);
+        bytes[ARRAY as usize..].copy_from_slice(extents.as_bytes());
+        let mut memory = WatchfulMemory {
+            bytes,
+            table: &table,
+            accesses: std::cell::Cell::new(0),
+        };
+        let outcome = table.dispatch(DOM0, op as u32, hv_vbd::GuestAddress(ARGS), &mut memory);
+        assert!(outcome.result >= 0, "{op:?}: {}", outcome.result);
+        drop(outcome);
+        assert!(
+            memory.accesses.get() >= least,
+            "{op:?} touched the memory {} times",
+            memory.accesses.get()
+        );
+    }
+    assert_eq!(info(&table, DOM0, GUEST, xvda(), 50).2, extents);
+}
