@@ -218,33 +218,34 @@ fn super_table() -> Table {
 /// Guest memory that, on every access, checks from another thread that the table's writer
 /// mutex is free: the issue found set-extents reading guest memory under the write lock
 /// and probe and info writing it under the read lock.
-struct WatchfulMemory<'a> {
+struct WatchfulMemory {
     bytes: Vec<u8>,
-    table: &'a Table,
     accesses: std::cell::Cell<usize>,
 }
 
-impl WatchfulMemory<'_> {
+/// The table [`WatchfulMemory`] watches: a static, so the watching thread needs no scope
+/// and a test that finds the lock held fails instead of waiting for it forever.
+static WATCHED: Table = Table::new(SharingLevel::Unrestricted);
+
+impl WatchfulMemory {
     fn check_unlocked(&self) {
         self.accesses.set(self.accesses.get() + 1);
         let (sender, receiver) = std::sync::mpsc::channel();
-        std::thread::scope(|scope| {
-            scope.spawn(|| {
-                // Takes the writer mutex; blocks while the caller holds it.
-                let _ = self.table.limits();
-                let _ = sender.send(());
-            });
-            assert!(
-                receiver
-                    .recv_timeout(std::time::Duration::from_secs(2))
-                    .is_ok(),
-                "guest memory was touched under the table's lock"
-            );
+        std::thread::spawn(move || {
+            // Takes the writer mutex; blocks while the caller holds it.
+            let _ = WATCHED.limits();
+            let _ = sender.send(());
         });
+        assert!(
+            receiver
+                .recv_timeout(std::time::Duration::from_secs(2))
+                .is_ok(),
+            "guest memory was touched under the table's lock"
+        );
     }
 }
 
-impl hv_vbd::GuestMemory for WatchfulMemory<'_> {
+impl hv_vbd::GuestMemory for WatchfulMemory {
     fn read(&self, address: hv_vbd::GuestAddress, out: &mut [u8]) -> Result<(), Error> {
         self.check_unlocked();
         let start = address.0 as usize;
@@ -271,7 +272,15 @@ impl hv_vbd::GuestMemory for WatchfulMemory<'_> {
 fn guest_memory_is_never_touched_under_the_tables_lock() {
     use shared_abi::{wire, Op};
     use zerocopy::IntoBytes;
-    let table = table();
+    let table = &WATCHED;
+    for device in [hda(), hdb()] {
+        table
+            .register_disk(hv_vbd::Disk {
+                device,
+                sectors: DISK_SECTORS,
+            })
+            .unwrap();
+    }
     table
         .create(DOM0, id(GUEST, xvda()), Mode::READ, Label::EMPTY)
         .unwrap();
@@ -321,7 +330,6 @@ fn guest_memory_is_never_touched_under_the_tables_lock() {
         bytes[ARRAY as usize..].copy_from_slice(extents.as_bytes());
         let mut memory = WatchfulMemory {
             bytes,
-            table: &table,
             accesses: std::cell::Cell::new(0),
         };
         let outcome = table.dispatch(DOM0, op as u32, hv_vbd::GuestAddress(ARGS), &mut memory);
@@ -333,5 +341,5 @@ fn guest_memory_is_never_touched_under_the_tables_lock() {
             memory.accesses.get()
         );
     }
-    assert_eq!(info(&table, DOM0, GUEST, xvda(), 50).2, extents);
+    assert_eq!(info(table, DOM0, GUEST, xvda(), 50).2, extents);
 }
