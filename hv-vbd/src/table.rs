@@ -1147,6 +1147,20 @@ impl<
         request: &Request,
         out: &'s mut [Segment],
     ) -> Result<Translation<'s, 't>, Error> {
+        self.translated(context, out, |shared, out| {
+            shared.translate(id, request, out)
+        })
+    }
+
+    /// Register an I/O with `context`, then run one translation `attempt` under the
+    /// seqlock until it ran undisturbed.
+    #[inline]
+    fn translated<'s, 't>(
+        &'t self,
+        context: &IoContext<'t>,
+        out: &'s mut [Segment],
+        mut attempt: impl FnMut(&Shared<DOMAINS, VBDS, EXTENTS>, &mut [Segment]) -> Result<usize, Error>,
+    ) -> Result<Translation<'s, 't>, Error> {
         if !self.fencing.owns(context) {
             return Err(Error::InvalidArgument);
         }
@@ -1154,7 +1168,7 @@ impl<
         let count = self
             .shared
             .sequence
-            .read(|| self.shared.translate(id, request, out))?;
+            .read(|| attempt(&self.shared, &mut *out))?;
         Ok(Translation::new(&out[..count], in_flight))
     }
 
@@ -1181,15 +1195,9 @@ impl<
         request: &Request,
         out: &'s mut [Segment],
     ) -> Result<Translation<'s, 't>, Error> {
-        if !self.fencing.owns(context) {
-            return Err(Error::InvalidArgument);
-        }
-        let in_flight = context.enter();
-        let count = self
-            .shared
-            .sequence
-            .read(|| self.shared.translate_pinned(vbd, request, out))?;
-        Ok(Translation::new(&out[..count], in_flight))
+        self.translated(context, out, |shared, out| {
+            shared.translate_pinned(vbd, request, out)
+        })
     }
 
     /// Extents stored in the arena, pending lists included, for accounting checks.
