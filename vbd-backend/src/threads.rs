@@ -95,14 +95,17 @@ impl Connections {
                 );
                 continue;
             }
-            let Ok(watch) = stream.try_clone() else {
+            let (Ok(watch), Ok(closer)) = (stream.try_clone(), stream.try_clone()) else {
                 continue;
             };
             let handler = handler.clone();
             match thread::Builder::new()
                 .name(format!("serve {}", self.name))
-                .spawn(move || handler(stream))
-            {
+                .spawn(move || {
+                    handler(stream);
+                    // `watch` keeps the descriptor open: end the connection for the peer now.
+                    let _ = closer.shutdown(Shutdown::Both);
+                }) {
                 Ok(handle) => state.live.push(Live {
                     stream: watch,
                     handle,
