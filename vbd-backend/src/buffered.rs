@@ -2,10 +2,11 @@
 //! path of dom0's block frames and of the NBD exports, whose data arrives on a socket.
 
 use std::io;
+use std::ops::Range;
 
 use hv_vbd::Access;
 
-use crate::disks::{Disks, Release};
+use crate::disks::{Disk, Disks, Release};
 use crate::vbd::{vbd_devices, Table, Translator, VbdRef, WalkError};
 
 /// What a block operation needs: the table, the disks, and this thread's translator.
@@ -23,20 +24,12 @@ impl BlockContext<'_> {
         sector: u64,
         buffer: &mut [u8],
     ) -> Result<(), WalkError<io::Error>> {
-        let disks = self.disks;
-        self.translator.walk(
-            self.table,
+        self.pieces(
             vbd,
             Access::Read,
             sector,
-            &[buffer.len() as u64],
-            |transfer| {
-                let range = transfer.buffer_offset as usize
-                    ..(transfer.buffer_offset + transfer.length) as usize;
-                disks
-                    .find(transfer.device)?
-                    .read_exact_at(&mut buffer[range], transfer.disk_offset)
-            },
+            buffer.len(),
+            |disk, range, offset| disk.read_exact_at(&mut buffer[range], offset),
         )
     }
 
@@ -47,19 +40,36 @@ impl BlockContext<'_> {
         sector: u64,
         data: &[u8],
     ) -> Result<(), WalkError<io::Error>> {
+        self.pieces(
+            vbd,
+            Access::Write,
+            sector,
+            data.len(),
+            |disk, range, offset| disk.write_all_at(&data[range], offset),
+        )
+    }
+
+    /// Walk one buffer of `length` bytes: `each` gets the disk, the buffer's byte range and
+    /// the disk offset of every piece.
+    fn pieces(
+        &mut self,
+        vbd: VbdRef,
+        access: Access,
+        sector: u64,
+        length: usize,
+        mut each: impl FnMut(&Disk, Range<usize>, u64) -> io::Result<()>,
+    ) -> Result<(), WalkError<io::Error>> {
         let disks = self.disks;
         self.translator.walk(
             self.table,
             vbd,
-            Access::Write,
+            access,
             sector,
-            &[data.len() as u64],
+            &[length as u64],
             |transfer| {
-                let range = transfer.buffer_offset as usize
-                    ..(transfer.buffer_offset + transfer.length) as usize;
-                disks
-                    .find(transfer.device)?
-                    .write_all_at(&data[range], transfer.disk_offset)
+                let start = transfer.buffer_offset as usize;
+                let range = start..start + transfer.length as usize;
+                each(disks.find(transfer.device)?, range, transfer.disk_offset)
             },
         )
     }

@@ -108,10 +108,12 @@ impl Disks {
 
     /// `fdatasync` every disk, reporting the first failure after trying them all.
     pub fn flush_all(&self) -> io::Result<()> {
-        self.disks
+        let results: Vec<io::Result<()>> = self
+            .disks
             .iter()
             .map(|disk| disk.file.sync_data())
-            .fold(Ok(()), |first, next| first.and(next))
+            .collect();
+        results.into_iter().collect()
     }
 }
 

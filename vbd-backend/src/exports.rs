@@ -18,6 +18,7 @@ use shared_abi::DOM0;
 
 use crate::nbd;
 use crate::service::{claim_socket_path, Shared};
+use crate::threads::VbdSocket;
 use crate::vbd::{domain_vbds, VbdRef, VbdState};
 use crate::vhost;
 
@@ -34,28 +35,18 @@ struct Export {
 }
 
 impl Export {
+    fn socket(&self) -> &VbdSocket {
+        match &self.server {
+            Server::Nbd(export) => &export.socket,
+            Server::Vhost(export) => &export.socket,
+        }
+    }
+
     /// Stop accepting, mark the VBD gone for connections still open, remove the socket.
     fn retire(&self) {
-        match &self.server {
-            Server::Nbd(export) => export.retire(),
-            Server::Vhost(export) => export.retire(),
-        }
+        self.socket().retire();
         let _ = fs::remove_file(&self.path);
         eprintln!("vbd-backend: removed {}", self.path.display());
-    }
-
-    fn stop(&self) {
-        match &self.server {
-            Server::Nbd(export) => export.stop(),
-            Server::Vhost(export) => export.stop(),
-        }
-    }
-
-    fn is_serving(&self) -> bool {
-        match &self.server {
-            Server::Nbd(export) => export.is_serving(),
-            Server::Vhost(export) => export.is_serving(),
-        }
     }
 }
 
@@ -130,7 +121,7 @@ impl Exports {
                 },
             }
         }
-        self.retired.retain(Export::is_serving);
+        self.retired.retain(|export| export.socket().is_serving());
     }
 
     fn create(&self, state: VbdState) -> Result<Export, String> {
@@ -167,10 +158,10 @@ impl Exports {
     pub fn stop(&mut self) {
         for export in std::mem::take(&mut self.live).into_values() {
             export.retire();
-            export.stop();
+            export.socket().stop();
         }
         for export in self.retired.drain(..) {
-            export.stop();
+            export.socket().stop();
         }
         for entry in fs::read_dir(&self.dir).into_iter().flatten().flatten() {
             // Only the domain directories go, and only when empty.

@@ -20,37 +20,30 @@ pub fn read_exact_at(
 ) -> io::Result<()> {
     let guard = slice.ptr_guard_mut();
     let base = guard.as_ptr();
-    let mut done = 0usize;
-    while done < slice.len() {
-        let position = offset_at(offset, done)?;
-        // SAFETY: `base..base + slice.len()` is guest memory that the VolatileSlice's
-        // constructor checked to be mapped and writable, and `guard` keeps that mapping alive
-        // for this call. `done < slice.len()`, so the range passed is inside it. The kernel
-        // writes through the pointer, never Rust code, so the guest changing the same bytes
-        // concurrently cannot break an aliasing rule. The descriptor is valid: `file` is
-        // borrowed for the duration of the call.
-        let count = unsafe {
-            libc::pread(
-                file.as_raw_fd(),
-                base.add(done).cast::<libc::c_void>(),
-                slice.len() - done,
-                position,
-            )
-        };
-        match count {
-            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
-            count if count > 0 => done += count as usize,
-            _ => {
-                let error = io::Error::last_os_error();
-                if error.kind() != io::ErrorKind::Interrupted {
-                    slice.bitmap().mark_dirty(0, slice.len());
-                    return Err(error);
-                }
+    let result = repeat_at(
+        offset,
+        slice.len(),
+        io::ErrorKind::UnexpectedEof,
+        |done, position| {
+            // SAFETY: `base..base + slice.len()` is guest memory that the VolatileSlice's
+            // constructor checked to be mapped and writable, and `guard` keeps that mapping alive
+            // for this call. `done < slice.len()`, so the range passed is inside it. The kernel
+            // writes through the pointer, never Rust code, so the guest changing the same bytes
+            // concurrently cannot break an aliasing rule. The descriptor is valid: `file` is
+            // borrowed for the duration of the call.
+            unsafe {
+                libc::pread(
+                    file.as_raw_fd(),
+                    base.add(done).cast(),
+                    slice.len() - done,
+                    position,
+                )
             }
-        }
-    }
+        },
+    );
+    // Even a failed read may have written some of the slice.
     slice.bitmap().mark_dirty(0, slice.len());
-    Ok(())
+    result
 }
 
 /// Write all of `slice` to `file` at byte `offset`.
@@ -61,21 +54,37 @@ pub fn write_all_at(
 ) -> io::Result<()> {
     let guard = slice.ptr_guard();
     let base = guard.as_ptr();
+    repeat_at(
+        offset,
+        slice.len(),
+        io::ErrorKind::WriteZero,
+        |done, position| {
+            // SAFETY: as in `read_exact_at`: a checked, mapped guest range kept alive by `guard`,
+            // of which only `done..len` is passed; the kernel only reads it.
+            unsafe {
+                libc::pwrite(
+                    file.as_raw_fd(),
+                    base.add(done).cast(),
+                    slice.len() - done,
+                    position,
+                )
+            }
+        },
+    )
+}
+
+/// Call `transfer(done, position)` until `length` bytes are done, retrying on `EINTR`; a
+/// call that moves nothing is `stalled`.
+fn repeat_at(
+    offset: u64,
+    length: usize,
+    stalled: io::ErrorKind,
+    mut transfer: impl FnMut(usize, libc::off_t) -> isize,
+) -> io::Result<()> {
     let mut done = 0usize;
-    while done < slice.len() {
-        let position = offset_at(offset, done)?;
-        // SAFETY: as in `read_exact_at`: a checked, mapped guest range kept alive by `guard`,
-        // of which only `done..len` is passed; the kernel only reads it.
-        let count = unsafe {
-            libc::pwrite(
-                file.as_raw_fd(),
-                base.add(done).cast::<libc::c_void>(),
-                slice.len() - done,
-                position,
-            )
-        };
-        match count {
-            0 => return Err(io::ErrorKind::WriteZero.into()),
+    while done < length {
+        match transfer(done, offset_at(offset, done)?) {
+            0 => return Err(stalled.into()),
             count if count > 0 => done += count as usize,
             _ => {
                 let error = io::Error::last_os_error();

@@ -6,6 +6,7 @@
 use std::io;
 use std::net::Shutdown;
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 
@@ -149,6 +150,32 @@ impl Connections {
         let mut state = self.lock();
         state.live.retain(|live| !live.handle.is_finished());
         !state.live.is_empty()
+    }
+}
+
+/// A VBD's socket: its connections, and whether the VBD is still in the table.
+pub struct VbdSocket {
+    connections: Connections,
+    alive: Arc<AtomicBool>,
+}
+
+impl VbdSocket {
+    pub fn new(connections: Connections, alive: Arc<AtomicBool>) -> VbdSocket {
+        VbdSocket { connections, alive }
+    }
+
+    /// The VBD is gone: accept nothing more, and fail the requests of open connections.
+    pub fn retire(&self) {
+        self.alive.store(false, Ordering::Release);
+        self.connections.stop_accepting();
+    }
+
+    pub fn stop(&self) {
+        self.connections.stop();
+    }
+
+    pub fn is_serving(&self) -> bool {
+        self.connections.is_serving()
     }
 }
 

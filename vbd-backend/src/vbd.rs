@@ -351,65 +351,47 @@ pub(crate) mod tests {
         }
     }
 
+    /// Walk a request of `lengths` at sector 0, doing nothing with the pieces.
+    fn walk(
+        table: &Table,
+        vbd: VbdRef,
+        access: Access,
+        lengths: &[u64],
+    ) -> Result<(), WalkError<()>> {
+        Translator::default().walk(table, vbd, access, 0, lengths, |_| Ok(()))
+    }
+
     #[test]
     fn a_read_only_vbd_refuses_writes_and_ranges() {
         let table = table_with(&[(0, 0, 8)], false);
-        let mut translator = Translator::default();
         assert_eq!(
-            translator.walk(table, xvda(1), Access::Write, 0, &[512], |_| Ok::<(), ()>(
-                ()
-            )),
+            walk(table, xvda(1), Access::Write, &[512]),
             Err(WalkError::Refused(Error::ReadOnly))
         );
         assert_eq!(
-            translator.ranges(table, xvda(1), 0, 1, |_, _, _| Ok::<(), ()>(())),
+            Translator::default().ranges(table, xvda(1), 0, 1, |_, _, _| Ok::<(), ()>(())),
             Err(WalkError::Refused(Error::ReadOnly))
         );
-        assert_eq!(
-            translator.walk(
-                table,
-                xvda(1),
-                Access::Read,
-                0,
-                &[512],
-                |_| Ok::<(), ()>(())
-            ),
-            Ok(())
-        );
+        assert_eq!(walk(table, xvda(1), Access::Read, &[512]), Ok(()));
     }
 
     #[test]
     fn partial_sectors_other_domains_and_failures_are_refused() {
         let table = table_with(&[(0, 0, 8)], true);
-        let mut translator = Translator::default();
         assert_eq!(
-            translator.walk(
-                table,
-                xvda(1),
-                Access::Read,
-                0,
-                &[100],
-                |_| Ok::<(), ()>(())
-            ),
+            walk(table, xvda(1), Access::Read, &[100]),
             Err(WalkError::Refused(Error::InvalidArgument))
         );
         assert_eq!(
-            translator.walk(
-                table,
-                xvda(2),
-                Access::Read,
-                0,
-                &[512],
-                |_| Ok::<(), ()>(())
-            ),
+            walk(table, xvda(2), Access::Read, &[512]),
             Err(WalkError::Refused(Error::NotFound))
         );
         assert_eq!(
-            translator.walk(table, xvda(1), Access::Read, 0, &[0], |_| Ok::<(), ()>(())),
+            walk(table, xvda(1), Access::Read, &[0]),
             Err(WalkError::Refused(Error::InvalidArgument))
         );
         assert_eq!(
-            translator.walk(table, xvda(1), Access::Read, 0, &[512], |_| Err(
+            Translator::default().walk(table, xvda(1), Access::Read, 0, &[512], |_| Err(
                 "disk failed"
             )),
             Err(WalkError::Failed("disk failed"))

@@ -53,6 +53,20 @@ fn run(program: &str, args: &[&str]) -> Output {
     output
 }
 
+/// `qemu-io -f raw -c COMMAND...` on the export, which must succeed with every pattern
+/// it checks intact.
+fn qemu_io(backend: &Backend, commands: &[&str]) {
+    let mut args = vec!["-f", "raw"];
+    commands
+        .iter()
+        .for_each(|command| args.extend(["-c", command]));
+    let url = url(backend);
+    args.push(&url);
+    let output = run("qemu-io", &args);
+    assert!(output.status.success());
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("Pattern verification failed"));
+}
+
 fn image_name(disk: u32) -> &'static str {
     if disk == 0 {
         "hda"
@@ -80,20 +94,7 @@ fn qemu_io_writes_land_at_the_translated_offsets_and_read_back() {
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(info["virtual-size"], 128 * 512);
 
-    let io = run(
-        "qemu-io",
-        &[
-            "-f",
-            "raw",
-            "-c",
-            "write -P 0xab 0 64k",
-            "-c",
-            "read -P 0xab 0 64k",
-            &url(&backend),
-        ],
-    );
-    assert!(io.status.success());
-    assert!(!String::from_utf8_lossy(&io.stdout).contains("Pattern verification failed"));
+    qemu_io(&backend, &["write -P 0xab 0 64k", "read -P 0xab 0 64k"]);
     assert_eq!(vbd_bytes_from_images(&backend), vec![0xab; 64 << 10]);
     // Nothing outside the extents changed.
     assert_eq!(backend.read_image("hdb", 999 * 512, 512), vec![0; 512]);
@@ -101,24 +102,15 @@ fn qemu_io_writes_land_at_the_translated_offsets_and_read_back() {
     assert_eq!(backend.read_image("hda", 4999 * 512, 512), vec![0; 512]);
     assert_eq!(backend.read_image("hdb", 42 * 512, 512), vec![0; 512]);
 
-    let zero = run(
-        "qemu-io",
+    qemu_io(
+        &backend,
         &[
-            "-f",
-            "raw",
-            "-c",
             "write -z 32k 16k",
-            "-c",
             "discard 48k 16k",
-            "-c",
             "read -P 0 32k 16k",
-            "-c",
             "flush",
-            &url(&backend),
         ],
     );
-    assert!(zero.status.success());
-    assert!(!String::from_utf8_lossy(&zero.stdout).contains("Pattern verification failed"));
     // Write-zeroes at VBD sector 64 is hda 5000; the discard left the data around it alone.
     assert_eq!(
         backend.read_image("hda", 5000 * 512, 16 << 10),
@@ -414,52 +406,27 @@ fn malformed_requests_get_errors_and_the_connection_goes_on() {
         "HAS_FLAGS SEND_FLUSH SEND_FUA SEND_TRIM SEND_WRITE_ZEROES"
     );
     let size = 128 * 512;
-    assert_eq!(
-        client.request(0, 0, 100, 512, None).0,
-        EINVAL,
-        "unaligned offset"
-    );
-    assert_eq!(
-        client.request(0, 0, 0, 100, None).0,
-        EINVAL,
-        "unaligned length"
-    );
-    assert_eq!(client.request(0, 0, 0, 0, None).0, EINVAL, "empty read");
-    assert_eq!(
-        client.request(0, 0, size, 512, None).0,
-        EINVAL,
-        "read past the end"
-    );
-    assert_eq!(
-        client.request(1, 0, size - 512, 1024, Some(&[1; 1024])).0,
-        ENOSPC,
-        "write past the end"
-    );
-    assert_eq!(
-        client.request(0, 0x8000, 0, 512, None).0,
-        EINVAL,
-        "unknown flag"
-    );
-    assert_eq!(
-        client.request(3, 0, 512, 0, None).0,
-        EINVAL,
-        "flush with an offset"
-    );
-    assert_eq!(
-        client.request(7, 0, 0, 512, None).0,
-        EINVAL,
-        "block status was not offered"
-    );
-    assert_eq!(
-        client.request(0, 0, 0, 33 << 20, None).0,
-        EINVAL,
-        "larger than the maximum"
-    );
-    assert_eq!(
-        client.request(4, 0, u64::MAX - 511, 512, None).0,
-        ENOSPC,
-        "trim that wraps"
-    );
+    let refusals: [(u16, u16, u64, u32, u32, &str); 10] = [
+        (0, 0, 100, 512, EINVAL, "unaligned offset"),
+        (0, 0, 0, 100, EINVAL, "unaligned length"),
+        (0, 0, 0, 0, EINVAL, "empty read"),
+        (0, 0, size, 512, EINVAL, "read past the end"),
+        (1, 0, size - 512, 1024, ENOSPC, "write past the end"),
+        (0, 0x8000, 0, 512, EINVAL, "unknown flag"),
+        (3, 0, 512, 0, EINVAL, "flush with an offset"),
+        (7, 0, 0, 512, EINVAL, "block status was not offered"),
+        (0, 0, 0, 33 << 20, EINVAL, "larger than the maximum"),
+        (4, 0, u64::MAX - 511, 512, ENOSPC, "trim that wraps"),
+    ];
+    for (command, flags, offset, length, error, why) in refusals {
+        let data = vec![1u8; if command == 1 { length as usize } else { 0 }];
+        let data = (command == 1).then_some(&data[..]);
+        assert_eq!(
+            client.request(command, flags, offset, length, data).0,
+            error,
+            "{why}"
+        );
+    }
     // Still in step: a write with FUA, a flush and a read.
     let data = pattern(1024, 5);
     assert_eq!(client.request(1, 1, 1024, 1024, Some(&data)).0, 0);

@@ -12,11 +12,11 @@ mod wire;
 
 use std::io;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use crate::service::Shared;
-use crate::threads::Connections;
+use crate::threads::{Connections, VbdSocket};
 use crate::vbd::{VbdRef, VbdState};
 
 /// Clients of one export at once.
@@ -24,8 +24,7 @@ const MAX_CONNECTIONS: usize = 8;
 
 /// One VBD's NBD socket.
 pub struct Export {
-    connections: Connections,
-    alive: Arc<AtomicBool>,
+    pub socket: VbdSocket,
 }
 
 /// What a connection serves.
@@ -65,21 +64,9 @@ impl Export {
                 }
             },
         )?;
-        Ok(Export { connections, alive })
-    }
-
-    /// The VBD is gone: accept nothing more; open connections get errors.
-    pub fn retire(&self) {
-        self.alive.store(false, Ordering::Release);
-        self.connections.stop_accepting();
-    }
-
-    pub fn stop(&self) {
-        self.connections.stop();
-    }
-
-    pub fn is_serving(&self) -> bool {
-        self.connections.is_serving()
+        Ok(Export {
+            socket: VbdSocket::new(connections, alive),
+        })
     }
 }
 

@@ -98,7 +98,7 @@ pub struct DeviceTarget {
     /// `VIRTIO_BLK_T_GET_ID`: names the source. For now the VBD's device name.
     pub serial: String,
     /// Cleared when the VBD leaves the table: requests fail from then on.
-    pub alive: AtomicBool,
+    pub alive: Arc<AtomicBool>,
 }
 
 /// One vhost-user-blk device, for one connection.

@@ -9,7 +9,7 @@ mod request;
 use std::io;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 
@@ -19,12 +19,12 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use self::bridge::BackendChannel;
 use self::device::{BlockDevice, DeviceTarget};
 use crate::service::Shared;
-use crate::threads::Connections;
+use crate::threads::{Connections, VbdSocket};
 use crate::vbd::VbdState;
 
 /// One guest VBD's vhost-user-blk socket.
 pub struct Export {
-    connections: Connections,
+    pub socket: VbdSocket,
     session: Arc<Session>,
 }
 
@@ -50,13 +50,14 @@ impl Export {
             .map(Path::to_path_buf)
             .ok_or_else(|| io::Error::other("the socket has no directory"))?;
         let label = format!("dom{}/{name}.sock", state.vbd.domain);
+        let alive = Arc::new(AtomicBool::new(true));
         let session = Arc::new(Session {
             target: Arc::new(DeviceTarget {
                 shared,
                 vbd: state.vbd,
                 writable: state.writable,
                 serial: name,
-                alive: true.into(),
+                alive: alive.clone(),
             }),
             channel: BackendChannel::default(),
             directory,
@@ -68,23 +69,9 @@ impl Export {
             }
         })?;
         Ok(Export {
-            connections,
+            socket: VbdSocket::new(connections, alive),
             session,
         })
-    }
-
-    /// The VBD is gone: accept no more, and fail the open connection's requests.
-    pub fn retire(&self) {
-        self.session.target.alive.store(false, Ordering::Release);
-        self.connections.stop_accepting();
-    }
-
-    pub fn stop(&self) {
-        self.connections.stop();
-    }
-
-    pub fn is_serving(&self) -> bool {
-        self.connections.is_serving()
     }
 
     /// The VBD's size changed: tell the VMM to re-read the config space.
