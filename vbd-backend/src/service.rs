@@ -129,7 +129,7 @@ pub fn run(settings: Settings) -> Result<(), String> {
     let control = crate::control::serve(service.clone(), listener)
         .map_err(|error| format!("{}: cannot serve: {error}", control_path.display()))?;
     eprintln!(
-        "vbd-backend: serving {} disks on {} (sharing level {}, {} queues per guest VBD)",
+        "vbd-backend: serving {} disks on {} (sharing level {}, queues per guest VBD: {})",
         shared.disks.iter().count(),
         control_path.display(),
         shared.table.sharing_level() as u32,

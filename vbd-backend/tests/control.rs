@@ -87,6 +87,26 @@ fn stopping_removes_every_socket_and_exits_zero() {
 }
 
 #[test]
+fn dom0s_shutdown_frame_stops_the_backend_like_sigterm() {
+    let mut backend = Backend::start(&[]);
+    let mut hypervisor = backend.hypervisor();
+    hypervisor
+        .create(0, xvda(), shared_abi::Mode::READ)
+        .unwrap();
+    let mut frame = vec![0u8; shared_abi::frame::HEADER_LEN];
+    shared_abi::frame::encode(shared_abi::frame::FrameKind::Shutdown, 9, &[], &mut frame).unwrap();
+    hypervisor.channel().send_raw(&frame).unwrap();
+    let status = backend.wait(Duration::from_secs(30));
+    assert!(status.success(), "{status}: {}", backend.log());
+    assert!(!backend.control().exists() && !backend.socket(0, "xvda").exists());
+    assert!(
+        backend.log().contains("stopping (ShutdownFrame)"),
+        "{}",
+        backend.log()
+    );
+}
+
+#[test]
 fn a_destroyed_domain_loses_its_sockets() {
     let backend = Backend::start(&[]);
     let mut hypervisor = backend.hypervisor();

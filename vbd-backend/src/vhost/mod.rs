@@ -105,9 +105,14 @@ impl Session {
         self.channel.clear();
         // The daemon's thread sees its connection end; dropping it joins the queue threads,
         // each after the request it was serving.
-        let waited = daemon
-            .wait()
-            .map_err(|error| io::Error::other(error.to_string()));
+        let waited = match daemon.wait() {
+            // The VMM going away is how every connection ends.
+            Ok(())
+            | Err(vhost_user_backend::Error::HandleRequest(
+                vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+            )) => Ok(()),
+            Err(error) => Err(io::Error::other(error.to_string())),
+        };
         drop(daemon);
         result.and(waited)
     }

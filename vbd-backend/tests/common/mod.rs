@@ -179,14 +179,20 @@ impl Backend {
 
     /// Send SIGTERM and wait for the exit.
     pub fn stop(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("the backend is running");
+        let id = self.child.as_ref().expect("the backend is running").id();
         let status = Command::new("kill")
             .arg("-TERM")
-            .arg(child.id().to_string())
+            .arg(id.to_string())
             .status()
             .unwrap();
         assert!(status.success());
-        wait_with_timeout(&mut child, Duration::from_secs(30))
+        self.wait(Duration::from_secs(30))
+    }
+
+    /// Wait for the backend to exit by itself.
+    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("the backend is running");
+        wait_with_timeout(&mut child, limit)
     }
 }
 
