@@ -22,7 +22,9 @@ use virtio_bindings::virtio_blk::{
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::QueueT;
-use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{
+    Address, Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap,
+};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
@@ -222,12 +224,14 @@ impl BlockDevice {
                 translator
                     .walk(shared.table, vbd, access, *sector, &lengths, |transfer| {
                         let buffer = buffers[transfer.buffer];
-                        let address = buffer.address.0 + transfer.buffer_offset;
+                        // Inside a buffer that parsing checked against guest memory.
+                        let address = buffer
+                            .address
+                            .checked_add(transfer.buffer_offset)
+                            .ok_or_else(|| io::Error::other("a guest buffer that wraps"))?;
                         let disk = shared.disks.find(transfer.device)?;
                         let mut offset = transfer.disk_offset;
-                        for slice in memory
-                            .get_slices(vm_memory::GuestAddress(address), transfer.length as usize)
-                        {
+                        for slice in memory.get_slices(address, transfer.length as usize) {
                             let slice = slice.map_err(io::Error::other)?;
                             match access {
                                 Access::Read => sys::read_exact_at(disk.file(), offset, &slice)?,
