@@ -1,0 +1,184 @@
+//! `DIR/control.sock`: dom0's hypercall channel. Accepts connections, reassembles frames
+//! from each byte stream (a blocking read of the 24-byte header, then of the payload it
+//! announces) and hands them to [`crate::frames::serve`].
+//!
+//! A hypercall and the update of the sockets it calls for happen under one lock, before the
+//! reply is sent: when `vdisk attach` returns, the VBD's socket exists, and a VBD deleted
+//! and created again between two updates cannot happen.
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::Arc;
+
+use shared_abi::frame::{self, FrameHeader, FrameKind, HEADER_LEN};
+
+use crate::buffered::BlockContext;
+use crate::frames;
+use crate::service::{Service, Stop};
+use crate::threads::Connections;
+use crate::vbd::Translator;
+
+/// Connections served at once; more are closed (vdisk opens one per command).
+const MAX_CONNECTIONS: usize = 16;
+
+/// Serve `listener` until the service stops.
+pub fn serve(service: Arc<Service>, listener: UnixListener) -> io::Result<Connections> {
+    Connections::serve(
+        "control.sock".into(),
+        listener,
+        MAX_CONNECTIONS,
+        move |stream| {
+            if let Err(error) = connection(&service, stream) {
+                eprintln!("vbd-backend: control.sock: connection ended: {error}");
+            }
+        },
+    )
+}
+
+/// Serve one connection until the peer closes it or the service stops.
+fn connection(service: &Service, stream: UnixStream) -> io::Result<()> {
+    let mut reader = Reassembly::new(stream.try_clone()?);
+    let mut writer = stream;
+    let mut translator = Translator::default();
+    while let Some(incoming) = reader.next()? {
+        let served = match incoming {
+            Incoming::Rejected { sequence, error } => frames::Served {
+                reply: Some(frames::reject(sequence, error.errno())),
+                ..frames::Served::default()
+            },
+            Incoming::Frame { header, length } => {
+                let payload = &mut reader.buffer[HEADER_LEN..length];
+                let mut block = BlockContext {
+                    table: service.table,
+                    disks: &service.disks,
+                    translator: &mut translator,
+                };
+                let served = if header.kind == FrameKind::HypercallRequest {
+                    let mut exports = service.lock_exports();
+                    let served = frames::serve(&mut block, header, payload);
+                    if let Some(domain) = served.changed {
+                        exports.reconcile(domain);
+                    }
+                    served
+                } else {
+                    frames::serve(&mut block, header, payload)
+                };
+                reader.consume(length);
+                served
+            }
+        };
+        if let Some(reply) = served.reply {
+            writer.write_all(&reply)?;
+        }
+        if served.shutdown {
+            service.request_stop(Stop::ShutdownFrame);
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// What the byte stream held next.
+enum Incoming {
+    /// A checked frame of `length` bytes at the start of the buffer.
+    Frame { header: FrameHeader, length: usize },
+    /// A frame whose header was sound and whose payload was not.
+    Rejected {
+        sequence: u32,
+        error: frame::FrameError,
+    },
+}
+
+/// The bytes of at most one frame, read as the frame needs them.
+struct Reassembly {
+    stream: UnixStream,
+    buffer: Vec<u8>,
+    skipped: usize,
+}
+
+impl Reassembly {
+    fn new(stream: UnixStream) -> Reassembly {
+        Reassembly {
+            stream,
+            buffer: Vec::with_capacity(HEADER_LEN),
+            skipped: 0,
+        }
+    }
+
+    /// Read until the buffer holds `wanted` bytes; `false` at the end of the stream.
+    fn fill(&mut self, wanted: usize) -> io::Result<bool> {
+        while self.buffer.len() < wanted {
+            let start = self.buffer.len();
+            self.buffer.resize(wanted, 0);
+            match self.stream.read(&mut self.buffer[start..]) {
+                Ok(0) => {
+                    self.buffer.truncate(start);
+                    return Ok(false);
+                }
+                Ok(count) => self.buffer.truncate(start + count),
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {
+                    self.buffer.truncate(start)
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(true)
+    }
+
+    fn consume(&mut self, count: usize) {
+        self.buffer.drain(..count);
+    }
+
+    /// Drop garbage up to the next place a frame could start.
+    fn resync(&mut self) -> usize {
+        let count = frame::resync(&self.buffer);
+        self.consume(count);
+        count
+    }
+
+    /// The next frame, or `None` at the end of the stream. Garbage is skipped (and counted)
+    /// the way the hypervisor's serial reader skips it.
+    fn next(&mut self) -> io::Result<Option<Incoming>> {
+        let result = self.next_unreported();
+        if self.skipped != 0 {
+            eprintln!(
+                "vbd-backend: control.sock: skipped {} bytes that were not a frame",
+                self.skipped
+            );
+            self.skipped = 0;
+        }
+        result
+    }
+
+    fn next_unreported(&mut self) -> io::Result<Option<Incoming>> {
+        loop {
+            if !self.fill(HEADER_LEN)? {
+                self.skipped += self.buffer.len();
+                return Ok(None);
+            }
+            let Some(bytes) = self.buffer.first_chunk::<HEADER_LEN>() else {
+                continue;
+            };
+            let header = match FrameHeader::parse(bytes) {
+                Ok(header) => header,
+                Err(_) => {
+                    self.skipped += self.resync();
+                    continue;
+                }
+            };
+            let length = HEADER_LEN + header.length as usize;
+            if !self.fill(length)? {
+                return Ok(None);
+            }
+            if let Err(error) = header.check_payload(&self.buffer[HEADER_LEN..length]) {
+                // The next frame may have started inside what was taken for this payload.
+                self.skipped += self.resync();
+                return Ok(Some(Incoming::Rejected {
+                    sequence: header.sequence,
+                    error,
+                }));
+            }
+            return Ok(Some(Incoming::Frame { header, length }));
+        }
+    }
+}
