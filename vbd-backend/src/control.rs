@@ -1,25 +1,34 @@
 //! `DIR/control.sock`: dom0's hypercall channel. Accepts connections, reassembles frames
 //! from each byte stream (a blocking read of the 24-byte header, then of the payload it
-//! announces) and hands them to [`crate::frames::serve`].
+//! announces) and hands each to hv-vbd's frame server ([`hv_vbd::VbdTable::serve_frame`]),
+//! which decodes, dispatches, waits for a change's fence and replies. The backend adds the
+//! transport and the disks; the caller is always dom0, whatever a frame says.
 //!
 //! A hypercall and the update of the sockets it calls for happen under one lock, before the
-//! reply is sent: when `vdisk attach` returns, the VBD's socket exists, and a VBD deleted
-//! and created again between two updates cannot happen.
+//! reply is sent: when `vdisk attach` returns, the VBD's socket exists; when `vdisk detach`
+//! returns, every I/O translated under the old mapping has finished and the socket is gone.
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
+use std::time::Duration;
 
+use hv_vbd::serve::{reject_payload, Port, MAX_BLOCK_BYTES, MAX_SEGMENTS};
 use shared_abi::frame::{self, FrameHeader, FrameKind, HEADER_LEN};
+use shared_abi::DOM0;
+use zerocopy::IntoBytes;
 
-use crate::buffered::BlockContext;
-use crate::frames;
+use crate::disks::DiskIo;
 use crate::service::{Service, Stop};
 use crate::threads::Connections;
 use crate::vbd::Translator;
 
 /// Connections served at once; more are closed (vdisk opens one per command).
 const MAX_CONNECTIONS: usize = 16;
+
+/// How long a change waits between looks at its fence: I/O takes microseconds to
+/// milliseconds, and the waiting thread should leave the cores to it.
+const FENCE_POLL: Duration = Duration::from_micros(20);
 
 /// Serve `listener` until the service stops.
 pub fn serve(service: Arc<Service>, listener: UnixListener) -> io::Result<Connections> {
@@ -35,42 +44,78 @@ pub fn serve(service: Arc<Service>, listener: UnixListener) -> io::Result<Connec
     )
 }
 
+/// Append one frame to `outgoing`. Every reply hv-vbd builds fits in a frame, so a failure
+/// here is a bug worth a log line, not a reply.
+fn encode(outgoing: &mut Vec<u8>, kind: FrameKind, sequence: u32, parts: &[&[u8]]) {
+    match FrameHeader::for_payload(kind, sequence, parts) {
+        Ok(header) => {
+            outgoing.extend_from_slice(&header.to_bytes());
+            parts
+                .iter()
+                .for_each(|part| outgoing.extend_from_slice(part));
+        }
+        Err(error) => eprintln!("vbd-backend: control.sock: cannot send a {kind:?} frame: {error}"),
+    }
+}
+
 /// Serve one connection until the peer closes it or the service stops.
 fn connection(service: &Service, stream: UnixStream) -> io::Result<()> {
+    let mut translator = Translator::new(service.table)
+        .map_err(|error| io::Error::other(format!("no I/O context for it: {error}")))?;
     let mut reader = Reassembly::new(stream.try_clone()?);
     let mut writer = stream;
-    let mut translator = Translator::default();
+    let mut buffer = vec![0u8; MAX_BLOCK_BYTES];
+    let mut outgoing = Vec::new();
     while let Some(incoming) = reader.next()? {
-        let served = match incoming {
-            Incoming::Rejected { sequence, error } => frames::Served {
-                reply: Some(frames::reject(sequence, error.errno())),
-                ..frames::Served::default()
-            },
+        let mut shutdown = false;
+        match incoming {
+            Incoming::Rejected { sequence, error } => encode(
+                &mut outgoing,
+                FrameKind::Reject,
+                sequence,
+                &[reject_payload(error.errno()).as_bytes()],
+            ),
             Incoming::Frame { header, length } => {
                 let payload = &mut reader.buffer[HEADER_LEN..length];
-                let mut block = BlockContext {
-                    table: service.table,
-                    disks: &service.disks,
-                    translator: &mut translator,
+                let (context, segments) = translator.parts(MAX_SEGMENTS);
+                let mut port = Port {
+                    domain: DOM0,
+                    start_id: service.start_id,
+                    context,
+                    disks: &mut DiskIo {
+                        disks: &service.disks,
+                        channel: "control.sock",
+                    },
+                    buffer: &mut buffer,
+                    segments,
+                };
+                let mut serve = || {
+                    service.table.serve_frame(
+                        &mut port,
+                        header.kind,
+                        header.sequence,
+                        payload,
+                        &mut || std::thread::sleep(FENCE_POLL),
+                        &mut |kind, sequence, parts| encode(&mut outgoing, kind, sequence, parts),
+                    )
                 };
                 let served = if header.kind == FrameKind::HypercallRequest {
                     let mut exports = service.lock_exports();
-                    let served = frames::serve(&mut block, header, payload);
-                    if let Some(domain) = served.changed {
-                        exports.reconcile(domain);
+                    let served = serve();
+                    if let Some(changed) = served.changed {
+                        exports.reconcile(changed.domain);
                     }
                     served
                 } else {
-                    frames::serve(&mut block, header, payload)
+                    serve()
                 };
+                shutdown = served.shutdown;
                 reader.consume(length);
-                served
             }
-        };
-        if let Some(reply) = served.reply {
-            writer.write_all(&reply)?;
         }
-        if served.shutdown {
+        writer.write_all(&outgoing)?;
+        outgoing.clear();
+        if shutdown {
             service.request_stop(Stop::ShutdownFrame);
             return Ok(());
         }

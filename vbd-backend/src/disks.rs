@@ -1,18 +1,20 @@
 //! The physical disks named in the devices file, opened once for reading and writing and
-//! shared by every thread: positioned I/O needs no cursor, so no lock either.
+//! shared by every thread: positioned I/O needs no cursor, so no lock either. [`DiskIo`]
+//! offers them to hv-vbd's block path as [`BlockDevices`].
 //!
 //! Disks are opened without `O_DIRECT`: under TCG the guest, not the page cache, is the
 //! bottleneck, and `O_DIRECT` would impose 4 KiB alignment on guest buffers that virtio only
 //! promises to be sector-sized. Durability comes from `fdatasync` on flush.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use host_tools::devices::{sectors_of, DevicesFile};
+use host_tools::devices::{open_disk, DevicesFile};
+use hv_vbd::serve::BlockDevices;
 use rustix::fs::{fallocate, FallocateFlags};
-use shared_abi::{DeviceNumber, SECTOR_SIZE};
+use shared_abi::{DeviceNumber, Error, SECTOR_SIZE};
 
 use crate::vbd::Table;
 
@@ -48,14 +50,8 @@ impl Disks {
             .disks()
             .iter()
             .map(|disk| {
-                let opened = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&disk.path)
-                    .map_err(|error| {
-                        format!("disk {}: {}: {error}", disk.name, disk.path.display())
-                    })?;
-                let sectors = sectors_of(&disk.path).map_err(|error| error.to_string())?;
+                let (opened, _, sectors) = open_disk(&disk.path, true)
+                    .map_err(|error| format!("disk {}: {error}", disk.name))?;
                 if sectors == 0 {
                     return Err(format!(
                         "disk {}: {}: smaller than one sector",
@@ -166,5 +162,82 @@ impl Disk {
             done += count;
         }
         Ok(())
+    }
+}
+
+/// The disks as hv-vbd's block path addresses them, for the buffers of this process (the
+/// control channel's frames, the NBD exports). A failure is logged under `channel` and
+/// reported as `EIO`, which is all a peer learns.
+pub struct DiskIo<'a> {
+    pub disks: &'a Disks,
+    pub channel: &'a str,
+}
+
+impl DiskIo<'_> {
+    pub fn failed(&self, failure: io::Error) -> Error {
+        eprintln!("vbd-backend: {}: disk I/O failed: {failure}", self.channel);
+        Error::Io
+    }
+}
+
+impl BlockDevices for DiskIo<'_> {
+    fn read(&mut self, device: DeviceNumber, offset: u64, buffer: &mut [u8]) -> Result<(), Error> {
+        self.disks
+            .find(device)
+            .and_then(|disk| disk.read_exact_at(buffer, offset))
+            .map_err(|failure| self.failed(failure))
+    }
+
+    fn write(&mut self, device: DeviceNumber, offset: u64, data: &[u8]) -> Result<(), Error> {
+        self.disks
+            .find(device)
+            .and_then(|disk| disk.write_all_at(data, offset))
+            .map_err(|failure| self.failed(failure))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Two images of 4096 sectors, `hda` (3:0) and `hdb` (3:64), the disks of
+    /// [`crate::vbd::tests::empty_table`], opened from a devices file.
+    pub fn two_disks() -> (tempfile::TempDir, Disks) {
+        let directory = tempfile::tempdir().unwrap();
+        for name in ["hda", "hdb"] {
+            File::create(directory.path().join(format!("{name}.img")))
+                .unwrap()
+                .set_len(4096 * SECTOR_SIZE)
+                .unwrap();
+        }
+        let devices = directory.path().join("devices.toml");
+        std::fs::write(
+            &devices,
+            "[[disk]]\nname = \"hda\"\ndevice = \"3:0\"\npath = \"hda.img\"\n\n[[disk]]\nname = \"hdb\"\ndevice = \"3:64\"\npath = \"hdb.img\"\n",
+        )
+        .unwrap();
+        let disks = Disks::open(&devices).unwrap();
+        (directory, disks)
+    }
+
+    #[test]
+    fn a_device_the_table_names_but_no_disk_backs_is_eio() {
+        let (_directory, disks) = two_disks();
+        let mut io = DiskIo {
+            disks: &disks,
+            channel: "test",
+        };
+        let unknown = DeviceNumber::new(8, 0).unwrap();
+        assert_eq!(io.read(unknown, 0, &mut [0; 512]), Err(Error::Io));
+        assert_eq!(io.write(unknown, 0, &[0; 512]), Err(Error::Io));
+        assert_eq!(
+            io.read(
+                disks.iter().next().unwrap().device,
+                4096 * SECTOR_SIZE,
+                &mut [0; 512]
+            ),
+            Err(Error::Io),
+            "past the end of the image"
+        );
     }
 }

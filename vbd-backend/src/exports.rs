@@ -3,10 +3,11 @@
 //! about a new size.
 //!
 //! dom0's VBDs are NBD exports, `DIR/dom0/VDEV.nbd`; a guest domain D's are vhost-user-blk
-//! sockets, `DIR/domD/VDEV.sock`. The socket is the identity: a connection to it reaches
-//! that VBD of that domain only. A removed VBD's socket disappears at once; a connection
-//! still open on it keeps getting I/O errors until its peer goes, so a VBD created again
-//! under the same name is never reached through a connection made to the old one.
+//! sockets, `DIR/domD/VDEV.sock`. The socket is the identity: each socket is made for one
+//! VBD, pinned ([`hv_vbd::VbdRef`]), and a connection to it reaches that VBD of that domain
+//! only. A removed VBD's socket disappears at once; a connection still open on it keeps
+//! getting I/O errors until its peer goes, so a VBD created again under the same name is
+//! never reached through a connection made to the old one: it gets a socket of its own.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -14,12 +15,12 @@ use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use shared_abi::DOM0;
+use shared_abi::{DeviceNumber, DOM0};
 
 use crate::nbd;
 use crate::service::{claim_socket_path, Shared};
 use crate::threads::VbdSocket;
-use crate::vbd::{domain_vbds, VbdRef, VbdState};
+use crate::vbd::{domain_vbds, VbdState};
 use crate::vhost;
 
 /// How a socket serves its VBD.
@@ -42,7 +43,8 @@ impl Export {
         }
     }
 
-    /// Stop accepting, mark the VBD gone for connections still open, remove the socket.
+    /// Stop accepting and remove the socket; connections still open fail their requests,
+    /// since the VBD they were pinned to is gone.
     fn retire(&self) {
         self.socket().retire();
         let _ = fs::remove_file(&self.path);
@@ -50,20 +52,27 @@ impl Export {
     }
 }
 
+/// A VBD's name: its domain and virtual device.
+type VbdName = (u32, DeviceNumber);
+
 /// Every socket of every VBD.
 pub struct Exports {
     shared: Arc<Shared>,
     dir: PathBuf,
-    live: BTreeMap<VbdRef, Export>,
+    live: BTreeMap<VbdName, Export>,
     /// Removed VBDs whose connections are still open.
     retired: Vec<Export>,
 }
 
-/// The socket file name of a VBD: its classic name (`xvda`) or `major:minor`.
-pub fn vdevice_name(vbd: VbdRef) -> String {
-    vbd.vdevice
+/// The socket file name of a virtual device: its classic name (`xvda`) or `major:minor`.
+pub fn vdevice_name(vdevice: DeviceNumber) -> String {
+    vdevice
         .name()
-        .map_or_else(|| vbd.vdevice.to_string(), |name| name.to_string())
+        .map_or_else(|| vdevice.to_string(), |name| name.to_string())
+}
+
+fn name_of(state: &VbdState) -> VbdName {
+    (state.id().domain, state.id().vdevice)
 }
 
 impl Exports {
@@ -86,25 +95,26 @@ impl Exports {
                 return;
             }
         };
-        let gone: Vec<VbdRef> = self
+        // A VBD deleted and created again under its name is another VBD: another socket.
+        let gone: Vec<VbdName> = self
             .live
             .iter()
-            .filter(|(vbd, export)| {
-                vbd.domain == domain
+            .filter(|((vbd_domain, _), export)| {
+                *vbd_domain == domain
                     && !current
                         .iter()
-                        .any(|state| state.vbd == **vbd && state.writable == export.state.writable)
+                        .any(|state| state.vbd.incarnation() == export.state.vbd.incarnation())
             })
-            .map(|(vbd, _)| *vbd)
+            .map(|(name, _)| *name)
             .collect();
-        for vbd in gone {
-            if let Some(export) = self.live.remove(&vbd) {
+        for name in gone {
+            if let Some(export) = self.live.remove(&name) {
                 export.retire();
                 self.retired.push(export);
             }
         }
         for state in current {
-            match self.live.get_mut(&state.vbd) {
+            match self.live.get_mut(&name_of(&state)) {
                 Some(export) if export.state.size_sectors != state.size_sectors => {
                     export.state = state;
                     if let Server::Vhost(device) = &export.server {
@@ -115,7 +125,7 @@ impl Exports {
                 None => match self.create(state) {
                     Ok(export) => {
                         eprintln!("vbd-backend: serving {}", export.path.display());
-                        self.live.insert(state.vbd, export);
+                        self.live.insert(name_of(&state), export);
                     }
                     Err(error) => eprintln!("vbd-backend: {error}"),
                 },
@@ -125,20 +135,17 @@ impl Exports {
     }
 
     fn create(&self, state: VbdState) -> Result<Export, String> {
-        let directory = self.dir.join(format!("dom{}", state.vbd.domain));
+        let domain = state.id().domain;
+        let directory = self.dir.join(format!("dom{domain}"));
         fs::create_dir_all(&directory)
             .map_err(|error| format!("{}: cannot create: {error}", directory.display()))?;
-        let name = vdevice_name(state.vbd);
-        let extension = if state.vbd.domain == DOM0 {
-            "nbd"
-        } else {
-            "sock"
-        };
+        let name = vdevice_name(state.id().vdevice);
+        let extension = if domain == DOM0 { "nbd" } else { "sock" };
         let path = directory.join(format!("{name}.{extension}"));
         claim_socket_path(&path)?;
         let listener = UnixListener::bind(&path)
             .map_err(|error| format!("{}: cannot listen: {error}", path.display()))?;
-        let server = if state.vbd.domain == DOM0 {
+        let server = if domain == DOM0 {
             nbd::Export::start(self.shared.clone(), state, name, listener).map(Server::Nbd)
         } else {
             vhost::Export::start(self.shared.clone(), state, name, listener).map(Server::Vhost)

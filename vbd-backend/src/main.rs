@@ -4,11 +4,10 @@
 //! control socket, so `vdisk --hv unix:DIR/control.sock` drives it as it drives the test
 //! hypervisor.
 
-mod buffered;
+mod block;
 mod control;
 mod disks;
 mod exports;
-mod frames;
 mod nbd;
 mod service;
 mod sys;
@@ -46,12 +45,18 @@ struct Options {
     /// Where the sockets are made; created if missing. Stale sockets are replaced.
     #[arg(long)]
     dir: PathBuf,
-    /// The sharing level the table enforces: 0 read-only sharing, 1 one writer, 2 any.
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=2))]
-    sharing: u32,
+    /// The sharing ceiling: the most a request may accept (`vdisk attach --safety N`
+    /// asks for N). 0 read-only sharing, 1 one writer with readers, 2 anything.
+    #[arg(long, default_value = "2", value_parser = sharing_level)]
+    sharing: SharingLevel,
     /// Virtqueues per vhost-user-blk device, each served by its own thread.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     queues: u16,
+}
+
+fn sharing_level(text: &str) -> Result<SharingLevel, String> {
+    text.parse()
+        .map_err(|_| format!("{text:?} is not a sharing level: 0, 1 or 2"))
 }
 
 fn main() -> ExitCode {
@@ -59,7 +64,7 @@ fn main() -> ExitCode {
     let settings = service::Settings {
         devices: options.devices,
         dir: options.dir,
-        sharing: SharingLevel::try_from(options.sharing).unwrap_or(SharingLevel::ReadersOnly),
+        sharing_ceiling: options.sharing,
         queues: options.queues,
     };
     match service::run(settings) {

@@ -4,26 +4,28 @@
 //! sockets removed.
 
 use std::fs;
+use std::io::Read;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 
-use hv_vbd::{SharingLevel, VbdTable};
+use hv_vbd::SharingLevel;
 
 use crate::disks::Disks;
 use crate::exports::Exports;
 use crate::vbd::Table;
 
-/// The table, in a `static` as a hypervisor keeps it: it is 1.8 MiB.
-static TABLE: Table = VbdTable::new(SharingLevel::ReadersOnly);
+/// The table, in a `static` as a hypervisor keeps it: it is about 2 MiB.
+static TABLE: Table = Table::new(SharingLevel::Unrestricted);
 
 /// How the backend was started.
 pub struct Settings {
     pub devices: PathBuf,
     pub dir: PathBuf,
-    pub sharing: SharingLevel,
+    /// The most permissive sharing level a request may ask for.
+    pub sharing_ceiling: SharingLevel,
     pub queues: u16,
 }
 
@@ -34,6 +36,9 @@ pub struct Shared {
     pub disks: Disks,
     /// Virtqueues (and queue threads) per vhost-user-blk device.
     pub queues: u16,
+    /// This start's identifier, reported in every Ready notice: records made under
+    /// another start describe VBDs that a restart took away.
+    pub start_id: u64,
     stopping: AtomicBool,
 }
 
@@ -86,8 +91,9 @@ impl Service {
 /// Run the backend until it is told to stop. An error is one line for standard error.
 pub fn run(settings: Settings) -> Result<(), String> {
     TABLE
-        .set_sharing_level(settings.sharing)
-        .map_err(|error| format!("cannot set the sharing level: {error}"))?;
+        .set_sharing_ceiling(settings.sharing_ceiling)
+        .map_err(|error| format!("cannot set the sharing ceiling: {error}"))?;
+    let start_id = fresh_start_id()?;
     let disks = Disks::open(&settings.devices)?;
     disks.register(&TABLE)?;
     let dir = settings.dir;
@@ -119,6 +125,7 @@ pub fn run(settings: Settings) -> Result<(), String> {
         table: &TABLE,
         disks,
         queues: settings.queues,
+        start_id,
         stopping: AtomicBool::new(false),
     });
     let service = Arc::new(Service {
@@ -129,10 +136,10 @@ pub fn run(settings: Settings) -> Result<(), String> {
     let control = crate::control::serve(service.clone(), listener)
         .map_err(|error| format!("{}: cannot serve: {error}", control_path.display()))?;
     eprintln!(
-        "vbd-backend: serving {} disks on {} (sharing level {}, queues per guest VBD: {})",
+        "vbd-backend: serving {} disks on {} (sharing ceiling {}, queues per guest VBD: {}, start {start_id:#018x})",
         shared.disks.iter().count(),
         control_path.display(),
-        shared.table.sharing_level() as u32,
+        shared.table.sharing_ceiling(),
         shared.queues
     );
 
@@ -148,6 +155,16 @@ pub fn run(settings: Settings) -> Result<(), String> {
     flushed.map_err(|error| format!("flushing the disks failed: {error}"))?;
     eprintln!("vbd-backend: stopped");
     Ok(())
+}
+
+/// A random identifier for this start: 64 bits from the kernel's generator, so no two
+/// starts share one.
+fn fresh_start_id() -> Result<u64, String> {
+    let mut bytes = [0u8; 8];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut bytes))
+        .map_err(|error| format!("/dev/urandom: cannot read a start identifier: {error}"))?;
+    Ok(u64::from_ne_bytes(bytes))
 }
 
 /// Make `path` free for a new socket: a socket nobody listens on (left by a backend that was

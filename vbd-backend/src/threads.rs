@@ -6,7 +6,6 @@
 use std::io;
 use std::net::Shutdown;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 
@@ -153,20 +152,19 @@ impl Connections {
     }
 }
 
-/// A VBD's socket: its connections, and whether the VBD is still in the table.
+/// A VBD's socket: its connections. They reach the VBD through a pinned reference, so
+/// once the VBD is gone their requests fail by themselves.
 pub struct VbdSocket {
     connections: Connections,
-    alive: Arc<AtomicBool>,
 }
 
 impl VbdSocket {
-    pub fn new(connections: Connections, alive: Arc<AtomicBool>) -> VbdSocket {
-        VbdSocket { connections, alive }
+    pub fn new(connections: Connections) -> VbdSocket {
+        VbdSocket { connections }
     }
 
-    /// The VBD is gone: accept nothing more, and fail the requests of open connections.
+    /// The VBD is gone: accept nothing more.
     pub fn retire(&self) {
-        self.alive.store(false, Ordering::Release);
         self.connections.stop_accepting();
     }
 

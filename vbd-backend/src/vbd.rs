@@ -1,55 +1,98 @@
-//! The seam to hv-vbd's block path: every call into the VBD table other than the hypercall
-//! dispatch of the control channel goes through here, so the in-flight fencing of issue 8
-//! (a translation guard held until the I/O completes) changes this module only.
+//! The seam to hv-vbd: the backend's table, the translation of one thread's requests
+//! ([`Translator`]), and what the sockets ask about a VBD.
 //!
-//! [`Translator::walk`] translates one request and pairs each physical segment with the
-//! part of the caller's buffers it covers. The table's lock is released inside
-//! `translate`, before any pair is handed out, so no lock is held across a read or a write.
+//! Every socket and connection reaches its VBD through a [`VbdRef`] pinned when the socket
+//! was made, so once that VBD is deleted its requests fail with `ENOENT`, even after another
+//! of the same name is created. Every I/O runs inside [`Translator::with`], which holds the
+//! [`Translation`] (hv-vbd's in-flight registration) until the I/O is done: a change that
+//! removes the extents is answered only after it has finished. No lock is held meanwhile.
 
-use hv_vbd::{Access, DefaultVbdTable, Segment};
-use shared_abi::{wire::ProbeEntry, DeviceNumber, Error, Mode, ProbeInfo, DOM0, SECTOR_SIZE};
+use hv_vbd::{IoContext, Request, Segment, Translation, VbdId, VbdRef, VbdTable};
+use shared_abi::{DeviceNumber, Error, Label, DOM0};
 
-/// The one VBD table of this backend.
-pub type Table = DefaultVbdTable;
+/// I/O contexts: one per thread that translates (control connections, NBD connections,
+/// virtqueue threads). hv-vbd's default of 64 would be used up by one guest with 64 queues.
+pub const CONTEXTS: usize = 256;
 
-/// Names a VBD: the domain it belongs to and its virtual device.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct VbdRef {
-    pub domain: u32,
-    pub vdevice: DeviceNumber,
-}
+/// Extents the table holds, in all VBDs together.
+const EXTENTS: usize = 65536;
 
-/// One VBD as the table reports it.
+/// The one VBD table of this backend: hv-vbd's default sizes, with more I/O contexts.
+pub type Table = VbdTable<64, 16, EXTENTS, 16, CONTEXTS>;
+
+/// A VBD as its socket needs it: pinned, with what the table says about it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VbdState {
     pub vbd: VbdRef,
     pub writable: bool,
     pub size_sectors: u64,
+    pub label: Label,
 }
 
-/// One piece of a request: `length` bytes at `disk_offset` of `device`, to or from
-/// `buffer_offset` in the caller's buffer number `buffer`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Transfer {
-    pub device: DeviceNumber,
-    pub disk_offset: u64,
-    pub buffer: usize,
-    pub buffer_offset: u64,
-    pub length: u64,
+impl VbdState {
+    pub fn id(&self) -> VbdId {
+        self.vbd.id()
+    }
 }
 
-/// Why a request did not complete.
-#[derive(Debug, PartialEq, Eq)]
-pub enum WalkError<E> {
-    /// The table refused the request: no such VBD, read-only, out of range, malformed.
-    Refused(Error),
-    /// The caller's transfer failed.
-    Failed(E),
+/// The current state of the VBD `vbd` was pinned to; `ENOENT` once it is gone, whatever has
+/// been created under its name since. The backend is the hypervisor: it asks as dom0.
+pub fn vbd_state(table: &Table, vbd: &VbdRef) -> Result<VbdState, Error> {
+    let info = table.info(DOM0, vbd.id(), 0, 0, |_, _| Ok(()))?;
+    if info.incarnation != vbd.incarnation() {
+        return Err(Error::NotFound);
+    }
+    Ok(VbdState {
+        vbd: *vbd,
+        writable: info.mode.is_writable(),
+        size_sectors: info.size_sectors,
+        label: info.label,
+    })
 }
 
-/// A reusable segment buffer: each queue or connection thread owns one.
-#[derive(Debug, Default)]
+/// Every VBD of `domain`, each pinned. A domain without VBDs has none.
+pub fn domain_vbds(table: &Table, domain: u32) -> Result<Vec<VbdState>, Error> {
+    let mut ids = Vec::new();
+    loop {
+        let room = ids.capacity().max(16);
+        ids.clear();
+        ids.reserve(room);
+        let summary = table.probe(DOM0, domain, room, |_, entry| {
+            ids.push(VbdId {
+                domain: entry.domain,
+                vdevice: DeviceNumber::from_raw(entry.device),
+            });
+            Ok(())
+        })?;
+        if summary.complete {
+            break;
+        }
+        ids = Vec::with_capacity(summary.count);
+    }
+    ids.into_iter()
+        .map(|id| vbd_state(table, &table.pin(DOM0, id)?))
+        .collect()
+}
+
+/// The disks the extents of the pinned VBD lie on, each once: what a flush must sync.
+pub fn vbd_devices(table: &Table, vbd: &VbdRef) -> Result<Vec<DeviceNumber>, Error> {
+    let mut devices = Vec::new();
+    let info = table.info(DOM0, vbd.id(), 0, usize::MAX, |_, extent| {
+        if !devices.contains(&extent.device()) {
+            devices.push(extent.device());
+        }
+        Ok(())
+    })?;
+    if info.incarnation != vbd.incarnation() {
+        return Err(Error::NotFound);
+    }
+    Ok(devices)
+}
+
+/// One thread's way into the table: its I/O context and a reusable segment buffer.
 pub struct Translator {
+    table: &'static Table,
+    context: IoContext<'static>,
     segments: Vec<Segment>,
 }
 
@@ -57,182 +100,52 @@ pub struct Translator {
 const INITIAL_SEGMENTS: usize = 16;
 
 impl Translator {
-    /// Translate `nr_sectors` at `sector` of `vbd`, growing the buffer until every segment
-    /// fits (at most one per sector, so this ends).
-    fn translate(
-        &mut self,
-        table: &Table,
-        vbd: VbdRef,
-        access: Access,
-        sector: u64,
-        nr_sectors: u64,
-    ) -> Result<&[Segment], Error> {
-        let most = usize::try_from(nr_sectors).map_err(|_| Error::OutOfRange)?;
-        let mut room = self
-            .segments
-            .len()
-            .clamp(INITIAL_SEGMENTS.min(most.max(1)), most.max(1));
-        loop {
-            if self.segments.len() < room {
-                self.segments.resize(room, Segment::default());
-            }
-            match table.translate(
-                vbd.domain,
-                vbd.vdevice,
-                sector,
-                nr_sectors,
-                access,
-                &mut self.segments[..room],
-            ) {
-                Ok(count) => return Ok(&self.segments[..count]),
-                Err(Error::TooBig) if room < most => room = room.saturating_mul(4).min(most),
-                Err(error) => return Err(error),
-            }
-        }
-    }
-
-    /// Translate a request covering the buffers of `buffer_lengths` (in bytes, in order,
-    /// whole sectors in all) starting at `sector`, and call `each` for every piece in
-    /// request order. Stops at the first failure.
-    pub fn walk<E>(
-        &mut self,
-        table: &Table,
-        vbd: VbdRef,
-        access: Access,
-        sector: u64,
-        buffer_lengths: &[u64],
-        mut each: impl FnMut(Transfer) -> Result<(), E>,
-    ) -> Result<(), WalkError<E>> {
-        let total = buffer_lengths
-            .iter()
-            .try_fold(0u64, |sum, &length| sum.checked_add(length))
-            .ok_or(WalkError::Refused(Error::OutOfRange))?;
-        if total % SECTOR_SIZE != 0 {
-            return Err(WalkError::Refused(Error::InvalidArgument));
-        }
-        let segments = self
-            .translate(table, vbd, access, sector, total / SECTOR_SIZE)
-            .map_err(WalkError::Refused)?;
-        let mut buffers = buffer_lengths
-            .iter()
-            .enumerate()
-            .filter(|(_, &length)| length != 0);
-        let mut current = buffers.next();
-        let mut buffer_offset = 0u64;
-        for segment in segments {
-            // Translation covers the request exactly, so the buffers cover the segments.
-            let mut disk_offset = segment.sector * SECTOR_SIZE;
-            let mut left = segment.nr_sectors * SECTOR_SIZE;
-            while left != 0 {
-                let Some((buffer, &buffer_length)) = current else {
-                    return Err(WalkError::Refused(Error::OutOfRange));
-                };
-                let length = left.min(buffer_length - buffer_offset);
-                each(Transfer {
-                    device: segment.device,
-                    disk_offset,
-                    buffer,
-                    buffer_offset,
-                    length,
-                })
-                .map_err(WalkError::Failed)?;
-                disk_offset += length;
-                left -= length;
-                buffer_offset += length;
-                if buffer_offset == buffer_length {
-                    current = buffers.next();
-                    buffer_offset = 0;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Translate `nr_sectors` at `sector` for writing and call `each` with every physical
-    /// range as `(device, byte offset, byte length)`: for discard and write-zeroes, which
-    /// touch the VBD's extents and no guest buffer.
-    pub fn ranges<E>(
-        &mut self,
-        table: &Table,
-        vbd: VbdRef,
-        sector: u64,
-        nr_sectors: u64,
-        mut each: impl FnMut(DeviceNumber, u64, u64) -> Result<(), E>,
-    ) -> Result<(), WalkError<E>> {
-        let segments = self
-            .translate(table, vbd, Access::Write, sector, nr_sectors)
-            .map_err(WalkError::Refused)?;
-        segments.iter().try_for_each(|segment| {
-            each(
-                segment.device,
-                segment.sector * SECTOR_SIZE,
-                segment.nr_sectors * SECTOR_SIZE,
-            )
-            .map_err(WalkError::Failed)
+    /// Claim an I/O context of `table`: `ENOSPC` when all [`CONTEXTS`] are in use.
+    pub fn new(table: &'static Table) -> Result<Translator, Error> {
+        Ok(Translator {
+            table,
+            context: table.io_context()?,
+            segments: vec![Segment::default(); INITIAL_SEGMENTS],
         })
     }
-}
 
-/// Every VBD of `domain`, asked as dom0 (the backend is the hypervisor and sees them all).
-/// A domain without VBDs has none.
-pub fn domain_vbds(table: &Table, domain: u32) -> Result<Vec<VbdState>, Error> {
-    let mut found = Vec::new();
-    loop {
-        let capacity = found.capacity().max(16);
-        found.clear();
-        found.reserve(capacity);
-        let summary = table.probe(DOM0, domain, capacity, |_, entry: ProbeEntry| {
-            found.push(VbdState {
-                vbd: VbdRef {
-                    domain: entry.domain,
-                    vdevice: DeviceNumber::from_raw(entry.device),
-                },
-                writable: entry.info & ProbeInfo::READ_ONLY.bits() == 0,
-                size_sectors: entry.capacity_sectors,
-            });
-            Ok(())
-        })?;
-        if summary.complete {
-            return Ok(found);
-        }
-        found = Vec::with_capacity(summary.count);
+    pub fn table(&self) -> &'static Table {
+        self.table
     }
-}
 
-/// The current mode and size of one VBD.
-pub fn vbd_state(table: &Table, vbd: VbdRef) -> Result<VbdState, Error> {
-    let info = table.info(DOM0, hv_vbd::VbdId::from(vbd), 0, |_, _| Ok(()))?;
-    Ok(VbdState {
-        vbd,
-        writable: info.mode.contains(Mode::WRITE),
-        size_sectors: info.size_sectors,
-    })
-}
+    /// The context and a segment buffer of at least `room` entries, for hv-vbd's frame
+    /// server, which translates by itself.
+    pub fn parts(&mut self, room: usize) -> (&IoContext<'static>, &mut [Segment]) {
+        if self.segments.len() < room {
+            self.segments.resize(room, Segment::default());
+        }
+        (&self.context, &mut self.segments)
+    }
 
-/// The disks a VBD's extents lie on, each once: what a flush must sync.
-pub fn vbd_devices(table: &Table, vbd: VbdRef) -> Result<Vec<DeviceNumber>, Error> {
-    let mut devices = Vec::new();
-    let mut capacity = 64usize;
-    loop {
-        devices.clear();
-        let info = table.info(DOM0, hv_vbd::VbdId::from(vbd), capacity, |_, extent| {
-            if !devices.contains(&extent.device) {
-                devices.push(extent.device);
+    /// Translate `request` on the pinned VBD and run `io` with the translation, which stays
+    /// registered as in flight until `io` returns. The segment buffer grows until every
+    /// segment fits: at most one per sector and one per extent of the table, so this ends.
+    pub fn with<R>(
+        &mut self,
+        vbd: &VbdRef,
+        request: &Request,
+        io: impl FnOnce(&Translation<'_, 'static>) -> R,
+    ) -> Result<R, Error> {
+        let most = usize::try_from(request.nr_sectors())
+            .unwrap_or(usize::MAX)
+            .min(EXTENTS);
+        loop {
+            let room = self.segments.len();
+            match self
+                .table
+                .translate_pinned(&self.context, vbd, request, &mut self.segments)
+            {
+                Ok(translation) => return Ok(io(&translation)),
+                Err(Error::TooBig) if room < most => {}
+                Err(error) => return Err(error),
             }
-            Ok(())
-        })?;
-        if info.complete {
-            return Ok(devices);
-        }
-        capacity = info.nr_extents;
-    }
-}
-
-impl From<VbdRef> for hv_vbd::VbdId {
-    fn from(vbd: VbdRef) -> hv_vbd::VbdId {
-        hv_vbd::VbdId {
-            domain: vbd.domain,
-            vdevice: vbd.vdevice,
+            self.segments
+                .resize(room.saturating_mul(4).min(most), Segment::default());
         }
     }
 }
@@ -240,24 +153,24 @@ impl From<VbdRef> for hv_vbd::VbdId {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use hv_vbd::SharingLevel;
-    use proptest::prelude::*;
+    use hv_vbd::{Access, SharingLevel};
     use shared_abi::wire::Extent;
+    use shared_abi::Mode;
 
     pub fn disk(index: u32) -> DeviceNumber {
         DeviceNumber::new(3, index * 64).unwrap()
     }
 
-    pub fn xvda(domain: u32) -> VbdRef {
-        VbdRef {
+    pub fn xvda(domain: u32) -> VbdId {
+        VbdId {
             domain,
             vdevice: DeviceNumber::from_name("xvda").unwrap(),
         }
     }
 
-    /// A leaked table (it is 1.8 MiB: built on a thread with room, since a test thread's
-    /// stack is smaller) with two disks of 4096 sectors and domain 1's xvda of `extents`.
-    pub fn table_with(extents: &[(u32, u64, u64)], writable: bool) -> &'static Table {
+    /// A leaked table (it is about 2 MiB: built on a thread with room, since a test
+    /// thread's stack is smaller) with two disks of 4096 sectors.
+    pub fn empty_table() -> &'static Table {
         let table: &'static Table = std::thread::Builder::new()
             .stack_size(16 << 20)
             .spawn(|| Box::leak(Box::new(Table::new(SharingLevel::Unrestricted))))
@@ -272,144 +185,121 @@ pub(crate) mod tests {
                 })
                 .unwrap();
         }
+        table
+    }
+
+    /// Create `id` labelled `label` over `extents` of `(disk index, start, count)`.
+    pub fn create(
+        table: &Table,
+        id: VbdId,
+        extents: &[(u32, u64, u64)],
+        writable: bool,
+        label: &str,
+    ) -> VbdRef {
         let mode = if writable {
             Mode::READ | Mode::WRITE
         } else {
             Mode::READ
         };
-        table.create(DOM0, xvda(1).into(), mode).unwrap();
+        table
+            .create(DOM0, id, mode, Label::new(label).unwrap())
+            .unwrap();
         let extents = extents
             .iter()
             .map(|&(index, start, count)| Extent::new(disk(index), start, count));
-        table.set_extents(DOM0, xvda(1).into(), extents).unwrap();
         table
+            .set_extents(DOM0, id, extents, SharingLevel::Unrestricted)
+            .unwrap()
+            .fence
+            .wait(std::thread::yield_now);
+        table.pin(DOM0, id).unwrap()
     }
 
-    /// The reference model: the physical byte of every virtual byte, walked linearly.
-    fn physical_bytes(extents: &[(u32, u64, u64)]) -> Vec<(DeviceNumber, u64)> {
-        extents
-            .iter()
-            .flat_map(|&(index, start, count)| {
-                (start * SECTOR_SIZE..(start + count) * SECTOR_SIZE)
-                    .map(move |byte| (disk(index), byte))
+    #[test]
+    fn a_translator_grows_its_buffer_for_a_request_over_many_extents() {
+        let table = empty_table();
+        // 40 one-sector extents, every other sector of disk 0.
+        let extents: Vec<_> = (0..40).map(|index| (0, index * 2, 1)).collect();
+        let vbd = create(table, xvda(1), &extents, true, "vd:1");
+        let mut translator = Translator::new(table).unwrap();
+        let request = Request::new(Access::Read, 0, 40).unwrap();
+        let sectors = translator
+            .with(&vbd, &request, |translation| {
+                translation
+                    .segments()
+                    .iter()
+                    .map(|segment| segment.sector)
+                    .collect::<Vec<_>>()
             })
-            .collect()
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
-        #[test]
-        fn walk_pairs_every_byte_of_every_buffer_with_its_translated_byte(
-            counts in proptest::collection::vec(1u64..8, 1..6),
-            buffers in proptest::collection::vec(0u64..3000, 1..6),
-            start in 0u64..4,
-        ) {
-            // Extents out of order, alternating disks, 64 sectors apart.
-            let extents: Vec<(u32, u64, u64)> = counts
-                .iter()
-                .enumerate()
-                .map(|(index, &count)| ((index % 2) as u32, 3000 - 64 * index as u64, count))
-                .collect();
-            let table = table_with(&extents, true);
-            let total: u64 = buffers.iter().sum();
-            let mut lengths = buffers.clone();
-            // Round the last buffer up so the request is whole sectors.
-            *lengths.last_mut().unwrap() += (SECTOR_SIZE - total % SECTOR_SIZE) % SECTOR_SIZE;
-            let total: u64 = lengths.iter().sum();
-            let model = physical_bytes(&extents);
-            let virtual_bytes = model.len() as u64;
-            let mut seen = Vec::new();
-            let result = Translator::default().walk(table, xvda(1), Access::Read, start, &lengths, |transfer| {
-                seen.push(transfer);
-                Ok::<(), ()>(())
-            });
-            if start * SECTOR_SIZE + total > virtual_bytes {
-                prop_assert_eq!(result, Err(WalkError::Refused(Error::OutOfRange)));
-                prop_assert!(seen.is_empty());
-            } else {
-                prop_assert_eq!(result, Ok(()));
-                let mut virtual_byte = start * SECTOR_SIZE;
-                let mut position = (0usize, 0u64);
-                let skip_full = |position: &mut (usize, u64)| {
-                    while position.0 < lengths.len() && position.1 == lengths[position.0] {
-                        *position = (position.0 + 1, 0);
-                    }
-                };
-                skip_full(&mut position);
-                for transfer in seen {
-                    prop_assert_eq!((transfer.buffer, transfer.buffer_offset), position);
-                    prop_assert!(transfer.length > 0);
-                    prop_assert_eq!((transfer.device, transfer.disk_offset), model[virtual_byte as usize]);
-                    let last = model[(virtual_byte + transfer.length - 1) as usize];
-                    prop_assert_eq!(last, (transfer.device, transfer.disk_offset + transfer.length - 1));
-                    virtual_byte += transfer.length;
-                    position.1 += transfer.length;
-                    skip_full(&mut position);
-                }
-                prop_assert_eq!(virtual_byte, start * SECTOR_SIZE + total);
-            }
-        }
-    }
-
-    /// Walk a request of `lengths` at sector 0, doing nothing with the pieces.
-    fn walk(
-        table: &Table,
-        vbd: VbdRef,
-        access: Access,
-        lengths: &[u64],
-    ) -> Result<(), WalkError<()>> {
-        Translator::default().walk(table, vbd, access, 0, lengths, |_| Ok(()))
+            .unwrap();
+        assert_eq!(sectors, (0..40).map(|index| index * 2).collect::<Vec<_>>());
     }
 
     #[test]
-    fn a_read_only_vbd_refuses_writes_and_ranges() {
-        let table = table_with(&[(0, 0, 8)], false);
+    fn a_pinned_vbd_is_gone_once_deleted_even_if_its_name_is_created_again() {
+        let table = empty_table();
+        let vbd = create(table, xvda(1), &[(0, 0, 8)], true, "vd:1");
+        let mut translator = Translator::new(table).unwrap();
+        let request = Request::new(Access::Write, 0, 1).unwrap();
+        assert_eq!(translator.with(&vbd, &request, |_| ()), Ok(()));
+        table
+            .delete(DOM0, xvda(1))
+            .unwrap()
+            .fence
+            .wait(std::thread::yield_now);
+        let again = create(table, xvda(1), &[(1, 0, 8)], true, "vd:2");
         assert_eq!(
-            walk(table, xvda(1), Access::Write, &[512]),
-            Err(WalkError::Refused(Error::ReadOnly))
+            translator.with(&vbd, &request, |_| ()),
+            Err(Error::NotFound)
         );
-        assert_eq!(
-            Translator::default().ranges(table, xvda(1), 0, 1, |_, _, _| Ok::<(), ()>(())),
-            Err(WalkError::Refused(Error::ReadOnly))
-        );
-        assert_eq!(walk(table, xvda(1), Access::Read, &[512]), Ok(()));
+        assert_eq!(vbd_state(table, &vbd), Err(Error::NotFound));
+        assert_eq!(vbd_devices(table, &vbd), Err(Error::NotFound));
+        assert_eq!(translator.with(&again, &request, |_| ()), Ok(()));
     }
 
     #[test]
-    fn partial_sectors_other_domains_and_failures_are_refused() {
-        let table = table_with(&[(0, 0, 8)], true);
-        assert_eq!(
-            walk(table, xvda(1), Access::Read, &[100]),
-            Err(WalkError::Refused(Error::InvalidArgument))
-        );
-        assert_eq!(
-            walk(table, xvda(2), Access::Read, &[512]),
-            Err(WalkError::Refused(Error::NotFound))
-        );
-        assert_eq!(
-            walk(table, xvda(1), Access::Read, &[0]),
-            Err(WalkError::Refused(Error::InvalidArgument))
-        );
-        assert_eq!(
-            Translator::default().walk(table, xvda(1), Access::Read, 0, &[512], |_| Err(
-                "disk failed"
-            )),
-            Err(WalkError::Failed("disk failed"))
-        );
+    fn a_read_only_vbd_refuses_writes() {
+        let table = empty_table();
+        let vbd = create(table, xvda(1), &[(0, 0, 8)], false, "");
+        let mut translator = Translator::new(table).unwrap();
+        let write = Request::new(Access::Write, 0, 1).unwrap();
+        assert_eq!(translator.with(&vbd, &write, |_| ()), Err(Error::ReadOnly));
+        let read = Request::new(Access::Read, 0, 8).unwrap();
+        assert_eq!(translator.with(&vbd, &read, |_| ()), Ok(()));
+        let past = Request::new(Access::Read, 8, 1).unwrap();
+        assert_eq!(translator.with(&vbd, &past, |_| ()), Err(Error::OutOfRange));
     }
 
     #[test]
     fn state_devices_and_domain_listing_follow_the_table() {
-        let table = table_with(&[(1, 100, 8), (0, 0, 8), (1, 0, 8)], true);
-        assert_eq!(vbd_devices(table, xvda(1)), Ok(vec![disk(1), disk(0)]));
+        let table = empty_table();
+        let vbd = create(
+            table,
+            xvda(1),
+            &[(1, 100, 8), (0, 0, 8), (1, 0, 8)],
+            true,
+            "vd:7",
+        );
+        assert_eq!(vbd_devices(table, &vbd), Ok(vec![disk(1), disk(0)]));
         let state = VbdState {
-            vbd: xvda(1),
+            vbd,
             writable: true,
             size_sectors: 24,
+            label: Label::new("vd:7").unwrap(),
         };
-        assert_eq!(vbd_state(table, xvda(1)), Ok(state));
+        assert_eq!(vbd_state(table, &vbd), Ok(state));
         assert_eq!(domain_vbds(table, 1), Ok(vec![state]));
         assert_eq!(domain_vbds(table, 7), Ok(vec![]));
-        assert_eq!(vbd_state(table, xvda(7)), Err(Error::NotFound));
+    }
+
+    #[test]
+    fn contexts_run_out_with_enospc_and_come_back_when_dropped() {
+        let table = empty_table();
+        let claimed: Vec<Translator> = (0..CONTEXTS)
+            .map(|_| Translator::new(table).unwrap())
+            .collect();
+        assert_eq!(Translator::new(table).err(), Some(Error::NoSpace));
+        drop(claimed);
+        assert!(Translator::new(table).is_ok());
     }
 }

@@ -59,10 +59,7 @@ fn lookup(target: &Target, name: &[u8]) -> Option<Negotiated> {
     if !name.is_empty() && name != target.name.as_bytes() {
         return None;
     }
-    if !target.alive.load(std::sync::atomic::Ordering::Acquire) {
-        return None;
-    }
-    vbd_state(target.shared.table, target.vbd)
+    vbd_state(target.shared.table, &target.vbd)
         .ok()
         .map(|state| Negotiated {
             size: state.size_sectors * shared_abi::SECTOR_SIZE,

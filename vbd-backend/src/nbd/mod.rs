@@ -12,12 +12,13 @@ mod wire;
 
 use std::io;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+
+use hv_vbd::VbdRef;
 
 use crate::service::Shared;
 use crate::threads::{Connections, VbdSocket};
-use crate::vbd::{VbdRef, VbdState};
+use crate::vbd::{Translator, VbdState};
 
 /// Clients of one export at once.
 const MAX_CONNECTIONS: usize = 8;
@@ -30,11 +31,10 @@ pub struct Export {
 /// What a connection serves.
 struct Target {
     shared: Arc<Shared>,
+    /// The VBD the socket was made for; once it is gone, so is the export.
     vbd: VbdRef,
     /// The export name: the VBD's device name. The empty default name is accepted too.
     name: String,
-    /// Cleared when the VBD is removed from the table.
-    alive: Arc<AtomicBool>,
 }
 
 impl Export {
@@ -44,12 +44,10 @@ impl Export {
         name: String,
         listener: UnixListener,
     ) -> io::Result<Export> {
-        let alive = Arc::new(AtomicBool::new(true));
         let target = Arc::new(Target {
             shared,
             vbd: state.vbd,
             name: name.clone(),
-            alive: alive.clone(),
         });
         let connections = Connections::serve(
             format!("dom0/{name}.nbd"),
@@ -65,14 +63,18 @@ impl Export {
             },
         )?;
         Ok(Export {
-            socket: VbdSocket::new(connections, alive),
+            socket: VbdSocket::new(connections),
         })
     }
 }
 
+/// Serve one client. Its I/O context is claimed first: a client the table has no room for
+/// is closed before the handshake.
 fn connection(target: &Target, mut stream: UnixStream) -> io::Result<()> {
+    let mut translator = Translator::new(target.shared.table)
+        .map_err(|error| io::Error::other(format!("no I/O context for it: {error}")))?;
     match handshake::negotiate(&mut stream, target)? {
-        Some(export) => transmission::serve(&mut stream, target, export),
+        Some(export) => transmission::serve(&mut stream, target, &mut translator, export),
         None => Ok(()),
     }
 }

@@ -6,16 +6,16 @@
 //! or `ENOSPC` and the connection goes on.
 
 use std::io::{self, Read, Write};
-use std::sync::atomic::Ordering;
 
+use hv_vbd::VbdRef;
 use shared_abi::{Error, SECTOR_SIZE};
 
 use super::handshake::{Negotiated, MAXIMUM_REQUEST};
 use super::wire::*;
 use super::Target;
-use crate::buffered::BlockContext;
-use crate::disks::Release;
-use crate::vbd::{Translator, VbdRef, WalkError};
+use crate::block::BlockContext;
+use crate::disks::{DiskIo, Release};
+use crate::vbd::Translator;
 
 /// Why a request failed.
 #[derive(Debug)]
@@ -30,12 +30,9 @@ enum RequestError {
     TooLarge,
     /// A change to a read-only export.
     ReadOnly,
-    /// The VBD was removed from the table.
-    Gone,
-    /// The table refused the translation.
+    /// The table refused the request (`ENOENT` once the VBD is gone), or the disk failed
+    /// (`EIO`, logged where it happened).
     Refused(Error),
-    /// The disk failed.
-    Io(io::Error),
 }
 
 impl RequestError {
@@ -47,7 +44,6 @@ impl RequestError {
             | RequestError::Malformed
             | RequestError::TooLarge => EINVAL,
             RequestError::ReadOnly => EPERM,
-            RequestError::Gone | RequestError::Io(_) => EIO,
             RequestError::Refused(error) => match error {
                 Error::ReadOnly | Error::PermissionDenied | Error::AccessDenied => EPERM,
                 // Past the end: the protocol asks for ENOSPC on writes, EINVAL otherwise.
@@ -60,18 +56,16 @@ impl RequestError {
                 | Error::Busy
                 | Error::AlreadyExists
                 | Error::NoSpace
-                | Error::NotImplemented => EIO,
+                | Error::NotImplemented
+                | Error::Stale => EIO,
             },
         }
     }
 }
 
-impl From<WalkError<io::Error>> for RequestError {
-    fn from(error: WalkError<io::Error>) -> RequestError {
-        match error {
-            WalkError::Refused(error) => RequestError::Refused(error),
-            WalkError::Failed(error) => RequestError::Io(error),
-        }
+impl From<Error> for RequestError {
+    fn from(error: Error) -> RequestError {
+        RequestError::Refused(error)
     }
 }
 
@@ -124,7 +118,7 @@ fn reply(stream: &mut impl Write, handle: u64, error: u32, data: &[u8]) -> io::R
 /// The whole sectors `request` covers: `(first sector, count)`.
 fn sectors(request: &Request) -> Result<(u64, u64), RequestError> {
     let length = u64::from(request.length);
-    if length == 0 || length % SECTOR_SIZE != 0 || request.offset % SECTOR_SIZE != 0 {
+    if length == 0 || length % SECTOR_SIZE != 0 || !request.offset.is_multiple_of(SECTOR_SIZE) {
         return Err(RequestError::Malformed);
     }
     if request.length > MAXIMUM_REQUEST {
@@ -141,18 +135,23 @@ fn check_flags(request: &Request, allowed: u16) -> Result<(), RequestError> {
     }
 }
 
-/// Serve requests until the client disconnects.
+/// Serve requests until the client disconnects. Each request's disk I/O is done (and its
+/// translation released) before its reply is sent, so a client that stops reading holds up
+/// no change of the table.
 pub fn serve<S: Read + Write>(
     stream: &mut S,
     target: &Target,
+    translator: &mut Translator,
     export: Negotiated,
 ) -> io::Result<()> {
     let vbd = target.vbd;
-    let mut translator = Translator::default();
+    let channel = format!("dom0/{}.nbd", target.name);
     let mut block = BlockContext {
-        table: target.shared.table,
-        disks: &target.shared.disks,
-        translator: &mut translator,
+        translator,
+        io: DiskIo {
+            disks: &target.shared.disks,
+            channel: &channel,
+        },
     };
     let mut buffer = Vec::new();
     while let Some(request) = read_request(stream)? {
@@ -172,23 +171,10 @@ pub fn serve<S: Read + Write>(
             buffer.resize(request.length as usize, 0);
             stream.read_exact(&mut buffer)?;
         }
-        let result = if target.alive.load(Ordering::Acquire) {
-            execute(&mut block, vbd, export, &request, &mut buffer)
-        } else {
-            Err(RequestError::Gone)
-        };
-        match result {
+        match execute(&mut block, &vbd, export, &request, &mut buffer) {
             Ok(()) if request.command == CMD_READ => reply(stream, request.handle, 0, &buffer)?,
             Ok(()) => reply(stream, request.handle, 0, &[])?,
-            Err(error) => {
-                if let RequestError::Io(failure) = &error {
-                    eprintln!(
-                        "vbd-backend: dom0/{}.nbd: disk I/O failed: {failure}",
-                        target.name
-                    );
-                }
-                reply(stream, request.handle, error.errno(writes), &[])?;
-            }
+            Err(error) => reply(stream, request.handle, error.errno(writes), &[])?,
         }
     }
     Ok(())
@@ -196,7 +182,7 @@ pub fn serve<S: Read + Write>(
 
 fn execute(
     block: &mut BlockContext<'_>,
-    vbd: VbdRef,
+    vbd: &VbdRef,
     export: Negotiated,
     request: &Request,
     buffer: &mut Vec<u8>,
@@ -247,7 +233,7 @@ fn execute(
 /// Trim and write-zeroes carry no data, so they may exceed the transfer limit.
 fn trim_sectors(request: &Request) -> Result<(u64, u64), RequestError> {
     let length = u64::from(request.length);
-    if length == 0 || length % SECTOR_SIZE != 0 || request.offset % SECTOR_SIZE != 0 {
+    if length == 0 || length % SECTOR_SIZE != 0 || !request.offset.is_multiple_of(SECTOR_SIZE) {
         return Err(RequestError::Malformed);
     }
     Ok((request.offset / SECTOR_SIZE, length / SECTOR_SIZE))

@@ -1,9 +1,12 @@
 //! The relay between a VMM's vhost-user connection and vhost-user-backend's, one message at
-//! a time with the descriptors it carries. It exists for one message: vhost 0.18's
-//! `Backend` (the back-end request channel the VMM hands over in `SET_BACKEND_REQ_FD`) has
-//! no way to send `VHOST_USER_BACKEND_CONFIG_CHANGE_MSG`, so the relay keeps its own copy of
-//! that channel, through which [`BackendChannel::config_changed`] tells QEMU to re-read the
-//! capacity after a VBD grows.
+//! a time with the descriptors it carries. It exists for two messages:
+//! - vhost 0.18's `Backend` (the back-end request channel the VMM hands over in
+//!   `SET_BACKEND_REQ_FD`) has no way to send `VHOST_USER_BACKEND_CONFIG_CHANGE_MSG`, so the
+//!   relay keeps its own copy of that channel, through which
+//!   [`BackendChannel::config_changed`] tells QEMU to re-read the capacity after a VBD grows;
+//! - `SET_VRING_BASE` says where each ring's next request is: 0 for a driver that has just
+//!   started, elsewhere for a VMM that reconnects to a guest that ran before. The relay
+//!   reports it ([`Inbound::ring_base`]) before the daemon acts on it.
 //!
 //! Only control messages pass here; the data path is shared memory and eventfds.
 
@@ -27,6 +30,8 @@ const MAX_PAYLOAD: usize = 0x1000;
 const MAX_FDS: usize = 32;
 /// `VHOST_USER_SET_BACKEND_REQ_FD`.
 const SET_BACKEND_REQ_FD: u32 = 21;
+/// `VHOST_USER_SET_VRING_BASE`, whose payload is a ring index and its next request.
+const SET_VRING_BASE: u32 = 10;
 /// `VHOST_USER_BACKEND_CONFIG_CHANGE_MSG`.
 const CONFIG_CHANGE_MSG: u32 = 2;
 /// Flags of a message from the back-end: protocol version 1.
@@ -66,6 +71,14 @@ impl BackendChannel {
     pub fn clear(&self) {
         self.set(None);
     }
+}
+
+/// What the relay does with the VMM's messages, besides passing them on.
+pub struct Inbound<'a> {
+    /// Where the back-end request channel is kept.
+    pub channel: &'a BackendChannel,
+    /// Told each ring's index and first request, before the daemon is.
+    pub ring_base: &'a (dyn Fn(u32, u32) + Sync),
 }
 
 /// Read exactly `buffer.len()` bytes, collecting any descriptors that come with them.
@@ -132,23 +145,22 @@ fn send(stream: &UnixStream, message: &[u8], fds: &[OwnedFd]) -> io::Result<()> 
 }
 
 /// Relay messages from `from` to `to` until `from` ends; then end both, so the other
-/// direction and the daemon stop too. With `channel`, keep the back-end request channel.
-pub fn relay(
-    from: &UnixStream,
-    to: &UnixStream,
-    channel: Option<&BackendChannel>,
-) -> io::Result<()> {
-    let result = relay_messages(from, to, channel);
+/// direction and the daemon stop too. With `inbound` (the VMM's direction), watch them.
+pub fn relay(from: &UnixStream, to: &UnixStream, inbound: Option<&Inbound>) -> io::Result<()> {
+    let result = relay_messages(from, to, inbound);
     let _ = from.shutdown(Shutdown::Both);
     let _ = to.shutdown(Shutdown::Both);
     result
 }
 
-fn relay_messages(
-    from: &UnixStream,
-    to: &UnixStream,
-    channel: Option<&BackendChannel>,
-) -> io::Result<()> {
+/// The little-endian `u32` at `offset`, which the caller has checked is inside `bytes`.
+fn word(bytes: &[u8], offset: usize) -> u32 {
+    let mut word = [0u8; 4];
+    word.copy_from_slice(&bytes[offset..offset + 4]);
+    u32::from_le_bytes(word)
+}
+
+fn relay_messages(from: &UnixStream, to: &UnixStream, inbound: Option<&Inbound>) -> io::Result<()> {
     let mut message = Vec::with_capacity(HEADER_BYTES + MAX_PAYLOAD);
     loop {
         let mut fds = Vec::new();
@@ -156,16 +168,8 @@ fn relay_messages(
         if !receive(from, &mut message, &mut fds)? {
             return Ok(());
         }
-        let field = |offset: usize| {
-            u32::from_le_bytes([
-                message[offset],
-                message[offset + 1],
-                message[offset + 2],
-                message[offset + 3],
-            ])
-        };
-        let request = field(0);
-        let size = field(8) as usize;
+        let request = word(&message, 0);
+        let size = word(&message, 8) as usize;
         if size > MAX_PAYLOAD {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -174,14 +178,21 @@ fn relay_messages(
         }
         message.resize(HEADER_BYTES + size, 0);
         receive(from, &mut message[HEADER_BYTES..], &mut fds)?;
-        if let Some(channel) = channel {
-            if request == SET_BACKEND_REQ_FD {
+        match (inbound, request) {
+            (Some(inbound), SET_BACKEND_REQ_FD) => {
                 let kept = match fds.first() {
                     Some(fd) => Some(UnixStream::from(fd.try_clone()?)),
                     None => None,
                 };
-                channel.set(kept);
+                inbound.channel.set(kept);
             }
+            (Some(inbound), SET_VRING_BASE) if size >= 8 => {
+                (inbound.ring_base)(
+                    word(&message, HEADER_BYTES),
+                    word(&message, HEADER_BYTES + 4),
+                );
+            }
+            _ => {}
         }
         send(to, &message, &fds)?;
     }
@@ -192,6 +203,7 @@ mod tests {
     use super::*;
     use std::io::Read;
     use std::os::fd::AsRawFd;
+    use std::sync::Mutex;
 
     fn message(request: u32, payload: &[u8]) -> Vec<u8> {
         let mut bytes = request.to_le_bytes().to_vec();
@@ -206,10 +218,19 @@ mod tests {
         let (vmm, vmm_end) = UnixStream::pair().unwrap();
         let (daemon_end, daemon) = UnixStream::pair().unwrap();
         let channel = BackendChannel::default();
+        let bases = Mutex::new(Vec::new());
+        let record = |index: u32, base: u32| bases.lock().unwrap().push((index, base));
+        let inbound = Inbound {
+            channel: &channel,
+            ring_base: &record,
+        };
         let (backend_ours, mut backend_vmm) = UnixStream::pair().unwrap();
+        let mut ring_base = 1u32.to_le_bytes().to_vec();
+        ring_base.extend_from_slice(&77u32.to_le_bytes());
         std::thread::scope(|scope| {
-            let relayed = scope.spawn(|| relay(&vmm_end, &daemon_end, Some(&channel)));
+            let relayed = scope.spawn(|| relay(&vmm_end, &daemon_end, Some(&inbound)));
             send(&vmm, &message(1, &[]), &[]).unwrap();
+            send(&vmm, &message(SET_VRING_BASE, &ring_base), &[]).unwrap();
             let descriptor = OwnedFd::from(backend_ours.try_clone().unwrap());
             send(
                 &vmm,
@@ -221,6 +242,9 @@ mod tests {
             let mut first = vec![0u8; HEADER_BYTES];
             assert!(receive(&daemon, &mut first, &mut fds).unwrap());
             assert_eq!(first, message(1, &[]));
+            let mut base = vec![0u8; HEADER_BYTES + 8];
+            assert!(receive(&daemon, &mut base, &mut fds).unwrap());
+            assert_eq!(base, message(SET_VRING_BASE, &ring_base));
             let mut second = vec![0u8; HEADER_BYTES + 8];
             assert!(receive(&daemon, &mut second, &mut fds).unwrap());
             assert_eq!(second, message(SET_BACKEND_REQ_FD, &7u64.to_le_bytes()));
@@ -229,6 +253,7 @@ mod tests {
             drop(vmm);
             relayed.join().unwrap().unwrap();
         });
+        assert_eq!(*bases.lock().unwrap(), vec![(1, 77)]);
         assert!(channel.config_changed().unwrap());
         let mut notice = [0u8; HEADER_BYTES];
         backend_vmm.read_exact(&mut notice).unwrap();

@@ -1,17 +1,19 @@
 //! The virtio-blk device behind one VBD's vhost-user socket: its features and config space,
-//! and the queue threads that turn each chain into a [`Request`], translate it through the
-//! adapter and move the data straight between guest memory and the disks.
+//! and the queue threads that turn each chain into a [`Request`], translate it through
+//! hv-vbd and move the data straight between guest memory and the disks while the
+//! translation is held.
 //!
-//! Each queue has its own thread (`queues_per_thread` gives one queue per thread), which
-//! alone pops, serves and completes that queue's requests. Nothing a guest sends can stop a
-//! queue: every failure becomes a status byte, and `handle_event` only fails on errors of the
-//! vhost-user plumbing itself.
+//! Each queue has its own thread (`queues_per_thread` gives one queue per thread) with its
+//! own I/O context, which alone pops, serves and completes that queue's requests. Nothing a
+//! guest sends can stop a queue: every failure becomes a status byte, and `handle_event`
+//! only fails on errors of the vhost-user plumbing itself.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use hv_vbd::Access;
+use hv_vbd::{Access, VbdRef};
+use shared_abi::Error;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::virtio_blk::{
@@ -35,10 +37,11 @@ use zerocopy::{Immutable, IntoBytes, KnownLayout};
 use super::request::{
     GuestBuffer, Operation, Range, Request, RequestError, MAX_SEGMENTS, MAX_SEGMENT_SECTORS,
 };
-use crate::disks::Release;
+use crate::block::BlockContext;
+use crate::disks::{DiskIo, Release};
 use crate::service::Shared;
 use crate::sys;
-use crate::vbd::{vbd_devices, vbd_state, Translator, VbdRef, WalkError};
+use crate::vbd::{vbd_state, Translator};
 
 /// Descriptors per queue, and so the longest chain.
 pub const QUEUE_SIZE: u16 = 256;
@@ -95,12 +98,14 @@ const _: () = {
 /// What the device serves, shared with its export.
 pub struct DeviceTarget {
     pub shared: Arc<Shared>,
+    /// The VBD the socket was made for: once it is gone, requests fail.
     pub vbd: VbdRef,
     pub writable: bool,
-    /// `VIRTIO_BLK_T_GET_ID`: names the source. For now the VBD's device name.
+    /// `VIRTIO_BLK_T_GET_ID`: the VBD's label (`vd:3`, `phy:hda3`), or its device name when
+    /// it has none.
     pub serial: String,
-    /// Cleared when the VBD leaves the table: requests fail from then on.
-    pub alive: Arc<AtomicBool>,
+    /// The socket, as log lines name it: `dom1/xvda.sock`.
+    pub name: String,
 }
 
 /// One vhost-user-blk device, for one connection.
@@ -108,20 +113,33 @@ pub struct BlockDevice {
     target: Arc<DeviceTarget>,
     memory: Memory,
     event_idx: AtomicBool,
+    /// One translator per queue thread, claimed at its first request.
+    translators: Vec<Mutex<Option<Translator>>>,
+    /// Set when the VMM resumed rings this backend did not start; see [`super::Session`].
+    untrusted: Arc<AtomicBool>,
 }
 
 impl BlockDevice {
-    pub fn new(target: Arc<DeviceTarget>, memory: Memory) -> BlockDevice {
+    pub fn new(
+        target: Arc<DeviceTarget>,
+        memory: Memory,
+        untrusted: Arc<AtomicBool>,
+    ) -> BlockDevice {
+        let translators = (0..target.shared.queues)
+            .map(|_| Mutex::new(None))
+            .collect();
         BlockDevice {
             target,
             memory,
             event_idx: AtomicBool::new(false),
+            translators,
+            untrusted,
         }
     }
 
     fn config(&self) -> BlockConfig {
         // A VBD that left the table reads as empty; its requests fail anyway.
-        let capacity = vbd_state(self.target.shared.table, self.target.vbd)
+        let capacity = vbd_state(self.target.shared.table, &self.target.vbd)
             .map_or(0, |state| state.size_sectors);
         BlockConfig {
             capacity: capacity.into(),
@@ -142,12 +160,11 @@ impl BlockDevice {
     fn serve_queue(
         &self,
         vring: &VringRwLock<Memory>,
-        translator: &mut Translator,
+        mut translator: Option<&mut Translator>,
     ) -> io::Result<()> {
         let memory = self.memory.memory();
         let mut completed = false;
-        // Once stopping, new requests stay in the ring: the VMM sees them unanswered.
-        while !self.target.shared.stopping() {
+        loop {
             let Some(chain) = vring
                 .get_mut()
                 .get_queue_mut()
@@ -156,7 +173,7 @@ impl BlockDevice {
                 break;
             };
             let head = chain.head_index();
-            let used = self.serve_chain(chain, &*memory, translator);
+            let used = self.serve_chain(chain, &*memory, translator.as_deref_mut());
             vring.add_used(head, used).map_err(|error| {
                 io::Error::other(format!("cannot complete a request: {error:?}"))
             })?;
@@ -172,7 +189,12 @@ impl BlockDevice {
     }
 
     /// Serve one chain and return the bytes written to the guest (the used length).
-    fn serve_chain<I, M>(&self, chain: I, memory: &M, translator: &mut Translator) -> u32
+    pub fn serve_chain<I, M>(
+        &self,
+        chain: I,
+        memory: &M,
+        translator: Option<&mut Translator>,
+    ) -> u32
     where
         I: IntoIterator<Item = virtio_queue::desc::split::Descriptor>,
         M: GuestMemoryBackend,
@@ -203,65 +225,94 @@ impl BlockDevice {
         &self,
         operation: &Operation,
         memory: &M,
-        translator: &mut Translator,
+        translator: Option<&mut Translator>,
     ) -> Result<u32, RequestError> {
-        if !self.target.alive.load(Ordering::Acquire) {
-            return Err(RequestError::Gone);
+        if self.target.shared.stopping() {
+            return Err(RequestError::Stopping);
         }
-        let shared = &*self.target.shared;
-        let vbd = self.target.vbd;
+        if self.untrusted.load(Ordering::Acquire) {
+            return Err(RequestError::Resumed);
+        }
+        let translator = translator.ok_or(RequestError::Refused(Error::NoSpace))?;
+        let vbd = &self.target.vbd;
         match operation {
-            Operation::Read { sector, buffers } | Operation::Write { sector, buffers } => {
-                let access = if matches!(operation, Operation::Read { .. }) {
-                    Access::Read
-                } else {
-                    Access::Write
-                };
-                let lengths: Vec<u64> = buffers
-                    .iter()
-                    .map(|buffer| u64::from(buffer.length))
-                    .collect();
-                translator
-                    .walk(shared.table, vbd, access, *sector, &lengths, |transfer| {
-                        let buffer = buffers[transfer.buffer];
-                        // Inside a buffer that parsing checked against guest memory.
-                        let address = buffer
-                            .address
-                            .checked_add(transfer.buffer_offset)
-                            .ok_or_else(|| io::Error::other("a guest buffer that wraps"))?;
-                        let disk = shared.disks.find(transfer.device)?;
-                        let mut offset = transfer.disk_offset;
-                        for slice in memory.get_slices(address, transfer.length as usize) {
-                            let slice = slice.map_err(io::Error::other)?;
-                            match access {
-                                Access::Read => sys::read_exact_at(disk.file(), offset, &slice)?,
-                                Access::Write => sys::write_all_at(disk.file(), offset, &slice)?,
-                            }
-                            offset += slice.len() as u64;
-                        }
-                        Ok(())
-                    })
-                    .map_err(|error| self.failed(error))?;
-                Ok(match access {
-                    Access::Read => lengths.iter().sum::<u64>() as u32,
-                    Access::Write => 0,
-                })
+            Operation::Read { sector, buffers } => {
+                self.transfer(Access::Read, *sector, buffers, memory, translator)
+            }
+            Operation::Write { sector, buffers } => {
+                self.transfer(Access::Write, *sector, buffers, memory, translator)
             }
             Operation::Flush => {
-                let devices = vbd_devices(shared.table, vbd).map_err(RequestError::Refused)?;
-                shared
-                    .disks
-                    .flush(&devices)
-                    .map_err(|error| self.failed(WalkError::Failed(error)))?;
+                self.block(translator).flush(vbd)?;
                 Ok(0)
             }
-            Operation::GetId { buffers } => Ok(self.write_id(buffers, memory)),
+            Operation::GetId { buffers } => {
+                vbd_state(self.target.shared.table, vbd)?;
+                Ok(self.write_id(buffers, memory))
+            }
             Operation::Discard { ranges } => self.release(ranges, translator, |_| Release::Discard),
             Operation::WriteZeroes { ranges } => {
                 self.release(ranges, translator, |range| Release::WriteZeroes {
                     may_unmap: range.unmap,
                 })
             }
+        }
+    }
+
+    /// Move a read's or write's data straight between the guest's buffers and the disks,
+    /// each piece at its translated offset, while the translation is held. Returns the
+    /// bytes written to the guest.
+    fn transfer<M: GuestMemoryBackend>(
+        &self,
+        access: Access,
+        sector: u64,
+        buffers: &[GuestBuffer],
+        memory: &M,
+        translator: &mut Translator,
+    ) -> Result<u32, RequestError> {
+        let total: u64 = buffers.iter().map(|buffer| u64::from(buffer.length)).sum();
+        let request = hv_vbd::Request::from_bytes(access, sector, total)?;
+        let disks = &self.target.shared.disks;
+        translator.with(&self.target.vbd, &request, |translation| {
+            let lengths = buffers.iter().map(|buffer| buffer.length as usize);
+            translation.transfers(lengths).try_for_each(|transfer| {
+                let transfer = transfer?;
+                // Inside a buffer that parsing checked against guest memory.
+                let address = buffers
+                    .get(transfer.buffer)
+                    .and_then(|buffer| buffer.address.checked_add(transfer.buffer_offset as u64))
+                    .ok_or(RequestError::BadGuestAddress)?;
+                let disk = disks
+                    .find(transfer.device)
+                    .map_err(|error| self.failed(error))?;
+                let mut offset = transfer.disk_offset;
+                for slice in memory.get_slices(address, transfer.length) {
+                    let slice = slice.map_err(|_| RequestError::BadGuestAddress)?;
+                    match access {
+                        Access::Read => sys::read_exact_at(disk.file(), offset, &slice),
+                        Access::Write => sys::write_all_at(disk.file(), offset, &slice),
+                    }
+                    .map_err(|error| self.failed(error))?;
+                    offset += slice.len() as u64;
+                }
+                Ok::<(), RequestError>(())
+            })
+        })??;
+        Ok(match access {
+            // At most `u32::MAX - 1`: parsing bounds a request's data.
+            Access::Read => total as u32,
+            Access::Write => 0,
+        })
+    }
+
+    /// The operations without guest data, on this thread's translator.
+    fn block<'a>(&'a self, translator: &'a mut Translator) -> BlockContext<'a> {
+        BlockContext {
+            translator,
+            io: DiskIo {
+                disks: &self.target.shared.disks,
+                channel: &self.target.name,
+            },
         }
     }
 
@@ -292,37 +343,25 @@ impl BlockDevice {
         translator: &mut Translator,
         how: impl Fn(&Range) -> Release,
     ) -> Result<u32, RequestError> {
-        let shared = &*self.target.shared;
+        let mut block = self.block(translator);
         for range in ranges {
-            translator
-                .ranges(
-                    shared.table,
-                    self.target.vbd,
-                    range.sector,
-                    u64::from(range.nr_sectors),
-                    |device, offset, length| {
-                        shared
-                            .disks
-                            .find(device)?
-                            .release(offset, length, how(range))
-                    },
-                )
-                .map_err(|error| self.failed(error))?;
+            block.release(
+                &self.target.vbd,
+                range.sector,
+                u64::from(range.nr_sectors),
+                how(range),
+            )?;
         }
         Ok(0)
     }
 
-    fn failed(&self, error: WalkError<io::Error>) -> RequestError {
-        match error {
-            WalkError::Refused(error) => RequestError::Refused(error),
-            WalkError::Failed(failure) => {
-                eprintln!(
-                    "vbd-backend: dom{}/{}: disk I/O failed: {failure}",
-                    self.target.vbd.domain, self.target.serial
-                );
-                RequestError::Io
-            }
-        }
+    /// A disk failed: log it, since the guest learns no more than `VIRTIO_BLK_S_IOERR`.
+    fn failed(&self, failure: io::Error) -> RequestError {
+        eprintln!(
+            "vbd-backend: {}: disk I/O failed: {failure}",
+            self.target.name
+        );
+        RequestError::Io
     }
 }
 
@@ -399,7 +438,7 @@ impl VhostUserBackend for BlockDevice {
         device_event: u16,
         evset: EventSet,
         vrings: &[Self::Vring],
-        _thread_id: usize,
+        thread_id: usize,
     ) -> io::Result<()> {
         if evset != EventSet::IN {
             return Ok(());
@@ -407,7 +446,19 @@ impl VhostUserBackend for BlockDevice {
         let Some(vring) = vrings.get(usize::from(device_event)) else {
             return Ok(());
         };
-        let mut translator = Translator::default();
+        let Some(slot) = self.translators.get(thread_id) else {
+            return Ok(());
+        };
+        let mut translator = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if translator.is_none() {
+            match Translator::new(self.target.shared.table) {
+                Ok(claimed) => *translator = Some(claimed),
+                Err(error) => eprintln!(
+                    "vbd-backend: {}: queue {device_event} has no I/O context ({error}): its requests fail",
+                    self.target.name
+                ),
+            }
+        }
         let event_idx = self.event_idx.load(Ordering::Acquire);
         loop {
             if event_idx {
@@ -415,11 +466,10 @@ impl VhostUserBackend for BlockDevice {
                     .disable_notification()
                     .map_err(|error| io::Error::other(format!("{error:?}")))?;
             }
-            self.serve_queue(vring, &mut translator)?;
+            self.serve_queue(vring, translator.as_mut())?;
             // With event-idx, requests that arrived while notifications were off are served
             // before sleeping again.
             let more = event_idx
-                && !self.target.shared.stopping()
                 && vring
                     .enable_notification()
                     .map_err(|error| io::Error::other(format!("{error:?}")))?;

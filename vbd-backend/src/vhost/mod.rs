@@ -1,6 +1,13 @@
 //! vhost-user-blk sockets of guest VBDs, served with the rust-vmm crates. One connection at
 //! a time: a second is refused (closed) while the first lasts. Each connection gets a fresh
 //! vhost-user daemon, with its own queue threads, joined when the VMM goes.
+//!
+//! A VMM whose backend went away (killed, or stopped) and that reconnects (QEMU's
+//! `-chardev socket,...,reconnect=1`) resumes its rings where its guest left them, without
+//! resetting the device. A restarted backend cannot know what that guest believes about
+//! the disk, so every request of such a connection fails with `VIRTIO_BLK_S_IOERR`: the
+//! guest sees errors, never another VBD's data under the old name. Only a VMM that this
+//! socket's VBD saw start its rings (same process, rings at 0) is trusted to resume.
 
 mod bridge;
 mod device;
@@ -10,13 +17,13 @@ use std::io;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
-use self::bridge::BackendChannel;
+use self::bridge::{BackendChannel, Inbound};
 use self::device::{BlockDevice, DeviceTarget};
 use crate::service::Shared;
 use crate::threads::{Connections, VbdSocket};
@@ -34,6 +41,8 @@ struct Session {
     channel: BackendChannel,
     /// Where the private sockets between the relay and the daemon are made.
     directory: PathBuf,
+    /// The VMM processes whose rings started at 0 on this socket: they may resume.
+    started_by: Mutex<Vec<u32>>,
 }
 
 impl Export {
@@ -49,18 +58,23 @@ impl Export {
             .and_then(Path::parent)
             .map(Path::to_path_buf)
             .ok_or_else(|| io::Error::other("the socket has no directory"))?;
-        let label = format!("dom{}/{name}.sock", state.vbd.domain);
-        let alive = Arc::new(AtomicBool::new(true));
+        let label = format!("dom{}/{name}.sock", state.id().domain);
+        let serial = if state.label.is_empty() {
+            name
+        } else {
+            state.label.to_string()
+        };
         let session = Arc::new(Session {
             target: Arc::new(DeviceTarget {
                 shared,
                 vbd: state.vbd,
                 writable: state.writable,
-                serial: name,
-                alive: alive.clone(),
+                serial,
+                name: label.clone(),
             }),
             channel: BackendChannel::default(),
             directory,
+            started_by: Mutex::new(Vec::new()),
         });
         let serving = session.clone();
         let connections = Connections::serve(label.clone(), listener, 1, move |stream| {
@@ -69,7 +83,7 @@ impl Export {
             }
         })?;
         Ok(Export {
-            socket: VbdSocket::new(connections, alive),
+            socket: VbdSocket::new(connections),
             session,
         })
     }
@@ -87,15 +101,46 @@ impl Export {
 static BRIDGES: AtomicU64 = AtomicU64::new(0);
 
 impl Session {
+    fn started_by(&self) -> std::sync::MutexGuard<'_, Vec<u32>> {
+        self.started_by
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Serve one VMM connection until it ends.
     fn serve(&self, vmm: UnixStream) -> io::Result<()> {
+        let vmm_process = rustix::net::sockopt::socket_peercred(&vmm)?
+            .pid
+            .as_raw_nonzero()
+            .get() as u32;
+        let trusted = self.started_by().contains(&vmm_process);
+        let untrusted = Arc::new(AtomicBool::new(false));
+        let started = AtomicBool::new(false);
+        let ring_base = |index: u32, base: u32| {
+            if base == 0 {
+                started.store(true, Ordering::Release);
+            } else if !trusted && !untrusted.swap(true, Ordering::AcqRel) {
+                eprintln!(
+                    "vbd-backend: {}: VMM process {vmm_process} resumes ring {index} at {base}, which this backend did not start (a VMM reconnecting after a restart?): its requests fail",
+                    self.target.name
+                );
+            }
+        };
         let memory = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());
-        let device = Arc::new(BlockDevice::new(self.target.clone(), memory.clone()));
+        let device = Arc::new(BlockDevice::new(
+            self.target.clone(),
+            memory.clone(),
+            untrusted.clone(),
+        ));
         let mut daemon = VhostUserDaemon::new(self.target.serial.clone(), device, memory)
             .map_err(|error| io::Error::other(error.to_string()))?;
         let daemon_side = self.connect_daemon(&mut daemon)?;
+        let watch = Inbound {
+            channel: &self.channel,
+            ring_base: &ring_base,
+        };
         let result = thread::scope(|scope| {
-            let inbound = scope.spawn(|| bridge::relay(&vmm, &daemon_side, Some(&self.channel)));
+            let inbound = scope.spawn(|| bridge::relay(&vmm, &daemon_side, Some(&watch)));
             let outbound = bridge::relay(&daemon_side, &vmm, None);
             let inbound = inbound
                 .join()
@@ -114,6 +159,9 @@ impl Session {
             Err(error) => Err(io::Error::other(error.to_string())),
         };
         drop(daemon);
+        if started.load(Ordering::Acquire) && !untrusted.load(Ordering::Acquire) && !trusted {
+            self.started_by().push(vmm_process);
+        }
         result.and(waited)
     }
 

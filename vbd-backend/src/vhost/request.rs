@@ -105,12 +105,27 @@ pub enum RequestError {
     DiscardWithUnmap,
     /// Segment flags this device does not know.
     UnknownSegmentFlags,
-    /// The VBD was removed (or its domain destroyed) after the socket was connected.
-    Gone,
-    /// hv-vbd refused the translation (read-only, out of range, no such VBD).
+    /// The backend is stopping: a request it has not started is failed, not left in the
+    /// ring, where a VMM whose backend is gone would leave it unanswered for ever.
+    Stopping,
+    /// The VMM resumed rings this backend never started (it reconnected after the backend
+    /// was restarted): what the guest believes about the disk is unknown here.
+    Resumed,
+    /// hv-vbd refused the request: read-only, out of range, or `ENOENT` once the VBD the
+    /// socket was made for is gone (deleted, or its domain destroyed).
     Refused(shared_abi::Error),
     /// The disk failed the transfer.
     Io,
+}
+
+impl From<shared_abi::Error> for RequestError {
+    /// A disk failure reported through hv-vbd's `EIO` is one; anything else is a refusal.
+    fn from(error: shared_abi::Error) -> RequestError {
+        match error {
+            shared_abi::Error::Io => RequestError::Io,
+            other => RequestError::Refused(other),
+        }
+    }
 }
 
 impl RequestError {
@@ -133,7 +148,8 @@ impl RequestError {
             | RequestError::SegmentsNotWhole
             | RequestError::TooManySegments
             | RequestError::BadSegmentLength
-            | RequestError::Gone
+            | RequestError::Stopping
+            | RequestError::Resumed
             | RequestError::Refused(_)
             | RequestError::Io => VIRTIO_BLK_S_IOERR,
         };
@@ -302,7 +318,7 @@ impl Request {
             if bytes > MAX_DATA_BYTES {
                 return Err(RequestError::TooLarge);
             }
-            if sectors && bytes % SECTOR_SIZE != 0 {
+            if sectors && !bytes.is_multiple_of(SECTOR_SIZE) {
                 return Err(RequestError::DataNotSectors);
             }
             Ok(buffers)
@@ -342,7 +358,7 @@ impl Request {
             return Err(RequestError::UnexpectedData);
         }
         let bytes = total(&output);
-        if bytes == 0 || bytes % SEGMENT_BYTES != 0 {
+        if bytes == 0 || !bytes.is_multiple_of(SEGMENT_BYTES) {
             return Err(RequestError::SegmentsNotWhole);
         }
         if bytes / SEGMENT_BYTES > u64::from(MAX_SEGMENTS) {
@@ -678,7 +694,8 @@ mod tests {
             RequestError::UnknownSegmentFlags.status(),
             VIRTIO_BLK_S_UNSUPP as u8
         );
-        assert_eq!(RequestError::Gone.status(), VIRTIO_BLK_S_IOERR as u8);
+        assert_eq!(RequestError::Stopping.status(), VIRTIO_BLK_S_IOERR as u8);
+        assert_eq!(RequestError::Resumed.status(), VIRTIO_BLK_S_IOERR as u8);
         assert_eq!(
             RequestError::Refused(shared_abi::Error::ReadOnly).status(),
             VIRTIO_BLK_S_IOERR as u8
@@ -744,7 +761,7 @@ mod tests {
                     match &request.operation {
                         Operation::Read { buffers, .. } | Operation::Write { buffers, .. } => {
                             let bytes = total(buffers);
-                            prop_assert!(bytes > 0 && bytes % SECTOR_SIZE == 0);
+                            prop_assert!(bytes > 0 && bytes.is_multiple_of(SECTOR_SIZE));
                             prop_assert!(buffers.iter().all(|b| b.length > 0 && memory.check_range(b.address, b.length as usize)));
                             if matches!(request.operation, Operation::Read { .. }) {
                                 prop_assert_eq!((readable_bytes, writable_bytes), (HEADER_BYTES, bytes + 1));
