@@ -1038,5 +1038,7 @@ fn a_pinned_vbd_reaches_that_vbd_and_no_later_one_of_its_name() {
         "the new VBD is read-only"
     );
     let read = hv_vbd::Request::new(Access::Read, 9, 1).unwrap();
-    assert!(table.translate_pinned(&context, &again, &read, &mut out).is_ok());
+    assert!(table
+        .translate_pinned(&context, &again, &read, &mut out)
+        .is_ok());
 }

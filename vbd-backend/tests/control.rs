@@ -9,8 +9,9 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{hda, hdb, pattern, wait_with_timeout, xvda, Backend};
+use common::{hda, hdb, label, pattern, wait_with_timeout, xvda, Backend};
 use shared_abi::wire::Extent;
+use shared_abi::SharingLevel;
 
 #[test]
 fn vdisk_attaches_reads_writes_checks_and_detaches_through_control_sock() {
@@ -65,9 +66,13 @@ fn stopping_removes_every_socket_and_exits_zero() {
     let mut hypervisor = backend.hypervisor();
     let rw = shared_abi::Mode::READ | shared_abi::Mode::WRITE;
     for domain in [0, 2] {
-        hypervisor.create(domain, xvda(), rw).unwrap();
+        hypervisor
+            .create(domain, xvda(), rw, label("vd:1"))
+            .unwrap();
         let extent = Extent::new(if domain == 0 { hda() } else { hdb() }, 0, 2048).unwrap();
-        hypervisor.set_extents(domain, xvda(), &[extent]).unwrap();
+        hypervisor
+            .set_extents(domain, xvda(), &[extent], SharingLevel::ReadersOnly)
+            .unwrap();
     }
     assert!(backend.socket(0, "xvda").exists());
     assert!(backend.socket(2, "xvda").exists());
@@ -91,7 +96,7 @@ fn dom0s_shutdown_frame_stops_the_backend_like_sigterm() {
     let mut backend = Backend::start(&[]);
     let mut hypervisor = backend.hypervisor();
     hypervisor
-        .create(0, xvda(), shared_abi::Mode::READ)
+        .create(0, xvda(), shared_abi::Mode::READ, label(""))
         .unwrap();
     let mut frame = vec![0u8; shared_abi::frame::HEADER_LEN];
     shared_abi::frame::encode(shared_abi::frame::FrameKind::Shutdown, 9, &[], &mut frame).unwrap();
@@ -111,10 +116,12 @@ fn a_destroyed_domain_loses_its_sockets() {
     let backend = Backend::start(&[]);
     let mut hypervisor = backend.hypervisor();
     hypervisor
-        .create(3, xvda(), shared_abi::Mode::READ)
+        .create(3, xvda(), shared_abi::Mode::READ, label(""))
         .unwrap();
     let xvdb = shared_abi::DeviceNumber::from_name("xvdb").unwrap();
-    hypervisor.create(3, xvdb, shared_abi::Mode::READ).unwrap();
+    hypervisor
+        .create(3, xvdb, shared_abi::Mode::READ, label(""))
+        .unwrap();
     assert!(backend.socket(3, "xvda").exists() && backend.socket(3, "xvdb").exists());
     assert_eq!(hypervisor.destroy_domain(3).unwrap(), 2);
     assert!(!backend.socket(3, "xvda").exists());

@@ -10,9 +10,9 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{hda, hdb, pattern, xvda, Backend};
+use common::{hda, hdb, label, pattern, xvda, Backend};
 use shared_abi::wire::Extent;
-use shared_abi::Mode;
+use shared_abi::{Mode, SharingLevel};
 
 /// dom0's xvda over three extents, out of order and over both disks:
 /// VBD sectors 0..64 are hdb 1000..1064, 64..96 are hda 5000..5032, 96..128 are hdb 10..42.
@@ -20,14 +20,16 @@ const EXTENTS: [(u32, u64, u64); 3] = [(1, 1000, 64), (0, 5000, 32), (1, 10, 32)
 
 fn attach(backend: &Backend, mode: Mode) {
     let mut hypervisor = backend.hypervisor();
-    hypervisor.create(0, xvda(), mode).unwrap();
+    hypervisor.create(0, xvda(), mode, label("vd:1")).unwrap();
     let extents: Vec<Extent> = EXTENTS
         .iter()
         .map(|&(disk, start, count)| {
             Extent::new(if disk == 0 { hda() } else { hdb() }, start, count).unwrap()
         })
         .collect();
-    hypervisor.set_extents(0, xvda(), &extents).unwrap();
+    hypervisor
+        .set_extents(0, xvda(), &extents, SharingLevel::ReadersOnly)
+        .unwrap();
 }
 
 fn url(backend: &Backend) -> String {

@@ -9,9 +9,9 @@ use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use common::{hda, hdb, xvda, Backend};
+use common::{hda, hdb, label, xvda, Backend};
 use shared_abi::wire::Extent;
-use shared_abi::Mode;
+use shared_abi::{Mode, SharingLevel};
 use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::VhostBackend;
@@ -26,9 +26,14 @@ const PROTOCOL_FEATURES: u64 = 1 << 30;
 
 fn guest_vbd(backend: &Backend, mode: Mode, sectors: u64) {
     let mut hypervisor = backend.hypervisor();
-    hypervisor.create(1, xvda(), mode).unwrap();
+    hypervisor.create(1, xvda(), mode, label("vd:1")).unwrap();
     hypervisor
-        .set_extents(1, xvda(), &[Extent::new(hda(), 4096, sectors).unwrap()])
+        .set_extents(
+            1,
+            xvda(),
+            &[Extent::new(hda(), 4096, sectors).unwrap()],
+            SharingLevel::ReadersOnly,
+        )
         .unwrap();
 }
 
@@ -124,7 +129,12 @@ fn one_vmm_at_a_time_is_told_of_growth_and_loses_the_socket_on_delete() {
     assert_eq!(capacity(&config(&mut frontend)), 2048);
     backend
         .hypervisor()
-        .grow(1, xvda(), Extent::new(hdb(), 0, 1024).unwrap())
+        .grow(
+            1,
+            xvda(),
+            Extent::new(hdb(), 0, 1024).unwrap(),
+            SharingLevel::ReadersOnly,
+        )
         .unwrap();
     notices
         .set_read_timeout(Some(Duration::from_secs(20)))

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use host_tools::hypervisor::Hypervisor;
-use shared_abi::DeviceNumber;
+use shared_abi::{DeviceNumber, Label};
 
 /// Each image: 64 MiB, sparse.
 pub const IMAGE_BYTES: u64 = 64 << 20;
@@ -23,6 +23,10 @@ pub fn vdisk_binary() -> &'static Path {
 
 pub fn xvda() -> DeviceNumber {
     DeviceNumber::from_name("xvda").unwrap()
+}
+
+pub fn label(text: &str) -> Label {
+    Label::new(text).unwrap()
 }
 
 pub fn hda() -> DeviceNumber {
