@@ -56,10 +56,11 @@ const RUST_TARGET: &str = "x86_64-unknown-none";
 
 /// Make sure the Rust target, the Debian packages and the guest artefacts are there,
 /// installing them when we may (as root), otherwise failing with the command to run.
-pub fn ensure_all() -> Result<(), String> {
+/// Returns the guest artefacts.
+pub fn ensure_all() -> Result<GuestArtefacts, String> {
     ensure_rust_target()?;
     ensure_packages()?;
-    GuestArtefacts::ensure().map(drop)
+    GuestArtefacts::ensure()
 }
 
 fn ensure_rust_target() -> Result<(), String> {

@@ -1,8 +1,8 @@
 //! Sparse disk images partitioned with `sfdisk`.
 
-use std::fs::File;
+use std::fs::{self, File};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use shared_abi::DeviceNumber;
@@ -105,6 +105,71 @@ impl DiskSpec {
             Err(format!("sfdisk failed on {}: {status}", path.display()))
         }
     }
+}
+
+/// Disk images made in one directory from their specs, and the devices file that names them
+/// (`vdisk --devices`, `vbd-backend --devices`).
+#[derive(Clone, Debug)]
+pub struct DiskImages {
+    disks: Vec<(DiskSpec, PathBuf)>,
+}
+
+impl DiskImages {
+    /// Create and partition `DIR/NAME.img` for each disk.
+    pub fn create(dir: &Path, specs: &[DiskSpec]) -> Result<DiskImages, String> {
+        let mut disks = Vec::new();
+        for disk in specs {
+            let path = dir.join(format!("{}.img", disk.name));
+            disk.create(&path)?;
+            disks.push((disk.clone(), path));
+        }
+        Ok(DiskImages { disks })
+    }
+
+    /// Each disk and its image, in the order given.
+    pub fn iter(&self) -> impl Iterator<Item = (&DiskSpec, &Path)> {
+        self.disks.iter().map(|(disk, path)| (disk, path.as_path()))
+    }
+
+    /// The image file of a disk.
+    pub fn image(&self, name: &str) -> Option<&Path> {
+        self.iter()
+            .find(|(disk, _)| disk.name == name)
+            .map(|(_, path)| path)
+    }
+
+    /// The `[[disk]]` tables of a devices file: name, device number and image path, the path
+    /// relative to `base` when the image is below it (a devices file's relative paths are
+    /// relative to the file).
+    pub fn devices_toml(&self, base: Option<&Path>) -> String {
+        let mut toml = String::new();
+        for (disk, path) in self.iter() {
+            let path = base
+                .and_then(|base| path.strip_prefix(base).ok())
+                .unwrap_or(path);
+            toml.push_str(&format!(
+                "\n[[disk]]\nname = {}\ndevice = \"{}\"\npath = {}\n",
+                toml_string(&disk.name),
+                disk.device(),
+                toml_string(&path.display().to_string())
+            ));
+        }
+        toml
+    }
+
+    /// Write a devices file naming the disks to `path`.
+    pub fn write_devices(&self, path: &Path) -> Result<(), String> {
+        let toml = format!(
+            "# Written by vbd-machine: the disk images of one run.\n{}",
+            self.devices_toml(path.parent())
+        );
+        fs::write(path, toml).map_err(|error| format!("{}: {error}", path.display()))
+    }
+}
+
+/// A TOML basic string.
+pub(crate) fn toml_string(text: &str) -> String {
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 #[cfg(test)]

@@ -7,13 +7,17 @@
 //! dom0, dom1 and dom2, `machine.toml` describing it all, and QEMU under a wall-clock timeout
 //! that dies with the process that started it.
 
+mod backend;
 mod build;
 pub mod guest;
 mod image;
 mod machine;
 pub mod process;
+mod vdisk;
 pub mod walkthrough;
 
-pub use build::{build_hypervisor, build_vdisk, target_directory, workspace_root};
-pub use image::{default_partitions, DiskSpec};
+pub use backend::Backend;
+pub use build::{build_backend, build_hypervisor, build_vdisk, target_directory, workspace_root};
+pub use image::{default_partitions, DiskImages, DiskSpec};
 pub use machine::{Machine, MachineConfig, SUMMARY_PREFIX};
+pub use vdisk::Vdisk;

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use shared_abi::frame::{encode, FrameKind, HEADER_LEN, SHUTDOWN_EXIT_VALUE};
 
-use crate::image::DiskSpec;
-use crate::process::{spawn_logged, tail};
+use crate::image::{toml_string, DiskImages, DiskSpec};
+use crate::process::{spawn_logged, tail, terminate};
 
 /// The console line the hypervisor prints once every port is served.
 const READY_PREFIX: &str = "vbd-hypervisor: ready";
@@ -53,7 +53,7 @@ impl MachineConfig {
 pub struct Machine {
     child: Option<Child>,
     dir: PathBuf,
-    disks: Vec<(DiskSpec, PathBuf)>,
+    disks: DiskImages,
 }
 
 impl Machine {
@@ -65,12 +65,7 @@ impl Machine {
             .dir
             .canonicalize()
             .map_err(|error| format!("{}: {error}", config.dir.display()))?;
-        let mut disks = Vec::new();
-        for disk in &config.disks {
-            let path = dir.join(format!("{}.img", disk.name));
-            disk.create(&path)?;
-            disks.push((disk.clone(), path));
-        }
+        let disks = DiskImages::create(&dir, &config.disks)?;
         for name in ["console.log", "dom0.sock", "dom1.sock", "dom2.sock"] {
             let _ = fs::remove_file(dir.join(name));
         }
@@ -127,7 +122,7 @@ impl Machine {
             ));
             command.arg("-serial").arg(format!("chardev:dom{domain}"));
         }
-        for (disk, path) in &self.disks {
+        for (disk, path) in self.disks.iter() {
             command.arg("-drive").arg(format!(
                 "file={},format=raw,if=ide,index={}",
                 path.display(),
@@ -195,10 +190,7 @@ impl Machine {
 
     /// The image file of a disk.
     pub fn image(&self, name: &str) -> Option<&Path> {
-        self.disks
-            .iter()
-            .find(|(disk, _)| disk.name == name)
-            .map(|(_, path)| path.as_path())
+        self.disks.image(name)
     }
 
     /// Everything the hypervisor printed so far.
@@ -211,23 +203,15 @@ impl Machine {
     }
 
     fn describe(&self) -> String {
-        let quote = |text: &str| format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""));
         let mut toml = String::from(
             "# Written by vbd-machine: the disks and hypervisor ports of one QEMU machine.\n",
         );
-        for (disk, path) in &self.disks {
-            toml.push_str(&format!(
-                "\n[[disk]]\nname = {}\ndevice = \"{}\"\npath = {}\n",
-                quote(&disk.name),
-                disk.device(),
-                quote(&path.display().to_string())
-            ));
-        }
+        toml.push_str(&self.disks.devices_toml(None));
         toml.push_str("\n[endpoints]\n");
         for domain in 0..3 {
             toml.push_str(&format!(
                 "dom{domain} = {}\n",
-                quote(&self.endpoint(domain))
+                toml_string(&self.endpoint(domain))
             ));
         }
         toml
@@ -275,23 +259,6 @@ impl Machine {
         }
         Ok(last_line)
     }
-}
-
-/// Stop QEMU: SIGTERM to `timeout`, which passes it on to QEMU (a SIGKILL would orphan
-/// QEMU), then SIGKILL if it is still there after five seconds.
-pub(crate) fn terminate(mut child: Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(5) {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 impl Drop for Machine {

@@ -1,22 +1,29 @@
 //! Running external commands: every command is printed before it runs, failures name it.
 
-use std::fs::File;
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
 
-/// Render a command the way a shell user would type it.
+/// Render a command the way a shell user would type it, quoting what a shell would not take
+/// literally (`?` in an NBD URL, spaces, the empty string).
 pub fn display(command: &Command) -> String {
     let mut text = command.get_program().to_string_lossy().into_owned();
     for argument in command.get_args() {
-        let argument = argument.to_string_lossy();
-        if argument.contains(' ') || argument.is_empty() {
-            text.push_str(&format!(" '{argument}'"));
-        } else {
-            text.push(' ');
-            text.push_str(&argument);
-        }
+        text.push(' ');
+        text.push_str(&shell_word(&argument.to_string_lossy()));
     }
     text
+}
+
+/// `word` as one shell word: as it is when every character is plain, else in single quotes.
+fn shell_word(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:=,+@%^".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
 }
 
 /// Print and run a command with inherited output; an error names the command on failure.
@@ -67,4 +74,181 @@ pub fn spawn_logged(command: &mut Command, log: &Path, hint: &str) -> Result<Chi
         .stderr(file)
         .spawn()
         .map_err(|error| format!("cannot start {}: {error} ({hint})", display(command)))
+}
+
+/// Stop a process: SIGTERM (to `timeout` or `setpriv`, which pass it on, where a SIGKILL
+/// would orphan what they run), then SIGKILL if it is still there after five seconds.
+pub(crate) fn terminate(mut child: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A long-running server (qemu-storage-daemon, vbd-backend) with its output in a log file.
+/// It is started under `setpriv --pdeathsig TERM`, which execs it, so it dies with whoever
+/// started it and its pid is the server's own. Dropping it stops the server.
+pub struct Daemon {
+    child: Option<Child>,
+    /// The program's name, for messages.
+    name: String,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Print and start `program arguments...` with both outputs in a new file `log`; `hint`
+    /// follows the error when it cannot start.
+    pub fn spawn(
+        program: &Path,
+        arguments: &[String],
+        log: &Path,
+        hint: &str,
+    ) -> Result<Daemon, String> {
+        let mut command = Command::new("setpriv");
+        command
+            .args(["--pdeathsig", "TERM", "--"])
+            .arg(program)
+            .args(arguments);
+        let child = spawn_logged(&mut command, log, hint)?;
+        Ok(Daemon {
+            child: Some(child),
+            name: program.file_name().map_or_else(
+                || program.display().to_string(),
+                |name| name.to_string_lossy().into_owned(),
+            ),
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// Wait until `ready` holds, for at most `limit`; an error if the server exits first.
+    pub fn wait_until(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        ready: impl Fn() -> bool,
+    ) -> Result<(), String> {
+        let started = Instant::now();
+        while !ready() {
+            let child = self
+                .child
+                .as_mut()
+                .ok_or_else(|| format!("{} is not running", self.name))?;
+            if let Some(status) = child.try_wait().map_err(|error| error.to_string())? {
+                return Err(format!(
+                    "{} exited ({status}) before {what}: {}",
+                    self.name,
+                    self.log().trim()
+                ));
+            }
+            if started.elapsed() > limit {
+                return Err(format!(
+                    "{} did not get to {what} in {limit:?}: {}",
+                    self.name,
+                    self.log().trim()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Everything the server printed so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stop the server with SIGTERM and require a clean exit (status 0) within 10 s; returns
+    /// all it printed.
+    pub fn stop(mut self) -> Result<String, String> {
+        let child = self
+            .child
+            .take()
+            .ok_or_else(|| format!("{} is not running", self.name))?;
+        let status = signal_and_wait(child, "TERM", Duration::from_secs(10))
+            .map_err(|error| format!("{}: {error}", self.name))?;
+        let log = self.log();
+        if status.success() {
+            Ok(log)
+        } else {
+            Err(format!(
+                "{} exited with {status} on SIGTERM: {}",
+                self.name,
+                log.trim()
+            ))
+        }
+    }
+
+    /// Kill the server with SIGKILL, as a crash would, and wait until it is gone.
+    pub fn kill(mut self) -> Result<ExitStatus, String> {
+        let child = self
+            .child
+            .take()
+            .ok_or_else(|| format!("{} is not running", self.name))?;
+        signal_and_wait(child, "KILL", Duration::from_secs(10))
+            .map_err(|error| format!("{}: {error}", self.name))
+    }
+}
+
+/// Print and send `signal` to `child`, then reap it; a child still there after `limit` is
+/// terminated and that is an error.
+fn signal_and_wait(mut child: Child, signal: &str, limit: Duration) -> Result<ExitStatus, String> {
+    run(Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string()))?;
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().map_err(|error| error.to_string())? {
+            return Ok(status);
+        }
+        if started.elapsed() > limit {
+            terminate(child);
+            return Err(format!("still running {limit:?} after SIG{signal}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            terminate(child);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_shown_as_a_shell_would_take_them() {
+        let mut command = Command::new("qemu-img");
+        command.args([
+            "convert",
+            "-O",
+            "raw",
+            "nbd+unix:///xvda?socket=run/dom0/xvda.nbd",
+            "",
+            "a b",
+            "it's",
+            "^has_journal",
+        ]);
+        assert_eq!(
+            display(&command),
+            "qemu-img convert -O raw 'nbd+unix:///xvda?socket=run/dom0/xvda.nbd' '' 'a b' 'it'\\''s' ^has_journal"
+        );
+    }
 }

@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::artefacts::GuestArtefacts;
 use super::report::{self, GuestReport};
-use crate::machine::terminate;
-use crate::process::{spawn_logged, tail};
+use crate::process::{spawn_logged, tail, terminate};
 
 /// The control port's socket, in the guest's directory.
 const CONTROL_SOCKET: &str = "control.sock";

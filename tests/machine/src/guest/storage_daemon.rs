@@ -3,15 +3,13 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::machine::terminate;
-use crate::process::spawn_logged;
+use crate::process::Daemon;
 
 /// A running qemu-storage-daemon. Dropping it stops the daemon.
 pub struct StorageDaemon {
-    child: Option<Child>,
+    daemon: Daemon,
     /// The vhost-user-blk socket, for [`super::GuestDisk::VhostUser`].
     pub vhost_user_socket: PathBuf,
     /// The NBD socket; the export is named `d0` (`nbd:unix:PATH:exportname=d0`).
@@ -27,92 +25,44 @@ impl StorageDaemon {
         for socket in [&vhost_user_socket, &nbd_socket] {
             let _ = fs::remove_file(socket);
         }
-        let mut command = Command::new("setpriv");
-        // setpriv execs the daemon, so the child's pid is the daemon's (for its CPU time).
-        command.args(["--pdeathsig", "TERM", "--", "qemu-storage-daemon"]);
-        command.arg("--blockdev").arg(format!(
-            "driver=file,node-name=f0,filename={}",
-            image.display()
-        ));
-        command.args(["--blockdev", "driver=raw,node-name=d0,file=f0"]);
-        command.arg("--export").arg(format!(
-            "type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path={},writable=on,num-queues={queues}",
-            vhost_user_socket.display()
-        ));
-        command
-            .arg("--nbd-server")
-            .arg(format!("addr.type=unix,addr.path={}", nbd_socket.display()));
-        command.args([
-            "--export",
-            "type=nbd,id=e1,node-name=d0,name=d0,writable=on",
-        ]);
-        let child = spawn_logged(
-            &mut command,
+        let arguments = [
+            "--blockdev".to_owned(),
+            format!("driver=file,node-name=f0,filename={}", image.display()),
+            "--blockdev".to_owned(),
+            "driver=raw,node-name=d0,file=f0".to_owned(),
+            "--export".to_owned(),
+            format!(
+                "type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path={},writable=on,num-queues={queues}",
+                vhost_user_socket.display()
+            ),
+            "--nbd-server".to_owned(),
+            format!("addr.type=unix,addr.path={}", nbd_socket.display()),
+            "--export".to_owned(),
+            "type=nbd,id=e1,node-name=d0,name=d0,writable=on".to_owned(),
+        ];
+        let mut daemon = Daemon::spawn(
+            Path::new("qemu-storage-daemon"),
+            &arguments,
             &dir.join("qsd.log"),
             "install qemu-system-common",
         )?;
-        let mut daemon = StorageDaemon {
-            child: Some(child),
+        daemon.wait_until("making its sockets", Duration::from_secs(10), || {
+            vhost_user_socket.exists() && nbd_socket.exists()
+        })?;
+        Ok(StorageDaemon {
+            daemon,
             vhost_user_socket,
             nbd_socket,
-        };
-        let started = Instant::now();
-        while !(daemon.vhost_user_socket.exists() && daemon.nbd_socket.exists()) {
-            let child = daemon.child.as_mut().expect("just started");
-            if let Some(status) = child.try_wait().map_err(|error| error.to_string())? {
-                return Err(format!(
-                    "qemu-storage-daemon exited ({status}): {}",
-                    fs::read_to_string(dir.join("qsd.log"))
-                        .unwrap_or_default()
-                        .trim()
-                ));
-            }
-            if started.elapsed() > Duration::from_secs(10) {
-                return Err("qemu-storage-daemon made no sockets in 10 s".to_owned());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(daemon)
+        })
     }
 
     /// The daemon's process id.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
+        self.daemon.pid()
     }
 
     /// Stop the daemon with SIGTERM and require a clean exit (status 0).
-    pub fn stop(mut self) -> Result<(), String> {
-        let mut child = self
-            .child
-            .take()
-            .ok_or("qemu-storage-daemon is not running")?;
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let started = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().map_err(|error| error.to_string())? {
-                return if status.success() {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "qemu-storage-daemon exited with {status} on SIGTERM"
-                    ))
-                };
-            }
-            if started.elapsed() > Duration::from_secs(10) {
-                terminate(child);
-                return Err("qemu-storage-daemon ignored SIGTERM for 10 s".to_owned());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for StorageDaemon {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.take() {
-            terminate(child);
-        }
+    pub fn stop(self) -> Result<(), String> {
+        self.daemon.stop().map(drop)
     }
 }

@@ -1,5 +1,4 @@
-//! The HOWTO walkthrough, every command printed and every step checked: `cargo xtask demo`
-//! runs it, and so does the integration suite.
+//! The walkthrough on the bare-metal test hypervisor (`cargo xtask demo --bare-metal`).
 //!
 //! Put one partition of each disk in the free pool, create a VD that spans both disks,
 //! attach it to dom0 as `xvda`, write an ext4 root filesystem into it, detach it, attach it
@@ -10,84 +9,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use crate::{process, DiskSpec, Machine, MachineConfig};
+use super::{check_clean, check_files, root_tree, shell};
+use crate::Vdisk;
+use crate::{DiskSpec, Machine, MachineConfig};
 
 /// Small disks and a small filesystem keep the walkthrough quick: every byte crosses an
 /// emulated UART, at a few hundred KiB/s under TCG. The pool is the 2 MiB second partition
 /// of each disk, in 1 MiB extents, so a 3 MiB VD must span both disks.
 const DEMO_PARTITIONS: &str = "label: dos\n,8M\n,2M\n,\n";
 const VD_SIZE: &str = "3M";
-
-/// The files of the root filesystem: path and contents.
-fn root_tree() -> Vec<(&'static str, Vec<u8>)> {
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let noise: Vec<u8> = (0..384 << 10)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect();
-    vec![
-        ("etc/hostname", b"guest1\n".to_vec()),
-        (
-            "etc/motd",
-            b"Welcome to a domain whose disk is a virtual disk.\n".to_vec(),
-        ),
-        ("bin/hello", b"#!/bin/sh\necho hello from xvda\n".to_vec()),
-        ("var/lib/blob", noise),
-    ]
-}
-
-/// Runs `vdisk` with the demo's database and devices file, printing each command.
-struct Vdisk {
-    binary: PathBuf,
-    database: PathBuf,
-    devices: PathBuf,
-}
-
-impl Vdisk {
-    fn run(&self, arguments: &[&str]) -> Result<String, String> {
-        let mut command = Command::new(&self.binary);
-        command
-            .args(arguments)
-            .env("VDISK_DB", &self.database)
-            .env("VDISK_DEVICES", &self.devices);
-        println!("$ vdisk {}", arguments.join(" "));
-        let output = command
-            .output()
-            .map_err(|error| format!("vdisk: {error}"))?;
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        print!("{stdout}");
-        if !output.status.success() {
-            return Err(format!(
-                "`vdisk {}` failed: {}",
-                arguments.join(" "),
-                String::from_utf8_lossy(&output.stderr).trim()
-            ));
-        }
-        Ok(stdout)
-    }
-}
-
-fn shell(command: &mut Command) -> Result<String, String> {
-    println!("$ {}", process::display(command));
-    let output = command
-        .output()
-        .map_err(|error| format!("{}: {error}", process::display(command)))?;
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    print!("{stdout}");
-    if output.status.success() {
-        Ok(stdout)
-    } else {
-        Err(format!(
-            "`{}` failed: {}",
-            process::display(command),
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
-    }
-}
 
 /// Run the walkthrough in `dir` (emptied first) with the given hypervisor ELF and `vdisk`
 /// binary. Returns the hypervisor's summary line.
@@ -193,13 +123,13 @@ pub fn run(dir: &Path, hypervisor: PathBuf, vdisk: PathBuf) -> Result<String, St
     vdisk.run(&["--hv", &dom0, "vbds", "all"])?;
 
     println!("\n# Check what dom1 read: a clean filesystem with the same files");
-    shell(Command::new("e2fsck").args(["-f", "-n"]).arg(&readback))?;
+    check_clean(&readback)?;
     shell(
         Command::new("debugfs")
             .args(["-R", "ls -l /etc"])
             .arg(&readback),
     )?;
-    check_files(&readback, dir)?;
+    check_files(&readback, &dir.join("dumped"))?;
 
     println!("\n# Power the hypervisor off");
     let summary = machine.shutdown()?;
@@ -209,23 +139,4 @@ pub fn run(dir: &Path, hypervisor: PathBuf, vdisk: PathBuf) -> Result<String, St
         started.elapsed().as_secs_f64()
     );
     Ok(summary)
-}
-
-/// Every file of the tree, dumped from the image with `debugfs`, equals the original.
-fn check_files(image: &Path, dir: &Path) -> Result<(), String> {
-    for (path, contents) in root_tree() {
-        let dumped = dir.join("dumped");
-        let request = format!("dump /{path} {}", dumped.display());
-        let _ = fs::remove_file(&dumped);
-        let mut command = Command::new("debugfs");
-        command.args(["-R", &request]).arg(image);
-        process::output(&mut command)?;
-        let read =
-            fs::read(&dumped).map_err(|error| format!("debugfs did not dump /{path}: {error}"))?;
-        if read != contents {
-            return Err(format!("/{path} differs after the round trip through dom1"));
-        }
-        println!("/{path}: {} bytes, identical", read.len());
-    }
-    Ok(())
 }

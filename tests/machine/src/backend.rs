@@ -1,0 +1,112 @@
+//! vbd-backend as dom0 runs it: started on a devices file and a socket directory, ready once
+//! its control socket answers, stopped with SIGTERM (a clean exit required) or killed with
+//! SIGKILL as a crash would kill it.
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::process::Daemon;
+
+/// What the backend prints last when it stopped cleanly.
+const STOPPED: &str = "vbd-backend: stopped";
+
+/// A running `vbd-backend`. Dropping it stops the backend.
+pub struct Backend {
+    daemon: Daemon,
+    dir: PathBuf,
+}
+
+impl Backend {
+    /// Start `binary --devices DEVICES --dir DIR` with `options` after them (`--sharing 1`,
+    /// `--queues 2`), both outputs in `log`; returns once `DIR/control.sock` accepts
+    /// connections (a socket left by a killed backend does not count).
+    pub fn start(
+        binary: &Path,
+        devices: &Path,
+        dir: &Path,
+        options: &[&str],
+        log: &Path,
+    ) -> Result<Backend, String> {
+        let mut arguments = vec![
+            "--devices".to_owned(),
+            devices.display().to_string(),
+            "--dir".to_owned(),
+            dir.display().to_string(),
+        ];
+        arguments.extend(options.iter().map(|option| option.to_string()));
+        let mut daemon = Daemon::spawn(
+            binary,
+            &arguments,
+            log,
+            "build it with cargo build -p vbd-backend",
+        )?;
+        let control = dir.join("control.sock");
+        daemon.wait_until("serving control.sock", Duration::from_secs(20), || {
+            UnixStream::connect(&control).is_ok()
+        })?;
+        Ok(Backend {
+            daemon,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// `unix:DIR/control.sock`, dom0's hypercall channel, as `vdisk --hv` takes it.
+    pub fn endpoint(&self) -> String {
+        format!("unix:{}", self.dir.join("control.sock").display())
+    }
+
+    /// The vhost-user-blk socket of guest domain `domain`'s VBD `vdevice` (`xvda`).
+    pub fn vhost_user_socket(&self, domain: u32, vdevice: &str) -> PathBuf {
+        self.dir.join(format!("dom{domain}/{vdevice}.sock"))
+    }
+
+    /// The NBD socket of dom0's VBD `vdevice`.
+    pub fn nbd_socket(&self, vdevice: &str) -> PathBuf {
+        self.dir.join(format!("dom0/{vdevice}.nbd"))
+    }
+
+    /// The NBD URL of dom0's VBD `vdevice`, as `qemu-img` and `qemu-io` take it (the export
+    /// is named after the device).
+    pub fn nbd_url(&self, vdevice: &str) -> String {
+        format!(
+            "nbd+unix:///{vdevice}?socket={}",
+            self.nbd_socket(vdevice).display()
+        )
+    }
+
+    /// The backend's process id.
+    pub fn pid(&self) -> u32 {
+        self.daemon.pid()
+    }
+
+    /// Everything the backend printed so far.
+    pub fn log(&self) -> String {
+        self.daemon.log()
+    }
+
+    /// Stop the backend with SIGTERM and require what a clean stop is: exit status 0, the
+    /// last line `vbd-backend: stopped`, and no control socket left behind.
+    pub fn stop(self) -> Result<(), String> {
+        let control = self.dir.join("control.sock");
+        let log = self.daemon.stop()?;
+        if log.lines().last() != Some(STOPPED) {
+            return Err(format!(
+                "vbd-backend exited 0 but its log does not end `{STOPPED}`: {}",
+                log.trim()
+            ));
+        }
+        if control.exists() {
+            return Err(format!(
+                "vbd-backend stopped and left {}",
+                control.display()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Kill the backend with SIGKILL, as a crash would: no flush, sockets left behind.
+    pub fn kill(self) -> Result<(), String> {
+        self.daemon.kill().map(drop)
+    }
+}
