@@ -3,46 +3,16 @@
 //! host, byte for byte.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use vbd_integration::{guest_artefacts, noise, sha256, test_dir};
 use vbd_machine::guest::{
     fio_layer, run_guest, run_job, Aio, Cache, Engine, FioJob, FioReport, FioRun, Guest,
-    GuestArtefacts, GuestConfig, GuestDisk, Initramfs, RootFilesystem, StorageDaemon,
+    GuestConfig, GuestDisk, Initramfs, RootFilesystem, StorageDaemon,
 };
 use vbd_machine::process::output;
-use vbd_machine::workspace_root;
-
-/// A fresh directory for one test.
-fn test_dir(name: &str) -> PathBuf {
-    let dir = workspace_root().join("target/integration").join(name);
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Deterministic bytes that differ with `seed`.
-fn noise(length: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..length)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
-}
-
-fn sha256(path: &Path) -> String {
-    let listed = output(Command::new("sha256sum").arg(path)).unwrap();
-    String::from_utf8_lossy(&listed.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned()
-}
 
 /// Every byte of `image` equals `original`, except `pattern` at `offset`.
 fn assert_written_exactly(image: &Path, original: &[u8], pattern: &[u8], offset: usize) {
@@ -73,7 +43,7 @@ fn assert_written_exactly(image: &Path, original: &[u8], pattern: &[u8], offset:
 #[test]
 fn a_guest_reads_and_writes_a_qsd_disk_and_a_builtin_one_at_the_right_bytes() {
     let dir = test_dir("guest-disks");
-    let artefacts = GuestArtefacts::ensure().unwrap();
+    let artefacts = guest_artefacts();
     let (vda_image, vdb_image) = (dir.join("vda.img"), dir.join("vdb.img"));
     let (vda_original, vdb_original) = (noise(8 << 20, 1), noise(4 << 20, 2));
     fs::write(&vda_image, &vda_original).unwrap();
@@ -102,11 +72,11 @@ wait_for_host overwritten
 result vda.host_block "$(dd if=/dev/vda bs=4096 skip={host_block} count=1 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)"
 "#
     );
-    let mut initramfs = Initramfs::guest(&artefacts, &body);
+    let mut initramfs = Initramfs::guest(artefacts, &body);
     initramfs.file("etc/pattern", pattern.clone(), 0o644);
     let initrd = dir.join("initramfs.cpio.gz");
     initramfs.write(&initrd).unwrap();
-    let mut config = GuestConfig::new(&dir, &artefacts, &initrd);
+    let mut config = GuestConfig::new(&dir, artefacts, &initrd);
     config.disks = vec![
         GuestDisk::VhostUser {
             socket: daemon.vhost_user_socket.clone(),
@@ -164,7 +134,7 @@ result vda.host_block "$(dd if=/dev/vda bs=4096 skip={host_block} count=1 iflag=
 #[test]
 fn a_guest_boots_from_an_ext4_root_on_qsd_checks_its_manifest_and_leaves_a_file() {
     let dir = test_dir("guest-root");
-    let artefacts = GuestArtefacts::ensure().unwrap();
+    let artefacts = guest_artefacts();
     let body = r#"cd /
 sha256sum -c etc/manifest.sha256 > /tmp/checked
 result verified "$(grep -c ': OK$' /tmp/checked)"
@@ -176,12 +146,12 @@ sync
     root.file("etc/hostname", "guest1\n")
         .file("var/lib/blob", noise(300 << 10, 4));
     let image = dir.join("root.img");
-    root.build(&artefacts, &dir.join("rootfs"), &image, 16 << 20)
+    root.build(artefacts, &dir.join("rootfs"), &image, 16 << 20)
         .unwrap();
     let daemon = StorageDaemon::start(&dir, &image, 1).unwrap();
     let initrd = dir.join("loader.cpio.gz");
-    Initramfs::root_loader(&artefacts).write(&initrd).unwrap();
-    let mut config = GuestConfig::new(&dir, &artefacts, &initrd);
+    Initramfs::root_loader(artefacts).write(&initrd).unwrap();
+    let mut config = GuestConfig::new(&dir, artefacts, &initrd);
     config.append.push_str(" root=/dev/vda");
     config.disks = vec![GuestDisk::VhostUser {
         socket: daemon.vhost_user_socket.clone(),
@@ -210,12 +180,12 @@ sync
 #[test]
 fn a_failing_command_in_the_guest_fails_the_run_and_still_powers_off() {
     let dir = test_dir("guest-failure");
-    let artefacts = GuestArtefacts::ensure().unwrap();
+    let artefacts = guest_artefacts();
     let initrd = dir.join("initramfs.cpio.gz");
-    Initramfs::guest(&artefacts, "result before 1\nfalse\nresult after 1")
+    Initramfs::guest(artefacts, "result before 1\nfalse\nresult after 1")
         .write(&initrd)
         .unwrap();
-    let error = run_guest(&GuestConfig::new(&dir, &artefacts, &initrd)).unwrap_err();
+    let error = run_guest(&GuestConfig::new(&dir, artefacts, &initrd)).unwrap_err();
     assert_eq!(
         error,
         "the guest failed: the script stopped at a failing command (status 1)"
@@ -228,7 +198,7 @@ fn a_failing_command_in_the_guest_fails_the_run_and_still_powers_off() {
 #[test]
 fn fio_runs_in_the_guest_on_qsd_and_its_reports_add_up() {
     let dir = test_dir("guest-fio");
-    let artefacts = GuestArtefacts::ensure().unwrap();
+    let artefacts = guest_artefacts();
     let layer = fio_layer().unwrap();
     let image = dir.join("disk.img");
     fs::write(&image, noise(32 << 20, 5)).unwrap();
@@ -245,11 +215,11 @@ fn fio_runs_in_the_guest_on_qsd_and_its_reports_add_up() {
     for job in &jobs {
         body.push_str(&job.guest_command("/dev/vda"));
     }
-    let mut initramfs = Initramfs::guest(&artefacts, &body);
+    let mut initramfs = Initramfs::guest(artefacts, &body);
     initramfs.layer(&layer);
     let initrd = dir.join("initramfs.cpio.gz");
     initramfs.write(&initrd).unwrap();
-    let mut config = GuestConfig::new(&dir, &artefacts, &initrd);
+    let mut config = GuestConfig::new(&dir, artefacts, &initrd);
     config.timeout = Duration::from_secs(180);
     config.control = true;
     config.disks = vec![GuestDisk::VhostUser {

@@ -1,0 +1,399 @@
+//! Real Linux guests (Debian's cloud kernel under TCG, a busybox initramfs) doing their disk
+//! I/O through vbd-backend's vhost-user-blk sockets, every byte checked against the disk
+//! images from the host: reads in VBD order over scattered extents, writes at exactly the
+//! translated offsets, read-only VBDs, the sharing level between a guest's VBD and dom0's,
+//! live growth, a delete under a guest's writes, and a backend killed under a guest.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Command;
+
+use host_tools::hypervisor::HypervisorError;
+use shared_abi::wire::Extent;
+use shared_abi::{DeviceNumber, Error, Label, Mode, SharingLevel};
+use vbd_integration::{guest_artefacts, noise, sha256_of, test_dir, TestBackend};
+use vbd_machine::guest::{Guest, GuestConfig, GuestDisk, GuestReport, Initramfs};
+use vbd_machine::process::output;
+use vbd_machine::DiskSpec;
+
+const SECTOR: u64 = 512;
+
+/// An unpartitioned disk image of `mib` MiB.
+fn disk(name: &str, mib: u64) -> DiskSpec {
+    DiskSpec {
+        name: name.to_owned(),
+        size_bytes: mib << 20,
+        partitions: String::new(),
+    }
+}
+
+fn device(name: &str) -> DeviceNumber {
+    DeviceNumber::from_name(name).unwrap()
+}
+
+fn refusal<T: std::fmt::Debug>(result: Result<T, HypervisorError>) -> Error {
+    match result {
+        Err(HypervisorError::Refused { error, .. }) => error,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// Fill every disk image with its own noise; returns the contents by disk name.
+fn fill_images(test: &TestBackend) -> BTreeMap<String, Vec<u8>> {
+    test.images
+        .iter()
+        .enumerate()
+        .map(|(index, (disk, path))| {
+            let contents = noise(disk.size_bytes as usize, 40 + index as u64);
+            fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .write_all_at(&contents, 0)
+                .unwrap();
+            (disk.name.clone(), contents)
+        })
+        .collect()
+}
+
+/// Every image equals `expected`; a difference is reported at its first byte.
+fn assert_images(test: &TestBackend, expected: &BTreeMap<String, Vec<u8>>, when: &str) {
+    for (name, contents) in expected {
+        let now = fs::read(test.image(name)).unwrap();
+        assert_eq!(now.len(), contents.len(), "{name} changed size {when}");
+        if let Some(at) = (0..now.len()).find(|&index| now[index] != contents[index]) {
+            panic!(
+                "{name}: byte {at} (sector {}) is not what it should be {when}",
+                at as u64 / SECTOR
+            );
+        }
+    }
+}
+
+/// A VBD's extents in VBD order: disk name, first sector, sectors.
+struct Layout(Vec<(&'static str, u64, u64)>);
+
+impl Layout {
+    fn extents(&self) -> Vec<Extent> {
+        self.0
+            .iter()
+            .map(|&(disk, start, count)| Extent::new(device(disk), start, count).unwrap())
+            .collect()
+    }
+
+    fn sectors(&self) -> u64 {
+        self.0.iter().map(|&(_, _, count)| count).sum()
+    }
+
+    /// Where each extent starts in the VBD.
+    fn boundaries(&self) -> Vec<u64> {
+        self.0
+            .iter()
+            .scan(0, |start, &(_, _, count)| {
+                let this = *start;
+                *start += count;
+                Some(this)
+            })
+            .collect()
+    }
+
+    /// The VBD's bytes, taken from `images` in VBD order.
+    fn gather(&self, images: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
+        self.0
+            .iter()
+            .flat_map(|&(disk, start, count)| {
+                images[disk][(start * SECTOR) as usize..((start + count) * SECTOR) as usize]
+                    .to_vec()
+            })
+            .collect()
+    }
+
+    /// `images` with the VBD's extents replaced by `vbd`, the VBD's bytes in VBD order.
+    fn scatter(&self, images: &BTreeMap<String, Vec<u8>>, vbd: &[u8]) -> BTreeMap<String, Vec<u8>> {
+        let mut result = images.clone();
+        let mut offset = 0;
+        for &(disk, start, count) in &self.0 {
+            let length = (count * SECTOR) as usize;
+            let at = (start * SECTOR) as usize;
+            result.get_mut(disk).unwrap()[at..at + length]
+                .copy_from_slice(&vbd[offset..offset + length]);
+            offset += length;
+        }
+        result
+    }
+}
+
+/// Make VBD `vdevice` of `domain` from `layout` through control.sock, as `vdisk` cannot (its
+/// VBDs are one VD or one device): labelled `label`, in `mode`.
+fn make_vbd(
+    test: &TestBackend,
+    domain: u32,
+    vdevice: &str,
+    mode: Mode,
+    label: &str,
+    layout: &Layout,
+) {
+    let mut client = test.client();
+    client
+        .create(domain, device(vdevice), mode, Label::new(label).unwrap())
+        .unwrap();
+    client
+        .set_extents(
+            domain,
+            device(vdevice),
+            &layout.extents(),
+            SharingLevel::ReadersOnly,
+        )
+        .unwrap();
+}
+
+/// The guest's `RESULT` of `key`, which must be there.
+fn result<'a>(report: &'a GuestReport, key: &str) -> &'a str {
+    report.get(key).unwrap_or_else(|error| panic!("{error}"))
+}
+
+/// Boot a guest on `sockets` (its vda, vdb, ... in order) whose initramfs runs `body` with
+/// `files` added; with a control port for `wait_for_host`.
+fn start_guest(dir: &Path, body: &str, files: &[(String, Vec<u8>)], sockets: &[&Path]) -> Guest {
+    let artefacts = guest_artefacts();
+    let mut initramfs = Initramfs::guest(artefacts, body);
+    for (path, contents) in files {
+        initramfs.file(path, contents.clone(), 0o644);
+    }
+    let initrd = dir.join("initramfs.cpio.gz");
+    initramfs.write(&initrd).unwrap();
+    let mut config = GuestConfig::new(dir, artefacts, &initrd);
+    config.control = true;
+    config.disks = sockets
+        .iter()
+        .map(|socket| GuestDisk::VhostUser {
+            socket: socket.to_path_buf(),
+            queues: 1,
+        })
+        .collect();
+    Guest::start(&config).unwrap()
+}
+
+/// `qemu-img convert` dom0's VBD `vdevice` out through its NBD export into `file`.
+fn read_export(test: &TestBackend, vdevice: &str, file: &Path) -> Vec<u8> {
+    output(
+        Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "raw"])
+            .arg(test.backend().nbd_url(vdevice))
+            .arg(file),
+    )
+    .unwrap();
+    fs::read(file).unwrap()
+}
+
+/// Out of order, over both disks, at odd sectors and of odd lengths, one a single sector.
+const SCATTERED: [(&str, u64, u64); 6] = [
+    ("hdb", 20_001, 777),
+    ("hda", 3, 1500),
+    ("hdb", 100, 2048),
+    ("hda", 9000, 1),
+    ("hda", 5000, 3000),
+    ("hdb", 15_000, 4096),
+];
+/// A read-only VBD beside it, on sectors of hda no other VBD has.
+const READ_ONLY: [(&str, u64, u64); 1] = [("hda", 12_000, 2048)];
+
+#[test]
+fn a_guest_reads_scattered_extents_in_vbd_order_writes_only_where_they_translate_and_cannot_write_a_read_only_vbd(
+) {
+    let dir = test_dir("backend-guest-data");
+    let test = TestBackend::start(
+        &dir,
+        &[disk("hda", 16), disk("hdb", 16), disk("hdc", 16)],
+        &[],
+    );
+    let scattered = Layout(SCATTERED.to_vec());
+    let read_only = Layout(READ_ONLY.to_vec());
+    make_vbd(
+        &test,
+        1,
+        "xvda",
+        Mode::READ | Mode::WRITE,
+        "scattered",
+        &scattered,
+    );
+    make_vbd(&test, 1, "xvdb", Mode::READ, "read-only", &read_only);
+    // A VD on the third disk, attached by vdisk as a guest's disk is, for the sharing checks.
+    test.vdisk_ok(&["format", "phy:hdc", "--extent-size", "1M"]);
+    let id = test.vdisk_ok(&["create", "4M"]).trim().to_owned();
+    let uname = format!("vd:{id}");
+    test.vdisk_ok(&["attach", &uname, "xvdc", "1", "rw"]);
+    let originals = fill_images(&test);
+
+    // Writes of distinct noise: the first and last sectors, across every extent boundary
+    // (one over the single-sector extent, so over three extents), and 1 MiB over two.
+    let size = scattered.sectors();
+    let mut writes: Vec<(u64, Vec<u8>)> = vec![(0, noise(4096, 1)), (size - 8, noise(4096, 2))];
+    for (index, &boundary) in scattered.boundaries().iter().enumerate().skip(1) {
+        writes.push((boundary - 4, noise(4096, 10 + index as u64)));
+    }
+    writes.push((2048, noise(1 << 20, 3)));
+    let marker = noise(4096, 4);
+    let mut files = vec![("etc/marker".to_owned(), marker.clone())];
+    let mut body = r#"for disk in vda vdb vdc; do wait_for_block /dev/$disk; done
+result vda.sectors "$(cat /sys/block/vda/size)"
+result vda.serial "$(cat /sys/block/vda/serial)"
+result vda.sha256 "$(sha256sum < /dev/vda | cut -d' ' -f1)"
+"#
+    .to_owned();
+    for (index, (sector, bytes)) in writes.iter().enumerate() {
+        files.push((format!("etc/write-{index}"), bytes.clone()));
+        // 1 MiB writes go as one, at a 1 MiB offset; the others sector by sector.
+        let (block, seek) = if bytes.len() == 1 << 20 {
+            ("1M", sector / 2048)
+        } else {
+            ("512", *sector)
+        };
+        body.push_str(&format!(
+            "dd if=/etc/write-{index} of=/dev/vda bs={block} seek={seek} oflag=direct conv=fsync 2>/dev/null\n"
+        ));
+    }
+    body.push_str(
+        r#"echo 3 > /proc/sys/vm/drop_caches
+result vda.sha256.after "$(sha256sum < /dev/vda | cut -d' ' -f1)"
+result vdb.ro "$(cat /sys/block/vdb/ro)"
+result vdb.sha256 "$(sha256sum < /dev/vdb | cut -d' ' -f1)"
+! dd if=/etc/write-0 of=/dev/vdb bs=512 count=8 oflag=direct 2>/tmp/refused || fail "vdb took a write"
+result vdb.write "$(head -n1 /tmp/refused)"
+blockdev --setrw /dev/vdb
+! dd if=/etc/write-0 of=/dev/vdb bs=512 count=8 oflag=direct 2>/tmp/refused || fail "vdb took a write after --setrw"
+result vdb.write.setrw "$(head -n1 /tmp/refused)"
+dd if=/etc/marker of=/dev/vdc bs=4096 count=1 oflag=direct conv=fsync 2>/dev/null
+wait_for_host checked
+result vdc.sha256 "$(dd if=/dev/vdc bs=4096 count=1 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)"
+"#,
+    );
+    let backend = test.backend();
+    let sockets = ["xvda", "xvdb", "xvdc"].map(|vdevice| backend.vhost_user_socket(1, vdevice));
+    let mut guest = start_guest(
+        &dir,
+        &body,
+        &files,
+        &sockets
+            .iter()
+            .map(|socket| socket.as_path())
+            .collect::<Vec<_>>(),
+    );
+
+    // While the guest writes its VD: the sharing level holds between its VBD and dom0's.
+    guest.wait_for_result("vdb.write.setrw").unwrap();
+    check_sharing_beside_a_guest_writer(&test, &uname, &marker);
+    guest.release("checked").unwrap();
+    let report = guest.finish().unwrap_or_else(|error| panic!("{error}"));
+    eprintln!("the guest ran {:.1} s", report.elapsed.as_secs_f64());
+
+    let scratch = dir.join("scratch");
+    let before = scattered.gather(&originals);
+    assert_eq!(result(&report, "vda.sectors"), size.to_string());
+    assert_eq!(result(&report, "vda.serial"), "scattered");
+    assert_eq!(result(&report, "vda.sha256"), sha256_of(&before, &scratch));
+    let mut after = before;
+    for (sector, bytes) in &writes {
+        let at = (sector * SECTOR) as usize;
+        after[at..at + bytes.len()].copy_from_slice(bytes);
+    }
+    assert_eq!(
+        result(&report, "vda.sha256.after"),
+        sha256_of(&after, &scratch)
+    );
+    assert_eq!(result(&report, "vdb.ro"), "1");
+    assert_eq!(
+        result(&report, "vdb.sha256"),
+        sha256_of(&read_only.gather(&originals), &scratch)
+    );
+    for key in ["vdb.write", "vdb.write.setrw"] {
+        assert!(
+            result(&report, key).contains("Operation not permitted"),
+            "{key}: {}",
+            result(&report, key)
+        );
+    }
+    assert_eq!(result(&report, "vdc.sha256"), sha256_of(&marker, &scratch));
+    // Byte for byte: the guest's writes are in the extents they translate to, and nothing
+    // else on any disk changed (the read-only VBD's sectors included), but for the marker
+    // at the start of the VD's first extent.
+    let mut expected = scattered.scatter(&originals, &after);
+    let vd_start = first_extent_start(&test, &id);
+    let at = (vd_start * SECTOR) as usize;
+    expected.get_mut("hdc").unwrap()[at..at + marker.len()].copy_from_slice(&marker);
+    assert_images(&test, &expected, "after the guest ran");
+    test.stop();
+}
+
+/// The first sector of VD `id` on hdc, from `vdisk show --json`.
+fn first_extent_start(test: &TestBackend, id: &str) -> u64 {
+    let shown: serde_json::Value =
+        serde_json::from_str(&test.vdisk_ok(&["show", id, "--json"])).unwrap();
+    assert_eq!(
+        shown["extents"][0]["device"],
+        device("hdc").to_string().as_str()
+    );
+    shown["extents"][0]["start_sector"].as_u64().unwrap()
+}
+
+/// With domain 1 writing `uname` as its xvdc: vdisk and the backend refuse dom0 a second
+/// writer at levels 0 and 1 and a reader at level 0, and let a reader in at level 1, which
+/// reads what the guest wrote; the backend lets anything in at level 2 only.
+fn check_sharing_beside_a_guest_writer(test: &TestBackend, uname: &str, marker: &[u8]) {
+    for (mode, safety) in [("r", "0"), ("rw", "0"), ("rw", "1")] {
+        let refused = test.vdisk(&["attach", uname, "xvda", "0", mode, "--safety", safety]);
+        assert_eq!(
+            refused.status.code(),
+            Some(1),
+            "attach {mode} --safety {safety} beside a guest's writer: {refused:?}"
+        );
+    }
+    test.vdisk_ok(&["attach", uname, "xvda", "0", "r", "--safety", "1"]);
+    let read = read_export(test, "xvda", &test.dir.join("shared.img"));
+    assert!(
+        read[..marker.len()] == *marker,
+        "dom0 does not read what the guest wrote"
+    );
+    test.vdisk_ok(&["detach", "xvda", "0"]);
+
+    // The backend itself, asked without vdisk's check: the level of each request rules.
+    let lookup = test.vdisk_ok(&["lookup", uname]);
+    let extents: Vec<Extent> = lookup
+        .lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            Extent::new(
+                fields[0].parse().unwrap(),
+                fields[1].parse().unwrap(),
+                fields[2].parse().unwrap(),
+            )
+            .unwrap()
+        })
+        .collect();
+    let mut client = test.client();
+    let (reader, writer) = (device("xvdd"), device("xvde"));
+    client.create(0, reader, Mode::READ, Label::EMPTY).unwrap();
+    client
+        .create(0, writer, Mode::READ | Mode::WRITE, Label::EMPTY)
+        .unwrap();
+    assert_eq!(
+        refusal(client.set_extents(0, reader, &extents, SharingLevel::ReadersOnly)),
+        Error::Busy
+    );
+    client
+        .set_extents(0, reader, &extents, SharingLevel::SingleWriter)
+        .unwrap();
+    for level in [SharingLevel::ReadersOnly, SharingLevel::SingleWriter] {
+        assert_eq!(
+            refusal(client.set_extents(0, writer, &extents, level)),
+            Error::Busy
+        );
+    }
+    client
+        .set_extents(0, writer, &extents, SharingLevel::Unrestricted)
+        .unwrap();
+    client.delete(0, reader).unwrap();
+    client.delete(0, writer).unwrap();
+}
