@@ -9,6 +9,7 @@ use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use host_tools::hypervisor::HypervisorError;
 use shared_abi::wire::Extent;
@@ -396,4 +397,144 @@ fn check_sharing_beside_a_guest_writer(test: &TestBackend, uname: &str, marker: 
         .unwrap();
     client.delete(0, reader).unwrap();
     client.delete(0, writer).unwrap();
+}
+
+/// The extents of VD `id`, from `vdisk show --json`: disk name (by device), start, sectors.
+fn vd_layout(test: &TestBackend, id: &str) -> Layout {
+    let shown: serde_json::Value =
+        serde_json::from_str(&test.vdisk_ok(&["show", id, "--json"])).unwrap();
+    let names: BTreeMap<String, &'static str> = ["hda", "hdb", "hdc"]
+        .into_iter()
+        .map(|name| (device(name).to_string(), name))
+        .collect();
+    Layout(
+        shown["extents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|extent| {
+                (
+                    names[extent["device"].as_str().unwrap()],
+                    extent["start_sector"].as_u64().unwrap(),
+                    extent["nr_sectors"].as_u64().unwrap(),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// What the guest's write loop leaves on a VBD of `blocks` 4 KiB blocks after its first
+/// `written` writes succeeded: block `k` holds `write J\n`, zero-padded, for the last such
+/// J with `J % blocks == k`, or zeros.
+fn round_robin_contents(blocks: u64, written: u64) -> Vec<u8> {
+    let mut contents = vec![0u8; (blocks * 4096) as usize];
+    for write in written.saturating_sub(blocks)..written {
+        let at = ((write % blocks) * 4096) as usize;
+        let text = format!("write {write}\n");
+        contents[at..at + 4096].fill(0);
+        contents[at..at + text.len()].copy_from_slice(text.as_bytes());
+    }
+    contents
+}
+
+#[test]
+fn a_guest_sees_its_disk_grow_live_and_a_vbd_deleted_under_its_writes_fails_them_and_stays_as_it_was(
+) {
+    let dir = test_dir("backend-guest-live");
+    let test = TestBackend::start(&dir, &[disk("hda", 32)], &[]);
+    test.vdisk_ok(&["format", "phy:hda", "--extent-size", "1M"]);
+    let growing = test.vdisk_ok(&["create", "4M"]).trim().to_owned();
+    let deleted = test.vdisk_ok(&["create", "4M"]).trim().to_owned();
+    test.vdisk_ok(&["attach", &format!("vd:{growing}"), "xvda", "1", "rw"]);
+    test.vdisk_ok(&["attach", &format!("vd:{deleted}"), "xvdb", "1", "rw"]);
+    let tail = noise(4096, 7);
+    let body = r#"wait_for_block /dev/vda
+wait_for_block /dev/vdb
+before=$(cat /sys/block/vda/size)
+result vda.sectors.before "$before"
+wait_for_host grown
+tries=0
+while [ "$(cat /sys/block/vda/size)" = "$before" ]; do
+    tries=$((tries + 1))
+    [ "$tries" -le 100 ] || fail "vda still has $before sectors 10 s after the grow"
+    sleep 0.1
+done
+after=$(cat /sys/block/vda/size)
+result vda.sectors.after "$after"
+dd if=/etc/tail of=/dev/vda bs=4096 seek=$((after / 8 - 1)) oflag=direct conv=fsync 2>/dev/null
+result vda.tail "$(dd if=/dev/vda bs=4096 skip=$((after / 8 - 1)) count=1 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)"
+blocks=$(( $(cat /sys/block/vdb/size) / 8 ))
+result vdb.writing "$blocks blocks"
+written=0
+while [ "$written" -lt 1000000 ]; do
+    printf 'write %d\n' "$written" | dd of=/dev/vdb bs=4096 seek=$((written % blocks)) oflag=direct conv=sync 2>/dev/null || break
+    written=$((written + 1))
+done
+[ "$written" -lt 1000000 ] || fail "vdb never failed"
+result vdb.written "$written"
+late=0
+while [ "$late" -lt 20 ]; do
+    ! printf 'late %d\n' "$late" | dd of=/dev/vdb bs=4096 seek="$late" oflag=direct conv=sync 2>/dev/null || fail "write $late after the failure succeeded"
+    late=$((late + 1))
+done
+result vdb.late_failures "$late"
+! dd if=/dev/vdb of=/dev/null bs=4096 count=1 iflag=direct 2>/tmp/read || fail "vdb still reads"
+result vdb.read "$(head -n1 /tmp/read)"
+"#;
+    let backend = test.backend();
+    let sockets = [
+        backend.vhost_user_socket(1, "xvda"),
+        backend.vhost_user_socket(1, "xvdb"),
+    ];
+    let mut guest = start_guest(
+        &dir,
+        body,
+        &[("etc/tail".to_owned(), tail.clone())],
+        &[&sockets[0], &sockets[1]],
+    );
+
+    guest.wait_for_result("vda.sectors.before").unwrap();
+    test.vdisk_ok(&["resize", &growing, "8M"]);
+    guest.release("grown").unwrap();
+
+    guest.wait_for_result("vdb.writing").unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let deleted_layout = vd_layout(&test, &deleted);
+    test.vdisk_ok(&["detach", "xvdb", "1"]);
+    // Once the delete has returned, nothing may change on the disk.
+    let frozen = fs::read(test.image("hda")).unwrap();
+    let report = guest.finish().unwrap_or_else(|error| panic!("{error}"));
+    eprintln!("the guest ran {:.1} s", report.elapsed.as_secs_f64());
+    let scratch = dir.join("scratch");
+
+    assert_eq!(result(&report, "vda.sectors.before"), "8192");
+    assert_eq!(result(&report, "vda.sectors.after"), "16384");
+    assert_eq!(result(&report, "vda.tail"), sha256_of(&tail, &scratch));
+    // The tail is in the last sectors of the extent the grow appended.
+    let grown = vd_layout(&test, &growing);
+    assert_eq!(grown.sectors(), 16384);
+    let &(_, start, count) = grown.0.last().unwrap();
+    let at = ((start + count) * SECTOR) as usize - tail.len();
+    assert!(
+        frozen[at..at + tail.len()] == *tail,
+        "the tail is not where the grown VBD maps it"
+    );
+
+    let written: u64 = result(&report, "vdb.written").parse().unwrap();
+    assert!(written > 0, "no write went through before the delete");
+    assert_eq!(result(&report, "vdb.late_failures"), "20");
+    assert!(
+        result(&report, "vdb.read").contains("Input/output error"),
+        "{}",
+        result(&report, "vdb.read")
+    );
+    let mut images = BTreeMap::new();
+    images.insert("hda".to_owned(), frozen.clone());
+    assert!(
+        deleted_layout.gather(&images) == round_robin_contents(1024, written),
+        "the deleted VBD does not hold exactly the {written} writes the guest saw succeed"
+    );
+    images.insert("hda".to_owned(), frozen);
+    assert_images(&test, &images, "after the delete returned");
+    test.stop();
 }
