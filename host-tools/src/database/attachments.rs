@@ -118,56 +118,37 @@ pub(super) fn attachments_where(
                 sharing_level, start_id FROM attachments
          WHERE ?1 IS NULL OR virtual_disk_id = ?1 ORDER BY domain, vdevice",
     )?;
-    let rows = statement
+    let mut attachments = statement
         .query_map(params![id.map(VdId::get)], |row| {
-            Ok((
-                row.get::<_, i64>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, Option<i64>>(2)?,
-                row.get::<_, u32>(3)?,
-                row.get::<_, u32>(4)?,
-                row.get::<_, String>(5)?,
-                row.get::<_, i64>(6)?,
-                row.get::<_, bool>(7)?,
-                level_from_row(row.get(8)?)?,
-                start_id_from_row(row.get(9)?),
-            ))
+            Ok(Attachment {
+                record: row.get(0)?,
+                uname: row.get(1)?,
+                virtual_disk: row.get::<_, Option<i64>>(2)?.map(VdId::from_database),
+                domain: row.get(3)?,
+                vdevice: DeviceNumber::from_raw(row.get(4)?),
+                mode: AccessMode::parse(&row.get::<_, String>(5)?).map_err(|error| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        5,
+                        rusqlite::types::Type::Text,
+                        Box::new(error),
+                    )
+                })?,
+                attached_at: row.get(6)?,
+                confirmed: row.get(7)?,
+                level: level_from_row(row.get(8)?)?,
+                start_id: start_id_from_row(row.get(9)?),
+                extents: Vec::new(),
+            })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut extents_of = connection.prepare_cached(
         "SELECT device, start_sector, nr_sectors FROM attachment_extents
          WHERE attachment_id = ?1 ORDER BY position",
     )?;
-    let mut attachments = Vec::new();
-    for (
-        record,
-        uname,
-        virtual_disk,
-        domain,
-        vdevice,
-        mode,
-        attached_at,
-        confirmed,
-        level,
-        start_id,
-    ) in rows
-    {
-        let extents = extents_of
-            .query_map(params![record], |row| extent_from_row(row, 0))?
+    for attachment in &mut attachments {
+        attachment.extents = extents_of
+            .query_map(params![attachment.record], |row| extent_from_row(row, 0))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        attachments.push(Attachment {
-            record,
-            uname,
-            virtual_disk: virtual_disk.map(VdId::from_database),
-            domain,
-            vdevice: DeviceNumber::from_raw(vdevice),
-            mode: AccessMode::parse(&mode)?,
-            attached_at,
-            confirmed,
-            level,
-            start_id,
-            extents,
-        });
     }
     Ok(attachments)
 }
