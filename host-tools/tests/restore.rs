@@ -157,6 +157,9 @@ fn restore_makes_every_attachment_of_an_earlier_start_again_in_attach_order_at_i
          would restore vd:1 as xvda of domain 1 r at safety 1: 2M in 1 extent\n\
          would restore phy:hda3 as xvdb of domain 1 r at safety 0: 8M in 1 extent\n"
     );
+    let planned = machine.json(&["--hv", &dom0, "restore", "--dry-run"]);
+    assert_eq!(planned[0]["outcome"], "would_restore");
+    assert_eq!(planned[1]["safety"], 1);
     assert_eq!(start_ids(&machine), records);
     assert_eq!(listed(&machine, &second), all_three("restorable"));
 
@@ -297,6 +300,35 @@ fn restore_refuses_a_deleted_disk_a_taken_place_and_unsafe_sharing_and_restores_
         run.stderr,
         "vdisk: restore --dry-run: 3 of 3 attachments would be refused\n"
     );
+}
+
+#[test]
+fn a_refusal_by_the_hypervisor_itself_leaves_nothing_half_made() {
+    let machine = Machine::new(32, &[8]);
+    machine.ok(&["format", "phy:hda1", "--extent-size", "1M"]);
+    machine.ok(&["create", "2"]);
+    let first = machine.hypervisor(1);
+    let dom0 = first.endpoint(0);
+    machine.ok(&[
+        "--hv", &dom0, "attach", "vd:1", "xvda", "1", "r", "--safety", "1",
+    ]);
+    drop(first);
+    // It comes back allowing level 0 only, below the level the attachment asks for.
+    let second = machine.hypervisor_with_ceiling(2, SharingLevel::ReadersOnly);
+    let run = machine.run(&["--hv", &second.endpoint(0), "restore"]);
+    assert_eq!(
+        (run.code, run.stdout.as_str(), run.stderr.as_str()),
+        (
+            1,
+            "refused vd:1 as xvda of domain 1 r at safety 1: hypervisor refused set-extents on xvda of domain 1: operation not permitted (EPERM)\n",
+            "vdisk: restore: 1 of 1 attachments refused\n"
+        )
+    );
+    assert_eq!(
+        listed(&machine, &second),
+        vec![entry(1, "xvda", "vd:1", "restorable")]
+    );
+    assert_eq!(start_ids(&machine), vec![(1, xvd("xvda").raw(), Some(1))]);
 }
 
 #[test]

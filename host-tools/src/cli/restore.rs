@@ -29,7 +29,7 @@ use super::Context;
 /// --dry-run checks them all in the same way and says `would restore`, changing nothing.
 #[derive(Args)]
 #[command(
-    after_help = "Examples:\n  vdisk --hv unix:/tmp/vm/dom0.sock restore --dry-run\n  vdisk --hv unix:/tmp/vm/dom0.sock restore --json"
+    after_help = "Examples:\n  vdisk --hv unix:/tmp/vm/dom0.sock restore\n  vdisk --hv unix:/tmp/vm/dom0.sock restore --dry-run --json"
 )]
 pub struct Restore {
     /// Check every restorable attachment and print what would be done, changing nothing.

@@ -60,9 +60,14 @@ fn hda() -> DeviceNumber {
 
 impl Hypervisor {
     /// Serve `image` in `directory`'s sockets, reporting `start_id` in every handshake and
-    /// allowing requests up to sharing level 2.
-    pub fn start(directory: &Path, image: &Path, start_id: u64) -> Hypervisor {
-        let table: &'static Table = Box::leak(Box::new(Table::new(SharingLevel::Unrestricted)));
+    /// allowing requests up to sharing level `ceiling`.
+    pub fn start(
+        directory: &Path,
+        image: &Path,
+        start_id: u64,
+        ceiling: SharingLevel,
+    ) -> Hypervisor {
+        let table: &'static Table = Box::leak(Box::new(Table::new(ceiling)));
         let sectors = std::fs::metadata(image).unwrap().len() / 512;
         table
             .register_disk(Disk {

@@ -73,10 +73,19 @@ impl Machine {
         Machine { directory }
     }
 
-    /// Start a hypervisor over this machine's disk, reporting `start_id`: drop it and start
-    /// another to restart it.
+    /// Start a hypervisor over this machine's disk, reporting `start_id` and allowing every
+    /// sharing level: drop it and start another to restart it.
     pub fn hypervisor(&self, start_id: u64) -> hypervisor::Hypervisor {
-        hypervisor::Hypervisor::start(self.directory.path(), &self.image(), start_id)
+        self.hypervisor_with_ceiling(start_id, shared_abi::SharingLevel::Unrestricted)
+    }
+
+    /// The same, allowing sharing levels up to `ceiling` only.
+    pub fn hypervisor_with_ceiling(
+        &self,
+        start_id: u64,
+        ceiling: shared_abi::SharingLevel,
+    ) -> hypervisor::Hypervisor {
+        hypervisor::Hypervisor::start(self.directory.path(), &self.image(), start_id, ceiling)
     }
 
     pub fn database_path(&self) -> PathBuf {
