@@ -139,6 +139,24 @@ const MIGRATIONS: &[&str] = &[
 
     ALTER TABLE attachments ADD COLUMN confirmed INTEGER NOT NULL DEFAULT 1 CHECK (confirmed IN (0, 1));
     ",
+    // Version 3.
+    //
+    // An attachment remembers the start of the hypervisor under which its VBD was made (the
+    // start id of the Ready handshake, its 64 bits stored as SQLite's signed integer) and
+    // the sharing level it was attached at, so that `vdisk restore` can make it again after
+    // a restart, checked as it was checked then.
+    //
+    // A version-2 database is migrated, in the one transaction of `migrate`, rather than
+    // refused: nothing in it is lost or guessed unsafely. Its records get no start id
+    // (NULL), which the reconciliation takes for an earlier start: a record whose VBD is
+    // there is matched and stamped with the current start, and one whose VBD is gone is
+    // kept as restorable, never removed as dead on a guess. They get level 0, the strictest
+    // and `attach --safety`'s default, so a restore of one can be refused where the attach
+    // was not (say so and attach again), but never allows sharing that was not allowed.
+    "
+    ALTER TABLE attachments ADD COLUMN start_id INTEGER;
+    ALTER TABLE attachments ADD COLUMN sharing_level INTEGER NOT NULL DEFAULT 0 CHECK (sharing_level BETWEEN 0 AND 2);
+    ",
 ];
 
 /// The schema version this build writes.

@@ -386,6 +386,8 @@ fn seed_defect_8_extents_still_mapped_are_not_reissued() {
             1,
             xvda,
             AccessMode::ReadWrite,
+            shared_abi::SharingLevel::ReadersOnly,
+            1,
         )
         .unwrap();
     let before = machine.snapshot();
@@ -462,6 +464,8 @@ fn seed_defect_9_long_extent_lists_are_kept_whole() {
             2,
             DeviceNumber::from_name("xvdb").unwrap(),
             AccessMode::ReadWrite,
+            shared_abi::SharingLevel::ReadersOnly,
+            1,
         )
         .unwrap();
     assert_eq!(database.attachments().unwrap()[0].extents.len(), 1100);

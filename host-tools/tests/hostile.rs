@@ -193,6 +193,8 @@ fn seed_defect_1_hostile_text_that_reaches_sql_is_bound() {
             1,
             DeviceNumber::from_name("xvda").unwrap(),
             AccessMode::ReadOnly,
+            shared_abi::SharingLevel::ReadersOnly,
+            1,
         )
         .unwrap();
     drop(database);

@@ -88,6 +88,8 @@ fn undelete_refuses_while_a_recorded_attachment_of_something_else_maps_the_exten
             1,
             DeviceNumber::from_name("xvdb").unwrap(),
             AccessMode::ReadWrite,
+            shared_abi::SharingLevel::ReadersOnly,
+            1,
         )
         .unwrap();
     let before = machine.snapshot();

@@ -87,6 +87,8 @@ fn shrinking_needs_shrink_is_refused_while_mapped_and_zeroes_what_it_releases() 
             1,
             xvda,
             AccessMode::ReadWrite,
+            shared_abi::SharingLevel::ReadersOnly,
+            1,
         )
         .unwrap();
     machine.fails(

@@ -39,27 +39,49 @@ impl Run {
     }
 }
 
-/// Bytes the hypervisor spends per extent of capacity: its virtual end, physical start and
-/// device (read by translation), its slot in the physical index and the index's merge
-/// buffer, and its owner (read by changes).
+/// Bytes the hypervisor spends per extent of capacity: its virtual end and physical place
+/// (read by translation), its slot in the physical index and the index's merge buffer,
+/// and its owner (read by changes).
 pub const BYTES_PER_EXTENT: usize = 2 * core::mem::size_of::<u64>()
-    + 3 * core::mem::size_of::<u32>()
+    + 2 * core::mem::size_of::<u32>()
     + core::mem::size_of::<Owner>();
+
+/// Bits of a packed place that hold the first sector. A registered disk's size in bytes
+/// fits a `u64`, so every sector on it is below 2^55.
+const SECTOR_BITS: u32 = 55;
+/// The most disks a packed place can name: the nine bits above the sector.
+pub(crate) const MAX_DISKS: usize = 1 << (u64::BITS - SECTOR_BITS);
+
+/// Where an extent lies, packed in one word: its disk's index in the registry above bit 55,
+/// its first sector below. One load gives translation both halves, and the word itself is
+/// the physical index's sort key (disk, then sector).
+pub(crate) fn pack(disk: u16, start_sector: u64) -> u64 {
+    (u64::from(disk) << SECTOR_BITS) | start_sector
+}
+
+/// The disk index of a packed place.
+pub(crate) fn disk_of(place: u64) -> usize {
+    (place >> SECTOR_BITS) as usize
+}
+
+/// The first sector of a packed place.
+pub(crate) fn start_of(place: u64) -> u64 {
+    place & ((1 << SECTOR_BITS) - 1)
+}
 
 /// The arrays translation reads. Written only by the writer inside a seqlock write, or at
 /// positions no visible run covers.
 pub(crate) struct Extents<const EXTENTS: usize> {
     virtual_ends: [AtomicU64; EXTENTS],
-    physical_starts: [AtomicU64; EXTENTS],
-    devices: [AtomicU32; EXTENTS],
+    /// Each extent's packed place ([`pack`]), at the same position as its virtual end.
+    places: [AtomicU64; EXTENTS],
 }
 
 impl<const EXTENTS: usize> Extents<EXTENTS> {
     pub(crate) const fn new() -> Self {
         Extents {
             virtual_ends: [const { AtomicU64::new(0) }; EXTENTS],
-            physical_starts: [const { AtomicU64::new(0) }; EXTENTS],
-            devices: [const { AtomicU32::new(0) }; EXTENTS],
+            places: [const { AtomicU64::new(0) }; EXTENTS],
         }
     }
 
@@ -78,17 +100,30 @@ impl<const EXTENTS: usize> Extents<EXTENTS> {
     /// Extent `index` of a consistent run (the writer's view). Every stored extent was
     /// validated when it was pushed, so this cannot fail; the check stays rather than a
     /// panic in a hypervisor.
-    pub(crate) fn extent(&self, run: Run, index: usize) -> Result<Extent, Error> {
+    pub(crate) fn extent(
+        &self,
+        run: Run,
+        index: usize,
+        disks: &[AtomicU32],
+    ) -> Result<Extent, Error> {
         let position = run.first as usize + index;
-        let virtual_start = if index == 0 {
-            0
-        } else {
-            self.virtual_ends[position - 1].load(Relaxed)
-        };
-        let length = self.virtual_ends[position].load(Relaxed) - virtual_start;
-        let device = DeviceNumber::from_raw(self.devices[position].load(Relaxed));
-        let start = self.physical_starts[position].load(Relaxed);
-        Extent::new(device, start, length)
+        self.extent_at(position, run.first as usize, disks)
+    }
+
+    /// The extent at `position` of the run starting at `run_first` (the writer's view).
+    pub(crate) fn extent_at(
+        &self,
+        position: usize,
+        run_first: usize,
+        disks: &[AtomicU32],
+    ) -> Result<Extent, Error> {
+        let place = self.key(position);
+        let device = disks.get(disk_of(place)).ok_or(Error::NoDevice)?;
+        Extent::new(
+            DeviceNumber::from_raw(device.load(Relaxed)),
+            start_of(place),
+            self.length(position, run_first),
+        )
     }
 
     /// The virtual end of the extent at `position` (the writer's view).
@@ -107,12 +142,9 @@ impl<const EXTENTS: usize> Extents<EXTENTS> {
         self.virtual_end(position) - start
     }
 
-    /// The physical key the index sorts by.
-    pub(crate) fn key(&self, position: usize) -> (u32, u64) {
-        (
-            self.devices[position].load(Relaxed),
-            self.physical_starts[position].load(Relaxed),
-        )
+    /// The physical key the index sorts by: the packed place.
+    pub(crate) fn key(&self, position: usize) -> u64 {
+        self.places[position].load(Relaxed)
     }
 
     /// Write the physical segments of the virtual range `[sector, end)` of `run` to `out`,
@@ -129,14 +161,13 @@ impl<const EXTENTS: usize> Extents<EXTENTS> {
         run: Run,
         sector: u64,
         end: u64,
+        disks: &[AtomicU32],
         out: &mut [Segment],
     ) -> Result<usize, Error> {
         let range = run.range();
-        let (Some(ends), Some(starts), Some(devices)) = (
-            self.virtual_ends.get(range.clone()),
-            self.physical_starts.get(range.clone()),
-            self.devices.get(range),
-        ) else {
+        let (Some(ends), Some(places)) =
+            (self.virtual_ends.get(range.clone()), self.places.get(range))
+        else {
             return Err(Error::OutOfRange);
         };
         match ends.last() {
@@ -156,19 +187,18 @@ impl<const EXTENTS: usize> Extents<EXTENTS> {
             let Some(slot) = out.get_mut(written) else {
                 return Err(Error::TooBig);
             };
-            let (Some(virtual_end), Some(start), Some(device)) =
-                (ends.get(index), starts.get(index), devices.get(index))
-            else {
+            let (Some(virtual_end), Some(place)) = (ends.get(index), places.get(index)) else {
                 return Err(Error::OutOfRange);
             };
-            let virtual_end = virtual_end.load(Relaxed);
+            let (virtual_end, place) = (virtual_end.load(Relaxed), place.load(Relaxed));
             if virtual_end <= position || position < virtual_start {
                 return Err(Error::OutOfRange);
             }
+            let device = disks.get(disk_of(place)).ok_or(Error::OutOfRange)?;
             let stop = virtual_end.min(end);
             *slot = Segment {
                 device: DeviceNumber::from_raw(device.load(Relaxed)),
-                sector: start.load(Relaxed).wrapping_add(position - virtual_start),
+                sector: start_of(place).wrapping_add(position - virtual_start),
                 nr_sectors: stop - position,
             };
             written += 1;
@@ -189,16 +219,12 @@ impl<const EXTENTS: usize> Extents<EXTENTS> {
 
     fn copy(&self, from: usize, to: usize) {
         self.virtual_ends[to].store(self.virtual_ends[from].load(Relaxed), Relaxed);
-        self.physical_starts[to].store(self.physical_starts[from].load(Relaxed), Relaxed);
-        self.devices[to].store(self.devices[from].load(Relaxed), Relaxed);
+        self.places[to].store(self.places[from].load(Relaxed), Relaxed);
     }
 
     fn swap(&self, first: usize, second: usize) {
         swap_atomic(&self.virtual_ends, first, second);
-        swap_atomic(&self.physical_starts, first, second);
-        let device = self.devices[first].load(Relaxed);
-        self.devices[first].store(self.devices[second].load(Relaxed), Relaxed);
-        self.devices[second].store(device, Relaxed);
+        swap_atomic(&self.places, first, second);
     }
 }
 
@@ -302,6 +328,7 @@ impl<const EXTENTS: usize> Layout<EXTENTS> {
         &mut self,
         extents: &Extents<EXTENTS>,
         extent: &Extent,
+        disk: u16,
         owner: Owner,
         virtual_base: u64,
     ) -> Result<u64, Error> {
@@ -314,8 +341,7 @@ impl<const EXTENTS: usize> Layout<EXTENTS> {
             .ok_or(Error::OutOfRange)?;
         // Past every run translation can see, so no seqlock write is needed.
         extents.virtual_ends[position].store(virtual_end, Relaxed);
-        extents.physical_starts[position].store(extent.start_sector(), Relaxed);
-        extents.devices[position].store(extent.device().raw(), Relaxed);
+        extents.places[position].store(pack(disk, extent.start_sector()), Relaxed);
         self.owners[position] = owner;
         self.used += 1;
         Ok(virtual_end)
@@ -527,7 +553,9 @@ mod tests {
         let mut virtual_end = 0;
         for &start in starts {
             let extent = Extent::new(disk(), start, 2).unwrap();
-            layout.push(extents, &extent, owner, virtual_end).unwrap();
+            virtual_end = layout
+                .push(extents, &extent, 0, owner, virtual_end)
+                .unwrap();
             virtual_end += 2;
         }
         layout.index_pushed(extents);
@@ -563,7 +591,7 @@ mod tests {
         let map = layout.insert_after(&extents, third, first.end());
         assert_eq!(map(second.first as usize), second.first as usize + 1);
         assert_eq!(map(third.first as usize), first.end());
-        assert_eq!(extents.key(first.end()), (disk().raw(), 60));
+        assert_eq!(extents.key(first.end()), pack(0, 60));
         assert_eq!(layout.owner(first.end()), 3);
         index_is_sorted_permutation(&layout, &extents);
         let map = layout.remove(&extents, 0..2);
@@ -579,12 +607,12 @@ mod tests {
         let mut layout = Layout::<32>::new();
         let extent = Extent::new(disk(), 0, 2).unwrap();
         assert_eq!(
-            layout.push(&extents, &extent, 0, u64::MAX - 1),
+            layout.push(&extents, &extent, 0, 0, u64::MAX - 1),
             Err(Error::OutOfRange)
         );
         for _ in 0..32 {
-            layout.push(&extents, &extent, 0, 0).unwrap();
+            layout.push(&extents, &extent, 0, 0, 0).unwrap();
         }
-        assert_eq!(layout.push(&extents, &extent, 0, 0), Err(Error::NoSpace));
+        assert_eq!(layout.push(&extents, &extent, 0, 0, 0), Err(Error::NoSpace));
     }
 }

@@ -21,9 +21,9 @@
 //!
 //! # Footprint
 //!
-//! Each extent of capacity costs [`BYTES_PER_EXTENT`] bytes: a virtual end, a physical
-//! start and a device for translation; an index slot, its merge buffer and an owner for
-//! changes.
+//! Each extent of capacity costs [`BYTES_PER_EXTENT`] bytes: a virtual end and a packed
+//! physical place (disk index and sector) for translation; an index slot, its merge buffer
+//! and an owner for changes.
 //! [`DefaultVbdTable`] (64 domains, 16 VBDs each, 65 536 extents, 16 disks, 64 I/O
 //! contexts) occupies [`DEFAULT_TABLE_BYTES`] bytes, about 1.9 MiB, almost all of it the
 //! extent arena.
@@ -61,6 +61,6 @@ pub const DEFAULT_TABLE_BYTES: usize = core::mem::size_of::<DefaultVbdTable>();
 
 // The footprint promised above, checked at compile time: at most 32 bytes per extent, and
 // the default table is the arena plus under 128 KiB of VBD, domain and context slots.
-const _: () = assert!(BYTES_PER_EXTENT == 30);
+const _: () = assert!(BYTES_PER_EXTENT == 26);
 const _: () = assert!(DEFAULT_TABLE_BYTES >= 65536 * BYTES_PER_EXTENT);
 const _: () = assert!(DEFAULT_TABLE_BYTES < 65536 * BYTES_PER_EXTENT + 128 * 1024);

@@ -27,7 +27,7 @@ use shared_abi::{
 };
 use spin::mutex::TicketMutex;
 
-use crate::arena::{Extents, Layout, Owner, Run};
+use crate::arena::{disk_of, start_of, Extents, Layout, Owner, Run};
 use crate::block::{Access, Request, Segment, Translation};
 use crate::inflight::{Fence, Fencing, IoContext};
 use crate::registry::{Disk, DiskRegistry};
@@ -188,11 +188,13 @@ impl VbdRef {
 }
 
 /// Everything translation reads, written only by the writer inside seqlock writes.
-struct Shared<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize> {
+struct Shared<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize, const DISKS: usize> {
     sequence: SeqLock,
     domain_ids: [AtomicU32; DOMAINS],
     slots: [[VbdSlot; VBDS]; DOMAINS],
     extents: Extents<EXTENTS>,
+    /// The device number of each registered disk, by the index extents store.
+    disk_devices: [AtomicU32; DISKS],
 }
 
 /// A multi-call set-extents in progress.
@@ -271,7 +273,7 @@ pub struct VbdTable<
     const DISKS: usize,
     const CONTEXTS: usize = 64,
 > {
-    shared: Shared<DOMAINS, VBDS, EXTENTS>,
+    shared: Shared<DOMAINS, VBDS, EXTENTS, DISKS>,
     writer: TicketMutex<Writer<DOMAINS, VBDS, EXTENTS, DISKS>>,
     fencing: Fencing<CONTEXTS>,
 }
@@ -377,9 +379,10 @@ impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize, const DISKS:
                     (Source::Kept, record.run.first)
                 }
             };
-            let (device, start) = extents.key(position);
+            let place = extents.key(position);
+            let (disk, start) = (disk_of(place) as u32, start_of(place));
             let length = extents.length(position, run_first as usize);
-            sweep.visit(device, start, start + length, source)?;
+            sweep.visit(disk, start, start + length, source)?;
         }
         Ok(())
     }
@@ -394,7 +397,9 @@ impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize, const DISKS:
     }
 }
 
-impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize> Shared<DOMAINS, VBDS, EXTENTS> {
+impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize, const DISKS: usize>
+    Shared<DOMAINS, VBDS, EXTENTS, DISKS>
+{
     /// Mirror a record into its slot. Call inside a seqlock write.
     fn publish(&self, domain: usize, vbd: usize, record: &VbdRecord) {
         let slot = &self.slots[domain][vbd];
@@ -424,8 +429,13 @@ impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize> Shared<DOMAI
             .find(|slot| slot.holds(id.vdevice))
             .ok_or(Error::NotFound)?
             .run_for(request.access())?;
-        self.extents
-            .translate(run, request.sector(), request.end_sector(), out)
+        self.extents.translate(
+            run,
+            request.sector(),
+            request.end_sector(),
+            &self.disk_devices,
+            out,
+        )
     }
 
     /// One translation attempt through a pinned VBD: its slot directly, if it still holds
@@ -446,8 +456,13 @@ impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize> Shared<DOMAI
             return Err(Error::NotFound);
         }
         let run = slot.run_for(request.access())?;
-        self.extents
-            .translate(run, request.sector(), request.end_sector(), out)
+        self.extents.translate(
+            run,
+            request.sector(),
+            request.end_sector(),
+            &self.disk_devices,
+            out,
+        )
     }
 }
 
@@ -472,6 +487,7 @@ impl<
                 domain_ids: [const { AtomicU32::new(FREE_DOMAIN) }; DOMAINS],
                 slots: [const { [const { VbdSlot::new() }; VBDS] }; DOMAINS],
                 extents: Extents::new(),
+                disk_devices: [const { AtomicU32::new(0) }; DISKS],
             },
             writer: TicketMutex::new(Writer {
                 disks: DiskRegistry::new(),
@@ -505,7 +521,10 @@ impl<
 
     /// Register a physical disk found at boot.
     pub fn register_disk(&self, disk: Disk) -> Result<(), Error> {
-        self.writer.lock().disks.register(disk)
+        self.writer
+            .lock()
+            .disks
+            .register(disk, &self.shared.disk_devices)
     }
 
     /// The table's capacities and what it enforces.
@@ -602,7 +621,7 @@ impl<
         let writer = &mut *guard;
         Self::check_level(writer, level)?;
         let (domain, vbd) = writer.find(id)?;
-        writer.disks.check(&extent)?;
+        let disk = writer.disks.check(&extent)?;
         let extents = &self.shared.extents;
         writer.discard_pending(extents, domain, vbd);
         let owner = Writer::<DOMAINS, VBDS, EXTENTS, DISKS>::owner(domain, vbd);
@@ -610,7 +629,7 @@ impl<
         let position = writer.layout.used();
         // The new extent is a one-entry pending run until it passes; like every pending
         // run it starts at virtual sector 0, and learns its place in the VBD on joining.
-        let length = writer.layout.push(extents, &extent, owner, 0)?;
+        let length = writer.layout.push(extents, &extent, disk, owner, 0)?;
         writer.layout.index_pushed(extents);
         let new = Run {
             first: position as u32,
@@ -877,8 +896,10 @@ impl<
         let mut pushed = || -> Result<(), Error> {
             for extent in batch {
                 let extent = (*extent)?;
-                writer.disks.check(&extent)?;
-                virtual_end = writer.layout.push(arena, &extent, owner, virtual_end)?;
+                let disk = writer.disks.check(&extent)?;
+                virtual_end = writer
+                    .layout
+                    .push(arena, &extent, disk, owner, virtual_end)?;
             }
             Ok(())
         };
@@ -1107,7 +1128,11 @@ impl<
                     let from = first_index + delivered;
                     let until = (first_index + written).min(from + OUT_BATCH);
                     for index in from..until {
-                        let extent = self.shared.extents.extent(record.run, index)?;
+                        let extent = self.shared.extents.extent(
+                            record.run,
+                            index,
+                            &self.shared.disk_devices,
+                        )?;
                         // Cannot fail: at most `OUT_BATCH` indices.
                         let _ = batch.push(extent);
                     }
@@ -1159,7 +1184,10 @@ impl<
         &'t self,
         context: &IoContext<'t>,
         out: &'s mut [Segment],
-        mut attempt: impl FnMut(&Shared<DOMAINS, VBDS, EXTENTS>, &mut [Segment]) -> Result<usize, Error>,
+        mut attempt: impl FnMut(
+            &Shared<DOMAINS, VBDS, EXTENTS, DISKS>,
+            &mut [Segment],
+        ) -> Result<usize, Error>,
     ) -> Result<Translation<'s, 't>, Error> {
         if !self.fencing.owns(context) {
             return Err(Error::InvalidArgument);

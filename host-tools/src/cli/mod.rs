@@ -5,6 +5,7 @@ mod disks;
 mod io;
 mod output;
 mod pool;
+mod restore;
 mod shell;
 mod vbd;
 
@@ -16,7 +17,7 @@ use host_tools::database::{Database, OpenMode};
 use host_tools::devices::{DeviceSource, DevicesFile, Region, Sysfs};
 use host_tools::error::Error;
 use host_tools::hypervisor::Hypervisor;
-use host_tools::reconcile::Reconciliation;
+use host_tools::reconcile::{HypervisorView, Reconciliation};
 use host_tools::zero::Zeroing;
 use host_tools::Result;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -84,6 +85,7 @@ enum Command {
     Attach(vbd::Attach),
     Detach(vbd::Detach),
     Vbds(vbd::Vbds),
+    Restore(restore::Restore),
     Write(io::Write),
     Read(io::Read),
     Completions(shell::Completions),
@@ -107,6 +109,7 @@ impl Command {
             Command::Attach(command) => command.run(context),
             Command::Detach(command) => command.run(context),
             Command::Vbds(command) => command.run(context),
+            Command::Restore(command) => command.run(context),
             Command::Write(command) => command.run(context),
             Command::Read(command) => command.run(context),
             Command::Completions(command) => command.run(context),
@@ -156,9 +159,8 @@ impl Context {
     }
 
     /// The one reconciliation of the hypervisor's VBDs (of `scope`: a domain, or all) with
-    /// the database's records, when there is a hypervisor to ask; records whose VBD is gone
-    /// are removed, through a connection of their own since readers open read-only.
-    fn reconcile(
+    /// the database's records, when there is a hypervisor to ask, changing nothing.
+    fn observe(
         &self,
         database: Option<&Database>,
         hypervisor: Option<&mut Hypervisor>,
@@ -168,15 +170,37 @@ impl Context {
             Some(database) => database.attachments()?,
             None => Vec::new(),
         };
-        let vbds = match hypervisor {
-            Some(hypervisor) => Some((hypervisor.all_vbds(scope)?, scope)),
+        let view = match hypervisor {
+            Some(hypervisor) => Some(HypervisorView {
+                vbds: hypervisor.all_vbds(scope)?,
+                scope,
+                start_id: hypervisor.start_id(),
+            }),
             None => None,
         };
         let now = database.map_or_else(host_tools::timestamp::now, Database::now);
-        let reconciliation = Reconciliation::new(records, vbds, now);
-        if !reconciliation.dead.is_empty() {
-            self.database(OpenMode::Existing)?
-                .forget_attachments(&reconciliation.dead)?;
+        Ok(Reconciliation::new(records, view, now))
+    }
+
+    /// [`Context::observe`], then the records brought in line with what it saw: records
+    /// whose VBD is gone are removed and those of an earlier start whose VBD is back are
+    /// stamped with the current one, through a connection of their own since readers open
+    /// read-only.
+    fn reconcile(
+        &self,
+        database: Option<&Database>,
+        hypervisor: Option<&mut Hypervisor>,
+        scope: Option<u32>,
+    ) -> Result<Reconciliation> {
+        let start_id = hypervisor.as_ref().map(|hypervisor| hypervisor.start_id());
+        let reconciliation = self.observe(database, hypervisor, scope)?;
+        let unsettled = !reconciliation.dead.is_empty() || !reconciliation.found_again.is_empty();
+        if let (Some(start_id), true) = (start_id, unsettled) {
+            self.database(OpenMode::Existing)?.settle_attachments(
+                &reconciliation.dead,
+                &reconciliation.found_again,
+                start_id,
+            )?;
         }
         Ok(reconciliation)
     }

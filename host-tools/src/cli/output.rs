@@ -56,6 +56,16 @@ pub fn extents_json(extents: &[Extent]) -> Vec<ExtentJson> {
     extents.iter().map(ExtentJson::from).collect()
 }
 
+/// `3M in 2 extents`: how much a list of extents maps, in how many.
+pub fn extents_summary(extents: &[Extent]) -> String {
+    let count = extents.len();
+    format!(
+        "{} in {count} extent{}",
+        format_sectors(extents.iter().map(|extent| extent.nr_sectors()).sum()),
+        if count == 1 { "" } else { "s" }
+    )
+}
+
 /// The `show --json` object; `list --json` leaves out `extents`.
 #[derive(Serialize)]
 pub struct DiskJson {

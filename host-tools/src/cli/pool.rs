@@ -301,11 +301,12 @@ pub(super) fn users_of(
     };
     let mut users = context.reconcile(Some(database), hypervisor, None)?.users();
     users.extend(database.owners(itself)?.into_iter().map(User::owner));
-    let devices: Box<dyn DeviceSource> = context.device_source()?;
-    users.extend(read_mount_users(
-        Path::new(MOUNTS),
-        &Sysfs::default(),
-        devices.as_ref(),
-    )?);
+    users.extend(mount_users(context)?);
     Ok(users)
+}
+
+/// dom0's mounted filesystems, as users of the extents they sit on.
+pub(super) fn mount_users(context: &Context) -> Result<Vec<User>> {
+    let devices: Box<dyn DeviceSource> = context.device_source()?;
+    read_mount_users(Path::new(MOUNTS), &Sysfs::default(), devices.as_ref())
 }

@@ -2,9 +2,11 @@
 
 use clap::Args;
 use host_tools::allocate::merge_adjacent;
-use host_tools::database::{vdevice_name, AccessMode, AttachmentTarget, Database, OpenMode};
+use host_tools::database::{
+    vdevice_name, AccessMode, Attachment, AttachmentTarget, Database, OpenMode,
+};
 use host_tools::error::{Error, Result};
-use host_tools::hypervisor::{Hypervisor, VbdDetails};
+use host_tools::hypervisor::Hypervisor;
 use host_tools::reconcile::ReconciledVbd;
 use host_tools::size::format_sectors;
 use host_tools::uname::{parse_device_number, Uname};
@@ -13,7 +15,7 @@ use serde::Serialize;
 use shared_abi::wire::Extent;
 use shared_abi::{DeviceNumber, Label, Mode, SharingLevel};
 
-use super::output::{emit, emit_json, extents_json, table, ExtentJson};
+use super::output::{emit, emit_json, extents_json, extents_summary, table, ExtentJson};
 use super::pool::{extents_of, mode_argument, safety_argument, uname_argument, users_of};
 use super::Context;
 
@@ -114,13 +116,20 @@ impl Attach {
         // Record first: the record keeps the extents out of the pool, and a refusal here
         // (an existing record) leaves the hypervisor untouched. It is confirmed once the
         // VBD exists, so a reconciliation meanwhile does not take it for a dead one.
-        let record = database.record_attachment(&target, self.domain, self.vdevice, self.mode)?;
+        let record = database.record_attachment(
+            &target,
+            self.domain,
+            self.vdevice,
+            self.mode,
+            self.safety,
+            hypervisor.start_id(),
+        )?;
         let vbd = NewVbd {
             domain: self.domain,
             vdevice: self.vdevice,
             mode: self.mode,
             level: self.safety,
-            label: label_of(&self.uname),
+            label: label_of(&self.uname.to_string()),
         };
         if let Err(error) = vbd.create(&mut hypervisor, &extents) {
             let _ = database.remove_attachment(self.domain, self.vdevice);
@@ -136,12 +145,7 @@ impl Attach {
                 extents: extents_json(&extents),
             });
         }
-        let count = extents.len();
-        emit(&format!(
-            "{what}: {} in {count} extent{}\n",
-            format_sectors(extents.iter().map(|extent| extent.nr_sectors()).sum()),
-            if count == 1 { "" } else { "s" }
-        ))
+        emit(&format!("{what}: {}\n", extents_summary(&extents)))
     }
 }
 
@@ -185,19 +189,20 @@ pub(super) fn grow_vbd(
     Ok(())
 }
 
-/// The VBD `attach` makes: where, how, at which sharing level, and under which label.
-struct NewVbd {
-    domain: u32,
-    vdevice: DeviceNumber,
-    mode: AccessMode,
-    level: SharingLevel,
-    label: Label,
+/// The VBD `attach` (or `restore`) makes: where, how, at which sharing level, and under
+/// which label.
+pub(super) struct NewVbd {
+    pub domain: u32,
+    pub vdevice: DeviceNumber,
+    pub mode: AccessMode,
+    pub level: SharingLevel,
+    pub label: Label,
 }
 
 impl NewVbd {
     /// Create the VBD and set its extents; if setting them fails, delete it again so
     /// nothing half-made is left in the hypervisor.
-    fn create(&self, hypervisor: &mut Hypervisor, extents: &[Extent]) -> Result<()> {
+    pub fn create(&self, hypervisor: &mut Hypervisor, extents: &[Extent]) -> Result<()> {
         hypervisor.create(self.domain, self.vdevice, mode_of(self.mode), self.label)?;
         if let Err(error) = hypervisor.set_extents(self.domain, self.vdevice, extents, self.level) {
             let _ = hypervisor.delete(self.domain, self.vdevice);
@@ -209,8 +214,8 @@ impl NewVbd {
 
 /// The label the hypervisor keeps for a VBD made from `uname`: the uname itself, which
 /// fits every `vd:ID` and classic partition name; a device name over 20 bytes gets none.
-fn label_of(uname: &Uname) -> Label {
-    Label::new(&uname.to_string()).unwrap_or(Label::EMPTY)
+pub(super) fn label_of(uname: &str) -> Label {
+    Label::new(uname).unwrap_or(Label::EMPTY)
 }
 
 /// Remove VBD VDEV from DOMAIN; its extents stay out of the pool until then.
@@ -253,11 +258,14 @@ impl Detach {
     }
 }
 
-/// List VBDs: each one's domain, name, mode, size, source and extents.
+/// List VBDs: each one's domain, name, mode, size, source, state and extents.
 ///
 /// dom0's port may list any domain or all; a guest's port only its own (the default there).
 /// SOURCE is what the database recorded the VBD was made from, or (unrecorded) for a VBD
-/// made behind vdisk's back; a record whose VBD is gone (its domain died) is removed.
+/// made behind vdisk's back. STATE is `attached` for a VBD the hypervisor has, and
+/// `restorable` for an attachment recorded under an earlier start of the hypervisor whose
+/// VBD the restart took away: `vdisk restore` makes it again (`vdisk detach` forgets it).
+/// A record whose VBD is gone under the current start (its domain died) is removed.
 #[derive(Args)]
 #[command(
     after_help = "Examples:\n  vdisk --hv unix:/tmp/vm/dom0.sock vbds all\n  vdisk --hv unix:/tmp/vm/dom1.sock vbds --json"
@@ -265,6 +273,71 @@ impl Detach {
 pub struct Vbds {
     /// A domain number, or `all` (the default on dom0's port).
     domain: Option<String>,
+}
+
+/// Whether a listed VBD exists.
+#[derive(Clone, Copy, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum VbdState {
+    /// The hypervisor has it.
+    Attached,
+    /// Recorded under an earlier start; `vdisk restore` makes it again.
+    Restorable,
+}
+
+impl VbdState {
+    fn as_str(self) -> &'static str {
+        match self {
+            VbdState::Attached => "attached",
+            VbdState::Restorable => "restorable",
+        }
+    }
+}
+
+/// One VBD as `vbds` lists it, whether the hypervisor has it or a record says it will.
+struct Listed {
+    domain: u32,
+    vdevice: DeviceNumber,
+    mode: AccessMode,
+    size_sectors: u64,
+    /// What the database says it was made from; `None` for a VBD it has no record of.
+    source: Option<String>,
+    state: VbdState,
+    extents: Vec<Extent>,
+}
+
+impl Listed {
+    fn attached(reconciled: &ReconciledVbd) -> Listed {
+        let vbd = &reconciled.vbd;
+        Listed {
+            domain: vbd.domain,
+            vdevice: vbd.vdevice,
+            mode: if vbd.mode.is_writable() {
+                AccessMode::ReadWrite
+            } else {
+                AccessMode::ReadOnly
+            },
+            size_sectors: vbd.size_sectors,
+            source: reconciled
+                .record
+                .as_ref()
+                .map(|record| record.uname.clone()),
+            state: VbdState::Attached,
+            extents: vbd.extents.clone(),
+        }
+    }
+
+    fn restorable(record: &Attachment) -> Listed {
+        Listed {
+            domain: record.domain,
+            vdevice: record.vdevice,
+            mode: record.mode,
+            size_sectors: record.extents.iter().map(Extent::nr_sectors).sum(),
+            source: Some(record.uname.clone()),
+            state: VbdState::Restorable,
+            extents: record.extents.clone(),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -276,6 +349,7 @@ struct VbdJson {
     size_sectors: u64,
     /// What the database says it was made from; `null` for a VBD it has no record of.
     source: Option<String>,
+    state: VbdState,
     extents: Vec<ExtentJson>,
 }
 
@@ -294,44 +368,32 @@ impl Vbds {
         // The database, when there is one, says what each VBD was made from.
         let database = context.existing_database(OpenMode::ReadOnly)?;
         let reconciliation = context.reconcile(database.as_ref(), Some(&mut hypervisor), domain)?;
-        let mode = |vbd: &VbdDetails| {
-            if vbd.mode.is_writable() {
-                AccessMode::ReadWrite
-            } else {
-                AccessMode::ReadOnly
-            }
-        };
-        let source = |reconciled: &ReconciledVbd| {
-            reconciled
-                .record
-                .as_ref()
-                .map(|record| record.uname.clone())
-        };
+        let listed: Vec<Listed> = reconciliation
+            .vbds
+            .iter()
+            .map(Listed::attached)
+            .chain(reconciliation.restorable.iter().map(Listed::restorable))
+            .collect();
         if context.json {
-            let array: Vec<VbdJson> = reconciliation
-                .vbds
-                .iter()
-                .map(|reconciled| {
-                    let vbd = &reconciled.vbd;
-                    VbdJson {
-                        domain: vbd.domain,
-                        vdevice: vdevice_name(vbd.vdevice),
-                        device: vbd.vdevice.to_string(),
-                        mode: mode(vbd),
-                        size_sectors: vbd.size_sectors,
-                        source: source(reconciled),
-                        extents: extents_json(&vbd.extents),
-                    }
+            let array: Vec<VbdJson> = listed
+                .into_iter()
+                .map(|listed| VbdJson {
+                    domain: listed.domain,
+                    vdevice: vdevice_name(listed.vdevice),
+                    device: listed.vdevice.to_string(),
+                    mode: listed.mode,
+                    size_sectors: listed.size_sectors,
+                    source: listed.source,
+                    state: listed.state,
+                    extents: extents_json(&listed.extents),
                 })
                 .collect();
             return emit_json(&array);
         }
-        let rows = reconciliation
-            .vbds
-            .iter()
-            .map(|reconciled| {
-                let vbd = &reconciled.vbd;
-                let extents: Vec<String> = vbd
+        let rows = listed
+            .into_iter()
+            .map(|listed| {
+                let extents: Vec<String> = listed
                     .extents
                     .iter()
                     .map(|extent| {
@@ -344,17 +406,20 @@ impl Vbds {
                     })
                     .collect();
                 vec![
-                    vbd.domain.to_string(),
-                    vdevice_name(vbd.vdevice),
-                    mode(vbd).as_str().to_owned(),
-                    format_sectors(vbd.size_sectors),
-                    source(reconciled).unwrap_or_else(|| UNRECORDED.to_owned()),
+                    listed.domain.to_string(),
+                    vdevice_name(listed.vdevice),
+                    listed.mode.as_str().to_owned(),
+                    format_sectors(listed.size_sectors),
+                    listed.source.unwrap_or_else(|| UNRECORDED.to_owned()),
+                    listed.state.as_str().to_owned(),
                     extents.join(", "),
                 ]
             })
             .collect();
         emit(&table(
-            &["DOMAIN", "VDEV", "MODE", "SIZE", "SOURCE", "EXTENTS"],
+            &[
+                "DOMAIN", "VDEV", "MODE", "SIZE", "SOURCE", "STATE", "EXTENTS",
+            ],
             &[3],
             rows,
         ))

@@ -3,7 +3,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 use shared_abi::wire::Extent;
-use shared_abi::DeviceNumber;
+use shared_abi::{DeviceNumber, SharingLevel};
 
 use super::disks::read_live;
 use super::{extent_from_row, vdevice_name, Database};
@@ -68,6 +68,11 @@ pub struct Attachment {
     pub attached_at: i64,
     /// Its VBD was made; until then the record only reserves the extents.
     pub confirmed: bool,
+    /// The sharing level it was attached at, which a restore checks it at again.
+    pub level: SharingLevel,
+    /// The start of the hypervisor (its Ready handshake's id) under which the VBD was made;
+    /// `None` for a record from schema version 2, which did not keep it.
+    pub start_id: Option<u64>,
     pub extents: Vec<Extent>,
 }
 
@@ -83,49 +88,67 @@ impl Attachment {
     }
 }
 
+/// A start id as SQLite stores it: its 64 bits as a signed integer, since SQLite has no
+/// unsigned one. Only ever compared for equality, so the sign means nothing.
+fn stored_start_id(start_id: u64) -> i64 {
+    i64::from_ne_bytes(start_id.to_ne_bytes())
+}
+
+fn start_id_from_row(stored: Option<i64>) -> Option<u64> {
+    stored.map(|stored| u64::from_ne_bytes(stored.to_ne_bytes()))
+}
+
+fn level_from_row(number: u32) -> rusqlite::Result<SharingLevel> {
+    SharingLevel::try_from(number).map_err(|error| {
+        rusqlite::Error::FromSqlConversionFailure(
+            8,
+            rusqlite::types::Type::Integer,
+            Box::new(error),
+        )
+    })
+}
+
 /// The recorded attachments, of virtual disk `id` or of everything.
 pub(super) fn attachments_where(
     connection: &Connection,
     id: Option<VdId>,
 ) -> Result<Vec<Attachment>> {
     let mut statement = connection.prepare_cached(
-        "SELECT id, uname, virtual_disk_id, domain, vdevice, mode, attached_at, confirmed FROM attachments
+        "SELECT id, uname, virtual_disk_id, domain, vdevice, mode, attached_at, confirmed,
+                sharing_level, start_id FROM attachments
          WHERE ?1 IS NULL OR virtual_disk_id = ?1 ORDER BY domain, vdevice",
     )?;
-    let rows = statement
+    let mut attachments = statement
         .query_map(params![id.map(VdId::get)], |row| {
-            Ok((
-                row.get::<_, i64>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, Option<i64>>(2)?,
-                row.get::<_, u32>(3)?,
-                row.get::<_, u32>(4)?,
-                row.get::<_, String>(5)?,
-                row.get::<_, i64>(6)?,
-                row.get::<_, bool>(7)?,
-            ))
+            Ok(Attachment {
+                record: row.get(0)?,
+                uname: row.get(1)?,
+                virtual_disk: row.get::<_, Option<i64>>(2)?.map(VdId::from_database),
+                domain: row.get(3)?,
+                vdevice: DeviceNumber::from_raw(row.get(4)?),
+                mode: AccessMode::parse(&row.get::<_, String>(5)?).map_err(|error| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        5,
+                        rusqlite::types::Type::Text,
+                        Box::new(error),
+                    )
+                })?,
+                attached_at: row.get(6)?,
+                confirmed: row.get(7)?,
+                level: level_from_row(row.get(8)?)?,
+                start_id: start_id_from_row(row.get(9)?),
+                extents: Vec::new(),
+            })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut extents_of = connection.prepare_cached(
         "SELECT device, start_sector, nr_sectors FROM attachment_extents
          WHERE attachment_id = ?1 ORDER BY position",
     )?;
-    let mut attachments = Vec::new();
-    for (record, uname, virtual_disk, domain, vdevice, mode, attached_at, confirmed) in rows {
-        let extents = extents_of
-            .query_map(params![record], |row| extent_from_row(row, 0))?
+    for attachment in &mut attachments {
+        attachment.extents = extents_of
+            .query_map(params![attachment.record], |row| extent_from_row(row, 0))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        attachments.push(Attachment {
-            record,
-            uname,
-            virtual_disk: virtual_disk.map(VdId::from_database),
-            domain,
-            vdevice: DeviceNumber::from_raw(vdevice),
-            mode: AccessMode::parse(&mode)?,
-            attached_at,
-            confirmed,
-            extents,
-        });
     }
     Ok(attachments)
 }
@@ -148,16 +171,19 @@ fn insert_extents(connection: &Connection, record: i64, extents: &[Extent]) -> R
 }
 
 impl Database {
-    /// Record a VBD about to be made over `target`, so that the extents stay out of the
-    /// pool and `delete` refuses the disk until [`Database::remove_attachment`]. A virtual
-    /// disk must be live; its extents are taken from the database. The record is
-    /// unconfirmed until [`Database::confirm_attachment`] says the VBD exists.
+    /// Record a VBD about to be made over `target` at sharing `level` under the hypervisor's
+    /// start `start_id`, so that the extents stay out of the pool and `delete` refuses the
+    /// disk until [`Database::remove_attachment`]. A virtual disk must be live; its extents
+    /// are taken from the database. The record is unconfirmed until
+    /// [`Database::confirm_attachment`] says the VBD exists.
     pub fn record_attachment(
         &mut self,
         target: &AttachmentTarget,
         domain: u32,
         vdevice: DeviceNumber,
         mode: AccessMode,
+        level: SharingLevel,
+        start_id: u64,
     ) -> Result<Attachment> {
         self.immediate(|transaction, now| {
             let (uname, virtual_disk, extents) = match target {
@@ -181,9 +207,19 @@ impl Database {
                 )));
             }
             transaction.execute(
-                "INSERT INTO attachments (uname, virtual_disk_id, domain, vdevice, mode, attached_at, confirmed)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)",
-                params![uname, virtual_disk.map(VdId::get), domain, vdevice.raw(), mode.as_str(), now],
+                "INSERT INTO attachments
+                   (uname, virtual_disk_id, domain, vdevice, mode, attached_at, confirmed, sharing_level, start_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8)",
+                params![
+                    uname,
+                    virtual_disk.map(VdId::get),
+                    domain,
+                    vdevice.raw(),
+                    mode.as_str(),
+                    now,
+                    level.number(),
+                    stored_start_id(start_id)
+                ],
             )?;
             let record = transaction.last_insert_rowid();
             insert_extents(transaction, record, &extents)?;
@@ -196,6 +232,8 @@ impl Database {
                 mode,
                 attached_at: now,
                 confirmed: false,
+                level,
+                start_id: Some(start_id),
                 extents,
             })
         })
@@ -247,14 +285,27 @@ impl Database {
         })
     }
 
-    /// Forget records whose VBDs are gone, each by its row, so that a record made since
-    /// they were seen is kept.
-    pub fn forget_attachments(&mut self, gone: &[Attachment]) -> Result<()> {
+    /// Bring the records in line with what the hypervisor shows, in one transaction: forget
+    /// `dead` ones (whose VBDs are gone), and stamp `found` ones (whose VBDs exist under its
+    /// start `start_id`, found again or restored) with that start. Each by its row, so that
+    /// a record made since they were seen is left alone.
+    pub fn settle_attachments(
+        &mut self,
+        dead: &[Attachment],
+        found: &[Attachment],
+        start_id: u64,
+    ) -> Result<()> {
         self.immediate(|transaction, _| {
-            for attachment in gone {
+            for attachment in dead {
                 transaction.execute(
                     "DELETE FROM attachments WHERE id = ?1",
                     params![attachment.record],
+                )?;
+            }
+            for attachment in found {
+                transaction.execute(
+                    "UPDATE attachments SET start_id = ?1 WHERE id = ?2",
+                    params![stored_start_id(start_id), attachment.record],
                 )?;
             }
             Ok(())

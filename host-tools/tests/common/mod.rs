@@ -3,6 +3,8 @@
 //! look into its database directly.
 #![allow(dead_code)] // each test crate uses its own part of this module
 
+pub mod hypervisor;
+
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -69,6 +71,21 @@ impl Machine {
         )
         .unwrap();
         Machine { directory }
+    }
+
+    /// Start a hypervisor over this machine's disk, reporting `start_id` and allowing every
+    /// sharing level: drop it and start another to restart it.
+    pub fn hypervisor(&self, start_id: u64) -> hypervisor::Hypervisor {
+        self.hypervisor_with_ceiling(start_id, shared_abi::SharingLevel::Unrestricted)
+    }
+
+    /// The same, allowing sharing levels up to `ceiling` only.
+    pub fn hypervisor_with_ceiling(
+        &self,
+        start_id: u64,
+        ceiling: shared_abi::SharingLevel,
+    ) -> hypervisor::Hypervisor {
+        hypervisor::Hypervisor::start(self.directory.path(), &self.image(), start_id, ceiling)
     }
 
     pub fn database_path(&self) -> PathBuf {

@@ -129,13 +129,18 @@ impl<
             }
         }
         let extent_at = |position: usize| -> Result<Extent, &'static str> {
-            let (device, start) = arena.key(position);
-            let length = arena.run_sectors(Run {
-                first: position as u32,
-                count: 1,
-            }) - writer.virtual_start(arena, position);
-            Extent::new(DeviceNumber::from_raw(device), start, length)
-                .map_err(|_| "a malformed extent")
+            let place = arena.key(position);
+            let device = shared
+                .disk_devices
+                .get(disk_of(place))
+                .ok_or("an extent on no disk")?;
+            let length = arena.virtual_end(position) - writer.virtual_start(arena, position);
+            Extent::new(
+                DeviceNumber::from_raw(device.load(Relaxed)),
+                start_of(place),
+                length,
+            )
+            .map_err(|_| "a malformed extent")
         };
         for position in 0..layout.used() {
             if writer.disks.check(&extent_at(position)?).is_err() {

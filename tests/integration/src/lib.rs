@@ -2,7 +2,8 @@
 //! booted bare-metal machine or a running vbd-backend with a VD database and `vdisk` pointed
 //! at it, and the small helpers the guest tests share.
 
-use std::fs;
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -100,6 +101,40 @@ fn succeeded(arguments: &[&str], output: Output) -> String {
 pub struct TestMachine {
     pub machine: Machine,
     pub database: PathBuf,
+    sharing: u8,
+}
+
+/// The disks every test machine has (those of [`MachineConfig::new`]).
+const DISKS: [&str; 2] = ["hda", "hdb"];
+
+/// How a disk image is compared and put back: in pieces of this many bytes.
+const PIECE_BYTES: usize = 1 << 20;
+
+/// What a disk image holds: every piece of it that is not all zeros, by offset.
+fn contents(path: &Path) -> Vec<(u64, Vec<u8>)> {
+    let file = File::open(path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+    let length = file.metadata().expect("an image has metadata").len();
+    let mut pieces = Vec::new();
+    let mut offset = 0;
+    while offset < length {
+        let size = PIECE_BYTES.min((length - offset) as usize);
+        let mut piece = vec![0u8; size];
+        file.read_exact_at(&mut piece, offset)
+            .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+        if piece.iter().any(|&byte| byte != 0) {
+            pieces.push((offset, piece));
+        }
+        offset += size as u64;
+    }
+    pieces
+}
+
+/// Boot a machine in `dir`, enforcing sharing level `sharing`.
+fn start(name: &str, dir: &Path, sharing: u8) -> Machine {
+    let mut config = MachineConfig::new(dir, hypervisor_elf().to_path_buf());
+    config.timeout = std::time::Duration::from_secs(600);
+    config.sharing = sharing;
+    Machine::start(&config).unwrap_or_else(|error| panic!("booting {name}: {error}"))
 }
 
 impl TestMachine {
@@ -113,14 +148,44 @@ impl TestMachine {
     pub fn boot_with_sharing(name: &str, sharing: u8) -> TestMachine {
         let dir = workspace_root().join("target/integration").join(name);
         let _ = fs::remove_dir_all(&dir);
-        let mut config = MachineConfig::new(&dir, hypervisor_elf().to_path_buf());
-        config.timeout = std::time::Duration::from_secs(600);
-        config.sharing = sharing;
-        let machine =
-            Machine::start(&config).unwrap_or_else(|error| panic!("booting {name}: {error}"));
         TestMachine {
             database: dir.join("vdisk.sqlite"),
+            machine: start(name, &dir, sharing),
+            sharing,
+        }
+    }
+
+    /// Shut the machine down cleanly and boot a new one, a new start of the hypervisor,
+    /// over the same disk images (the same files, holding the same bytes) and database.
+    /// Booting lays each image out afresh (`Machine::start` partitions it), so what the
+    /// images held is read first and written back, in place, once the new one is up.
+    pub fn restart(self) -> TestMachine {
+        let dir = self.machine.dir().to_path_buf();
+        let images: Vec<PathBuf> = DISKS
+            .iter()
+            .map(|disk| self.machine.image(disk).expect("a test disk").to_path_buf())
+            .collect();
+        let before: Vec<_> = images.iter().map(|image| contents(image)).collect();
+        let (database, sharing) = (self.database.clone(), self.sharing);
+        self.finish();
+        let machine = start("the restarted machine", &dir, sharing);
+        for (image, pieces) in images.iter().zip(&before) {
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .open(image)
+                .unwrap_or_else(|error| panic!("{}: {error}", image.display()));
+            for (offset, piece) in pieces {
+                file.write_all_at(piece, *offset)
+                    .unwrap_or_else(|error| panic!("{}: {error}", image.display()));
+            }
+            file.sync_all().expect("the image is written back");
+        }
+        let after: Vec<_> = images.iter().map(|image| contents(image)).collect();
+        assert!(after == before, "the images hold what they held before");
+        TestMachine {
             machine,
+            database,
+            sharing,
         }
     }
 
