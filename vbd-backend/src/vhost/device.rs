@@ -189,12 +189,7 @@ impl BlockDevice {
     }
 
     /// Serve one chain and return the bytes written to the guest (the used length).
-    pub fn serve_chain<I, M>(
-        &self,
-        chain: I,
-        memory: &M,
-        translator: Option<&mut Translator>,
-    ) -> u32
+    fn serve_chain<I, M>(&self, chain: I, memory: &M, translator: Option<&mut Translator>) -> u32
     where
         I: IntoIterator<Item = virtio_queue::desc::split::Descriptor>,
         M: GuestMemoryBackend,
@@ -477,5 +472,82 @@ impl VhostUserBackend for BlockDevice {
                 return Ok(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disks::tests::two_disks;
+    use crate::vbd::tests::{create, empty_table, xvda};
+    use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_T_OUT};
+    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use virtio_queue::desc::split::Descriptor;
+    use vm_memory::GuestAddress;
+
+    #[test]
+    fn requests_without_a_context_or_once_stopping_fail_and_touch_nothing() {
+        let (_directory, disks) = two_disks();
+        let table = empty_table();
+        let vbd = create(table, xvda(1), &[(0, 0, 8)], true, "vd:1");
+        let shared = Arc::new(Shared::new(table, disks, 1, 1));
+        let target = Arc::new(DeviceTarget {
+            shared: shared.clone(),
+            vbd,
+            writable: true,
+            serial: "vd:1".into(),
+            name: "dom1/xvda.sock".into(),
+        });
+        let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let device = BlockDevice::new(
+            target,
+            GuestMemoryAtomic::new(memory.clone()),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let mut header = VIRTIO_BLK_T_OUT.to_le_bytes().to_vec();
+        header.extend_from_slice(&[0; 12]);
+        memory.write_slice(&header, GuestAddress(0x100)).unwrap();
+        let chain = || {
+            vec![
+                Descriptor::new(0x100, 16, 0, 0),
+                Descriptor::new(0x1000, 512, 0, 0),
+                Descriptor::new(0x80, 1, VRING_DESC_F_WRITE as u16, 0),
+            ]
+        };
+        let status = || memory.read_obj::<u8>(GuestAddress(0x80)).unwrap();
+        let on_disk = || {
+            let mut sector = [0u8; 512];
+            shared
+                .disks
+                .iter()
+                .next()
+                .unwrap()
+                .read_exact_at(&mut sector, 0)
+                .unwrap();
+            sector[0]
+        };
+        let mut translator = Translator::new(table).unwrap();
+        memory
+            .write_slice(&[0xab; 512], GuestAddress(0x1000))
+            .unwrap();
+        assert_eq!(
+            device.serve_chain(chain(), &memory, Some(&mut translator)),
+            1
+        );
+        assert_eq!((status(), on_disk()), (VIRTIO_BLK_S_OK as u8, 0xab));
+
+        memory
+            .write_slice(&[0xcd; 512], GuestAddress(0x1000))
+            .unwrap();
+        assert_eq!(device.serve_chain(chain(), &memory, None), 1);
+        assert_eq!((status(), on_disk()), (VIRTIO_BLK_S_IOERR as u8, 0xab));
+
+        shared.stop();
+        memory.write_obj(0xffu8, GuestAddress(0x80)).unwrap();
+        assert_eq!(
+            device.serve_chain(chain(), &memory, Some(&mut translator)),
+            1
+        );
+        assert_eq!((status(), on_disk()), (VIRTIO_BLK_S_IOERR as u8, 0xab));
     }
 }
