@@ -4,7 +4,7 @@
 //! the disk images. Reads and writes land at the translated offsets; get-id is the VBD's
 //! label; flush, discard and write-zeroes stay inside the extents; a read-only VBD refuses a
 //! driver that ignores the flag; a deleted VBD fails its requests; a VMM resuming rings this
-//! backend never started gets errors, never data.
+//! backend never started gets errors, never data, until its guest resets the device.
 
 mod common;
 
@@ -55,10 +55,10 @@ struct Buffer {
 
 /// The VMM and the driver of one vhost-user-blk device with one queue.
 struct Driver {
-    _frontend: Frontend,
+    frontend: Frontend,
     memory: GuestMemoryMmap<()>,
     kick: EventFd,
-    _call: EventFd,
+    call: EventFd,
     next_avail: u16,
 }
 
@@ -96,10 +96,27 @@ impl Driver {
         frontend
             .set_mem_table(&[VhostUserMemoryRegionInfo::from_guest_region(region).unwrap()])
             .unwrap();
+        let mut driver = Driver {
+            frontend,
+            memory,
+            kick: EventFd::new(0).unwrap(),
+            call: EventFd::new(0).unwrap(),
+            next_avail: base,
+        };
+        driver.start_ring(base);
+        driver
+    }
+
+    /// Start queue 0 with its rings at `base`.
+    fn start_ring(&mut self, base: u16) {
         // Ring addresses are the VMM's own, as QEMU sends them.
-        let mapped = region.as_ptr() as u64;
-        memory.write_obj(base, GuestAddress(AVAIL + 2)).unwrap();
-        memory.write_obj(base, GuestAddress(USED + 2)).unwrap();
+        let mapped = self.memory.iter().next().unwrap().as_ptr() as u64;
+        self.memory
+            .write_obj(base, GuestAddress(AVAIL + 2))
+            .unwrap();
+        self.memory.write_obj(base, GuestAddress(USED + 2)).unwrap();
+        self.next_avail = base;
+        let frontend = &mut self.frontend;
         frontend.set_vring_num(0, QUEUE_SIZE).unwrap();
         frontend
             .set_vring_addr(
@@ -116,18 +133,15 @@ impl Driver {
             )
             .unwrap();
         frontend.set_vring_base(0, base).unwrap();
-        let kick = EventFd::new(0).unwrap();
-        let call = EventFd::new(0).unwrap();
-        frontend.set_vring_call(0, &call).unwrap();
-        frontend.set_vring_kick(0, &kick).unwrap();
+        frontend.set_vring_call(0, &self.call).unwrap();
+        frontend.set_vring_kick(0, &self.kick).unwrap();
         frontend.set_vring_enable(0, true).unwrap();
-        Driver {
-            _frontend: frontend,
-            memory,
-            kick,
-            _call: call,
-            next_avail: base,
-        }
+    }
+
+    /// What QEMU does when the guest resets the device: stop the ring, then start it at 0.
+    fn reset(&mut self) {
+        self.frontend.get_vring_base(0).unwrap();
+        self.start_ring(0);
     }
 
     fn descriptor(&self, index: u16, address: u64, length: u32, flags: u16) {
@@ -428,12 +442,15 @@ fn a_vmm_resuming_rings_this_backend_did_not_start_gets_errors_not_data() {
     assert_ne!(read, data[..512], "no data reached the guest");
     assert_eq!(resumed.write(0, &[0xee; 512], 512), IOERR);
     assert_eq!(vbd_from_images(&backend), data);
-    drop(resumed);
     assert!(
         backend.log().contains("resumes ring 0 at 7"),
         "{}",
         backend.log()
     );
+    // Once the guest resets the device, it reads the disk afresh: it is served again.
+    resumed.reset();
+    assert_eq!(resumed.read(0, 512, 256), (OK, data[..512].to_vec()));
+    drop(resumed);
     // A VMM that started its rings here may resume them: it has seen this VBD only.
     drop(Driver::connect(&socket, 0));
     let mut again = Driver::connect(&socket, 9);

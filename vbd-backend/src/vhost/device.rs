@@ -37,6 +37,7 @@ use zerocopy::{Immutable, IntoBytes, KnownLayout};
 use super::request::{
     GuestBuffer, Operation, Range, Request, RequestError, MAX_SEGMENTS, MAX_SEGMENT_SECTORS,
 };
+use super::ResumedRings;
 use crate::block::BlockContext;
 use crate::disks::{DiskIo, Release};
 use crate::service::Shared;
@@ -115,15 +116,15 @@ pub struct BlockDevice {
     event_idx: AtomicBool,
     /// One translator per queue thread, claimed at its first request.
     translators: Vec<Mutex<Option<Translator>>>,
-    /// Set when the VMM resumed rings this backend did not start; see [`super::Session`].
-    untrusted: Arc<AtomicBool>,
+    /// Rings the VMM resumed where this backend did not start them; see [`super`].
+    resumed: Arc<ResumedRings>,
 }
 
 impl BlockDevice {
     pub fn new(
         target: Arc<DeviceTarget>,
         memory: Memory,
-        untrusted: Arc<AtomicBool>,
+        resumed: Arc<ResumedRings>,
     ) -> BlockDevice {
         let translators = (0..target.shared.queues)
             .map(|_| Mutex::new(None))
@@ -133,7 +134,7 @@ impl BlockDevice {
             memory,
             event_idx: AtomicBool::new(false),
             translators,
-            untrusted,
+            resumed,
         }
     }
 
@@ -225,7 +226,7 @@ impl BlockDevice {
         if self.target.shared.stopping() {
             return Err(RequestError::Stopping);
         }
-        if self.untrusted.load(Ordering::Acquire) {
+        if self.resumed.any() {
             return Err(RequestError::Resumed);
         }
         let translator = translator.ok_or(RequestError::Refused(Error::NoSpace))?;
@@ -502,7 +503,7 @@ mod tests {
         let device = BlockDevice::new(
             target,
             GuestMemoryAtomic::new(memory.clone()),
-            Arc::new(AtomicBool::new(false)),
+            Arc::new(ResumedRings::default()),
         );
         let mut header = VIRTIO_BLK_T_OUT.to_le_bytes().to_vec();
         header.extend_from_slice(&[0; 12]);
