@@ -5,8 +5,10 @@
 //! Each operation is translated by hv-vbd and its disk I/O runs while the translation is
 //! held, so a delete or shrink of the VBD is answered only once the I/O has finished.
 
+use std::ops::Range;
+
 use hv_vbd::serve::BlockDevices;
-use hv_vbd::{Access, Request, VbdRef};
+use hv_vbd::{Access, Request, Transfer, VbdRef};
 use shared_abi::{Error, SECTOR_SIZE};
 
 use crate::disks::{DiskIo, Release};
@@ -21,31 +23,46 @@ pub struct BlockContext<'a> {
 impl BlockContext<'_> {
     /// Fill `buffer` (whole sectors) from `vbd` starting at `sector`.
     pub fn read(&mut self, vbd: &VbdRef, sector: u64, buffer: &mut [u8]) -> Result<(), Error> {
-        let request = Request::from_bytes(Access::Read, sector, buffer.len() as u64)?;
-        let io = &mut self.io;
-        self.translator.with(vbd, &request, |translation| {
-            translation
-                .transfers([buffer.len()])
-                .try_for_each(|transfer| {
-                    let transfer = transfer?;
-                    let range = transfer.buffer_offset..transfer.buffer_offset + transfer.length;
-                    io.read(transfer.device, transfer.disk_offset, &mut buffer[range])
-                })
-        })?
+        self.transfer(
+            vbd,
+            Access::Read,
+            sector,
+            buffer.len(),
+            |io, transfer, range| {
+                io.read(transfer.device, transfer.disk_offset, &mut buffer[range])
+            },
+        )
     }
 
     /// Write `data` (whole sectors) to `vbd` starting at `sector`.
     pub fn write(&mut self, vbd: &VbdRef, sector: u64, data: &[u8]) -> Result<(), Error> {
-        let request = Request::from_bytes(Access::Write, sector, data.len() as u64)?;
+        self.transfer(
+            vbd,
+            Access::Write,
+            sector,
+            data.len(),
+            |io, transfer, range| io.write(transfer.device, transfer.disk_offset, &data[range]),
+        )
+    }
+
+    /// Translate a request of one buffer of `length` bytes and call `each` with every
+    /// transfer and its range of the buffer, while the translation is held.
+    fn transfer(
+        &mut self,
+        vbd: &VbdRef,
+        access: Access,
+        sector: u64,
+        length: usize,
+        mut each: impl FnMut(&mut DiskIo<'_>, Transfer, Range<usize>) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let request = Request::from_bytes(access, sector, length as u64)?;
         let io = &mut self.io;
         self.translator.with(vbd, &request, |translation| {
-            translation
-                .transfers([data.len()])
-                .try_for_each(|transfer| {
-                    let transfer = transfer?;
-                    let range = transfer.buffer_offset..transfer.buffer_offset + transfer.length;
-                    io.write(transfer.device, transfer.disk_offset, &data[range])
-                })
+            translation.transfers([length]).try_for_each(|transfer| {
+                let transfer = transfer?;
+                let range = transfer.buffer_offset..transfer.buffer_offset + transfer.length;
+                each(io, transfer, range)
+            })
         })?
     }
 
