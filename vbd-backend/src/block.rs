@@ -107,7 +107,18 @@ impl BlockContext<'_> {
 mod tests {
     use super::*;
     use crate::disks::tests::two_disks;
+    use crate::disks::Disks;
     use crate::vbd::tests::{create, empty_table, xvda};
+
+    fn context<'a>(translator: &'a mut Translator, disks: &'a Disks) -> BlockContext<'a> {
+        BlockContext {
+            translator,
+            io: DiskIo {
+                disks,
+                channel: "test",
+            },
+        }
+    }
 
     #[test]
     fn reads_writes_and_zeroes_land_at_the_translated_offsets_only() {
@@ -116,13 +127,7 @@ mod tests {
         // VBD sectors 0..2 are disk 1 sectors 10..12, 2..4 are disk 0 sectors 100..102.
         let vbd = create(table, xvda(1), &[(1, 10, 2), (0, 100, 2)], true, "vd:1");
         let mut translator = Translator::new(table).unwrap();
-        let mut block = BlockContext {
-            translator: &mut translator,
-            io: DiskIo {
-                disks: &disks,
-                channel: "test",
-            },
-        };
+        let mut block = context(&mut translator, &disks);
         let data: Vec<u8> = (0..4 * 512).map(|byte| (byte / 512 + 1) as u8).collect();
         block.write(&vbd, 0, &data).unwrap();
         let disk = |index: usize, sector: u64| {
@@ -173,13 +178,7 @@ mod tests {
         let table = empty_table();
         let vbd = create(table, xvda(1), &[(0, 0, 8)], false, "");
         let mut translator = Translator::new(table).unwrap();
-        let mut block = BlockContext {
-            translator: &mut translator,
-            io: DiskIo {
-                disks: &disks,
-                channel: "test",
-            },
-        };
+        let mut block = context(&mut translator, &disks);
         assert_eq!(block.write(&vbd, 0, &[1; 512]), Err(Error::ReadOnly));
         assert_eq!(
             block.release(&vbd, 0, 1, Release::WriteZeroes { may_unmap: true }),
