@@ -5,8 +5,10 @@
 //! Each operation is translated by hv-vbd and its disk I/O runs while the translation is
 //! held, so a delete or shrink of the VBD is answered only once the I/O has finished.
 
+use std::ops::Range;
+
 use hv_vbd::serve::BlockDevices;
-use hv_vbd::{Access, Request, VbdRef};
+use hv_vbd::{Access, Request, Transfer, VbdRef};
 use shared_abi::{Error, SECTOR_SIZE};
 
 use crate::disks::{DiskIo, Release};
@@ -21,31 +23,46 @@ pub struct BlockContext<'a> {
 impl BlockContext<'_> {
     /// Fill `buffer` (whole sectors) from `vbd` starting at `sector`.
     pub fn read(&mut self, vbd: &VbdRef, sector: u64, buffer: &mut [u8]) -> Result<(), Error> {
-        let request = Request::from_bytes(Access::Read, sector, buffer.len() as u64)?;
-        let io = &mut self.io;
-        self.translator.with(vbd, &request, |translation| {
-            translation
-                .transfers([buffer.len()])
-                .try_for_each(|transfer| {
-                    let transfer = transfer?;
-                    let range = transfer.buffer_offset..transfer.buffer_offset + transfer.length;
-                    io.read(transfer.device, transfer.disk_offset, &mut buffer[range])
-                })
-        })?
+        self.transfer(
+            vbd,
+            Access::Read,
+            sector,
+            buffer.len(),
+            |io, transfer, range| {
+                io.read(transfer.device, transfer.disk_offset, &mut buffer[range])
+            },
+        )
     }
 
     /// Write `data` (whole sectors) to `vbd` starting at `sector`.
     pub fn write(&mut self, vbd: &VbdRef, sector: u64, data: &[u8]) -> Result<(), Error> {
-        let request = Request::from_bytes(Access::Write, sector, data.len() as u64)?;
+        self.transfer(
+            vbd,
+            Access::Write,
+            sector,
+            data.len(),
+            |io, transfer, range| io.write(transfer.device, transfer.disk_offset, &data[range]),
+        )
+    }
+
+    /// Translate a request of one buffer of `length` bytes and call `each` with every
+    /// transfer and its range of the buffer, while the translation is held.
+    fn transfer(
+        &mut self,
+        vbd: &VbdRef,
+        access: Access,
+        sector: u64,
+        length: usize,
+        mut each: impl FnMut(&mut DiskIo<'_>, Transfer, Range<usize>) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let request = Request::from_bytes(access, sector, length as u64)?;
         let io = &mut self.io;
         self.translator.with(vbd, &request, |translation| {
-            translation
-                .transfers([data.len()])
-                .try_for_each(|transfer| {
-                    let transfer = transfer?;
-                    let range = transfer.buffer_offset..transfer.buffer_offset + transfer.length;
-                    io.write(transfer.device, transfer.disk_offset, &data[range])
-                })
+            translation.transfers([length]).try_for_each(|transfer| {
+                let transfer = transfer?;
+                let range = transfer.buffer_offset..transfer.buffer_offset + transfer.length;
+                each(io, transfer, range)
+            })
         })?
     }
 
@@ -90,7 +107,18 @@ impl BlockContext<'_> {
 mod tests {
     use super::*;
     use crate::disks::tests::two_disks;
+    use crate::disks::Disks;
     use crate::vbd::tests::{create, empty_table, xvda};
+
+    fn context<'a>(translator: &'a mut Translator, disks: &'a Disks) -> BlockContext<'a> {
+        BlockContext {
+            translator,
+            io: DiskIo {
+                disks,
+                channel: "test",
+            },
+        }
+    }
 
     #[test]
     fn reads_writes_and_zeroes_land_at_the_translated_offsets_only() {
@@ -99,13 +127,7 @@ mod tests {
         // VBD sectors 0..2 are disk 1 sectors 10..12, 2..4 are disk 0 sectors 100..102.
         let vbd = create(table, xvda(1), &[(1, 10, 2), (0, 100, 2)], true, "vd:1");
         let mut translator = Translator::new(table).unwrap();
-        let mut block = BlockContext {
-            translator: &mut translator,
-            io: DiskIo {
-                disks: &disks,
-                channel: "test",
-            },
-        };
+        let mut block = context(&mut translator, &disks);
         let data: Vec<u8> = (0..4 * 512).map(|byte| (byte / 512 + 1) as u8).collect();
         block.write(&vbd, 0, &data).unwrap();
         let disk = |index: usize, sector: u64| {
@@ -156,13 +178,7 @@ mod tests {
         let table = empty_table();
         let vbd = create(table, xvda(1), &[(0, 0, 8)], false, "");
         let mut translator = Translator::new(table).unwrap();
-        let mut block = BlockContext {
-            translator: &mut translator,
-            io: DiskIo {
-                disks: &disks,
-                channel: "test",
-            },
-        };
+        let mut block = context(&mut translator, &disks);
         assert_eq!(block.write(&vbd, 0, &[1; 512]), Err(Error::ReadOnly));
         assert_eq!(
             block.release(&vbd, 0, 1, Release::WriteZeroes { may_unmap: true }),

@@ -65,7 +65,7 @@ pub struct Exports {
 }
 
 /// The socket file name of a virtual device: its classic name (`xvda`) or `major:minor`.
-pub fn vdevice_name(vdevice: DeviceNumber) -> String {
+fn vdevice_name(vdevice: DeviceNumber) -> String {
     vdevice
         .name()
         .map_or_else(|| vdevice.to_string(), |name| name.to_string())

@@ -25,18 +25,29 @@ use hv_vbd::SharingLevel;
 /// hypercall channel on DIR/control.sock.
 ///
 /// Sockets: DIR/control.sock (dom0's hypercalls and block I/O, as the test hypervisor's
-/// dom0 port); DIR/domD/VDEV.sock for each VBD of guest domain D >= 1 (vhost-user-blk, one
-/// VMM at a time); DIR/dom0/VDEV.nbd for each VBD of dom0 (NBD, export name VDEV). Each
-/// exists while its VBD does.
+/// dom0 port; its Ready reply carries this start's random identifier); DIR/domD/VDEV.sock
+/// for each VBD of guest domain D >= 1 (vhost-user-blk, one VMM at a time, get-id is the
+/// VBD's label); DIR/dom0/VDEV.nbd for each VBD of dom0 (NBD, export name VDEV). Each
+/// exists while its VBD does: `vdisk attach` returns once it exists, `vdisk detach` once it
+/// is gone and the I/O in flight on the old mapping has finished.
+///
+/// Ready: control.sock accepts connections once the disks are registered, and standard
+/// error says `vbd-backend: serving N disks on DIR/control.sock (... start 0x...)`.
+///
+/// A backend that dies leaves a VMM with no one to answer its guest: QEMU then holds the
+/// guest's requests for ever. With `reconnect=1` on the VMM's chardev, QEMU reconnects when
+/// the socket is back (a new backend, the VBD attached again) and the guest's requests then
+/// fail with I/O errors until the guest resets the device, since no backend can vouch for
+/// what that guest believes about the disk.
 ///
 /// Exit status: 0 stopped by SIGTERM, SIGINT or dom0's shutdown frame, after finishing the
-/// requests in flight, flushing the disks and removing the sockets; 1 could not start or
-/// stop cleanly (one line on standard error); 2 usage.
+/// requests in flight (queued ones fail), flushing the disks and removing the sockets; 1
+/// could not start or stop cleanly (one line on standard error); 2 usage.
 #[derive(Parser)]
 #[command(
     name = "vbd-backend",
     version,
-    after_help = "Example:\n  vbd-backend --devices machine.toml --dir /run/vbd &\n  vdisk --hv unix:/run/vbd/control.sock attach vd:1 xvda 1 rw\n  qemu-system-x86_64 ... -chardev socket,id=c0,path=/run/vbd/dom1/xvda.sock -device vhost-user-blk-pci,chardev=c0"
+    after_help = "Example:\n  vbd-backend --devices machine.toml --dir /run/vbd &\n  vdisk --hv unix:/run/vbd/control.sock attach vd:1 xvda 1 rw\n  qemu-system-x86_64 ... -chardev socket,id=c0,path=/run/vbd/dom1/xvda.sock,reconnect=1 -device vhost-user-blk-pci,chardev=c0"
 )]
 struct Options {
     /// vdisk's devices file: `[[disk]] name, device, path` for each disk (image or device).

@@ -43,9 +43,24 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Whether the backend is stopping: queue threads take no new requests.
+    pub fn new(table: &'static Table, disks: Disks, queues: u16, start_id: u64) -> Shared {
+        Shared {
+            table,
+            disks,
+            queues,
+            start_id,
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the backend is stopping: queue threads fail the requests they have not
+    /// started.
     pub fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
+    }
+
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
     }
 }
 
@@ -121,13 +136,7 @@ pub fn run(settings: Settings) -> Result<(), String> {
         })
         .map_err(|error| format!("cannot start the signal thread: {error}"))?;
 
-    let shared = Arc::new(Shared {
-        table: &TABLE,
-        disks,
-        queues: settings.queues,
-        start_id,
-        stopping: AtomicBool::new(false),
-    });
+    let shared = Arc::new(Shared::new(&TABLE, disks, settings.queues, start_id));
     let service = Arc::new(Service {
         shared: shared.clone(),
         exports: Mutex::new(Exports::new(shared.clone(), dir.clone())),
@@ -147,7 +156,7 @@ pub fn run(settings: Settings) -> Result<(), String> {
         .recv()
         .map_err(|_| "the stop channel closed".to_string())?;
     eprintln!("vbd-backend: stopping ({reason:?})");
-    shared.stopping.store(true, Ordering::Release);
+    shared.stop();
     control.stop();
     service.lock_exports().stop();
     let flushed = shared.disks.flush_all();

@@ -207,3 +207,81 @@ fn a_bad_devices_file_a_missing_disk_or_an_unusable_dir_is_one_line_and_exit_1()
     assert!(unusable.contains("plain-file"), "{unusable}");
     assert!(!dir.exists(), "a refused start leaves nothing behind");
 }
+
+/// The errno of a refused hypercall.
+fn refusal(result: Result<(), host_tools::hypervisor::HypervisorError>) -> shared_abi::Error {
+    match result {
+        Err(host_tools::hypervisor::HypervisorError::Refused { error, .. }) => error,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn each_request_carries_its_sharing_level_and_the_ceiling_bounds_them() {
+    let backend = Backend::start(&["--sharing", "1"]);
+    let mut hypervisor = backend.hypervisor();
+    assert_eq!(
+        hypervisor.limits().unwrap().sharing_ceiling,
+        SharingLevel::SingleWriter
+    );
+    let extent = [Extent::new(hda(), 0, 100).unwrap()];
+    let rw = shared_abi::Mode::READ | shared_abi::Mode::WRITE;
+    hypervisor.create(0, xvda(), rw, label("vd:1")).unwrap();
+    hypervisor
+        .set_extents(0, xvda(), &extent, SharingLevel::ReadersOnly)
+        .unwrap();
+    hypervisor
+        .create(1, xvda(), shared_abi::Mode::READ, label("vd:1"))
+        .unwrap();
+    // A reader beside dom0's writer: refused at level 0, accepted at level 1.
+    assert_eq!(
+        refusal(hypervisor.set_extents(1, xvda(), &extent, SharingLevel::ReadersOnly)),
+        shared_abi::Error::Busy
+    );
+    hypervisor
+        .set_extents(1, xvda(), &extent, SharingLevel::SingleWriter)
+        .unwrap();
+    // A second writer would need level 2, above this backend's ceiling.
+    hypervisor.create(2, xvda(), rw, label("vd:1")).unwrap();
+    assert_eq!(
+        refusal(hypervisor.set_extents(2, xvda(), &extent, SharingLevel::Unrestricted)),
+        shared_abi::Error::PermissionDenied
+    );
+    assert_eq!(hypervisor.info(2, xvda()).unwrap().extents, []);
+}
+
+#[test]
+fn vdisk_attach_safety_is_what_the_default_backend_enforces() {
+    let backend = Backend::start(&[]);
+    backend.vdisk_ok(&["format", "phy:hda", "--extent-size", "1M"]);
+    assert_eq!(backend.vdisk_ok(&["create", "2M"]).trim(), "1");
+    backend.vdisk_ok(&["attach", "vd:1", "xvda", "0", "rw"]);
+    let refused = backend.vdisk(&["attach", "vd:1", "xvda", "1", "r"]);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    backend.vdisk_ok(&["attach", "vd:1", "xvda", "1", "r", "--safety", "1"]);
+    assert!(backend.socket(1, "xvda").exists());
+    let labels: Vec<String> = backend
+        .hypervisor()
+        .all_vbds(None)
+        .unwrap()
+        .iter()
+        .map(|vbd| vbd.label.to_string())
+        .collect();
+    assert_eq!(labels, ["vd:1", "vd:1"], "attach labels every VBD");
+}
+
+#[test]
+fn every_ready_reports_this_starts_identifier_and_a_restart_has_another() {
+    let mut backend = Backend::start(&[]);
+    let first = backend.hypervisor().start_id();
+    assert_eq!(backend.hypervisor().start_id(), first);
+    assert!(
+        backend.log().contains(&format!("start {first:#018x}")),
+        "{}",
+        backend.log()
+    );
+    assert!(backend.stop().success());
+    backend.restart(&[]);
+    let second = backend.hypervisor().start_id();
+    assert_ne!(second, first);
+}

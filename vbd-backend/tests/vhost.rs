@@ -1,7 +1,7 @@
 //! Guest VBDs' vhost-user-blk sockets against a vhost-user front end (the vhost crate's, as
 //! a VMM would drive it): features and config space follow the VBD, a second VMM is
 //! refused, a grow reaches the VMM as a config-change message, and a deleted VBD's socket
-//! goes away. The data path is checked by hand with QEMU and a Linux guest (see the report).
+//! goes away. The data path through a virtqueue is `virtqueue.rs`'s.
 
 mod common;
 

@@ -37,6 +37,7 @@ use zerocopy::{Immutable, IntoBytes, KnownLayout};
 use super::request::{
     GuestBuffer, Operation, Range, Request, RequestError, MAX_SEGMENTS, MAX_SEGMENT_SECTORS,
 };
+use super::ResumedRings;
 use crate::block::BlockContext;
 use crate::disks::{DiskIo, Release};
 use crate::service::Shared;
@@ -115,15 +116,15 @@ pub struct BlockDevice {
     event_idx: AtomicBool,
     /// One translator per queue thread, claimed at its first request.
     translators: Vec<Mutex<Option<Translator>>>,
-    /// Set when the VMM resumed rings this backend did not start; see [`super::Session`].
-    untrusted: Arc<AtomicBool>,
+    /// Rings the VMM resumed where this backend did not start them; see [`super`].
+    resumed: Arc<ResumedRings>,
 }
 
 impl BlockDevice {
     pub fn new(
         target: Arc<DeviceTarget>,
         memory: Memory,
-        untrusted: Arc<AtomicBool>,
+        resumed: Arc<ResumedRings>,
     ) -> BlockDevice {
         let translators = (0..target.shared.queues)
             .map(|_| Mutex::new(None))
@@ -133,7 +134,7 @@ impl BlockDevice {
             memory,
             event_idx: AtomicBool::new(false),
             translators,
-            untrusted,
+            resumed,
         }
     }
 
@@ -189,12 +190,7 @@ impl BlockDevice {
     }
 
     /// Serve one chain and return the bytes written to the guest (the used length).
-    pub fn serve_chain<I, M>(
-        &self,
-        chain: I,
-        memory: &M,
-        translator: Option<&mut Translator>,
-    ) -> u32
+    fn serve_chain<I, M>(&self, chain: I, memory: &M, translator: Option<&mut Translator>) -> u32
     where
         I: IntoIterator<Item = virtio_queue::desc::split::Descriptor>,
         M: GuestMemoryBackend,
@@ -230,7 +226,7 @@ impl BlockDevice {
         if self.target.shared.stopping() {
             return Err(RequestError::Stopping);
         }
-        if self.untrusted.load(Ordering::Acquire) {
+        if self.resumed.any() {
             return Err(RequestError::Resumed);
         }
         let translator = translator.ok_or(RequestError::Refused(Error::NoSpace))?;
@@ -477,5 +473,82 @@ impl VhostUserBackend for BlockDevice {
                 return Ok(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disks::tests::two_disks;
+    use crate::vbd::tests::{create, empty_table, xvda};
+    use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_T_OUT};
+    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use virtio_queue::desc::split::Descriptor;
+    use vm_memory::GuestAddress;
+
+    #[test]
+    fn requests_without_a_context_or_once_stopping_fail_and_touch_nothing() {
+        let (_directory, disks) = two_disks();
+        let table = empty_table();
+        let vbd = create(table, xvda(1), &[(0, 0, 8)], true, "vd:1");
+        let shared = Arc::new(Shared::new(table, disks, 1, 1));
+        let target = Arc::new(DeviceTarget {
+            shared: shared.clone(),
+            vbd,
+            writable: true,
+            serial: "vd:1".into(),
+            name: "dom1/xvda.sock".into(),
+        });
+        let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let device = BlockDevice::new(
+            target,
+            GuestMemoryAtomic::new(memory.clone()),
+            Arc::new(ResumedRings::default()),
+        );
+        let mut header = VIRTIO_BLK_T_OUT.to_le_bytes().to_vec();
+        header.extend_from_slice(&[0; 12]);
+        memory.write_slice(&header, GuestAddress(0x100)).unwrap();
+        let chain = || {
+            vec![
+                Descriptor::new(0x100, 16, 0, 0),
+                Descriptor::new(0x1000, 512, 0, 0),
+                Descriptor::new(0x80, 1, VRING_DESC_F_WRITE as u16, 0),
+            ]
+        };
+        let status = || memory.read_obj::<u8>(GuestAddress(0x80)).unwrap();
+        let on_disk = || {
+            let mut sector = [0u8; 512];
+            shared
+                .disks
+                .iter()
+                .next()
+                .unwrap()
+                .read_exact_at(&mut sector, 0)
+                .unwrap();
+            sector[0]
+        };
+        let mut translator = Translator::new(table).unwrap();
+        memory
+            .write_slice(&[0xab; 512], GuestAddress(0x1000))
+            .unwrap();
+        assert_eq!(
+            device.serve_chain(chain(), &memory, Some(&mut translator)),
+            1
+        );
+        assert_eq!((status(), on_disk()), (VIRTIO_BLK_S_OK as u8, 0xab));
+
+        memory
+            .write_slice(&[0xcd; 512], GuestAddress(0x1000))
+            .unwrap();
+        assert_eq!(device.serve_chain(chain(), &memory, None), 1);
+        assert_eq!((status(), on_disk()), (VIRTIO_BLK_S_IOERR as u8, 0xab));
+
+        shared.stop();
+        memory.write_obj(0xffu8, GuestAddress(0x80)).unwrap();
+        assert_eq!(
+            device.serve_chain(chain(), &memory, Some(&mut translator)),
+            1
+        );
+        assert_eq!((status(), on_disk()), (VIRTIO_BLK_S_IOERR as u8, 0xab));
     }
 }

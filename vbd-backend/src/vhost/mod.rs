@@ -6,8 +6,10 @@
 //! `-chardev socket,...,reconnect=1`) resumes its rings where its guest left them, without
 //! resetting the device. A restarted backend cannot know what that guest believes about
 //! the disk, so every request of such a connection fails with `VIRTIO_BLK_S_IOERR`: the
-//! guest sees errors, never another VBD's data under the old name. Only a VMM that this
-//! socket's VBD saw start its rings (same process, rings at 0) is trusted to resume.
+//! guest sees errors, never another VBD's data under the old name. The errors last until
+//! the guest resets the device (its rings start at 0 again, and it reads the disk afresh).
+//! Only a VMM that this socket's VBD saw start its rings (same process, rings at 0) is
+//! trusted to resume.
 
 mod bridge;
 mod device;
@@ -97,6 +99,34 @@ impl Export {
     }
 }
 
+/// The rings of one connection that were resumed where this backend did not start them: a
+/// bit per ring index (indices past 63 share the last bit, and the daemon refuses them).
+#[derive(Debug, Default)]
+pub struct ResumedRings {
+    rings: AtomicU64,
+}
+
+impl ResumedRings {
+    /// Whether any ring is resumed: then the guest's view of the disk is unknown here.
+    pub fn any(&self) -> bool {
+        self.rings.load(Ordering::Acquire) != 0
+    }
+
+    fn bit(index: u32) -> u64 {
+        1 << index.min(63)
+    }
+
+    /// Ring `index` resumes elsewhere than at 0; `true` if it is the first such ring.
+    fn resume(&self, index: u32) -> bool {
+        self.rings.fetch_or(Self::bit(index), Ordering::AcqRel) == 0
+    }
+
+    /// Ring `index` starts at 0: the driver (re)started it.
+    fn start(&self, index: u32) {
+        self.rings.fetch_and(!Self::bit(index), Ordering::AcqRel);
+    }
+}
+
 /// Private socket names are unique within the process.
 static BRIDGES: AtomicU64 = AtomicU64::new(0);
 
@@ -114,14 +144,15 @@ impl Session {
             .as_raw_nonzero()
             .get() as u32;
         let trusted = self.started_by().contains(&vmm_process);
-        let untrusted = Arc::new(AtomicBool::new(false));
+        let resumed = Arc::new(ResumedRings::default());
         let started = AtomicBool::new(false);
         let ring_base = |index: u32, base: u32| {
             if base == 0 {
                 started.store(true, Ordering::Release);
-            } else if !trusted && !untrusted.swap(true, Ordering::AcqRel) {
+                resumed.start(index);
+            } else if !trusted && resumed.resume(index) {
                 eprintln!(
-                    "vbd-backend: {}: VMM process {vmm_process} resumes ring {index} at {base}, which this backend did not start (a VMM reconnecting after a restart?): its requests fail",
+                    "vbd-backend: {}: VMM process {vmm_process} resumes ring {index} at {base}, which this backend did not start (a VMM reconnecting after a restart?): its requests fail until the guest resets the device",
                     self.target.name
                 );
             }
@@ -130,7 +161,7 @@ impl Session {
         let device = Arc::new(BlockDevice::new(
             self.target.clone(),
             memory.clone(),
-            untrusted.clone(),
+            resumed.clone(),
         ));
         let mut daemon = VhostUserDaemon::new(self.target.serial.clone(), device, memory)
             .map_err(|error| io::Error::other(error.to_string()))?;
@@ -159,7 +190,7 @@ impl Session {
             Err(error) => Err(io::Error::other(error.to_string())),
         };
         drop(daemon);
-        if started.load(Ordering::Acquire) && !untrusted.load(Ordering::Acquire) && !trusted {
+        if started.load(Ordering::Acquire) && !resumed.any() && !trusted {
             self.started_by().push(vmm_process);
         }
         result.and(waited)

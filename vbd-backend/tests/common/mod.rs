@@ -75,9 +75,15 @@ impl Backend {
             devices,
             child: None,
         };
-        backend.child = Some(backend.spawn(extra));
-        backend.wait_ready();
+        backend.restart(extra);
         backend
+    }
+
+    /// Start the backend (again) on the same files and wait until it is ready.
+    pub fn restart(&mut self, extra: &[&str]) {
+        assert!(self.child.is_none(), "the backend is running");
+        self.child = Some(self.spawn(extra));
+        self.wait_ready();
     }
 
     /// Start another backend process on the same files.
