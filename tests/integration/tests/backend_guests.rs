@@ -155,9 +155,15 @@ fn result<'a>(report: &'a GuestReport, key: &str) -> &'a str {
     report.get(key).unwrap_or_else(|error| panic!("{error}"))
 }
 
-/// Boot a guest on `sockets` (its vda, vdb, ... in order) whose initramfs runs `body` with
-/// `files` added; with a control port for `wait_for_host`.
-fn start_guest(dir: &Path, body: &str, files: &[(String, Vec<u8>)], sockets: &[&Path]) -> Guest {
+/// Boot a guest in `dir` on `disks` (its vda, vdb, ... in order) whose initramfs runs
+/// `body` with `files` added; with a control port for `wait_for_host`.
+fn start_guest(
+    dir: &Path,
+    body: &str,
+    files: &[(String, Vec<u8>)],
+    disks: Vec<GuestDisk>,
+) -> Guest {
+    fs::create_dir_all(dir).unwrap();
     let artefacts = guest_artefacts();
     let mut initramfs = Initramfs::guest(artefacts, body);
     for (path, contents) in files {
@@ -167,13 +173,7 @@ fn start_guest(dir: &Path, body: &str, files: &[(String, Vec<u8>)], sockets: &[&
     initramfs.write(&initrd).unwrap();
     let mut config = GuestConfig::new(dir, artefacts, &initrd);
     config.control = true;
-    config.disks = sockets
-        .iter()
-        .map(|socket| GuestDisk::VhostUser {
-            socket: socket.to_path_buf(),
-            queues: 1,
-        })
-        .collect();
+    config.disks = disks;
     Guest::start(&config).unwrap()
 }
 
@@ -272,16 +272,9 @@ result vdc.sha256 "$(dd if=/dev/vdc bs=4096 count=1 iflag=direct 2>/dev/null | s
 "#,
     );
     let backend = test.backend();
-    let sockets = ["xvda", "xvdb", "xvdc"].map(|vdevice| backend.vhost_user_socket(1, vdevice));
-    let mut guest = start_guest(
-        &dir,
-        &body,
-        &files,
-        &sockets
-            .iter()
-            .map(|socket| socket.as_path())
-            .collect::<Vec<_>>(),
-    );
+    let disks = ["xvda", "xvdb", "xvdc"]
+        .map(|vdevice| GuestDisk::vhost_user(backend.vhost_user_socket(1, vdevice)));
+    let mut guest = start_guest(&dir, &body, &files, disks.to_vec());
 
     // While the guest writes its VD: the sharing level holds between its VBD and dom0's.
     guest.wait_for_result("vdb.write.setrw").unwrap();
@@ -482,15 +475,13 @@ result vdb.late_failures "$late"
 result vdb.read "$(head -n1 /tmp/read)"
 "#;
     let backend = test.backend();
-    let sockets = [
-        backend.vhost_user_socket(1, "xvda"),
-        backend.vhost_user_socket(1, "xvdb"),
-    ];
+    let disks = ["xvda", "xvdb"]
+        .map(|vdevice| GuestDisk::vhost_user(backend.vhost_user_socket(1, vdevice)));
     let mut guest = start_guest(
         &dir,
         body,
         &[("etc/tail".to_owned(), tail.clone())],
-        &[&sockets[0], &sockets[1]],
+        disks.to_vec(),
     );
 
     guest.wait_for_result("vda.sectors.before").unwrap();
@@ -536,5 +527,97 @@ result vdb.read "$(head -n1 /tmp/read)"
     );
     images.insert("hda".to_owned(), frozen);
     assert_images(&test, &images, "after the delete returned");
+    test.stop();
+}
+
+#[test]
+fn a_killed_backend_fails_the_guests_io_with_errors_and_after_a_restart_restore_serves_a_fresh_guest_the_same_bytes(
+) {
+    let dir = test_dir("backend-guest-kill");
+    let mut test = TestBackend::start(&dir, &[disk("hda", 32)], &[]);
+    test.vdisk_ok(&["format", "phy:hda", "--extent-size", "1M"]);
+    let id = test.vdisk_ok(&["create", "4M"]).trim().to_owned();
+    test.vdisk_ok(&["attach", &format!("vd:{id}"), "xvda", "1", "rw"]);
+    let layout = vd_layout(&test, &id);
+    let pattern = noise(4 << 20, 8);
+    let late = noise(4096, 9);
+    let body = r#"wait_for_block /dev/vda
+dd if=/etc/pattern of=/dev/vda bs=1M oflag=direct conv=fsync 2>/dev/null
+result vda.sha256 "$(dd if=/dev/vda bs=1M iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)"
+wait_for_host killed
+result vda.reading started
+! dd if=/dev/vda of=/tmp/read bs=4096 count=1 skip=5 iflag=direct 2>/tmp/read-error || fail "a read after the kill gave $(sha256sum < /tmp/read)"
+result vda.read "$(head -n1 /tmp/read-error)"
+! dd if=/etc/late of=/dev/vda bs=4096 count=1 seek=5 oflag=direct 2>/tmp/write-error || fail "a write after the kill succeeded"
+result vda.write "$(head -n1 /tmp/write-error)"
+"#;
+    let socket = test.backend().vhost_user_socket(1, "xvda");
+    let files = [
+        ("etc/pattern".to_owned(), pattern.clone()),
+        ("etc/late".to_owned(), late),
+    ];
+    let reconnecting = GuestDisk::VhostUser {
+        socket: socket.clone(),
+        queues: 1,
+        reconnect: true,
+    };
+    let mut first = start_guest(&dir.join("first"), body, &files, vec![reconnecting]);
+    first.wait_for_result("vda.sha256").unwrap();
+
+    test.kill();
+    assert!(
+        socket.exists(),
+        "a killed backend cannot remove its sockets"
+    );
+    first.release("killed").unwrap();
+    first.wait_for_result("vda.reading").unwrap();
+    // With no backend, QEMU leaves the guest's read in the ring: it neither fails nor
+    // succeeds.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !first.console().contains("RESULT vda.read="),
+        "the read ended with no backend: {}",
+        first.console()
+    );
+
+    test.restart();
+    let listed = test.vdisk_ok(&["vbds", "all"]);
+    assert!(listed.contains("restorable"), "{listed}");
+    let restored = test.vdisk_ok(&["restore"]);
+    assert!(restored.contains("restored"), "{restored}");
+    assert!(socket.exists());
+    // QEMU reconnects and resumes the rings where its guest left them; the restarted
+    // backend fails every request of that guest.
+    let report = first.finish().unwrap_or_else(|error| panic!("{error}"));
+    let scratch = dir.join("scratch");
+    assert_eq!(result(&report, "vda.sha256"), sha256_of(&pattern, &scratch));
+    for key in ["vda.read", "vda.write"] {
+        assert!(
+            result(&report, key).contains("Input/output error"),
+            "{key}: {}",
+            result(&report, key)
+        );
+    }
+    let mut images = BTreeMap::new();
+    images.insert("hda".to_owned(), fs::read(test.image("hda")).unwrap());
+    assert!(
+        layout.gather(&images) == pattern,
+        "the VD does not hold what the guest wrote before the kill, and only that"
+    );
+
+    // A fresh guest on the restored VBD reads those bytes.
+    let body = r#"wait_for_block /dev/vda
+result vda.serial "$(cat /sys/block/vda/serial)"
+result vda.sha256 "$(dd if=/dev/vda bs=1M iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)"
+"#;
+    let fresh = start_guest(
+        &dir.join("fresh"),
+        body,
+        &[],
+        vec![GuestDisk::vhost_user(&socket)],
+    );
+    let report = fresh.finish().unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(result(&report, "vda.serial"), format!("vd:{id}"));
+    assert_eq!(result(&report, "vda.sha256"), sha256_of(&pattern, &scratch));
     test.stop();
 }

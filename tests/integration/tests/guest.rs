@@ -78,10 +78,7 @@ result vda.host_block "$(dd if=/dev/vda bs=4096 skip={host_block} count=1 iflag=
     initramfs.write(&initrd).unwrap();
     let mut config = GuestConfig::new(&dir, artefacts, &initrd);
     config.disks = vec![
-        GuestDisk::VhostUser {
-            socket: daemon.vhost_user_socket.clone(),
-            queues: 1,
-        },
+        GuestDisk::vhost_user(&daemon.vhost_user_socket),
         GuestDisk::Drive {
             image: vdb_image.clone(),
             cache: Cache::Writeback,
@@ -153,10 +150,7 @@ sync
     Initramfs::root_loader(artefacts).write(&initrd).unwrap();
     let mut config = GuestConfig::new(&dir, artefacts, &initrd);
     config.append.push_str(" root=/dev/vda");
-    config.disks = vec![GuestDisk::VhostUser {
-        socket: daemon.vhost_user_socket.clone(),
-        queues: 1,
-    }];
+    config.disks = vec![GuestDisk::vhost_user(&daemon.vhost_user_socket)];
     let report = run_guest(&config).unwrap_or_else(|error| panic!("{error}"));
     eprintln!("guest ran in {:.1} s", report.elapsed.as_secs_f64());
     daemon.stop().unwrap();
@@ -222,10 +216,7 @@ fn fio_runs_in_the_guest_on_qsd_and_its_reports_add_up() {
     let mut config = GuestConfig::new(&dir, artefacts, &initrd);
     config.timeout = Duration::from_secs(180);
     config.control = true;
-    config.disks = vec![GuestDisk::VhostUser {
-        socket: daemon.vhost_user_socket.clone(),
-        queues: 1,
-    }];
+    config.disks = vec![GuestDisk::vhost_user(&daemon.vhost_user_socket)];
     let mut guest = Guest::start(&config).unwrap();
     let runs: Vec<FioRun> = jobs
         .iter()

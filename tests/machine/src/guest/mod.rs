@@ -12,7 +12,7 @@
 //! Initramfs::guest(&artefacts, "wait_for_block /dev/vda\nresult sum \"$(md5sum < /dev/vda)\"")
 //!     .write(&initrd)?;
 //! let mut config = GuestConfig::new(dir, &artefacts, &initrd);
-//! config.disks.push(GuestDisk::VhostUser { socket: daemon.vhost_user_socket.clone(), queues: 1 });
+//! config.disks.push(GuestDisk::vhost_user(&daemon.vhost_user_socket));
 //! let report = run_guest(&config)?;
 //! println!("the guest read {}", report.get("sum")?);
 //! # Ok(())

@@ -41,8 +41,13 @@ pub enum Aio {
 #[derive(Clone, Debug)]
 pub enum GuestDisk {
     /// A vhost-user-blk socket served by a backend (vbd-backend, qemu-storage-daemon), which
-    /// must exist before QEMU starts.
-    VhostUser { socket: PathBuf, queues: u16 },
+    /// must exist before QEMU starts. With `reconnect`, QEMU retries the socket every second
+    /// when its backend goes away (`reconnect=1`), as a VMM that outlives a backend crash does.
+    VhostUser {
+        socket: PathBuf,
+        queues: u16,
+        reconnect: bool,
+    },
     /// QEMU's own virtio-blk on a raw image file (the `qemu_builtin` baseline).
     Drive {
         image: PathBuf,
@@ -51,6 +56,17 @@ pub enum GuestDisk {
         read_only: bool,
         queues: u16,
     },
+}
+
+impl GuestDisk {
+    /// A vhost-user-blk socket with one virtqueue, not reconnected.
+    pub fn vhost_user(socket: impl Into<PathBuf>) -> GuestDisk {
+        GuestDisk::VhostUser {
+            socket: socket.into(),
+            queues: 1,
+            reconnect: false,
+        }
+    }
 }
 
 /// What to boot.
@@ -126,16 +142,22 @@ impl GuestConfig {
             // Fixed PCI slots, so the guest's vda, vdb, ... follow the list's order.
             let slot = index + 4;
             match disk {
-                GuestDisk::VhostUser { socket, queues } => {
+                GuestDisk::VhostUser {
+                    socket,
+                    queues,
+                    reconnect,
+                } => {
                     if !socket.exists() {
                         return Err(format!(
                             "vhost-user socket {} does not exist",
                             socket.display()
                         ));
                     }
-                    command
-                        .arg("-chardev")
-                        .arg(format!("socket,id=disk{index},path={}", socket.display()));
+                    command.arg("-chardev").arg(format!(
+                        "socket,id=disk{index},path={}{}",
+                        socket.display(),
+                        if *reconnect { ",reconnect=1" } else { "" }
+                    ));
                     command.arg("-device").arg(format!(
                         "vhost-user-blk-pci,chardev=disk{index},num-queues={queues},addr={slot:#x}"
                     ));

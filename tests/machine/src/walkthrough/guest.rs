@@ -165,10 +165,7 @@ pub fn run(dir: &Path, tools: &Tools) -> Result<String, String> {
     Initramfs::root_loader(&tools.artefacts).write(&loader)?;
     let mut config = GuestConfig::new(&guest_dir, &tools.artefacts, &loader);
     config.append.push_str(" root=/dev/vda");
-    config.disks = vec![GuestDisk::VhostUser {
-        socket: socket.clone(),
-        queues: 1,
-    }];
+    config.disks = vec![GuestDisk::vhost_user(&socket)];
     config.timeout = Duration::from_secs(120);
     let report = run_guest(&config)?;
     for (key, value) in &report.results {
