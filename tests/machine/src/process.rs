@@ -57,6 +57,25 @@ pub fn output(command: &mut Command) -> Result<Output, String> {
     }
 }
 
+/// Print `$ SHOWN` (the command as a transcript shows it), run the command, and print its
+/// standard output; a failure is an error carrying its standard error. Returns the output.
+pub fn transcribe(shown: &str, command: &mut Command) -> Result<String, String> {
+    println!("$ {shown}");
+    let output = command
+        .output()
+        .map_err(|error| format!("{shown}: {error}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    print!("{stdout}");
+    if output.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!(
+            "`{shown}` failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
 /// The last `lines` lines of `text`, for error messages.
 pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();

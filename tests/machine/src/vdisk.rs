@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+use crate::process::transcribe;
+
 /// The `vdisk` binary and the files it works on.
 #[derive(Clone, Debug)]
 pub struct Vdisk {
@@ -35,18 +37,9 @@ impl Vdisk {
     /// Print `$ vdisk ARGUMENTS`, run it and print its standard output; a non-zero exit is
     /// an error carrying its standard error. Returns the standard output.
     pub fn run(&self, arguments: &[&str]) -> Result<String, String> {
-        println!("$ vdisk {}", arguments.join(" "));
-        let output = self.output(arguments)?;
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        print!("{stdout}");
-        if output.status.success() {
-            Ok(stdout)
-        } else {
-            Err(format!(
-                "`vdisk {}` failed: {}",
-                arguments.join(" "),
-                String::from_utf8_lossy(&output.stderr).trim()
-            ))
-        }
+        transcribe(
+            &format!("vdisk {}", arguments.join(" ")),
+            &mut self.command(arguments),
+        )
     }
 }

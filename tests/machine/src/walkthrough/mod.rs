@@ -37,21 +37,7 @@ fn root_tree() -> Vec<(&'static str, Vec<u8>)> {
 /// Print a command, run it, print its standard output; a failure is an error with its
 /// standard error. Returns the standard output.
 fn shell(command: &mut Command) -> Result<String, String> {
-    println!("$ {}", process::display(command));
-    let output = command
-        .output()
-        .map_err(|error| format!("{}: {error}", process::display(command)))?;
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    print!("{stdout}");
-    if output.status.success() {
-        Ok(stdout)
-    } else {
-        Err(format!(
-            "`{}` failed: {}",
-            process::display(command),
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
-    }
+    process::transcribe(&process::display(command), command)
 }
 
 /// `e2fsck -f -n` finds the image clean: it exits 0 (which `-n` does even for some faults it
