@@ -610,7 +610,7 @@ mod tests {
         assert!(json.contains("\"translate_linear_ns\": {\"1\": 6, \"65536\": 14603.5}"));
         assert!(json.contains("\"validate_ms_10k\": 0.972,"));
         assert!(json.contains("\"qemu_io_mib_s\": null,"));
-        assert!(json.contains("\"bytes_per_extent\": 28,"));
+        assert!(json.contains("\"bytes_per_extent\": 26,"));
         let keys = [
             "translate_ns",
             "translate_linear_ns",

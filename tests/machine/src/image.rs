@@ -83,9 +83,9 @@ impl DiskSpec {
             .args(["--quiet", "--no-reread", "--no-tell-kernel"])
             .arg(path);
         eprintln!(
-            "$ {} <<< {:?}",
-            crate::process::display(&command),
-            self.partitions
+            "$ printf '{}' | {}",
+            self.partitions.replace('\n', "\\n"),
+            crate::process::display(&command)
         );
         let mut child = command
             .stdin(Stdio::piped())
