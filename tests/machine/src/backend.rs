@@ -86,8 +86,9 @@ impl Backend {
     }
 
     /// Stop the backend with SIGTERM and require what a clean stop is: exit status 0, the
-    /// last line `vbd-backend: stopped`, and no control socket left behind.
-    pub fn stop(self) -> Result<(), String> {
+    /// last line `vbd-backend: stopped`, and no control socket left behind. Returns all the
+    /// backend printed.
+    pub fn stop(self) -> Result<String, String> {
         let control = self.dir.join("control.sock");
         let log = self.daemon.stop()?;
         if log.lines().last() != Some(STOPPED) {
@@ -102,7 +103,7 @@ impl Backend {
                 control.display()
             ));
         }
-        Ok(())
+        Ok(log)
     }
 
     /// Kill the backend with SIGKILL, as a crash would: no flush, sockets left behind.

@@ -6,9 +6,15 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// Render a command the way a shell user would type it, quoting what a shell would not take
-/// literally (`?` in an NBD URL, spaces, the empty string).
+/// literally (`?` in an NBD URL, spaces, the empty string), after a `cd DIR &&` when it runs
+/// in a directory of its own.
 pub fn display(command: &Command) -> String {
-    let mut text = command.get_program().to_string_lossy().into_owned();
+    let mut text = command
+        .get_current_dir()
+        .map_or_else(String::new, |directory| {
+            format!("cd {} && ", shell_word(&directory.to_string_lossy()))
+        });
+    text.push_str(&shell_word(&command.get_program().to_string_lossy()));
     for argument in command.get_args() {
         text.push(' ');
         text.push_str(&shell_word(&argument.to_string_lossy()));
@@ -268,6 +274,12 @@ mod tests {
         assert_eq!(
             display(&command),
             "qemu-img convert -O raw 'nbd+unix:///xvda?socket=run/dom0/xvda.nbd' '' 'a b' 'it'\\''s' ^has_journal"
+        );
+        let mut elsewhere = Command::new("sha256sum");
+        elsewhere.current_dir("target/demo/rootfs").arg("init");
+        assert_eq!(
+            display(&elsewhere),
+            "cd target/demo/rootfs && sha256sum init"
         );
     }
 }

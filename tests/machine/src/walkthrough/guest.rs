@@ -111,7 +111,6 @@ pub fn run(dir: &Path, tools: &Tools) -> Result<String, String> {
         &dir.join("vbd-backend.log"),
     )?;
     let hv = backend.endpoint();
-    println!("{}", backend.log().trim_end());
 
     println!("\n# Attach the VD to dom0 read-write as xvda: it appears as an NBD export");
     vdisk.run(&["--hv", &hv, "attach", &uname, "xvda", "0", "rw"])?;
@@ -226,7 +225,7 @@ pub fn run(dir: &Path, tools: &Tools) -> Result<String, String> {
     vdisk.run(&["--hv", &hv, "detach", "xvda", "0"])?;
 
     println!("\n# Stop vbd-backend: requests finished, disks flushed, sockets removed, exit 0");
-    backend.stop()?;
+    print!("{}", backend.stop()?);
     let summary = format!(
         "walkthrough passed in {:.1} s: domain 1 booted Linux from {uname}, a VD on both disks, \
          checked {files} files and left one of its own",
