@@ -429,13 +429,19 @@ impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize, const DISKS:
             .find(|slot| slot.holds(id.vdevice))
             .ok_or(Error::NotFound)?
             .run_for(request.access())?;
-        self.extents.translate(
-            run,
-            request.sector(),
-            request.end_sector(),
-            &self.disk_devices,
-            out,
-        )
+        self.translate_run(run, request, out)
+    }
+
+    #[inline]
+    fn translate_run(
+        &self,
+        run: Run,
+        request: &Request,
+        out: &mut [Segment],
+    ) -> Result<usize, Error> {
+        let (sector, end) = (request.sector(), request.end_sector());
+        self.extents
+            .translate(run, sector, end, &self.disk_devices, out)
     }
 
     /// One translation attempt through a pinned VBD: its slot directly, if it still holds
@@ -456,13 +462,7 @@ impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize, const DISKS:
             return Err(Error::NotFound);
         }
         let run = slot.run_for(request.access())?;
-        self.extents.translate(
-            run,
-            request.sector(),
-            request.end_sector(),
-            &self.disk_devices,
-            out,
-        )
+        self.translate_run(run, request, out)
     }
 }
 

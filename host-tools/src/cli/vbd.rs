@@ -302,6 +302,9 @@ struct Listed {
     size_sectors: u64,
     /// What the database says it was made from; `None` for a VBD it has no record of.
     source: Option<String>,
+    /// The label the hypervisor keeps for the VBD (its serial to a guest); `None` for a
+    /// restorable record, which has no VBD yet, or an unlabelled VBD.
+    label: Option<String>,
     state: VbdState,
     extents: Vec<Extent>,
 }
@@ -322,6 +325,7 @@ impl Listed {
                 .record
                 .as_ref()
                 .map(|record| record.uname.clone()),
+            label: (!vbd.label.is_empty()).then(|| vbd.label.to_string()),
             state: VbdState::Attached,
             extents: vbd.extents.clone(),
         }
@@ -334,6 +338,7 @@ impl Listed {
             mode: record.mode,
             size_sectors: record.extents.iter().map(Extent::nr_sectors).sum(),
             source: Some(record.uname.clone()),
+            label: None,
             state: VbdState::Restorable,
             extents: record.extents.clone(),
         }
@@ -349,11 +354,14 @@ struct VbdJson {
     size_sectors: u64,
     /// What the database says it was made from; `null` for a VBD it has no record of.
     source: Option<String>,
+    /// What the hypervisor says it is named; `null` when it has no label.
+    label: Option<String>,
     state: VbdState,
     extents: Vec<ExtentJson>,
 }
 
-/// The SOURCE column for a VBD the database has no record of.
+/// The SOURCE column for a VBD the database has no record of (followed by its label,
+/// when it has one).
 const UNRECORDED: &str = "(unrecorded)";
 
 impl Vbds {
@@ -384,6 +392,7 @@ impl Vbds {
                     mode: listed.mode,
                     size_sectors: listed.size_sectors,
                     source: listed.source,
+                    label: listed.label,
                     state: listed.state,
                     extents: extents_json(&listed.extents),
                 })
@@ -410,7 +419,12 @@ impl Vbds {
                     vdevice_name(listed.vdevice),
                     listed.mode.as_str().to_owned(),
                     format_sectors(listed.size_sectors),
-                    listed.source.unwrap_or_else(|| UNRECORDED.to_owned()),
+                    // An unrecorded VBD is still named by what the hypervisor was told.
+                    match (listed.source, listed.label) {
+                        (Some(source), _) => source,
+                        (None, Some(label)) => format!("{UNRECORDED} {label}"),
+                        (None, None) => UNRECORDED.to_owned(),
+                    },
                     listed.state.as_str().to_owned(),
                     extents.join(", "),
                 ]

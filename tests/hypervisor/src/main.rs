@@ -18,6 +18,7 @@ mod cpu;
 mod disks;
 mod exit;
 mod interrupts;
+mod rtc;
 mod serial;
 mod server;
 mod timer;
@@ -89,9 +90,10 @@ extern "C" fn hypervisor_main(start_info: u32) -> ! {
         log!("fatal: cannot set the sharing ceiling: {}", error.name());
         exit::exit(ExitCode::Failure);
     }
-    // Different at every boot (QEMU's TSC follows the host's clock), so tools can tell
-    // the VBDs they recorded under an earlier start from this one's.
-    let start_id = cpu::time_stamp();
+    // Different at every boot, so tools can tell the VBDs they recorded under an earlier
+    // start from this one's: under TCG the TSC counts from the machine's start, so the time
+    // of day goes in the high half and the TSC, which differs within a second, in the low.
+    let start_id = (rtc::seconds().unwrap_or(0) << 32) ^ cpu::time_stamp();
     let present = CHANNEL_PORTS.map(|port| port.uart.initialise());
     for (port, present) in CHANNEL_PORTS.iter().zip(present) {
         if present {

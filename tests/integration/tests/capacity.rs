@@ -67,6 +67,11 @@ fn a_vbd_of_the_whole_capacity_is_set_and_read_back_over_the_channel() {
         Some(extents.len()),
         "{listing}"
     );
+    // Made behind vdisk's back: no record, but the hypervisor's label still names it.
+    assert_eq!(listing[0]["source"], serde_json::Value::Null);
+    assert_eq!(listing[0]["label"], "whole");
+    let table = test.vdisk_ok(&["--hv", &test.endpoint(0), "vbds", "1"]);
+    assert!(table.contains("(unrecorded) whole"), "{table}");
     // The guest reads 16 virtual sectors: the last 16 extents' sectors, backwards.
     let mut guest = test.client(1);
     let data = guest.read(xvda(), 0, 16).unwrap();
