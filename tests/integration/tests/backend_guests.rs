@@ -314,22 +314,12 @@ result vdc.sha256 "$(dd if=/dev/vdc bs=4096 count=1 iflag=direct 2>/dev/null | s
     // else on any disk changed (the read-only VBD's sectors included), but for the marker
     // at the start of the VD's first extent.
     let mut expected = scattered.scatter(&originals, &after);
-    let vd_start = first_extent_start(&test, &id);
+    let (disk, vd_start, _) = vd_layout(&test, &id).0[0];
+    assert_eq!(disk, "hdc");
     let at = (vd_start * SECTOR) as usize;
     expected.get_mut("hdc").unwrap()[at..at + marker.len()].copy_from_slice(&marker);
     assert_images(&test, &expected, "after the guest ran");
     test.stop();
-}
-
-/// The first sector of VD `id` on hdc, from `vdisk show --json`.
-fn first_extent_start(test: &TestBackend, id: &str) -> u64 {
-    let shown: serde_json::Value =
-        serde_json::from_str(&test.vdisk_ok(&["show", id, "--json"])).unwrap();
-    assert_eq!(
-        shown["extents"][0]["device"],
-        device("hdc").to_string().as_str()
-    );
-    shown["extents"][0]["start_sector"].as_u64().unwrap()
 }
 
 /// With domain 1 writing `uname` as its xvdc: vdisk and the backend refuse dom0 a second

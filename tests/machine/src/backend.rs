@@ -75,16 +75,6 @@ impl Backend {
         )
     }
 
-    /// The backend's process id.
-    pub fn pid(&self) -> u32 {
-        self.daemon.pid()
-    }
-
-    /// Everything the backend printed so far.
-    pub fn log(&self) -> String {
-        self.daemon.log()
-    }
-
     /// Stop the backend with SIGTERM and require what a clean stop is: exit status 0, the
     /// last line `vbd-backend: stopped`, and no control socket left behind. Returns all the
     /// backend printed.
