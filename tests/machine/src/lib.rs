@@ -1,5 +1,5 @@
-//! Boots the bare-metal test hypervisor in QEMU with partitioned disk images, and real Linux
-//! guests ([`guest`]).
+//! Boots the bare-metal test hypervisor in QEMU with partitioned disk images, real Linux
+//! guests ([`guest`]), and vbd-backend ([`Backend`]) to serve them.
 //!
 //! Shared by `cargo xtask` (demo, qemu, bench) and the integration suite, so that every run
 //! is set up the same way: the hypervisor built for `x86_64-unknown-none`, sparse disk images

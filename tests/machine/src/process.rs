@@ -1,4 +1,5 @@
-//! Running external commands: every command is printed before it runs, failures name it.
+//! Running external commands: every command is printed before it runs, failures name it;
+//! long-running servers ([`Daemon`]) are stopped with the process that started them.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
