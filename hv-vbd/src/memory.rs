@@ -51,6 +51,9 @@ pub trait GuestMemory {
 pub struct SliceMemory<'a> {
     bytes: &'a mut [u8],
     max_call_bytes: u64,
+    /// One past the last byte any write reached: a channel replies with the image up to
+    /// here, since the caller still holds the rest as it sent it.
+    written_end: usize,
 }
 
 impl<'a> SliceMemory<'a> {
@@ -58,6 +61,7 @@ impl<'a> SliceMemory<'a> {
         SliceMemory {
             bytes,
             max_call_bytes: u64::MAX,
+            written_end: 0,
         }
     }
 
@@ -66,7 +70,13 @@ impl<'a> SliceMemory<'a> {
         SliceMemory {
             bytes,
             max_call_bytes,
+            written_end: 0,
         }
+    }
+
+    /// One past the last byte written so far (0 when nothing was).
+    pub fn written_end(&self) -> usize {
+        self.written_end
     }
 
     /// The checked byte range `[address, address + len)` inside the slice.
@@ -89,6 +99,7 @@ impl GuestMemory for SliceMemory<'_> {
 
     fn write(&mut self, address: GuestAddress, data: &[u8]) -> Result<(), Error> {
         let range = self.range(address, data.len())?;
+        self.written_end = self.written_end.max(range.end);
         self.bytes[range].copy_from_slice(data);
         Ok(())
     }
@@ -142,7 +153,11 @@ mod tests {
             Err(Error::BadAddress)
         );
         assert_eq!(memory.write(GuestAddress(16), &[1]), Err(Error::BadAddress));
+        assert_eq!(memory.written_end(), 0, "refused writes change nothing");
+        assert_eq!(memory.write(GuestAddress(3), &[1, 2]), Ok(()));
         assert_eq!(memory.write(GuestAddress(15), &[7]), Ok(()));
+        assert_eq!(memory.write(GuestAddress(8), &[9]), Ok(()));
+        assert_eq!(memory.written_end(), 16);
         assert_eq!(bytes[15], 7);
     }
 

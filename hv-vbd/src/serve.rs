@@ -152,7 +152,9 @@ impl<
     }
 
     /// Run a hypercall with the frame's memory image as the caller's memory, and send the
-    /// image back as the call left it, once its fence is complete.
+    /// image back as far as the call wrote into it, once its fence is complete: the rest
+    /// is still what the caller sent, so a set-extents of a megabyte of extents is answered
+    /// with its forty bytes of arguments, not the megabyte again.
     fn serve_hypercall<B: BlockDevices>(
         &self,
         port: &Port<'_, '_, B>,
@@ -175,19 +177,21 @@ impl<
         };
         let image = &mut payload[core::mem::size_of::<HypercallRequest>()..];
         if let Err(error) = request.validate() {
-            reply(error.to_wire(), image);
+            reply(error.to_wire(), &[]);
             return Served::default();
         }
+        let mut memory = SliceMemory::with_call_limit(image, MAX_IMAGE_BYTES as u64);
         let outcome = self.dispatch(
             port.domain,
             request.op,
             GuestAddress(request.args_address),
-            &mut SliceMemory::with_call_limit(image, MAX_IMAGE_BYTES as u64),
+            &mut memory,
         );
+        let written = memory.written_end();
         if let Some(fence) = outcome.fence {
             fence.wait(&mut *relax);
         }
-        reply(outcome.result, image);
+        reply(outcome.result, &image[..written]);
         let destroyed = (request.op == Op::DestroyDomain as u32 && outcome.result >= 0)
             .then_some(outcome.changed)
             .flatten()

@@ -53,7 +53,9 @@ pub enum FrameKind {
     Ready = 1,
     /// Host → hypervisor: [`crate::wire::HypercallRequest`] + guest memory image.
     HypercallRequest = 2,
-    /// Hypervisor → host: [`crate::wire::HypercallResponse`] + guest memory image.
+    /// Hypervisor → host: [`crate::wire::HypercallResponse`] + the guest memory image from
+    /// its start up to the last byte the call wrote; the caller's bytes beyond are as it
+    /// sent them.
     HypercallResponse = 3,
     /// Host → hypervisor: [`crate::wire::BlockRequest`].
     BlockRead = 4,

@@ -138,7 +138,9 @@ fn stale_sockets_are_replaced_but_a_live_backend_is_refused() {
     drop(UnixListener::bind(backend.socket(1, "xvda")).unwrap());
     let mut restarted = backend.spawn(&[]);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while UnixStream::connect(backend.control()).is_err() {
+    // Serving means the socket answers and the start is logged: the second spawn below
+    // truncates the log, which must not lose the first one's line to it.
+    while UnixStream::connect(backend.control()).is_err() || !backend.log().contains("serving") {
         assert!(restarted.try_wait().unwrap().is_none(), "{}", backend.log());
         assert!(std::time::Instant::now() < deadline, "{}", backend.log());
         std::thread::sleep(Duration::from_millis(20));

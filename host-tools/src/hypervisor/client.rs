@@ -188,15 +188,17 @@ impl Hypervisor {
         )?;
         let (response, image) = HypercallResponse::read_from_prefix(&reply)
             .map_err(|_| self.protocol_error("short hypercall reply"))?;
-        if image.len() != memory.len() {
-            return Err(self.protocol_error("hypercall reply with a memory image of another size"));
-        }
+        // The reply carries the image as far as the call wrote; the rest is ours as sent.
+        let written = memory
+            .get_mut(..image.len())
+            .ok_or_else(|| self.protocol_error("hypercall reply with a longer memory image"))?;
+        written.copy_from_slice(image);
         match shared_abi::Error::from_wire(response.result) {
-            Some(Ok(value)) => Ok((value, image.to_vec())),
+            Some(Ok(value)) => Ok((value, memory)),
             Some(Err(error)) => Err(HypervisorError::Refused {
                 operation: operation(),
                 error,
-                image: Some(image.to_vec()),
+                image: Some(memory),
             }),
             None => Err(self.protocol_error(format!("unknown result {}", response.result))),
         }
