@@ -360,6 +360,34 @@ struct VbdJson {
     extents: Vec<ExtentJson>,
 }
 
+/// The most extents the human table lists in one cell; `--json` lists them all.
+const EXTENTS_SHOWN: usize = 8;
+
+/// The EXTENTS cell: `3:0 18432+4096, 3:64 18432+2048`, and past [`EXTENTS_SHOWN`] a count
+/// of the rest, so a VBD of 65 536 extents is one readable line (and the table does not
+/// spend minutes laying out a megabyte-wide cell).
+fn extents_cell(extents: &[Extent]) -> String {
+    let shown: Vec<String> = extents
+        .iter()
+        .take(EXTENTS_SHOWN)
+        .map(|extent| {
+            format!(
+                "{} {}+{}",
+                extent.device(),
+                extent.start_sector(),
+                extent.nr_sectors()
+            )
+        })
+        .collect();
+    match extents.len().checked_sub(EXTENTS_SHOWN) {
+        Some(rest) if rest > 0 => format!(
+            "{}, ... and {rest} more (--json lists all)",
+            shown.join(", ")
+        ),
+        _ => shown.join(", "),
+    }
+}
+
 /// The SOURCE column for a VBD the database has no record of (followed by its label,
 /// when it has one).
 const UNRECORDED: &str = "(unrecorded)";
@@ -402,18 +430,7 @@ impl Vbds {
         let rows = listed
             .into_iter()
             .map(|listed| {
-                let extents: Vec<String> = listed
-                    .extents
-                    .iter()
-                    .map(|extent| {
-                        format!(
-                            "{} {}+{}",
-                            extent.device(),
-                            extent.start_sector(),
-                            extent.nr_sectors()
-                        )
-                    })
-                    .collect();
+                let extents = extents_cell(&listed.extents);
                 vec![
                     listed.domain.to_string(),
                     vdevice_name(listed.vdevice),
@@ -426,7 +443,7 @@ impl Vbds {
                         (None, None) => UNRECORDED.to_owned(),
                     },
                     listed.state.as_str().to_owned(),
-                    extents.join(", "),
+                    extents,
                 ]
             })
             .collect();

@@ -72,6 +72,10 @@ fn a_vbd_of_the_whole_capacity_is_set_and_read_back_over_the_channel() {
     assert_eq!(listing[0]["label"], "whole");
     let table = test.vdisk_ok(&["--hv", &test.endpoint(0), "vbds", "1"]);
     assert!(table.contains("(unrecorded) whole"), "{table}");
+    assert!(
+        table.contains("... and 65528 more (--json lists all)"),
+        "{table}"
+    );
     // The guest reads 16 virtual sectors: the last 16 extents' sectors, backwards.
     let mut guest = test.client(1);
     let data = guest.read(xvda(), 0, 16).unwrap();
