@@ -81,6 +81,7 @@ impl<const CONTEXTS: usize> Fencing<CONTEXTS> {
             .map(|slot| IoContext {
                 slot,
                 period: &self.period,
+                relax: core::hint::spin_loop,
             })
             .ok_or(Error::NoSpace)
     }
@@ -171,9 +172,23 @@ impl core::fmt::Debug for Fence<'_> {
 pub struct IoContext<'t> {
     slot: &'t ContextSlot,
     period: &'t AtomicU64,
+    relax: fn(),
 }
 
 impl<'t> IoContext<'t> {
+    /// This context, waiting out a change to the mapping (a few microseconds of moving
+    /// extents) with `relax` rather than a bare spin: an embedder with an OS whose threads
+    /// may outnumber its cores passes a yield, so a preempted writer gets to finish.
+    pub fn relaxing_with(mut self, relax: fn()) -> Self {
+        self.relax = relax;
+        self
+    }
+
+    /// What translation calls while a change to the mapping is under way.
+    pub(crate) fn relax(&self) -> fn() {
+        self.relax
+    }
+
     /// Count one I/O in the current grace period, before its translation reads the mapping.
     #[inline]
     pub(crate) fn enter(&self) -> InFlight<'t> {
@@ -231,6 +246,16 @@ mod tests {
         assert!(fencing.owns(&second) && fencing.owns(&third));
         let other = Fencing::<1>::new();
         assert!(!other.owns(&second));
+    }
+
+    #[test]
+    fn a_relaxing_context_keeps_its_claim() {
+        let fencing = Fencing::<1>::new();
+        let context = fencing.claim().unwrap().relaxing_with(std::thread::yield_now);
+        assert_eq!(fencing.claim().err(), Some(Error::NoSpace), "still claimed");
+        assert_eq!(context.relax() as usize, std::thread::yield_now as fn() as usize);
+        drop(context);
+        assert!(fencing.claim().is_ok());
     }
 
     #[test]

@@ -24,15 +24,18 @@ impl SeqLock {
         }
     }
 
-    /// Run `attempt` until it ran while no write was under way, and return its result.
-    /// `SeqCst` on the first load, so a reader's earlier in-flight registration (also
-    /// `SeqCst`) is ordered before it: see [`crate::inflight`].
+    /// Run `attempt` until it ran while no write was under way, and return its result,
+    /// calling `relax` while a write is under way. `SeqCst` on the first load, so a
+    /// reader's earlier in-flight registration (also `SeqCst`) is ordered before it: see
+    /// [`crate::inflight`].
     #[inline]
-    pub(crate) fn read<T>(&self, mut attempt: impl FnMut() -> T) -> T {
+    pub(crate) fn read<T>(&self, relax: fn(), mut attempt: impl FnMut() -> T) -> T {
         loop {
             let before = self.sequence.load(Ordering::SeqCst);
             if before & 1 != 0 {
-                core::hint::spin_loop();
+                // A writer mid-write: where threads outnumber cores it may have been
+                // preempted, and spinning here would keep it off the core it needs.
+                relax();
                 continue;
             }
             let result = attempt();
@@ -89,7 +92,7 @@ mod tests {
             });
             let mut last = 0;
             while last < 20_000 {
-                let (first, second) = lock.read(|| {
+                let (first, second) = lock.read(std::thread::yield_now, || {
                     (
                         pair[0].load(Ordering::Relaxed),
                         pair[1].load(Ordering::Relaxed),

@@ -1196,7 +1196,7 @@ impl<
         let count = self
             .shared
             .sequence
-            .read(|| attempt(&self.shared, &mut *out))?;
+            .read(context.relax(), || attempt(&self.shared, &mut *out))?;
         Ok(Translation::new(&out[..count], in_flight))
     }
 

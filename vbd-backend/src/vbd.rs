@@ -104,7 +104,9 @@ impl Translator {
     pub fn new(table: &'static Table) -> Result<Translator, Error> {
         Ok(Translator {
             table,
-            context: table.io_context()?,
+            // Queue, NBD and control threads can outnumber the cores: a translation that
+            // meets a change under way yields to the control thread making it.
+            context: table.io_context()?.relaxing_with(std::thread::yield_now),
             segments: vec![Segment::default(); INITIAL_SEGMENTS],
         })
     }
