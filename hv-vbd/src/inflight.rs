@@ -251,9 +251,15 @@ mod tests {
     #[test]
     fn a_relaxing_context_keeps_its_claim() {
         let fencing = Fencing::<1>::new();
-        let context = fencing.claim().unwrap().relaxing_with(std::thread::yield_now);
+        let context = fencing
+            .claim()
+            .unwrap()
+            .relaxing_with(std::thread::yield_now);
         assert_eq!(fencing.claim().err(), Some(Error::NoSpace), "still claimed");
-        assert_eq!(context.relax() as usize, std::thread::yield_now as fn() as usize);
+        assert_eq!(
+            context.relax() as usize,
+            std::thread::yield_now as fn() as usize
+        );
         drop(context);
         assert!(fencing.claim().is_ok());
     }
