@@ -3,8 +3,13 @@
 //! while a third thread replaces 1024 extents of another VBD every millisecond, and how
 //! long that writer waits for each change (from asking to a complete fence).
 //!
+//! The one-reader and two-reader runs alternate, several rounds of each (the order flipped
+//! every round), and each rate is the median of its rounds, so a change in the machine's
+//! load during the bench weighs on both alike. The writer's waits are those of every round.
+//!
 //! Not a criterion bench: criterion times one thread. Prints one JSON object, and writes it
-//! to `<target>/bench/threads.json` for `cargo xtask bench`. `--quick` runs shorter.
+//! to `<target>/bench/threads.json` for `cargo xtask bench`. `--quick` runs fewer, shorter
+//! rounds.
 
 mod common;
 
@@ -112,6 +117,12 @@ fn run(readers: u32, length: Duration, lists: &[Vec<Extent>; 2]) -> (f64, Vec<Du
     })
 }
 
+/// The median of an odd number of values.
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 fn main() {
     let quick = std::env::args().any(|argument| argument == "--quick");
     // `cargo bench` passes `--bench`; a filter that names another bench skips this one.
@@ -121,7 +132,12 @@ fn main() {
     {
         return;
     }
-    let length = Duration::from_millis(if quick { 1000 } else { 3000 });
+    // Odd, so each median is one round's rate.
+    let (rounds, length) = if quick {
+        (3, Duration::from_millis(500))
+    } else {
+        (7, Duration::from_millis(1500))
+    };
     TABLE
         .register_disk(Disk {
             device: hda(),
@@ -145,16 +161,28 @@ fn main() {
         ),
     ];
     set(3, &lists[1]);
-    let (one, mut waits) = run(1, length, &lists);
-    let (two, more) = run(2, length, &lists);
-    waits.extend(more);
+    let (mut one, mut two, mut waits) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let order = if round % 2 == 0 { [1, 2] } else { [2, 1] };
+        for readers in order {
+            let (rate, round_waits) = run(readers, length, &lists);
+            waits.extend(round_waits);
+            if readers == 1 {
+                one.push(rate);
+            } else {
+                two.push(rate);
+            }
+        }
+    }
+    let (one, two) = (median(&mut one), median(&mut two));
     waits.sort_unstable();
     let microseconds = |duration: &Duration| duration.as_secs_f64() * 1e6;
     let json = format!(
-        "{{\"translate_threads\": {{\"1\": {:.0}, \"2\": {:.0}, \"speedup\": {:.3}}}, \"writer_changes\": {}, \"writer_wait_us_median\": {:.1}, \"writer_wait_us_max\": {:.1}}}",
+        "{{\"translate_threads\": {{\"1\": {:.0}, \"2\": {:.0}, \"speedup\": {:.3}}}, \"rounds\": {rounds}, \"seconds_per_run\": {:.1}, \"writer_changes\": {}, \"writer_wait_us_median\": {:.1}, \"writer_wait_us_max\": {:.1}}}",
         one,
         two,
         two / one,
+        length.as_secs_f64(),
         waits.len(),
         microseconds(&waits[waits.len() / 2]),
         microseconds(waits.last().unwrap())

@@ -8,7 +8,6 @@ mod demo;
 mod man;
 mod provision;
 mod qemu;
-mod qemu_io;
 mod test;
 
 use std::process::ExitCode;
@@ -17,8 +16,11 @@ const USAGE: &str = "\
 usage: cargo xtask <command> [options]
 
 commands:
-  bench [--quick]               criterion and vdisk benchmarks beside their baselines; prints
-                                a table, writes target/bench/summary.json (--quick: < 3 min)
+  bench [--quick]               every benchmark beside its baseline: criterion, hv-vbd's
+                                threads, vdisk, the test hypervisor's I/O, and fio in a real
+                                guest on vbd-backend, qemu-storage-daemon and QEMU's own
+                                virtio-blk; prints a table, writes target/bench/summary.json
+                                (--quick: under 5 minutes once built)
   demo                          the HOWTO walkthrough in QEMU, every command printed
   man                           write the manual page vdisk(1) to target/man/vdisk.1
   test                          formatting, clippy, every host test, the no_std builds and

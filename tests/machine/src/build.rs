@@ -1,4 +1,4 @@
-//! Building what a machine needs: the hypervisor ELF and the `vdisk` binary.
+//! Building what a machine needs: the hypervisor ELF, the `vdisk` and `vbd-backend` binaries.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -45,22 +45,26 @@ pub fn build_hypervisor() -> Result<PathBuf, String> {
 /// Build the `vdisk` command (`release` for the benchmarks, debug otherwise) and return its
 /// path.
 pub fn build_vdisk(release: bool) -> Result<PathBuf, String> {
+    build_binary("host-tools", "vdisk", release)
+}
+
+/// Build `vbd-backend` (`release` for the benchmarks, debug otherwise) and return its path.
+pub fn build_backend(release: bool) -> Result<PathBuf, String> {
+    build_binary("vbd-backend", "vbd-backend", release)
+}
+
+fn build_binary(package: &str, binary: &str, release: bool) -> Result<PathBuf, String> {
     let root = workspace_root();
     let mut command = Command::new(env!("CARGO"));
-    command.current_dir(&root).args([
-        "build",
-        "--quiet",
-        "--package",
-        "host-tools",
-        "--bin",
-        "vdisk",
-    ]);
+    command
+        .current_dir(&root)
+        .args(["build", "--quiet", "--package", package, "--bin", binary]);
     if release {
         command.arg("--release");
     }
     run(&mut command)?;
     let profile = if release { "release" } else { "debug" };
-    Ok(target_directory().join(profile).join("vdisk"))
+    Ok(target_directory().join(profile).join(binary))
 }
 
 /// Where cargo puts the workspace's output: `CARGO_TARGET_DIR` (relative to the workspace

@@ -8,12 +8,14 @@
 //! that dies with the process that started it.
 
 mod build;
+mod devices;
 pub mod guest;
 mod image;
 mod machine;
 pub mod process;
 pub mod walkthrough;
 
-pub use build::{build_hypervisor, build_vdisk, target_directory, workspace_root};
+pub use build::{build_backend, build_hypervisor, build_vdisk, target_directory, workspace_root};
+pub use devices::devices_toml;
 pub use image::{default_partitions, DiskSpec};
 pub use machine::{Machine, MachineConfig, SUMMARY_PREFIX};

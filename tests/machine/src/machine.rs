@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use shared_abi::frame::{encode, FrameKind, HEADER_LEN, SHUTDOWN_EXIT_VALUE};
 
+use crate::devices::{devices_toml, toml_string};
 use crate::image::DiskSpec;
 use crate::process::{spawn_logged, tail};
 
@@ -211,23 +212,17 @@ impl Machine {
     }
 
     fn describe(&self) -> String {
-        let quote = |text: &str| format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""));
         let mut toml = String::from(
             "# Written by vbd-machine: the disks and hypervisor ports of one QEMU machine.\n",
         );
-        for (disk, path) in &self.disks {
-            toml.push_str(&format!(
-                "\n[[disk]]\nname = {}\ndevice = \"{}\"\npath = {}\n",
-                quote(&disk.name),
-                disk.device(),
-                quote(&path.display().to_string())
-            ));
-        }
+        toml.push_str(&devices_toml(self.disks.iter().map(|(disk, path)| {
+            (disk.name.as_str(), disk.device(), path.as_path())
+        })));
         toml.push_str("\n[endpoints]\n");
         for domain in 0..3 {
             toml.push_str(&format!(
                 "dom{domain} = {}\n",
-                quote(&self.endpoint(domain))
+                toml_string(&self.endpoint(domain))
             ));
         }
         toml

@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// Render a command the way a shell user would type it.
 pub fn display(command: &Command) -> String {
@@ -67,4 +68,62 @@ pub fn spawn_logged(command: &mut Command, log: &Path, hint: &str) -> Result<Chi
         .stderr(file)
         .spawn()
         .map_err(|error| format!("cannot start {}: {error} ({hint})", display(command)))
+}
+
+/// Stop a server with SIGTERM (the command printed) and require a clean exit, status 0,
+/// within `limit`; after that it is killed and the stop fails. `name` names it in errors.
+pub fn stop_gracefully(mut child: Child, name: &str, limit: Duration) -> Result<(), String> {
+    let mut kill = Command::new("kill");
+    kill.args(["-TERM", &child.id().to_string()]);
+    eprintln!("$ {}", display(&kill));
+    let _ = kill.status();
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child
+            .try_wait()
+            .map_err(|error| format!("{name}: {error}"))?
+        {
+            return if status.success() {
+                Ok(())
+            } else {
+                Err(format!("{name} exited with {status} on SIGTERM"))
+            };
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{name} ignored SIGTERM for {limit:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Wait until `ready` holds for server `name`, just started with its output in `log`
+/// (which an error quotes if the server exits first); `what` says what readiness is, for
+/// the error after `limit`.
+pub fn wait_until_ready(
+    child: &mut Child,
+    name: &str,
+    log: &Path,
+    limit: Duration,
+    what: &str,
+    ready: impl Fn() -> bool,
+) -> Result<(), String> {
+    let started = Instant::now();
+    while !ready() {
+        if let Some(status) = child
+            .try_wait()
+            .map_err(|error| format!("{name}: {error}"))?
+        {
+            return Err(format!(
+                "{name} exited ({status}): {}",
+                std::fs::read_to_string(log).unwrap_or_default().trim()
+            ));
+        }
+        if started.elapsed() > limit {
+            return Err(format!("{name} {what} in {limit:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }

@@ -1,5 +1,5 @@
 //! Real Linux guests in QEMU (TCG): Debian's cloud kernel, a busybox initramfs or an ext4
-//! root filesystem, vhost-user-blk and virtio-blk disks, and a line protocol on the console
+//! root filesystem, vhost-user-blk disks (vbd-backend, qemu-storage-daemon) and virtio-blk disks, and a line protocol on the console
 //! by which a guest reports results and the host decides whether the run passed.
 //!
 //! ```no_run
@@ -21,9 +21,11 @@
 
 mod apt;
 mod artefacts;
+mod backend;
 mod cpu;
 mod fio;
 mod initramfs;
+mod memory;
 mod report;
 mod rootfs;
 mod runner;
@@ -32,9 +34,11 @@ mod storage_daemon;
 
 pub use apt::{install as apt_install, is_root};
 pub use artefacts::{guest_directory, Fio, GuestArtefacts, VIRTIO_MODULES};
+pub use backend::VbdBackend;
 pub use cpu::process_cpu_time;
 pub use fio::{run_job, Engine, FioDirection, FioJob, FioReport, FioRun, Pattern};
 pub use initramfs::{fio_layer, Initramfs};
+pub use memory::process_resident_bytes;
 pub use report::GuestReport;
 pub use rootfs::RootFilesystem;
 pub use runner::{run_guest, Aio, Cache, Guest, GuestConfig, GuestDisk};

@@ -4,10 +4,10 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::machine::terminate;
-use crate::process::spawn_logged;
+use crate::process::{spawn_logged, stop_gracefully, wait_until_ready};
 
 /// A running qemu-storage-daemon. Dropping it stops the daemon.
 pub struct StorageDaemon {
@@ -46,33 +46,23 @@ impl StorageDaemon {
             "--export",
             "type=nbd,id=e1,node-name=d0,name=d0,writable=on",
         ]);
-        let child = spawn_logged(
-            &mut command,
-            &dir.join("qsd.log"),
-            "install qemu-system-common",
-        )?;
-        let mut daemon = StorageDaemon {
+        let log = dir.join("qsd.log");
+        let mut child = spawn_logged(&mut command, &log, "install qemu-system-common")?;
+        let ready = || vhost_user_socket.exists() && nbd_socket.exists();
+        let waited = wait_until_ready(
+            &mut child,
+            "qemu-storage-daemon",
+            &log,
+            Duration::from_secs(10),
+            "made no sockets",
+            ready,
+        );
+        let daemon = StorageDaemon {
             child: Some(child),
             vhost_user_socket,
             nbd_socket,
         };
-        let started = Instant::now();
-        while !(daemon.vhost_user_socket.exists() && daemon.nbd_socket.exists()) {
-            let child = daemon.child.as_mut().expect("just started");
-            if let Some(status) = child.try_wait().map_err(|error| error.to_string())? {
-                return Err(format!(
-                    "qemu-storage-daemon exited ({status}): {}",
-                    fs::read_to_string(dir.join("qsd.log"))
-                        .unwrap_or_default()
-                        .trim()
-                ));
-            }
-            if started.elapsed() > Duration::from_secs(10) {
-                return Err("qemu-storage-daemon made no sockets in 10 s".to_owned());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(daemon)
+        waited.map(|()| daemon)
     }
 
     /// The daemon's process id.
@@ -82,30 +72,11 @@ impl StorageDaemon {
 
     /// Stop the daemon with SIGTERM and require a clean exit (status 0).
     pub fn stop(mut self) -> Result<(), String> {
-        let mut child = self
+        let child = self
             .child
             .take()
             .ok_or("qemu-storage-daemon is not running")?;
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let started = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().map_err(|error| error.to_string())? {
-                return if status.success() {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "qemu-storage-daemon exited with {status} on SIGTERM"
-                    ))
-                };
-            }
-            if started.elapsed() > Duration::from_secs(10) {
-                terminate(child);
-                return Err("qemu-storage-daemon ignored SIGTERM for 10 s".to_owned());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        stop_gracefully(child, "qemu-storage-daemon", Duration::from_secs(10))
     }
 }
 
