@@ -1,0 +1,222 @@
+//! The backend's life: claim `DIR`, open and register the disks, serve control.sock, keep the
+//! per-VBD sockets in step with the table, and on SIGTERM, SIGINT or dom0's `Shutdown`
+//! frame stop cleanly: no new connections, in-flight requests finished, disks flushed,
+//! sockets removed.
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+
+use hv_vbd::SharingLevel;
+
+use crate::disks::Disks;
+use crate::exports::Exports;
+use crate::vbd::Table;
+
+/// The table, in a `static` as a hypervisor keeps it: it is about 2 MiB.
+static TABLE: Table = Table::new(SharingLevel::Unrestricted);
+
+/// How the backend was started.
+pub struct Settings {
+    pub devices: PathBuf,
+    pub dir: PathBuf,
+    /// The most permissive sharing level a request may ask for.
+    pub sharing_ceiling: SharingLevel,
+    pub queues: u16,
+}
+
+/// What every thread shares: the VBD table and the disks are the only shared state of the
+/// data path.
+pub struct Shared {
+    pub table: &'static Table,
+    pub disks: Disks,
+    /// Virtqueues (and queue threads) per vhost-user-blk device.
+    pub queues: u16,
+    /// This start's identifier, reported in every Ready notice: records made under
+    /// another start describe VBDs that a restart took away.
+    pub start_id: u64,
+    stopping: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(table: &'static Table, disks: Disks, queues: u16, start_id: u64) -> Shared {
+        Shared {
+            table,
+            disks,
+            queues,
+            start_id,
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the backend is stopping: queue threads fail the requests they have not
+    /// started.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+}
+
+/// Why the backend stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    Signal(i32),
+    ShutdownFrame,
+}
+
+/// The shared state, the sockets, and the way to ask for a stop.
+pub struct Service {
+    pub shared: Arc<Shared>,
+    exports: Mutex<Exports>,
+    stop: Mutex<mpsc::Sender<Stop>>,
+}
+
+impl std::ops::Deref for Service {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+impl Service {
+    /// The sockets, locked: a hypercall and the update it calls for happen under this lock.
+    pub fn lock_exports(&self) -> MutexGuard<'_, Exports> {
+        self.exports
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn request_stop(&self, reason: Stop) {
+        let _ = self
+            .stop
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .send(reason);
+    }
+}
+
+/// Run the backend until it is told to stop. An error is one line for standard error.
+pub fn run(settings: Settings) -> Result<(), String> {
+    TABLE
+        .set_sharing_ceiling(settings.sharing_ceiling)
+        .map_err(|error| format!("cannot set the sharing ceiling: {error}"))?;
+    let start_id = fresh_start_id()?;
+    let disks = Disks::open(&settings.devices)?;
+    disks.register(&TABLE)?;
+    let dir = settings.dir;
+    fs::create_dir_all(&dir)
+        .map_err(|error| format!("{}: cannot create: {error}", dir.display()))?;
+    let control_path = dir.join("control.sock");
+    claim_socket_path(&control_path)?;
+    remove_stale_sockets(&dir)?;
+    let listener = UnixListener::bind(&control_path)
+        .map_err(|error| format!("{}: cannot listen: {error}", control_path.display()))?;
+
+    let (stop_sender, stop_receiver) = mpsc::channel();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .map_err(|error| format!("cannot handle SIGTERM and SIGINT: {error}"))?;
+    let signal_sender = stop_sender.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                let _ = signal_sender.send(Stop::Signal(signal));
+            }
+        })
+        .map_err(|error| format!("cannot start the signal thread: {error}"))?;
+
+    let shared = Arc::new(Shared::new(&TABLE, disks, settings.queues, start_id));
+    let service = Arc::new(Service {
+        shared: shared.clone(),
+        exports: Mutex::new(Exports::new(shared.clone(), dir.clone())),
+        stop: Mutex::new(stop_sender),
+    });
+    let control = crate::control::serve(service.clone(), listener)
+        .map_err(|error| format!("{}: cannot serve: {error}", control_path.display()))?;
+    eprintln!(
+        "vbd-backend: serving {} disks on {} (sharing ceiling {}, queues per guest VBD: {}, start {start_id:#018x})",
+        shared.disks.iter().count(),
+        control_path.display(),
+        shared.table.sharing_ceiling(),
+        shared.queues
+    );
+
+    let reason = stop_receiver
+        .recv()
+        .map_err(|_| "the stop channel closed".to_string())?;
+    eprintln!("vbd-backend: stopping ({reason:?})");
+    shared.stop();
+    control.stop();
+    service.lock_exports().stop();
+    let flushed = shared.disks.flush_all();
+    let _ = fs::remove_file(&control_path);
+    flushed.map_err(|error| format!("flushing the disks failed: {error}"))?;
+    eprintln!("vbd-backend: stopped");
+    Ok(())
+}
+
+/// A random identifier for this start: 64 bits from the kernel's generator, so no two
+/// starts share one.
+fn fresh_start_id() -> Result<u64, String> {
+    let mut bytes = [0u8; 8];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut bytes))
+        .map_err(|error| format!("/dev/urandom: cannot read a start identifier: {error}"))?;
+    Ok(u64::from_ne_bytes(bytes))
+}
+
+/// Make `path` free for a new socket: a socket nobody listens on (left by a backend that was
+/// killed) is removed; a live one means another backend serves this directory.
+pub fn claim_socket_path(path: &Path) -> Result<(), String> {
+    let Ok(metadata) = fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !metadata.file_type().is_socket() {
+        return Err(format!("{}: exists and is not a socket", path.display()));
+    }
+    if UnixStream::connect(path).is_ok() {
+        return Err(format!("{}: another backend is serving it", path.display()));
+    }
+    fs::remove_file(path).map_err(|error| {
+        format!(
+            "{}: cannot remove the stale socket: {error}",
+            path.display()
+        )
+    })
+}
+
+/// Remove the sockets of `domN/` directories left by a killed backend: at start the table
+/// is empty, so no VBD socket may exist.
+fn remove_stale_sockets(dir: &Path) -> Result<(), String> {
+    let entries =
+        fs::read_dir(dir).map_err(|error| format!("{}: cannot read: {error}", dir.display()))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let is_domain = name
+            .to_str()
+            .and_then(|name| name.strip_prefix("dom"))
+            .is_some_and(|digits| {
+                !digits.is_empty() && digits.bytes().all(|byte| byte.is_ascii_digit())
+            });
+        if !is_domain || !entry.path().is_dir() {
+            continue;
+        }
+        for socket in fs::read_dir(entry.path()).into_iter().flatten().flatten() {
+            if socket.file_type().is_ok_and(|kind| kind.is_socket()) {
+                claim_socket_path(&socket.path())?;
+            }
+        }
+    }
+    Ok(())
+}

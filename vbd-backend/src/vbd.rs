@@ -1,0 +1,305 @@
+//! The seam to hv-vbd: the backend's table, the translation of one thread's requests
+//! ([`Translator`]), and what the sockets ask about a VBD.
+//!
+//! Every socket and connection reaches its VBD through a [`VbdRef`] pinned when the socket
+//! was made, so once that VBD is deleted its requests fail with `ENOENT`, even after another
+//! of the same name is created. Every I/O runs inside [`Translator::with`], which holds the
+//! [`Translation`] (hv-vbd's in-flight registration) until the I/O is done: a change that
+//! removes the extents is answered only after it has finished. No lock is held meanwhile.
+
+use hv_vbd::{IoContext, Request, Segment, Translation, VbdId, VbdRef, VbdTable};
+use shared_abi::{DeviceNumber, Error, Label, DOM0};
+
+/// I/O contexts: one per thread that translates (control connections, NBD connections,
+/// virtqueue threads). hv-vbd's default of 64 would be used up by one guest with 64 queues.
+pub const CONTEXTS: usize = 256;
+
+/// Extents the table holds, in all VBDs together.
+const EXTENTS: usize = 65536;
+
+/// The one VBD table of this backend: hv-vbd's default sizes, with more I/O contexts.
+pub type Table = VbdTable<64, 16, EXTENTS, 16, CONTEXTS>;
+
+/// A VBD as its socket needs it: pinned, with what the table says about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VbdState {
+    pub vbd: VbdRef,
+    pub writable: bool,
+    pub size_sectors: u64,
+    pub label: Label,
+}
+
+impl VbdState {
+    pub fn id(&self) -> VbdId {
+        self.vbd.id()
+    }
+}
+
+/// The current state of the VBD `vbd` was pinned to; `ENOENT` once it is gone, whatever has
+/// been created under its name since. The backend is the hypervisor: it asks as dom0.
+pub fn vbd_state(table: &Table, vbd: &VbdRef) -> Result<VbdState, Error> {
+    let info = table.info(DOM0, vbd.id(), 0, 0, |_, _| Ok(()))?;
+    if info.incarnation != vbd.incarnation() {
+        return Err(Error::NotFound);
+    }
+    Ok(VbdState {
+        vbd: *vbd,
+        writable: info.mode.is_writable(),
+        size_sectors: info.size_sectors,
+        label: info.label,
+    })
+}
+
+/// Every VBD of `domain`, each pinned. A domain without VBDs has none.
+pub fn domain_vbds(table: &Table, domain: u32) -> Result<Vec<VbdState>, Error> {
+    let mut ids = Vec::new();
+    loop {
+        let room = ids.capacity().max(16);
+        ids.clear();
+        ids.reserve(room);
+        let summary = table.probe(DOM0, domain, room, |_, entry| {
+            ids.push(VbdId {
+                domain: entry.domain,
+                vdevice: DeviceNumber::from_raw(entry.device),
+            });
+            Ok(())
+        })?;
+        if summary.complete {
+            break;
+        }
+        ids = Vec::with_capacity(summary.count);
+    }
+    ids.into_iter()
+        .map(|id| vbd_state(table, &table.pin(DOM0, id)?))
+        .collect()
+}
+
+/// The disks the extents of the pinned VBD lie on, each once: what a flush must sync.
+pub fn vbd_devices(table: &Table, vbd: &VbdRef) -> Result<Vec<DeviceNumber>, Error> {
+    let mut devices = Vec::new();
+    let info = table.info(DOM0, vbd.id(), 0, usize::MAX, |_, extent| {
+        if !devices.contains(&extent.device()) {
+            devices.push(extent.device());
+        }
+        Ok(())
+    })?;
+    if info.incarnation != vbd.incarnation() {
+        return Err(Error::NotFound);
+    }
+    Ok(devices)
+}
+
+/// One thread's way into the table: its I/O context and a reusable segment buffer.
+pub struct Translator {
+    table: &'static Table,
+    context: IoContext<'static>,
+    segments: Vec<Segment>,
+}
+
+/// Segments to start with; the buffer grows when a request crosses more extents.
+const INITIAL_SEGMENTS: usize = 16;
+
+impl Translator {
+    /// Claim an I/O context of `table`: `ENOSPC` when all [`CONTEXTS`] are in use.
+    pub fn new(table: &'static Table) -> Result<Translator, Error> {
+        Ok(Translator {
+            table,
+            context: table.io_context()?,
+            segments: vec![Segment::default(); INITIAL_SEGMENTS],
+        })
+    }
+
+    pub fn table(&self) -> &'static Table {
+        self.table
+    }
+
+    /// The context and a segment buffer of at least `room` entries, for hv-vbd's frame
+    /// server, which translates by itself.
+    pub fn parts(&mut self, room: usize) -> (&IoContext<'static>, &mut [Segment]) {
+        if self.segments.len() < room {
+            self.segments.resize(room, Segment::default());
+        }
+        (&self.context, &mut self.segments)
+    }
+
+    /// Translate `request` on the pinned VBD and run `io` with the translation, which stays
+    /// registered as in flight until `io` returns. The segment buffer grows until every
+    /// segment fits: at most one per sector and one per extent of the table, so this ends.
+    pub fn with<R>(
+        &mut self,
+        vbd: &VbdRef,
+        request: &Request,
+        io: impl FnOnce(&Translation<'_, 'static>) -> R,
+    ) -> Result<R, Error> {
+        let most = usize::try_from(request.nr_sectors())
+            .unwrap_or(usize::MAX)
+            .min(EXTENTS);
+        loop {
+            let room = self.segments.len();
+            match self
+                .table
+                .translate_pinned(&self.context, vbd, request, &mut self.segments)
+            {
+                Ok(translation) => return Ok(io(&translation)),
+                Err(Error::TooBig) if room < most => {}
+                Err(error) => return Err(error),
+            }
+            self.segments
+                .resize(room.saturating_mul(4).min(most), Segment::default());
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use hv_vbd::{Access, SharingLevel};
+    use shared_abi::wire::Extent;
+    use shared_abi::Mode;
+
+    pub fn disk(index: u32) -> DeviceNumber {
+        DeviceNumber::new(3, index * 64).unwrap()
+    }
+
+    pub fn xvda(domain: u32) -> VbdId {
+        VbdId {
+            domain,
+            vdevice: DeviceNumber::from_name("xvda").unwrap(),
+        }
+    }
+
+    /// A leaked table (it is about 2 MiB: built on a thread with room, since a test
+    /// thread's stack is smaller) with two disks of 4096 sectors.
+    pub fn empty_table() -> &'static Table {
+        let table: &'static Table = std::thread::Builder::new()
+            .stack_size(16 << 20)
+            .spawn(|| Box::leak(Box::new(Table::new(SharingLevel::Unrestricted))))
+            .unwrap()
+            .join()
+            .unwrap();
+        for index in 0..2 {
+            table
+                .register_disk(hv_vbd::Disk {
+                    device: disk(index),
+                    sectors: 4096,
+                })
+                .unwrap();
+        }
+        table
+    }
+
+    /// Create `id` labelled `label` over `extents` of `(disk index, start, count)`.
+    pub fn create(
+        table: &Table,
+        id: VbdId,
+        extents: &[(u32, u64, u64)],
+        writable: bool,
+        label: &str,
+    ) -> VbdRef {
+        let mode = if writable {
+            Mode::READ | Mode::WRITE
+        } else {
+            Mode::READ
+        };
+        table
+            .create(DOM0, id, mode, Label::new(label).unwrap())
+            .unwrap();
+        let extents = extents
+            .iter()
+            .map(|&(index, start, count)| Extent::new(disk(index), start, count));
+        table
+            .set_extents(DOM0, id, extents, SharingLevel::Unrestricted)
+            .unwrap()
+            .fence
+            .wait(std::thread::yield_now);
+        table.pin(DOM0, id).unwrap()
+    }
+
+    #[test]
+    fn a_translator_grows_its_buffer_for_a_request_over_many_extents() {
+        let table = empty_table();
+        // 40 one-sector extents, every other sector of disk 0.
+        let extents: Vec<_> = (0..40).map(|index| (0, index * 2, 1)).collect();
+        let vbd = create(table, xvda(1), &extents, true, "vd:1");
+        let mut translator = Translator::new(table).unwrap();
+        let request = Request::new(Access::Read, 0, 40).unwrap();
+        let sectors = translator
+            .with(&vbd, &request, |translation| {
+                translation
+                    .segments()
+                    .iter()
+                    .map(|segment| segment.sector)
+                    .collect::<Vec<_>>()
+            })
+            .unwrap();
+        assert_eq!(sectors, (0..40).map(|index| index * 2).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_pinned_vbd_is_gone_once_deleted_even_if_its_name_is_created_again() {
+        let table = empty_table();
+        let vbd = create(table, xvda(1), &[(0, 0, 8)], true, "vd:1");
+        let mut translator = Translator::new(table).unwrap();
+        let request = Request::new(Access::Write, 0, 1).unwrap();
+        assert_eq!(translator.with(&vbd, &request, |_| ()), Ok(()));
+        table
+            .delete(DOM0, xvda(1))
+            .unwrap()
+            .fence
+            .wait(std::thread::yield_now);
+        let again = create(table, xvda(1), &[(1, 0, 8)], true, "vd:2");
+        assert_eq!(
+            translator.with(&vbd, &request, |_| ()),
+            Err(Error::NotFound)
+        );
+        assert_eq!(vbd_state(table, &vbd), Err(Error::NotFound));
+        assert_eq!(vbd_devices(table, &vbd), Err(Error::NotFound));
+        assert_eq!(translator.with(&again, &request, |_| ()), Ok(()));
+    }
+
+    #[test]
+    fn a_read_only_vbd_refuses_writes() {
+        let table = empty_table();
+        let vbd = create(table, xvda(1), &[(0, 0, 8)], false, "");
+        let mut translator = Translator::new(table).unwrap();
+        let write = Request::new(Access::Write, 0, 1).unwrap();
+        assert_eq!(translator.with(&vbd, &write, |_| ()), Err(Error::ReadOnly));
+        let read = Request::new(Access::Read, 0, 8).unwrap();
+        assert_eq!(translator.with(&vbd, &read, |_| ()), Ok(()));
+        let past = Request::new(Access::Read, 8, 1).unwrap();
+        assert_eq!(translator.with(&vbd, &past, |_| ()), Err(Error::OutOfRange));
+    }
+
+    #[test]
+    fn state_devices_and_domain_listing_follow_the_table() {
+        let table = empty_table();
+        let vbd = create(
+            table,
+            xvda(1),
+            &[(1, 100, 8), (0, 0, 8), (1, 0, 8)],
+            true,
+            "vd:7",
+        );
+        assert_eq!(vbd_devices(table, &vbd), Ok(vec![disk(1), disk(0)]));
+        let state = VbdState {
+            vbd,
+            writable: true,
+            size_sectors: 24,
+            label: Label::new("vd:7").unwrap(),
+        };
+        assert_eq!(vbd_state(table, &vbd), Ok(state));
+        assert_eq!(domain_vbds(table, 1), Ok(vec![state]));
+        assert_eq!(domain_vbds(table, 7), Ok(vec![]));
+    }
+
+    #[test]
+    fn contexts_run_out_with_enospc_and_come_back_when_dropped() {
+        let table = empty_table();
+        let claimed: Vec<Translator> = (0..CONTEXTS)
+            .map(|_| Translator::new(table).unwrap())
+            .collect();
+        assert_eq!(Translator::new(table).err(), Some(Error::NoSpace));
+        drop(claimed);
+        assert!(Translator::new(table).is_ok());
+    }
+}

@@ -1,0 +1,277 @@
+//! The relay between a VMM's vhost-user connection and vhost-user-backend's, one message at
+//! a time with the descriptors it carries. It exists for two messages:
+//! - vhost 0.18's `Backend` (the back-end request channel the VMM hands over in
+//!   `SET_BACKEND_REQ_FD`) has no way to send `VHOST_USER_BACKEND_CONFIG_CHANGE_MSG`, so the
+//!   relay keeps its own copy of that channel, through which
+//!   [`BackendChannel::config_changed`] tells QEMU to re-read the capacity after a VBD grows;
+//! - `SET_VRING_BASE` says where each ring's next request is: 0 for a driver that has just
+//!   started, elsewhere for a VMM that reconnects to a guest that ran before. The relay
+//!   reports it ([`Inbound::ring_base`]) before the daemon acts on it.
+//!
+//! Only control messages pass here; the data path is shared memory and eventfds.
+
+use std::io::{self, IoSlice, IoSliceMut, Write};
+use std::mem::MaybeUninit;
+use std::net::Shutdown;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::Mutex;
+
+use rustix::net::{
+    recvmsg, sendmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+
+/// A vhost-user message header: request, flags, payload size.
+const HEADER_BYTES: usize = 12;
+/// The largest payload vhost accepts (`MAX_MSG_SIZE`).
+const MAX_PAYLOAD: usize = 0x1000;
+/// The most descriptors one message carries (`MAX_ATTACHED_FD_ENTRIES`).
+const MAX_FDS: usize = 32;
+/// `VHOST_USER_SET_BACKEND_REQ_FD`.
+const SET_BACKEND_REQ_FD: u32 = 21;
+/// `VHOST_USER_SET_VRING_BASE`, whose payload is a ring index and its next request.
+const SET_VRING_BASE: u32 = 10;
+/// `VHOST_USER_BACKEND_CONFIG_CHANGE_MSG`.
+const CONFIG_CHANGE_MSG: u32 = 2;
+/// Flags of a message from the back-end: protocol version 1.
+const VERSION_1: u32 = 0x1;
+
+/// The back-end request channel of the current connection, once the VMM sent it.
+#[derive(Default)]
+pub struct BackendChannel {
+    stream: Mutex<Option<UnixStream>>,
+}
+
+impl BackendChannel {
+    fn set(&self, stream: Option<UnixStream>) {
+        *self
+            .stream
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = stream;
+    }
+
+    /// Tell the VMM the config space changed; `false` when it gave no channel to say it on.
+    pub fn config_changed(&self) -> io::Result<bool> {
+        let mut guard = self
+            .stream
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(stream) = guard.as_mut() else {
+            return Ok(false);
+        };
+        let mut message = [0u8; HEADER_BYTES];
+        message[..4].copy_from_slice(&CONFIG_CHANGE_MSG.to_le_bytes());
+        message[4..8].copy_from_slice(&VERSION_1.to_le_bytes());
+        stream.write_all(&message)?;
+        Ok(true)
+    }
+
+    /// The connection ended: its channel is gone with it.
+    pub fn clear(&self) {
+        self.set(None);
+    }
+}
+
+/// What the relay does with the VMM's messages, besides passing them on.
+pub struct Inbound<'a> {
+    /// Where the back-end request channel is kept.
+    pub channel: &'a BackendChannel,
+    /// Told each ring's index and first request, before the daemon is.
+    pub ring_base: &'a (dyn Fn(u32, u32) + Sync),
+}
+
+/// Read exactly `buffer.len()` bytes, collecting any descriptors that come with them.
+/// `Ok(false)` when the stream ends before the first byte.
+fn receive(stream: &UnixStream, buffer: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<bool> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let mut iov = [IoSliceMut::new(&mut buffer[filled..])];
+        let received = match recvmsg(stream, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
+            Ok(received) => received.bytes,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(error) => return Err(error.into()),
+        };
+        for message in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(received_fds) = message {
+                fds.extend(received_fds);
+            }
+        }
+        if fds.len() > MAX_FDS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "too many descriptors in one message",
+            ));
+        }
+        if received == 0 {
+            return if filled == 0 {
+                Ok(false)
+            } else {
+                Err(io::ErrorKind::UnexpectedEof.into())
+            };
+        }
+        filled += received;
+    }
+    Ok(true)
+}
+
+fn send(stream: &UnixStream, message: &[u8], fds: &[OwnedFd]) -> io::Result<()> {
+    let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !borrowed.is_empty() && !control.push(SendAncillaryMessage::ScmRights(&borrowed)) {
+        return Err(io::Error::other("descriptors do not fit a control message"));
+    }
+    let mut sent = loop {
+        match sendmsg(
+            stream,
+            &[IoSlice::new(message)],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        ) {
+            Ok(sent) => break sent,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(error) => return Err(error.into()),
+        }
+    };
+    // The descriptors went with the first bytes; the rest is plain data.
+    let mut stream = stream;
+    while sent < message.len() {
+        sent += stream.write(&message[sent..])?;
+    }
+    Ok(())
+}
+
+/// Relay messages from `from` to `to` until `from` ends; then end both, so the other
+/// direction and the daemon stop too. With `inbound` (the VMM's direction), watch them.
+pub fn relay(from: &UnixStream, to: &UnixStream, inbound: Option<&Inbound>) -> io::Result<()> {
+    let result = relay_messages(from, to, inbound);
+    let _ = from.shutdown(Shutdown::Both);
+    let _ = to.shutdown(Shutdown::Both);
+    result
+}
+
+/// The little-endian `u32` at `offset`, which the caller has checked is inside `bytes`.
+fn word(bytes: &[u8], offset: usize) -> u32 {
+    let mut word = [0u8; 4];
+    word.copy_from_slice(&bytes[offset..offset + 4]);
+    u32::from_le_bytes(word)
+}
+
+fn relay_messages(from: &UnixStream, to: &UnixStream, inbound: Option<&Inbound>) -> io::Result<()> {
+    let mut message = Vec::with_capacity(HEADER_BYTES + MAX_PAYLOAD);
+    loop {
+        let mut fds = Vec::new();
+        message.resize(HEADER_BYTES, 0);
+        if !receive(from, &mut message, &mut fds)? {
+            return Ok(());
+        }
+        let request = word(&message, 0);
+        let size = word(&message, 8) as usize;
+        if size > MAX_PAYLOAD {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a {size}-byte vhost-user message"),
+            ));
+        }
+        message.resize(HEADER_BYTES + size, 0);
+        receive(from, &mut message[HEADER_BYTES..], &mut fds)?;
+        match (inbound, request) {
+            (Some(inbound), SET_BACKEND_REQ_FD) => {
+                let kept = match fds.first() {
+                    Some(fd) => Some(UnixStream::from(fd.try_clone()?)),
+                    None => None,
+                };
+                inbound.channel.set(kept);
+            }
+            (Some(inbound), SET_VRING_BASE) if size >= 8 => {
+                (inbound.ring_base)(
+                    word(&message, HEADER_BYTES),
+                    word(&message, HEADER_BYTES + 4),
+                );
+            }
+            _ => {}
+        }
+        send(to, &message, &fds)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::sync::Mutex;
+
+    fn message(request: u32, payload: &[u8]) -> Vec<u8> {
+        let mut bytes = request.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&VERSION_1.to_le_bytes());
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(payload);
+        bytes
+    }
+
+    #[test]
+    fn messages_and_descriptors_pass_and_the_backend_channel_is_kept() {
+        let (vmm, vmm_end) = UnixStream::pair().unwrap();
+        let (daemon_end, daemon) = UnixStream::pair().unwrap();
+        let channel = BackendChannel::default();
+        let bases = Mutex::new(Vec::new());
+        let record = |index: u32, base: u32| bases.lock().unwrap().push((index, base));
+        let inbound = Inbound {
+            channel: &channel,
+            ring_base: &record,
+        };
+        let (backend_ours, mut backend_vmm) = UnixStream::pair().unwrap();
+        let mut ring_base = 1u32.to_le_bytes().to_vec();
+        ring_base.extend_from_slice(&77u32.to_le_bytes());
+        std::thread::scope(|scope| {
+            let relayed = scope.spawn(|| relay(&vmm_end, &daemon_end, Some(&inbound)));
+            send(&vmm, &message(1, &[]), &[]).unwrap();
+            send(&vmm, &message(SET_VRING_BASE, &ring_base), &[]).unwrap();
+            let descriptor = OwnedFd::from(backend_ours.try_clone().unwrap());
+            send(
+                &vmm,
+                &message(SET_BACKEND_REQ_FD, &7u64.to_le_bytes()),
+                &[descriptor],
+            )
+            .unwrap();
+            let mut fds = Vec::new();
+            let mut first = vec![0u8; HEADER_BYTES];
+            assert!(receive(&daemon, &mut first, &mut fds).unwrap());
+            assert_eq!(first, message(1, &[]));
+            let mut base = vec![0u8; HEADER_BYTES + 8];
+            assert!(receive(&daemon, &mut base, &mut fds).unwrap());
+            assert_eq!(base, message(SET_VRING_BASE, &ring_base));
+            let mut second = vec![0u8; HEADER_BYTES + 8];
+            assert!(receive(&daemon, &mut second, &mut fds).unwrap());
+            assert_eq!(second, message(SET_BACKEND_REQ_FD, &7u64.to_le_bytes()));
+            assert_eq!(fds.len(), 1, "the descriptor reaches the daemon");
+            assert_ne!(fds[0].as_raw_fd(), backend_ours.as_raw_fd());
+            drop(vmm);
+            relayed.join().unwrap().unwrap();
+        });
+        assert_eq!(*bases.lock().unwrap(), vec![(1, 77)]);
+        assert!(channel.config_changed().unwrap());
+        let mut notice = [0u8; HEADER_BYTES];
+        backend_vmm.read_exact(&mut notice).unwrap();
+        assert_eq!(notice.to_vec(), message(CONFIG_CHANGE_MSG, &[]));
+        channel.clear();
+        assert!(!channel.config_changed().unwrap());
+    }
+
+    #[test]
+    fn an_oversized_message_ends_the_relay() {
+        let (vmm, vmm_end) = UnixStream::pair().unwrap();
+        let (daemon_end, _daemon) = UnixStream::pair().unwrap();
+        let mut header = message(5, &[]);
+        header[8..12].copy_from_slice(&(MAX_PAYLOAD as u32 + 1).to_le_bytes());
+        send(&vmm, &header, &[]).unwrap();
+        assert_eq!(
+            relay(&vmm_end, &daemon_end, None).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+    }
+}

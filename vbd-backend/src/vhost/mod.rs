@@ -1,0 +1,230 @@
+//! vhost-user-blk sockets of guest VBDs, served with the rust-vmm crates. One connection at
+//! a time: a second is refused (closed) while the first lasts. Each connection gets a fresh
+//! vhost-user daemon, with its own queue threads, joined when the VMM goes.
+//!
+//! A VMM whose backend went away (killed, or stopped) and that reconnects (QEMU's
+//! `-chardev socket,...,reconnect=1`) resumes its rings where its guest left them, without
+//! resetting the device. A restarted backend cannot know what that guest believes about
+//! the disk, so every request of such a connection fails with `VIRTIO_BLK_S_IOERR`: the
+//! guest sees errors, never another VBD's data under the old name. The errors last until
+//! the guest resets the device (its rings start at 0 again, and it reads the disk afresh).
+//! Only a VMM that this socket's VBD saw start its rings (same process, rings at 0) is
+//! trusted to resume.
+
+mod bridge;
+mod device;
+mod request;
+
+use std::io;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use vhost_user_backend::VhostUserDaemon;
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+
+use self::bridge::{BackendChannel, Inbound};
+use self::device::{BlockDevice, DeviceTarget};
+use crate::service::Shared;
+use crate::threads::{Connections, VbdSocket};
+use crate::vbd::VbdState;
+
+/// One guest VBD's vhost-user-blk socket.
+pub struct Export {
+    pub socket: VbdSocket,
+    session: Arc<Session>,
+}
+
+/// What the connections of one socket share.
+struct Session {
+    target: Arc<DeviceTarget>,
+    channel: BackendChannel,
+    /// Where the private sockets between the relay and the daemon are made.
+    directory: PathBuf,
+    /// The VMM processes whose rings started at 0 on this socket: they may resume.
+    started_by: Mutex<Vec<u32>>,
+}
+
+impl Export {
+    pub fn start(
+        shared: Arc<Shared>,
+        state: VbdState,
+        name: String,
+        listener: UnixListener,
+    ) -> io::Result<Export> {
+        let directory = listener
+            .local_addr()?
+            .as_pathname()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .ok_or_else(|| io::Error::other("the socket has no directory"))?;
+        let label = format!("dom{}/{name}.sock", state.id().domain);
+        let serial = if state.label.is_empty() {
+            name
+        } else {
+            state.label.to_string()
+        };
+        let session = Arc::new(Session {
+            target: Arc::new(DeviceTarget {
+                shared,
+                vbd: state.vbd,
+                writable: state.writable,
+                serial,
+                name: label.clone(),
+            }),
+            channel: BackendChannel::default(),
+            directory,
+            started_by: Mutex::new(Vec::new()),
+        });
+        let serving = session.clone();
+        let connections = Connections::serve(label.clone(), listener, 1, move |stream| {
+            if let Err(error) = serving.serve(stream) {
+                eprintln!("vbd-backend: {label}: connection ended: {error}");
+            }
+        })?;
+        Ok(Export {
+            socket: VbdSocket::new(connections),
+            session,
+        })
+    }
+
+    /// The VBD's size changed: tell the VMM to re-read the config space.
+    pub fn resized(&self) {
+        match self.session.channel.config_changed() {
+            Ok(true) | Ok(false) => {}
+            Err(error) => eprintln!("vbd-backend: cannot signal a config change: {error}"),
+        }
+    }
+}
+
+/// The rings of one connection that were resumed where this backend did not start them: a
+/// bit per ring index (indices past 63 share the last bit, and the daemon refuses them).
+#[derive(Debug, Default)]
+pub struct ResumedRings {
+    rings: AtomicU64,
+}
+
+impl ResumedRings {
+    /// Whether any ring is resumed: then the guest's view of the disk is unknown here.
+    pub fn any(&self) -> bool {
+        self.rings.load(Ordering::Acquire) != 0
+    }
+
+    fn bit(index: u32) -> u64 {
+        1 << index.min(63)
+    }
+
+    /// Ring `index` resumes elsewhere than at 0; `true` if it is the first such ring.
+    fn resume(&self, index: u32) -> bool {
+        self.rings.fetch_or(Self::bit(index), Ordering::AcqRel) == 0
+    }
+
+    /// Ring `index` starts at 0: the driver (re)started it.
+    fn start(&self, index: u32) {
+        self.rings.fetch_and(!Self::bit(index), Ordering::AcqRel);
+    }
+}
+
+/// Private socket names are unique within the process.
+static BRIDGES: AtomicU64 = AtomicU64::new(0);
+
+impl Session {
+    fn started_by(&self) -> std::sync::MutexGuard<'_, Vec<u32>> {
+        self.started_by
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Serve one VMM connection until it ends.
+    fn serve(&self, vmm: UnixStream) -> io::Result<()> {
+        let vmm_process = rustix::net::sockopt::socket_peercred(&vmm)?
+            .pid
+            .as_raw_nonzero()
+            .get() as u32;
+        let trusted = self.started_by().contains(&vmm_process);
+        let resumed = Arc::new(ResumedRings::default());
+        let started = AtomicBool::new(false);
+        let ring_base = |index: u32, base: u32| {
+            if base == 0 {
+                started.store(true, Ordering::Release);
+                resumed.start(index);
+            } else if !trusted && resumed.resume(index) {
+                eprintln!(
+                    "vbd-backend: {}: VMM process {vmm_process} resumes ring {index} at {base}, which this backend did not start (a VMM reconnecting after a restart?): its requests fail until the guest resets the device",
+                    self.target.name
+                );
+            }
+        };
+        let memory = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());
+        let device = Arc::new(BlockDevice::new(
+            self.target.clone(),
+            memory.clone(),
+            resumed.clone(),
+        ));
+        let mut daemon = VhostUserDaemon::new(self.target.serial.clone(), device, memory)
+            .map_err(|error| io::Error::other(error.to_string()))?;
+        let daemon_side = self.connect_daemon(&mut daemon)?;
+        let watch = Inbound {
+            channel: &self.channel,
+            ring_base: &ring_base,
+        };
+        let result = thread::scope(|scope| {
+            let inbound = scope.spawn(|| bridge::relay(&vmm, &daemon_side, Some(&watch)));
+            let outbound = bridge::relay(&daemon_side, &vmm, None);
+            let inbound = inbound
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("relay panicked")));
+            outbound.and(inbound)
+        });
+        self.channel.clear();
+        // The daemon's thread sees its connection end; dropping it joins the queue threads,
+        // each after the request it was serving.
+        let waited = match daemon.wait() {
+            // The VMM going away is how every connection ends.
+            Ok(())
+            | Err(vhost_user_backend::Error::HandleRequest(
+                vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+            )) => Ok(()),
+            Err(error) => Err(io::Error::other(error.to_string())),
+        };
+        drop(daemon);
+        if started.load(Ordering::Acquire) && !resumed.any() && !trusted {
+            self.started_by().push(vmm_process);
+        }
+        result.and(waited)
+    }
+
+    /// Connect the daemon to a private socket, accept it, and check it is this process.
+    fn connect_daemon(
+        &self,
+        daemon: &mut VhostUserDaemon<Arc<BlockDevice>>,
+    ) -> io::Result<UnixStream> {
+        let path = self.directory.join(format!(
+            ".{}.{}.{}.bridge",
+            self.target.serial,
+            std::process::id(),
+            BRIDGES.fetch_add(1, Ordering::Relaxed)
+        ));
+        let listener = UnixListener::bind(&path)?;
+        let connected = path
+            .to_str()
+            .ok_or_else(|| io::Error::other("a socket path that is not UTF-8"))
+            .and_then(|text| {
+                daemon
+                    .start_client(text)
+                    .map_err(|error| io::Error::other(error.to_string()))
+            });
+        let accepted = connected.and_then(|()| listener.accept());
+        let _ = std::fs::remove_file(&path);
+        let (stream, _) = accepted?;
+        let peer = rustix::net::sockopt::socket_peercred(&stream)?;
+        if peer.pid.as_raw_nonzero().get() as u32 != std::process::id() {
+            return Err(io::Error::other(
+                "another process connected to the private socket",
+            ));
+        }
+        Ok(stream)
+    }
+}
