@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use super::guest_io::{GuestIo, Target, Workload};
 use super::qemu_io::QemuIo;
-use super::threads::Threads;
+use super::threads::{Rates, Threads};
 
 /// One VBD size of the translation bench, nanoseconds per request (criterion medians).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -62,6 +62,15 @@ fn object<K: ToString>(pairs: impl IntoIterator<Item = (K, Value)>) -> Value {
             .map(|(key, value)| (key.to_string(), value))
             .collect::<Map<_, _>>(),
     )
+}
+
+/// `{"1": .., "2": .., "speedup": ..}`: translations per second on one reader and on two.
+fn rates(rates: &Rates) -> Value {
+    object([
+        ("1", number(rates.one)),
+        ("2", number(rates.two)),
+        ("speedup", number(rates.speedup)),
+    ])
 }
 
 /// `{"1": .., "16": ..}` of one column of the translation rows.
@@ -120,13 +129,14 @@ pub fn render_json(summary: &Summary) -> String {
             by_extents(&summary.translate, |row| row.slice_walk),
         ),
         ("setextents_us", number(summary.setextents_us)),
+        ("translate_threads", rates(&summary.threads.spinning)),
         (
-            "translate_threads",
-            object([
-                ("1", number(summary.threads.one)),
-                ("2", number(summary.threads.two)),
-                ("speedup", number(summary.threads.speedup)),
-            ]),
+            "translate_threads_writer_yields",
+            rates(&summary.threads.yielding),
+        ),
+        (
+            "translate_threads_no_writer",
+            rates(&summary.threads.no_writer),
         ),
         (
             "writer_changes",
@@ -139,6 +149,10 @@ pub fn render_json(summary: &Summary) -> String {
         (
             "writer_wait_us_max",
             number(summary.threads.writer_wait_us_max),
+        ),
+        (
+            "yielding_writer_wait_us_max",
+            number(summary.threads.yielding_writer_wait_us_max),
         ),
         ("create_ms_16384", number(summary.create_ms_16384)),
         ("format_ms_65536", number(summary.format_ms_65536)),

@@ -8,7 +8,7 @@ use super::median_of;
 use super::qemu_io::QemuIo;
 use super::summary::{render_json, Summary, TranslateRow};
 use super::table::{goals, render_table};
-use super::threads::Threads;
+use super::threads::{Rates, Threads};
 
 fn summary() -> Summary {
     let mut medians = BTreeMap::new();
@@ -68,12 +68,25 @@ fn summary() -> Summary {
         ],
         setextents_us: 110.25,
         threads: Threads {
-            one: 3.0e7,
-            two: 5.7e7,
-            speedup: 1.9,
+            spinning: Rates {
+                one: 3.0e7,
+                two: 5.7e7,
+                speedup: 1.9,
+            },
+            yielding: Rates {
+                one: 3.0e7,
+                two: 4.5e7,
+                speedup: 1.5,
+            },
+            no_writer: Rates {
+                one: 3.2e7,
+                two: 6.0e7,
+                speedup: 1.875,
+            },
             writer_changes: 1000,
             writer_wait_us_median: 105.0,
             writer_wait_us_max: 950.5,
+            yielding_writer_wait_us_max: 700.0,
         },
         create_ms_16384: 80.0,
         format_ms_65536: 150.125,
@@ -105,6 +118,9 @@ fn the_summary_has_the_issue_keys_one_a_line() {
     assert_eq!(document["translate_ns"]["1"], 9.0);
     assert_eq!(document["translate_by_name_ns"]["4096"], 24.0);
     assert_eq!(document["translate_threads"]["speedup"], 1.9);
+    assert_eq!(document["translate_threads_writer_yields"]["2"], 4.5e7);
+    assert_eq!(document["translate_threads_no_writer"]["speedup"], 1.875);
+    assert_eq!(document["yielding_writer_wait_us_max"], 700.0);
     assert_eq!(document["writer_wait_us_max"], 950.5);
     assert_eq!(document["setextents_us"], 110.25);
     assert_eq!(document["validate_ms_10k"], 0.972);
