@@ -3,8 +3,21 @@
 //! while a third thread replaces 1024 extents of another VBD every millisecond, and how
 //! long that writer waits for each change (from asking to a complete fence).
 //!
+//! Each reader's I/O context yields while a change is under way
+//! (`relaxing_with(std::thread::yield_now)`), as vbd-backend's I/O threads do. The writer
+//! waits for each fence spinning, as a bare-metal hypervisor with a core to itself would:
+//! that is the figure. Beside it, in the same rounds, the same with the writer yielding its
+//! CPU while it waits (as vbd-backend, an OS process, does) and with no writer at all, so
+//! that what the writer costs shows: on a machine with no more cores than readers, a
+//! spinning writer waits for a reader it has itself preempted.
+//!
+//! The runs alternate, several rounds of each (the order reversed every round), and each
+//! rate is the median of its rounds, so a change in the machine's load during the bench
+//! weighs on all alike. The writer's waits are those of every round.
+//!
 //! Not a criterion bench: criterion times one thread. Prints one JSON object, and writes it
-//! to `<target>/bench/threads.json` for `cargo xtask bench`. `--quick` runs shorter.
+//! to `<target>/bench/threads.json` for `cargo xtask bench`. `--quick` runs fewer, shorter
+//! rounds.
 
 mod common;
 
@@ -41,9 +54,17 @@ fn extents(random: &mut Random, first: u64, count: u64) -> Vec<Extent> {
     list
 }
 
-fn set(domain: u32, list: &[Extent]) -> Duration {
+/// How the writer waits for a change's fence, if there is a writer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Writer {
+    Spins,
+    Yields,
+    Absent,
+}
+
+fn set(domain: u32, list: &[Extent], writer: Writer) -> Duration {
     let asked = Instant::now();
-    TABLE
+    let fence = TABLE
         .set_extents(
             DOM0,
             id(domain),
@@ -51,14 +72,23 @@ fn set(domain: u32, list: &[Extent]) -> Duration {
             SharingLevel::ReadersOnly,
         )
         .expect("the lists share nothing")
-        .fence
-        .wait(std::hint::spin_loop);
+        .fence;
+    if writer == Writer::Yields {
+        fence.wait(std::thread::yield_now);
+    } else {
+        fence.wait(std::hint::spin_loop);
+    }
     asked.elapsed()
 }
 
 /// Translate random 8-sector requests on `domain`'s VBD until `stop`; returns how many.
 fn reader(domain: u32, stop: &AtomicBool) -> u64 {
-    let context = TABLE.io_context().expect("a free context");
+    // Waiting out a change yielding, as vbd-backend's I/O threads do: a reader that spun
+    // could hold the core the writer it waits for was preempted from.
+    let context = TABLE
+        .io_context()
+        .expect("a free context")
+        .relaxing_with(std::thread::yield_now);
     let vbd = TABLE.pin(DOM0, id(domain)).expect("the VBD exists");
     let mut random = Random::new(0x5EED_0100 + u64::from(domain));
     let requests: Vec<Request> = (0..4096)
@@ -81,9 +111,14 @@ fn reader(domain: u32, stop: &AtomicBool) -> u64 {
     done
 }
 
-/// Run `readers` readers for `length` beside the writer; translations per second, and the
+/// Run `readers` readers for `length` beside `writer`; translations per second, and the
 /// writer's waits.
-fn run(readers: u32, length: Duration, lists: &[Vec<Extent>; 2]) -> (f64, Vec<Duration>) {
+fn run(
+    readers: u32,
+    length: Duration,
+    lists: &[Vec<Extent>; 2],
+    writer: Writer,
+) -> (f64, Vec<Duration>) {
     let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let workers: Vec<_> = (1..=readers)
@@ -97,7 +132,9 @@ fn run(readers: u32, length: Duration, lists: &[Vec<Extent>; 2]) -> (f64, Vec<Du
         let mut next = started;
         while started.elapsed() < length {
             next += Duration::from_millis(1);
-            waits.push(set(3, &lists[waits.len() % 2]));
+            if writer != Writer::Absent {
+                waits.push(set(3, &lists[waits.len() % 2], writer));
+            }
             if let Some(pause) = next.checked_duration_since(Instant::now()) {
                 std::thread::sleep(pause);
             }
@@ -112,6 +149,12 @@ fn run(readers: u32, length: Duration, lists: &[Vec<Extent>; 2]) -> (f64, Vec<Du
     })
 }
 
+/// The median of an odd number of values.
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 fn main() {
     let quick = std::env::args().any(|argument| argument == "--quick");
     // `cargo bench` passes `--bench`; a filter that names another bench skips this one.
@@ -121,7 +164,12 @@ fn main() {
     {
         return;
     }
-    let length = Duration::from_millis(if quick { 1000 } else { 3000 });
+    // Odd, so each median is one round's rate.
+    let (rounds, length) = if quick {
+        (3, Duration::from_millis(500))
+    } else {
+        (7, Duration::from_millis(1500))
+    };
     TABLE
         .register_disk(Disk {
             device: hda(),
@@ -134,8 +182,12 @@ fn main() {
             .create(DOM0, id(domain), Mode::READ | Mode::WRITE, Label::EMPTY)
             .unwrap();
     }
-    set(1, &extents(&mut random, 0, READER_EXTENTS));
-    set(2, &extents(&mut random, READER_EXTENTS, READER_EXTENTS));
+    set(1, &extents(&mut random, 0, READER_EXTENTS), Writer::Spins);
+    set(
+        2,
+        &extents(&mut random, READER_EXTENTS, READER_EXTENTS),
+        Writer::Spins,
+    );
     let lists = [
         extents(&mut random, 2 * READER_EXTENTS, WRITER_EXTENTS),
         extents(
@@ -144,20 +196,53 @@ fn main() {
             WRITER_EXTENTS,
         ),
     ];
-    set(3, &lists[1]);
-    let (one, mut waits) = run(1, length, &lists);
-    let (two, more) = run(2, length, &lists);
-    waits.extend(more);
-    waits.sort_unstable();
+    set(3, &lists[1], Writer::Spins);
+    let writers = [Writer::Spins, Writer::Yields, Writer::Absent];
+    // One and two readers beside each writer: rates[2 * writer] and rates[2 * writer + 1].
+    let runs: Vec<(u32, Writer)> = writers
+        .iter()
+        .flat_map(|&writer| [(1, writer), (2, writer)])
+        .collect();
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); runs.len()];
+    let mut waits: Vec<Vec<Duration>> = vec![Vec::new(); writers.len()];
+    for round in 0..rounds {
+        let order: Vec<usize> = if round % 2 == 0 {
+            (0..runs.len()).collect()
+        } else {
+            (0..runs.len()).rev().collect()
+        };
+        for index in order {
+            let (readers, writer) = runs[index];
+            let (rate, run_waits) = run(readers, length, &lists, writer);
+            rates[index].push(rate);
+            let writer_index = writers.iter().position(|&each| each == writer).unwrap();
+            waits[writer_index].extend(run_waits);
+        }
+    }
+    let mut threads = |writer_index: usize| {
+        let one = median(&mut rates[2 * writer_index]);
+        let two = median(&mut rates[2 * writer_index + 1]);
+        format!(
+            "{{\"1\": {one:.0}, \"2\": {two:.0}, \"speedup\": {:.3}}}",
+            two / one
+        )
+    };
     let microseconds = |duration: &Duration| duration.as_secs_f64() * 1e6;
+    for list in &mut waits {
+        list.sort_unstable();
+    }
+    let (spinning, yielding) = (&waits[0], &waits[1]);
+    let figures = [threads(0), threads(1), threads(2)];
     let json = format!(
-        "{{\"translate_threads\": {{\"1\": {:.0}, \"2\": {:.0}, \"speedup\": {:.3}}}, \"writer_changes\": {}, \"writer_wait_us_median\": {:.1}, \"writer_wait_us_max\": {:.1}}}",
-        one,
-        two,
-        two / one,
-        waits.len(),
-        microseconds(&waits[waits.len() / 2]),
-        microseconds(waits.last().unwrap())
+        "{{\"translate_threads\": {}, \"translate_threads_writer_yields\": {}, \"translate_threads_no_writer\": {}, \"rounds\": {rounds}, \"seconds_per_run\": {:.1}, \"writer_changes\": {}, \"writer_wait_us_median\": {:.1}, \"writer_wait_us_max\": {:.1}, \"yielding_writer_wait_us_max\": {:.1}}}",
+        figures[0],
+        figures[1],
+        figures[2],
+        length.as_secs_f64(),
+        spinning.len(),
+        microseconds(&spinning[spinning.len() / 2]),
+        microseconds(spinning.last().unwrap()),
+        microseconds(yielding.last().unwrap())
     );
     println!("{json}");
     let target = std::env::var_os("CARGO_TARGET_DIR")

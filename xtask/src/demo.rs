@@ -29,7 +29,7 @@ pub fn run(embedding: Embedding) -> Result<(), String> {
         Embedding::Backend => {
             let tools = guest::Tools {
                 vdisk,
-                backend: build_backend()?,
+                backend: build_backend(false)?,
                 artefacts,
             };
             guest::run(dir, &tools).map(drop)

@@ -8,7 +8,6 @@ mod demo;
 mod man;
 mod provision;
 mod qemu;
-mod qemu_io;
 mod test;
 
 use std::process::ExitCode;
@@ -17,8 +16,11 @@ const USAGE: &str = "\
 usage: cargo xtask <command> [options]
 
 commands:
-  bench [--quick]               criterion and vdisk benchmarks beside their baselines; prints
-                                a table, writes target/bench/summary.json (--quick: < 3 min)
+  bench [--quick]               every benchmark beside its baseline: criterion, hv-vbd's
+                                threads, vdisk, the test hypervisor's I/O, and fio in a real
+                                guest on vbd-backend, qemu-storage-daemon and QEMU's own
+                                virtio-blk; prints a table, writes target/bench/summary.json
+                                (--quick: under 5 minutes once built)
   demo [--bare-metal]           the HOWTO walkthrough, every command printed and checked: a
                                 real Linux guest boots from a VD served by vbd-backend
                                 (--bare-metal: dom1 of the test hypervisor reads it back)

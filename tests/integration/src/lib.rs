@@ -12,8 +12,8 @@ use host_tools::hypervisor::Hypervisor;
 use vbd_machine::guest::GuestArtefacts;
 use vbd_machine::process::output;
 use vbd_machine::{
-    build_backend, build_hypervisor, build_vdisk, workspace_root, Backend, DiskImages, DiskSpec,
-    Machine, MachineConfig, Vdisk,
+    build_backend, build_hypervisor, build_vdisk, workspace_root, write_devices, Backend,
+    DiskImages, DiskSpec, Machine, MachineConfig, Vdisk,
 };
 
 /// Build or fetch something once per test process; a failure fails every test that needs it.
@@ -40,7 +40,7 @@ pub fn vdisk_binary() -> &'static Path {
 /// The `vbd-backend` binary.
 pub fn backend_binary() -> &'static Path {
     static BACKEND: OnceLock<PathBuf> = OnceLock::new();
-    once(&BACKEND, "building vbd-backend", build_backend).as_path()
+    once(&BACKEND, "building vbd-backend", || build_backend(false)).as_path()
 }
 
 /// The guests' kernel, modules and busybox.
@@ -243,7 +243,7 @@ impl TestBackend {
     pub fn start(dir: &Path, disks: &[DiskSpec], options: &[&str]) -> TestBackend {
         let images = DiskImages::create(dir, disks).unwrap();
         let devices = dir.join("devices.toml");
-        images.write_devices(&devices).unwrap();
+        write_devices(&devices, images.devices()).unwrap();
         let mut test = TestBackend {
             dir: dir.to_path_buf(),
             images,

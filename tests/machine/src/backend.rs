@@ -1,20 +1,32 @@
 //! vbd-backend as dom0 runs it: started on a devices file and a socket directory, ready once
-//! its control socket answers, stopped with SIGTERM (a clean exit required) or killed with
-//! SIGKILL as a crash would kill it.
+//! its control socket answers, VBDs made on that socket from any extent list (as `vdisk
+//! --hv` makes them, with the host-tools client), stopped with SIGTERM (a clean exit
+//! required) or killed with SIGKILL as a crash would kill it.
 
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use host_tools::hypervisor::Hypervisor;
+use shared_abi::wire::Extent;
+use shared_abi::{DeviceNumber, Label, Mode, SharingLevel};
 
 use crate::process::Daemon;
 
 /// What the backend prints last when it stopped cleanly.
 const STOPPED: &str = "vbd-backend: stopped";
 
+/// How long a stop may take: the backend finishes the requests in flight and flushes the
+/// disks, which after a benchmark's writes to hundreds of MiB of images takes a while.
+const STOP_LIMIT: Duration = Duration::from_secs(30);
+
 /// A running `vbd-backend`. Dropping it stops the backend.
 pub struct Backend {
     daemon: Daemon,
     dir: PathBuf,
+    /// dom0's client on control.sock for [`Backend::attach`], connected at its first use and
+    /// kept, so that many VBDs are made over one connection.
+    control: Option<Hypervisor>,
 }
 
 impl Backend {
@@ -48,7 +60,13 @@ impl Backend {
         Ok(Backend {
             daemon,
             dir: dir.to_path_buf(),
+            control: None,
         })
+    }
+
+    /// The backend's process id (`setpriv` execs it), for its CPU time and memory in `/proc`.
+    pub fn pid(&self) -> u32 {
+        self.daemon.pid()
     }
 
     /// `unix:DIR/control.sock`, dom0's hypercall channel, as `vdisk --hv` takes it.
@@ -75,12 +93,46 @@ impl Backend {
         )
     }
 
+    /// Make a read-write VBD `vdevice` of guest domain `domain` (at least 1) from `extents`,
+    /// labelled `label`, on control.sock, and return its vhost-user-blk socket once it exists.
+    pub fn attach(
+        &mut self,
+        domain: u32,
+        vdevice: DeviceNumber,
+        label: &str,
+        extents: &[Extent],
+    ) -> Result<PathBuf, String> {
+        let name = vdevice
+            .name()
+            .map_or_else(|| vdevice.to_string(), |name| name.to_string());
+        let what = format!("vbd-backend: attach {name} of domain {domain}");
+        let label = Label::new(label).map_err(|error| format!("{what}: label: {error}"))?;
+        let endpoint = self.endpoint();
+        let control = match &mut self.control {
+            Some(control) => control,
+            unconnected => unconnected.insert(
+                Hypervisor::connect(&endpoint).map_err(|error| format!("vbd-backend: {error}"))?,
+            ),
+        };
+        control
+            .create(domain, vdevice, Mode::READ | Mode::WRITE, label)
+            .and_then(|()| control.set_extents(domain, vdevice, extents, SharingLevel::ReadersOnly))
+            .map_err(|error| format!("{what}: {error}"))?;
+        let socket = self.vhost_user_socket(domain, &name);
+        self.daemon.wait_until(
+            &format!("making {}", socket.display()),
+            Duration::from_secs(10),
+            || socket.exists(),
+        )?;
+        Ok(socket)
+    }
+
     /// Stop the backend with SIGTERM and require what a clean stop is: exit status 0, the
     /// last line `vbd-backend: stopped`, and no control socket left behind. Returns all the
     /// backend printed.
     pub fn stop(self) -> Result<String, String> {
         let control = self.dir.join("control.sock");
-        let log = self.daemon.stop()?;
+        let log = self.daemon.stop(STOP_LIMIT)?;
         if log.lines().last() != Some(STOPPED) {
             return Err(format!(
                 "vbd-backend exited 0 but its log does not end `{STOPPED}`: {}",

@@ -49,10 +49,11 @@ pub fn build_vdisk(release: bool) -> Result<PathBuf, String> {
     build_binary("host-tools", "vdisk", release)
 }
 
-/// Build the `vbd-backend` daemon (debug: under TCG the guest, not the backend, is what is
-/// slow) and return its path.
-pub fn build_backend() -> Result<PathBuf, String> {
-    build_binary("vbd-backend", "vbd-backend", false)
+/// Build the `vbd-backend` daemon (`release` for the benchmarks; debug for the walkthrough
+/// and the tests, where under TCG the guest, not the backend, is what is slow) and return
+/// its path.
+pub fn build_backend(release: bool) -> Result<PathBuf, String> {
+    build_binary("vbd-backend", "vbd-backend", release)
 }
 
 fn build_binary(package: &str, binary: &str, release: bool) -> Result<PathBuf, String> {

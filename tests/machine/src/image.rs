@@ -1,6 +1,6 @@
 //! Sparse disk images partitioned with `sfdisk`.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -107,8 +107,8 @@ impl DiskSpec {
     }
 }
 
-/// Disk images made in one directory from their specs, and the devices file that names them
-/// (`vdisk --devices`, `vbd-backend --devices`).
+/// Disk images made in one directory from their specs; [`crate::write_devices`] names them
+/// in a devices file (`vdisk --devices`, `vbd-backend --devices`).
 #[derive(Clone, Debug)]
 pub struct DiskImages {
     disks: Vec<(DiskSpec, PathBuf)>,
@@ -138,38 +138,12 @@ impl DiskImages {
             .map(|(_, path)| path)
     }
 
-    /// The `[[disk]]` tables of a devices file: name, device number and image path, the path
-    /// relative to `base` when the image is below it (a devices file's relative paths are
-    /// relative to the file).
-    pub fn devices_toml(&self, base: Option<&Path>) -> String {
-        let mut toml = String::new();
-        for (disk, path) in self.iter() {
-            let path = base
-                .and_then(|base| path.strip_prefix(base).ok())
-                .unwrap_or(path);
-            toml.push_str(&format!(
-                "\n[[disk]]\nname = {}\ndevice = \"{}\"\npath = {}\n",
-                toml_string(&disk.name),
-                disk.device(),
-                toml_string(&path.display().to_string())
-            ));
-        }
-        toml
+    /// Each disk as a devices file names it, for [`crate::write_devices`]: its name, device
+    /// number and image.
+    pub fn devices(&self) -> impl Iterator<Item = (&str, DeviceNumber, &Path)> {
+        self.iter()
+            .map(|(disk, path)| (disk.name.as_str(), disk.device(), path))
     }
-
-    /// Write a devices file naming the disks to `path`.
-    pub fn write_devices(&self, path: &Path) -> Result<(), String> {
-        let toml = format!(
-            "# Written by vbd-machine: the disk images of one run.\n{}",
-            self.devices_toml(path.parent())
-        );
-        fs::write(path, toml).map_err(|error| format!("{}: {error}", path.display()))
-    }
-}
-
-/// A TOML basic string.
-pub(crate) fn toml_string(text: &str) -> String {
-    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 
 mod backend;
 mod build;
+mod devices;
 pub mod guest;
 mod image;
 mod machine;
@@ -18,6 +19,7 @@ pub mod walkthrough;
 
 pub use backend::Backend;
 pub use build::{build_backend, build_hypervisor, build_vdisk, target_directory, workspace_root};
+pub use devices::write_devices;
 pub use image::{default_partitions, DiskImages, DiskSpec};
 pub use machine::{Machine, MachineConfig, SUMMARY_PREFIX};
 pub use vdisk::Vdisk;

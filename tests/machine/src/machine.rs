@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use shared_abi::frame::{encode, FrameKind, HEADER_LEN, SHUTDOWN_EXIT_VALUE};
 
-use crate::image::{toml_string, DiskImages, DiskSpec};
+use crate::devices::{devices_toml, toml_string};
+use crate::image::{DiskImages, DiskSpec};
 use crate::process::{spawn_logged, tail, terminate};
 
 /// The console line the hypervisor prints once every port is served.
@@ -206,7 +207,7 @@ impl Machine {
         let mut toml = String::from(
             "# Written by vbd-machine: the disks and hypervisor ports of one QEMU machine.\n",
         );
-        toml.push_str(&self.disks.devices_toml(None));
+        toml.push_str(&devices_toml(self.disks.devices(), None));
         toml.push_str("\n[endpoints]\n");
         for domain in 0..3 {
             toml.push_str(&format!(

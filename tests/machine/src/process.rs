@@ -196,14 +196,14 @@ impl Daemon {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Stop the server with SIGTERM and require a clean exit (status 0) within 10 s; returns
-    /// all it printed.
-    pub fn stop(mut self) -> Result<String, String> {
+    /// Stop the server with SIGTERM and require a clean exit (status 0) within `limit`;
+    /// returns all it printed.
+    pub fn stop(mut self, limit: Duration) -> Result<String, String> {
         let child = self
             .child
             .take()
             .ok_or_else(|| format!("{} is not running", self.name))?;
-        let status = signal_and_wait(child, "TERM", Duration::from_secs(10))
+        let status = signal_and_wait(child, "TERM", limit)
             .map_err(|error| format!("{}: {error}", self.name))?;
         let log = self.log();
         if status.success() {

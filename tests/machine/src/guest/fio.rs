@@ -35,6 +35,10 @@ pub struct FioJob {
     pub pattern: Pattern,
     pub block_size: u32,
     pub iodepth: u32,
+    /// fio processes, each with `iodepth` in flight and reported together (`--numjobs`,
+    /// `--group_reporting`): more than one spreads the I/O over the guest's CPUs, and so
+    /// over a multi-queue device's queues.
+    pub jobs: u32,
     pub engine: Engine,
     pub runtime: Duration,
 }
@@ -67,6 +71,7 @@ impl FioJob {
             pattern,
             block_size,
             iodepth,
+            jobs: 1,
             engine: Engine::Libaio,
             runtime,
         }
@@ -90,10 +95,15 @@ impl FioJob {
             Engine::IoUring => "io_uring",
         };
         let output = format!("/tmp/fio-{}.json", self.name);
+        let jobs = if self.jobs > 1 {
+            format!(" --numjobs={} --group_reporting", self.jobs)
+        } else {
+            String::new()
+        };
         format!(
             "wait_for_host {key}\n\
              fio --name={name} --filename={device} --rw={pattern} --bs={block_size} \
-             --iodepth={iodepth} --ioengine={engine} --direct=1 --time_based \
+             --iodepth={iodepth}{jobs} --ioengine={engine} --direct=1 --time_based \
              --runtime={runtime}ms --eta=never --output-format=json --output={output}\n\
              result {key} \"$(tr -d '\\n' < {output})\"\n",
             name = self.name,
@@ -259,5 +269,9 @@ mod tests {
              --eta=never --output-format=json --output=/tmp/fio-qd32.json\n\
              result fio.qd32 \"$(tr -d '\\n' < /tmp/fio-qd32.json)\"\n"
         );
+        job.jobs = 2;
+        assert!(job
+            .guest_command("/dev/vdb")
+            .contains(" --iodepth=32 --numjobs=2 --group_reporting --ioengine=io_uring "));
     }
 }

@@ -1,6 +1,8 @@
 //! Real Linux guests in QEMU (TCG): Debian's cloud kernel, a busybox initramfs or an ext4
-//! root filesystem, vhost-user-blk and virtio-blk disks, and a line protocol on the console
-//! by which a guest reports results and the host decides whether the run passed.
+//! root filesystem, vhost-user-blk disks (vbd-backend, qemu-storage-daemon) and virtio-blk
+//! disks, and a line protocol on the console by which a guest reports results and the host
+//! decides whether the run passed; fio jobs, and the CPU time and resident memory of the
+//! servers behind the disks.
 //!
 //! ```no_run
 //! use vbd_machine::guest::{run_guest, GuestArtefacts, GuestConfig, GuestDisk, Initramfs, StorageDaemon};
@@ -24,6 +26,7 @@ mod artefacts;
 mod cpu;
 mod fio;
 mod initramfs;
+mod memory;
 mod report;
 mod rootfs;
 mod runner;
@@ -35,6 +38,7 @@ pub use artefacts::{guest_directory, Fio, GuestArtefacts, VIRTIO_MODULES};
 pub use cpu::process_cpu_time;
 pub use fio::{run_job, Engine, FioDirection, FioJob, FioReport, FioRun, Pattern};
 pub use initramfs::{fio_layer, Initramfs};
+pub use memory::process_resident_bytes;
 pub use report::GuestReport;
 pub use rootfs::RootFilesystem;
 pub use runner::{run_guest, Aio, Cache, Guest, GuestConfig, GuestDisk};

@@ -37,6 +37,27 @@ pub enum Aio {
     Native,
 }
 
+impl Cache {
+    /// QEMU's word for it (`cache=WORD`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cache::Writeback => "writeback",
+            Cache::None => "none",
+        }
+    }
+}
+
+impl Aio {
+    /// QEMU's word for it (`aio=WORD`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Aio::Threads => "threads",
+            Aio::IoUring => "io_uring",
+            Aio::Native => "native",
+        }
+    }
+}
+
 /// One disk of the guest; the guest sees them as `vda`, `vdb`, ... in this order.
 #[derive(Clone, Debug)]
 pub enum GuestDisk {
@@ -169,19 +190,14 @@ impl GuestConfig {
                     read_only,
                     queues,
                 } => {
-                    let cache = match cache {
-                        Cache::Writeback => "writeback",
-                        Cache::None => "none",
-                    };
-                    let aio = match aio {
-                        Aio::Threads => "threads",
-                        Aio::IoUring => "io_uring",
-                        Aio::Native if cache == "none" => "native",
-                        Aio::Native => return Err("aio=native needs cache=none".to_owned()),
-                    };
+                    if *aio == Aio::Native && *cache != Cache::None {
+                        return Err("aio=native needs cache=none".to_owned());
+                    }
                     command.arg("-drive").arg(format!(
-                        "file={},format=raw,if=none,id=disk{index},cache={cache},aio={aio},read-only={}",
+                        "file={},format=raw,if=none,id=disk{index},cache={},aio={},read-only={}",
                         image.display(),
+                        cache.as_str(),
+                        aio.as_str(),
                         if *read_only { "on" } else { "off" }
                     ));
                     command.arg("-device").arg(format!(

@@ -61,8 +61,8 @@ impl StorageDaemon {
         self.daemon.pid()
     }
 
-    /// Stop the daemon with SIGTERM and require a clean exit (status 0).
+    /// Stop the daemon with SIGTERM and require a clean exit (status 0) within 10 s.
     pub fn stop(self) -> Result<(), String> {
-        self.daemon.stop().map(drop)
+        self.daemon.stop(Duration::from_secs(10)).map(drop)
     }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::{check_clean, check_files, root_tree, shell};
 use crate::guest::{run_guest, GuestArtefacts, GuestConfig, GuestDisk, Initramfs, RootFilesystem};
-use crate::{Backend, DiskImages, DiskSpec, Vdisk};
+use crate::{write_devices, Backend, DiskImages, DiskSpec, Vdisk};
 
 /// Each disk: an 8 MiB partition, the 12 MiB one the pool gets, and the rest. A 16 MiB VD
 /// in 4 MiB extents takes the whole of hda2 and one extent of hdb2.
@@ -69,7 +69,7 @@ pub fn run(dir: &Path, tools: &Tools) -> Result<String, String> {
     };
     let images = DiskImages::create(dir, &[disk("hda"), disk("hdb")])?;
     let devices = dir.join("devices.toml");
-    images.write_devices(&devices)?;
+    write_devices(&devices, images.devices())?;
     shell(Command::new("cat").arg(&devices))?;
     let vdisk = Vdisk {
         binary: tools.vdisk.clone(),

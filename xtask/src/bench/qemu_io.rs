@@ -7,7 +7,7 @@ use std::process::Command;
 use vbd_machine::process::output;
 use vbd_machine::workspace_root;
 
-use crate::bench::number_after;
+use serde_json::Value;
 
 /// MiB each VBD is written then read: the 16, or 2 for `--quick`, since every byte
 /// crosses an emulated UART at a few hundred KiB/s.
@@ -46,9 +46,17 @@ pub fn measure(quick: bool) -> Result<QemuIo, String> {
         ])
         .args(["--mib", &mib.to_string()]);
     let result = output(&mut command)?;
-    let text = String::from_utf8_lossy(&result.stdout);
+    parse(&String::from_utf8_lossy(&result.stdout))
+}
+
+/// `qemu-io`'s one line of JSON.
+fn parse(printed: &str) -> Result<QemuIo, String> {
+    let document: Value = serde_json::from_str(printed.trim())
+        .map_err(|error| format!("qemu-io printed no JSON ({error}): {printed}"))?;
     let field = |key: &str| {
-        number_after(&text, key).ok_or_else(|| format!("qemu-io printed no {key}: {text}"))
+        document[key]
+            .as_f64()
+            .ok_or_else(|| format!("qemu-io printed no {key}: {printed}"))
     };
     Ok(QemuIo {
         single_extent: field("single_extent")?,
@@ -64,9 +72,16 @@ mod tests {
     fn the_figures_are_read_from_qemu_io_output() {
         let printed =
             "{\"single_extent\": 0.176, \"many_extents\": 0.191, \"extents\": 1024, \"mib\": 2}\n";
-        assert_eq!(number_after(printed, "single_extent"), Some(0.176));
-        assert_eq!(number_after(printed, "many_extents"), Some(0.191));
-        assert_eq!(number_after(printed, "missing"), None);
-        assert_eq!(number_after("{\"single_extent\": }", "single_extent"), None);
+        assert_eq!(
+            parse(printed),
+            Ok(QemuIo {
+                single_extent: 0.176,
+                many_extents: 0.191
+            })
+        );
+        assert_eq!(
+            parse("{\"single_extent\": 0.2}"),
+            Err("qemu-io printed no many_extents: {\"single_extent\": 0.2}".to_owned())
+        );
     }
 }
