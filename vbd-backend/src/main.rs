@@ -12,6 +12,7 @@ mod nbd;
 mod service;
 mod sys;
 mod threads;
+mod uring;
 mod vbd;
 mod vhost;
 

@@ -3,9 +3,10 @@
 //!
 //! Every socket and connection reaches its VBD through a [`VbdRef`] pinned when the socket
 //! was made, so once that VBD is deleted its requests fail with `ENOENT`, even after another
-//! of the same name is created. Every I/O runs inside [`Translator::with`], which holds the
-//! [`Translation`] (hv-vbd's in-flight registration) until the I/O is done: a change that
-//! removes the extents is answered only after it has finished. No lock is held meanwhile.
+//! of the same name is created. Every I/O holds its [`Translation`] (hv-vbd's in-flight
+//! registration) until it is done, inside [`Translator::with`] or, for a batch of requests
+//! in flight together, as [`Translator::translate_into`] returns it: a change that removes
+//! the extents is answered only after the I/O has finished. No lock is held meanwhile.
 
 use hv_vbd::{IoContext, Request, Segment, Translation, VbdId, VbdRef, VbdTable};
 use shared_abi::{DeviceNumber, Error, Label, DOM0};
@@ -122,6 +123,19 @@ impl Translator {
             self.segments.resize(room, Segment::default());
         }
         (&self.context, &mut self.segments)
+    }
+
+    /// Translate `request` on the pinned VBD into `out`, once: `E2BIG` when its segments do
+    /// not fit. The translation is registered as in flight until it is dropped, which may be
+    /// long after this returns (a batch holds many at once, each in a buffer of its own).
+    pub fn translate_into<'s>(
+        &self,
+        vbd: &VbdRef,
+        request: &Request,
+        out: &'s mut [Segment],
+    ) -> Result<Translation<'s, 'static>, Error> {
+        self.table
+            .translate_pinned(&self.context, vbd, request, out)
     }
 
     /// Translate `request` on the pinned VBD and run `io` with the translation, which stays

@@ -1,32 +1,25 @@
 //! The virtio-blk device behind one VBD's vhost-user socket: its features and config space,
-//! and the queue threads that turn each chain into a [`Request`], translate it through
-//! hv-vbd and move the data straight between guest memory and the disks while the
-//! translation is held.
+//! and the queue threads, each woken by its queue's kick to serve it ([`super::queue`]).
 //!
 //! Each queue has its own thread (`queues_per_thread` gives one queue per thread) with its
-//! own I/O context, which alone pops, serves and completes that queue's requests. Nothing a
-//! guest sends can stop a queue: every failure becomes a status byte, and `handle_event`
-//! only fails on errors of the vhost-user plumbing itself.
+//! own I/O context and io_uring, which alone pops, serves and completes that queue's
+//! requests. Nothing a guest sends can stop a queue: every failure becomes a status byte,
+//! and `handle_event` only fails on errors of the vhost-user plumbing itself.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use hv_vbd::{Access, VbdRef};
-use shared_abi::Error;
+use hv_vbd::VbdRef;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ,
-    VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_ID_BYTES,
-    VIRTIO_BLK_S_OK,
+    VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
 };
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::QueueT;
-use vm_memory::{
-    Address, Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap,
-};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
@@ -34,20 +27,16 @@ use vmm_sys_util::event::{
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{Immutable, IntoBytes, KnownLayout};
 
-use super::request::{
-    GuestBuffer, Operation, Range, Request, RequestError, MAX_SEGMENTS, MAX_SEGMENT_SECTORS,
-};
+use super::queue::{QueueTarget, QueueWorker};
+use super::request::{MAX_SEGMENTS, MAX_SEGMENT_SECTORS};
 use super::ResumedRings;
-use crate::block::BlockContext;
-use crate::disks::{DiskIo, Release};
 use crate::service::Shared;
-use crate::sys;
-use crate::vbd::{vbd_state, Translator};
+use crate::vbd::vbd_state;
 
 /// Descriptors per queue, and so the longest chain.
 pub const QUEUE_SIZE: u16 = 256;
 
-type Memory = GuestMemoryAtomic<GuestMemoryMmap<()>>;
+pub type Memory = GuestMemoryAtomic<GuestMemoryMmap<()>>;
 
 /// The virtio-blk config space up to the write-zeroes fields, little-endian and unaligned
 /// like the device's registers, so it has no padding.
@@ -114,8 +103,8 @@ pub struct BlockDevice {
     target: Arc<DeviceTarget>,
     memory: Memory,
     event_idx: AtomicBool,
-    /// One translator per queue thread, claimed at its first request.
-    translators: Vec<Mutex<Option<Translator>>>,
+    /// One worker per queue thread, made at its first request.
+    workers: Vec<Mutex<Option<QueueWorker>>>,
     /// Rings the VMM resumed where this backend did not start them; see [`super`].
     resumed: Arc<ResumedRings>,
 }
@@ -126,14 +115,14 @@ impl BlockDevice {
         memory: Memory,
         resumed: Arc<ResumedRings>,
     ) -> BlockDevice {
-        let translators = (0..target.shared.queues)
+        let workers = (0..target.shared.queues)
             .map(|_| Mutex::new(None))
             .collect();
         BlockDevice {
             target,
             memory,
             event_idx: AtomicBool::new(false),
-            translators,
+            workers,
             resumed,
         }
     }
@@ -155,209 +144,6 @@ impl BlockDevice {
             write_zeroes_may_unmap: 1,
             ..BlockConfig::default()
         }
-    }
-
-    /// Pop, serve and complete every available request of `vring`.
-    fn serve_queue(
-        &self,
-        vring: &VringRwLock<Memory>,
-        mut translator: Option<&mut Translator>,
-    ) -> io::Result<()> {
-        let memory = self.memory.memory();
-        let mut completed = false;
-        loop {
-            let Some(chain) = vring
-                .get_mut()
-                .get_queue_mut()
-                .pop_descriptor_chain(memory.clone())
-            else {
-                break;
-            };
-            let head = chain.head_index();
-            let used = self.serve_chain(chain, &*memory, translator.as_deref_mut());
-            vring.add_used(head, used).map_err(|error| {
-                io::Error::other(format!("cannot complete a request: {error:?}"))
-            })?;
-            completed = true;
-        }
-        let notify = vring
-            .needs_notification()
-            .map_err(|error| io::Error::other(format!("{error:?}")))?;
-        if completed && notify {
-            vring.signal_used_queue()?;
-        }
-        Ok(())
-    }
-
-    /// Serve one chain and return the bytes written to the guest (the used length).
-    fn serve_chain<I, M>(&self, chain: I, memory: &M, translator: Option<&mut Translator>) -> u32
-    where
-        I: IntoIterator<Item = virtio_queue::desc::split::Descriptor>,
-        M: GuestMemoryBackend,
-    {
-        let (status, result) = match Request::parse(chain, memory, usize::from(QUEUE_SIZE)) {
-            Ok(request) => (
-                request.status,
-                self.execute(&request.operation, memory, translator),
-            ),
-            Err(rejected) => match rejected.status {
-                Some(status) => (status, Err(rejected.error)),
-                // Nowhere to say what went wrong: complete it empty.
-                None => return 0,
-            },
-        };
-        let (code, written) = match result {
-            Ok(written) => (VIRTIO_BLK_S_OK as u8, written),
-            Err(error) => (error.status(), 0),
-        };
-        // The status address was checked in parsing; if the guest unmapped it since, there is
-        // nothing more to tell it.
-        let _ = memory.write_obj(code, status);
-        written.saturating_add(1)
-    }
-
-    /// Carry out a validated request; returns the data bytes written to the guest.
-    fn execute<M: GuestMemoryBackend>(
-        &self,
-        operation: &Operation,
-        memory: &M,
-        translator: Option<&mut Translator>,
-    ) -> Result<u32, RequestError> {
-        if self.target.shared.stopping() {
-            return Err(RequestError::Stopping);
-        }
-        if self.resumed.any() {
-            return Err(RequestError::Resumed);
-        }
-        let translator = translator.ok_or(RequestError::Refused(Error::NoSpace))?;
-        let vbd = &self.target.vbd;
-        match operation {
-            Operation::Read { sector, buffers } => {
-                self.transfer(Access::Read, *sector, buffers, memory, translator)
-            }
-            Operation::Write { sector, buffers } => {
-                self.transfer(Access::Write, *sector, buffers, memory, translator)
-            }
-            Operation::Flush => {
-                self.block(translator).flush(vbd)?;
-                Ok(0)
-            }
-            Operation::GetId { buffers } => {
-                vbd_state(self.target.shared.table, vbd)?;
-                Ok(self.write_id(buffers, memory))
-            }
-            Operation::Discard { ranges } => self.release(ranges, translator, |_| Release::Discard),
-            Operation::WriteZeroes { ranges } => {
-                self.release(ranges, translator, |range| Release::WriteZeroes {
-                    may_unmap: range.unmap,
-                })
-            }
-        }
-    }
-
-    /// Move a read's or write's data straight between the guest's buffers and the disks,
-    /// each piece at its translated offset, while the translation is held. Returns the
-    /// bytes written to the guest.
-    fn transfer<M: GuestMemoryBackend>(
-        &self,
-        access: Access,
-        sector: u64,
-        buffers: &[GuestBuffer],
-        memory: &M,
-        translator: &mut Translator,
-    ) -> Result<u32, RequestError> {
-        let total: u64 = buffers.iter().map(|buffer| u64::from(buffer.length)).sum();
-        let request = hv_vbd::Request::from_bytes(access, sector, total)?;
-        let disks = &self.target.shared.disks;
-        translator.with(&self.target.vbd, &request, |translation| {
-            let lengths = buffers.iter().map(|buffer| buffer.length as usize);
-            translation.transfers(lengths).try_for_each(|transfer| {
-                let transfer = transfer?;
-                // Inside a buffer that parsing checked against guest memory.
-                let address = buffers
-                    .get(transfer.buffer)
-                    .and_then(|buffer| buffer.address.checked_add(transfer.buffer_offset as u64))
-                    .ok_or(RequestError::BadGuestAddress)?;
-                let disk = disks
-                    .find(transfer.device)
-                    .map_err(|error| self.failed(error))?;
-                let mut offset = transfer.disk_offset;
-                for slice in memory.get_slices(address, transfer.length) {
-                    let slice = slice.map_err(|_| RequestError::BadGuestAddress)?;
-                    match access {
-                        Access::Read => sys::read_exact_at(disk.file(), offset, &slice),
-                        Access::Write => sys::write_all_at(disk.file(), offset, &slice),
-                    }
-                    .map_err(|error| self.failed(error))?;
-                    offset += slice.len() as u64;
-                }
-                Ok::<(), RequestError>(())
-            })
-        })??;
-        Ok(match access {
-            // At most `u32::MAX - 1`: parsing bounds a request's data.
-            Access::Read => total as u32,
-            Access::Write => 0,
-        })
-    }
-
-    /// The operations without guest data, on this thread's translator.
-    fn block<'a>(&'a self, translator: &'a mut Translator) -> BlockContext<'a> {
-        BlockContext {
-            translator,
-            io: DiskIo {
-                disks: &self.target.shared.disks,
-                channel: &self.target.name,
-            },
-        }
-    }
-
-    /// Write the serial, NUL-padded to `VIRTIO_BLK_ID_BYTES` and cut to the buffers.
-    fn write_id<M: GuestMemoryBackend>(&self, buffers: &[GuestBuffer], memory: &M) -> u32 {
-        let mut id = [0u8; VIRTIO_BLK_ID_BYTES as usize];
-        let serial = self.target.serial.as_bytes();
-        let count = serial.len().min(id.len());
-        id[..count].copy_from_slice(&serial[..count]);
-        let mut written = 0usize;
-        for buffer in buffers {
-            let count = (buffer.length as usize).min(id.len() - written);
-            if count == 0
-                || memory
-                    .write_slice(&id[written..written + count], buffer.address)
-                    .is_err()
-            {
-                break;
-            }
-            written += count;
-        }
-        written as u32
-    }
-
-    fn release(
-        &self,
-        ranges: &[Range],
-        translator: &mut Translator,
-        how: impl Fn(&Range) -> Release,
-    ) -> Result<u32, RequestError> {
-        let mut block = self.block(translator);
-        for range in ranges {
-            block.release(
-                &self.target.vbd,
-                range.sector,
-                u64::from(range.nr_sectors),
-                how(range),
-            )?;
-        }
-        Ok(0)
-    }
-
-    /// A disk failed: log it, since the guest learns no more than `VIRTIO_BLK_S_IOERR`.
-    fn failed(&self, failure: io::Error) -> RequestError {
-        eprintln!(
-            "vbd-backend: {}: disk I/O failed: {failure}",
-            self.target.name
-        );
-        RequestError::Io
     }
 }
 
@@ -442,19 +228,15 @@ impl VhostUserBackend for BlockDevice {
         let Some(vring) = vrings.get(usize::from(device_event)) else {
             return Ok(());
         };
-        let Some(slot) = self.translators.get(thread_id) else {
+        let Some(slot) = self.workers.get(thread_id) else {
             return Ok(());
         };
-        let mut translator = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if translator.is_none() {
-            match Translator::new(self.target.shared.table) {
-                Ok(claimed) => *translator = Some(claimed),
-                Err(error) => eprintln!(
-                    "vbd-backend: {}: queue {device_event} has no I/O context ({error}): its requests fail",
-                    self.target.name
-                ),
-            }
-        }
+        let mut worker = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let worker = worker.get_or_insert_with(|| QueueWorker::new(&self.target, device_event));
+        let queue = QueueTarget {
+            target: &self.target,
+            resumed: &self.resumed,
+        };
         let event_idx = self.event_idx.load(Ordering::Acquire);
         loop {
             if event_idx {
@@ -462,7 +244,7 @@ impl VhostUserBackend for BlockDevice {
                     .disable_notification()
                     .map_err(|error| io::Error::other(format!("{error:?}")))?;
             }
-            self.serve_queue(vring, translator.as_mut())?;
+            worker.serve(&queue, vring, &self.memory.memory())?;
             // With event-idx, requests that arrived while notifications were off are served
             // before sleeping again.
             let more = event_idx
@@ -473,82 +255,5 @@ impl VhostUserBackend for BlockDevice {
                 return Ok(());
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::disks::tests::two_disks;
-    use crate::vbd::tests::{create, empty_table, xvda};
-    use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_T_OUT};
-    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
-    use virtio_queue::desc::split::Descriptor;
-    use vm_memory::GuestAddress;
-
-    #[test]
-    fn requests_without_a_context_or_once_stopping_fail_and_touch_nothing() {
-        let (_directory, disks) = two_disks();
-        let table = empty_table();
-        let vbd = create(table, xvda(1), &[(0, 0, 8)], true, "vd:1");
-        let shared = Arc::new(Shared::new(table, disks, 1, 1));
-        let target = Arc::new(DeviceTarget {
-            shared: shared.clone(),
-            vbd,
-            writable: true,
-            serial: "vd:1".into(),
-            name: "dom1/xvda.sock".into(),
-        });
-        let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
-        let device = BlockDevice::new(
-            target,
-            GuestMemoryAtomic::new(memory.clone()),
-            Arc::new(ResumedRings::default()),
-        );
-        let mut header = VIRTIO_BLK_T_OUT.to_le_bytes().to_vec();
-        header.extend_from_slice(&[0; 12]);
-        memory.write_slice(&header, GuestAddress(0x100)).unwrap();
-        let chain = || {
-            vec![
-                Descriptor::new(0x100, 16, 0, 0),
-                Descriptor::new(0x1000, 512, 0, 0),
-                Descriptor::new(0x80, 1, VRING_DESC_F_WRITE as u16, 0),
-            ]
-        };
-        let status = || memory.read_obj::<u8>(GuestAddress(0x80)).unwrap();
-        let on_disk = || {
-            let mut sector = [0u8; 512];
-            shared
-                .disks
-                .iter()
-                .next()
-                .unwrap()
-                .read_exact_at(&mut sector, 0)
-                .unwrap();
-            sector[0]
-        };
-        let mut translator = Translator::new(table).unwrap();
-        memory
-            .write_slice(&[0xab; 512], GuestAddress(0x1000))
-            .unwrap();
-        assert_eq!(
-            device.serve_chain(chain(), &memory, Some(&mut translator)),
-            1
-        );
-        assert_eq!((status(), on_disk()), (VIRTIO_BLK_S_OK as u8, 0xab));
-
-        memory
-            .write_slice(&[0xcd; 512], GuestAddress(0x1000))
-            .unwrap();
-        assert_eq!(device.serve_chain(chain(), &memory, None), 1);
-        assert_eq!((status(), on_disk()), (VIRTIO_BLK_S_IOERR as u8, 0xab));
-
-        shared.stop();
-        memory.write_obj(0xffu8, GuestAddress(0x80)).unwrap();
-        assert_eq!(
-            device.serve_chain(chain(), &memory, Some(&mut translator)),
-            1
-        );
-        assert_eq!((status(), on_disk()), (VIRTIO_BLK_S_IOERR as u8, 0xab));
     }
 }

@@ -13,6 +13,7 @@
 
 mod bridge;
 mod device;
+mod queue;
 mod request;
 
 use std::io;

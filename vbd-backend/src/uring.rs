@@ -1,0 +1,339 @@
+//! io_uring for the queue threads: many reads and writes between the disks and guest memory
+//! in flight at once, each moved by the kernel straight into or out of the guest's pages.
+//! With `sys.rs`, the only `unsafe` of the backend.
+//!
+//! The kernel holds a transfer's addresses from submission until its completion, so no
+//! transfer may outlive the guest memory, the file or the `iovec` array it names. The only
+//! way to submit is [`Ring::batch`]: it lends a [`Batch`] bound to the lifetime `'m` of the
+//! memory and the files, and does not return, nor unwind, before every transfer the batch
+//! submitted has completed. The caller never owns a `Batch`, so it cannot forget one with
+//! transfers in flight.
+//!
+//! A transfer that moves fewer bytes than asked (a read that meets the end of the file, a
+//! signal) is resubmitted for the rest; one that moves nothing is an error, as a short
+//! `pread` is in `sys.rs`.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use vm_memory::volatile_memory::{PtrGuard, PtrGuardMut};
+use vm_memory::VolatileSlice;
+
+/// The most slices one transfer may take: the kernel's `UIO_MAXIOV`.
+pub const MAX_SLICES: usize = 1024;
+
+/// One queue thread's io_uring.
+pub struct Ring {
+    ring: IoUring,
+}
+
+impl Ring {
+    /// A ring with room for `entries` submissions at once (a power of two); more transfers
+    /// than the completion queue holds are never in flight together.
+    pub fn new(entries: u32) -> io::Result<Ring> {
+        Ok(Ring {
+            ring: IoUring::new(entries)?,
+        })
+    }
+
+    /// Lend `work` a batch on this ring; every transfer it submitted has completed when this
+    /// returns or unwinds.
+    pub fn batch<'m, R>(&mut self, work: impl FnOnce(&mut Batch<'_, 'm>) -> R) -> R {
+        let mut batch = Batch {
+            ring: &mut self.ring,
+            transfers: Vec::new(),
+            free: Vec::new(),
+            in_flight: 0,
+            finished: Vec::new(),
+            _memory: std::marker::PhantomData,
+        };
+        // `batch` drops after this, or while unwinding: `Batch::drop` waits for the kernel.
+        work(&mut batch)
+    }
+}
+
+/// Which way a transfer moves data, with its slices' pointer guards, kept for as long as
+/// the kernel may use the pointers.
+enum Guards {
+    Read { _guards: Vec<PtrGuardMut> },
+    Write { _guards: Vec<PtrGuard> },
+}
+
+/// One transfer: what the kernel is (or will be) told, and how far it got.
+struct Transfer {
+    token: u64,
+    fd: RawFd,
+    /// The file offset of the first byte not yet moved.
+    offset: u64,
+    /// The slices; `iovecs[first..]` are what is left, the first of them possibly cut.
+    iovecs: Vec<libc::iovec>,
+    first: usize,
+    /// Which way the data goes, and the slices' pointers.
+    guards: Guards,
+}
+
+/// Transfers between guest memory and files that live at least as long as `'m`, submitted
+/// together and completed in any order. Lent by [`Ring::batch`].
+pub struct Batch<'r, 'm> {
+    ring: &'r mut IoUring,
+    /// Slots by the `user_data` the kernel returns; `None` when free.
+    transfers: Vec<Option<Transfer>>,
+    free: Vec<usize>,
+    /// Transfers queued or submitted and not yet completed.
+    in_flight: usize,
+    /// Completed transfers the caller has not been told of yet.
+    finished: Vec<(u64, io::Result<()>)>,
+    _memory: std::marker::PhantomData<&'m ()>,
+}
+
+/// The transfers of a batch that completed, each with its token.
+pub type Finished = Vec<(u64, io::Result<()>)>;
+
+impl<'m> Batch<'_, 'm> {
+    /// Queue a read of `file` at byte `offset` filling `slices` in order; `token` comes back
+    /// with its completion. `EINVAL` (and nothing queued) past `i64::MAX` or with more than
+    /// [`MAX_SLICES`] slices.
+    pub fn read(
+        &mut self,
+        token: u64,
+        file: &'m File,
+        offset: u64,
+        slices: &[VolatileSlice<'m>],
+    ) -> io::Result<()> {
+        let guards: Vec<PtrGuardMut> = slices.iter().map(VolatileSlice::ptr_guard_mut).collect();
+        let iovecs = guards
+            .iter()
+            .map(|guard| libc::iovec {
+                iov_base: guard.as_ptr().cast(),
+                iov_len: guard.len(),
+            })
+            .collect();
+        self.queue(
+            token,
+            file,
+            offset,
+            iovecs,
+            Guards::Read { _guards: guards },
+        )
+    }
+
+    /// Queue a write of `slices`, in order, to `file` at byte `offset`; as [`Batch::read`].
+    pub fn write(
+        &mut self,
+        token: u64,
+        file: &'m File,
+        offset: u64,
+        slices: &[VolatileSlice<'m>],
+    ) -> io::Result<()> {
+        let guards: Vec<PtrGuard> = slices.iter().map(VolatileSlice::ptr_guard).collect();
+        let iovecs = guards
+            .iter()
+            .map(|guard| libc::iovec {
+                iov_base: guard.as_ptr().cast_mut().cast(),
+                iov_len: guard.len(),
+            })
+            .collect();
+        self.queue(
+            token,
+            file,
+            offset,
+            iovecs,
+            Guards::Write { _guards: guards },
+        )
+    }
+
+    /// Transfers queued or submitted and not yet reported finished.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Submit everything queued, wait until at least one transfer has finished (unless none
+    /// is in flight), and return every finished one. An error here is the ring's own, not a
+    /// transfer's.
+    pub fn finish_some(&mut self) -> io::Result<Finished> {
+        while self.finished.is_empty() && self.in_flight > 0 {
+            self.enter(1)?;
+            self.reap();
+        }
+        Ok(std::mem::take(&mut self.finished))
+    }
+
+    fn queue(
+        &mut self,
+        token: u64,
+        file: &'m File,
+        offset: u64,
+        iovecs: Vec<libc::iovec>,
+        guards: Guards,
+    ) -> io::Result<()> {
+        let total = iovecs
+            .iter()
+            .try_fold(0u64, |total, iovec| total.checked_add(iovec.iov_len as u64));
+        let fits = total
+            .and_then(|total| offset.checked_add(total))
+            .is_some_and(|end| i64::try_from(end).is_ok());
+        if !fits || iovecs.is_empty() || iovecs.len() > MAX_SLICES {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        // Never more in flight than the completion queue holds, so none is dropped or
+        // deferred by the kernel.
+        while self.in_flight >= self.ring.params().cq_entries() as usize {
+            self.enter(1)?;
+            self.reap();
+        }
+        let transfer = Transfer {
+            token,
+            fd: file.as_raw_fd(),
+            offset,
+            iovecs,
+            first: 0,
+            guards,
+        };
+        let index = match self.free.pop() {
+            Some(index) => {
+                self.transfers[index] = Some(transfer);
+                index
+            }
+            None => {
+                self.transfers.push(Some(transfer));
+                self.transfers.len() - 1
+            }
+        };
+        self.in_flight += 1;
+        self.push(index)
+    }
+
+    /// Put transfer `index`'s next step in the submission queue, making room if it is full.
+    fn push(&mut self, index: usize) -> io::Result<()> {
+        let Some(transfer) = &self.transfers[index] else {
+            return Ok(());
+        };
+        let entry = submission(transfer).user_data(index as u64);
+        while self.ring.submission().is_full() {
+            self.enter(0)?;
+        }
+        // SAFETY: the entry names `transfer.fd`, a file borrowed for `'m`, and guest memory
+        // of slices borrowed for `'m` (their pointers checked by vm-memory's constructors and
+        // their mappings held by `guards`), through `transfer.iovecs`, a heap array owned by
+        // this batch's slot `index` and left untouched until the transfer completes (the slot
+        // is freed or rewritten only after its completion is reaped). `'m` outlives the batch,
+        // and the batch does not go away before the kernel has completed every transfer
+        // (`Drop`), so nothing the kernel uses is freed or reused while it uses it.
+        let pushed = unsafe { self.ring.submission().push(&entry) };
+        pushed.map_err(|_| io::Error::other("the submission queue is full"))
+    }
+
+    /// `io_uring_enter`: submit what is queued and wait for `want` completions.
+    fn enter(&mut self, want: usize) -> io::Result<()> {
+        loop {
+            match self.ring.submit_and_wait(want) {
+                Ok(_) => return Ok(()),
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                // The completion queue is full: make room, then go on.
+                Err(error) if error.raw_os_error() == Some(libc::EBUSY) => self.reap(),
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Take every completion the kernel has posted: finished transfers are reported, short
+    /// ones go on where they stopped.
+    fn reap(&mut self) {
+        let completed: Vec<cqueue::Entry> = self.ring.completion().collect();
+        for completion in completed {
+            let index = completion.user_data() as usize;
+            let Some(transfer) = self.transfers.get_mut(index).and_then(Option::as_mut) else {
+                continue;
+            };
+            let result = match completion.result() {
+                moved if moved > 0 => match transfer.advance(moved as usize) {
+                    true => Ok(()),
+                    false => match self.push(index) {
+                        Ok(()) => continue,
+                        Err(error) => Err(error),
+                    },
+                },
+                0 => Err(match transfer.guards {
+                    Guards::Read { .. } => io::ErrorKind::UnexpectedEof.into(),
+                    Guards::Write { .. } => io::ErrorKind::WriteZero.into(),
+                }),
+                error if -error == libc::EINTR || -error == libc::EAGAIN => {
+                    match self.push(index) {
+                        Ok(()) => continue,
+                        Err(error) => Err(error),
+                    }
+                }
+                error => Err(io::Error::from_raw_os_error(-error)),
+            };
+            if let Some(transfer) = self.transfers[index].take() {
+                self.free.push(index);
+                self.in_flight -= 1;
+                self.finished.push((transfer.token, result));
+            }
+        }
+    }
+}
+
+impl Transfer {
+    /// Count `moved` more bytes done; `true` when nothing is left.
+    fn advance(&mut self, mut moved: usize) -> bool {
+        self.offset += moved as u64;
+        while let Some(iovec) = self.iovecs.get_mut(self.first) {
+            if moved < iovec.iov_len {
+                iovec.iov_base = iovec.iov_base.cast::<u8>().wrapping_add(moved).cast();
+                iovec.iov_len -= moved;
+                return false;
+            }
+            moved -= iovec.iov_len;
+            self.first += 1;
+        }
+        true
+    }
+}
+
+/// The submission entry for what is left of `transfer`: one buffer is a plain read or
+/// write, several a vectored one.
+fn submission(transfer: &Transfer) -> squeue::Entry {
+    let fd = types::Fd(transfer.fd);
+    let left = &transfer.iovecs[transfer.first..];
+    let read = matches!(transfer.guards, Guards::Read { .. });
+    match (read, left) {
+        (true, [one]) => opcode::Read::new(fd, one.iov_base.cast(), one.iov_len as u32)
+            .offset(transfer.offset)
+            .build(),
+        (false, [one]) => opcode::Write::new(fd, one.iov_base.cast(), one.iov_len as u32)
+            .offset(transfer.offset)
+            .build(),
+        (true, many) => opcode::Readv::new(fd, many.as_ptr(), many.len() as u32)
+            .offset(transfer.offset)
+            .build(),
+        (false, many) => opcode::Writev::new(fd, many.as_ptr(), many.len() as u32)
+            .offset(transfer.offset)
+            .build(),
+    }
+}
+
+impl Drop for Batch<'_, '_> {
+    fn drop(&mut self) {
+        // The caller normally waited for everything; on an early return or an unwind, the
+        // kernel must still be done with the memory before `'m` may end.
+        while self.in_flight > 0 {
+            if let Err(error) = self.enter(1) {
+                // A ring that can no longer be waited on may still write guest memory that is
+                // about to be unmapped: stopping the process is the only safe way out.
+                eprintln!("vbd-backend: cannot wait for the disk I/O in flight: {error}");
+                std::process::abort();
+            }
+            let completed: Vec<cqueue::Entry> = self.ring.completion().collect();
+            for completion in completed {
+                if let Some(slot) = self.transfers.get_mut(completion.user_data() as usize) {
+                    if slot.take().is_some() {
+                        self.in_flight -= 1;
+                    }
+                }
+            }
+        }
+    }
+}
