@@ -1,6 +1,13 @@
-//! io_uring for the queue threads: many reads and writes between the disks and guest memory
-//! in flight at once, each moved by the kernel straight into or out of the guest's pages.
-//! With `sys.rs`, the only `unsafe` of the backend.
+//! io_uring for the queue threads: many reads from the disks in flight at once, each moved
+//! by the kernel straight into the guest's pages. With `sys.rs`, the only `unsafe` of the
+//! backend.
+//!
+//! Reads only, because that is where it pays on these machines (ext4, kernel 6.18, buffered
+//! files), measured with fio on a cached image: 4 KiB random reads at depth 32 went from
+//! 11.9k IOPS with `pread` to 55k on io_uring, while 128 KiB buffered writes at depth 8 fell
+//! from 3.9 to 2.7 GB/s, with 40 000 context switches against 100: the kernel cannot write
+//! a buffered file without blocking, so io_uring hands every write to a worker thread.
+//! Writes therefore stay `pwrite`s on the queue thread ([`crate::sys`]).
 //!
 //! The kernel holds a transfer's addresses from submission until its completion, so no
 //! transfer may outlive the guest memory, the file or the `iovec` array it names. The only
@@ -9,16 +16,15 @@
 //! submitted has completed. The caller never owns a `Batch`, so it cannot forget one with
 //! transfers in flight.
 //!
-//! A transfer that moves fewer bytes than asked (a read that meets the end of the file, a
-//! signal) is resubmitted for the rest; one that moves nothing is an error, as a short
-//! `pread` is in `sys.rs`.
+//! A read that moves fewer bytes than asked (a signal, a file that ends) is resubmitted for
+//! the rest; one that moves nothing is an error, as a short `pread` is in `sys.rs`.
 
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
-use vm_memory::volatile_memory::{PtrGuard, PtrGuardMut};
+use vm_memory::volatile_memory::PtrGuardMut;
 use vm_memory::VolatileSlice;
 
 /// The most slices one transfer may take: the kernel's `UIO_MAXIOV`.
@@ -54,13 +60,6 @@ impl Ring {
     }
 }
 
-/// Which way a transfer moves data, with its slices' pointer guards, kept for as long as
-/// the kernel may use the pointers.
-enum Guards {
-    Read { _guards: Vec<PtrGuardMut> },
-    Write { _guards: Vec<PtrGuard> },
-}
-
 /// One transfer: what the kernel is (or will be) told, and how far it got.
 struct Transfer {
     token: u64,
@@ -70,11 +69,11 @@ struct Transfer {
     /// The slices; `iovecs[first..]` are what is left, the first of them possibly cut.
     iovecs: Vec<libc::iovec>,
     first: usize,
-    /// Which way the data goes, and the slices' pointers.
-    guards: Guards,
+    /// The slices' pointer guards, kept for as long as the kernel may use the pointers.
+    _guards: Vec<PtrGuardMut>,
 }
 
-/// Transfers between guest memory and files that live at least as long as `'m`, submitted
+/// Reads from files into guest memory, both living at least as long as `'m`, submitted
 /// together and completed in any order. Lent by [`Ring::batch`].
 pub struct Batch<'r, 'm> {
     ring: &'r mut IoUring,
@@ -110,38 +109,7 @@ impl<'m> Batch<'_, 'm> {
                 iov_len: guard.len(),
             })
             .collect();
-        self.queue(
-            token,
-            file,
-            offset,
-            iovecs,
-            Guards::Read { _guards: guards },
-        )
-    }
-
-    /// Queue a write of `slices`, in order, to `file` at byte `offset`; as [`Batch::read`].
-    pub fn write(
-        &mut self,
-        token: u64,
-        file: &'m File,
-        offset: u64,
-        slices: &[VolatileSlice<'m>],
-    ) -> io::Result<()> {
-        let guards: Vec<PtrGuard> = slices.iter().map(VolatileSlice::ptr_guard).collect();
-        let iovecs = guards
-            .iter()
-            .map(|guard| libc::iovec {
-                iov_base: guard.as_ptr().cast_mut().cast(),
-                iov_len: guard.len(),
-            })
-            .collect();
-        self.queue(
-            token,
-            file,
-            offset,
-            iovecs,
-            Guards::Write { _guards: guards },
-        )
+        self.queue(token, file, offset, iovecs, guards)
     }
 
     /// Transfers queued or submitted and not yet reported finished.
@@ -166,7 +134,7 @@ impl<'m> Batch<'_, 'm> {
         file: &'m File,
         offset: u64,
         iovecs: Vec<libc::iovec>,
-        guards: Guards,
+        guards: Vec<PtrGuardMut>,
     ) -> io::Result<()> {
         let total = iovecs
             .iter()
@@ -189,7 +157,7 @@ impl<'m> Batch<'_, 'm> {
             offset,
             iovecs,
             first: 0,
-            guards,
+            _guards: guards,
         };
         let index = match self.free.pop() {
             Some(index) => {
@@ -255,10 +223,7 @@ impl<'m> Batch<'_, 'm> {
                         Err(error) => Err(error),
                     },
                 },
-                0 => Err(match transfer.guards {
-                    Guards::Read { .. } => io::ErrorKind::UnexpectedEof.into(),
-                    Guards::Write { .. } => io::ErrorKind::WriteZero.into(),
-                }),
+                0 => Err(io::ErrorKind::UnexpectedEof.into()),
                 error if -error == libc::EINTR || -error == libc::EAGAIN => {
                     match self.push(index) {
                         Ok(()) => continue,
@@ -293,23 +258,15 @@ impl Transfer {
     }
 }
 
-/// The submission entry for what is left of `transfer`: one buffer is a plain read or
-/// write, several a vectored one.
+/// The submission entry for what is left of `transfer`: one buffer is a plain read,
+/// several a vectored one.
 fn submission(transfer: &Transfer) -> squeue::Entry {
     let fd = types::Fd(transfer.fd);
-    let left = &transfer.iovecs[transfer.first..];
-    let read = matches!(transfer.guards, Guards::Read { .. });
-    match (read, left) {
-        (true, [one]) => opcode::Read::new(fd, one.iov_base.cast(), one.iov_len as u32)
+    match &transfer.iovecs[transfer.first..] {
+        [one] => opcode::Read::new(fd, one.iov_base.cast(), one.iov_len as u32)
             .offset(transfer.offset)
             .build(),
-        (false, [one]) => opcode::Write::new(fd, one.iov_base.cast(), one.iov_len as u32)
-            .offset(transfer.offset)
-            .build(),
-        (true, many) => opcode::Readv::new(fd, many.as_ptr(), many.len() as u32)
-            .offset(transfer.offset)
-            .build(),
-        (false, many) => opcode::Writev::new(fd, many.as_ptr(), many.len() as u32)
+        many => opcode::Readv::new(fd, many.as_ptr(), many.len() as u32)
             .offset(transfer.offset)
             .build(),
     }
@@ -335,5 +292,156 @@ impl Drop for Batch<'_, '_> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+    /// A file of 64 KiB whose every byte is its offset's low byte plus one.
+    fn patterned_file() -> (tempfile::NamedTempFile, Vec<u8>) {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let bytes: Vec<u8> = (0..65536u32).map(|at| at as u8 ^ 0x5a).collect();
+        file.as_file().write_all_at(&bytes, 0).unwrap();
+        (file, bytes)
+    }
+
+    fn memory() -> GuestMemoryMmap<()> {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x20000)]).unwrap()
+    }
+
+    fn slice(memory: &GuestMemoryMmap<()>, at: u64, length: usize) -> VolatileSlice<'_> {
+        memory
+            .get_slices(GuestAddress(at), length)
+            .next()
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn reads_of_one_and_many_slices_land_in_order_and_each_reports_its_token() {
+        let (file, bytes) = patterned_file();
+        let memory = memory();
+        let mut ring = Ring::new(8).unwrap();
+        let mut finished = ring.batch(|batch| {
+            batch
+                .read(7, file.as_file(), 512, &[slice(&memory, 0x1000, 4096)])
+                .unwrap();
+            let scattered = [
+                slice(&memory, 0x8000, 100),
+                slice(&memory, 0x3000, 1000),
+                slice(&memory, 0x9000, 3000),
+            ];
+            batch.read(9, file.as_file(), 40000, &scattered).unwrap();
+            let mut finished = Vec::new();
+            while batch.in_flight() > 0 {
+                finished.extend(batch.finish_some().unwrap());
+            }
+            finished
+        });
+        finished.sort_by_key(|(token, _)| *token);
+        let tokens: Vec<(u64, bool)> = finished.iter().map(|(t, r)| (*t, r.is_ok())).collect();
+        assert_eq!(tokens, [(7, true), (9, true)]);
+        let read = |at: u64, length: usize| {
+            let mut out = vec![0; length];
+            memory.read_slice(&mut out, GuestAddress(at)).unwrap();
+            out
+        };
+        assert_eq!(read(0x1000, 4096), bytes[512..4608]);
+        assert_eq!(read(0x8000, 100), bytes[40000..40100]);
+        assert_eq!(read(0x3000, 1000), bytes[40100..41100]);
+        assert_eq!(read(0x9000, 3000), bytes[41100..44100]);
+        assert_eq!(read(0x8000 + 100, 4), [0; 4], "nothing past the slice");
+    }
+
+    #[test]
+    fn more_reads_than_the_ring_holds_all_complete() {
+        let (file, bytes) = patterned_file();
+        let memory = memory();
+        let mut ring = Ring::new(2).unwrap();
+        let done = ring.batch(|batch| {
+            for index in 0..64u64 {
+                let at = index * 1024;
+                batch
+                    .read(index, file.as_file(), at, &[slice(&memory, at, 1024)])
+                    .unwrap();
+            }
+            let mut done = 0;
+            while batch.in_flight() > 0 {
+                done += batch.finish_some().unwrap().len();
+            }
+            done
+        });
+        assert_eq!(done, 64);
+        let mut out = vec![0; 65536];
+        memory.read_slice(&mut out, GuestAddress(0)).unwrap();
+        assert_eq!(out, bytes);
+    }
+
+    #[test]
+    fn a_read_past_the_end_fails_alone_and_bad_shapes_are_refused_before_submission() {
+        let (file, _) = patterned_file();
+        let memory = memory();
+        let mut ring = Ring::new(4).unwrap();
+        ring.batch(|batch| {
+            let refused = |result: io::Result<()>| result.unwrap_err().raw_os_error();
+            assert_eq!(
+                refused(batch.read(1, file.as_file(), 0, &[])),
+                Some(libc::EINVAL)
+            );
+            let past_i64 = u64::MAX - 100;
+            let one = [slice(&memory, 0, 512)];
+            assert_eq!(
+                refused(batch.read(2, file.as_file(), past_i64, &one)),
+                Some(libc::EINVAL)
+            );
+            let too_many: Vec<VolatileSlice<'_>> = (0..=MAX_SLICES as u64)
+                .map(|at| slice(&memory, at, 1))
+                .collect();
+            assert_eq!(
+                refused(batch.read(3, file.as_file(), 0, &too_many)),
+                Some(libc::EINVAL)
+            );
+            assert_eq!(batch.in_flight(), 0, "nothing was queued");
+
+            // The file ends at 64 KiB: the read gets its first 512 bytes, then nothing.
+            batch
+                .read(4, file.as_file(), 65536 - 512, &[slice(&memory, 0, 1024)])
+                .unwrap();
+            batch
+                .read(5, file.as_file(), 0, &[slice(&memory, 0x4000, 512)])
+                .unwrap();
+            let mut finished = Vec::new();
+            while batch.in_flight() > 0 {
+                finished.extend(batch.finish_some().unwrap());
+            }
+            finished.sort_by_key(|(token, _)| *token);
+            assert_eq!(finished[0].0, 4);
+            assert_eq!(
+                finished[0].1.as_ref().unwrap_err().kind(),
+                io::ErrorKind::UnexpectedEof
+            );
+            assert_eq!(finished[1].0, 5);
+            assert!(finished[1].1.is_ok());
+        });
+    }
+
+    #[test]
+    fn a_batch_left_early_still_waits_for_its_reads() {
+        let (file, bytes) = patterned_file();
+        let memory = memory();
+        let mut ring = Ring::new(4).unwrap();
+        ring.batch(|batch| {
+            batch
+                .read(1, file.as_file(), 0, &[slice(&memory, 0, 65536)])
+                .unwrap();
+            // Returns with the read in flight: the batch's drop waits for it.
+        });
+        let mut out = vec![0; 65536];
+        memory.read_slice(&mut out, GuestAddress(0)).unwrap();
+        assert_eq!(out, bytes);
     }
 }

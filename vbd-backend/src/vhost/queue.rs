@@ -1,17 +1,18 @@
 //! What a queue thread does with its virtqueue: pop every available chain, parse and
-//! translate each, submit the reads and writes of all of them together on the thread's
-//! io_uring (straight between guest memory and the disks), and complete each chain as its
-//! I/O finishes, signalling the guest once per round of completions rather than per request.
+//! translate each, submit the reads of all of them together on the thread's io_uring
+//! (straight from the disks into guest memory), and complete each chain as its I/O finishes,
+//! signalling the guest once per round of completions rather than per request.
 //!
-//! Each read or write keeps its hv-vbd [`Translation`] (its in-flight registration) until
-//! every piece of its I/O has completed, so a change that removes its extents is answered
-//! only after that. A request's failure (a disk error, a short read, a bad buffer) is its own
-//! status byte; the others of the batch go on.
+//! Each read keeps its hv-vbd [`Translation`] (its in-flight registration) until every piece
+//! of its I/O has completed, so a change that removes its extents is answered only after
+//! that. A request's failure (a disk error, a short read, a bad buffer) is its own status
+//! byte; the others of the batch go on.
 //!
-//! Flush, discard and write-zeroes run on their own, after every request popped before them
-//! has completed, as they did when requests ran one at a time. A request whose translation
-//! has more pieces than a batch slot holds, and every read and write when the kernel gives
-//! no io_uring, runs on its own with `pread`/`pwrite` ([`crate::sys`]).
+//! Writes run at once with `pwrite` on the queue thread, beside the reads in flight (io_uring
+//! does not pay for buffered writes here: [`crate::uring`]). Flush, discard and write-zeroes
+//! run after every request popped before them has completed, as they did when requests ran
+//! one at a time. A read whose translation has more pieces than a batch slot holds, and every
+//! read when the kernel gives no io_uring, runs on its own with `pread` ([`crate::sys`]).
 
 use std::io;
 
@@ -62,37 +63,11 @@ enum Admitted {
     Run(Request),
 }
 
-/// The data of a read or a write.
-struct Data<'b> {
-    access: Access,
-    sector: u64,
-    buffers: &'b [GuestBuffer],
-}
-
-impl Operation {
-    /// The data a read or a write moves; `None` for the other requests.
-    fn data(&self) -> Option<Data<'_>> {
-        match self {
-            Operation::Read { sector, buffers } => Some(Data {
-                access: Access::Read,
-                sector: *sector,
-                buffers,
-            }),
-            Operation::Write { sector, buffers } => Some(Data {
-                access: Access::Write,
-                sector: *sector,
-                buffers,
-            }),
-            _ => None,
-        }
-    }
-}
-
-/// A read or write of the batch whose I/O is in flight.
+/// A read of the batch whose I/O is in flight.
 struct Pending<'s> {
     head: u16,
     status: GuestAddress,
-    /// The data bytes written to the guest on success.
+    /// The data bytes the read fills in the guest.
     input: u32,
     /// I/O submissions not yet completed.
     transfers: usize,
@@ -268,23 +243,26 @@ impl<'a> Round<'a, '_> {
                 }
                 Admitted::Run(request) => request,
             };
-            match (request.operation.data(), slots.next()) {
-                (Some(data), Some(slot)) => {
+            match (&request.operation, slots.peek()) {
+                (Operation::Read { sector, buffers }, Some(_)) => {
+                    let slot = slots.next().expect("peeked");
                     let token = pending.len();
                     if let Some(started) =
-                        self.submit(batch, token, head, request.status, data, slot)?
+                        self.submit(batch, token, (head, request.status), *sector, buffers, slot)?
                     {
                         pending.push(started);
                     }
                 }
+                // Writes need not wait for the reads in flight: virtio orders no two requests
+                // the guest has in flight together.
+                (Operation::Write { .. }, _) => {
+                    let result = self.execute(&request.operation);
+                    self.complete(head, request.status, result)?;
+                }
+                // A flush covers what completed before it, so the batch completes first.
                 _ => {
                     self.finish(batch, &mut pending)?;
-                    let result = execute(
-                        self.queue,
-                        &request.operation,
-                        self.memory,
-                        self.translator.as_deref_mut(),
-                    );
+                    let result = self.execute(&request.operation);
                     self.complete(head, request.status, result)?;
                 }
             }
@@ -294,56 +272,53 @@ impl<'a> Round<'a, '_> {
         Ok(full)
     }
 
-    /// Translate a read or write into `slot` and queue its transfers as request `token`.
-    /// Returns the request while its I/O is in flight; `None` once it has been completed here
-    /// (refused, or run on its own).
+    /// Translate the read of `buffers` from `sector` into `slot` and queue its transfers as
+    /// request `token`. Returns the request while its I/O is in flight; `None` once it has
+    /// been completed here (refused, or run on its own).
     fn submit<'s>(
         &mut self,
         batch: &mut Batch<'_, 'a>,
         token: usize,
-        head: u16,
-        status: GuestAddress,
-        data: Data<'_>,
+        chain: (u16, GuestAddress),
+        sector: u64,
+        buffers: &[GuestBuffer],
         slot: &'s mut [Segment],
     ) -> io::Result<Option<Pending<'s>>> {
-        let Data {
-            access,
-            sector,
-            buffers,
-        } = data;
-        let mut request = Pending {
-            head,
-            status,
-            input: 0,
-            transfers: 0,
-            error: None,
-            translation: None,
-        };
+        let (head, status) = chain;
         let Some(translator) = self.translator.as_deref_mut() else {
             let refused = Err(RequestError::Refused(Error::NoSpace));
             return self.completed(head, status, refused);
         };
         let total: u64 = buffers.iter().map(|buffer| u64::from(buffer.length)).sum();
         let translated =
-            hv_vbd::Request::from_bytes(access, sector, total).and_then(|hv_request| {
-                translator
-                    .translate_into(&self.queue.target.vbd, &hv_request, slot)
-                    .map(|translation| (hv_request, translation))
+            hv_vbd::Request::from_bytes(Access::Read, sector, total).and_then(|hv_request| {
+                translator.translate_into(&self.queue.target.vbd, &hv_request, slot)
             });
         let translation = match translated {
-            Ok((_, translation)) => translation,
+            Ok(translation) => translation,
             Err(Error::TooBig) => {
                 // More pieces than a slot holds: on its own, with a buffer that grows.
-                let result =
-                    transfer_alone(self.queue, access, sector, buffers, self.memory, translator);
+                let result = transfer_alone(
+                    self.queue,
+                    Access::Read,
+                    sector,
+                    buffers,
+                    self.memory,
+                    translator,
+                );
                 return self.completed(head, status, result);
             }
             Err(error) => return self.completed(head, status, Err(error.into())),
         };
-        if access == Access::Read {
+        let mut request = Pending {
+            head,
+            status,
             // At most `u32::MAX - 1`: parsing bounds a request's data.
-            request.input = total as u32;
-        }
+            input: total as u32,
+            transfers: 0,
+            error: None,
+            translation: None,
+        };
         let disks = &self.queue.target.shared.disks;
         let mut pieces = Pieces::default();
         let lengths = buffers.iter().map(|buffer| buffer.length as usize);
@@ -360,7 +335,7 @@ impl<'a> Round<'a, '_> {
                 for slice in self.memory.get_slices(address, transfer.length) {
                     let slice = slice.map_err(|_| RequestError::BadGuestAddress)?;
                     if !pieces.extends(disk, offset) {
-                        self.queue_pieces(batch, token, access, &mut pieces, &mut request);
+                        self.queue_pieces(batch, token, &mut pieces, &mut request);
                         pieces.start(disk, offset);
                     }
                     offset += slice.len() as u64;
@@ -374,7 +349,7 @@ impl<'a> Round<'a, '_> {
             }
         }
         if request.error.is_none() {
-            self.queue_pieces(batch, token, access, &mut pieces, &mut request);
+            self.queue_pieces(batch, token, &mut pieces, &mut request);
         }
         request.translation = Some(translation);
         if request.transfers == 0 {
@@ -384,12 +359,11 @@ impl<'a> Round<'a, '_> {
         Ok(Some(request))
     }
 
-    /// Queue what `pieces` gathered (one contiguous run of one disk) as one transfer.
+    /// Queue the read `pieces` gathered (one contiguous run of one disk) as one transfer.
     fn queue_pieces(
         &self,
         batch: &mut Batch<'_, 'a>,
         token: usize,
-        access: Access,
         pieces: &mut Pieces<'a>,
         request: &mut Pending<'_>,
     ) {
@@ -397,14 +371,20 @@ impl<'a> Round<'a, '_> {
             return;
         };
         let slices = std::mem::take(&mut pieces.slices);
-        let queued = match access {
-            Access::Read => batch.read(token as u64, disk.file(), offset, &slices),
-            Access::Write => batch.write(token as u64, disk.file(), offset, &slices),
-        };
-        match queued {
+        match batch.read(token as u64, disk.file(), offset, &slices) {
             Ok(()) => request.transfers += 1,
             Err(error) => request.error = Some(self.failed(error)),
         }
+    }
+
+    /// Carry out a request on its own, at once.
+    fn execute(&mut self, operation: &Operation) -> Result<u32, RequestError> {
+        execute(
+            self.queue,
+            operation,
+            self.memory,
+            self.translator.as_deref_mut(),
+        )
     }
 
     /// Complete a request at once; there is then nothing left in flight for it.
