@@ -22,7 +22,7 @@ use vhost_user_backend::{VringRwLock, VringT};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_OK};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::QueueT;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 
 use super::device::{DeviceTarget, Memory, QUEUE_SIZE};
 use super::request::{GuestBuffer, Operation, Range, Request, RequestError};
@@ -119,28 +119,17 @@ impl QueueWorker {
             ring,
             slots,
         } = self;
+        let mut round = Round {
+            queue,
+            vring,
+            memory,
+            translator: translator.as_mut(),
+            completed: false,
+        };
         loop {
             let more = match ring {
-                Some(ring) => ring.batch(|batch| {
-                    let mut round = Round {
-                        queue,
-                        vring,
-                        memory,
-                        translator: translator.as_mut(),
-                        completed: false,
-                    };
-                    round.batch(batch, slots.iter_mut())
-                })?,
-                None => {
-                    let mut round = Round {
-                        queue,
-                        vring,
-                        memory,
-                        translator: translator.as_mut(),
-                        completed: false,
-                    };
-                    round.one_at_a_time()?
-                }
+                Some(ring) => ring.batch(|batch| round.batch(batch, slots.iter_mut()))?,
+                None => round.one_at_a_time()?,
             };
             if !more {
                 return Ok(());
@@ -319,34 +308,23 @@ impl<'a> Round<'a, '_> {
             error: None,
             translation: None,
         };
-        let disks = &self.queue.target.shared.disks;
         let mut pieces = Pieces::default();
-        let lengths = buffers.iter().map(|buffer| buffer.length as usize);
-        for transfer in translation.transfers(lengths) {
-            let step = transfer.map_err(RequestError::from).and_then(|transfer| {
-                let address = buffers
-                    .get(transfer.buffer)
-                    .and_then(|buffer| buffer.address.checked_add(transfer.buffer_offset as u64))
-                    .ok_or(RequestError::BadGuestAddress)?;
-                let disk = disks
-                    .find(transfer.device)
-                    .map_err(|error| self.failed(error))?;
-                let mut offset = transfer.disk_offset;
-                for slice in self.memory.get_slices(address, transfer.length) {
-                    let slice = slice.map_err(|_| RequestError::BadGuestAddress)?;
-                    if !pieces.extends(disk, offset) {
-                        self.queue_pieces(batch, token, &mut pieces, &mut request);
-                        pieces.start(disk, offset);
-                    }
-                    offset += slice.len() as u64;
-                    pieces.push(slice, offset);
+        let walked = each_slice(
+            self.queue,
+            &translation,
+            buffers,
+            self.memory,
+            |disk, offset, slice| {
+                if !pieces.extends(disk, offset) {
+                    self.queue_pieces(batch, token, &mut pieces, &mut request);
+                    pieces.start(disk, offset);
                 }
+                pieces.push(slice, offset + slice.len() as u64);
                 Ok(())
-            });
-            if let Err(error) = step {
-                request.error = Some(error);
-                break;
-            }
+            },
+        );
+        if let Err(error) = walked {
+            request.error = Some(error);
         }
         if request.error.is_none() {
             self.queue_pieces(batch, token, &mut pieces, &mut request);
@@ -531,10 +509,10 @@ fn serve_chain(
 
 /// Carry out a request that moves no data between guest memory and the disks, or only
 /// the serial; returns the data bytes written to the guest.
-fn execute<M: GuestMemoryBackend>(
+fn execute(
     queue: &QueueTarget<'_>,
     operation: &Operation,
-    memory: &M,
+    memory: &Mapped,
     translator: Option<&mut Translator>,
 ) -> Result<u32, RequestError> {
     let translator = translator.ok_or(RequestError::Refused(Error::NoSpace))?;
@@ -568,46 +546,70 @@ fn execute<M: GuestMemoryBackend>(
 /// Move a read's or write's data straight between the guest's buffers and the disks with
 /// blocking `pread`/`pwrite`, each piece at its translated offset, while the translation is
 /// held. Returns the bytes written to the guest.
-fn transfer_alone<M: GuestMemoryBackend>(
+fn transfer_alone(
     queue: &QueueTarget<'_>,
     access: Access,
     sector: u64,
     buffers: &[GuestBuffer],
-    memory: &M,
+    memory: &Mapped,
     translator: &mut Translator,
 ) -> Result<u32, RequestError> {
     let total: u64 = buffers.iter().map(|buffer| u64::from(buffer.length)).sum();
     let request = hv_vbd::Request::from_bytes(access, sector, total)?;
-    let disks = &queue.target.shared.disks;
     translator.with(&queue.target.vbd, &request, |translation| {
-        let lengths = buffers.iter().map(|buffer| buffer.length as usize);
-        translation.transfers(lengths).try_for_each(|transfer| {
-            let transfer = transfer?;
-            // Inside a buffer that parsing checked against guest memory.
-            let address = buffers
-                .get(transfer.buffer)
-                .and_then(|buffer| buffer.address.checked_add(transfer.buffer_offset as u64))
-                .ok_or(RequestError::BadGuestAddress)?;
-            let disk = disks
-                .find(transfer.device)
-                .map_err(|error| failed(queue, error))?;
-            let mut offset = transfer.disk_offset;
-            for slice in memory.get_slices(address, transfer.length) {
-                let slice = slice.map_err(|_| RequestError::BadGuestAddress)?;
+        each_slice(
+            queue,
+            translation,
+            buffers,
+            memory,
+            |disk, offset, slice| {
                 match access {
                     Access::Read => sys::read_exact_at(disk.file(), offset, &slice),
                     Access::Write => sys::write_all_at(disk.file(), offset, &slice),
                 }
-                .map_err(|error| failed(queue, error))?;
-                offset += slice.len() as u64;
-            }
-            Ok::<(), RequestError>(())
-        })
+                .map_err(|error| failed(queue, error))
+            },
+        )
     })??;
     Ok(match access {
         // At most `u32::MAX - 1`: parsing bounds a request's data.
         Access::Read => total as u32,
         Access::Write => 0,
+    })
+}
+
+/// Walk `translation` over the guest's `buffers`, calling `each` with every slice of guest
+/// memory, the disk it goes to or comes from and its offset there, in order; the first
+/// error ends the walk.
+fn each_slice<'m>(
+    queue: &'m QueueTarget<'_>,
+    translation: &Translation<'_, '_>,
+    buffers: &[GuestBuffer],
+    memory: &'m Mapped,
+    mut each: impl FnMut(&'m Disk, u64, VolatileSlice<'m>) -> Result<(), RequestError>,
+) -> Result<(), RequestError> {
+    let lengths = buffers.iter().map(|buffer| buffer.length as usize);
+    translation.transfers(lengths).try_for_each(|transfer| {
+        let transfer = transfer?;
+        // Inside a buffer that parsing checked against guest memory.
+        let address = buffers
+            .get(transfer.buffer)
+            .and_then(|buffer| buffer.address.checked_add(transfer.buffer_offset as u64))
+            .ok_or(RequestError::BadGuestAddress)?;
+        let disk = queue
+            .target
+            .shared
+            .disks
+            .find(transfer.device)
+            .map_err(|error| failed(queue, error))?;
+        let mut offset = transfer.disk_offset;
+        for slice in memory.get_slices(address, transfer.length) {
+            let slice = slice.map_err(|_| RequestError::BadGuestAddress)?;
+            let length = slice.len() as u64;
+            each(disk, offset, slice)?;
+            offset += length;
+        }
+        Ok(())
     })
 }
 
