@@ -33,7 +33,29 @@ pub const MAX_SLICES: usize = 1024;
 /// One queue thread's io_uring.
 pub struct Ring {
     ring: IoUring,
+    /// Kept from batch to batch, so that once it has grown a batch allocates nothing.
+    state: State,
 }
+
+/// The bookkeeping of a ring's transfers.
+#[derive(Default)]
+struct State {
+    /// Transfer slots, by the `user_data` the kernel returns.
+    transfers: Vec<Transfer>,
+    /// Slots not in use.
+    free: Vec<usize>,
+    /// Completed transfers the caller has not been told of yet.
+    finished: Vec<(u64, io::Result<()>)>,
+    /// Room for the completions being handled.
+    completions: Vec<cqueue::Entry>,
+}
+
+// SAFETY: the only pointers a `State` holds are those of its transfers' `iovecs` and
+// `guards`, which are cleared when a transfer is released, and every transfer of a batch is
+// released before the batch lets go of the state (`Batch::drop`). Between batches, when the
+// state can move to another thread, it holds no pointer at all; during one it is borrowed
+// by the batch on the thread that runs it.
+unsafe impl Send for State {}
 
 impl Ring {
     /// A ring with room for `entries` submissions at once (a power of two); more transfers
@@ -41,6 +63,7 @@ impl Ring {
     pub fn new(entries: u32) -> io::Result<Ring> {
         Ok(Ring {
             ring: IoUring::new(entries)?,
+            state: State::default(),
         })
     }
 
@@ -49,10 +72,8 @@ impl Ring {
     pub fn batch<'m, R>(&mut self, work: impl FnOnce(&mut Batch<'_, 'm>) -> R) -> R {
         let mut batch = Batch {
             ring: &mut self.ring,
-            transfers: Vec::new(),
-            free: Vec::new(),
+            state: &mut self.state,
             in_flight: 0,
-            finished: Vec::new(),
             _memory: std::marker::PhantomData,
         };
         // `batch` drops after this, or while unwinding: `Batch::drop` waits for the kernel.
@@ -60,8 +81,11 @@ impl Ring {
     }
 }
 
-/// One transfer: what the kernel is (or will be) told, and how far it got.
+/// One transfer slot: what the kernel is (or will be) told, and how far it got.
+#[derive(Default)]
 struct Transfer {
+    /// Queued or in flight; the rest is stale when not.
+    live: bool,
     token: u64,
     fd: RawFd,
     /// The file offset of the first byte not yet moved.
@@ -70,25 +94,18 @@ struct Transfer {
     iovecs: Vec<libc::iovec>,
     first: usize,
     /// The slices' pointer guards, kept for as long as the kernel may use the pointers.
-    _guards: Vec<PtrGuardMut>,
+    guards: Vec<PtrGuardMut>,
 }
 
 /// Reads from files into guest memory, both living at least as long as `'m`, submitted
 /// together and completed in any order. Lent by [`Ring::batch`].
 pub struct Batch<'r, 'm> {
     ring: &'r mut IoUring,
-    /// Slots by the `user_data` the kernel returns; `None` when free.
-    transfers: Vec<Option<Transfer>>,
-    free: Vec<usize>,
+    state: &'r mut State,
     /// Transfers queued or submitted and not yet completed.
     in_flight: usize,
-    /// Completed transfers the caller has not been told of yet.
-    finished: Vec<(u64, io::Result<()>)>,
     _memory: std::marker::PhantomData<&'m ()>,
 }
-
-/// The transfers of a batch that completed, each with its token.
-pub type Finished = Vec<(u64, io::Result<()>)>;
 
 impl<'m> Batch<'_, 'm> {
     /// Queue a read of `file` at byte `offset` filling `slices` in order; `token` comes back
@@ -101,48 +118,13 @@ impl<'m> Batch<'_, 'm> {
         offset: u64,
         slices: &[VolatileSlice<'m>],
     ) -> io::Result<()> {
-        let guards: Vec<PtrGuardMut> = slices.iter().map(VolatileSlice::ptr_guard_mut).collect();
-        let iovecs = guards
+        let total = slices
             .iter()
-            .map(|guard| libc::iovec {
-                iov_base: guard.as_ptr().cast(),
-                iov_len: guard.len(),
-            })
-            .collect();
-        self.queue(token, file, offset, iovecs, guards)
-    }
-
-    /// Transfers queued or submitted and not yet reported finished.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight
-    }
-
-    /// Submit everything queued, wait until at least one transfer has finished (unless none
-    /// is in flight), and return every finished one. An error here is the ring's own, not a
-    /// transfer's.
-    pub fn finish_some(&mut self) -> io::Result<Finished> {
-        while self.finished.is_empty() && self.in_flight > 0 {
-            self.enter(1)?;
-            self.reap();
-        }
-        Ok(std::mem::take(&mut self.finished))
-    }
-
-    fn queue(
-        &mut self,
-        token: u64,
-        file: &'m File,
-        offset: u64,
-        iovecs: Vec<libc::iovec>,
-        guards: Vec<PtrGuardMut>,
-    ) -> io::Result<()> {
-        let total = iovecs
-            .iter()
-            .try_fold(0u64, |total, iovec| total.checked_add(iovec.iov_len as u64));
+            .try_fold(0u64, |total, slice| total.checked_add(slice.len() as u64));
         let fits = total
             .and_then(|total| offset.checked_add(total))
             .is_some_and(|end| i64::try_from(end).is_ok());
-        if !fits || iovecs.is_empty() || iovecs.len() > MAX_SLICES {
+        if !fits || slices.is_empty() || slices.len() > MAX_SLICES {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
         // Never more in flight than the completion queue holds, so none is dropped or
@@ -151,42 +133,57 @@ impl<'m> Batch<'_, 'm> {
             self.enter(1)?;
             self.reap();
         }
-        let transfer = Transfer {
-            token,
-            fd: file.as_raw_fd(),
-            offset,
-            iovecs,
-            first: 0,
-            _guards: guards,
-        };
-        let index = match self.free.pop() {
-            Some(index) => {
-                self.transfers[index] = Some(transfer);
-                index
-            }
-            None => {
-                self.transfers.push(Some(transfer));
-                self.transfers.len() - 1
-            }
-        };
+        let transfers = &mut self.state.transfers;
+        let index = self.state.free.pop().unwrap_or_else(|| {
+            transfers.push(Transfer::default());
+            transfers.len() - 1
+        });
+        let transfer = &mut transfers[index];
+        transfer.live = true;
+        transfer.token = token;
+        transfer.fd = file.as_raw_fd();
+        transfer.offset = offset;
+        transfer.first = 0;
+        let Transfer { iovecs, guards, .. } = transfer;
+        guards.extend(slices.iter().map(VolatileSlice::ptr_guard_mut));
+        iovecs.extend(guards.iter().map(|guard| libc::iovec {
+            iov_base: guard.as_ptr().cast(),
+            iov_len: guard.len(),
+        }));
         self.in_flight += 1;
-        self.push(index)
+        self.push(index).inspect_err(|_| {
+            // Not submitted: nothing to wait for.
+            self.release(index);
+        })
+    }
+
+    /// Transfers queued or submitted and not yet reported finished.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Submit everything queued, wait until at least one transfer has finished (unless none
+    /// is in flight), and drain every finished one, each with its token. An error here is the
+    /// ring's own, not a transfer's.
+    pub fn finish_some(&mut self) -> io::Result<std::vec::Drain<'_, (u64, io::Result<()>)>> {
+        while self.state.finished.is_empty() && self.in_flight > 0 {
+            self.enter(1)?;
+            self.reap();
+        }
+        Ok(self.state.finished.drain(..))
     }
 
     /// Put transfer `index`'s next step in the submission queue, making room if it is full.
     fn push(&mut self, index: usize) -> io::Result<()> {
-        let Some(transfer) = &self.transfers[index] else {
-            return Ok(());
-        };
-        let entry = submission(transfer).user_data(index as u64);
+        let entry = submission(&self.state.transfers[index]).user_data(index as u64);
         while self.ring.submission().is_full() {
             self.enter(0)?;
         }
-        // SAFETY: the entry names `transfer.fd`, a file borrowed for `'m`, and guest memory
-        // of slices borrowed for `'m` (their pointers checked by vm-memory's constructors and
-        // their mappings held by `guards`), through `transfer.iovecs`, a heap array owned by
-        // this batch's slot `index` and left untouched until the transfer completes (the slot
-        // is freed or rewritten only after its completion is reaped). `'m` outlives the batch,
+        // SAFETY: the entry names the transfer's `fd`, a file borrowed for `'m`, and guest
+        // memory of slices borrowed for `'m` (their pointers checked by vm-memory's
+        // constructors and their mappings held by `guards`), through the transfer's `iovecs`,
+        // a heap array of slot `index` left untouched until the transfer completes (a slot is
+        // cleared and reused only after its completion is reaped). `'m` outlives the batch,
         // and the batch does not go away before the kernel has completed every transfer
         // (`Drop`), so nothing the kernel uses is freed or reused while it uses it.
         let pushed = unsafe { self.ring.submission().push(&entry) };
@@ -209,10 +206,11 @@ impl<'m> Batch<'_, 'm> {
     /// Take every completion the kernel has posted: finished transfers are reported, short
     /// ones go on where they stopped.
     fn reap(&mut self) {
-        let completed: Vec<cqueue::Entry> = self.ring.completion().collect();
-        for completion in completed {
+        let mut completions = std::mem::take(&mut self.state.completions);
+        completions.extend(self.ring.completion());
+        for completion in completions.drain(..) {
             let index = completion.user_data() as usize;
-            let Some(transfer) = self.transfers.get_mut(index).and_then(Option::as_mut) else {
+            let Some(transfer) = self.state.transfers.get_mut(index).filter(|t| t.live) else {
                 continue;
             };
             let result = match completion.result() {
@@ -232,12 +230,21 @@ impl<'m> Batch<'_, 'm> {
                 }
                 error => Err(io::Error::from_raw_os_error(-error)),
             };
-            if let Some(transfer) = self.transfers[index].take() {
-                self.free.push(index);
-                self.in_flight -= 1;
-                self.finished.push((transfer.token, result));
-            }
+            let token = self.state.transfers[index].token;
+            self.release(index);
+            self.state.finished.push((token, result));
         }
+        self.state.completions = completions;
+    }
+
+    /// Transfer `index` is over: the kernel has no more use of its memory.
+    fn release(&mut self, index: usize) {
+        let transfer = &mut self.state.transfers[index];
+        transfer.live = false;
+        transfer.iovecs.clear();
+        transfer.guards.clear();
+        self.state.free.push(index);
+        self.in_flight -= 1;
     }
 }
 
@@ -283,15 +290,18 @@ impl Drop for Batch<'_, '_> {
                 eprintln!("vbd-backend: cannot wait for the disk I/O in flight: {error}");
                 std::process::abort();
             }
-            let completed: Vec<cqueue::Entry> = self.ring.completion().collect();
-            for completion in completed {
-                if let Some(slot) = self.transfers.get_mut(completion.user_data() as usize) {
-                    if slot.take().is_some() {
-                        self.in_flight -= 1;
-                    }
+            let mut completions = std::mem::take(&mut self.state.completions);
+            completions.extend(self.ring.completion());
+            for completion in completions.drain(..) {
+                let index = completion.user_data() as usize;
+                if self.state.transfers.get(index).is_some_and(|t| t.live) {
+                    self.release(index);
                 }
             }
+            self.state.completions = completions;
         }
+        // Nobody was told of these, and the next batch must not be.
+        self.state.finished.clear();
     }
 }
 
@@ -443,5 +453,42 @@ mod tests {
         let mut out = vec![0; 65536];
         memory.read_slice(&mut out, GuestAddress(0)).unwrap();
         assert_eq!(out, bytes);
+    }
+
+    #[test]
+    fn a_ring_serves_batch_after_batch_and_none_hears_of_another_ones_reads() {
+        let (file, bytes) = patterned_file();
+        let memory = memory();
+        let mut ring = Ring::new(4).unwrap();
+        // The first batch leaves with its read finished but never reported.
+        ring.batch(|batch| {
+            batch
+                .read(1, file.as_file(), 0, &[slice(&memory, 0, 4096)])
+                .unwrap();
+        });
+        for round in 0..3u64 {
+            let tokens: Vec<u64> = ring.batch(|batch| {
+                for index in 0..6u64 {
+                    let at = 4096 * (index + 1);
+                    let slices = [slice(&memory, at, 2048), slice(&memory, at + 2048, 2048)];
+                    batch
+                        .read(10 * round + index, file.as_file(), at, &slices)
+                        .unwrap();
+                }
+                let mut tokens = Vec::new();
+                while batch.in_flight() > 0 {
+                    tokens.extend(batch.finish_some().unwrap().map(|(token, result)| {
+                        result.unwrap();
+                        token
+                    }));
+                }
+                tokens.sort();
+                tokens
+            });
+            assert_eq!(tokens, (10 * round..10 * round + 6).collect::<Vec<_>>());
+        }
+        let mut out = vec![0; 7 * 4096];
+        memory.read_slice(&mut out, GuestAddress(0)).unwrap();
+        assert_eq!(out, bytes[..7 * 4096]);
     }
 }

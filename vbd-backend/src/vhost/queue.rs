@@ -125,6 +125,7 @@ impl QueueWorker {
             memory,
             translator: translator.as_mut(),
             completed: false,
+            pieces: Pieces::default(),
         };
         loop {
             let more = match ring {
@@ -146,6 +147,8 @@ struct Round<'a, 'q> {
     translator: Option<&'a mut Translator>,
     /// Whether a chain was completed since the last signal.
     completed: bool,
+    /// The read being gathered into one transfer, kept for its room.
+    pieces: Pieces<'a>,
 }
 
 impl<'a> Round<'a, '_> {
@@ -308,18 +311,18 @@ impl<'a> Round<'a, '_> {
             error: None,
             translation: None,
         };
-        let mut pieces = Pieces::default();
+        self.pieces.clear();
         let walked = each_slice(
             self.queue,
             &translation,
             buffers,
             self.memory,
             |disk, offset, slice| {
-                if !pieces.extends(disk, offset) {
-                    self.queue_pieces(batch, token, &mut pieces, &mut request);
-                    pieces.start(disk, offset);
+                if !self.pieces.extends(disk, offset) {
+                    self.queue_pieces(batch, token, &mut request);
+                    self.pieces.start(disk, offset);
                 }
-                pieces.push(slice, offset + slice.len() as u64);
+                self.pieces.push(slice, offset + slice.len() as u64);
                 Ok(())
             },
         );
@@ -327,7 +330,7 @@ impl<'a> Round<'a, '_> {
             request.error = Some(error);
         }
         if request.error.is_none() {
-            self.queue_pieces(batch, token, &mut pieces, &mut request);
+            self.queue_pieces(batch, token, &mut request);
         }
         request.translation = Some(translation);
         if request.transfers == 0 {
@@ -338,21 +341,15 @@ impl<'a> Round<'a, '_> {
     }
 
     /// Queue the read `pieces` gathered (one contiguous run of one disk) as one transfer.
-    fn queue_pieces(
-        &self,
-        batch: &mut Batch<'_, 'a>,
-        token: usize,
-        pieces: &mut Pieces<'a>,
-        request: &mut Pending<'_>,
-    ) {
-        let Some((disk, offset)) = pieces.start.take() else {
+    fn queue_pieces(&mut self, batch: &mut Batch<'_, 'a>, token: usize, request: &mut Pending<'_>) {
+        let Some((disk, offset)) = self.pieces.start.take() else {
             return;
         };
-        let slices = std::mem::take(&mut pieces.slices);
-        match batch.read(token as u64, disk.file(), offset, &slices) {
+        match batch.read(token as u64, disk.file(), offset, &self.pieces.slices) {
             Ok(()) => request.transfers += 1,
             Err(error) => request.error = Some(self.failed(error)),
         }
+        self.pieces.slices.clear();
     }
 
     /// Carry out a request on its own, at once.
@@ -427,6 +424,12 @@ impl<'m> Pieces<'m> {
             .is_some_and(|(start, _)| std::ptr::eq(start, disk))
             && self.end == offset
             && self.slices.len() < uring::MAX_SLICES
+    }
+
+    /// Forget what was gathered, keeping the room for it.
+    fn clear(&mut self) {
+        self.start = None;
+        self.slices.clear();
     }
 
     fn start(&mut self, disk: &'m Disk, offset: u64) {
