@@ -378,18 +378,7 @@ fn seed_defect_8_extents_still_mapped_are_not_reissued() {
     let machine = Machine::new(16, &[4]);
     machine.ok(&["format", "phy:hda1", "--extent-size", "1M"]);
     machine.ok(&["create", "4"]);
-    let xvda = DeviceNumber::from_name("xvda").unwrap();
-    machine
-        .database()
-        .record_attachment(
-            &AttachmentTarget::VirtualDisk(VdId::parse("1").unwrap()),
-            1,
-            xvda,
-            AccessMode::ReadWrite,
-            shared_abi::SharingLevel::ReadersOnly,
-            1,
-        )
-        .unwrap();
+    machine.record_vd_attachment("1");
     let before = machine.snapshot();
     machine.fails(
         &["delete", "1"],
@@ -405,6 +394,7 @@ fn seed_defect_8_extents_still_mapped_are_not_reissued() {
     );
     assert_eq!(machine.json(&["pool"])["free_sectors"], 0);
     machine.fails(&["check", "phy:hda1", "r"], 1, "phy:hda1 r at safety 0: unsafe: 3:0 sectors 2048+8192 overlaps domain 1 xvda (rw) at 3:0 sectors 2048+8192 (shared: sectors 2048+8192)");
+    let xvda = DeviceNumber::from_name("xvda").unwrap();
     let removed = machine.database().remove_attachment(1, xvda).unwrap();
     assert_eq!(removed.uname, "vd:1");
     assert_eq!(

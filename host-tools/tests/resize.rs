@@ -5,8 +5,6 @@
 mod common;
 
 use common::{extents, partition_starts, Machine};
-use host_tools::database::{AccessMode, AttachmentTarget};
-use host_tools::uname::VdId;
 use shared_abi::DeviceNumber;
 
 #[test]
@@ -79,23 +77,13 @@ fn shrinking_needs_shrink_is_refused_while_mapped_and_zeroes_what_it_releases() 
         1,
         "resize vd:1 to 2M: smaller than its 4M; give --shrink to release the rest",
     );
-    let xvda = DeviceNumber::from_name("xvda").unwrap();
-    machine
-        .database()
-        .record_attachment(
-            &AttachmentTarget::VirtualDisk(VdId::parse("1").unwrap()),
-            1,
-            xvda,
-            AccessMode::ReadWrite,
-            shared_abi::SharingLevel::ReadersOnly,
-            1,
-        )
-        .unwrap();
+    machine.record_vd_attachment("1");
     machine.fails(
         &["resize", "1", "2", "--shrink"],
         1,
         &format!("vd:1: still mapped: 3:0 sectors {0}+8192 overlaps domain 1 xvda (rw) at 3:0 sectors {0}+8192 (shared: sectors {0}+8192); detach it first before shrinking it", starts[0]),
     );
+    let xvda = DeviceNumber::from_name("xvda").unwrap();
     machine.database().remove_attachment(1, xvda).unwrap();
     assert_eq!(machine.snapshot().1, before.1);
     let shrunk = machine.json(&["resize", "1", "1.5M", "--shrink"]);

@@ -10,8 +10,10 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use host_tools::database::{Database, OpenMode};
+use host_tools::database::{AccessMode, AttachmentTarget, Database, OpenMode};
+use host_tools::uname::VdId;
 use serde_json::Value;
+use shared_abi::DeviceNumber;
 
 pub const SFDISK: &str = "/usr/sbin/sfdisk";
 pub const MIB: u64 = 1 << 20;
@@ -148,6 +150,21 @@ impl Machine {
 
     pub fn database(&self) -> Database {
         Database::open(&self.database_path(), OpenMode::Existing).unwrap()
+    }
+
+    /// Record, straight in the database, VD `vd` attached read-write to domain 1 as `xvda`
+    /// at sharing level 1 under start 1, as `vdisk attach --hv` would have.
+    pub fn record_vd_attachment(&self, vd: &str) {
+        self.database()
+            .record_attachment(
+                &AttachmentTarget::VirtualDisk(VdId::parse(vd).unwrap()),
+                1,
+                DeviceNumber::from_name("xvda").unwrap(),
+                AccessMode::ReadWrite,
+                shared_abi::SharingLevel::ReadersOnly,
+                1,
+            )
+            .unwrap();
     }
 
     pub fn read_image(&self, sector: u64, sectors: u64) -> Vec<u8> {
