@@ -24,7 +24,8 @@ pub fn run(embedding: Embedding) -> Result<(), String> {
     // Relative paths from the workspace root keep the printed commands short and replayable.
     let root = workspace_root();
     std::env::set_current_dir(&root).map_err(|error| format!("{}: {error}", root.display()))?;
-    let dir = Path::new("target/demo");
+    // Each walkthrough has a directory of its own, so running one never clears what the
+    // other left (the README's own-guest recipe reuses the guest demo's loader).
     match embedding {
         Embedding::Backend => {
             let tools = guest::Tools {
@@ -32,8 +33,13 @@ pub fn run(embedding: Embedding) -> Result<(), String> {
                 backend: build_backend(false)?,
                 artefacts,
             };
-            guest::run(dir, &tools).map(drop)
+            guest::run(Path::new("target/demo"), &tools).map(drop)
         }
-        Embedding::BareMetal => bare_metal::run(dir, build_hypervisor()?, vdisk).map(drop),
+        Embedding::BareMetal => bare_metal::run(
+            Path::new("target/demo-bare-metal"),
+            build_hypervisor()?,
+            vdisk,
+        )
+        .map(drop),
     }
 }
