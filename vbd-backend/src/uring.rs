@@ -206,35 +206,42 @@ impl<'m> Batch<'_, 'm> {
     /// Take every completion the kernel has posted: finished transfers are reported, short
     /// ones go on where they stopped.
     fn reap(&mut self) {
+        self.each_completion(Batch::complete);
+    }
+
+    /// Run `each` on every completion the kernel has posted, in room kept from call to call.
+    fn each_completion(&mut self, mut each: impl FnMut(&mut Self, cqueue::Entry)) {
         let mut completions = std::mem::take(&mut self.state.completions);
         completions.extend(self.ring.completion());
         for completion in completions.drain(..) {
-            let index = completion.user_data() as usize;
-            let Some(transfer) = self.state.transfers.get_mut(index).filter(|t| t.live) else {
-                continue;
-            };
-            let result = match completion.result() {
-                moved if moved > 0 => match transfer.advance(moved as usize) {
-                    true => Ok(()),
-                    false => match self.push(index) {
-                        Ok(()) => continue,
-                        Err(error) => Err(error),
-                    },
-                },
-                0 => Err(io::ErrorKind::UnexpectedEof.into()),
-                error if -error == libc::EINTR || -error == libc::EAGAIN => {
-                    match self.push(index) {
-                        Ok(()) => continue,
-                        Err(error) => Err(error),
-                    }
-                }
-                error => Err(io::Error::from_raw_os_error(-error)),
-            };
-            let token = self.state.transfers[index].token;
-            self.release(index);
-            self.state.finished.push((token, result));
+            each(self, completion);
         }
         self.state.completions = completions;
+    }
+
+    /// One completion: a finished transfer is reported, a short one goes on where it stopped.
+    fn complete(&mut self, completion: cqueue::Entry) {
+        let index = completion.user_data() as usize;
+        let Some(transfer) = self.state.transfers.get_mut(index).filter(|t| t.live) else {
+            return;
+        };
+        // `None`: more to move.
+        let finished = match completion.result() {
+            moved if moved > 0 => transfer.advance(moved as usize).then_some(Ok(())),
+            0 => Some(Err(io::ErrorKind::UnexpectedEof.into())),
+            error if -error == libc::EINTR || -error == libc::EAGAIN => None,
+            error => Some(Err(io::Error::from_raw_os_error(-error))),
+        };
+        let result = match finished {
+            Some(result) => result,
+            None => match self.push(index) {
+                Ok(()) => return,
+                Err(error) => Err(error),
+            },
+        };
+        let token = self.state.transfers[index].token;
+        self.release(index);
+        self.state.finished.push((token, result));
     }
 
     /// Transfer `index` is over: the kernel has no more use of its memory.
@@ -290,15 +297,12 @@ impl Drop for Batch<'_, '_> {
                 eprintln!("vbd-backend: cannot wait for the disk I/O in flight: {error}");
                 std::process::abort();
             }
-            let mut completions = std::mem::take(&mut self.state.completions);
-            completions.extend(self.ring.completion());
-            for completion in completions.drain(..) {
+            self.each_completion(|batch, completion| {
                 let index = completion.user_data() as usize;
-                if self.state.transfers.get(index).is_some_and(|t| t.live) {
-                    self.release(index);
+                if batch.state.transfers.get(index).is_some_and(|t| t.live) {
+                    batch.release(index);
                 }
-            }
-            self.state.completions = completions;
+            });
         }
         // Nobody was told of these, and the next batch must not be.
         self.state.finished.clear();
@@ -321,6 +325,13 @@ mod tests {
 
     fn memory() -> GuestMemoryMmap<()> {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x20000)]).unwrap()
+    }
+
+    /// What guest memory holds at `at`.
+    fn guest_bytes(memory: &GuestMemoryMmap<()>, at: u64, length: usize) -> Vec<u8> {
+        let mut out = vec![0; length];
+        memory.read_slice(&mut out, GuestAddress(at)).unwrap();
+        out
     }
 
     fn slice(memory: &GuestMemoryMmap<()>, at: u64, length: usize) -> VolatileSlice<'_> {
@@ -355,11 +366,7 @@ mod tests {
         finished.sort_by_key(|(token, _)| *token);
         let tokens: Vec<(u64, bool)> = finished.iter().map(|(t, r)| (*t, r.is_ok())).collect();
         assert_eq!(tokens, [(7, true), (9, true)]);
-        let read = |at: u64, length: usize| {
-            let mut out = vec![0; length];
-            memory.read_slice(&mut out, GuestAddress(at)).unwrap();
-            out
-        };
+        let read = |at: u64, length: usize| guest_bytes(&memory, at, length);
         assert_eq!(read(0x1000, 4096), bytes[512..4608]);
         assert_eq!(read(0x8000, 100), bytes[40000..40100]);
         assert_eq!(read(0x3000, 1000), bytes[40100..41100]);
@@ -386,9 +393,7 @@ mod tests {
             done
         });
         assert_eq!(done, 64);
-        let mut out = vec![0; 65536];
-        memory.read_slice(&mut out, GuestAddress(0)).unwrap();
-        assert_eq!(out, bytes);
+        assert_eq!(guest_bytes(&memory, 0, 65536), bytes);
     }
 
     #[test]
@@ -450,9 +455,7 @@ mod tests {
                 .unwrap();
             // Returns with the read in flight: the batch's drop waits for it.
         });
-        let mut out = vec![0; 65536];
-        memory.read_slice(&mut out, GuestAddress(0)).unwrap();
-        assert_eq!(out, bytes);
+        assert_eq!(guest_bytes(&memory, 0, 65536), bytes);
     }
 
     #[test]
@@ -487,8 +490,6 @@ mod tests {
             });
             assert_eq!(tokens, (10 * round..10 * round + 6).collect::<Vec<_>>());
         }
-        let mut out = vec![0; 7 * 4096];
-        memory.read_slice(&mut out, GuestAddress(0)).unwrap();
-        assert_eq!(out, bytes[..7 * 4096]);
+        assert_eq!(guest_bytes(&memory, 0, 7 * 4096), bytes[..7 * 4096]);
     }
 }

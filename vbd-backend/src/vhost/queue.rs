@@ -213,8 +213,9 @@ impl<'a> Round<'a, '_> {
         Ok(false)
     }
 
-    /// Pop up to a slot's worth of chains, submit their I/O together, and complete them all.
-    /// `true` when it stopped for want of slots, with chains possibly left in the ring.
+    /// Pop chains until the ring is empty or every slot holds a read, submit the reads
+    /// together, and complete them all. `true` when it stopped for want of slots, with
+    /// chains possibly left in the ring.
     fn batch<'s>(
         &mut self,
         batch: &mut Batch<'_, 'a>,
@@ -222,7 +223,7 @@ impl<'a> Round<'a, '_> {
     ) -> io::Result<bool> {
         let mut pending: Vec<Pending<'s>> = Vec::new();
         let mut slots = slots.peekable();
-        // A slot per read or write: once they are used up, this batch is full.
+        // A slot per read: once they are used up, this batch is full.
         while slots.peek().is_some() {
             let Some(chain) = self.pop() else {
                 break;
