@@ -22,6 +22,10 @@ use super::{Channel, Endpoint, HypervisorError};
 const ARRAY_ADDRESS: usize = 128;
 /// The most bytes of memory image one frame carries.
 const MAX_IMAGE_BYTES: usize = MAX_PAYLOAD - std::mem::size_of::<HypercallRequest>();
+/// How many extents info's first piece has room for: a VBD's list, mostly, in a page of
+/// memory image; the first reply says how many there are, and later pieces are sized to
+/// the rest.
+const FIRST_INFO_EXTENTS: usize = (4096 - ARRAY_ADDRESS) / std::mem::size_of::<WireExtent>();
 /// How often a read in pieces starts again because the VBD changed meanwhile, before it
 /// gives up.
 const PIECE_RESTARTS: usize = 8;
@@ -418,21 +422,28 @@ impl Hypervisor {
         vdevice: DeviceNumber,
     ) -> Result<VbdDetails, HypervisorError> {
         let extent_size = std::mem::size_of::<WireExtent>();
-        let room = u32::try_from(self.limits()?.array_room(extent_size).max(1)).unwrap_or(u32::MAX);
+        let most = self.limits()?.array_room(extent_size).max(1);
         let operation = || format!("info on {}", describe(domain, vdevice));
         'restart: for _ in 0..PIECE_RESTARTS {
             let mut extents = Vec::new();
             let mut first: Option<InfoArgs> = None;
             loop {
+                // The whole image travels to the hypervisor, so each piece has room for
+                // what is still to come (known after the first), not for a whole frame.
+                let room = match first {
+                    None => FIRST_INFO_EXTENTS,
+                    Some(first) => (first.nr_extents as usize).saturating_sub(extents.len()),
+                }
+                .clamp(1, most);
                 let args = InfoArgs {
                     handle: handle(domain, vdevice),
                     extents_address: ARRAY_ADDRESS as u64,
-                    capacity: room,
+                    capacity: u32::try_from(room).unwrap_or(u32::MAX),
                     first_index: extents.len() as u32,
                     ..Default::default()
                 };
                 let (count, image) =
-                    self.hypercall(Op::Info, &args, &[], room as usize * extent_size, operation)?;
+                    self.hypercall(Op::Info, &args, &[], room * extent_size, operation)?;
                 let after: InfoArgs = self.read_back(&image, 0)?;
                 match first {
                     Some(first) if first.generation != after.generation => continue 'restart,
