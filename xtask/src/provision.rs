@@ -58,9 +58,40 @@ const RUST_TARGET: &str = "x86_64-unknown-none";
 /// installing them when we may (as root), otherwise failing with the command to run.
 /// Returns the guest artefacts.
 pub fn ensure_all() -> Result<GuestArtefacts, String> {
+    report_free_space()?;
     ensure_rust_target()?;
     ensure_packages()?;
     GuestArtefacts::ensure()
+}
+
+/// What a run from a clean clone leaves under `target/` (builds, the guest artefacts, the
+/// tests' images and databases; 3.7 GiB measured), with room to spare.
+const NEEDED_GIB: u64 = 5;
+
+/// Say how much room the workspace's disk has, and warn when a run from a clean clone may
+/// fill it: a full disk fails tests far from the cause (a database that cannot grow, a
+/// short write to an image).
+fn report_free_space() -> Result<(), String> {
+    let root = vbd_machine::workspace_root();
+    let df = output(Command::new("df").args(["-Pk"]).arg(&root))?;
+    let free_gib = available_kib(&String::from_utf8_lossy(&df.stdout))
+        .ok_or_else(|| format!("df -Pk {}: no figure for available space", root.display()))?
+        >> 20;
+    if free_gib < NEEDED_GIB {
+        eprintln!(
+            "xtask: warning: only {free_gib} GiB free on {}'s disk; a run from a clean \
+             clone needs about {NEEDED_GIB} GiB",
+            root.display()
+        );
+    } else {
+        eprintln!("xtask: {free_gib} GiB free on {}'s disk", root.display());
+    }
+    Ok(())
+}
+
+/// The `Available` column (KiB) of `df -Pk`'s one line for a file system.
+fn available_kib(df: &str) -> Option<u64> {
+    df.lines().nth(1)?.split_whitespace().nth(3)?.parse().ok()
 }
 
 fn ensure_rust_target() -> Result<(), String> {
@@ -134,5 +165,22 @@ fn ensure_packages() -> Result<(), String> {
             tool.program, tool.package
         )),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_available_column_of_df_is_read_and_anything_else_is_none() {
+        let df = "Filesystem     1024-blocks     Used Available Capacity Mounted on\n\
+                  /dev/vda         263174212 27262976  69206016      29% /\n";
+        assert_eq!(available_kib(df), Some(69_206_016));
+        assert_eq!(
+            available_kib("Filesystem 1024-blocks Used Available\n"),
+            None
+        );
+        assert_eq!(available_kib("header\n/dev/vda 1 2 many 3% /\n"), None);
     }
 }
