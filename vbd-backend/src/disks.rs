@@ -220,6 +220,20 @@ pub(crate) mod tests {
         (directory, disks)
     }
 
+    /// `hda` (3:0) of 4096 sectors, the first disk of [`crate::vbd::tests::empty_table`],
+    /// whose every read waits for bytes written to the pipe returned with it: a read the
+    /// test keeps in flight for as long as it likes.
+    pub fn a_disk_on_a_pipe() -> (Disks, std::io::PipeWriter) {
+        let (reader, writer) = std::io::pipe().unwrap();
+        let disk = Disk {
+            name: "hda".into(),
+            device: DeviceNumber::new(3, 0).unwrap(),
+            sectors: 4096,
+            file: File::from(std::os::fd::OwnedFd::from(reader)),
+        };
+        (Disks { disks: vec![disk] }, writer)
+    }
+
     #[test]
     fn a_device_the_table_names_but_no_disk_backs_is_eio() {
         let (_directory, disks) = two_disks();
