@@ -39,12 +39,14 @@ impl std::fmt::Display for Endpoint {
 
 /// How long a reply may take. A 1 MiB block transfer through an emulated UART and ATA PIO
 /// takes a few seconds under TCG; a minute means the hypervisor is gone.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A connected port.
 pub struct Channel {
     stream: UnixStream,
     endpoint: String,
+    /// How long a reply may take before the call fails with [`HypervisorError::NoReply`].
+    reply_timeout: Duration,
     next_sequence: u32,
     received: Vec<u8>,
     notices: Vec<ChangeNotice>,
@@ -59,14 +61,29 @@ impl Channel {
         };
         let Endpoint::Unix(path) = endpoint;
         let stream = UnixStream::connect(path).map_err(io)?;
-        stream.set_read_timeout(Some(REPLY_TIMEOUT)).map_err(io)?;
+        Channel::over(stream, name.clone()).map_err(io)
+    }
+
+    /// A channel over a connected stream, waiting [`REPLY_TIMEOUT`] for replies.
+    fn over(stream: UnixStream, endpoint: String) -> std::io::Result<Channel> {
+        stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
         Ok(Channel {
             stream,
-            endpoint: name,
+            endpoint,
+            reply_timeout: REPLY_TIMEOUT,
             next_sequence: 1,
             received: Vec::new(),
             notices: Vec::new(),
         })
+    }
+
+    /// Wait `timeout` for each reply from now on.
+    pub fn set_reply_timeout(&mut self, timeout: Duration) -> Result<(), HypervisorError> {
+        self.stream
+            .set_read_timeout(Some(timeout))
+            .map_err(|error| self.io_error(error))?;
+        self.reply_timeout = timeout;
+        Ok(())
     }
 
     fn io_error(&self, source: std::io::Error) -> HypervisorError {
@@ -163,20 +180,11 @@ impl Channel {
                         .map(|(notice, _)| notice))
                 }
                 Ok(_) => continue,
-                Err(HypervisorError::Io { source, .. })
-                    if matches!(
-                        source.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    break Ok(None)
-                }
+                Err(HypervisorError::NoReply { .. }) => break Ok(None),
                 Err(error) => break Err(error),
             }
         };
-        self.stream
-            .set_read_timeout(Some(REPLY_TIMEOUT))
-            .map_err(|error| self.io_error(error))?;
+        self.set_reply_timeout(self.reply_timeout)?;
         result
     }
 
@@ -197,10 +205,18 @@ impl Channel {
                 }
             }
             let mut chunk = [0u8; 64 * 1024];
-            let read = self
-                .stream
-                .read(&mut chunk)
-                .map_err(|error| self.io_error(error))?;
+            let read = self.stream.read(&mut chunk).map_err(|error| {
+                match error.kind() {
+                    // What a read timeout looks like on a unix socket.
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                        HypervisorError::NoReply {
+                            endpoint: self.endpoint.clone(),
+                            waited: self.reply_timeout,
+                        }
+                    }
+                    _ => self.io_error(error),
+                }
+            })?;
             if read == 0 {
                 return Err(self.protocol_error("the port closed"));
             }
@@ -230,13 +246,8 @@ mod tests {
     #[test]
     fn a_reply_is_found_among_garbage_stale_replies_and_notices() {
         let (client, mut server) = UnixStream::pair().unwrap();
-        let mut channel = Channel {
-            stream: client,
-            endpoint: "test".to_owned(),
-            next_sequence: 7,
-            received: Vec::new(),
-            notices: Vec::new(),
-        };
+        let mut channel = Channel::over(client, "test".to_owned()).unwrap();
+        channel.next_sequence = 7;
         let notice = ChangeNotice {
             domain: 1,
             _reserved: 0,
@@ -265,5 +276,31 @@ mod tests {
         server.read_exact(&mut sent).unwrap();
         let (request, _) = frame::decode(&sent).unwrap();
         assert_eq!((request.kind, request.sequence), (FrameKind::BlockRead, 7));
+    }
+
+    #[test]
+    fn a_silent_port_is_no_reply_within_the_timeout_not_an_errno() {
+        let (client, _server) = UnixStream::pair().unwrap();
+        let mut channel = Channel::over(client, "test".to_owned()).unwrap();
+        channel
+            .set_reply_timeout(Duration::from_millis(100))
+            .unwrap();
+        let error = channel
+            .request(FrameKind::BlockRead, &[b"req"], FrameKind::BlockResponse)
+            .unwrap_err();
+        assert!(
+            matches!(error, HypervisorError::NoReply { .. }),
+            "{error:?}"
+        );
+        assert_eq!(
+            error.to_string(),
+            "hypervisor at test: no reply within 0.1 s"
+        );
+        // Waiting for a notice that does not come is not an error, and keeps the timeout.
+        assert!(channel
+            .wait_notice(Duration::from_millis(10))
+            .unwrap()
+            .is_none());
+        assert_eq!(channel.reply_timeout, Duration::from_millis(100));
     }
 }

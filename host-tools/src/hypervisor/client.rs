@@ -15,6 +15,9 @@ use shared_abi::wire::{
 use shared_abi::{DeviceNumber, Label, Mode, Op, SharingLevel, SECTOR_SIZE};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
+use std::time::Duration;
+
+use super::channel::REPLY_TIMEOUT;
 use super::{Channel, Endpoint, HypervisorError};
 
 /// Where the array of a hypercall sits in the memory image, after the argument struct (the
@@ -26,6 +29,9 @@ const MAX_IMAGE_BYTES: usize = MAX_PAYLOAD - std::mem::size_of::<HypercallReques
 /// memory image; the first reply says how many there are, and later pieces are sized to
 /// the rest.
 const FIRST_INFO_EXTENTS: usize = (4096 - ARRAY_ADDRESS) / std::mem::size_of::<WireExtent>();
+/// How long the `Ready` handshake may take: a port answers it at once unless another
+/// client holds it, and then the caller should hear so well before [`REPLY_TIMEOUT`].
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often a read in pieces starts again because the VBD changed meanwhile, before it
 /// gives up.
 const PIECE_RESTARTS: usize = 8;
@@ -103,9 +109,28 @@ impl Hypervisor {
     /// Connect to `unix:PATH` and learn which domain the port belongs to: the client sends
     /// an empty `Ready` frame and the hypervisor answers with the port's [`ReadyNotice`].
     pub fn connect(endpoint: &str) -> Result<Hypervisor, HypervisorError> {
+        Hypervisor::connect_within(endpoint, HANDSHAKE_TIMEOUT)
+    }
+
+    /// [`Hypervisor::connect`], waiting `handshake` for the `Ready` reply.
+    fn connect_within(endpoint: &str, handshake: Duration) -> Result<Hypervisor, HypervisorError> {
         let parsed: Endpoint = endpoint.parse()?;
         let mut channel = Channel::connect(&parsed)?;
-        let reply = channel.request(FrameKind::Ready, &[], FrameKind::Ready)?;
+        channel.set_reply_timeout(handshake)?;
+        let reply = channel
+            .request(FrameKind::Ready, &[], FrameKind::Ready)
+            .map_err(|error| match error {
+                HypervisorError::NoReply { endpoint, waited } => HypervisorError::Protocol {
+                    endpoint,
+                    message: format!(
+                        "no answer to the handshake within {} s: another client may hold \
+                         the port (a port serves one connection at a time)",
+                        waited.as_secs_f64()
+                    ),
+                },
+                other => other,
+            })?;
+        channel.set_reply_timeout(REPLY_TIMEOUT)?;
         let notice = ReadyNotice::read_from_prefix(&reply)
             .map(|(notice, _)| notice)
             .map_err(|_| HypervisorError::Protocol {
@@ -582,5 +607,30 @@ fn summary(entry: ProbeEntry) -> VbdSummary {
         },
         size_sectors: entry.capacity_sectors,
         nr_extents: entry.nr_extents,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    #[test]
+    fn a_port_that_never_answers_the_handshake_is_named_as_possibly_held() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("held.sock");
+        // Accepted but never served, as a QEMU serial socket queues a second client.
+        let _listener = UnixListener::bind(&path).unwrap();
+        let endpoint = format!("unix:{}", path.display());
+        let error = Hypervisor::connect_within(&endpoint, Duration::from_millis(200))
+            .err()
+            .expect("no handshake");
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "hypervisor at {endpoint}: no answer to the handshake within 0.2 s: another \
+                 client may hold the port (a port serves one connection at a time)"
+            )
+        );
     }
 }

@@ -20,6 +20,11 @@ pub enum HypervisorError {
         endpoint: String,
         source: std::io::Error,
     },
+    #[error("hypervisor at {endpoint}: no reply within {} s", waited.as_secs_f64())]
+    NoReply {
+        endpoint: String,
+        waited: std::time::Duration,
+    },
     #[error("hypervisor at {endpoint}: {message}")]
     Protocol { endpoint: String, message: String },
     #[error("hypervisor refused {operation}: {error}")]
