@@ -65,7 +65,7 @@ pub fn ensure_all() -> Result<GuestArtefacts, String> {
 }
 
 /// What a run from a clean clone leaves under `target/` (builds, the guest artefacts, the
-/// tests' images and databases; 2.5 GiB measured), with room to spare.
+/// tests' images and databases; 2.9 GiB measured at `cargo xtask test`), with room to spare.
 const NEEDED_GIB: u64 = 5;
 
 /// Say how much room the workspace's disk has, and warn when a run from a clean clone may
