@@ -692,6 +692,20 @@ mod tests {
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
 
+    /// `dom1/xvda.sock`, writable, serving `vd:1`: the first 8 sectors of `disks`' first
+    /// disk, in a fresh table.
+    fn vd_1_on(disks: crate::disks::Disks) -> DeviceTarget {
+        let table = empty_table();
+        let vbd = create(table, xvda(1), &[(0, 0, 8)], true, "vd:1");
+        DeviceTarget {
+            shared: Arc::new(Shared::new(table, disks, 1, 1)),
+            vbd,
+            writable: true,
+            serial: "vd:1".into(),
+            name: "dom1/xvda.sock".into(),
+        }
+    }
+
     /// Where a hand-made split virtqueue of 16 entries and its one read request live.
     const DESCRIPTORS: u64 = 0x0;
     const AVAIL: u64 = 0x1000;
@@ -747,16 +761,8 @@ mod tests {
     /// offset; `pread` is `ESPIPE`, so the path without io_uring is not tested this way.)
     fn delete_during_a_read_on_the_ring() -> Seen {
         let (disks, mut pipe) = a_disk_on_a_pipe();
-        let table = empty_table();
-        let vbd = create(table, xvda(1), &[(0, 0, 8)], true, "vd:1");
-        let shared = Arc::new(Shared::new(table, disks, 1, 1));
-        let target = DeviceTarget {
-            shared,
-            vbd,
-            writable: true,
-            serial: "vd:1".into(),
-            name: "dom1/xvda.sock".into(),
-        };
+        let target = vd_1_on(disks);
+        let table = target.shared.table;
         let resumed = ResumedRings::default();
         let queue = QueueTarget {
             target: &target,
@@ -819,16 +825,8 @@ mod tests {
     #[test]
     fn requests_without_a_context_or_once_stopping_fail_and_touch_nothing() {
         let (_directory, disks) = two_disks();
-        let table = empty_table();
-        let vbd = create(table, xvda(1), &[(0, 0, 8)], true, "vd:1");
-        let shared = Arc::new(Shared::new(table, disks, 1, 1));
-        let target = DeviceTarget {
-            shared: shared.clone(),
-            vbd,
-            writable: true,
-            serial: "vd:1".into(),
-            name: "dom1/xvda.sock".into(),
-        };
+        let target = vd_1_on(disks);
+        let (table, shared) = (target.shared.table, target.shared.clone());
         let resumed = ResumedRings::default();
         let queue = QueueTarget {
             target: &target,
