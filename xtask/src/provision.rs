@@ -58,7 +58,7 @@ const RUST_TARGET: &str = "x86_64-unknown-none";
 /// installing them when we may (as root), otherwise failing with the command to run.
 /// Returns the guest artefacts.
 pub fn ensure_all() -> Result<GuestArtefacts, String> {
-    report_free_space()?;
+    report_free_space();
     ensure_rust_target()?;
     ensure_packages()?;
     GuestArtefacts::ensure()
@@ -70,23 +70,25 @@ const NEEDED_GIB: u64 = 5;
 
 /// Say how much room the workspace's disk has, and warn when a run from a clean clone may
 /// fill it: a full disk fails tests far from the cause (a database that cannot grow, a
-/// short write to an image).
-fn report_free_space() -> Result<(), String> {
+/// short write to an image). Only a warning, never a reason to stop.
+fn report_free_space() {
     let root = vbd_machine::workspace_root();
-    let df = output(Command::new("df").args(["-Pk"]).arg(&root))?;
-    let free_gib = available_kib(&String::from_utf8_lossy(&df.stdout))
-        .ok_or_else(|| format!("df -Pk {}: no figure for available space", root.display()))?
-        >> 20;
-    if free_gib < NEEDED_GIB {
-        eprintln!(
+    let free_kib = output(Command::new("df").args(["-Pk"]).arg(&root))
+        .ok()
+        .and_then(|df| available_kib(&String::from_utf8_lossy(&df.stdout)));
+    match free_kib.map(|kib| kib >> 20) {
+        Some(free_gib) if free_gib < NEEDED_GIB => eprintln!(
             "xtask: warning: only {free_gib} GiB free on {}'s disk; a run from a clean \
              clone needs about {NEEDED_GIB} GiB",
             root.display()
-        );
-    } else {
-        eprintln!("xtask: {free_gib} GiB free on {}'s disk", root.display());
+        ),
+        Some(free_gib) => eprintln!("xtask: {free_gib} GiB free on {}'s disk", root.display()),
+        None => eprintln!(
+            "xtask: warning: df gave no free space for {}; a run from a clean clone needs \
+             about {NEEDED_GIB} GiB",
+            root.display()
+        ),
     }
-    Ok(())
 }
 
 /// The `Available` column (KiB) of `df -Pk`'s one line for a file system.

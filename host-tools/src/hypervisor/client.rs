@@ -6,6 +6,8 @@
 //! carry (the hypervisor's limits say how long that is) go in pieces: set-extents builds a
 //! pending list that the last piece swaps in at once, and info reads from an index on.
 
+use std::time::Duration;
+
 use shared_abi::frame::{FrameKind, MAX_BLOCK_SECTORS, MAX_PAYLOAD};
 use shared_abi::wire::{
     BlockRequest, BlockResponse, CreateArgs, DomainArgs, Extent, GrowArgs, HypercallRequest,
@@ -14,8 +16,6 @@ use shared_abi::wire::{
 };
 use shared_abi::{DeviceNumber, Label, Mode, Op, SharingLevel, SECTOR_SIZE};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
-
-use std::time::Duration;
 
 use super::channel::REPLY_TIMEOUT;
 use super::{Channel, Endpoint, HypervisorError};
