@@ -194,6 +194,10 @@ pub fn render_json(summary: &Summary) -> String {
             number(guest.backend_rss_mib_serving),
         ),
         (
+            "backend_shmem_mib_serving",
+            number(guest.backend_shmem_mib_serving),
+        ),
+        (
             "guest_io_queues",
             object([
                 (

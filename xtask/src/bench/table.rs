@@ -285,8 +285,11 @@ fn render_guest(table: &mut String, summary: &Summary) {
     let _ = writeln!(
         table,
         "vbd-backend resident: {:.1} MiB with 1 VBD, {:.1} MiB with {MANY_VBDS}; {:.1} MiB after \
-         serving this guest",
-        guest.backend_rss_mib.0, guest.backend_rss_mib.1, guest.backend_rss_mib_serving
+         serving this guest, {:.1} MiB of it the guest's memory (RssShmem)",
+        guest.backend_rss_mib.0,
+        guest.backend_rss_mib.1,
+        guest.backend_rss_mib_serving,
+        guest.backend_shmem_mib_serving
     );
 }
 

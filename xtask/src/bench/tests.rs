@@ -103,6 +103,7 @@ fn summary() -> Summary {
             qsd_cpu_us_per_io: 60.0,
             backend_rss_mib: (5.5, 7.25),
             backend_rss_mib_serving: 9.0,
+            backend_shmem_mib_serving: 6.0,
             rounds: 3,
             runtime: Duration::from_secs(1),
         },

@@ -38,7 +38,7 @@ pub use artefacts::{guest_directory, Fio, GuestArtefacts, VIRTIO_MODULES};
 pub use cpu::process_cpu_time;
 pub use fio::{run_job, Engine, FioDirection, FioJob, FioReport, FioRun, Pattern};
 pub use initramfs::{fio_layer, Initramfs};
-pub use memory::process_resident_bytes;
+pub use memory::{process_resident_bytes, process_shared_resident_bytes};
 pub use report::GuestReport;
 pub use rootfs::RootFilesystem;
 pub use runner::{run_guest, Aio, Cache, Guest, GuestConfig, GuestDisk};

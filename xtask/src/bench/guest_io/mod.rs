@@ -14,7 +14,8 @@ use std::fs;
 use std::time::Duration;
 
 use vbd_machine::guest::{
-    fio_layer, process_resident_bytes, run_job, Guest, GuestArtefacts, GuestConfig, Initramfs,
+    fio_layer, process_resident_bytes, process_shared_resident_bytes, run_job, Guest,
+    GuestArtefacts, GuestConfig, Initramfs,
 };
 use vbd_machine::{build_backend, target_directory};
 
@@ -59,6 +60,8 @@ pub struct GuestIo {
     pub backend_rss_mib: (f64, f64),
     /// The resident MiB of the backend that served the guest, after its last job.
     pub backend_rss_mib_serving: f64,
+    /// How much of that is shared memory (`RssShmem`): the guest's pages it touched.
+    pub backend_shmem_mib_serving: f64,
     pub rounds: usize,
     pub runtime: Duration,
 }
@@ -175,6 +178,7 @@ pub fn measure(quick: bool) -> Result<GuestIo, String> {
         samples.add(step, &run.report, run.server_cpu);
     }
     let serving = process_resident_bytes(servers.backend.pid())?;
+    let serving_shared = process_shared_resident_bytes(servers.backend.pid())?;
     let mut medians = BTreeMap::new();
     let mut cpu_us_per_io = BTreeMap::new();
     for (workloads, targets) in GROUPS {
@@ -206,6 +210,7 @@ pub fn measure(quick: bool) -> Result<GuestIo, String> {
         qsd_cpu_us_per_io: samples.cpu_us_per_io(Target::Qsd, &RANDOM_READS)?,
         backend_rss_mib,
         backend_rss_mib_serving: serving as f64 / f64::from(1u32 << 20),
+        backend_shmem_mib_serving: serving_shared as f64 / f64::from(1u32 << 20),
         rounds,
         runtime,
     })
