@@ -209,8 +209,8 @@ pub fn measure(quick: bool) -> Result<GuestIo, String> {
         backend_cpu_us_per_io: samples.cpu_us_per_io(Target::Vbd1, &RANDOM_READS)?,
         qsd_cpu_us_per_io: samples.cpu_us_per_io(Target::Qsd, &RANDOM_READS)?,
         backend_rss_mib,
-        backend_rss_mib_serving: serving as f64 / f64::from(1u32 << 20),
-        backend_shmem_mib_serving: serving_shared as f64 / f64::from(1u32 << 20),
+        backend_rss_mib_serving: resident::mebibytes(serving),
+        backend_shmem_mib_serving: resident::mebibytes(serving_shared),
         rounds,
         runtime,
     })

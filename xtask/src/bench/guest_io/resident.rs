@@ -15,10 +15,14 @@ use super::setup::{hda, start_backend};
 const VBDS_PER_DOMAIN: u32 = 16;
 pub const MANY_VBDS: u32 = 64;
 
+/// Bytes in MiB, as the resident figures are reported.
+pub fn mebibytes(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1u32 << 20)
+}
+
 /// Resident MiB with one VBD attached and with [`MANY_VBDS`].
 pub fn measure(binary: &Path, devices: &Path, dir: &Path) -> Result<(f64, f64), String> {
     let mut backend = start_backend(binary, devices, dir, 1)?;
-    let mebibytes = |bytes: u64| bytes as f64 / f64::from(1u32 << 20);
     let mut one = None;
     for index in 0..MANY_VBDS {
         let domain = 1 + index / VBDS_PER_DOMAIN;
