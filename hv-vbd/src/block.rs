@@ -109,15 +109,24 @@ pub struct Segment {
 #[must_use = "the I/O must be done while the translation is held"]
 pub struct Translation<'s, 't> {
     segments: &'s [Segment],
-    _in_flight: InFlight<'t>,
+    in_flight: InFlight<'t>,
 }
 
 impl<'s, 't> Translation<'s, 't> {
     pub(crate) fn new(segments: &'s [Segment], in_flight: InFlight<'t>) -> Self {
         Translation {
             segments,
-            _in_flight: in_flight,
+            in_flight,
         }
+    }
+
+    /// Another registration of this I/O, for whatever does the I/O to own: a change that
+    /// removes these extents waits for it as for the translation, so an I/O submitted to a
+    /// device that finishes on its own time (an io_uring, a DMA engine) can carry its
+    /// registration with it and let go of it only at its completion, whatever happens to
+    /// the translation meanwhile.
+    pub fn registration(&self) -> InFlight<'t> {
+        self.in_flight.clone()
     }
 
     /// The physical segments, in request order.

@@ -225,6 +225,18 @@ pub struct InFlight<'t> {
     counter: &'t AtomicU32,
 }
 
+impl Clone for InFlight<'_> {
+    /// One more registration in the same grace period: the original is still held, so the
+    /// period it counts in has not been waited out, and a fence waiting on it now waits for
+    /// the clone too.
+    fn clone(&self) -> Self {
+        self.counter.fetch_add(1, Ordering::SeqCst);
+        InFlight {
+            counter: self.counter,
+        }
+    }
+}
+
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.counter.fetch_sub(1, Ordering::Release);
@@ -275,6 +287,19 @@ mod tests {
         drop(after);
         assert!(!fence.is_complete());
         drop(before);
+        assert!(fence.is_complete());
+    }
+
+    #[test]
+    fn a_fence_waits_for_every_clone_of_a_registration() {
+        let fencing = Fencing::<1>::new();
+        let context = fencing.claim().unwrap();
+        let io = context.enter();
+        let carried = io.clone();
+        let fence = fencing.begin_change().fence();
+        drop(io);
+        assert!(!fence.is_complete(), "the clone is still in flight");
+        drop(carried);
         assert!(fence.is_complete());
     }
 
