@@ -87,13 +87,8 @@ fn count(value: usize) -> Result<u32, Error> {
     u32::try_from(value).map_err(|_| Error::OutOfRange)
 }
 
-impl<
-        const DOMAINS: usize,
-        const VBDS: usize,
-        const EXTENTS: usize,
-        const DISKS: usize,
-        const CONTEXTS: usize,
-    > VbdTable<DOMAINS, VBDS, EXTENTS, DISKS, CONTEXTS>
+impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize, const DISKS: usize>
+    VbdTable<DOMAINS, VBDS, EXTENTS, DISKS>
 {
     /// Run hypercall `op` for domain `caller` (known from the channel it came on, never from
     /// the arguments) with its argument struct at `args` in the caller's memory.

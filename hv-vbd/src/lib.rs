@@ -8,12 +8,13 @@
 //! - hypercalls go to [`VbdTable::dispatch`] with the caller's domain taken from the
 //!   channel, or whole frames to [`serve::FrameServer`], which also answers the channel's
 //!   block requests;
-//! - each I/O thread claims an [`IoContext`]; a guest request becomes a [`Request`], which
-//!   [`VbdTable::translate`] turns into physical [`Segment`]s without taking a lock; the
-//!   [`Translation`] it returns pairs them with the request's buffers ([`Transfers`]) and is
-//!   held until the disk I/O is done;
-//! - a change that removes or moves extents returns a [`Fence`], complete once every I/O
-//!   translated under the old mapping has finished; only then may it be answered.
+//! - each I/O thread takes an [`IoContext`] (as many as it likes: they are free); a guest
+//!   request becomes a [`Request`], which [`VbdTable::translate`] turns into physical
+//!   [`Segment`]s without taking a lock; the [`Translation`] it returns pairs them with the
+//!   request's buffers ([`Transfers`]) and is held until the disk I/O is done;
+//! - a change that removes or moves a VBD's extents returns a [`Fence`], complete once
+//!   every I/O translated on that VBD under the old mapping has finished; only then may it
+//!   be answered. It waits for that VBD's I/O and no other's.
 //!
 //! Guest input is hostile: arguments are copied in once and validated, guest addresses are
 //! checked before use ([`GuestAddress`]), every loop over guest data is bounded by a fixed
@@ -23,10 +24,10 @@
 //!
 //! Each extent of capacity costs [`BYTES_PER_EXTENT`] bytes: a virtual end and a packed
 //! physical place (disk index and sector) for translation; an index slot, its merge buffer
-//! and an owner for changes.
-//! [`DefaultVbdTable`] (64 domains, 16 VBDs each, 65 536 extents, 16 disks, 64 I/O
-//! contexts) occupies [`DEFAULT_TABLE_BYTES`] bytes, about 1.9 MiB, almost all of it the
-//! extent arena.
+//! and an owner for changes. Each VBD slot costs about 250 bytes, half of it the cache
+//! lines of its grace period.
+//! [`DefaultVbdTable`] (64 domains, 16 VBDs each, 65 536 extents, 16 disks) occupies
+//! [`DEFAULT_TABLE_BYTES`] bytes, about 2 MiB, almost all of it the extent arena.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
@@ -39,6 +40,7 @@ mod registry;
 mod seqlock;
 pub mod serve;
 mod sweep;
+mod sync;
 mod table;
 
 pub use arena::BYTES_PER_EXTENT;
@@ -52,15 +54,14 @@ pub use table::{
     Changed, Limits, ListPiece, ProbeSummary, Removal, SetExtents, VbdId, VbdInfo, VbdRef, VbdTable,
 };
 
-/// A typical configuration: 64 domains, 16 VBDs each, 65 536 extents, 16 physical disks,
-/// 64 I/O contexts.
+/// A typical configuration: 64 domains, 16 VBDs each, 65 536 extents, 16 physical disks.
 pub type DefaultVbdTable = VbdTable<64, 16, 65536, 16>;
 
 /// The size of [`DefaultVbdTable`] in bytes.
 pub const DEFAULT_TABLE_BYTES: usize = core::mem::size_of::<DefaultVbdTable>();
 
 // The footprint promised above, checked at compile time: at most 32 bytes per extent, and
-// the default table is the arena plus under 128 KiB of VBD, domain and context slots.
+// the default table is the arena plus under 256 KiB of VBD and domain slots.
 const _: () = assert!(BYTES_PER_EXTENT == 26);
 const _: () = assert!(DEFAULT_TABLE_BYTES >= 65536 * BYTES_PER_EXTENT);
-const _: () = assert!(DEFAULT_TABLE_BYTES < 65536 * BYTES_PER_EXTENT + 128 * 1024);
+const _: () = assert!(DEFAULT_TABLE_BYTES < 65536 * BYTES_PER_EXTENT + 256 * 1024);

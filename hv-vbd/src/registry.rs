@@ -43,6 +43,11 @@ impl<const DISKS: usize> DiskRegistry<DISKS> {
         Ok(())
     }
 
+    /// How many disks are registered.
+    pub(crate) fn count(&self) -> usize {
+        self.disks.len()
+    }
+
     fn find(&self, device: DeviceNumber) -> Option<(u16, &Disk)> {
         self.disks
             .iter()

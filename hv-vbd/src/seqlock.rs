@@ -11,16 +11,18 @@
 //! This is the construction of Boehm, "Can seqlocks get along with programming language
 //! memory models?" (2012), with atomics instead of `unsafe`.
 
-use core::sync::atomic::{fence, AtomicU64, Ordering};
+use crate::sync::{const_fn, fence, AtomicU64, Ordering};
 
 pub(crate) struct SeqLock {
     sequence: AtomicU64,
 }
 
 impl SeqLock {
-    pub(crate) const fn new() -> SeqLock {
-        SeqLock {
-            sequence: AtomicU64::new(0),
+    const_fn! {
+        pub(crate) fn new() -> SeqLock {
+            SeqLock {
+                sequence: AtomicU64::new(0),
+            }
         }
     }
 
@@ -72,7 +74,7 @@ impl Drop for WriteSection<'_> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use core::sync::atomic::AtomicU32;

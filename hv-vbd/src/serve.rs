@@ -88,13 +88,8 @@ pub fn reject_payload(error: Error) -> BlockResponse {
     }
 }
 
-impl<
-        const DOMAINS: usize,
-        const VBDS: usize,
-        const EXTENTS: usize,
-        const DISKS: usize,
-        const CONTEXTS: usize,
-    > VbdTable<DOMAINS, VBDS, EXTENTS, DISKS, CONTEXTS>
+impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize, const DISKS: usize>
+    VbdTable<DOMAINS, VBDS, EXTENTS, DISKS>
 {
     /// Serve one well-formed frame that arrived on `port`, replying through `send` (kind,
     /// sequence, payload parts). A hypercall that removed or moved extents is answered only

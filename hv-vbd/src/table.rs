@@ -5,11 +5,14 @@
 //!   (atomics) under a seqlock, so any number of I/O threads translate at once without
 //!   writing a shared cache line, and it registers the I/O with its [`IoContext`] first,
 //!   so changes can fence it ([`crate::inflight`]).
-//! - Changes (dom0's create, grow, shrink, set-extents, delete, destroy-domain) are
-//!   serialised by the fencing's grace lock, held until the change's fence is complete. The
-//!   work itself happens under the writer mutex, and whatever moves a run translation can
-//!   see happens inside a seqlock write, so a reader sees a VBD's whole old mapping or its
-//!   whole new one, never a mix.
+//! - Changes (dom0's create, grow, shrink, set-extents, delete, destroy-domain) *hold* the
+//!   slots of the VBDs they change ([`crate::inflight`]) until their fence is complete, so
+//!   two changes to one VBD are serialised and changes to different VBDs are not. The work
+//!   itself happens under the writer mutex, and whatever moves a run translation can see
+//!   happens inside a seqlock write, so a reader sees a VBD's whole old mapping or its
+//!   whole new one, never a mix. A change that gives a VBD extents waits until no fence is
+//!   draining anywhere, so released extents are reused only once their old owner's I/O is
+//!   done.
 //! - Queries (probe, info, limits) take the writer mutex for short batches and hand the
 //!   results out after releasing it, so a guest's memory is never touched under a lock
 //!   translation or a change might wait on.
@@ -25,11 +28,11 @@ use shared_abi::{
     wire::{Extent, ProbeEntry, PROBE_ALL},
     DeviceNumber, Error, Label, Mode, ProbeInfo, SharingLevel, DOM0,
 };
-use spin::mutex::TicketMutex;
+use spin::mutex::{TicketMutex, TicketMutexGuard};
 
 use crate::arena::{disk_of, start_of, Extents, Layout, Owner, Run};
 use crate::block::{Access, Request, Segment, Translation};
-use crate::inflight::{Fence, Fencing, IoContext};
+use crate::inflight::{Fence, Fencing, Grace, Held, InFlight, IoContext};
 use crate::registry::{Disk, DiskRegistry};
 use crate::seqlock::SeqLock;
 use crate::sweep::{Source, Sweep};
@@ -114,7 +117,15 @@ const COPY_BATCH: usize = 64;
 const OUT_BATCH: usize = 64;
 /// A query that finds the table changed between its batches starts again, this many times
 /// at most before it answers `EBUSY`: a hostile dom0 cannot keep a guest's probe spinning.
+/// The same bound applies to a change or a translation whose VBD moved to another slot
+/// while it waited for it.
 const QUERY_RESTARTS: usize = 8;
+
+/// The disk bit of a VBD's disk set for disk index `disk`: one bit each for the first 63
+/// disks, and the last bit for all the others together.
+fn disk_bit(disk: usize) -> u64 {
+    1 << disk.min(63)
+}
 
 /// A free domain slot's id: [`PROBE_ALL`], which no domain can have.
 const FREE_DOMAIN: u32 = PROBE_ALL;
@@ -128,6 +139,8 @@ struct VbdSlot {
     first: AtomicU32,
     count: AtomicU32,
     incarnation: AtomicU64,
+    /// The disks the VBD's extents lie on ([`disk_bit`]), for flushes.
+    disks: AtomicU64,
 }
 
 impl VbdSlot {
@@ -138,6 +151,7 @@ impl VbdSlot {
             first: AtomicU32::new(0),
             count: AtomicU32::new(0),
             incarnation: AtomicU64::new(0),
+            disks: AtomicU64::new(0),
         }
     }
 
@@ -216,6 +230,8 @@ struct VbdRecord {
     /// The table generation at this VBD's creation: distinct for every VBD ever made.
     incarnation: u64,
     run: Run,
+    /// The disks of `run` ([`disk_bit`]).
+    disks: u64,
     pending: Option<Pending>,
 }
 
@@ -228,6 +244,7 @@ impl VbdRecord {
         version: 0,
         incarnation: 0,
         run: Run::EMPTY,
+        disks: 0,
         pending: None,
     };
 }
@@ -261,21 +278,32 @@ struct Writer<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize, con
 
 /// The VBD table, sized by the embedding hypervisor: at most `DOMAINS` domains with VBDs,
 /// `VBDS` VBDs per domain, `EXTENTS` extents in all (one arena shared by every VBD, so one
-/// large VD does not make every VBD reserve room), `DISKS` physical disks, and `CONTEXTS`
-/// I/O contexts (one per thread that translates).
+/// large VD does not make every VBD reserve room), and `DISKS` physical disks. Any number
+/// of threads may translate at once.
 ///
-/// `size_of` is about `EXTENTS * BYTES_PER_EXTENT` (28 bytes) plus about 80 bytes per VBD
-/// slot and 128 per context; see [`crate::DefaultVbdTable`] for a typical configuration.
+/// `size_of` is about `EXTENTS * BYTES_PER_EXTENT` (26 bytes) plus about 250 bytes per VBD
+/// slot (128 of them its grace period's cache lines); see [`crate::DefaultVbdTable`] for a
+/// typical configuration.
 pub struct VbdTable<
     const DOMAINS: usize,
     const VBDS: usize,
     const EXTENTS: usize,
     const DISKS: usize,
-    const CONTEXTS: usize = 64,
 > {
     shared: Shared<DOMAINS, VBDS, EXTENTS, DISKS>,
     writer: TicketMutex<Writer<DOMAINS, VBDS, EXTENTS, DISKS>>,
-    fencing: Fencing<CONTEXTS>,
+    fencing: Fencing<DOMAINS, VBDS>,
+    /// Held by a change from its start until it returns (not until its fence completes):
+    /// changes that move extents in the arena one batch at a time see no other's moves.
+    changes: TicketMutex<()>,
+}
+
+/// A change under way on one VBD slot: the slot held, every other change kept out.
+struct Change<'t> {
+    held: Held<'t>,
+    _serial: TicketMutexGuard<'t, ()>,
+    domain: usize,
+    vbd: usize,
 }
 
 fn require_dom0(caller: u32) -> Result<(), Error> {
@@ -310,6 +338,13 @@ impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize, const DISKS:
             .position(|vbd| vbd.present && vbd.vdevice == id.vdevice)
             .ok_or(Error::NotFound)?;
         Ok((domain, vbd))
+    }
+
+    /// The disks of the extents at `positions` ([`disk_bit`]).
+    fn disks_of(extents: &Extents<EXTENTS>, positions: core::ops::Range<usize>) -> u64 {
+        positions.fold(0, |disks, position| {
+            disks | disk_bit(disk_of(extents.key(position)))
+        })
     }
 
     fn owner(domain: usize, vbd: usize) -> Owner {
@@ -413,23 +448,41 @@ impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize, const DISKS:
         slot.first.store(record.run.first, Relaxed);
         slot.count.store(record.run.count, Relaxed);
         slot.incarnation.store(record.incarnation, Relaxed);
+        slot.disks.store(record.disks, Relaxed);
     }
 
-    /// One translation attempt, inside a seqlock read: every value may be torn, and
-    /// nothing here may panic or loop unboundedly.
+    /// Where VBD `id` lives: its domain slot and VBD slot. Inside a seqlock read.
     #[inline]
-    fn translate(&self, id: VbdId, request: &Request, out: &mut [Segment]) -> Result<usize, Error> {
+    fn locate(&self, id: VbdId) -> Result<(usize, usize), Error> {
         let domain = self
             .domain_ids
             .iter()
             .position(|domain_id| domain_id.load(Relaxed) == id.domain)
             .ok_or(Error::NotFound)?;
-        let run = self.slots[domain]
+        let vbd = self.slots[domain]
             .iter()
-            .find(|slot| slot.holds(id.vdevice))
-            .ok_or(Error::NotFound)?
-            .run_for(request.access())?;
-        self.translate_run(run, request, out)
+            .position(|slot| slot.holds(id.vdevice))
+            .ok_or(Error::NotFound)?;
+        Ok((domain, vbd))
+    }
+
+    /// One translation attempt of VBD `id` in the slot [`Shared::locate`] found, inside a
+    /// seqlock read: every value may be torn, and nothing here may panic or loop
+    /// unboundedly. `None` when the slot no longer holds `id`.
+    #[inline]
+    fn translate(
+        &self,
+        id: VbdId,
+        (domain, vbd): (usize, usize),
+        request: &Request,
+        out: &mut [Segment],
+    ) -> Result<Option<usize>, Error> {
+        let slot = &self.slots[domain][vbd];
+        if self.domain_ids[domain].load(Relaxed) != id.domain || !slot.holds(id.vdevice) {
+            return Ok(None);
+        }
+        let run = slot.run_for(request.access())?;
+        self.translate_run(run, request, out).map(Some)
     }
 
     #[inline]
@@ -444,6 +497,16 @@ impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize, const DISKS:
             .translate(run, sector, end, &self.disk_devices, out)
     }
 
+    /// The slot of a pinned VBD, if it still holds that incarnation.
+    #[inline]
+    fn pinned_slot(&self, vbd: &VbdRef) -> Result<&VbdSlot, Error> {
+        self.slots
+            .get(vbd.domain as usize)
+            .and_then(|slots| slots.get(vbd.vbd as usize))
+            .filter(|slot| slot.incarnation.load(Relaxed) == vbd.incarnation)
+            .ok_or(Error::NotFound)
+    }
+
     /// One translation attempt through a pinned VBD: its slot directly, if it still holds
     /// that incarnation.
     #[inline]
@@ -453,26 +516,13 @@ impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize, const DISKS:
         request: &Request,
         out: &mut [Segment],
     ) -> Result<usize, Error> {
-        let slot = self
-            .slots
-            .get(vbd.domain as usize)
-            .and_then(|slots| slots.get(vbd.vbd as usize))
-            .ok_or(Error::NotFound)?;
-        if slot.incarnation.load(Relaxed) != vbd.incarnation {
-            return Err(Error::NotFound);
-        }
-        let run = slot.run_for(request.access())?;
+        let run = self.pinned_slot(vbd)?.run_for(request.access())?;
         self.translate_run(run, request, out)
     }
 }
 
-impl<
-        const DOMAINS: usize,
-        const VBDS: usize,
-        const EXTENTS: usize,
-        const DISKS: usize,
-        const CONTEXTS: usize,
-    > VbdTable<DOMAINS, VBDS, EXTENTS, DISKS, CONTEXTS>
+impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize, const DISKS: usize>
+    VbdTable<DOMAINS, VBDS, EXTENTS, DISKS>
 {
     /// An empty table whose requests may ask for sharing up to `ceiling`. `const`, so a
     /// hypervisor can keep it in a `static`.
@@ -499,6 +549,7 @@ impl<
                 next_ticket: 1,
             }),
             fencing: Fencing::new(),
+            changes: TicketMutex::new(()),
         }
     }
 
@@ -540,9 +591,53 @@ impl<
         }
     }
 
-    /// Claim an I/O context for the calling thread; `ENOSPC` when all `CONTEXTS` are taken.
-    pub fn io_context(&self) -> Result<IoContext<'_>, Error> {
-        self.fencing.claim()
+    /// A context for a thread that translates: any number may exist at once.
+    pub fn io_context(&self) -> IoContext<'_> {
+        self.fencing.context()
+    }
+
+    /// Begin a change to VBD `id`: hold its slot, waiting (spinning) for the fence of an
+    /// earlier change to the same VBD, never for another VBD's; then keep every other
+    /// change out until this one returns. A change that gives the VBD extents
+    /// (`gives_extents`) also waits until no fence is draining anywhere, so no extent another
+    /// VBD released is reused while that VBD's I/O may still reach it: releases happen only
+    /// under the change lock, so the table stays quiet until this change returns.
+    fn begin_change(&self, id: VbdId, gives_extents: bool) -> Result<Change<'_>, Error> {
+        for _ in 0..QUERY_RESTARTS {
+            let (domain, vbd, incarnation) = {
+                let writer = self.writer.lock();
+                let (domain, vbd) = writer.find(id)?;
+                (domain, vbd, writer.vbds[domain][vbd].incarnation)
+            };
+            // Neither lock is held while waiting: an earlier change's fence may take as
+            // long as that VBD's I/O, and no other change may wait for that.
+            let held = self.fencing.hold(domain, vbd..vbd + 1);
+            let serial = self.serialised(gives_extents);
+            let writer = self.writer.lock();
+            if writer.find(id) == Ok((domain, vbd))
+                && writer.vbds[domain][vbd].incarnation == incarnation
+            {
+                return Ok(Change {
+                    held,
+                    _serial: serial,
+                    domain,
+                    vbd,
+                });
+            }
+        }
+        Err(Error::Busy)
+    }
+
+    /// The change lock, once no fence is draining if `quiet` is asked for.
+    fn serialised(&self, quiet: bool) -> TicketMutexGuard<'_, ()> {
+        loop {
+            let serial = self.changes.lock();
+            if !quiet || self.fencing.quiet() {
+                return serial;
+            }
+            drop(serial);
+            core::hint::spin_loop();
+        }
     }
 
     /// `EPERM` for a level above the ceiling.
@@ -580,9 +675,17 @@ impl<
         if writer.find(id).is_ok() {
             return Err(Error::AlreadyExists);
         }
-        let vbd = writer.vbds[domain]
-            .iter()
-            .position(|vbd| !vbd.present)
+        // A slot whose last VBD's fence is still draining would make this VBD's first
+        // change wait for it: take another if there is one.
+        let free = |index: &usize| !writer.vbds[domain][*index].present;
+        let vbd = (0..VBDS)
+            .filter(free)
+            .find(|&index| {
+                self.fencing
+                    .grace(domain, index)
+                    .is_some_and(|grace| !grace.is_held())
+            })
+            .or_else(|| (0..VBDS).find(free))
             .ok_or(Error::NoSpace)?;
         let version = writer.generation + 1;
         let record = VbdRecord {
@@ -593,6 +696,7 @@ impl<
             version,
             incarnation: version,
             run: Run::EMPTY,
+            disks: 0,
             pending: None,
         };
         writer.vbds[domain][vbd] = record;
@@ -616,11 +720,11 @@ impl<
         level: SharingLevel,
     ) -> Result<Changed, Error> {
         require_dom0(caller)?;
-        let _change = self.fencing.begin_change();
+        Self::check_level(&self.writer.lock(), level)?;
+        let change = self.begin_change(id, true)?;
+        let (domain, vbd) = (change.domain, change.vbd);
         let mut guard = self.writer.lock();
         let writer = &mut *guard;
-        Self::check_level(writer, level)?;
-        let (domain, vbd) = writer.find(id)?;
         let disk = writer.disks.check(&extent)?;
         let extents = &self.shared.extents;
         writer.discard_pending(extents, domain, vbd);
@@ -675,6 +779,7 @@ impl<
                 },
                 count: run.count + 1,
             };
+            record.disks |= disk_bit(usize::from(disk));
             self.publish_all(writer);
         }
         let changed = writer.touch(domain, id.domain);
@@ -697,10 +802,10 @@ impl<
     /// Remove the last extent (dom0 only); `EINVAL` when there is none.
     pub fn shrink(&self, caller: u32, id: VbdId) -> Result<Removal<'_>, Error> {
         require_dom0(caller)?;
-        let change = self.fencing.begin_change();
+        let change = self.begin_change(id, false)?;
+        let (domain, vbd) = (change.domain, change.vbd);
         let mut guard = self.writer.lock();
         let writer = &mut *guard;
-        let (domain, vbd) = writer.find(id)?;
         let run = writer.vbds[domain][vbd].run;
         if run.count == 0 {
             return Err(Error::InvalidArgument);
@@ -712,6 +817,9 @@ impl<
             let map = writer.layout.remove(extents, run.end() - 1..run.end());
             writer.remap_runs(map);
             writer.vbds[domain][vbd].run.count -= 1;
+            let run = writer.vbds[domain][vbd].run;
+            writer.vbds[domain][vbd].disks =
+                Writer::<DOMAINS, VBDS, EXTENTS, DISKS>::disks_of(extents, run.range());
             self.publish_all(writer);
         }
         let changed = writer.touch(domain, id.domain);
@@ -719,7 +827,7 @@ impl<
         drop(guard);
         Ok(Removal {
             changed,
-            fence: change.fence(),
+            fence: change.held.fence(),
         })
     }
 
@@ -769,8 +877,10 @@ impl<
         I: IntoIterator<Item = Result<Extent, Error>>,
     {
         require_dom0(caller)?;
-        let change = self.fencing.begin_change();
-        let (domain, vbd, ticket) = self.open_pending(id, &piece)?;
+        Self::check_level(&self.writer.lock(), piece.level)?;
+        let change = self.begin_change(id, !piece.more)?;
+        let (domain, vbd) = (change.domain, change.vbd);
+        let ticket = self.open_pending(domain, vbd, &piece)?;
         let arena = &self.shared.extents;
         let mut source = extents.into_iter();
         loop {
@@ -828,6 +938,9 @@ impl<
                 .take()
                 .map_or(Run::EMPTY, |pending| pending.run);
             record.run = if new.count == 0 { Run::EMPTY } else { new };
+            let run = record.run;
+            writer.vbds[domain][vbd].disks =
+                Writer::<DOMAINS, VBDS, EXTENTS, DISKS>::disks_of(arena, run.range());
             self.publish_all(writer);
         }
         let changed = writer.touch(domain, id.domain);
@@ -835,17 +948,15 @@ impl<
         drop(guard);
         Ok(SetExtents::Committed(Removal {
             changed,
-            fence: change.fence(),
+            fence: change.held.fence(),
         }))
     }
 
     /// Start or continue a VBD's pending list for `piece`, leaving it the last run of the
-    /// arena so that pushes extend it. Returns the VBD and the list's ticket.
-    fn open_pending(&self, id: VbdId, piece: &ListPiece) -> Result<(usize, usize, u64), Error> {
+    /// arena so that pushes extend it. Returns the list's ticket.
+    fn open_pending(&self, domain: usize, vbd: usize, piece: &ListPiece) -> Result<u64, Error> {
         let mut guard = self.writer.lock();
         let writer = &mut *guard;
-        Self::check_level(writer, piece.level)?;
-        let (domain, vbd) = writer.find(id)?;
         let arena = &self.shared.extents;
         let used = writer.layout.used() as u32;
         if piece.first_index == 0 {
@@ -860,7 +971,7 @@ impl<
                 },
                 ticket,
             });
-            return Ok((domain, vbd, ticket));
+            return Ok(ticket);
         }
         let pending = writer.vbds[domain][vbd]
             .pending
@@ -874,7 +985,7 @@ impl<
             let map = writer.layout.move_to_end(arena, pending.run);
             writer.remap_runs(map);
         }
-        Ok((domain, vbd, pending.ticket))
+        Ok(pending.ticket)
     }
 
     /// Append a batch of copied-in extents to the VBD's pending list, which ends the arena.
@@ -912,10 +1023,10 @@ impl<
     /// Delete a VBD and release its extents (dom0 only).
     pub fn delete(&self, caller: u32, id: VbdId) -> Result<Removal<'_>, Error> {
         require_dom0(caller)?;
-        let change = self.fencing.begin_change();
+        let change = self.begin_change(id, false)?;
+        let (domain, vbd) = (change.domain, change.vbd);
         let mut guard = self.writer.lock();
         let writer = &mut *guard;
-        let (domain, vbd) = writer.find(id)?;
         {
             let _section = self.shared.sequence.write();
             self.release_vbd(writer, domain, vbd);
@@ -928,7 +1039,7 @@ impl<
         drop(guard);
         Ok(Removal {
             changed,
-            fence: change.fence(),
+            fence: change.held.fence(),
         })
     }
 
@@ -964,43 +1075,51 @@ impl<
         if domain_id == DOM0 || domain_id == PROBE_ALL {
             return Err(Error::InvalidArgument);
         }
-        let change = self.fencing.begin_change();
-        let mut guard = self.writer.lock();
-        let writer = &mut *guard;
-        writer.generation += 1;
-        let changed = Changed {
-            domain: domain_id,
-            generation: writer.generation,
-        };
-        let Some(domain) = writer.domain_index(domain_id) else {
-            drop(guard);
-            return Ok((
-                0,
-                Removal {
-                    changed,
-                    fence: change.fence(),
-                },
-            ));
-        };
-        let released = writer.domains[domain].vbds;
-        {
-            let _section = self.shared.sequence.write();
-            for vbd in 0..VBDS {
-                if writer.vbds[domain][vbd].present {
-                    self.release_vbd(writer, domain, vbd);
-                }
+        for _ in 0..QUERY_RESTARTS {
+            let Some(domain) = self.writer.lock().domain_index(domain_id) else {
+                let mut writer = self.writer.lock();
+                writer.generation += 1;
+                let changed = Changed {
+                    domain: domain_id,
+                    generation: writer.generation,
+                };
+                return Ok((
+                    0,
+                    Removal {
+                        changed,
+                        fence: Fence::complete(),
+                    },
+                ));
+            };
+            // Every slot of the domain, in order, outside both locks (see `begin_change`).
+            let held = self.fencing.hold(domain, 0..VBDS);
+            let _serial = self.serialised(false);
+            let mut guard = self.writer.lock();
+            let writer = &mut *guard;
+            if writer.domain_index(domain_id) != Some(domain) {
+                continue;
             }
-            self.publish_all(writer);
+            writer.generation += 1;
+            let changed = Changed {
+                domain: domain_id,
+                generation: writer.generation,
+            };
+            let released = writer.domains[domain].vbds;
+            {
+                let _section = self.shared.sequence.write();
+                for vbd in 0..VBDS {
+                    if writer.vbds[domain][vbd].present {
+                        self.release_vbd(writer, domain, vbd);
+                    }
+                }
+                self.publish_all(writer);
+            }
+            writer.domains[domain] = DomainRecord::FREE;
+            drop(guard);
+            let fence = held.fence();
+            return Ok((released, Removal { changed, fence }));
         }
-        writer.domains[domain] = DomainRecord::FREE;
-        drop(guard);
-        Ok((
-            released,
-            Removal {
-                changed,
-                fence: change.fence(),
-            },
-        ))
+        Err(Error::Busy)
     }
 
     /// List the VBDs of `domain`, or of every domain for [`PROBE_ALL`] (dom0 only). The sink
@@ -1164,7 +1283,8 @@ impl<
     ///
     /// Errors: `EINVAL` for a context of another table, `ENOENT` for no such VBD, `EROFS`
     /// for a write to a read-only VBD, `ERANGE` past the end, `E2BIG` when `out` cannot
-    /// hold every segment (nothing is partial: the caller retries with room or splits).
+    /// hold every segment (nothing is partial: the caller retries with room or splits),
+    /// `EBUSY` when the VBD kept moving to other slots while this looked for it.
     pub fn translate<'s, 't>(
         &'t self,
         context: &IoContext<'t>,
@@ -1172,32 +1292,32 @@ impl<
         request: &Request,
         out: &'s mut [Segment],
     ) -> Result<Translation<'s, 't>, Error> {
-        self.translated(context, out, |shared, out| {
-            shared.translate(id, request, out)
-        })
-    }
-
-    /// Register an I/O with `context`, then run one translation `attempt` under the
-    /// seqlock until it ran undisturbed.
-    #[inline]
-    fn translated<'s, 't>(
-        &'t self,
-        context: &IoContext<'t>,
-        out: &'s mut [Segment],
-        mut attempt: impl FnMut(
-            &Shared<DOMAINS, VBDS, EXTENTS, DISKS>,
-            &mut [Segment],
-        ) -> Result<usize, Error>,
-    ) -> Result<Translation<'s, 't>, Error> {
         if !self.fencing.owns(context) {
             return Err(Error::InvalidArgument);
         }
-        let in_flight = context.enter();
-        let count = self
-            .shared
-            .sequence
-            .read(context.relax(), || attempt(&self.shared, &mut *out))?;
-        Ok(Translation::new(&out[..count], in_flight))
+        let (sequence, relax) = (&self.shared.sequence, context.relax());
+        for _ in 0..QUERY_RESTARTS {
+            let slot = sequence.read(relax, || self.shared.locate(id))?;
+            // Registered with the slot's grace period before the translation reads the
+            // mapping; the translation then checks the slot still holds this VBD.
+            let in_flight = self.enter(slot)?;
+            let translated = sequence.read(relax, || {
+                self.shared.translate(id, slot, request, &mut *out)
+            })?;
+            if let Some(count) = translated {
+                return Ok(Translation::new(&out[..count], in_flight));
+            }
+        }
+        Err(Error::Busy)
+    }
+
+    /// Register an I/O with the grace period of VBD slot `(domain, vbd)`.
+    #[inline]
+    fn enter(&self, (domain, vbd): (usize, usize)) -> Result<InFlight<'_>, Error> {
+        self.fencing
+            .grace(domain, vbd)
+            .map(Grace::enter)
+            .ok_or(Error::NotFound)
     }
 
     /// Pin VBD `id` for repeated translation ([`VbdTable::translate_pinned`]): a caller may
@@ -1223,9 +1343,37 @@ impl<
         request: &Request,
         out: &'s mut [Segment],
     ) -> Result<Translation<'s, 't>, Error> {
-        self.translated(context, out, |shared, out| {
-            shared.translate_pinned(vbd, request, out)
-        })
+        if !self.fencing.owns(context) {
+            return Err(Error::InvalidArgument);
+        }
+        let in_flight = self.enter((vbd.domain as usize, vbd.vbd as usize))?;
+        let count = self.shared.sequence.read(context.relax(), || {
+            self.shared.translate_pinned(vbd, request, &mut *out)
+        })?;
+        Ok(Translation::new(&out[..count], in_flight))
+    }
+
+    /// Call `each` with the device number of every disk the pinned VBD's extents lie on,
+    /// each once, in the order the disks were registered: what a flush of the VBD must
+    /// reach. Takes no lock (the set is kept beside the VBD's mapping); `ENOENT` once the
+    /// VBD is gone.
+    pub fn vbd_disks(&self, vbd: &VbdRef, mut each: impl FnMut(DeviceNumber)) -> Result<(), Error> {
+        let disks = self.shared.sequence.read(core::hint::spin_loop, || {
+            self.shared
+                .pinned_slot(vbd)
+                .map(|slot| slot.disks.load(Relaxed))
+        })?;
+        let registered = if disks & disk_bit(63) != 0 {
+            self.writer.lock().disks.count()
+        } else {
+            DISKS.min(63)
+        };
+        for (index, device) in self.shared.disk_devices[..registered].iter().enumerate() {
+            if disks & disk_bit(index) != 0 {
+                each(DeviceNumber::from_raw(device.load(Relaxed)));
+            }
+        }
+        Ok(())
     }
 
     /// Extents stored in the arena, pending lists included, for accounting checks.

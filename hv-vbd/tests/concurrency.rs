@@ -87,7 +87,7 @@ static OWNER: AtomicU32 = AtomicU32::new(0);
 /// One guest's I/O thread: write continuously through its own context; every write that
 /// lands must land while its domain still owns the extents.
 fn guest_writer(table: &Table, domain: u32, stop: &AtomicBool, landed: &AtomicU64) {
-    let context = table.io_context().unwrap();
+    let context = table.io_context();
     let mut segments = [Segment::default(); 16];
     let mut sector = 0;
     while !stop.load(Ordering::Relaxed) {
@@ -186,7 +186,7 @@ fn a_write_in_flight_holds_up_the_removal_until_it_is_done() {
         .create(DOM0, vbd, Mode::READ | Mode::WRITE, Label::EMPTY)
         .unwrap();
     set(&table, vbd, &shared_extents());
-    let context = table.io_context().unwrap();
+    let context = table.io_context();
     let mut segments = [Segment::default(); 4];
     let request = Request::new(Access::Write, 0, 8).unwrap();
     let translation = table
@@ -204,7 +204,7 @@ fn a_write_in_flight_holds_up_the_removal_until_it_is_done() {
     assert!(removal.fence.is_complete());
     // A context of another table is refused rather than counted in the wrong place.
     let other = super_table();
-    let foreign = other.io_context().unwrap();
+    let foreign = other.io_context();
     assert_eq!(
         table.translate(&foreign, vbd, &request, &mut more).err(),
         Some(Error::InvalidArgument)
@@ -342,4 +342,135 @@ fn guest_memory_is_never_touched_under_the_tables_lock() {
         );
     }
     assert_eq!(info(table, DOM0, GUEST, xvda(), 50).2, extents);
+}
+
+/// A VBD of `domain` over `extents`, writable.
+fn writable(table: &Table, domain: u32, extents: &[Extent]) -> VbdId {
+    let vbd = id(domain, xvda());
+    table
+        .create(DOM0, vbd, Mode::READ | Mode::WRITE, Label::EMPTY)
+        .unwrap();
+    set(table, vbd, extents);
+    vbd
+}
+
+#[test]
+fn a_change_waits_for_the_io_of_the_vbd_it_changes_and_of_no_other() {
+    let table = table();
+    let busy = writable(&table, GUEST, &[Extent::new(hda(), 0, 8).unwrap()]);
+    let quiet = writable(&table, OTHER_GUEST, &[Extent::new(hdb(), 0, 16).unwrap()]);
+    let context = table.io_context();
+    let mut segments = [Segment::default(); 4];
+    let request = Request::new(Access::Write, 0, 8).unwrap();
+    let in_flight = table
+        .translate(&context, busy, &request, &mut segments)
+        .unwrap();
+
+    let shrunk = table.shrink(DOM0, quiet).unwrap();
+    assert!(
+        shrunk.fence.is_complete(),
+        "a shrink of another VBD waited for this VBD's write"
+    );
+    drop(shrunk);
+    set(&table, quiet, &[Extent::new(hdb(), 100, 16).unwrap()]);
+    let deleted = table.delete(DOM0, quiet).unwrap();
+    assert!(
+        deleted.fence.is_complete(),
+        "a delete of another VBD waited for this VBD's write"
+    );
+    drop(deleted);
+
+    let removal = table.delete(DOM0, busy).unwrap();
+    assert!(!removal.fence.is_complete(), "the write is still in flight");
+    drop(in_flight);
+    assert!(removal.fence.is_complete());
+}
+
+#[test]
+fn released_extents_go_to_another_vbd_only_once_the_io_on_them_is_done() {
+    let table = table();
+    let extents = [Extent::new(hda(), 0, 8).unwrap()];
+    let old_owner = writable(&table, GUEST, &extents);
+    let bystander = writable(&table, 3, &[Extent::new(hdb(), 0, 8).unwrap()]);
+    let new_owner = id(OTHER_GUEST, xvda());
+    table
+        .create(DOM0, new_owner, Mode::READ | Mode::WRITE, Label::EMPTY)
+        .unwrap();
+    let context = table.io_context();
+    let mut segments = [Segment::default(); 4];
+    let request = Request::new(Access::Write, 0, 8).unwrap();
+    let in_flight = table
+        .translate(&context, old_owner, &request, &mut segments)
+        .unwrap();
+    let removal = table.delete(DOM0, old_owner).unwrap();
+    let given = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            set(&table, new_owner, &extents);
+            given.store(true, Ordering::SeqCst);
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(
+            !given.load(Ordering::SeqCst),
+            "the extents went to another VBD while the old owner's write was in flight"
+        );
+        // Meanwhile a change that gives nothing goes on: it waits for no other VBD.
+        table
+            .delete(DOM0, bystander)
+            .unwrap()
+            .fence
+            .wait(std::thread::yield_now);
+        drop(in_flight);
+    });
+    assert!(given.load(Ordering::SeqCst));
+    assert!(removal.fence.is_complete());
+}
+
+#[test]
+fn a_vbds_disks_are_kept_beside_its_mapping() {
+    let table = table();
+    let vbd = writable(
+        &table,
+        GUEST,
+        &[
+            Extent::new(hdb(), 0, 8).unwrap(),
+            Extent::new(hda(), 0, 8).unwrap(),
+            Extent::new(hda(), 100, 8).unwrap(),
+        ],
+    );
+    let pinned = table.pin(DOM0, vbd).unwrap();
+    let disks = || {
+        let mut devices = Vec::new();
+        table
+            .vbd_disks(&pinned, |device| devices.push(device))
+            .map(|()| devices)
+    };
+    assert_eq!(
+        disks(),
+        Ok(vec![hda(), hdb()]),
+        "registration order, each once"
+    );
+    table
+        .shrink(DOM0, vbd)
+        .unwrap()
+        .fence
+        .wait(std::thread::yield_now);
+    table
+        .shrink(DOM0, vbd)
+        .unwrap()
+        .fence
+        .wait(std::thread::yield_now);
+    assert_eq!(disks(), Ok(vec![hdb()]));
+    table
+        .grow(DOM0, vbd, Extent::new(hda(), 200, 8).unwrap(), LEVEL)
+        .unwrap();
+    assert_eq!(disks(), Ok(vec![hda(), hdb()]));
+    set(&table, vbd, &[]);
+    assert_eq!(disks(), Ok(vec![]));
+    table
+        .delete(DOM0, vbd)
+        .unwrap()
+        .fence
+        .wait(std::thread::yield_now);
+    assert_eq!(disks(), Err(Error::NotFound));
 }

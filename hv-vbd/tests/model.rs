@@ -138,7 +138,7 @@ fn translate_on<const D: usize, const V: usize, const E: usize, const K: usize>(
     access: Access,
     capacity: usize,
 ) -> Result<Vec<Segment>, Error> {
-    let context = table.io_context()?;
+    let context = table.io_context();
     let request = Request::new(access, sector, count)?;
     let mut out = vec![Segment::default(); capacity];
     let translation = table.translate(

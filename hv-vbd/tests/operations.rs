@@ -1009,7 +1009,7 @@ fn a_pinned_vbd_reaches_that_vbd_and_no_later_one_of_its_name() {
     );
     assert_eq!(table.pin(GUEST, id(GUEST, xvdb())), Err(Error::NotFound));
     let pinned = table.pin(GUEST, id(GUEST, xvda())).unwrap();
-    let context = table.io_context().unwrap();
+    let context = table.io_context();
     let request = hv_vbd::Request::new(Access::Write, 9, 2).unwrap();
     let mut out = [Segment::default(); 4];
     let segments = table

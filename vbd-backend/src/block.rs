@@ -126,7 +126,7 @@ mod tests {
         let table = empty_table();
         // VBD sectors 0..2 are disk 1 sectors 10..12, 2..4 are disk 0 sectors 100..102.
         let vbd = create(table, xvda(1), &[(1, 10, 2), (0, 100, 2)], true, "vd:1");
-        let mut translator = Translator::new(table).unwrap();
+        let mut translator = Translator::new(table);
         let mut block = context(&mut translator, &disks);
         let data: Vec<u8> = (0..4 * 512).map(|byte| (byte / 512 + 1) as u8).collect();
         block.write(&vbd, 0, &data).unwrap();
@@ -177,7 +177,7 @@ mod tests {
         let (_directory, disks) = two_disks();
         let table = empty_table();
         let vbd = create(table, xvda(1), &[(0, 0, 8)], false, "");
-        let mut translator = Translator::new(table).unwrap();
+        let mut translator = Translator::new(table);
         let mut block = context(&mut translator, &disks);
         assert_eq!(block.write(&vbd, 0, &[1; 512]), Err(Error::ReadOnly));
         assert_eq!(

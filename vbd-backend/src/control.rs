@@ -60,8 +60,7 @@ fn encode(outgoing: &mut Vec<u8>, kind: FrameKind, sequence: u32, parts: &[&[u8]
 
 /// Serve one connection until the peer closes it or the service stops.
 fn connection(service: &Service, stream: UnixStream) -> io::Result<()> {
-    let mut translator = Translator::new(service.table)
-        .map_err(|error| io::Error::other(format!("no I/O context for it: {error}")))?;
+    let mut translator = Translator::new(service.table);
     let mut reader = Reassembly::new(stream.try_clone()?);
     let mut writer = stream;
     let mut buffer = vec![0u8; MAX_BLOCK_BYTES];

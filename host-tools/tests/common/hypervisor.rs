@@ -20,7 +20,7 @@ use shared_abi::frame::{self, FrameError, FrameHeader};
 use shared_abi::{DeviceNumber, Error};
 
 /// Small enough to build on a test thread's stack: 4 domains of 8 VBDs, 4096 extents.
-type Table = VbdTable<4, 8, 4096, 1, 8>;
+type Table = VbdTable<4, 8, 4096, 1>;
 
 /// The domains served, one socket each: `domD.sock`.
 const DOMAINS: [u32; 4] = [0, 1, 2, 3];
@@ -146,7 +146,7 @@ fn serve(table: &'static Table, mut connection: Connection, mut disks: Image) {
     let Connection {
         domain, start_id, ..
     } = connection;
-    let context = table.io_context().unwrap();
+    let context = table.io_context();
     let mut buffer = vec![0u8; MAX_BLOCK_BYTES];
     let mut segments = vec![Segment::default(); MAX_SEGMENTS];
     let mut received = Vec::new();

@@ -25,13 +25,8 @@ impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize, const DISKS:
     }
 }
 
-impl<
-        const DOMAINS: usize,
-        const VBDS: usize,
-        const EXTENTS: usize,
-        const DISKS: usize,
-        const CONTEXTS: usize,
-    > VbdTable<DOMAINS, VBDS, EXTENTS, DISKS, CONTEXTS>
+impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize, const DISKS: usize>
+    VbdTable<DOMAINS, VBDS, EXTENTS, DISKS>
 {
     /// Check every invariant of the table: the shared directory and slots mirror the
     /// writer's records, visible runs tile `[0, visible)` and pending runs `[visible, used)`

@@ -309,7 +309,7 @@ pub fn translate_with_room(
     access: Access,
     room: usize,
 ) -> Result<Vec<Segment>, Error> {
-    let context = table.io_context().unwrap();
+    let context = table.io_context();
     let request = Request::new(access, sector, count)?;
     let mut out = vec![Segment::default(); room];
     let translation = table.translate(&context, id(domain, vdevice), &request, &mut out)?;

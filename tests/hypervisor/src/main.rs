@@ -136,13 +136,7 @@ extern "C" fn hypervisor_main(start_info: u32) -> ! {
             port.send_ready(start_id);
         }
     }
-    let context = match TABLE.io_context() {
-        Ok(context) => context,
-        Err(error) => {
-            log!("fatal: no I/O context: {}", error.name());
-            exit::exit(ExitCode::Failure);
-        }
-    };
+    let context = TABLE.io_context();
     serve_forever(&disks, &context, present, start_id)
 }
 

@@ -68,11 +68,9 @@ impl Export {
     }
 }
 
-/// Serve one client. Its I/O context is claimed first: a client the table has no room for
-/// is closed before the handshake.
+/// Serve one client.
 fn connection(target: &Target, mut stream: UnixStream) -> io::Result<()> {
-    let mut translator = Translator::new(target.shared.table)
-        .map_err(|error| io::Error::other(format!("no I/O context for it: {error}")))?;
+    let mut translator = Translator::new(target.shared.table);
     match handshake::negotiate(&mut stream, target)? {
         Some(export) => transmission::serve(&mut stream, target, &mut translator, export),
         None => Ok(()),

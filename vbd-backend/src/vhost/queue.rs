@@ -78,14 +78,7 @@ struct Pending<'s> {
 
 impl QueueWorker {
     pub fn new(target: &DeviceTarget, queue: u16) -> QueueWorker {
-        let translator = Translator::new(target.shared.table)
-            .map_err(|error| {
-                eprintln!(
-                    "vbd-backend: {}: queue {queue} has no I/O context ({error}): its requests fail",
-                    target.name
-                )
-            })
-            .ok();
+        let translator = Some(Translator::new(target.shared.table));
         let ring = Ring::new(u32::from(QUEUE_SIZE))
             .map_err(|error| {
                 eprintln!(
@@ -855,7 +848,7 @@ mod tests {
                 .unwrap();
             sector[0]
         };
-        let mut translator = Translator::new(table).unwrap();
+        let mut translator = Translator::new(table);
         memory
             .write_slice(&[0xab; 512], GuestAddress(0x1000))
             .unwrap();
