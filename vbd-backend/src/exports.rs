@@ -18,7 +18,8 @@ use std::sync::Arc;
 use shared_abi::{DeviceNumber, DOM0};
 
 use crate::nbd;
-use crate::service::{claim_socket_path, Shared};
+use crate::shared::Shared;
+use crate::sockets::claim_socket_path;
 use crate::threads::VbdSocket;
 use crate::vbd::{domain_vbds, VbdState};
 use crate::vhost;

@@ -10,6 +10,8 @@ mod disks;
 mod exports;
 mod nbd;
 mod service;
+mod shared;
+mod sockets;
 mod sys;
 mod threads;
 mod uring;

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use hv_vbd::VbdRef;
 
-use crate::service::Shared;
+use crate::shared::Shared;
 use crate::threads::{Connections, VbdSocket};
 use crate::vbd::{Translator, VbdState};
 

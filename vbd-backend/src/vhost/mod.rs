@@ -28,7 +28,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use self::bridge::{BackendChannel, Inbound};
 use self::device::{BlockDevice, DeviceTarget};
-use crate::service::Shared;
+use crate::shared::Shared;
 use crate::threads::{Connections, VbdSocket};
 use crate::vbd::VbdState;
 
