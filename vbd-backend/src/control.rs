@@ -21,7 +21,7 @@ use zerocopy::IntoBytes;
 use crate::disks::DiskIo;
 use crate::exports::Exports;
 use crate::shared::Shared;
-use crate::threads::Connections;
+use crate::threads::{Connections, Policy};
 use crate::vbd::Translator;
 
 /// Connections served at once; more are closed (vdisk opens one per command).
@@ -83,12 +83,11 @@ pub fn serve(service: Arc<Service>, listener: UnixListener) -> io::Result<Connec
     Connections::serve(
         "control.sock".into(),
         listener,
-        MAX_CONNECTIONS,
-        move |stream| {
-            if let Err(error) = connection(&service, stream) {
-                eprintln!("vbd-backend: control.sock: connection ended: {error}");
-            }
+        Policy {
+            limit: MAX_CONNECTIONS,
+            wait_for_slot: Duration::ZERO,
         },
+        move |stream| connection(&service, stream),
     )
 }
 

@@ -13,11 +13,12 @@ mod wire;
 use std::io;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
+use std::time::Duration;
 
 use hv_vbd::VbdRef;
 
 use crate::shared::Shared;
-use crate::threads::{Connections, VbdSocket};
+use crate::threads::{Connections, Policy, VbdSocket};
 use crate::vbd::{Translator, VbdState};
 
 /// Clients of one export at once.
@@ -52,15 +53,11 @@ impl Export {
         let connections = Connections::serve(
             format!("dom0/{name}.nbd"),
             listener,
-            MAX_CONNECTIONS,
-            move |stream| {
-                if let Err(error) = connection(&target, stream) {
-                    eprintln!(
-                        "vbd-backend: dom0/{}.nbd: connection ended: {error}",
-                        target.name
-                    );
-                }
+            Policy {
+                limit: MAX_CONNECTIONS,
+                wait_for_slot: Duration::ZERO,
             },
+            move |stream| connection(&target, stream),
         )?;
         Ok(Export {
             socket: VbdSocket::new(connections),

@@ -1,5 +1,5 @@
 //! vhost-user-blk sockets of guest VBDs, served with the rust-vmm crates. One connection at
-//! a time: a second is refused (closed) while the first lasts. Each connection gets a fresh
+//! a time: a second waits (up to 10 s) for the first to end, and is closed if it does not. Each connection gets a fresh
 //! vhost-user daemon, with its own queue threads, joined when the VMM goes.
 //!
 //! A VMM whose backend went away (killed, or stopped) and that reconnects (QEMU's
@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::Duration;
 
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
@@ -29,8 +30,17 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use self::bridge::{BackendChannel, Inbound};
 use self::device::{BlockDevice, DeviceTarget};
 use crate::shared::Shared;
-use crate::threads::{Connections, VbdSocket};
+use crate::threads::{Connections, Policy, VbdSocket};
 use crate::vbd::VbdState;
+
+/// One VMM at a time. A VMM that reconnects right after a disconnect (QEMU's `reconnect=N`)
+/// finds its old connection still tearing down (the daemon joins its queue threads, each
+/// after the request it serves): the new one waits for that, bounded, rather than being
+/// refused.
+const ONE_VMM: Policy = Policy {
+    limit: 1,
+    wait_for_slot: Duration::from_secs(10),
+};
 
 /// One guest VBD's vhost-user-blk socket.
 pub struct Export {
@@ -80,10 +90,8 @@ impl Export {
             started_by: Mutex::new(Vec::new()),
         });
         let serving = session.clone();
-        let connections = Connections::serve(label.clone(), listener, 1, move |stream| {
-            if let Err(error) = serving.serve(stream) {
-                eprintln!("vbd-backend: {label}: connection ended: {error}");
-            }
+        let connections = Connections::serve(label, listener, ONE_VMM, move |stream| {
+            serving.serve(stream)
         })?;
         Ok(Export {
             socket: VbdSocket::new(connections),
