@@ -210,9 +210,9 @@ impl Session {
         &self,
         daemon: &mut VhostUserDaemon<Arc<BlockDevice>>,
     ) -> io::Result<UnixStream> {
+        // Nothing a caller chose is in the name: a label may hold `/` or `..`.
         let path = self.directory.join(format!(
-            ".{}.{}.{}.bridge",
-            self.target.serial,
+            ".{}.{}.bridge",
             std::process::id(),
             BRIDGES.fetch_add(1, Ordering::Relaxed)
         ));
