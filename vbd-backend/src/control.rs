@@ -21,6 +21,7 @@ use zerocopy::IntoBytes;
 use crate::disks::DiskIo;
 use crate::exports::Exports;
 use crate::shared::Shared;
+use crate::sockets::Peers;
 use crate::threads::{Connections, Policy};
 use crate::vbd::Translator;
 
@@ -86,6 +87,7 @@ pub fn serve(service: Arc<Service>, listener: UnixListener) -> io::Result<Connec
         Policy {
             limit: MAX_CONNECTIONS,
             wait_for_slot: Duration::ZERO,
+            peers: Peers::Owner,
         },
         move |stream| connection(&service, stream),
     )

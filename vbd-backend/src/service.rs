@@ -5,9 +5,7 @@
 
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::FileTypeExt;
-use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 
 use hv_vbd::SharingLevel;
@@ -18,7 +16,7 @@ use crate::exports::Exports;
 // vhost/device.rs and vhost/queue.rs still name `Shared` here; once they import
 // `crate::shared::Shared` this re-export goes, and with it the last edge back into this file.
 pub use crate::shared::Shared;
-use crate::sockets::claim_socket_path;
+use crate::sockets::{Access, SocketDirectory};
 use crate::vbd::Table;
 
 /// The table, in a `static` as a hypervisor keeps it: it is about 2 MiB.
@@ -31,6 +29,8 @@ pub struct Settings {
     /// The most permissive sharing level a request may ask for.
     pub sharing_ceiling: SharingLevel,
     pub queues: u16,
+    /// Who besides the backend's user may reach the sockets.
+    pub access: Access,
 }
 
 /// Run the backend until it is told to stop. An error is one line for standard error.
@@ -41,14 +41,9 @@ pub fn run(settings: Settings) -> Result<(), String> {
     let start_id = fresh_start_id()?;
     let disks = Disks::open(&settings.devices)?;
     disks.register(&TABLE)?;
-    let dir = settings.dir;
-    fs::create_dir_all(&dir)
-        .map_err(|error| format!("{}: cannot create: {error}", dir.display()))?;
-    let control_path = dir.join("control.sock");
-    claim_socket_path(&control_path)?;
-    remove_stale_sockets(&dir)?;
-    let listener = UnixListener::bind(&control_path)
-        .map_err(|error| format!("{}: cannot listen: {error}", control_path.display()))?;
+    let sockets = Arc::new(SocketDirectory::claim(&settings.dir, settings.access)?);
+    let control_path = settings.dir.join("control.sock");
+    let listener = sockets.listen(&control_path)?;
 
     let (stop_sender, stop_receiver) = mpsc::channel();
     let mut signals = signal_hook::iterator::Signals::new([
@@ -69,7 +64,7 @@ pub fn run(settings: Settings) -> Result<(), String> {
     let shared = Arc::new(Shared::new(&TABLE, disks, settings.queues, start_id));
     let service = Arc::new(Service::new(
         shared.clone(),
-        Exports::new(shared.clone(), dir.clone()),
+        Exports::new(shared.clone(), sockets.clone()),
         stop_sender,
     ));
     let control = crate::control::serve(service.clone(), listener)
@@ -91,6 +86,7 @@ pub fn run(settings: Settings) -> Result<(), String> {
     service.lock_exports().stop();
     let flushed = shared.disks.flush_all();
     let _ = fs::remove_file(&control_path);
+    sockets.remove_private();
     flushed.map_err(|error| format!("flushing the disks failed: {error}"))?;
     eprintln!("vbd-backend: stopped");
     Ok(())
@@ -104,29 +100,4 @@ fn fresh_start_id() -> Result<u64, String> {
         .and_then(|mut random| random.read_exact(&mut bytes))
         .map_err(|error| format!("/dev/urandom: cannot read a start identifier: {error}"))?;
     Ok(u64::from_ne_bytes(bytes))
-}
-
-/// Remove the sockets of `domN/` directories left by a killed backend: at start the table
-/// is empty, so no VBD socket may exist.
-fn remove_stale_sockets(dir: &Path) -> Result<(), String> {
-    let entries =
-        fs::read_dir(dir).map_err(|error| format!("{}: cannot read: {error}", dir.display()))?;
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let is_domain = name
-            .to_str()
-            .and_then(|name| name.strip_prefix("dom"))
-            .is_some_and(|digits| {
-                !digits.is_empty() && digits.bytes().all(|byte| byte.is_ascii_digit())
-            });
-        if !is_domain || !entry.path().is_dir() {
-            continue;
-        }
-        for socket in fs::read_dir(entry.path()).into_iter().flatten().flatten() {
-            if socket.file_type().is_ok_and(|kind| kind.is_socket()) {
-                claim_socket_path(&socket.path())?;
-            }
-        }
-    }
-    Ok(())
 }

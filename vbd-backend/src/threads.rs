@@ -12,6 +12,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use crate::sockets::Peers;
+
 /// Connections that may wait for a slot at once, beyond those served; more are closed at
 /// once, so a flood of connections cannot become a flood of threads.
 const MAX_WAITING: usize = 8;
@@ -24,6 +26,8 @@ pub struct Policy {
     /// How long a connection past `limit` waits for a served one to end before it is
     /// closed.
     pub wait_for_slot: Duration,
+    /// Which peers are served; others are closed at once, with a log line.
+    pub peers: Peers,
 }
 
 struct Live {
@@ -123,6 +127,10 @@ impl Connections {
                     continue;
                 }
             };
+            if let Some(refusal) = policy.peers.refusal(&stream) {
+                eprintln!("vbd-backend: {}: {refusal}", self.name);
+                continue;
+            }
             state.live.retain(|live| !live.handle.is_finished());
             if state.live.len() >= policy.limit + MAX_WAITING {
                 eprintln!(
@@ -258,6 +266,7 @@ mod tests {
     const ONE_AT_A_TIME: Policy = Policy {
         limit: 1,
         wait_for_slot: Duration::from_secs(2),
+        peers: Peers::Owner,
     };
 
     /// Echo bytes until the input ends, then say goodbye.

@@ -84,6 +84,7 @@ fn stopping_removes_every_socket_and_exits_zero() {
     assert!(!backend.control().exists());
     assert!(!backend.socket(0, "xvda").exists());
     assert!(!backend.socket(2, "xvda").exists());
+    assert!(!backend.dir.join(".private").exists());
     assert!(
         backend.log().contains("vbd-backend: stopped"),
         "{}",

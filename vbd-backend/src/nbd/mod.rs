@@ -18,6 +18,7 @@ use std::time::Duration;
 use hv_vbd::VbdRef;
 
 use crate::shared::Shared;
+use crate::sockets::Peers;
 use crate::threads::{Connections, Policy, VbdSocket};
 use crate::vbd::{Translator, VbdState};
 
@@ -56,6 +57,8 @@ impl Export {
             Policy {
                 limit: MAX_CONNECTIONS,
                 wait_for_slot: Duration::ZERO,
+                // dom0's exports carry dom0's authority over its disks.
+                peers: Peers::Owner,
             },
             move |stream| connection(&target, stream),
         )?;

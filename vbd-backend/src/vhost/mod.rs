@@ -18,7 +18,6 @@ mod request;
 
 use std::io;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -30,6 +29,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use self::bridge::{BackendChannel, Inbound};
 use self::device::{BlockDevice, DeviceTarget};
 use crate::shared::Shared;
+use crate::sockets::{Peers, SocketDirectory};
 use crate::threads::{Connections, Policy, VbdSocket};
 use crate::vbd::VbdState;
 
@@ -40,6 +40,8 @@ use crate::vbd::VbdState;
 const ONE_VMM: Policy = Policy {
     limit: 1,
     wait_for_slot: Duration::from_secs(10),
+    // A VMM may run as another user, one of the group `--socket-group` names.
+    peers: Peers::Anyone,
 };
 
 /// One guest VBD's vhost-user-blk socket.
@@ -53,7 +55,7 @@ struct Session {
     target: Arc<DeviceTarget>,
     channel: BackendChannel,
     /// Where the private sockets between the relay and the daemon are made.
-    directory: PathBuf,
+    sockets: Arc<SocketDirectory>,
     /// The VMM processes whose rings started at 0 on this socket: they may resume.
     started_by: Mutex<Vec<u32>>,
 }
@@ -64,13 +66,8 @@ impl Export {
         state: VbdState,
         name: String,
         listener: UnixListener,
+        sockets: Arc<SocketDirectory>,
     ) -> io::Result<Export> {
-        let directory = listener
-            .local_addr()?
-            .as_pathname()
-            .and_then(Path::parent)
-            .map(Path::to_path_buf)
-            .ok_or_else(|| io::Error::other("the socket has no directory"))?;
         let label = format!("dom{}/{name}.sock", state.id().domain);
         let serial = if state.label.is_empty() {
             name
@@ -86,7 +83,7 @@ impl Export {
                 name: label.clone(),
             }),
             channel: BackendChannel::default(),
-            directory,
+            sockets,
             started_by: Mutex::new(Vec::new()),
         });
         let serving = session.clone();
@@ -135,9 +132,6 @@ impl ResumedRings {
         self.rings.fetch_and(!Self::bit(index), Ordering::AcqRel);
     }
 }
-
-/// Private socket names are unique within the process.
-static BRIDGES: AtomicU64 = AtomicU64::new(0);
 
 impl Session {
     fn started_by(&self) -> std::sync::MutexGuard<'_, Vec<u32>> {
@@ -210,12 +204,7 @@ impl Session {
         &self,
         daemon: &mut VhostUserDaemon<Arc<BlockDevice>>,
     ) -> io::Result<UnixStream> {
-        // Nothing a caller chose is in the name: a label may hold `/` or `..`.
-        let path = self.directory.join(format!(
-            ".{}.{}.bridge",
-            std::process::id(),
-            BRIDGES.fetch_add(1, Ordering::Relaxed)
-        ));
+        let path = self.sockets.private_path("bridge");
         let listener = UnixListener::bind(&path)?;
         let connected = path
             .to_str()
