@@ -25,8 +25,12 @@ use crate::sockets::Peers;
 use crate::threads::{Connections, Policy};
 use crate::vbd::Translator;
 
-/// Connections served at once; more are closed (vdisk opens one per command).
-const MAX_CONNECTIONS: usize = 16;
+/// Connections served at once (vdisk opens one per command). Large: the idle timeout, not
+/// this bound, is what keeps idle clients from locking the others out.
+const MAX_CONNECTIONS: usize = 256;
+
+/// How long a connection past `MAX_CONNECTIONS` waits for a slot.
+const WAIT_FOR_SLOT: Duration = Duration::from_secs(10);
 
 /// How long a change waits between looks at its fence: I/O takes microseconds to
 /// milliseconds, and the waiting thread should leave the cores to it.
@@ -79,15 +83,20 @@ impl Service {
     }
 }
 
-/// Serve `listener` until the service stops.
-pub fn serve(service: Arc<Service>, listener: UnixListener) -> io::Result<Connections> {
+/// Serve `listener` until the service stops; a client idle for `idle_timeout` is closed.
+pub fn serve(
+    service: Arc<Service>,
+    listener: UnixListener,
+    idle_timeout: Duration,
+) -> io::Result<Connections> {
     Connections::serve(
         "control.sock".into(),
         listener,
         Policy {
             limit: MAX_CONNECTIONS,
-            wait_for_slot: Duration::ZERO,
+            wait_for_slot: WAIT_FOR_SLOT,
             peers: Peers::Owner,
+            idle_timeout: Some(idle_timeout),
         },
         move |stream| connection(&service, stream),
     )

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use shared_abi::{DeviceNumber, DOM0};
 
@@ -59,6 +60,8 @@ type VbdName = (u32, DeviceNumber);
 pub struct Exports {
     shared: Arc<Shared>,
     sockets: Arc<SocketDirectory>,
+    /// How long an NBD client may stay idle.
+    nbd_idle_timeout: Duration,
     live: BTreeMap<VbdName, Export>,
     /// Removed VBDs whose connections are still open.
     retired: Vec<Export>,
@@ -76,10 +79,15 @@ fn name_of(state: &VbdState) -> VbdName {
 }
 
 impl Exports {
-    pub fn new(shared: Arc<Shared>, sockets: Arc<SocketDirectory>) -> Exports {
+    pub fn new(
+        shared: Arc<Shared>,
+        sockets: Arc<SocketDirectory>,
+        nbd_idle_timeout: Duration,
+    ) -> Exports {
         Exports {
             shared,
             sockets,
+            nbd_idle_timeout,
             live: BTreeMap::new(),
             retired: Vec::new(),
         }
@@ -143,7 +151,14 @@ impl Exports {
         claim_socket_path(&path)?;
         let listener = self.sockets.listen(&path)?;
         let server = if domain == DOM0 {
-            nbd::Export::start(self.shared.clone(), state, name, listener).map(Server::Nbd)
+            nbd::Export::start(
+                self.shared.clone(),
+                state,
+                name,
+                listener,
+                self.nbd_idle_timeout,
+            )
+            .map(Server::Nbd)
         } else {
             vhost::Export::start(
                 self.shared.clone(),

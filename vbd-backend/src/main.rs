@@ -20,6 +20,7 @@ mod vhost;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use hv_vbd::SharingLevel;
@@ -74,6 +75,14 @@ struct Options {
     /// control.sock and dom0's exports still serve only root and the backend's own user.
     #[arg(long, value_name = "GROUP", value_parser = sockets::group_id)]
     socket_group: Option<u32>,
+    /// Close a client of control.sock that sends nothing (or takes no reply) for this many
+    /// seconds, so idle clients never lock out vdisk.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    control_idle_timeout: u64,
+    /// Close an NBD client that sends nothing (or takes no reply) for this many seconds, so
+    /// idle clients never lock out others.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    nbd_idle_timeout: u64,
 }
 
 fn sharing_level(text: &str) -> Result<SharingLevel, String> {
@@ -91,6 +100,8 @@ fn main() -> ExitCode {
         access: sockets::Access {
             group: options.socket_group,
         },
+        control_idle_timeout: Duration::from_secs(options.control_idle_timeout),
+        nbd_idle_timeout: Duration::from_secs(options.nbd_idle_timeout),
     };
     match service::run(settings) {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,6 +7,7 @@ use std::fs;
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
+use std::time::Duration;
 
 use hv_vbd::SharingLevel;
 
@@ -31,6 +32,9 @@ pub struct Settings {
     pub queues: u16,
     /// Who besides the backend's user may reach the sockets.
     pub access: Access,
+    /// How long a client of control.sock, or of an NBD export, may stay idle.
+    pub control_idle_timeout: Duration,
+    pub nbd_idle_timeout: Duration,
 }
 
 /// Run the backend until it is told to stop. An error is one line for standard error.
@@ -64,10 +68,10 @@ pub fn run(settings: Settings) -> Result<(), String> {
     let shared = Arc::new(Shared::new(&TABLE, disks, settings.queues, start_id));
     let service = Arc::new(Service::new(
         shared.clone(),
-        Exports::new(shared.clone(), sockets.clone()),
+        Exports::new(shared.clone(), sockets.clone(), settings.nbd_idle_timeout),
         stop_sender,
     ));
-    let control = crate::control::serve(service.clone(), listener)
+    let control = crate::control::serve(service.clone(), listener, settings.control_idle_timeout)
         .map_err(|error| format!("{}: cannot serve: {error}", control_path.display()))?;
     eprintln!(
         "vbd-backend: serving {} disks on {} (sharing ceiling {}, queues per guest VBD: {}, start {start_id:#018x})",

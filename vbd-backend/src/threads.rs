@@ -18,6 +18,9 @@ use crate::sockets::Peers;
 /// once, so a flood of connections cannot become a flood of threads.
 const MAX_WAITING: usize = 8;
 
+/// How long a stop lets connections send their last replies before it ends their output.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
 /// How a socket admits its connections.
 #[derive(Clone, Copy, Debug)]
 pub struct Policy {
@@ -28,6 +31,9 @@ pub struct Policy {
     pub wait_for_slot: Duration,
     /// Which peers are served; others are closed at once, with a log line.
     pub peers: Peers,
+    /// A connection that neither sends nor takes a byte for this long is closed, so idle
+    /// clients free their slots by themselves; `None` for none.
+    pub idle_timeout: Option<Duration>,
 }
 
 struct Live {
@@ -139,6 +145,18 @@ impl Connections {
                 );
                 continue;
             }
+            if let Some(idle) = policy.idle_timeout {
+                if let Err(error) = stream
+                    .set_read_timeout(Some(idle))
+                    .and_then(|()| stream.set_write_timeout(Some(idle)))
+                {
+                    eprintln!(
+                        "vbd-backend: {}: cannot set an idle timeout: {error}",
+                        self.name
+                    );
+                    continue;
+                }
+            }
             let (Ok(watch), Ok(closer)) = (stream.try_clone(), stream.try_clone()) else {
                 continue;
             };
@@ -149,10 +167,7 @@ impl Connections {
                 .spawn(move || {
                     if let Some(_slot) = connections.claim_slot(policy) {
                         if let Err(error) = handler(stream) {
-                            eprintln!(
-                                "vbd-backend: {}: connection ended: {error}",
-                                connections.name
-                            );
+                            connections.log_end(policy, &error);
                         }
                     }
                     // `watch` keeps the descriptor open: end the connection for the peer now.
@@ -166,6 +181,23 @@ impl Connections {
                     eprintln!("vbd-backend: {}: cannot start a thread: {error}", self.name)
                 }
             }
+        }
+    }
+
+    /// Say why a connection ended early.
+    fn log_end(&self, policy: Policy, error: &io::Error) {
+        // A read or write timeout is how an idle connection ends (SO_RCVTIMEO, SO_SNDTIMEO).
+        let timed_out = matches!(
+            error.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        );
+        match policy.idle_timeout {
+            Some(idle) if timed_out => eprintln!(
+                "vbd-backend: {}: closed a connection idle for {} s",
+                self.name,
+                idle.as_secs()
+            ),
+            _ => eprintln!("vbd-backend: {}: connection ended: {error}", self.name),
         }
     }
 
@@ -212,14 +244,23 @@ impl Connections {
     }
 
     /// Stop accepting, end the input of every connection (each finishes the request it is
-    /// serving and replies), and wait for them all.
+    /// serving and replies), and wait for them all. A connection still there after
+    /// `STOP_GRACE` is blocked writing to a peer that does not read: its output is ended
+    /// too, so no peer can hold a stop.
     pub fn stop(&self) {
         self.stop_accepting();
         let live = std::mem::take(&mut self.lock().live);
         for connection in &live {
             let _ = connection.stream.shutdown(Shutdown::Read);
         }
+        let deadline = Instant::now() + STOP_GRACE;
+        while Instant::now() < deadline && live.iter().any(|live| !live.handle.is_finished()) {
+            thread::sleep(Duration::from_millis(10));
+        }
         for connection in live {
+            if !connection.handle.is_finished() {
+                let _ = connection.stream.shutdown(Shutdown::Both);
+            }
             let _ = connection.handle.join();
         }
     }
@@ -267,6 +308,7 @@ mod tests {
         limit: 1,
         wait_for_slot: Duration::from_secs(2),
         peers: Peers::Owner,
+        idle_timeout: None,
     };
 
     /// Echo bytes until the input ends, then say goodbye.

@@ -22,8 +22,12 @@ use crate::sockets::Peers;
 use crate::threads::{Connections, Policy, VbdSocket};
 use crate::vbd::{Translator, VbdState};
 
-/// Clients of one export at once.
-const MAX_CONNECTIONS: usize = 8;
+/// Clients of one export at once. Large: the idle timeout, not this bound, is what keeps
+/// idle clients from locking the others out.
+const MAX_CONNECTIONS: usize = 256;
+
+/// How long a client past `MAX_CONNECTIONS` waits for a slot.
+const WAIT_FOR_SLOT: Duration = Duration::from_secs(10);
 
 /// One VBD's NBD socket.
 pub struct Export {
@@ -45,6 +49,7 @@ impl Export {
         state: VbdState,
         name: String,
         listener: UnixListener,
+        idle_timeout: Duration,
     ) -> io::Result<Export> {
         let target = Arc::new(Target {
             shared,
@@ -56,9 +61,10 @@ impl Export {
             listener,
             Policy {
                 limit: MAX_CONNECTIONS,
-                wait_for_slot: Duration::ZERO,
+                wait_for_slot: WAIT_FOR_SLOT,
                 // dom0's exports carry dom0's authority over its disks.
                 peers: Peers::Owner,
+                idle_timeout: Some(idle_timeout),
             },
             move |stream| connection(&target, stream),
         )?;
@@ -68,13 +74,13 @@ impl Export {
     }
 }
 
-/// Serve one client. Its I/O context is claimed first: a client the table has no room for
-/// is closed before the handshake.
+/// Serve one client. Its I/O context is claimed once it has chosen the export: a client
+/// that only haggles holds none.
 fn connection(target: &Target, mut stream: UnixStream) -> io::Result<()> {
+    let Some(export) = handshake::negotiate(&mut stream, target)? else {
+        return Ok(());
+    };
     let mut translator = Translator::new(target.shared.table)
         .map_err(|error| io::Error::other(format!("no I/O context for it: {error}")))?;
-    match handshake::negotiate(&mut stream, target)? {
-        Some(export) => transmission::serve(&mut stream, target, &mut translator, export),
-        None => Ok(()),
-    }
+    transmission::serve(&mut stream, target, &mut translator, export)
 }

@@ -42,6 +42,8 @@ const ONE_VMM: Policy = Policy {
     wait_for_slot: Duration::from_secs(10),
     // A VMM may run as another user, one of the group `--socket-group` names.
     peers: Peers::Anyone,
+    // A VMM's connection is quiet while its guest is: its life is the VMM's to end.
+    idle_timeout: None,
 };
 
 /// One guest VBD's vhost-user-blk socket.

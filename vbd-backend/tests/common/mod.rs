@@ -206,6 +206,11 @@ impl Backend {
         self.dir.join(format!("dom{domain}/{name}.{extension}"))
     }
 
+    /// The backend's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the backend is running").id()
+    }
+
     /// Send SIGTERM and wait for the exit.
     pub fn stop(&mut self) -> ExitStatus {
         let id = self.child.as_ref().expect("the backend is running").id();
