@@ -33,8 +33,8 @@ use hv_vbd::SharingLevel;
 /// exports close, at once and with a log line, a peer that is neither root nor the
 /// backend's own user. DIR/control.sock (dom0's hypercalls and block I/O, as the test hypervisor's
 /// dom0 port; its Ready reply carries this start's random identifier); DIR/domD/VDEV.sock
-/// for each VBD of guest domain D >= 1 (vhost-user-blk, one VMM at a time, get-id is the
-/// VBD's label); DIR/dom0/VDEV.nbd for each VBD of dom0 (NBD, export name VDEV). Each
+/// for each VBD of guest domain D >= 1 (vhost-user-blk, one VMM at a time: another waits
+/// up to 10 s for it to end; get-id is the VBD's label); DIR/dom0/VDEV.nbd for each VBD of dom0 (NBD, export name VDEV). Each
 /// exists while its VBD does: `vdisk attach` returns once it exists, `vdisk detach` once it
 /// is gone and the I/O in flight on the old mapping has finished.
 ///
