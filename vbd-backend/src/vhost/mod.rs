@@ -1,6 +1,7 @@
 //! vhost-user-blk sockets of guest VBDs, served with the rust-vmm crates. One connection at
-//! a time: a second waits (up to 10 s) for the first to end, and is closed if it does not. Each connection gets a fresh
-//! vhost-user daemon, with its own queue threads, joined when the VMM goes.
+//! a time: a second waits (up to 10 s) for the first to end, and is closed if it does not.
+//! Each connection gets a fresh vhost-user daemon, with its own queue threads, joined when
+//! the VMM goes.
 //!
 //! A VMM whose backend went away (killed, or stopped) and that reconnects (QEMU's
 //! `-chardev socket,...,reconnect=1`) resumes its rings where its guest left them, without
