@@ -10,7 +10,7 @@
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use hv_vbd::serve::{reject_payload, Port, MAX_BLOCK_BYTES, MAX_SEGMENTS};
@@ -19,28 +19,86 @@ use shared_abi::DOM0;
 use zerocopy::IntoBytes;
 
 use crate::disks::DiskIo;
-use crate::service::{Service, Stop};
-use crate::threads::Connections;
+use crate::exports::Exports;
+use crate::shared::Shared;
+use crate::sockets::Peers;
+use crate::threads::{Connections, Policy};
 use crate::vbd::Translator;
 
-/// Connections served at once; more are closed (vdisk opens one per command).
-const MAX_CONNECTIONS: usize = 16;
+/// Connections served at once (vdisk opens one per command). Large: the idle timeout, not
+/// this bound, is what keeps idle clients from locking the others out.
+const MAX_CONNECTIONS: usize = 256;
+
+/// How long a connection past `MAX_CONNECTIONS` waits for a slot.
+const WAIT_FOR_SLOT: Duration = Duration::from_secs(10);
 
 /// How long a change waits between looks at its fence: I/O takes microseconds to
 /// milliseconds, and the waiting thread should leave the cores to it.
 const FENCE_POLL: Duration = Duration::from_micros(20);
 
-/// Serve `listener` until the service stops.
-pub fn serve(service: Arc<Service>, listener: UnixListener) -> io::Result<Connections> {
+/// Why the backend stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    Signal(i32),
+    ShutdownFrame,
+}
+
+/// The shared state, the sockets, and the way to ask for a stop.
+pub struct Service {
+    pub shared: Arc<Shared>,
+    exports: Mutex<Exports>,
+    stop: Mutex<mpsc::Sender<Stop>>,
+}
+
+impl std::ops::Deref for Service {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+impl Service {
+    pub fn new(shared: Arc<Shared>, exports: Exports, stop: mpsc::Sender<Stop>) -> Service {
+        Service {
+            shared,
+            exports: Mutex::new(exports),
+            stop: Mutex::new(stop),
+        }
+    }
+
+    /// The sockets, locked: a hypercall and the update it calls for happen under this lock.
+    pub fn lock_exports(&self) -> MutexGuard<'_, Exports> {
+        self.exports
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn request_stop(&self, reason: Stop) {
+        let _ = self
+            .stop
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .send(reason);
+    }
+}
+
+/// Serve `listener` until the service stops; a client idle for `idle_timeout` is closed.
+pub fn serve(
+    service: Arc<Service>,
+    listener: UnixListener,
+    idle_timeout: Duration,
+) -> io::Result<Connections> {
     Connections::serve(
         "control.sock".into(),
         listener,
-        MAX_CONNECTIONS,
-        move |stream| {
-            if let Err(error) = connection(&service, stream) {
-                eprintln!("vbd-backend: control.sock: connection ended: {error}");
-            }
+        Policy {
+            limit: MAX_CONNECTIONS,
+            wait_for_slot: WAIT_FOR_SLOT,
+            peers: Peers::Owner,
+            idle_timeout: Some(idle_timeout),
         },
+        move |stream| connection(&service, stream),
     )
 }
 

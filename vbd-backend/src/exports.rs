@@ -11,14 +11,15 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use shared_abi::{DeviceNumber, DOM0};
 
 use crate::nbd;
-use crate::service::{claim_socket_path, Shared};
+use crate::shared::Shared;
+use crate::sockets::{claim_socket_path, SocketDirectory};
 use crate::threads::VbdSocket;
 use crate::vbd::{domain_vbds, VbdState};
 use crate::vhost;
@@ -58,7 +59,9 @@ type VbdName = (u32, DeviceNumber);
 /// Every socket of every VBD.
 pub struct Exports {
     shared: Arc<Shared>,
-    dir: PathBuf,
+    sockets: Arc<SocketDirectory>,
+    /// How long an NBD client may stay idle.
+    nbd_idle_timeout: Duration,
     live: BTreeMap<VbdName, Export>,
     /// Removed VBDs whose connections are still open.
     retired: Vec<Export>,
@@ -76,10 +79,15 @@ fn name_of(state: &VbdState) -> VbdName {
 }
 
 impl Exports {
-    pub fn new(shared: Arc<Shared>, dir: PathBuf) -> Exports {
+    pub fn new(
+        shared: Arc<Shared>,
+        sockets: Arc<SocketDirectory>,
+        nbd_idle_timeout: Duration,
+    ) -> Exports {
         Exports {
             shared,
-            dir,
+            sockets,
+            nbd_idle_timeout,
             live: BTreeMap::new(),
             retired: Vec::new(),
         }
@@ -136,19 +144,30 @@ impl Exports {
 
     fn create(&self, state: VbdState) -> Result<Export, String> {
         let domain = state.id().domain;
-        let directory = self.dir.join(format!("dom{domain}"));
-        fs::create_dir_all(&directory)
-            .map_err(|error| format!("{}: cannot create: {error}", directory.display()))?;
+        let directory = self.sockets.domain(domain)?;
         let name = vdevice_name(state.id().vdevice);
         let extension = if domain == DOM0 { "nbd" } else { "sock" };
         let path = directory.join(format!("{name}.{extension}"));
         claim_socket_path(&path)?;
-        let listener = UnixListener::bind(&path)
-            .map_err(|error| format!("{}: cannot listen: {error}", path.display()))?;
+        let listener = self.sockets.listen(&path)?;
         let server = if domain == DOM0 {
-            nbd::Export::start(self.shared.clone(), state, name, listener).map(Server::Nbd)
+            nbd::Export::start(
+                self.shared.clone(),
+                state,
+                name,
+                listener,
+                self.nbd_idle_timeout,
+            )
+            .map(Server::Nbd)
         } else {
-            vhost::Export::start(self.shared.clone(), state, name, listener).map(Server::Vhost)
+            vhost::Export::start(
+                self.shared.clone(),
+                state,
+                name,
+                listener,
+                self.sockets.clone(),
+            )
+            .map(Server::Vhost)
         }
         .map_err(|error| {
             let _ = fs::remove_file(&path);
@@ -170,7 +189,11 @@ impl Exports {
         for export in self.retired.drain(..) {
             export.socket().stop();
         }
-        for entry in fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+        for entry in fs::read_dir(self.sockets.root())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             // Only the domain directories go, and only when empty.
             if entry
                 .file_name()

@@ -10,6 +10,8 @@ mod disks;
 mod exports;
 mod nbd;
 mod service;
+mod shared;
+mod sockets;
 mod sys;
 mod threads;
 mod uring;
@@ -18,6 +20,7 @@ mod vhost;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use hv_vbd::SharingLevel;
@@ -25,10 +28,13 @@ use hv_vbd::SharingLevel;
 /// Serve VBDs to virtual machines: vhost-user-blk for guests, NBD for dom0, and dom0's
 /// hypercall channel on DIR/control.sock.
 ///
-/// Sockets: DIR/control.sock (dom0's hypercalls and block I/O, as the test hypervisor's
+/// Sockets: DIR and everything in it are the backend user's alone (0700 directories, 0600
+/// sockets, whatever the umask) unless --socket-group widens them; control.sock and dom0's
+/// exports close, at once and with a log line, a peer that is neither root nor the
+/// backend's own user. DIR/control.sock (dom0's hypercalls and block I/O, as the test hypervisor's
 /// dom0 port; its Ready reply carries this start's random identifier); DIR/domD/VDEV.sock
-/// for each VBD of guest domain D >= 1 (vhost-user-blk, one VMM at a time, get-id is the
-/// VBD's label); DIR/dom0/VDEV.nbd for each VBD of dom0 (NBD, export name VDEV). Each
+/// for each VBD of guest domain D >= 1 (vhost-user-blk, one VMM at a time: another waits
+/// up to 10 s for it to end; get-id is the VBD's label); DIR/dom0/VDEV.nbd for each VBD of dom0 (NBD, export name VDEV). Each
 /// exists while its VBD does: `vdisk attach` returns once it exists, `vdisk detach` once it
 /// is gone and the I/O in flight on the old mapping has finished.
 ///
@@ -64,6 +70,19 @@ struct Options {
     /// Virtqueues per vhost-user-blk device, each served by its own thread.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     queues: u16,
+    /// Widen DIR, its domain directories and the sockets from owner-only (0700, 0600) to
+    /// GROUP (0750, 0660), a name or a number: for VMMs that run as another user.
+    /// control.sock and dom0's exports still serve only root and the backend's own user.
+    #[arg(long, value_name = "GROUP", value_parser = sockets::group_id)]
+    socket_group: Option<u32>,
+    /// Close a client of control.sock that sends nothing (or takes no reply) for this many
+    /// seconds, so idle clients never lock out vdisk.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    control_idle_timeout: u64,
+    /// Close an NBD client that sends nothing (or takes no reply) for this many seconds, so
+    /// idle clients never lock out others.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    nbd_idle_timeout: u64,
 }
 
 fn sharing_level(text: &str) -> Result<SharingLevel, String> {
@@ -78,6 +97,11 @@ fn main() -> ExitCode {
         dir: options.dir,
         sharing_ceiling: options.sharing,
         queues: options.queues,
+        access: sockets::Access {
+            group: options.socket_group,
+        },
+        control_idle_timeout: Duration::from_secs(options.control_idle_timeout),
+        nbd_idle_timeout: Duration::from_secs(options.nbd_idle_timeout),
     };
     match service::run(settings) {
         Ok(()) => ExitCode::SUCCESS,

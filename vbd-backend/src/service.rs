@@ -5,16 +5,19 @@
 
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::FileTypeExt;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
 
 use hv_vbd::SharingLevel;
 
+use crate::control::{Service, Stop};
 use crate::disks::Disks;
 use crate::exports::Exports;
+// vhost/device.rs and vhost/queue.rs still name `Shared` here; once they import
+// `crate::shared::Shared` this re-export goes, and with it the last edge back into this file.
+pub use crate::shared::Shared;
+use crate::sockets::{Access, SocketDirectory};
 use crate::vbd::Table;
 
 /// The table, in a `static` as a hypervisor keeps it: it is about 2 MiB.
@@ -27,80 +30,11 @@ pub struct Settings {
     /// The most permissive sharing level a request may ask for.
     pub sharing_ceiling: SharingLevel,
     pub queues: u16,
-}
-
-/// What every thread shares: the VBD table and the disks are the only shared state of the
-/// data path.
-pub struct Shared {
-    pub table: &'static Table,
-    pub disks: Disks,
-    /// Virtqueues (and queue threads) per vhost-user-blk device.
-    pub queues: u16,
-    /// This start's identifier, reported in every Ready notice: records made under
-    /// another start describe VBDs that a restart took away.
-    pub start_id: u64,
-    stopping: AtomicBool,
-}
-
-impl Shared {
-    pub fn new(table: &'static Table, disks: Disks, queues: u16, start_id: u64) -> Shared {
-        Shared {
-            table,
-            disks,
-            queues,
-            start_id,
-            stopping: AtomicBool::new(false),
-        }
-    }
-
-    /// Whether the backend is stopping: queue threads fail the requests they have not
-    /// started.
-    pub fn stopping(&self) -> bool {
-        self.stopping.load(Ordering::Acquire)
-    }
-
-    pub fn stop(&self) {
-        self.stopping.store(true, Ordering::Release);
-    }
-}
-
-/// Why the backend stops.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stop {
-    Signal(i32),
-    ShutdownFrame,
-}
-
-/// The shared state, the sockets, and the way to ask for a stop.
-pub struct Service {
-    pub shared: Arc<Shared>,
-    exports: Mutex<Exports>,
-    stop: Mutex<mpsc::Sender<Stop>>,
-}
-
-impl std::ops::Deref for Service {
-    type Target = Shared;
-
-    fn deref(&self) -> &Shared {
-        &self.shared
-    }
-}
-
-impl Service {
-    /// The sockets, locked: a hypercall and the update it calls for happen under this lock.
-    pub fn lock_exports(&self) -> MutexGuard<'_, Exports> {
-        self.exports
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    pub fn request_stop(&self, reason: Stop) {
-        let _ = self
-            .stop
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .send(reason);
-    }
+    /// Who besides the backend's user may reach the sockets.
+    pub access: Access,
+    /// How long a client of control.sock, or of an NBD export, may stay idle.
+    pub control_idle_timeout: Duration,
+    pub nbd_idle_timeout: Duration,
 }
 
 /// Run the backend until it is told to stop. An error is one line for standard error.
@@ -111,14 +45,9 @@ pub fn run(settings: Settings) -> Result<(), String> {
     let start_id = fresh_start_id()?;
     let disks = Disks::open(&settings.devices)?;
     disks.register(&TABLE)?;
-    let dir = settings.dir;
-    fs::create_dir_all(&dir)
-        .map_err(|error| format!("{}: cannot create: {error}", dir.display()))?;
-    let control_path = dir.join("control.sock");
-    claim_socket_path(&control_path)?;
-    remove_stale_sockets(&dir)?;
-    let listener = UnixListener::bind(&control_path)
-        .map_err(|error| format!("{}: cannot listen: {error}", control_path.display()))?;
+    let sockets = Arc::new(SocketDirectory::claim(&settings.dir, settings.access)?);
+    let control_path = settings.dir.join("control.sock");
+    let listener = sockets.listen(&control_path)?;
 
     let (stop_sender, stop_receiver) = mpsc::channel();
     let mut signals = signal_hook::iterator::Signals::new([
@@ -137,12 +66,12 @@ pub fn run(settings: Settings) -> Result<(), String> {
         .map_err(|error| format!("cannot start the signal thread: {error}"))?;
 
     let shared = Arc::new(Shared::new(&TABLE, disks, settings.queues, start_id));
-    let service = Arc::new(Service {
-        shared: shared.clone(),
-        exports: Mutex::new(Exports::new(shared.clone(), dir.clone())),
-        stop: Mutex::new(stop_sender),
-    });
-    let control = crate::control::serve(service.clone(), listener)
+    let service = Arc::new(Service::new(
+        shared.clone(),
+        Exports::new(shared.clone(), sockets.clone(), settings.nbd_idle_timeout),
+        stop_sender,
+    ));
+    let control = crate::control::serve(service.clone(), listener, settings.control_idle_timeout)
         .map_err(|error| format!("{}: cannot serve: {error}", control_path.display()))?;
     eprintln!(
         "vbd-backend: serving {} disks on {} (sharing ceiling {}, queues per guest VBD: {}, start {start_id:#018x})",
@@ -161,6 +90,7 @@ pub fn run(settings: Settings) -> Result<(), String> {
     service.lock_exports().stop();
     let flushed = shared.disks.flush_all();
     let _ = fs::remove_file(&control_path);
+    sockets.remove_private();
     flushed.map_err(|error| format!("flushing the disks failed: {error}"))?;
     eprintln!("vbd-backend: stopped");
     Ok(())
@@ -174,49 +104,4 @@ fn fresh_start_id() -> Result<u64, String> {
         .and_then(|mut random| random.read_exact(&mut bytes))
         .map_err(|error| format!("/dev/urandom: cannot read a start identifier: {error}"))?;
     Ok(u64::from_ne_bytes(bytes))
-}
-
-/// Make `path` free for a new socket: a socket nobody listens on (left by a backend that was
-/// killed) is removed; a live one means another backend serves this directory.
-pub fn claim_socket_path(path: &Path) -> Result<(), String> {
-    let Ok(metadata) = fs::symlink_metadata(path) else {
-        return Ok(());
-    };
-    if !metadata.file_type().is_socket() {
-        return Err(format!("{}: exists and is not a socket", path.display()));
-    }
-    if UnixStream::connect(path).is_ok() {
-        return Err(format!("{}: another backend is serving it", path.display()));
-    }
-    fs::remove_file(path).map_err(|error| {
-        format!(
-            "{}: cannot remove the stale socket: {error}",
-            path.display()
-        )
-    })
-}
-
-/// Remove the sockets of `domN/` directories left by a killed backend: at start the table
-/// is empty, so no VBD socket may exist.
-fn remove_stale_sockets(dir: &Path) -> Result<(), String> {
-    let entries =
-        fs::read_dir(dir).map_err(|error| format!("{}: cannot read: {error}", dir.display()))?;
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let is_domain = name
-            .to_str()
-            .and_then(|name| name.strip_prefix("dom"))
-            .is_some_and(|digits| {
-                !digits.is_empty() && digits.bytes().all(|byte| byte.is_ascii_digit())
-            });
-        if !is_domain || !entry.path().is_dir() {
-            continue;
-        }
-        for socket in fs::read_dir(entry.path()).into_iter().flatten().flatten() {
-            if socket.file_type().is_ok_and(|kind| kind.is_socket()) {
-                claim_socket_path(&socket.path())?;
-            }
-        }
-    }
-    Ok(())
 }

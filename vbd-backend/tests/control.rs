@@ -5,6 +5,7 @@
 mod common;
 
 use std::fs::{self, File};
+use std::io::Read;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::Command;
 use std::time::Duration;
@@ -84,6 +85,7 @@ fn stopping_removes_every_socket_and_exits_zero() {
     assert!(!backend.control().exists());
     assert!(!backend.socket(0, "xvda").exists());
     assert!(!backend.socket(2, "xvda").exists());
+    assert!(!backend.dir.join(".private").exists());
     assert!(
         backend.log().contains("vbd-backend: stopped"),
         "{}",
@@ -286,4 +288,38 @@ fn every_ready_reports_this_starts_identifier_and_a_restart_has_another() {
     backend.restart(&[]);
     let second = backend.hypervisor().start_id();
     assert_ne!(second, first);
+}
+
+#[test]
+fn idle_clients_of_control_sock_never_lock_vdisk_out() {
+    let backend = Backend::start(&[]);
+    // More than the 16 connections the backend once served at most.
+    let idle: Vec<UnixStream> = (0..17)
+        .map(|_| UnixStream::connect(backend.control()).unwrap())
+        .collect();
+    backend.vdisk_ok(&["vbds", "all"]);
+    drop(idle);
+}
+
+#[test]
+fn an_idle_control_client_is_closed_after_the_idle_timeout() {
+    let backend = Backend::start(&["--control-idle-timeout", "1"]);
+    let mut idle = UnixStream::connect(backend.control()).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut nothing = Vec::new();
+    assert_eq!(idle.read_to_end(&mut nothing).unwrap(), 0);
+    assert!(
+        backend
+            .log()
+            .contains("control.sock: closed a connection idle for 1 s"),
+        "{}",
+        backend.log()
+    );
+    // A client that keeps talking is served as long as it does.
+    let mut hypervisor = backend.hypervisor();
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(600));
+        hypervisor.limits().unwrap();
+    }
 }

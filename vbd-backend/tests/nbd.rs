@@ -554,3 +554,56 @@ fn a_delete_is_answered_only_after_the_writes_in_flight_have_landed() {
         assert_eq!(stale, 0, "round {round}: bytes of the deleted VBD's writers landed after the delete was answered");
     }
 }
+
+#[test]
+fn idle_clients_never_lock_the_export_out_and_are_closed_after_the_idle_timeout() {
+    let backend = Backend::start(&["--nbd-idle-timeout", "2"]);
+    attach(&backend, Mode::READ | Mode::WRITE);
+    let path = backend.socket(0, "xvda");
+    // More than the 8 clients an export once served at most: some haggling, some chose.
+    let mut idle: Vec<UnixStream> = (0..5).map(|_| RawClient::haggle(&path)).collect();
+    idle.extend((0..5).map(|_| RawClient::go(&path).stream));
+    let mut client = RawClient::go(&path);
+    assert_eq!(client.request(0, 0, 0, 512, None).0, 0);
+    for mut stream in idle {
+        let mut rest = Vec::new();
+        assert_eq!(
+            stream.read_to_end(&mut rest).unwrap(),
+            0,
+            "an idle client is closed"
+        );
+    }
+    assert!(
+        backend
+            .log()
+            .contains("dom0/xvda.nbd: closed a connection idle for 2 s"),
+        "{}",
+        backend.log()
+    );
+}
+
+#[test]
+fn a_client_that_never_reads_its_replies_does_not_hold_a_stop() {
+    let mut backend = Backend::start(&[]);
+    attach(&backend, Mode::READ | Mode::WRITE);
+    let mut client = RawClient::go(&backend.socket(0, "xvda"));
+    // 64 reads of 64 KiB, whose replies fill the socket's buffer long before the last.
+    for handle in 0..64u64 {
+        let mut message = 0x2560_9513u32.to_be_bytes().to_vec();
+        message.extend_from_slice(&[0, 0, 0, 0]);
+        message.extend_from_slice(&handle.to_be_bytes());
+        message.extend_from_slice(&0u64.to_be_bytes());
+        message.extend_from_slice(&(64u32 << 10).to_be_bytes());
+        client.stream.write_all(&message).unwrap();
+    }
+    // Let the backend block writing its replies.
+    std::thread::sleep(Duration::from_millis(500));
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(backend.pid().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let status = backend.wait(Duration::from_secs(10));
+    assert!(status.success(), "{status}: {}", backend.log());
+}

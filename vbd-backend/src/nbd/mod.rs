@@ -13,15 +13,21 @@ mod wire;
 use std::io;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
+use std::time::Duration;
 
 use hv_vbd::VbdRef;
 
-use crate::service::Shared;
-use crate::threads::{Connections, VbdSocket};
+use crate::shared::Shared;
+use crate::sockets::Peers;
+use crate::threads::{Connections, Policy, VbdSocket};
 use crate::vbd::{Translator, VbdState};
 
-/// Clients of one export at once.
-const MAX_CONNECTIONS: usize = 8;
+/// Clients of one export at once. Large: the idle timeout, not this bound, is what keeps
+/// idle clients from locking the others out.
+const MAX_CONNECTIONS: usize = 256;
+
+/// How long a client past `MAX_CONNECTIONS` waits for a slot.
+const WAIT_FOR_SLOT: Duration = Duration::from_secs(10);
 
 /// One VBD's NBD socket.
 pub struct Export {
@@ -43,6 +49,7 @@ impl Export {
         state: VbdState,
         name: String,
         listener: UnixListener,
+        idle_timeout: Duration,
     ) -> io::Result<Export> {
         let target = Arc::new(Target {
             shared,
@@ -52,15 +59,14 @@ impl Export {
         let connections = Connections::serve(
             format!("dom0/{name}.nbd"),
             listener,
-            MAX_CONNECTIONS,
-            move |stream| {
-                if let Err(error) = connection(&target, stream) {
-                    eprintln!(
-                        "vbd-backend: dom0/{}.nbd: connection ended: {error}",
-                        target.name
-                    );
-                }
+            Policy {
+                limit: MAX_CONNECTIONS,
+                wait_for_slot: WAIT_FOR_SLOT,
+                // dom0's exports carry dom0's authority over its disks.
+                peers: Peers::Owner,
+                idle_timeout: Some(idle_timeout),
             },
+            move |stream| connection(&target, stream),
         )?;
         Ok(Export {
             socket: VbdSocket::new(connections),
@@ -68,11 +74,11 @@ impl Export {
     }
 }
 
-/// Serve one client.
+/// Serve one client: the handshake, then its requests.
 fn connection(target: &Target, mut stream: UnixStream) -> io::Result<()> {
+    let Some(export) = handshake::negotiate(&mut stream, target)? else {
+        return Ok(());
+    };
     let mut translator = Translator::new(target.shared.table);
-    match handshake::negotiate(&mut stream, target)? {
-        Some(export) => transmission::serve(&mut stream, target, &mut translator, export),
-        None => Ok(()),
-    }
+    transmission::serve(&mut stream, target, &mut translator, export)
 }

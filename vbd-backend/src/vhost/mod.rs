@@ -1,6 +1,7 @@
 //! vhost-user-blk sockets of guest VBDs, served with the rust-vmm crates. One connection at
-//! a time: a second is refused (closed) while the first lasts. Each connection gets a fresh
-//! vhost-user daemon, with its own queue threads, joined when the VMM goes.
+//! a time: a second waits (up to 10 s) for the first to end, and is closed if it does not.
+//! Each connection gets a fresh vhost-user daemon, with its own queue threads, joined when
+//! the VMM goes.
 //!
 //! A VMM whose backend went away (killed, or stopped) and that reconnects (QEMU's
 //! `-chardev socket,...,reconnect=1`) resumes its rings where its guest left them, without
@@ -18,19 +19,33 @@ mod request;
 
 use std::io;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::Duration;
 
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use self::bridge::{BackendChannel, Inbound};
 use self::device::{BlockDevice, DeviceTarget};
-use crate::service::Shared;
-use crate::threads::{Connections, VbdSocket};
+use crate::shared::Shared;
+use crate::sockets::{Peers, SocketDirectory};
+use crate::threads::{Connections, Policy, VbdSocket};
 use crate::vbd::VbdState;
+
+/// One VMM at a time. A VMM that reconnects right after a disconnect (QEMU's `reconnect=N`)
+/// finds its old connection still tearing down (the daemon joins its queue threads, each
+/// after the request it serves): the new one waits for that, bounded, rather than being
+/// refused.
+const ONE_VMM: Policy = Policy {
+    limit: 1,
+    wait_for_slot: Duration::from_secs(10),
+    // A VMM may run as another user, one of the group `--socket-group` names.
+    peers: Peers::Anyone,
+    // A VMM's connection is quiet while its guest is: its life is the VMM's to end.
+    idle_timeout: None,
+};
 
 /// One guest VBD's vhost-user-blk socket.
 pub struct Export {
@@ -43,7 +58,7 @@ struct Session {
     target: Arc<DeviceTarget>,
     channel: BackendChannel,
     /// Where the private sockets between the relay and the daemon are made.
-    directory: PathBuf,
+    sockets: Arc<SocketDirectory>,
     /// The VMM processes whose rings started at 0 on this socket: they may resume.
     started_by: Mutex<Vec<u32>>,
 }
@@ -54,13 +69,8 @@ impl Export {
         state: VbdState,
         name: String,
         listener: UnixListener,
+        sockets: Arc<SocketDirectory>,
     ) -> io::Result<Export> {
-        let directory = listener
-            .local_addr()?
-            .as_pathname()
-            .and_then(Path::parent)
-            .map(Path::to_path_buf)
-            .ok_or_else(|| io::Error::other("the socket has no directory"))?;
         let label = format!("dom{}/{name}.sock", state.id().domain);
         let serial = if state.label.is_empty() {
             name
@@ -76,14 +86,12 @@ impl Export {
                 name: label.clone(),
             }),
             channel: BackendChannel::default(),
-            directory,
+            sockets,
             started_by: Mutex::new(Vec::new()),
         });
         let serving = session.clone();
-        let connections = Connections::serve(label.clone(), listener, 1, move |stream| {
-            if let Err(error) = serving.serve(stream) {
-                eprintln!("vbd-backend: {label}: connection ended: {error}");
-            }
+        let connections = Connections::serve(label, listener, ONE_VMM, move |stream| {
+            serving.serve(stream)
         })?;
         Ok(Export {
             socket: VbdSocket::new(connections),
@@ -127,9 +135,6 @@ impl ResumedRings {
         self.rings.fetch_and(!Self::bit(index), Ordering::AcqRel);
     }
 }
-
-/// Private socket names are unique within the process.
-static BRIDGES: AtomicU64 = AtomicU64::new(0);
 
 impl Session {
     fn started_by(&self) -> std::sync::MutexGuard<'_, Vec<u32>> {
@@ -202,12 +207,7 @@ impl Session {
         &self,
         daemon: &mut VhostUserDaemon<Arc<BlockDevice>>,
     ) -> io::Result<UnixStream> {
-        let path = self.directory.join(format!(
-            ".{}.{}.{}.bridge",
-            self.target.serial,
-            std::process::id(),
-            BRIDGES.fetch_add(1, Ordering::Relaxed)
-        ));
+        let path = self.sockets.private_path("bridge");
         let listener = UnixListener::bind(&path)?;
         let connected = path
             .to_str()

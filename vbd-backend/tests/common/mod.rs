@@ -49,12 +49,19 @@ pub struct Backend {
     pub work: tempfile::TempDir,
     pub dir: PathBuf,
     pub devices: PathBuf,
+    /// The umask the backend starts under, when not the test's.
+    umask: Option<u32>,
     child: Option<Child>,
 }
 
 impl Backend {
     /// Two images (`hda` 3:0, `hdb` 3:64), a devices file, and a backend serving them.
     pub fn start(extra: &[&str]) -> Backend {
+        Backend::start_with_umask(None, extra)
+    }
+
+    /// As [`Backend::start`], the backend started under `umask` when one is given.
+    pub fn start_with_umask(umask: Option<u32>, extra: &[&str]) -> Backend {
         let work = tempfile::tempdir().unwrap();
         for name in ["hda", "hdb"] {
             File::create(work.path().join(format!("{name}.img")))
@@ -73,6 +80,7 @@ impl Backend {
             work,
             dir,
             devices,
+            umask,
             child: None,
         };
         backend.restart(extra);
@@ -88,7 +96,18 @@ impl Backend {
 
     /// Start another backend process on the same files.
     pub fn spawn(&self, extra: &[&str]) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_vbd-backend"))
+        let mut command = match self.umask {
+            Some(umask) => {
+                let mut shell = Command::new("sh");
+                shell
+                    .arg("-c")
+                    .arg(format!("umask {umask:03o} && exec \"$0\" \"$@\""))
+                    .arg(env!("CARGO_BIN_EXE_vbd-backend"));
+                shell
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_vbd-backend")),
+        };
+        command
             .arg("--devices")
             .arg(&self.devices)
             .arg("--dir")
@@ -185,6 +204,11 @@ impl Backend {
     pub fn socket(&self, domain: u32, name: &str) -> PathBuf {
         let extension = if domain == 0 { "nbd" } else { "sock" };
         self.dir.join(format!("dom{domain}/{name}.{extension}"))
+    }
+
+    /// The backend's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the backend is running").id()
     }
 
     /// Send SIGTERM and wait for the exit.

@@ -1,0 +1,43 @@
+//! What every thread of the backend shares: the VBD table, the disks, and whether the
+//! backend is stopping. A leaf: the sockets and the threads that serve them depend on it,
+//! it depends on none of them.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::disks::Disks;
+use crate::vbd::Table;
+
+/// What every thread shares: the VBD table and the disks are the only shared state of the
+/// data path.
+pub struct Shared {
+    pub table: &'static Table,
+    pub disks: Disks,
+    /// Virtqueues (and queue threads) per vhost-user-blk device.
+    pub queues: u16,
+    /// This start's identifier, reported in every Ready notice: records made under
+    /// another start describe VBDs that a restart took away.
+    pub start_id: u64,
+    stopping: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(table: &'static Table, disks: Disks, queues: u16, start_id: u64) -> Shared {
+        Shared {
+            table,
+            disks,
+            queues,
+            start_id,
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the backend is stopping: queue threads fail the requests they have not
+    /// started.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+}
