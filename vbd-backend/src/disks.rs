@@ -26,7 +26,6 @@ use vm_memory::bitmap::BitmapSlice;
 use vm_memory::VolatileSlice;
 
 use crate::sys;
-
 use crate::vbd::Table;
 
 /// One opened disk.
@@ -239,6 +238,7 @@ impl Disk {
     }
 }
 
+/// Write `length` zero bytes at `offset`, a chunk at a time.
 fn write_zeros(file: &File, offset: u64, length: u64) -> io::Result<()> {
     const CHUNK: u64 = 256 * SECTOR_SIZE;
     let zeros = [0u8; CHUNK as usize];
