@@ -106,7 +106,7 @@ impl BlockContext<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::disks::tests::two_disks;
+    use crate::disks::tests::{hda_on_a_faulty_disk, two_disks};
     use crate::disks::Disks;
     use crate::vbd::tests::{create, empty_table, xvda};
 
@@ -186,5 +186,65 @@ mod tests {
         );
         let mut sector = vec![0u8; 512];
         assert_eq!(block.read(&vbd, 0, &mut sector), Ok(()));
+    }
+
+    #[test]
+    fn a_failed_writeback_fails_every_later_flush_and_write_of_that_disk_only() {
+        let (_directory, hda, devices, disks) = hda_on_a_faulty_disk();
+        let table = empty_table();
+        let on_hda = create(table, xvda(1), &[(0, 0, 64)], true, "");
+        let on_hdb = create(table, xvda(2), &[(1, 0, 64)], true, "");
+        let mut translator = Translator::new(table);
+        let mut block = context(&mut translator, &disks);
+        assert_eq!(block.write(&on_hda, 0, &[1; 512]), Ok(()));
+        hda.fail_next_sync();
+        assert_eq!(block.flush(&on_hda), Err(Error::Io), "the writeback failed");
+        // The kernel has reported the failure once and would sync again without complaint.
+        assert_eq!(block.flush(&on_hda), Err(Error::Io), "and stays failed");
+        assert_eq!(block.write(&on_hda, 1, &[2; 512]), Err(Error::Io));
+        assert_eq!(
+            block.release(&on_hda, 2, 1, Release::WriteZeroes { may_unmap: false }),
+            Err(Error::Io)
+        );
+        let syncs = hda.syncs();
+        assert_eq!(block.flush(&on_hda), Err(Error::Io));
+        assert_eq!(hda.syncs(), syncs, "refused without syncing again");
+        let mut sector = vec![0u8; 1024];
+        assert_eq!(block.read(&on_hda, 0, &mut sector), Ok(()), "reads go on");
+        assert_eq!(sector, [[1; 512], [0; 512]].concat());
+        assert_eq!(
+            block.write(&on_hdb, 0, &[3; 512]),
+            Ok(()),
+            "other disks too"
+        );
+        assert_eq!(block.flush(&on_hdb), Ok(()));
+        assert_eq!(
+            disks.flush_all().map_err(|error| error.to_string()),
+            Err(format!(
+                "disk hda ({}) lost writes earlier: its writes and flushes fail until the backend is restarted",
+                hda.path().display()
+            )),
+            "the stop reports it"
+        );
+
+        // Opening the disks again (a restart of the backend) clears it.
+        let reopened = Disks::open(&devices).unwrap();
+        let mut block = context(&mut translator, &reopened);
+        assert_eq!(block.write(&on_hda, 1, &[2; 512]), Ok(()));
+        assert_eq!(block.flush(&on_hda), Ok(()));
+    }
+
+    #[test]
+    fn a_write_failing_with_eio_fails_every_later_write_and_flush_of_that_disk() {
+        let (_directory, hda, _devices, disks) = hda_on_a_faulty_disk();
+        let table = empty_table();
+        let on_hda = create(table, xvda(1), &[(0, 0, 64)], true, "");
+        let mut translator = Translator::new(table);
+        let mut block = context(&mut translator, &disks);
+        hda.fail_writes(true);
+        assert_eq!(block.write(&on_hda, 0, &[1; 512]), Err(Error::Io));
+        hda.fail_writes(false);
+        assert_eq!(block.write(&on_hda, 0, &[1; 512]), Err(Error::Io));
+        assert_eq!(block.flush(&on_hda), Err(Error::Io));
     }
 }

@@ -5,17 +5,27 @@
 //! Disks are opened without `O_DIRECT`: under TCG the guest, not the page cache, is the
 //! bottleneck, and `O_DIRECT` would impose 4 KiB alignment on guest buffers that virtio only
 //! promises to be sector-sized. Durability comes from `fdatasync` on flush.
+//!
+//! A disk that fails a sync, or a write with `EIO`, has lost writes its tenants were told
+//! had succeeded, and the kernel reports a failed writeback to one `fsync` of the shared
+//! file description only. So the disk remembers: every later write and flush of it fails
+//! until the backend is restarted, and reads go on.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use host_tools::devices::{open_disk, DevicesFile};
 use hv_vbd::serve::BlockDevices;
 use rustix::fs::{fallocate, FallocateFlags};
 use shared_abi::{DeviceNumber, Error, SECTOR_SIZE};
+use vm_memory::bitmap::BitmapSlice;
+use vm_memory::VolatileSlice;
 
+use crate::sys;
 use crate::vbd::Table;
 
 /// One opened disk.
@@ -24,7 +34,13 @@ pub struct Disk {
     pub name: String,
     pub device: DeviceNumber,
     pub sectors: u64,
+    path: PathBuf,
     file: File,
+    /// A write or sync failed in a way that may have lost written data.
+    lost_writes: AtomicBool,
+    /// Syncs run one at a time, so that the one the kernel tells of a failed writeback has
+    /// marked the disk before another can sync and hear nothing.
+    syncing: Mutex<()>,
 }
 
 /// Every disk of the devices file.
@@ -59,12 +75,13 @@ impl Disks {
                         disk.path.display()
                     ));
                 }
-                Ok(Disk {
-                    name: disk.name.clone(),
-                    device: disk.device,
+                Ok(Disk::new(
+                    disk.name.clone(),
+                    disk.device,
                     sectors,
-                    file: opened,
-                })
+                    disk.path.clone(),
+                    opened,
+                ))
             })
             .collect::<Result<Vec<_>, String>>()?;
         Ok(Disks { disks })
@@ -99,22 +116,37 @@ impl Disks {
     pub fn flush(&self, devices: &[DeviceNumber]) -> io::Result<()> {
         devices
             .iter()
-            .try_for_each(|&device| self.find(device)?.file.sync_data())
+            .try_for_each(|&device| self.find(device)?.sync())
     }
 
     /// `fdatasync` every disk, reporting the first failure after trying them all.
     pub fn flush_all(&self) -> io::Result<()> {
-        let results: Vec<io::Result<()>> = self
-            .disks
-            .iter()
-            .map(|disk| disk.file.sync_data())
-            .collect();
+        let results: Vec<io::Result<()>> = self.disks.iter().map(Disk::sync).collect();
         results.into_iter().collect()
     }
 }
 
+/// What a failed write can have lost: a write refused for want of space took nothing, so
+/// only an I/O error counts.
+const WRITE_LOSSES: &[i32] = &[libc::EIO];
+/// What a failed sync can have lost: any writeback error, also for want of space.
+const SYNC_LOSSES: &[i32] = &[libc::EIO, libc::ENOSPC, libc::EDQUOT];
+
 impl Disk {
-    /// The file, for positioned I/O into guest memory.
+    fn new(name: String, device: DeviceNumber, sectors: u64, path: PathBuf, file: File) -> Disk {
+        Disk {
+            name,
+            device,
+            sectors,
+            path,
+            file,
+            lost_writes: AtomicBool::new(false),
+            syncing: Mutex::new(()),
+        }
+    }
+
+    /// The file, for reads only: writes go through this disk's methods, which refuse them
+    /// once the disk has lost writes.
     pub fn file(&self) -> &File {
         &self.file
     }
@@ -124,7 +156,25 @@ impl Disk {
     }
 
     pub fn write_all_at(&self, buffer: &[u8], offset: u64) -> io::Result<()> {
-        self.file.write_all_at(buffer, offset)
+        self.writing(|file| file.write_all_at(buffer, offset))
+    }
+
+    /// Write all of `slice`, guest memory, at byte `offset`.
+    pub fn write_guest_at(
+        &self,
+        offset: u64,
+        slice: &VolatileSlice<impl BitmapSlice>,
+    ) -> io::Result<()> {
+        self.writing(|file| sys::write_all_at(file, offset, slice))
+    }
+
+    /// `fdatasync`, refused once the disk has lost writes.
+    pub fn sync(&self) -> io::Result<()> {
+        let _one_at_a_time = self.syncing.lock().unwrap_or_else(PoisonError::into_inner);
+        self.check_writable()?;
+        self.file
+            .sync_data()
+            .map_err(|error| self.lost_if(error, "fdatasync", SYNC_LOSSES))
     }
 
     /// Discard or zero `length` bytes at `offset`, within the disk's size. Where the file or
@@ -138,31 +188,67 @@ impl Disk {
                 FallocateFlags::ZERO_RANGE | FallocateFlags::KEEP_SIZE
             }
         };
-        match fallocate(&self.file, flags, offset, length) {
+        self.writing(|file| match fallocate(file, flags, offset, length) {
             Ok(()) => Ok(()),
             // A discard is a hint: a disk that cannot punch holes keeps its data.
             Err(_) if how == Release::Discard => Ok(()),
             Err(error)
                 if error == rustix::io::Errno::OPNOTSUPP || error == rustix::io::Errno::NOSYS =>
             {
-                self.write_zeros(offset, length)
+                write_zeros(file, offset, length)
             }
             Err(error) => Err(error.into()),
-        }
+        })
     }
 
-    fn write_zeros(&self, offset: u64, length: u64) -> io::Result<()> {
-        const CHUNK: u64 = 256 * SECTOR_SIZE;
-        let zeros = [0u8; CHUNK as usize];
-        let mut done = 0u64;
-        while done < length {
-            let count = (length - done).min(CHUNK);
-            self.file
-                .write_all_at(&zeros[..count as usize], offset + done)?;
-            done += count;
+    /// Run `write` on the file unless the disk has lost writes; an error of it that may
+    /// have lost data marks the disk.
+    fn writing(&self, write: impl FnOnce(&File) -> io::Result<()>) -> io::Result<()> {
+        self.check_writable()?;
+        write(&self.file).map_err(|error| self.lost_if(error, "a write", WRITE_LOSSES))
+    }
+
+    /// Whether writes and flushes may still run: an error naming the disk once it has lost
+    /// writes.
+    fn check_writable(&self) -> io::Result<()> {
+        if self.lost_writes.load(Ordering::Acquire) {
+            return Err(io::Error::other(format!(
+                "disk {} ({}) lost writes earlier: its writes and flushes fail until the backend is restarted",
+                self.name,
+                self.path.display()
+            )));
         }
         Ok(())
     }
+
+    /// Mark the disk if `error`, from `operation`, is one of `losses`, saying so once; the
+    /// error is returned as it was, for the request that met it.
+    fn lost_if(&self, error: io::Error, operation: &str, losses: &[i32]) -> io::Error {
+        let lost = error
+            .raw_os_error()
+            .is_some_and(|code| losses.contains(&code));
+        if lost && !self.lost_writes.swap(true, Ordering::AcqRel) {
+            eprintln!(
+                "vbd-backend: disk {} ({}): {operation} failed: {error}; writes acknowledged before it may be lost, so every write and flush of this disk fails from now on (reads go on) until the backend is restarted",
+                self.name,
+                self.path.display()
+            );
+        }
+        error
+    }
+}
+
+/// Write `length` zero bytes at `offset`, a chunk at a time.
+fn write_zeros(file: &File, offset: u64, length: u64) -> io::Result<()> {
+    const CHUNK: u64 = 256 * SECTOR_SIZE;
+    let zeros = [0u8; CHUNK as usize];
+    let mut done = 0u64;
+    while done < length {
+        let count = (length - done).min(CHUNK);
+        file.write_all_at(&zeros[..count as usize], offset + done)?;
+        done += count;
+    }
+    Ok(())
 }
 
 /// The disks as hv-vbd's block path addresses them, for the buffers of this process (the
@@ -199,25 +285,51 @@ impl BlockDevices for DiskIo<'_> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::faulty_disk::FaultyDisk;
 
     /// Two images of 4096 sectors, `hda` (3:0) and `hdb` (3:64), the disks of
     /// [`crate::vbd::tests::empty_table`], opened from a devices file.
     pub fn two_disks() -> (tempfile::TempDir, Disks) {
         let directory = tempfile::tempdir().unwrap();
-        for name in ["hda", "hdb"] {
-            File::create(directory.path().join(format!("{name}.img")))
-                .unwrap()
-                .set_len(4096 * SECTOR_SIZE)
-                .unwrap();
-        }
-        let devices = directory.path().join("devices.toml");
+        let hda = image(directory.path(), "hda");
+        let disks = Disks::open(&devices_file(directory.path(), &hda)).unwrap();
+        (directory, disks)
+    }
+
+    /// The disks of [`two_disks`], with `hda` on a FUSE image whose writes and syncs fail
+    /// when the test says so; also the devices file, to open them again.
+    pub fn hda_on_a_faulty_disk() -> (tempfile::TempDir, FaultyDisk, PathBuf, Disks) {
+        let directory = tempfile::tempdir().unwrap();
+        let hda = FaultyDisk::mount(4096 * SECTOR_SIZE);
+        let devices = devices_file(directory.path(), hda.path());
+        let disks = Disks::open(&devices).unwrap();
+        (directory, hda, devices, disks)
+    }
+
+    /// An image of 4096 sectors named `name` in `directory`.
+    fn image(directory: &Path, name: &str) -> PathBuf {
+        let path = directory.join(format!("{name}.img"));
+        File::create(&path)
+            .unwrap()
+            .set_len(4096 * SECTOR_SIZE)
+            .unwrap();
+        path
+    }
+
+    /// A devices file in `directory` naming `hda` (3:0) at `hda` and `hdb` (3:64) on a new
+    /// image there.
+    fn devices_file(directory: &Path, hda: &Path) -> PathBuf {
+        image(directory, "hdb");
+        let devices = directory.join("devices.toml");
         std::fs::write(
             &devices,
-            "[[disk]]\nname = \"hda\"\ndevice = \"3:0\"\npath = \"hda.img\"\n\n[[disk]]\nname = \"hdb\"\ndevice = \"3:64\"\npath = \"hdb.img\"\n",
+            format!(
+                "[[disk]]\nname = \"hda\"\ndevice = \"3:0\"\npath = \"{}\"\n\n[[disk]]\nname = \"hdb\"\ndevice = \"3:64\"\npath = \"hdb.img\"\n",
+                hda.display()
+            ),
         )
         .unwrap();
-        let disks = Disks::open(&devices).unwrap();
-        (directory, disks)
+        devices
     }
 
     /// `hda` (3:0) of 4096 sectors, the first disk of [`crate::vbd::tests::empty_table`],
@@ -225,12 +337,13 @@ pub(crate) mod tests {
     /// test keeps in flight for as long as it likes.
     pub fn a_disk_on_a_pipe() -> (Disks, std::io::PipeWriter) {
         let (reader, writer) = std::io::pipe().unwrap();
-        let disk = Disk {
-            name: "hda".into(),
-            device: DeviceNumber::new(3, 0).unwrap(),
-            sectors: 4096,
-            file: File::from(std::os::fd::OwnedFd::from(reader)),
-        };
+        let disk = Disk::new(
+            "hda".into(),
+            DeviceNumber::new(3, 0).unwrap(),
+            4096,
+            PathBuf::from("a pipe"),
+            File::from(std::os::fd::OwnedFd::from(reader)),
+        );
         (Disks { disks: vec![disk] }, writer)
     }
 

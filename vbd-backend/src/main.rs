@@ -18,6 +18,10 @@ mod uring;
 mod vbd;
 mod vhost;
 
+#[cfg(test)]
+#[path = "../tests/faulty_disk/mod.rs"]
+mod faulty_disk;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;

@@ -3,6 +3,7 @@
 //! the backend go on serving.
 
 mod common;
+mod faulty_disk;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -13,7 +14,8 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{hda, hdb, label, pattern, xvda, Backend};
+use common::{hda, hdb, label, pattern, xvda, Backend, IMAGE_BYTES};
+use faulty_disk::FaultyDisk;
 use shared_abi::wire::Extent;
 use shared_abi::{Mode, SharingLevel};
 
@@ -189,6 +191,7 @@ fn a_read_only_export_says_so_and_refuses_writes() {
 }
 
 const EPERM: u32 = 1;
+const EIO: u32 = 5;
 const EINVAL: u32 = 22;
 const ENOSPC: u32 = 28;
 
@@ -256,7 +259,9 @@ impl RawClient {
 
     fn go(path: &Path) -> RawClient {
         let mut stream = Self::haggle(path);
-        Self::option(&mut stream, 7, &Self::info_request(b"xvda"));
+        // The export is named as its socket.
+        let name = path.file_stem().unwrap().as_encoded_bytes();
+        Self::option(&mut stream, 7, &Self::info_request(name));
         let mut transmission_flags = 0;
         loop {
             let (kind, data) = Self::option_reply(&mut stream, 7);
@@ -606,4 +611,86 @@ fn a_client_that_never_reads_its_replies_does_not_hold_a_stop() {
     assert!(status.success());
     let status = backend.wait(Duration::from_secs(10));
     assert!(status.success(), "{status}: {}", backend.log());
+}
+
+/// dom0's VBD `name` over the first `sectors` of `disk`, read and write.
+fn attach_whole(backend: &Backend, name: &str, disk: shared_abi::DeviceNumber, sectors: u64) {
+    let vdevice = shared_abi::DeviceNumber::from_name(name).unwrap();
+    let mut hypervisor = backend.hypervisor();
+    hypervisor
+        .create(0, vdevice, Mode::READ | Mode::WRITE, label(""))
+        .unwrap();
+    hypervisor
+        .set_extents(
+            0,
+            vdevice,
+            &[Extent::new(disk, 0, sectors).unwrap()],
+            SharingLevel::ReadersOnly,
+        )
+        .unwrap();
+}
+
+#[test]
+fn a_failed_writeback_fails_every_later_flush_and_write_of_its_disk_until_a_restart() {
+    const READ: u16 = 0;
+    const WRITE: u16 = 1;
+    const FLUSH: u16 = 3;
+    const WRITE_ZEROES: u16 = 6;
+    const FUA: u16 = 1;
+    let disk = FaultyDisk::mount(IMAGE_BYTES);
+    let mut backend = Backend::start_with(Some(disk.path()), None, &[]);
+    attach_whole(&backend, "xvda", hda(), 64);
+    attach_whole(&backend, "xvdb", hdb(), 64);
+    let mut on_hda = RawClient::go(&backend.socket(0, "xvda"));
+    let mut on_hdb = RawClient::go(&backend.socket(0, "xvdb"));
+    assert_eq!(
+        on_hda.transmission_flags & 0xc,
+        0xc,
+        "FLUSH and FUA offered"
+    );
+    let written = pattern(512, 1);
+    assert_eq!(on_hda.request(WRITE, 0, 0, 512, Some(&written)).0, 0);
+
+    disk.fail_next_sync();
+    assert_eq!(on_hda.request(FLUSH, 0, 0, 0, None), (EIO, vec![]));
+    // The kernel has told of the failed writeback once and would sync again without a word.
+    assert_eq!(on_hda.request(FLUSH, 0, 0, 0, None), (EIO, vec![]));
+    assert_eq!(
+        on_hda.request(WRITE, 0, 512, 512, Some(&[2; 512])),
+        (EIO, vec![])
+    );
+    assert_eq!(
+        on_hda.request(WRITE, FUA, 512, 512, Some(&[2; 512])),
+        (EIO, vec![])
+    );
+    assert_eq!(on_hda.request(WRITE_ZEROES, 0, 0, 512, None), (EIO, vec![]));
+    assert_eq!(
+        on_hda.request(READ, 0, 0, 1024, None),
+        (0, [written.clone(), vec![0; 512]].concat()),
+        "reads go on"
+    );
+    // Another disk's VBD is not concerned, nor a new connection to this one.
+    assert_eq!(on_hdb.request(WRITE, FUA, 0, 512, Some(&[3; 512])).0, 0);
+    assert_eq!(on_hdb.request(FLUSH, 0, 0, 0, None).0, 0);
+    let mut again = RawClient::go(&backend.socket(0, "xvda"));
+    assert_eq!(again.request(FLUSH, 0, 0, 0, None), (EIO, vec![]));
+
+    let log = backend.log();
+    let said = format!("disk hda ({}): fdatasync failed", disk.path().display());
+    assert_eq!(log.matches(&said).count(), 1, "said once: {log}");
+    assert!(log.contains("until the backend is restarted"), "{log}");
+    on_hda.disconnect();
+    on_hdb.disconnect();
+    again.disconnect();
+    assert_eq!(backend.stop().code(), Some(1), "the stop cannot flush hda");
+
+    backend.restart(&[]);
+    attach_whole(&backend, "xvda", hda(), 64);
+    let mut on_hda = RawClient::go(&backend.socket(0, "xvda"));
+    assert_eq!(on_hda.request(WRITE, FUA, 512, 512, Some(&[2; 512])).0, 0);
+    assert_eq!(on_hda.request(FLUSH, 0, 0, 0, None).0, 0);
+    assert_eq!(
+        on_hda.request(READ, 0, 0, 1024, None),
+        (0, [written, vec![2; 512]].concat())
+    );
 }

@@ -68,7 +68,7 @@ fn every_socket_file(backend: &Backend) -> Vec<(PathBuf, bool)> {
 
 #[test]
 fn every_directory_and_socket_is_owner_only_whatever_the_umask() {
-    let backend = Backend::start_with_umask(Some(0), &[]);
+    let backend = Backend::start_with(None, Some(0), &[]);
     guest_vbd(&backend, 0, "vd:1");
     guest_vbd(&backend, 1, "vd:2");
     for (path, directory) in every_socket_file(&backend) {
@@ -85,7 +85,7 @@ fn every_directory_and_socket_is_owner_only_whatever_the_umask() {
 #[test]
 fn socket_group_widens_every_directory_and_socket_to_that_group() {
     for group in ["nogroup", "65534"] {
-        let backend = Backend::start_with_umask(Some(0o077), &["--socket-group", group]);
+        let backend = Backend::start_with(None, Some(0o077), &["--socket-group", group]);
         guest_vbd(&backend, 0, "vd:1");
         guest_vbd(&backend, 1, "vd:2");
         for (path, directory) in every_socket_file(&backend) {

@@ -4,15 +4,18 @@
 //! the disk images. Reads and writes land at the translated offsets; get-id is the VBD's
 //! label; flush, discard and write-zeroes stay inside the extents; a read-only VBD refuses a
 //! driver that ignores the flag; a deleted VBD fails its requests; a VMM resuming rings this
-//! backend never started gets errors, never data, until its guest resets the device.
+//! backend never started gets errors, never data, until its guest resets the device; a
+//! disk that lost a write fails the guest's later writes to it and its flushes.
 
 mod common;
+mod faulty_disk;
 
 use std::path::Path;
 use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{hda, hdb, label, pattern, xvda, Backend};
+use common::{hda, hdb, label, pattern, xvda, Backend, IMAGE_BYTES};
+use faulty_disk::FaultyDisk;
 use shared_abi::wire::Extent;
 use shared_abi::{Mode, SharingLevel};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
@@ -455,4 +458,34 @@ fn a_vmm_resuming_rings_this_backend_did_not_start_gets_errors_not_data() {
     drop(Driver::connect(&socket, 0));
     let mut again = Driver::connect(&socket, 9);
     assert_eq!(again.read(0, 512, 256), (OK, data[..512].to_vec()));
+}
+
+#[test]
+fn a_disk_that_failed_a_guest_write_fails_its_later_writes_and_the_flush() {
+    let disk = FaultyDisk::mount(IMAGE_BYTES);
+    let backend = Backend::start_with(Some(disk.path()), None, &[]);
+    guest_vbd(&backend, Mode::READ | Mode::WRITE);
+    let mut driver = Driver::connect(&backend.socket(1, "xvda"), 0);
+    let data = pattern(12 * 512, 5);
+    assert_eq!(driver.write(0, &data, 4096), OK);
+    assert_eq!(driver.request(VIRTIO_BLK_T_FLUSH, 0, &[]).0, OK);
+
+    // VBD sectors 8..12 are on hda.
+    disk.fail_writes(true);
+    assert_eq!(driver.write(8, &[1; 1024], 512), IOERR);
+    disk.fail_writes(false);
+    // What hda held may be lost; what it will hold cannot be vouched for.
+    assert_eq!(driver.write(8, &[1; 1024], 512), IOERR);
+    assert_eq!(driver.request(VIRTIO_BLK_T_FLUSH, 0, &[]).0, IOERR);
+    assert_eq!(
+        driver.read(0, 12 * 512, 512),
+        (OK, data.clone()),
+        "reads go on"
+    );
+    // hdb is not concerned: the part of the VBD on it is written, though not flushed.
+    assert_eq!(driver.write(0, &[2; 512], 512), OK);
+    assert_eq!(backend.read_image("hdb", 1000 * 512, 512), vec![2; 512]);
+    let log = backend.log();
+    let said = format!("disk hda ({}): a write failed", disk.path().display());
+    assert_eq!(log.matches(&said).count(), 1, "said once: {log}");
 }

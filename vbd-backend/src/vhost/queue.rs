@@ -562,7 +562,7 @@ fn transfer_alone(
             |disk, offset, slice| {
                 match access {
                     Access::Read => sys::read_exact_at(disk.file(), offset, &slice),
-                    Access::Write => sys::write_all_at(disk.file(), offset, &slice),
+                    Access::Write => disk.write_guest_at(offset, &slice),
                 }
                 .map_err(|error| failed(queue, error))
             },

@@ -57,11 +57,13 @@ pub struct Backend {
 impl Backend {
     /// Two images (`hda` 3:0, `hdb` 3:64), a devices file, and a backend serving them.
     pub fn start(extra: &[&str]) -> Backend {
-        Backend::start_with_umask(None, extra)
+        Backend::start_with(None, None, extra)
     }
 
-    /// As [`Backend::start`], the backend started under `umask` when one is given.
-    pub fn start_with_umask(umask: Option<u32>, extra: &[&str]) -> Backend {
+    /// As [`Backend::start`], with `hda` at `hda` when given (an image whose faults the test
+    /// controls) instead of the image in the work directory, and the backend started under
+    /// `umask` when one is given.
+    pub fn start_with(hda: Option<&Path>, umask: Option<u32>, extra: &[&str]) -> Backend {
         let work = tempfile::tempdir().unwrap();
         for name in ["hda", "hdb"] {
             File::create(work.path().join(format!("{name}.img")))
@@ -69,10 +71,14 @@ impl Backend {
                 .set_len(IMAGE_BYTES)
                 .unwrap();
         }
+        let hda = hda.map_or_else(|| PathBuf::from("hda.img"), Path::to_path_buf);
         let devices = work.path().join("devices.toml");
         fs::write(
             &devices,
-            "[[disk]]\nname = \"hda\"\ndevice = \"3:0\"\npath = \"hda.img\"\n\n[[disk]]\nname = \"hdb\"\ndevice = \"3:64\"\npath = \"hdb.img\"\n",
+            format!(
+                "[[disk]]\nname = \"hda\"\ndevice = \"3:0\"\npath = \"{}\"\n\n[[disk]]\nname = \"hdb\"\ndevice = \"3:64\"\npath = \"hdb.img\"\n",
+                hda.display()
+            ),
         )
         .unwrap();
         let dir = work.path().join("run");
