@@ -21,12 +21,11 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{Immutable, IntoBytes, KnownLayout};
 
+use super::exit_events::ExitEvents;
 use super::queue::{QueueTarget, QueueWorker};
 use super::request::{MAX_SEGMENTS, MAX_SEGMENT_SECTORS};
 use super::ResumedRings;
@@ -107,6 +106,8 @@ pub struct BlockDevice {
     workers: Vec<Mutex<Option<QueueWorker>>>,
     /// Rings the VMM resumed where this backend did not start them; see [`super`].
     resumed: Arc<ResumedRings>,
+    /// The queue threads' exit events, closed with the device since the daemon leaks them.
+    exit_events: ExitEvents,
 }
 
 impl BlockDevice {
@@ -124,6 +125,7 @@ impl BlockDevice {
             event_idx: AtomicBool::new(false),
             workers,
             resumed,
+            exit_events: ExitEvents::default(),
         }
     }
 
@@ -212,7 +214,7 @@ impl VhostUserBackend for BlockDevice {
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
         // The worker keeps the notifier; dropping the daemon notifies it and joins the thread.
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
+        self.exit_events.create()
     }
 
     fn handle_event(

@@ -13,6 +13,7 @@
 
 mod bridge;
 mod device;
+mod exit_events;
 mod queue;
 mod request;
 
