@@ -164,6 +164,7 @@ impl Session {
             self.target.clone(),
             memory.clone(),
             resumed.clone(),
+            vmm.try_clone()?,
         ));
         let mut daemon = VhostUserDaemon::new(self.target.serial.clone(), device, memory)
             .map_err(|error| io::Error::other(error.to_string()))?;
