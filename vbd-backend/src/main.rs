@@ -8,6 +8,7 @@ mod block;
 mod control;
 mod disks;
 mod exports;
+mod guest_memory;
 mod nbd;
 mod service;
 mod shared;

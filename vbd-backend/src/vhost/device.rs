@@ -5,8 +5,15 @@
 //! own I/O context and io_uring, which alone pops, serves and completes that queue's
 //! requests. Nothing a guest sends can stop a queue: every failure becomes a status byte,
 //! and `handle_event` only fails on errors of the vhost-user plumbing itself.
+//!
+//! Every guest memory table is registered ([`crate::guest_memory`]) before a queue thread
+//! touches it. A VMM that takes its memory away (truncates the file it shared) breaks its
+//! own device: the queue threads stop serving and the connection is ended, and the process
+//! and every other VBD go on.
 
 use std::io;
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -21,15 +28,15 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{Immutable, IntoBytes, KnownLayout};
 
+use super::exit_events::ExitEvents;
 use super::queue::{QueueTarget, QueueWorker};
 use super::request::{MAX_SEGMENTS, MAX_SEGMENT_SECTORS};
 use super::ResumedRings;
+use crate::guest_memory::GuestMappings;
 use crate::service::Shared;
 use crate::vbd::vbd_state;
 
@@ -107,6 +114,14 @@ pub struct BlockDevice {
     workers: Vec<Mutex<Option<QueueWorker>>>,
     /// Rings the VMM resumed where this backend did not start them; see [`super`].
     resumed: Arc<ResumedRings>,
+    /// The queue threads' exit events, closed with the device since the daemon leaks them.
+    exit_events: ExitEvents,
+    /// The guest memory this device has used, registered while it may be touched.
+    mappings: GuestMappings,
+    /// The VMM's connection, ended when its guest memory cannot be served.
+    vmm: UnixStream,
+    /// Whether the connection was ended for that, so that it is said once.
+    memory_lost: AtomicBool,
 }
 
 impl BlockDevice {
@@ -114,6 +129,7 @@ impl BlockDevice {
         target: Arc<DeviceTarget>,
         memory: Memory,
         resumed: Arc<ResumedRings>,
+        vmm: UnixStream,
     ) -> BlockDevice {
         let workers = (0..target.shared.queues)
             .map(|_| Mutex::new(None))
@@ -124,6 +140,10 @@ impl BlockDevice {
             event_idx: AtomicBool::new(false),
             workers,
             resumed,
+            exit_events: ExitEvents::default(),
+            mappings: GuestMappings::default(),
+            vmm,
+            memory_lost: AtomicBool::new(false),
         }
     }
 
@@ -143,6 +163,65 @@ impl BlockDevice {
             max_write_zeroes_seg: MAX_SEGMENTS.into(),
             write_zeroes_may_unmap: 1,
             ..BlockConfig::default()
+        }
+    }
+
+    /// The guest memory cannot be served: end the connection (which ends the daemon and its
+    /// queue threads), saying why once.
+    fn end_connection(&self, why: &str) {
+        if !self.memory_lost.swap(true, Ordering::AcqRel) {
+            eprintln!(
+                "vbd-backend: {}: {why}: the connection ends",
+                self.target.name
+            );
+        }
+        let _ = self.vmm.shutdown(Shutdown::Both);
+    }
+
+    /// Serve `vring` until it has nothing more, or its guest memory broke.
+    fn serve_queue(
+        &self,
+        device_event: u16,
+        vring: &VringRwLock<Memory>,
+        thread_id: usize,
+    ) -> io::Result<()> {
+        let Some(slot) = self.workers.get(thread_id) else {
+            return Ok(());
+        };
+        let mut worker = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let worker = worker.get_or_insert_with(|| QueueWorker::new(&self.target, device_event));
+        let queue = QueueTarget {
+            target: &self.target,
+            resumed: &self.resumed,
+        };
+        let event_idx = self.event_idx.load(Ordering::Acquire);
+        loop {
+            let memory = self.memory.memory();
+            if let Err(error) = self.mappings.track(&memory) {
+                // Memory the fault handler does not know could take the process down with it.
+                self.end_connection(&format!(
+                    "its guest memory cannot be served safely ({error})"
+                ));
+                return Ok(());
+            }
+            if self.mappings.broken() {
+                return Ok(());
+            }
+            if event_idx {
+                vring
+                    .disable_notification()
+                    .map_err(|error| io::Error::other(format!("{error:?}")))?;
+            }
+            worker.serve(&queue, vring, &memory)?;
+            // With event-idx, requests that arrived while notifications were off are served
+            // before sleeping again.
+            let more = event_idx
+                && vring
+                    .enable_notification()
+                    .map_err(|error| io::Error::other(format!("{error:?}")))?;
+            if !more {
+                return Ok(());
+            }
         }
     }
 }
@@ -201,9 +280,10 @@ impl VhostUserBackend for BlockDevice {
             .map_or_else(Vec::new, <[u8]>::to_vec)
     }
 
-    fn update_memory(&self, _memory: Memory) -> io::Result<()> {
-        // `memory` is the atomic handle this device already holds, now pointing at the new map.
-        Ok(())
+    fn update_memory(&self, memory: Memory) -> io::Result<()> {
+        // `memory` is the atomic handle this device already holds, now pointing at the new
+        // map; a queue thread that got there first has registered it already.
+        self.mappings.track(&memory.memory())
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
@@ -212,7 +292,7 @@ impl VhostUserBackend for BlockDevice {
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
         // The worker keeps the notifier; dropping the daemon notifies it and joins the thread.
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
+        self.exit_events.create()
     }
 
     fn handle_event(
@@ -228,32 +308,12 @@ impl VhostUserBackend for BlockDevice {
         let Some(vring) = vrings.get(usize::from(device_event)) else {
             return Ok(());
         };
-        let Some(slot) = self.workers.get(thread_id) else {
+        let served = self.serve_queue(device_event, vring, thread_id);
+        if self.mappings.broken() {
+            // Whatever the queue made of the zeros it read instead is moot.
+            self.end_connection("the VMM's guest memory went away (was its file truncated?)");
             return Ok(());
-        };
-        let mut worker = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let worker = worker.get_or_insert_with(|| QueueWorker::new(&self.target, device_event));
-        let queue = QueueTarget {
-            target: &self.target,
-            resumed: &self.resumed,
-        };
-        let event_idx = self.event_idx.load(Ordering::Acquire);
-        loop {
-            if event_idx {
-                vring
-                    .disable_notification()
-                    .map_err(|error| io::Error::other(format!("{error:?}")))?;
-            }
-            worker.serve(&queue, vring, &self.memory.memory())?;
-            // With event-idx, requests that arrived while notifications were off are served
-            // before sleeping again.
-            let more = event_idx
-                && vring
-                    .enable_notification()
-                    .map_err(|error| io::Error::other(format!("{error:?}")))?;
-            if !more {
-                return Ok(());
-            }
         }
+        served
     }
 }

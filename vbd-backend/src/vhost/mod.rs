@@ -14,6 +14,7 @@
 
 mod bridge;
 mod device;
+mod exit_events;
 mod queue;
 mod request;
 
@@ -168,6 +169,7 @@ impl Session {
             self.target.clone(),
             memory.clone(),
             resumed.clone(),
+            vmm.try_clone()?,
         ));
         let mut daemon = VhostUserDaemon::new(self.target.serial.clone(), device, memory)
             .map_err(|error| io::Error::other(error.to_string()))?;
