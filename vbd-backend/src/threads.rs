@@ -37,6 +37,8 @@ pub struct Policy {
 }
 
 struct Live {
+    /// Which connection of the socket this is, so its thread can take it out of the list.
+    number: u64,
     /// A clone of the connection's stream, to end its input from outside.
     stream: UnixStream,
     handle: JoinHandle<()>,
@@ -46,6 +48,8 @@ struct State {
     accepting: bool,
     /// Every connection with a thread: served, or waiting for a slot.
     live: Vec<Live>,
+    /// The number of the next connection.
+    next: u64,
     /// Connections whose handler runs: at most `Policy::limit`.
     served: usize,
     acceptor: Option<JoinHandle<()>>,
@@ -90,6 +94,7 @@ impl Connections {
             state: Arc::new(Mutex::new(State {
                 accepting: true,
                 live: Vec::new(),
+                next: 0,
                 served: 0,
                 acceptor: None,
             })),
@@ -162,6 +167,8 @@ impl Connections {
             };
             let handler = handler.clone();
             let connections = self.clone();
+            let number = state.next;
+            state.next += 1;
             match thread::Builder::new()
                 .name(format!("serve {}", self.name))
                 .spawn(move || {
@@ -170,10 +177,13 @@ impl Connections {
                             connections.log_end(policy, &error);
                         }
                     }
-                    // `watch` keeps the descriptor open: end the connection for the peer now.
+                    // `watch` keeps the descriptor open: end the connection for the peer now,
+                    // and close it (the acceptor pushed this entry before we get the lock).
                     let _ = closer.shutdown(Shutdown::Both);
+                    connections.lock().live.retain(|live| live.number != number);
                 }) {
                 Ok(handle) => state.live.push(Live {
+                    number,
                     stream: watch,
                     handle,
                 }),
