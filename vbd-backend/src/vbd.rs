@@ -71,18 +71,12 @@ pub fn domain_vbds(table: &Table, domain: u32) -> Result<Vec<VbdState>, Error> {
         .collect()
 }
 
-/// The disks the extents of the pinned VBD lie on, each once: what a flush must sync.
+/// The disks the extents of the pinned VBD lie on, each once, in the devices file's order:
+/// what a flush must sync. Read where translation reads, without a lock, so a flush neither
+/// walks the VBD's extents nor waits for (or fails with `EBUSY` under) changes to the table.
 pub fn vbd_devices(table: &Table, vbd: &VbdRef) -> Result<Vec<DeviceNumber>, Error> {
     let mut devices = Vec::new();
-    let info = table.info(DOM0, vbd.id(), 0, usize::MAX, |_, extent| {
-        if !devices.contains(&extent.device()) {
-            devices.push(extent.device());
-        }
-        Ok(())
-    })?;
-    if info.incarnation != vbd.incarnation() {
-        return Err(Error::NotFound);
-    }
+    table.vbd_disks(vbd, |device| devices.push(device))?;
     Ok(devices)
 }
 
@@ -292,7 +286,7 @@ pub(crate) mod tests {
             true,
             "vd:7",
         );
-        assert_eq!(vbd_devices(table, &vbd), Ok(vec![disk(1), disk(0)]));
+        assert_eq!(vbd_devices(table, &vbd), Ok(vec![disk(0), disk(1)]));
         let state = VbdState {
             vbd,
             writable: true,
@@ -302,6 +296,36 @@ pub(crate) mod tests {
         assert_eq!(vbd_state(table, &vbd), Ok(state));
         assert_eq!(domain_vbds(table, 1), Ok(vec![state]));
         assert_eq!(domain_vbds(table, 7), Ok(vec![]));
+    }
+
+    #[test]
+    fn a_vbds_disks_are_read_without_a_lock_even_while_it_keeps_changing() {
+        // A flush once walked every extent under the table's writer mutex, in batches, and
+        // answered EBUSY when the VBD changed between them.
+        let table = empty_table();
+        let extents: Vec<_> = (0..300).map(|index| (0, index * 2, 1)).collect();
+        let vbd = create(table, xvda(1), &extents, true, "vd:1");
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for _ in 0..300 {
+                    let extent = Extent::new(disk(1), 0, 8).unwrap();
+                    table
+                        .grow(DOM0, xvda(1), extent, SharingLevel::Unrestricted)
+                        .unwrap();
+                    table
+                        .shrink(DOM0, xvda(1))
+                        .unwrap()
+                        .fence
+                        .wait(std::thread::yield_now);
+                }
+                done.store(true, std::sync::atomic::Ordering::Release);
+            });
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                let devices = vbd_devices(table, &vbd).unwrap();
+                assert!(devices == [disk(0)] || devices == [disk(0), disk(1)]);
+            }
+        });
     }
 
     #[test]
