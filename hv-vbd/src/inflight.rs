@@ -15,21 +15,25 @@
 //! slot's counters have a cache line pair of their own, so threads serving different VBDs
 //! never write a line another writes.
 //!
-//! Why this is enough, with every step below `SeqCst`:
-//! - A reader loads its slot's period `p`, increments `p`'s counter, and loads the period
-//!   again; if it moved, it undoes the increment and starts over. So at the moment of its
-//!   increment the period was `p`.
-//! - A reader that used the old mapping loaded the seqlock's sequence before the writer
-//!   began its write ([`crate::seqlock`]), and its increment came before that load; the
-//!   writer advances the period after the write and reads the counter after that. In the
-//!   single total order of `SeqCst` operations the increment therefore precedes the
-//!   writer's counter load, which sees it.
-//! - The counter the writer waits on is the one the reader incremented: the reader's period
-//!   was current at its increment, and only this writer's advance can have ended it, since a
-//!   change *holds* its slots from before it touches the table until its fence is complete.
-//!   (Without that, a later change could advance the period twice and send new readers to
-//!   the parity an earlier change is still draining, which could then never drain under
-//!   load.)
+//! Why this is enough: a reader increments its counter, then issues a `SeqCst` fence, then
+//! loads the period again (and, if it moved, undoes the increment and starts over) and
+//! reads the mapping. A writer replaces the mapping, advances the period, then issues a
+//! `SeqCst` fence, then loads the counter. The two fences are ordered one way or the other:
+//! - the reader's first: the writer's counter load comes after it, so it sees the
+//!   increment, and the fence waits for this reader whatever mapping it read;
+//! - the writer's first: the reader's reload sees the advanced period, so it starts over,
+//!   counted in the new period, and reads the mapping after the fence, so it sees the
+//!   whole new mapping (the seqlock's release and acquire order the mapping itself).
+//!
+//! The counter the writer waits on is the one the reader incremented: the reader's period
+//! was current at its increment, and only this writer's advance can have ended it, since a
+//! change *holds* its slots from before it touches the table until its fence is complete.
+//! (Without that, a later change could advance the period twice and send new readers to
+//! the parity an earlier change is still draining, which could then never drain under
+//! load.) Fences rather than `SeqCst` accesses carry the argument because the C11 rules
+//! for fences are what the model test's loom checks (it treats a `SeqCst` access as
+//! acquire-release only), and on x86 the reader's fence follows a locked increment that has
+//! already drained its store buffer.
 //!
 //! Released extents must not be handed to another VBD while I/O of their old owner may
 //! still reach them; [`Fencing::quiet`] tells a change that adds extents whether any
@@ -37,7 +41,7 @@
 //!
 //! The model test in [`crate::model`] checks this argument with loom.
 
-use crate::sync::{const_fn, spin_loop, AtomicBool, AtomicU32, AtomicU64, Ordering};
+use crate::sync::{const_fn, fence, spin_loop, AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 /// One VBD slot's grace period, alone in a 128-byte line pair so that no two slots (and
 /// nothing else) share a cache line, even with adjacent-line prefetch.
@@ -67,10 +71,13 @@ impl Grace {
             let period = self.period.load(Ordering::SeqCst);
             let counter = &self.in_flight[(period & 1) as usize];
             counter.fetch_add(1, Ordering::SeqCst);
+            // Against the writer's fence after its advance: see the module's argument.
+            fence(Ordering::SeqCst);
             if self.period.load(Ordering::SeqCst) == period {
                 return InFlight { counter };
             }
             counter.fetch_sub(1, Ordering::Release);
+            spin_loop();
         }
     }
 
@@ -85,7 +92,7 @@ impl Grace {
     fn hold(&self) {
         while self
             .held
-            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
             spin_loop();
@@ -107,11 +114,18 @@ pub(crate) struct Fencing<const DOMAINS: usize, const VBDS: usize> {
 }
 
 impl<const DOMAINS: usize, const VBDS: usize> Fencing<DOMAINS, VBDS> {
-    const_fn! {
-        pub(crate) fn new() -> Self {
-            Fencing {
-                slots: [const { [const { Grace::new() }; VBDS] }; DOMAINS],
-            }
+    #[cfg(not(loom))]
+    pub(crate) const fn new() -> Self {
+        Fencing {
+            slots: [const { [const { Grace::new() }; VBDS] }; DOMAINS],
+        }
+    }
+
+    /// loom's atomics are not `const`: the model test builds its table at run time.
+    #[cfg(loom)]
+    pub(crate) fn new() -> Self {
+        Fencing {
+            slots: core::array::from_fn(|_| core::array::from_fn(|_| Grace::new())),
         }
     }
 
@@ -164,6 +178,8 @@ impl<'t> Held<'t> {
         for grace in graces {
             grace.period.fetch_add(1, Ordering::SeqCst);
         }
+        // Against the readers' fence after their increment: see the module's argument.
+        fence(Ordering::SeqCst);
         Fence { graces }
     }
 }

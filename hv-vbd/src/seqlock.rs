@@ -11,7 +11,7 @@
 //! This is the construction of Boehm, "Can seqlocks get along with programming language
 //! memory models?" (2012), with atomics instead of `unsafe`.
 
-use crate::sync::{const_fn, fence, AtomicU64, Ordering};
+use crate::sync::{const_fn, fence, spin_loop, AtomicU64, Ordering};
 
 pub(crate) struct SeqLock {
     sequence: AtomicU64,
@@ -45,6 +45,7 @@ impl SeqLock {
             if self.sequence.load(Ordering::Relaxed) == before {
                 return result;
             }
+            spin_loop();
         }
     }
 
