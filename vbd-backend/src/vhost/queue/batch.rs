@@ -1,0 +1,248 @@
+//! Batching: the reads of every chain popped in one pass go on the io_uring together,
+//! each gathered into as few transfers as its translation allows, and each completed once
+//! its last transfer has.
+
+use std::io;
+
+use hv_vbd::{Access, Segment, Translation};
+use shared_abi::Error;
+use vm_memory::{GuestAddress, VolatileSlice};
+
+use super::admit::{admit, Admitted};
+use super::execute::{each_slice, transfer_alone};
+use super::Round;
+use crate::disks::Disk;
+use crate::uring::{self, Batch};
+use crate::vhost::request::{GuestBuffer, Operation, RequestError};
+
+/// Segments a batched request may translate into; one that needs more runs on its own.
+pub(super) const SLOT_SEGMENTS: usize = 32;
+
+/// A read of the batch whose I/O is in flight.
+struct Pending<'s> {
+    head: u16,
+    status: GuestAddress,
+    /// The data bytes the read fills in the guest.
+    input: u32,
+    /// I/O submissions not yet completed.
+    transfers: usize,
+    error: Option<RequestError>,
+    /// Held until the last transfer completed: the registration a fence waits for.
+    translation: Option<Translation<'s, 'static>>,
+}
+
+impl<'a> Round<'a, '_> {
+    /// Pop chains until the ring is empty or every slot holds a read, submit the reads
+    /// together, and complete them all. `true` when it stopped for want of slots, with
+    /// chains possibly left in the ring.
+    pub(super) fn batch<'s>(
+        &mut self,
+        batch: &mut Batch<'_, 'a>,
+        slots: impl Iterator<Item = &'s mut Vec<Segment>>,
+    ) -> io::Result<bool> {
+        let mut pending: Vec<Pending<'s>> = Vec::new();
+        let mut slots = slots.peekable();
+        // A slot per read: once they are used up, this batch is full.
+        while slots.peek().is_some() {
+            let Some(chain) = self.pop() else {
+                break;
+            };
+            let head = chain.head_index();
+            let request = match admit(self.queue, chain, self.memory, self.translator.is_some()) {
+                Admitted::Done(used) => {
+                    self.used(head, used)?;
+                    continue;
+                }
+                Admitted::Run(request) => request,
+            };
+            match (&request.operation, slots.peek()) {
+                (Operation::Read { sector, buffers }, Some(_)) => {
+                    let slot = slots.next().expect("peeked");
+                    let token = pending.len();
+                    if let Some(started) =
+                        self.submit(batch, token, (head, request.status), *sector, buffers, slot)?
+                    {
+                        pending.push(started);
+                    }
+                }
+                // Writes need not wait for the reads in flight: virtio orders no two requests
+                // the guest has in flight together.
+                (Operation::Write { .. }, _) => {
+                    let result = self.execute(&request.operation);
+                    self.complete(head, request.status, result)?;
+                }
+                // A flush covers what completed before it, so the batch completes first.
+                _ => {
+                    self.finish(batch, &mut pending)?;
+                    let result = self.execute(&request.operation);
+                    self.complete(head, request.status, result)?;
+                }
+            }
+        }
+        let full = slots.peek().is_none();
+        self.finish(batch, &mut pending)?;
+        Ok(full)
+    }
+
+    /// Translate the read of `buffers` from `sector` into `slot` and queue its transfers as
+    /// request `token`. Returns the request while its I/O is in flight; `None` once it has
+    /// been completed here (refused, or run on its own).
+    fn submit<'s>(
+        &mut self,
+        batch: &mut Batch<'_, 'a>,
+        token: usize,
+        chain: (u16, GuestAddress),
+        sector: u64,
+        buffers: &[GuestBuffer],
+        slot: &'s mut [Segment],
+    ) -> io::Result<Option<Pending<'s>>> {
+        let (head, status) = chain;
+        let Some(translator) = self.translator.as_deref_mut() else {
+            let refused = Err(RequestError::Refused(Error::NoSpace));
+            return self.completed(head, status, refused);
+        };
+        let total: u64 = buffers.iter().map(|buffer| u64::from(buffer.length)).sum();
+        let translated =
+            hv_vbd::Request::from_bytes(Access::Read, sector, total).and_then(|hv_request| {
+                translator.translate_into(&self.queue.target.vbd, &hv_request, slot)
+            });
+        let translation = match translated {
+            Ok(translation) => translation,
+            Err(Error::TooBig) => {
+                // More pieces than a slot holds: on its own, with a buffer that grows.
+                let result = transfer_alone(
+                    self.queue,
+                    Access::Read,
+                    sector,
+                    buffers,
+                    self.memory,
+                    translator,
+                );
+                return self.completed(head, status, result);
+            }
+            Err(error) => return self.completed(head, status, Err(error.into())),
+        };
+        let mut request = Pending {
+            head,
+            status,
+            // At most `u32::MAX - 1`: parsing bounds a request's data.
+            input: total as u32,
+            transfers: 0,
+            error: None,
+            translation: None,
+        };
+        self.pieces.clear();
+        let walked = each_slice(
+            self.queue,
+            &translation,
+            buffers,
+            self.memory,
+            |disk, offset, slice| {
+                if !self.pieces.extends(disk, offset) {
+                    self.queue_pieces(batch, token, &mut request);
+                    self.pieces.start(disk, offset);
+                }
+                self.pieces.push(slice, offset + slice.len() as u64);
+                Ok(())
+            },
+        );
+        if let Err(error) = walked {
+            request.error = Some(error);
+        }
+        if request.error.is_none() {
+            self.queue_pieces(batch, token, &mut request);
+        }
+        request.translation = Some(translation);
+        if request.transfers == 0 {
+            let result = request.error.map_or(Ok(request.input), Err);
+            return self.completed(head, status, result);
+        }
+        Ok(Some(request))
+    }
+
+    /// Queue the read `pieces` gathered (one contiguous run of one disk) as one transfer.
+    fn queue_pieces(&mut self, batch: &mut Batch<'_, 'a>, token: usize, request: &mut Pending<'_>) {
+        let Some((disk, offset)) = self.pieces.start.take() else {
+            return;
+        };
+        match batch.read(token as u64, disk.file(), offset, &self.pieces.slices) {
+            Ok(()) => request.transfers += 1,
+            Err(error) => request.error = Some(self.failed(error)),
+        }
+        self.pieces.slices.clear();
+    }
+    /// Complete a request at once; there is then nothing left in flight for it.
+    fn completed<'s>(
+        &mut self,
+        head: u16,
+        status: GuestAddress,
+        result: Result<u32, RequestError>,
+    ) -> io::Result<Option<Pending<'s>>> {
+        self.complete(head, status, result).map(|()| None)
+    }
+
+    /// Wait for every transfer of the batch, completing each request once its last one has,
+    /// and signal the guest after every round of completions.
+    fn finish(
+        &mut self,
+        batch: &mut Batch<'_, 'a>,
+        pending: &mut Vec<Pending<'_>>,
+    ) -> io::Result<()> {
+        while batch.in_flight() > 0 {
+            for (token, result) in batch.finish_some()? {
+                let Some(request) = pending.get_mut(token as usize) else {
+                    continue;
+                };
+                if let Err(error) = result {
+                    request.error = Some(self.failed(error));
+                }
+                request.transfers -= 1;
+                if request.transfers == 0 {
+                    // Every piece is done: the fence may pass before the guest hears of it.
+                    request.translation = None;
+                    let result = request.error.map_or(Ok(request.input), Err);
+                    let (head, status) = (request.head, request.status);
+                    self.complete(head, status, result)?;
+                }
+            }
+            self.signal()?;
+        }
+        pending.clear();
+        self.signal()
+    }
+}
+
+/// Consecutive slices of one transfer in the making: one disk, contiguous offsets.
+#[derive(Default)]
+pub(super) struct Pieces<'m> {
+    /// The disk and the offset of the first slice.
+    start: Option<(&'m Disk, u64)>,
+    /// The offset just past the last slice.
+    end: u64,
+    slices: Vec<VolatileSlice<'m>>,
+}
+
+impl<'m> Pieces<'m> {
+    /// Whether a slice of `disk` at `offset` continues this transfer.
+    fn extends(&self, disk: &Disk, offset: u64) -> bool {
+        self.start
+            .is_some_and(|(start, _)| std::ptr::eq(start, disk))
+            && self.end == offset
+            && self.slices.len() < uring::MAX_SLICES
+    }
+
+    /// Forget what was gathered, keeping the room for it.
+    fn clear(&mut self) {
+        self.start = None;
+        self.slices.clear();
+    }
+
+    fn start(&mut self, disk: &'m Disk, offset: u64) {
+        self.start = Some((disk, offset));
+    }
+
+    fn push(&mut self, slice: VolatileSlice<'m>, end: u64) {
+        self.slices.push(slice);
+        self.end = end;
+    }
+}
