@@ -13,13 +13,19 @@ use super::execute::{each_slice, transfer_alone};
 use super::Round;
 use crate::disks::Disk;
 use crate::uring::{self, Batch};
+use crate::vhost::device::QUEUE_SIZE;
 use crate::vhost::request::{GuestBuffer, Operation, RequestError};
 
 /// Segments a batched request may translate into; one that needs more runs on its own.
 pub(super) const SLOT_SEGMENTS: usize = 32;
 
-/// A read of the batch whose I/O is in flight.
-struct Pending<'s> {
+/// Reads one batch submits before it waits for them all, so that a batch ends.
+const BATCH_READS: usize = QUEUE_SIZE as usize;
+
+/// A read of the batch whose I/O is in flight. Its in-flight registrations belong to its
+/// transfers on the ring ([`crate::uring`]), so none is let go before the kernel is done,
+/// whichever way the batch ends.
+struct Pending {
     head: u16,
     status: GuestAddress,
     /// The data bytes the read fills in the guest.
@@ -27,84 +33,83 @@ struct Pending<'s> {
     /// I/O submissions not yet completed.
     transfers: usize,
     error: Option<RequestError>,
-    /// Held until the last transfer completed: the registration a fence waits for.
-    translation: Option<Translation<'s, 'static>>,
 }
 
 impl<'a> Round<'a, '_> {
-    /// Pop chains until the ring is empty or every slot holds a read, submit the reads
-    /// together, and complete them all. `true` when it stopped for want of slots, with
-    /// chains possibly left in the ring.
-    pub(super) fn batch<'s>(
+    /// Pop chains until the ring is empty or [`BATCH_READS`] reads were popped, submit the
+    /// reads together, and complete them all. `true` when it stopped at that bound, with
+    /// chains possibly left in the ring. An error is the ring's own, never a request's.
+    pub(super) fn batch(
         &mut self,
         batch: &mut Batch<'_, 'a>,
-        slots: impl Iterator<Item = &'s mut Vec<Segment>>,
+        segments: &mut [Segment],
     ) -> io::Result<bool> {
-        let mut pending: Vec<Pending<'s>> = Vec::new();
-        let mut slots = slots.peekable();
-        // A slot per read: once they are used up, this batch is full.
-        while slots.peek().is_some() {
+        let mut pending = Vec::new();
+        let mut reads = 0;
+        while reads < BATCH_READS {
             let Some(chain) = self.pop() else {
                 break;
             };
             let head = chain.head_index();
             let request = match admit(self.queue, chain, self.memory, self.translator.is_some()) {
                 Admitted::Done(used) => {
-                    self.used(head, used)?;
+                    self.used(head, used);
                     continue;
                 }
                 Admitted::Run(request) => request,
             };
-            match (&request.operation, slots.peek()) {
-                (Operation::Read { sector, buffers }, Some(_)) => {
-                    let slot = slots.next().expect("peeked");
+            match &request.operation {
+                Operation::Read { sector, buffers } => {
+                    reads += 1;
                     let token = pending.len();
+                    let chain = (head, request.status);
                     if let Some(started) =
-                        self.submit(batch, token, (head, request.status), *sector, buffers, slot)?
+                        self.submit(batch, token, chain, *sector, buffers, segments)
                     {
                         pending.push(started);
                     }
                 }
                 // Writes need not wait for the reads in flight: virtio orders no two requests
                 // the guest has in flight together.
-                (Operation::Write { .. }, _) => {
+                Operation::Write { .. } => {
                     let result = self.execute(&request.operation);
-                    self.complete(head, request.status, result)?;
+                    self.complete(head, request.status, result);
                 }
                 // A flush covers what completed before it, so the batch completes first.
                 _ => {
                     self.finish(batch, &mut pending)?;
                     let result = self.execute(&request.operation);
-                    self.complete(head, request.status, result)?;
+                    self.complete(head, request.status, result);
                 }
             }
         }
-        let full = slots.peek().is_none();
         self.finish(batch, &mut pending)?;
-        Ok(full)
+        Ok(reads == BATCH_READS)
     }
 
-    /// Translate the read of `buffers` from `sector` into `slot` and queue its transfers as
-    /// request `token`. Returns the request while its I/O is in flight; `None` once it has
-    /// been completed here (refused, or run on its own).
-    fn submit<'s>(
+    /// Translate the read of `buffers` from `sector` into `segments` and queue its
+    /// transfers as request `token`, each holding a registration of the translation.
+    /// Returns the request while its I/O is in flight; `None` once it has been completed
+    /// here (refused, or run on its own).
+    fn submit(
         &mut self,
         batch: &mut Batch<'_, 'a>,
         token: usize,
         chain: (u16, GuestAddress),
         sector: u64,
         buffers: &[GuestBuffer],
-        slot: &'s mut [Segment],
-    ) -> io::Result<Option<Pending<'s>>> {
+        segments: &mut [Segment],
+    ) -> Option<Pending> {
         let (head, status) = chain;
         let Some(translator) = self.translator.as_deref_mut() else {
             let refused = Err(RequestError::Refused(Error::NoSpace));
-            return self.completed(head, status, refused);
+            self.complete(head, status, refused);
+            return None;
         };
         let total: u64 = buffers.iter().map(|buffer| u64::from(buffer.length)).sum();
         let translated =
             hv_vbd::Request::from_bytes(Access::Read, sector, total).and_then(|hv_request| {
-                translator.translate_into(&self.queue.target.vbd, &hv_request, slot)
+                translator.translate_into(&self.queue.target.vbd, &hv_request, segments)
             });
         let translation = match translated {
             Ok(translation) => translation,
@@ -118,9 +123,13 @@ impl<'a> Round<'a, '_> {
                     self.memory,
                     translator,
                 );
-                return self.completed(head, status, result);
+                self.complete(head, status, result);
+                return None;
             }
-            Err(error) => return self.completed(head, status, Err(error.into())),
+            Err(error) => {
+                self.complete(head, status, Err(error.into()));
+                return None;
+            }
         };
         let mut request = Pending {
             head,
@@ -129,7 +138,6 @@ impl<'a> Round<'a, '_> {
             input: total as u32,
             transfers: 0,
             error: None,
-            translation: None,
         };
         self.pieces.clear();
         let walked = each_slice(
@@ -139,7 +147,7 @@ impl<'a> Round<'a, '_> {
             self.memory,
             |disk, offset, slice| {
                 if !self.pieces.extends(disk, offset) {
-                    self.queue_pieces(batch, token, &mut request);
+                    self.queue_pieces(batch, token, &mut request, &translation);
                     self.pieces.start(disk, offset);
                 }
                 self.pieces.push(slice, offset + slice.len() as u64);
@@ -150,44 +158,47 @@ impl<'a> Round<'a, '_> {
             request.error = Some(error);
         }
         if request.error.is_none() {
-            self.queue_pieces(batch, token, &mut request);
+            self.queue_pieces(batch, token, &mut request, &translation);
         }
-        request.translation = Some(translation);
+        // The transfers queued hold registrations of their own; this one may go.
+        drop(translation);
         if request.transfers == 0 {
             let result = request.error.map_or(Ok(request.input), Err);
-            return self.completed(head, status, result);
+            self.complete(head, status, result);
+            return None;
         }
-        Ok(Some(request))
+        Some(request)
     }
 
-    /// Queue the read `pieces` gathered (one contiguous run of one disk) as one transfer.
-    fn queue_pieces(&mut self, batch: &mut Batch<'_, 'a>, token: usize, request: &mut Pending<'_>) {
+    /// Queue the read `pieces` gathered (one contiguous run of one disk) as one transfer,
+    /// which holds a registration of `translation` until the kernel has finished it.
+    fn queue_pieces(
+        &mut self,
+        batch: &mut Batch<'_, 'a>,
+        token: usize,
+        request: &mut Pending,
+        translation: &Translation<'_, 'static>,
+    ) {
         let Some((disk, offset)) = self.pieces.start.take() else {
             return;
         };
-        match batch.read(token as u64, disk.file(), offset, &self.pieces.slices) {
+        let registration = translation.registration();
+        match batch.read(
+            token as u64,
+            disk.file(),
+            offset,
+            &self.pieces.slices,
+            registration,
+        ) {
             Ok(()) => request.transfers += 1,
             Err(error) => request.error = Some(self.failed(error)),
         }
         self.pieces.slices.clear();
     }
-    /// Complete a request at once; there is then nothing left in flight for it.
-    fn completed<'s>(
-        &mut self,
-        head: u16,
-        status: GuestAddress,
-        result: Result<u32, RequestError>,
-    ) -> io::Result<Option<Pending<'s>>> {
-        self.complete(head, status, result).map(|()| None)
-    }
 
     /// Wait for every transfer of the batch, completing each request once its last one has,
     /// and signal the guest after every round of completions.
-    fn finish(
-        &mut self,
-        batch: &mut Batch<'_, 'a>,
-        pending: &mut Vec<Pending<'_>>,
-    ) -> io::Result<()> {
+    fn finish(&mut self, batch: &mut Batch<'_, 'a>, pending: &mut Vec<Pending>) -> io::Result<()> {
         while batch.in_flight() > 0 {
             for (token, result) in batch.finish_some()? {
                 let Some(request) = pending.get_mut(token as usize) else {
@@ -198,17 +209,16 @@ impl<'a> Round<'a, '_> {
                 }
                 request.transfers -= 1;
                 if request.transfers == 0 {
-                    // Every piece is done: the fence may pass before the guest hears of it.
-                    request.translation = None;
                     let result = request.error.map_or(Ok(request.input), Err);
                     let (head, status) = (request.head, request.status);
-                    self.complete(head, status, result)?;
+                    self.complete(head, status, result);
                 }
             }
-            self.signal()?;
+            self.signal();
         }
         pending.clear();
-        self.signal()
+        self.signal();
+        Ok(())
     }
 }
 

@@ -45,8 +45,8 @@ pub struct QueueWorker {
     translator: Option<Translator>,
     /// `None`: the kernel gave no io_uring; transfers run one at a time.
     ring: Option<Ring>,
-    /// A segment buffer per request of a batch, each held by its request's translation.
-    slots: Vec<Vec<Segment>>,
+    /// The segments of the read being submitted.
+    segments: Vec<Segment>,
 }
 
 /// What a queue's requests are served against.
@@ -76,27 +76,24 @@ impl QueueWorker {
         QueueWorker {
             translator,
             ring,
-            slots: Vec::new(),
+            segments: vec![Segment::default(); SLOT_SEGMENTS],
         }
     }
 
-    /// Serve every available request of `vring`, in batches, until none is left.
+    /// Serve every available request of `vring`, in batches, until none is left. Nothing a
+    /// guest writes in its rings makes this fail: only the ring's and the VMM's own
+    /// failures (an io_uring that cannot be waited on, a call eventfd that cannot be
+    /// written) are returned, and only once every request popped has been answered.
     pub fn serve(
         &mut self,
         queue: &QueueTarget<'_>,
         vring: &VringRwLock<Memory>,
         memory: &Mapped,
     ) -> io::Result<()> {
-        if self.slots.len() < usize::from(QUEUE_SIZE) {
-            self.slots.resize(
-                usize::from(QUEUE_SIZE),
-                vec![Segment::default(); SLOT_SEGMENTS],
-            );
-        }
         let QueueWorker {
             translator,
             ring,
-            slots,
+            segments,
         } = self;
         let mut round = Round {
             queue,
@@ -104,15 +101,16 @@ impl QueueWorker {
             memory,
             translator: translator.as_mut(),
             completed: false,
+            failure: None,
             pieces: Pieces::default(),
         };
         loop {
             let more = match ring {
-                Some(ring) => ring.batch(|batch| round.batch(batch, slots.iter_mut()))?,
-                None => round.one_at_a_time()?,
+                Some(ring) => ring.batch(|batch| round.batch(batch, segments))?,
+                None => round.one_at_a_time(),
             };
             if !more {
-                return Ok(());
+                return round.failure.map_or(Ok(()), Err);
             }
         }
     }
@@ -126,6 +124,8 @@ struct Round<'a, 'q> {
     translator: Option<&'a mut Translator>,
     /// Whether a chain was completed since the last signal.
     completed: bool,
+    /// The first failure to signal the guest, reported when the round is over.
+    failure: Option<io::Error>,
     /// The read being gathered into one transfer, kept for its room.
     pieces: Pieces<'a>,
 }
@@ -138,34 +138,27 @@ impl<'a> Round<'a, '_> {
             .pop_descriptor_chain(self.memory)
     }
 
-    fn used(&mut self, head: u16, length: u32) -> io::Result<()> {
-        self.vring
-            .add_used(head, length)
-            .map_err(|error| io::Error::other(format!("cannot complete a request: {error:?}")))?;
-        self.completed = true;
-        Ok(())
+    /// Put chain `head` in the used ring. A head the used ring refuses (one at or past the
+    /// queue size, which the avail ring may hold but no descriptor has) cannot be named
+    /// to the guest, so it is skipped: the guest broke the ring, not the queue.
+    fn used(&mut self, head: u16, length: u32) {
+        if self.vring.add_used(head, length).is_ok() {
+            self.completed = true;
+        }
     }
 
-    /// Tell the guest about the chains completed since the last time, if it wants to know.
-    fn signal(&mut self) -> io::Result<()> {
-        if std::mem::take(&mut self.completed)
-            && self
-                .vring
-                .needs_notification()
-                .map_err(|error| io::Error::other(format!("{error:?}")))?
-        {
-            self.vring.signal_used_queue()?;
+    /// Tell the guest about the chains completed since the last time, if it wants to know
+    /// (and when its ring cannot say, tell it anyway).
+    fn signal(&mut self) {
+        if std::mem::take(&mut self.completed) && self.vring.needs_notification().unwrap_or(true) {
+            if let Err(error) = self.vring.signal_used_queue() {
+                self.failure.get_or_insert(error);
+            }
         }
-        Ok(())
     }
 
     /// Write the status byte and complete the chain.
-    fn complete(
-        &mut self,
-        head: u16,
-        status: GuestAddress,
-        result: Result<u32, RequestError>,
-    ) -> io::Result<()> {
+    fn complete(&mut self, head: u16, status: GuestAddress, result: Result<u32, RequestError>) {
         let (code, written) = match result {
             Ok(written) => (VIRTIO_BLK_S_OK as u8, written),
             Err(error) => (error.status(), 0),
@@ -177,7 +170,7 @@ impl<'a> Round<'a, '_> {
     }
 
     /// Serve requests one at a time until the ring is empty; `false`: nothing more to do.
-    fn one_at_a_time(&mut self) -> io::Result<bool> {
+    fn one_at_a_time(&mut self) -> bool {
         while let Some(chain) = self.pop() {
             let head = chain.head_index();
             let used = serve_chain(
@@ -186,10 +179,10 @@ impl<'a> Round<'a, '_> {
                 self.memory,
                 self.translator.as_deref_mut(),
             );
-            self.used(head, used)?;
+            self.used(head, used);
         }
-        self.signal()?;
-        Ok(false)
+        self.signal();
+        false
     }
 
     /// Carry out a request on its own, at once.

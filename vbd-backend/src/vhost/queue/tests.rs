@@ -72,18 +72,39 @@ fn a_ring_with_one_read(memory: &GuestMemoryAtomic<Mapped>) -> VringRwLock<Memor
     vring
 }
 
+/// Offer `heads` after those already in the avail ring (no flags, so every chain is
+/// wanted back as soon as it is used).
+fn offer(memory: &GuestMemoryAtomic<Mapped>, heads: &[u16]) {
+    let guest = memory.memory();
+    let mut index: u16 = guest.read_obj(GuestAddress(AVAIL + 2)).unwrap();
+    for &head in heads {
+        let slot = u64::from(index % 16);
+        guest
+            .write_obj(head, GuestAddress(AVAIL + 4 + 2 * slot))
+            .unwrap();
+        index = index.wrapping_add(1);
+    }
+    guest.write_obj(index, GuestAddress(AVAIL + 2)).unwrap();
+}
+
 /// What one attempt saw: whether the delete's fence had passed while the read was held
-/// in flight, and the read's status and first byte once it was let go.
+/// in flight, what serving the ring returned, and the read's status and first byte once
+/// it was let go.
 struct Seen {
     passed_while_in_flight: bool,
+    served: io::Result<()>,
     status: u8,
     first_byte: u8,
 }
 
-/// Serve one read from a disk on a pipe on the ring path, delete the VBD while the read
-/// waits for the pipe, then let the read finish. (Only the ring can read a pipe at an
-/// offset; `pread` is `ESPIPE`, so the path without io_uring is not tested this way.)
-fn delete_during_a_read_on_the_ring() -> Seen {
+/// Serve one read from a disk on a pipe on the ring path, with `then` offered after it in
+/// the same batch, delete the VBD while the read waits for the pipe, then let the read
+/// finish. (Only the ring can read a pipe at an offset; `pread` is `ESPIPE`, so the path
+/// without io_uring is not tested this way.) `after` runs with the worker once it is done.
+fn delete_during_a_read_on_the_ring<R>(
+    then: &[u16],
+    after: impl FnOnce(&mut QueueWorker, &QueueTarget<'_>, &VringRwLock<Memory>, &Memory) -> R,
+) -> (Seen, R) {
     let (disks, mut pipe) = a_disk_on_a_pipe();
     let target = vd_1_on(disks);
     let table = target.shared.table;
@@ -95,55 +116,101 @@ fn delete_during_a_read_on_the_ring() -> Seen {
     let memory =
         GuestMemoryAtomic::new(Mapped::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap());
     let vring = a_ring_with_one_read(&memory);
+    offer(&memory, then);
     std::thread::scope(|scope| {
         let server = scope.spawn(|| {
             let mut worker = QueueWorker::new(&target, 0);
             assert!(worker.ring.is_some(), "this kernel gives an io_uring");
-            worker.serve(&queue, &vring, &memory.memory())
+            let served = worker.serve(&queue, &vring, &memory.memory());
+            (worker, served)
         });
         // Popped, and then (as long as a thread takes to translate and submit) in flight.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while vring.get_ref().get_queue().next_avail() == 0 {
-            assert!(Instant::now() < deadline, "the queue thread never popped");
+        while vring.get_ref().get_queue().next_avail() == 0 && Instant::now() < deadline {
             std::thread::yield_now();
         }
         std::thread::sleep(Duration::from_millis(100));
         let removal = table.delete(DOM0, xvda(1)).unwrap();
         let passed_while_in_flight = removal.fence.is_complete();
+        // Let the read go before any assertion, so a failure cannot leave it waiting.
         pipe.write_all(&[0x5a; 512]).unwrap();
-        server.join().unwrap().unwrap();
+        assert_ne!(
+            vring.get_ref().get_queue().next_avail(),
+            0,
+            "the queue thread never popped"
+        );
+        let (mut worker, served) = server.join().unwrap();
         assert!(removal.fence.is_complete(), "the read has completed");
         let guest = memory.memory();
-        Seen {
+        let seen = Seen {
             passed_while_in_flight,
+            served,
             status: guest.read_obj(GuestAddress(STATUS)).unwrap(),
             first_byte: guest.read_obj(GuestAddress(DATA)).unwrap(),
-        }
+        };
+        let later = after(&mut worker, &queue, &vring, &memory);
+        (seen, later)
     })
 }
 
-#[test]
-fn a_delete_is_not_answered_while_a_read_translated_before_it_is_in_flight_on_the_ring() {
+/// Run `attempt` until the queue thread translated its read before the delete (it may be
+/// descheduled for the 100 ms the test gives it), and check that the read got the disk's
+/// bytes and held the delete's fence until then. Returns what that attempt saw after.
+fn until_translated_before_the_delete<R>(mut attempt: impl FnMut() -> (Seen, R)) -> R {
     for _ in 0..3 {
-        let seen = delete_during_a_read_on_the_ring();
+        let (seen, later) = attempt();
         if seen.status == VIRTIO_BLK_S_IOERR as u8 {
-            // The delete came before the queue thread translated the read (a thread
-            // descheduled for 100 ms): the read was refused, as it must be. Again.
+            // The delete came first: the read was refused, as it must be. Again.
             assert!(seen.passed_while_in_flight);
             continue;
         }
+        assert!(
+            !seen.passed_while_in_flight,
+            "the delete's fence passed while a read it had to wait for was in flight"
+        );
         assert_eq!(
             (seen.status, seen.first_byte),
             (VIRTIO_BLK_S_OK as u8, 0x5a),
             "the read got the disk's bytes"
         );
-        assert!(
-            !seen.passed_while_in_flight,
-            "the delete's fence passed while a read it had to wait for was in flight"
-        );
-        return;
+        assert_eq!(seen.served.map_err(|error| error.to_string()), Ok(()));
+        return later;
     }
     panic!("the queue thread never translated its read within 100 ms of popping it");
+}
+
+#[test]
+fn a_delete_is_not_answered_while_a_read_translated_before_it_is_in_flight_on_the_ring() {
+    until_translated_before_the_delete(|| delete_during_a_read_on_the_ring(&[], |_, _, _, _| {}));
+}
+
+#[test]
+fn a_head_past_the_queue_neither_releases_a_read_in_flight_nor_stops_the_queue() {
+    let (served, used, last_length, status) = until_translated_before_the_delete(|| {
+        delete_during_a_read_on_the_ring(&[0xffff, 16], |worker, queue, vring, memory| {
+            // The queue goes on: the next read is answered (refused: its VBD is gone).
+            let guest = memory.memory();
+            guest.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+            offer(memory, &[0]);
+            let served = worker.serve(queue, vring, &guest);
+            let used: u16 = guest.read_obj(GuestAddress(USED + 2)).unwrap();
+            let last = USED + 4 + 8 * u64::from(used.wrapping_sub(1) % 16);
+            let last_length: u32 = guest.read_obj(GuestAddress(last + 4)).unwrap();
+            let status: u8 = guest.read_obj(GuestAddress(STATUS)).unwrap();
+            (
+                served.map_err(|error| error.to_string()),
+                used,
+                last_length,
+                status,
+            )
+        })
+    });
+    assert_eq!(served, Ok(()));
+    // Only the two reads are in the used ring: the bad heads cannot be named there.
+    assert_eq!(
+        (used, last_length, status),
+        (2, 1, VIRTIO_BLK_S_IOERR as u8)
+    );
 }
 
 #[test]
