@@ -14,7 +14,7 @@ use super::{Mapped, QueueTarget};
 use crate::block::BlockContext;
 use crate::disks::{Disk, DiskIo, Release};
 use crate::sys;
-use crate::vbd::Translator;
+use crate::vbd::{vbd_state, Translator};
 use crate::vhost::request::{GuestBuffer, Operation, Range, RequestError};
 
 /// Serve one chain on its own and return the used length.
@@ -179,6 +179,13 @@ fn write_id<M: GuestMemoryBackend>(
     written as u32
 }
 
+/// Sectors one step of a discard or write-zeroes releases under its own translation: a
+/// change of the VBD waits for one step at most (1 MiB of zeros written, where the disk
+/// cannot zero in place), never for a whole request.
+pub(super) const RELEASE_STEP_SECTORS: u64 = 2048;
+
+/// Discard or zero `ranges` in steps of [`RELEASE_STEP_SECTORS`], after checking every
+/// range lies inside the VBD, so that a request refused changes nothing.
 fn release(
     queue: &QueueTarget<'_>,
     vbd: &VbdRef,
@@ -186,9 +193,25 @@ fn release(
     translator: &mut Translator,
     how: impl Fn(&Range) -> Release,
 ) -> Result<u32, RequestError> {
+    let size = vbd_state(queue.target.shared.table, vbd)?.size_sectors;
+    let inside = |range: &Range| {
+        range
+            .sector
+            .checked_add(u64::from(range.nr_sectors))
+            .is_some_and(|end| end <= size)
+    };
+    if !ranges.iter().all(inside) {
+        return Err(RequestError::Refused(Error::OutOfRange));
+    }
     let mut block = block(queue, translator);
     for range in ranges {
-        block.release(vbd, range.sector, u64::from(range.nr_sectors), how(range))?;
+        let end = range.sector + u64::from(range.nr_sectors);
+        let mut sector = range.sector;
+        while sector < end {
+            let count = (end - sector).min(RELEASE_STEP_SECTORS);
+            block.release(vbd, sector, count, how(range))?;
+            sector += count;
+        }
     }
     Ok(0)
 }

@@ -270,3 +270,81 @@ fn requests_without_a_context_or_once_stopping_fail_and_touch_nothing() {
     );
     assert_eq!((status(), on_disk()), (VIRTIO_BLK_S_IOERR as u8, 0xab));
 }
+
+#[test]
+fn write_zeroes_go_in_steps_across_extents_and_a_range_past_the_end_changes_nothing() {
+    let (_directory, disks) = two_disks();
+    let table = empty_table();
+    // 4800 sectors: hda 1000..4000, then hdb 100..1900.
+    let vbd = create(
+        table,
+        xvda(1),
+        &[(0, 1000, 3000), (1, 100, 1800)],
+        true,
+        "vd:1",
+    );
+    let target = DeviceTarget {
+        shared: Arc::new(Shared::new(table, disks, 1, 1)),
+        vbd,
+        writable: true,
+        serial: "vd:1".into(),
+        name: "dom1/xvda.sock".into(),
+    };
+    let shared = target.shared.clone();
+    let resumed = ResumedRings::default();
+    let queue = QueueTarget {
+        target: &target,
+        resumed: &resumed,
+    };
+    let disk = |index: usize| shared.disks.iter().nth(index).unwrap();
+    for index in 0..2 {
+        disk(index)
+            .write_all_at(&vec![0xee; 4096 * 512], 0)
+            .unwrap();
+    }
+    let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+    let zeroes = |sector: u64, count: u32| {
+        let mut header = virtio_bindings::virtio_blk::VIRTIO_BLK_T_WRITE_ZEROES
+            .to_le_bytes()
+            .to_vec();
+        header.extend_from_slice(&[0; 12]);
+        memory.write_slice(&header, GuestAddress(0x100)).unwrap();
+        let mut segment = sector.to_le_bytes().to_vec();
+        segment.extend_from_slice(&count.to_le_bytes());
+        segment.extend_from_slice(&0u32.to_le_bytes());
+        memory.write_slice(&segment, GuestAddress(0x200)).unwrap();
+        let chain = vec![
+            Descriptor::new(0x100, 16, 0, 0),
+            Descriptor::new(0x200, 16, 0, 0),
+            Descriptor::new(0x80, 1, VRING_DESC_F_WRITE as u16, 0),
+        ];
+        let mut translator = Translator::new(table).unwrap();
+        serve_chain(&queue, chain, &memory, Some(&mut translator));
+        memory.read_obj::<u8>(GuestAddress(0x80)).unwrap()
+    };
+    let on_disk = |index: usize| {
+        let mut bytes = vec![0u8; 4096 * 512];
+        disk(index).read_exact_at(&mut bytes, 0).unwrap();
+        bytes
+    };
+    // One sector past the end: refused before the first step.
+    assert_eq!(zeroes(10, 4800 - 10 + 1), VIRTIO_BLK_S_IOERR as u8);
+    assert_eq!(
+        (on_disk(0), on_disk(1)),
+        (vec![0xee; 4096 * 512], vec![0xee; 4096 * 512])
+    );
+    // Sectors 10..4790 of the VBD: three steps, across the boundary of the extents.
+    assert_eq!(zeroes(10, 4780), VIRTIO_BLK_S_OK as u8);
+    let mut first = vec![0xee; 4096 * 512];
+    first[(1010 * 512)..(4000 * 512)].fill(0);
+    let mut second = vec![0xee; 4096 * 512];
+    second[(100 * 512)..(1890 * 512)].fill(0);
+    assert!(
+        on_disk(0) == first,
+        "hda holds zeros exactly where the VBD's extent is"
+    );
+    assert!(
+        on_disk(1) == second,
+        "hdb holds zeros exactly where the VBD's extent is"
+    );
+}
