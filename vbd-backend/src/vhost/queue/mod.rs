@@ -151,8 +151,14 @@ impl<'a> Round<'a, '_> {
     /// (and when its ring cannot say, tell it anyway).
     fn signal(&mut self) {
         if std::mem::take(&mut self.completed) && self.vring.needs_notification().unwrap_or(true) {
-            if let Err(error) = self.vring.signal_used_queue() {
-                self.failure.get_or_insert(error);
+            match self.vring.signal_used_queue() {
+                // The counter is full (the bridge made it non-blocking): the guest has a
+                // notification it has not read yet, which covers these chains too.
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(error) => {
+                    self.failure.get_or_insert(error);
+                }
+                Ok(()) => {}
             }
         }
     }
