@@ -48,7 +48,10 @@ impl Model {
                 self.extents[1].load(Ordering::Relaxed),
             ]
         });
-        assert!(mapping == OLD || mapping == NEW, "a torn mapping {mapping:?}");
+        assert!(
+            mapping == OLD || mapping == NEW,
+            "a torn mapping {mapping:?}"
+        );
         if mapping == OLD {
             assert!(
                 !self.released.load(Ordering::SeqCst),
@@ -109,6 +112,8 @@ fn a_change_to_another_vbd_does_not_wait_for_this_ones_io() {
                 model.fencing.hold(0, 1..2).fence().wait(thread::yield_now);
             })
         };
-        reader.join().expect("the change of slot 1 waited for slot 0");
+        reader
+            .join()
+            .expect("the change of slot 1 waited for slot 0");
     });
 }

@@ -23,6 +23,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
+use hv_vbd::InFlight;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use vm_memory::volatile_memory::PtrGuardMut;
 use vm_memory::VolatileSlice;
@@ -95,6 +96,10 @@ struct Transfer {
     first: usize,
     /// The slices' pointer guards, kept for as long as the kernel may use the pointers.
     guards: Vec<PtrGuardMut>,
+    /// The in-flight registration of the translation this read was made from, let go
+    /// only once the kernel has finished the read: a change that removes its extents
+    /// waits for it, however the batch ends (completed, left early, or unwinding).
+    registration: Option<InFlight<'static>>,
 }
 
 /// Reads from files into guest memory, both living at least as long as `'m`, submitted
@@ -108,8 +113,9 @@ pub struct Batch<'r, 'm> {
 }
 
 impl<'m> Batch<'_, 'm> {
-    /// Queue a read of `file` at byte `offset` filling `slices` in order; `token` comes back
-    /// with its completion. `EINVAL` (and nothing queued) past `i64::MAX` or with more than
+    /// Queue a read of `file` at byte `offset` filling `slices` in order, holding
+    /// `registration` until the kernel has finished it; `token` comes back with its
+    /// completion. `EINVAL` (and nothing queued) past `i64::MAX` or with more than
     /// [`MAX_SLICES`] slices.
     pub fn read(
         &mut self,
@@ -117,6 +123,7 @@ impl<'m> Batch<'_, 'm> {
         file: &'m File,
         offset: u64,
         slices: &[VolatileSlice<'m>],
+        registration: InFlight<'static>,
     ) -> io::Result<()> {
         let total = slices
             .iter()
@@ -144,6 +151,7 @@ impl<'m> Batch<'_, 'm> {
         transfer.fd = file.as_raw_fd();
         transfer.offset = offset;
         transfer.first = 0;
+        transfer.registration = Some(registration);
         let Transfer { iovecs, guards, .. } = transfer;
         guards.extend(slices.iter().map(VolatileSlice::ptr_guard_mut));
         iovecs.extend(guards.iter().map(|guard| libc::iovec {
@@ -250,6 +258,8 @@ impl<'m> Batch<'_, 'm> {
         transfer.live = false;
         transfer.iovecs.clear();
         transfer.guards.clear();
+        // The kernel is done with it: a fence may pass now.
+        transfer.registration = None;
         self.state.free.push(index);
         self.in_flight -= 1;
     }
@@ -312,8 +322,41 @@ impl Drop for Batch<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use std::os::unix::fs::FileExt;
+    use std::sync::OnceLock;
+    use std::time::Duration;
+
+    use hv_vbd::{Access, Segment, VbdRef};
+    use shared_abi::DOM0;
     use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+    use crate::vbd::tests::{create, empty_table, xvda};
+    use crate::vbd::{Table, Translator};
+
+    /// A fresh table with `vd:1`, the first 8 sectors of its first disk, as `dom1/xvda`.
+    fn a_table_with_a_vbd() -> (&'static Table, VbdRef) {
+        let table = empty_table();
+        (table, create(table, xvda(1), &[(0, 0, 8)], true, "vd:1"))
+    }
+
+    /// A registration of a read of `vbd`, as a queue thread hands one to each transfer.
+    fn registration_of(table: &'static Table, vbd: &VbdRef) -> InFlight<'static> {
+        let translator = Translator::new(table);
+        let mut segments = [Segment::default(); 4];
+        let request = hv_vbd::Request::from_bytes(Access::Read, 0, 512).unwrap();
+        translator
+            .translate_into(vbd, &request, &mut segments)
+            .unwrap()
+            .registration()
+    }
+
+    /// A registration in a table no test changes, for tests about the I/O alone.
+    fn held() -> InFlight<'static> {
+        static TABLE: OnceLock<(&'static Table, VbdRef)> = OnceLock::new();
+        let (table, vbd) = TABLE.get_or_init(a_table_with_a_vbd);
+        registration_of(table, vbd)
+    }
 
     /// A file of 64 KiB whose every byte is its offset's low byte plus one.
     fn patterned_file() -> (tempfile::NamedTempFile, Vec<u8>) {
@@ -349,14 +392,22 @@ mod tests {
         let mut ring = Ring::new(8).unwrap();
         let mut finished = ring.batch(|batch| {
             batch
-                .read(7, file.as_file(), 512, &[slice(&memory, 0x1000, 4096)])
+                .read(
+                    7,
+                    file.as_file(),
+                    512,
+                    &[slice(&memory, 0x1000, 4096)],
+                    held(),
+                )
                 .unwrap();
             let scattered = [
                 slice(&memory, 0x8000, 100),
                 slice(&memory, 0x3000, 1000),
                 slice(&memory, 0x9000, 3000),
             ];
-            batch.read(9, file.as_file(), 40000, &scattered).unwrap();
+            batch
+                .read(9, file.as_file(), 40000, &scattered, held())
+                .unwrap();
             let mut finished = Vec::new();
             while batch.in_flight() > 0 {
                 finished.extend(batch.finish_some().unwrap());
@@ -383,7 +434,13 @@ mod tests {
             for index in 0..64u64 {
                 let at = index * 1024;
                 batch
-                    .read(index, file.as_file(), at, &[slice(&memory, at, 1024)])
+                    .read(
+                        index,
+                        file.as_file(),
+                        at,
+                        &[slice(&memory, at, 1024)],
+                        held(),
+                    )
                     .unwrap();
             }
             let mut done = 0;
@@ -404,30 +461,36 @@ mod tests {
         ring.batch(|batch| {
             let refused = |result: io::Result<()>| result.unwrap_err().raw_os_error();
             assert_eq!(
-                refused(batch.read(1, file.as_file(), 0, &[])),
+                refused(batch.read(1, file.as_file(), 0, &[], held())),
                 Some(libc::EINVAL)
             );
             let past_i64 = u64::MAX - 100;
             let one = [slice(&memory, 0, 512)];
             assert_eq!(
-                refused(batch.read(2, file.as_file(), past_i64, &one)),
+                refused(batch.read(2, file.as_file(), past_i64, &one, held())),
                 Some(libc::EINVAL)
             );
             let too_many: Vec<VolatileSlice<'_>> = (0..=MAX_SLICES as u64)
                 .map(|at| slice(&memory, at, 1))
                 .collect();
             assert_eq!(
-                refused(batch.read(3, file.as_file(), 0, &too_many)),
+                refused(batch.read(3, file.as_file(), 0, &too_many, held())),
                 Some(libc::EINVAL)
             );
             assert_eq!(batch.in_flight(), 0, "nothing was queued");
 
             // The file ends at 64 KiB: the read gets its first 512 bytes, then nothing.
             batch
-                .read(4, file.as_file(), 65536 - 512, &[slice(&memory, 0, 1024)])
+                .read(
+                    4,
+                    file.as_file(),
+                    65536 - 512,
+                    &[slice(&memory, 0, 1024)],
+                    held(),
+                )
                 .unwrap();
             batch
-                .read(5, file.as_file(), 0, &[slice(&memory, 0x4000, 512)])
+                .read(5, file.as_file(), 0, &[slice(&memory, 0x4000, 512)], held())
                 .unwrap();
             let mut finished = Vec::new();
             while batch.in_flight() > 0 {
@@ -451,7 +514,7 @@ mod tests {
         let mut ring = Ring::new(4).unwrap();
         ring.batch(|batch| {
             batch
-                .read(1, file.as_file(), 0, &[slice(&memory, 0, 65536)])
+                .read(1, file.as_file(), 0, &[slice(&memory, 0, 65536)], held())
                 .unwrap();
             // Returns with the read in flight: the batch's drop waits for it.
         });
@@ -466,7 +529,7 @@ mod tests {
         // The first batch leaves with its read finished but never reported.
         ring.batch(|batch| {
             batch
-                .read(1, file.as_file(), 0, &[slice(&memory, 0, 4096)])
+                .read(1, file.as_file(), 0, &[slice(&memory, 0, 4096)], held())
                 .unwrap();
         });
         for round in 0..3u64 {
@@ -475,7 +538,7 @@ mod tests {
                     let at = 4096 * (index + 1);
                     let slices = [slice(&memory, at, 2048), slice(&memory, at + 2048, 2048)];
                     batch
-                        .read(10 * round + index, file.as_file(), at, &slices)
+                        .read(10 * round + index, file.as_file(), at, &slices, held())
                         .unwrap();
                 }
                 let mut tokens = Vec::new();
@@ -491,5 +554,37 @@ mod tests {
             assert_eq!(tokens, (10 * round..10 * round + 6).collect::<Vec<_>>());
         }
         assert_eq!(guest_bytes(&memory, 0, 7 * 4096), bytes[..7 * 4096]);
+    }
+
+    #[test]
+    fn a_reads_registration_is_let_go_only_once_the_kernel_finished_it_even_if_the_batch_is_left_early(
+    ) {
+        let (table, vbd) = a_table_with_a_vbd();
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        let disk = File::from(std::os::fd::OwnedFd::from(reader));
+        let memory = memory();
+        let mut ring = Ring::new(4).unwrap();
+        // Translated before the delete: the delete's fence waits for it.
+        let registration = registration_of(table, &vbd);
+        let removal = table.delete(DOM0, xvda(1)).unwrap();
+        let fence = &removal.fence;
+        std::thread::scope(|scope| {
+            ring.batch(|batch| {
+                batch
+                    .read(1, &disk, 0, &[slice(&memory, 0, 512)], registration)
+                    .unwrap();
+                assert!(!fence.is_complete(), "the read is queued");
+                // Left with the read in flight: the drop waits for the kernel, which waits
+                // for the pipe, which another thread writes once it has looked at the fence.
+                scope.spawn(move || {
+                    std::thread::sleep(Duration::from_millis(50));
+                    let held = !fence.is_complete();
+                    writer.write_all(&[0x5a; 512]).unwrap();
+                    assert!(held, "the fence passed while the batch waited for the read");
+                });
+            });
+            assert!(fence.is_complete(), "the read is over");
+        });
+        assert_eq!(guest_bytes(&memory, 0, 512), [0x5a; 512]);
     }
 }

@@ -6,7 +6,11 @@
 //!   [`BackendChannel::config_changed`] tells QEMU to re-read the capacity after a VBD grows;
 //! - `SET_VRING_BASE` says where each ring's next request is: 0 for a driver that has just
 //!   started, elsewhere for a VMM that reconnects to a guest that ran before. The relay
-//!   reports it ([`Inbound::ring_base`]) before the daemon acts on it.
+//!   reports it ([`Inbound::ring_base`]) before the daemon acts on it;
+//! - `SET_VRING_CALL` hands over the eventfd that notifies the guest. A VMM may give a
+//!   blocking one already at its maximum count, on which a queue thread would block for
+//!   ever: the relay makes it non-blocking, and a notification that finds it full is one
+//!   the guest already has.
 //!
 //! Only control messages pass here; the data path is shared memory and eventfds.
 
@@ -32,6 +36,8 @@ const MAX_FDS: usize = 32;
 const SET_BACKEND_REQ_FD: u32 = 21;
 /// `VHOST_USER_SET_VRING_BASE`, whose payload is a ring index and its next request.
 const SET_VRING_BASE: u32 = 10;
+/// `VHOST_USER_SET_VRING_CALL`, which carries a ring's call eventfd.
+const SET_VRING_CALL: u32 = 13;
 /// `VHOST_USER_BACKEND_CONFIG_CHANGE_MSG`.
 const CONFIG_CHANGE_MSG: u32 = 2;
 /// Flags of a message from the back-end: protocol version 1.
@@ -186,6 +192,12 @@ fn relay_messages(from: &UnixStream, to: &UnixStream, inbound: Option<&Inbound>)
                 };
                 inbound.channel.set(kept);
             }
+            (Some(_), SET_VRING_CALL) => {
+                for fd in &fds {
+                    let flags = rustix::fs::fcntl_getfl(fd)?;
+                    rustix::fs::fcntl_setfl(fd, flags | rustix::fs::OFlags::NONBLOCK)?;
+                }
+            }
             (Some(inbound), SET_VRING_BASE) if size >= 8 => {
                 (inbound.ring_base)(
                     word(&message, HEADER_BYTES),
@@ -202,7 +214,7 @@ fn relay_messages(from: &UnixStream, to: &UnixStream, inbound: Option<&Inbound>)
 mod tests {
     use super::*;
     use std::io::Read;
-    use std::os::fd::AsRawFd;
+    use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
     use std::sync::Mutex;
 
     fn message(request: u32, payload: &[u8]) -> Vec<u8> {
@@ -260,6 +272,39 @@ mod tests {
         assert_eq!(notice.to_vec(), message(CONFIG_CHANGE_MSG, &[]));
         channel.clear();
         assert!(!channel.config_changed().unwrap());
+    }
+
+    #[test]
+    fn a_call_eventfd_reaches_the_daemon_non_blocking() {
+        let (vmm, vmm_end) = UnixStream::pair().unwrap();
+        let (daemon_end, daemon) = UnixStream::pair().unwrap();
+        let channel = BackendChannel::default();
+        let inbound = Inbound {
+            channel: &channel,
+            ring_base: &|_, _| {},
+        };
+        let call = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
+        call.write(0xffff_ffff_ffff_fffe).unwrap();
+        let payload = 0u64.to_le_bytes();
+        std::thread::scope(|scope| {
+            let relayed = scope.spawn(|| relay(&vmm_end, &daemon_end, Some(&inbound)));
+            let duplicate = call.try_clone().unwrap();
+            // SAFETY: `into_raw_fd` gives up the only owner of a descriptor that is open.
+            let descriptor = unsafe { OwnedFd::from_raw_fd(duplicate.into_raw_fd()) };
+            send(&vmm, &message(SET_VRING_CALL, &payload), &[descriptor]).unwrap();
+            let mut fds = Vec::new();
+            let mut received = vec![0u8; HEADER_BYTES + 8];
+            assert!(receive(&daemon, &mut received, &mut fds).unwrap());
+            assert_eq!(received, message(SET_VRING_CALL, &payload));
+            let flags = rustix::fs::fcntl_getfl(&fds[0]).unwrap();
+            assert!(flags.contains(rustix::fs::OFlags::NONBLOCK));
+            // A full counter refuses another notification at once instead of blocking.
+            let mut notifier = std::fs::File::from(fds.remove(0));
+            let refused = std::io::Write::write(&mut notifier, &1u64.to_ne_bytes());
+            assert_eq!(refused.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+            drop(vmm);
+            relayed.join().unwrap().unwrap();
+        });
     }
 
     #[test]

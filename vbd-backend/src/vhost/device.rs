@@ -22,7 +22,7 @@ use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ,
-    VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
+    VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
 };
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
@@ -34,7 +34,7 @@ use zerocopy::{Immutable, IntoBytes, KnownLayout};
 
 use super::exit_events::ExitEvents;
 use super::queue::{QueueTarget, QueueWorker};
-use super::request::{MAX_SEGMENTS, MAX_SEGMENT_SECTORS};
+use super::request::{MAX_SEGMENTS, MAX_SEGMENT_SECTORS, MAX_TRANSFER_BYTES};
 use super::ResumedRings;
 use crate::guest_memory::GuestMappings;
 use crate::service::Shared;
@@ -44,6 +44,14 @@ use crate::vbd::vbd_state;
 pub const QUEUE_SIZE: u16 = 256;
 
 pub type Memory = GuestMemoryAtomic<GuestMemoryMmap<()>>;
+
+/// Data descriptors a request may have (`seg_max`): the queue, less header and status.
+const SEGMENTS_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// Bytes one data descriptor may hold (`size_max`). Linux's virtio_blk sets no limit of its
+/// own on a request's size, only on its segments' count and size, so these two are what
+/// keeps a Linux guest's requests inside [`MAX_TRANSFER_BYTES`].
+const SEGMENT_BYTES_MAX: u32 = 16 << 10;
+const _: () = assert!(SEGMENTS_MAX as u64 * SEGMENT_BYTES_MAX as u64 <= MAX_TRANSFER_BYTES);
 
 /// The virtio-blk config space up to the write-zeroes fields, little-endian and unaligned
 /// like the device's registers, so it has no padding.
@@ -153,7 +161,8 @@ impl BlockDevice {
             .map_or(0, |state| state.size_sectors);
         BlockConfig {
             capacity: capacity.into(),
-            seg_max: u32::from(QUEUE_SIZE - 2).into(),
+            size_max: SEGMENT_BYTES_MAX.into(),
+            seg_max: SEGMENTS_MAX.into(),
             blk_size: 512.into(),
             num_queues: self.target.shared.queues.into(),
             max_discard_sectors: MAX_SEGMENT_SECTORS.into(),
@@ -243,6 +252,7 @@ impl VhostUserBackend for BlockDevice {
             VIRTIO_F_VERSION_1,
             VIRTIO_RING_F_INDIRECT_DESC,
             VIRTIO_RING_F_EVENT_IDX,
+            VIRTIO_BLK_F_SIZE_MAX,
             VIRTIO_BLK_F_SEG_MAX,
             VIRTIO_BLK_F_BLK_SIZE,
             VIRTIO_BLK_F_FLUSH,
@@ -315,5 +325,50 @@ impl VhostUserBackend for BlockDevice {
             return Ok(());
         }
         served
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::offset_of;
+
+    use crate::disks::tests::two_disks;
+    use crate::vbd::tests::{create, empty_table, xvda};
+
+    #[test]
+    fn the_config_space_advertises_the_request_limits_a_request_is_held_to() {
+        let (_directory, disks) = two_disks();
+        let table = empty_table();
+        let vbd = create(table, xvda(1), &[(0, 0, 8)], true, "vd:1");
+        let target = DeviceTarget {
+            shared: Arc::new(Shared::new(table, disks, 1, 1)),
+            vbd,
+            writable: true,
+            serial: "vd:1".into(),
+            name: "dom1/xvda.sock".into(),
+        };
+        let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let (vmm, _peer) = UnixStream::pair().unwrap();
+        let device = BlockDevice::new(Arc::new(target), memory, Arc::default(), vmm);
+        for feature in [
+            VIRTIO_BLK_F_SIZE_MAX,
+            VIRTIO_BLK_F_SEG_MAX,
+            VIRTIO_BLK_F_DISCARD,
+        ] {
+            assert_eq!(device.features() >> feature & 1, 1, "feature {feature}");
+        }
+        let space = device.get_config(0, size_of::<BlockConfig>() as u32);
+        let word =
+            |offset: usize| u32::from_le_bytes(space[offset..offset + 4].try_into().unwrap());
+        assert_eq!(word(offset_of!(BlockConfig, size_max)), 16 << 10);
+        assert_eq!(word(offset_of!(BlockConfig, seg_max)), 254);
+        assert_eq!(word(offset_of!(BlockConfig, max_discard_sectors)), 1 << 17);
+        assert_eq!(word(offset_of!(BlockConfig, max_discard_seg)), 16);
+        assert_eq!(
+            word(offset_of!(BlockConfig, max_write_zeroes_sectors)),
+            1 << 17
+        );
+        assert_eq!(word(offset_of!(BlockConfig, max_write_zeroes_seg)), 16);
     }
 }

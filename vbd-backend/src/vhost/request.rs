@@ -23,8 +23,13 @@ const HEADER_BYTES: u64 = 16;
 const SEGMENT_BYTES: u64 = 16;
 /// Discard and write-zeroes segments per request, as advertised in the config space.
 pub const MAX_SEGMENTS: u32 = 16;
-/// Sectors per discard or write-zeroes segment, as advertised: 1 GiB.
-pub const MAX_SEGMENT_SECTORS: u32 = 1 << 21;
+/// Sectors per discard or write-zeroes segment, as advertised: 64 MiB. Execution goes in
+/// smaller steps, each under its own translation ([`super::queue`]).
+pub const MAX_SEGMENT_SECTORS: u32 = 1 << 17;
+/// Bytes of data one read, write or get-id may move: 4 MiB, the bound QEMU and Cloud
+/// Hypervisor keep too. One request pins its translation for as long as its I/O takes,
+/// and every change of the VBD waits for it; a larger request is refused before any I/O.
+pub const MAX_TRANSFER_BYTES: u64 = 4 << 20;
 
 /// A range of guest memory the device reads or writes, checked to lie in guest memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,7 +98,7 @@ pub enum RequestError {
     NoData,
     /// Read or write data that is not whole sectors.
     DataNotSectors,
-    /// More data than one request may carry.
+    /// More data than one request may carry ([`MAX_TRANSFER_BYTES`]).
     TooLarge,
     /// Discard or write-zeroes data that is not whole segments.
     SegmentsNotWhole,
@@ -221,9 +226,6 @@ fn gather<M: GuestMemoryBackend>(
     }
 }
 
-/// Bytes of data one request may move: the used length must fit a `u32` with the status.
-const MAX_DATA_BYTES: u64 = (u32::MAX as u64) - 1;
-
 impl Request {
     /// Parse the descriptors of one chain, in chain order, taking at most `max_descriptors`.
     pub fn parse<M: GuestMemoryBackend>(
@@ -315,7 +317,7 @@ impl Request {
             if bytes == 0 {
                 return Err(RequestError::NoData);
             }
-            if bytes > MAX_DATA_BYTES {
+            if bytes > MAX_TRANSFER_BYTES {
                 return Err(RequestError::TooLarge);
             }
             if sectors && !bytes.is_multiple_of(SECTOR_SIZE) {
@@ -676,6 +678,62 @@ mod tests {
                         unmap: false
                     }
                 ]
+            })
+        );
+    }
+
+    #[test]
+    fn a_transfer_of_the_most_bytes_parses_and_one_sector_more_is_too_large() {
+        let memory = GuestMemoryMmap::<()>::from_ranges(&[(
+            GuestAddress(0),
+            MAX_TRANSFER_BYTES as usize + 0x10000,
+        )])
+        .unwrap();
+        let in_header = header(&memory, VIRTIO_BLK_T_IN, 0);
+        let most = MAX_TRANSFER_BYTES as u32;
+        let read = |length| parse(vec![in_header, writable(0x1000, length), status()], &memory);
+        assert_eq!(
+            read(most).map(|request| request.operation),
+            Ok(Operation::Read {
+                sector: 0,
+                buffers: vec![GuestBuffer {
+                    address: GuestAddress(0x1000),
+                    length: most
+                }]
+            })
+        );
+        assert_eq!(read(most + 512), refused(RequestError::TooLarge));
+        let out_header = header(&memory, VIRTIO_BLK_T_OUT, 0);
+        let split = vec![
+            out_header,
+            readable(0x1000, most / 2),
+            readable(0x1000 + u64::from(most / 2), most / 2 + 512),
+            status(),
+        ];
+        assert_eq!(parse(split, &memory), refused(RequestError::TooLarge));
+        let id_header = header(&memory, VIRTIO_BLK_T_GET_ID, 0);
+        assert_eq!(
+            parse(
+                vec![id_header, writable(0x1000, most + 1), status()],
+                &memory
+            ),
+            refused(RequestError::TooLarge)
+        );
+    }
+
+    #[test]
+    fn a_segment_of_the_most_sectors_parses() {
+        let memory = memory();
+        let zeroes = header(&memory, VIRTIO_BLK_T_WRITE_ZEROES, 0);
+        let most = segments(&memory, &[(5, MAX_SEGMENT_SECTORS, 0)]);
+        assert_eq!(
+            parse(vec![zeroes, most, status()], &memory).map(|request| request.operation),
+            Ok(Operation::WriteZeroes {
+                ranges: vec![Range {
+                    sector: 5,
+                    nr_sectors: MAX_SEGMENT_SECTORS,
+                    unmap: false
+                }]
             })
         );
     }

@@ -1,0 +1,254 @@
+//! Batching: the reads of every chain popped in one pass go on the io_uring together,
+//! each gathered into as few transfers as its translation allows, and each completed once
+//! its last transfer has.
+
+use std::io;
+
+use hv_vbd::{Access, Segment, Translation};
+use shared_abi::Error;
+use vm_memory::{GuestAddress, VolatileSlice};
+
+use super::admit::{admit, Admitted};
+use super::execute::{each_slice, transfer_alone};
+use super::Round;
+use crate::disks::Disk;
+use crate::uring::{self, Batch};
+use crate::vhost::device::QUEUE_SIZE;
+use crate::vhost::request::{GuestBuffer, Operation, RequestError};
+
+/// Segments a batched request may translate into; one that needs more runs on its own.
+pub(super) const SLOT_SEGMENTS: usize = 32;
+
+/// Reads one batch submits before it waits for them all, so that a batch ends.
+const BATCH_READS: usize = QUEUE_SIZE as usize;
+
+/// A read of the batch whose I/O is in flight. Its in-flight registrations belong to its
+/// transfers on the ring ([`crate::uring`]), so none is let go before the kernel is done,
+/// whichever way the batch ends.
+struct Pending {
+    head: u16,
+    status: GuestAddress,
+    /// The data bytes the read fills in the guest.
+    input: u32,
+    /// I/O submissions not yet completed.
+    transfers: usize,
+    error: Option<RequestError>,
+}
+
+impl<'a> Round<'a, '_> {
+    /// Pop chains until the ring is empty or [`BATCH_READS`] reads were popped, submit the
+    /// reads together, and complete them all. `true` when it stopped at that bound, with
+    /// chains possibly left in the ring. An error is the ring's own, never a request's.
+    pub(super) fn batch(
+        &mut self,
+        batch: &mut Batch<'_, 'a>,
+        segments: &mut [Segment],
+    ) -> io::Result<bool> {
+        let mut pending = Vec::new();
+        let mut reads = 0;
+        while reads < BATCH_READS {
+            let Some(chain) = self.pop() else {
+                break;
+            };
+            let head = chain.head_index();
+            let request = match admit(self.queue, chain, self.memory) {
+                Admitted::Done(used) => {
+                    self.used(head, used);
+                    continue;
+                }
+                Admitted::Run(request) => request,
+            };
+            match &request.operation {
+                Operation::Read { sector, buffers } => {
+                    reads += 1;
+                    let token = pending.len();
+                    let chain = (head, request.status);
+                    if let Some(started) =
+                        self.submit(batch, token, chain, *sector, buffers, segments)
+                    {
+                        pending.push(started);
+                    }
+                }
+                // Writes need not wait for the reads in flight: virtio orders no two requests
+                // the guest has in flight together.
+                Operation::Write { .. } => {
+                    let result = self.execute(&request.operation);
+                    self.complete(head, request.status, result);
+                }
+                // A flush covers what completed before it, so the batch completes first.
+                _ => {
+                    self.finish(batch, &mut pending)?;
+                    let result = self.execute(&request.operation);
+                    self.complete(head, request.status, result);
+                }
+            }
+        }
+        self.finish(batch, &mut pending)?;
+        Ok(reads == BATCH_READS)
+    }
+
+    /// Translate the read of `buffers` from `sector` into `segments` and queue its
+    /// transfers as request `token`, each holding a registration of the translation.
+    /// Returns the request while its I/O is in flight; `None` once it has been completed
+    /// here (refused, or run on its own).
+    fn submit(
+        &mut self,
+        batch: &mut Batch<'_, 'a>,
+        token: usize,
+        chain: (u16, GuestAddress),
+        sector: u64,
+        buffers: &[GuestBuffer],
+        segments: &mut [Segment],
+    ) -> Option<Pending> {
+        let (head, status) = chain;
+        let translator = &mut *self.translator;
+        let total: u64 = buffers.iter().map(|buffer| u64::from(buffer.length)).sum();
+        let translated =
+            hv_vbd::Request::from_bytes(Access::Read, sector, total).and_then(|hv_request| {
+                translator.translate_into(&self.queue.target.vbd, &hv_request, segments)
+            });
+        let translation = match translated {
+            Ok(translation) => translation,
+            Err(Error::TooBig) => {
+                // More pieces than a slot holds: on its own, with a buffer that grows.
+                let result = transfer_alone(
+                    self.queue,
+                    Access::Read,
+                    sector,
+                    buffers,
+                    self.memory,
+                    translator,
+                );
+                self.complete(head, status, result);
+                return None;
+            }
+            Err(error) => {
+                self.complete(head, status, Err(error.into()));
+                return None;
+            }
+        };
+        let mut request = Pending {
+            head,
+            status,
+            // At most `u32::MAX - 1`: parsing bounds a request's data.
+            input: total as u32,
+            transfers: 0,
+            error: None,
+        };
+        self.pieces.clear();
+        let walked = each_slice(
+            self.queue,
+            &translation,
+            buffers,
+            self.memory,
+            |disk, offset, slice| {
+                if !self.pieces.extends(disk, offset) {
+                    self.queue_pieces(batch, token, &mut request, &translation);
+                    self.pieces.start(disk, offset);
+                }
+                self.pieces.push(slice, offset + slice.len() as u64);
+                Ok(())
+            },
+        );
+        if let Err(error) = walked {
+            request.error = Some(error);
+        }
+        if request.error.is_none() {
+            self.queue_pieces(batch, token, &mut request, &translation);
+        }
+        // The transfers queued hold registrations of their own; this one may go.
+        drop(translation);
+        if request.transfers == 0 {
+            let result = request.error.map_or(Ok(request.input), Err);
+            self.complete(head, status, result);
+            return None;
+        }
+        Some(request)
+    }
+
+    /// Queue the read `pieces` gathered (one contiguous run of one disk) as one transfer,
+    /// which holds a registration of `translation` until the kernel has finished it.
+    fn queue_pieces(
+        &mut self,
+        batch: &mut Batch<'_, 'a>,
+        token: usize,
+        request: &mut Pending,
+        translation: &Translation<'_, 'static>,
+    ) {
+        let Some((disk, offset)) = self.pieces.start.take() else {
+            return;
+        };
+        let registration = translation.registration();
+        match batch.read(
+            token as u64,
+            disk.file(),
+            offset,
+            &self.pieces.slices,
+            registration,
+        ) {
+            Ok(()) => request.transfers += 1,
+            Err(error) => request.error = Some(self.failed(error)),
+        }
+        self.pieces.slices.clear();
+    }
+
+    /// Wait for every transfer of the batch, completing each request once its last one has,
+    /// and signal the guest after every round of completions.
+    fn finish(&mut self, batch: &mut Batch<'_, 'a>, pending: &mut Vec<Pending>) -> io::Result<()> {
+        while batch.in_flight() > 0 {
+            for (token, result) in batch.finish_some()? {
+                let Some(request) = pending.get_mut(token as usize) else {
+                    continue;
+                };
+                if let Err(error) = result {
+                    request.error = Some(self.failed(error));
+                }
+                request.transfers -= 1;
+                if request.transfers == 0 {
+                    let result = request.error.map_or(Ok(request.input), Err);
+                    let (head, status) = (request.head, request.status);
+                    self.complete(head, status, result);
+                }
+            }
+            self.signal();
+        }
+        pending.clear();
+        self.signal();
+        Ok(())
+    }
+}
+
+/// Consecutive slices of one transfer in the making: one disk, contiguous offsets.
+#[derive(Default)]
+pub(super) struct Pieces<'m> {
+    /// The disk and the offset of the first slice.
+    start: Option<(&'m Disk, u64)>,
+    /// The offset just past the last slice.
+    end: u64,
+    slices: Vec<VolatileSlice<'m>>,
+}
+
+impl<'m> Pieces<'m> {
+    /// Whether a slice of `disk` at `offset` continues this transfer.
+    fn extends(&self, disk: &Disk, offset: u64) -> bool {
+        self.start
+            .is_some_and(|(start, _)| std::ptr::eq(start, disk))
+            && self.end == offset
+            && self.slices.len() < uring::MAX_SLICES
+    }
+
+    /// Forget what was gathered, keeping the room for it.
+    fn clear(&mut self) {
+        self.start = None;
+        self.slices.clear();
+    }
+
+    fn start(&mut self, disk: &'m Disk, offset: u64) {
+        self.start = Some((disk, offset));
+    }
+
+    fn push(&mut self, slice: VolatileSlice<'m>, end: u64) {
+        self.slices.push(slice);
+        self.end = end;
+    }
+}

@@ -1,0 +1,329 @@
+//! vbd-backend against a hostile guest: the test writes descriptor tables and avail rings
+//! as a guest that wants to break the backend would, and checks the exact answer to each.
+//! After every case the queue still answers a well-formed read with the disk's bytes, and
+//! the other VBD served by the same backend keeps its bytes.
+
+mod common;
+#[path = "common/hostile_driver.rs"]
+mod hostile_driver;
+
+use common::{hda, hdb, label, pattern, xvda, Backend};
+use hostile_driver::{
+    Driver, DATA, HEADER, IOERR, MEMORY_BYTES, OK, QUEUE_SIZE, STATUS, USED, VIRTIO_BLK_T_GET_ID,
+    VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+};
+use shared_abi::wire::Extent;
+use shared_abi::{Mode, SharingLevel};
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::EventFd;
+
+const VIRTIO_BLK_S_UNSUPP: u8 = 2;
+const VIRTQ_DESC_F_INDIRECT: u16 = 4;
+/// Where the tests put an indirect descriptor table.
+const INDIRECT: u64 = 0x5000;
+
+/// The hostile guest's VBD (domain 1's xvda, 12 sectors: hdb 1000..1008 then hda
+/// 5000..5004) and a bystander (domain 2's xvda, hda 100..116), each filled with a pattern.
+struct Tenants {
+    backend: Backend,
+    guest: Vec<u8>,
+    bystander: Vec<u8>,
+}
+
+impl Tenants {
+    fn start() -> Tenants {
+        let backend = Backend::start(&[]);
+        let mut hypervisor = backend.hypervisor();
+        let rw = Mode::READ | Mode::WRITE;
+        hypervisor.create(1, xvda(), rw, label("vd:1")).unwrap();
+        let extents = [
+            Extent::new(hdb(), 1000, 8).unwrap(),
+            Extent::new(hda(), 5000, 4).unwrap(),
+        ];
+        hypervisor
+            .set_extents(1, xvda(), &extents, SharingLevel::ReadersOnly)
+            .unwrap();
+        hypervisor.create(2, xvda(), rw, label("vd:2")).unwrap();
+        hypervisor
+            .set_extents(
+                2,
+                xvda(),
+                &[Extent::new(hda(), 100, 16).unwrap()],
+                SharingLevel::ReadersOnly,
+            )
+            .unwrap();
+        let guest = pattern(12 * 512, 0x31);
+        backend.write_image("hdb", 1000 * 512, &guest[..8 * 512]);
+        backend.write_image("hda", 5000 * 512, &guest[8 * 512..]);
+        let bystander = pattern(16 * 512, 0x77);
+        backend.write_image("hda", 100 * 512, &bystander);
+        Tenants {
+            backend,
+            guest,
+            bystander,
+        }
+    }
+
+    fn driver(&self) -> Driver {
+        Driver::connect(&self.backend.socket(1, "xvda"), 0)
+    }
+
+    /// The queue still answers a well-formed read with the disk's bytes, and neither VBD's
+    /// bytes changed.
+    fn still_served(&self, driver: &mut Driver) {
+        assert_eq!(driver.read(0, 12 * 512, 1536), (OK, self.guest.clone()));
+        let mut guest = self.backend.read_image("hdb", 1000 * 512, 8 * 512);
+        guest.extend(self.backend.read_image("hda", 5000 * 512, 4 * 512));
+        assert!(guest == self.guest, "the guest's own VBD changed");
+        let bystander = self.backend.read_image("hda", 100 * 512, 16 * 512);
+        assert!(bystander == self.bystander, "another VBD's bytes changed");
+    }
+}
+
+/// Chain `head`: a header of `kind` at `sector` (at `HEADER`), the data descriptors, and
+/// the status byte, as descriptors `head`, `head + 1`, ...
+fn chain(driver: &Driver, head: u16, kind: u32, sector: u64, data: &[(u64, u32, u16)]) {
+    driver.header(kind, sector);
+    driver.descriptor(head, HEADER, 16, VIRTQ_DESC_F_NEXT);
+    for (offset, &(address, length, flags)) in data.iter().enumerate() {
+        driver.descriptor(
+            head + 1 + offset as u16,
+            address,
+            length,
+            flags | VIRTQ_DESC_F_NEXT,
+        );
+    }
+    let last = head + 1 + data.len() as u16;
+    driver.raw_descriptor(last, STATUS, 1, VIRTQ_DESC_F_WRITE, 0);
+}
+
+/// Offer chain 0, kick, and return its status and used length.
+fn answer_of_chain_zero(driver: &mut Driver) -> (u8, u32) {
+    driver.offer(&[0]);
+    driver.kick();
+    let answers = driver.answered(1);
+    assert_eq!(answers[0].0, 0);
+    (driver.status(), answers[0].1)
+}
+
+const WRITABLE: u16 = VIRTQ_DESC_F_WRITE;
+
+#[test]
+fn heads_at_or_past_the_queue_size_are_skipped_among_valid_reads() {
+    let tenants = Tenants::start();
+    let mut driver = tenants.driver();
+    chain(&driver, 0, VIRTIO_BLK_T_IN, 0, &[(DATA, 512, WRITABLE)]);
+    driver.offer(&[0xffff, 0, QUEUE_SIZE, 0]);
+    driver.kick();
+    let answers = driver.answered(2);
+    assert_eq!(answers, [(0, 513), (0, 513)]);
+    assert_eq!(driver.status(), OK);
+    tenants.still_served(&mut driver);
+}
+
+#[test]
+fn a_descriptor_loop_is_cut_at_the_queue_size_and_refused() {
+    let tenants = Tenants::start();
+    let mut driver = tenants.driver();
+    // 0 -> 1 -> 0 -> ...: the chain never ends.
+    driver.header(VIRTIO_BLK_T_IN, 0);
+    driver.raw_descriptor(0, HEADER, 16, VIRTQ_DESC_F_NEXT, 1);
+    driver.raw_descriptor(1, DATA, 512, VIRTQ_DESC_F_NEXT | WRITABLE, 0);
+    // The chain is cut after 16 descriptors, the last a data buffer: its last byte is the
+    // status, and a readable header after a writable buffer is refused.
+    assert_eq!(answer_of_chain_zero(&mut driver), (0xff, 1));
+    let status: u8 = driver.memory.read_obj(GuestAddress(DATA + 511)).unwrap();
+    assert_eq!(status, IOERR);
+    tenants.still_served(&mut driver);
+}
+
+#[test]
+fn indirect_tables_serve_and_nested_or_huge_ones_are_refused() {
+    let tenants = Tenants::start();
+    let mut driver = tenants.driver();
+    let table_chain = |driver: &mut Driver, length: u32| {
+        driver.raw_descriptor(0, INDIRECT, length, VIRTQ_DESC_F_INDIRECT, 0);
+        answer_of_chain_zero(driver)
+    };
+    // A well-formed indirect read of the first sector.
+    driver.header(VIRTIO_BLK_T_IN, 0);
+    driver.raw_descriptor_at(INDIRECT, 0, HEADER, 16, VIRTQ_DESC_F_NEXT, 1);
+    driver.raw_descriptor_at(INDIRECT, 1, DATA, 512, VIRTQ_DESC_F_NEXT | WRITABLE, 2);
+    driver.raw_descriptor_at(INDIRECT, 2, STATUS, 1, WRITABLE, 0);
+    assert_eq!(table_chain(&mut driver, 48), (OK, 513));
+    let mut first = vec![0u8; 512];
+    driver
+        .memory
+        .read_slice(&mut first, GuestAddress(DATA))
+        .unwrap();
+    assert!(first == tenants.guest[..512]);
+    // An indirect descriptor inside the indirect table.
+    driver.header(VIRTIO_BLK_T_IN, 0);
+    driver.raw_descriptor_at(INDIRECT, 1, INDIRECT + 0x100, 48, VIRTQ_DESC_F_INDIRECT, 0);
+    assert_eq!(table_chain(&mut driver, 48).1, 0);
+    // A table far longer than guest memory.
+    driver.header(VIRTIO_BLK_T_IN, 0);
+    assert_eq!(table_chain(&mut driver, u32::MAX - 15).1, 0);
+    tenants.still_served(&mut driver);
+}
+
+#[test]
+fn zero_length_overlapping_and_status_overlapping_buffers_are_answered_exactly() {
+    let tenants = Tenants::start();
+    let mut driver = tenants.driver();
+    // A zero-length buffer among the data: ignored, the read is whole.
+    chain(
+        &driver,
+        0,
+        VIRTIO_BLK_T_IN,
+        0,
+        &[(DATA, 0, WRITABLE), (DATA, 512, WRITABLE)],
+    );
+    assert_eq!(answer_of_chain_zero(&mut driver), (OK, 513));
+    // Two buffers over the same bytes: both are filled, in order; the last wins.
+    chain(
+        &driver,
+        0,
+        VIRTIO_BLK_T_IN,
+        0,
+        &[(DATA, 512, WRITABLE), (DATA, 512, WRITABLE)],
+    );
+    assert_eq!(answer_of_chain_zero(&mut driver), (OK, 1025));
+    let mut bytes = vec![0u8; 512];
+    driver
+        .memory
+        .read_slice(&mut bytes, GuestAddress(DATA))
+        .unwrap();
+    assert!(bytes == tenants.guest[512..1024]);
+    // Data over the status byte: the status is written after the data.
+    chain(
+        &driver,
+        0,
+        VIRTIO_BLK_T_IN,
+        0,
+        &[(STATUS - 511, 512, WRITABLE)],
+    );
+    assert_eq!(answer_of_chain_zero(&mut driver), (OK, 513));
+    // Data over the used ring: the guest asked for it; the ring's own entries come after.
+    chain(&driver, 0, VIRTIO_BLK_T_IN, 0, &[(USED, 512, WRITABLE)]);
+    assert_eq!(answer_of_chain_zero(&mut driver), (OK, 513));
+    tenants.still_served(&mut driver);
+}
+
+#[test]
+fn addresses_outside_memory_and_a_read_only_status_are_refused() {
+    let tenants = Tenants::start();
+    let mut driver = tenants.driver();
+    let outside = MEMORY_BYTES as u64;
+    chain(&driver, 0, VIRTIO_BLK_T_IN, 0, &[(outside, 512, WRITABLE)]);
+    assert_eq!(answer_of_chain_zero(&mut driver), (IOERR, 1));
+    chain(
+        &driver,
+        0,
+        VIRTIO_BLK_T_IN,
+        0,
+        &[(u64::MAX - 255, 512, WRITABLE)],
+    );
+    assert_eq!(answer_of_chain_zero(&mut driver), (IOERR, 1));
+    // The status byte in a descriptor the device may not write.
+    driver.header(VIRTIO_BLK_T_IN, 0);
+    driver.descriptor(0, HEADER, 16, VIRTQ_DESC_F_NEXT);
+    driver.descriptor(1, DATA, 512, VIRTQ_DESC_F_NEXT | WRITABLE);
+    driver.raw_descriptor(2, STATUS, 1, 0, 0);
+    assert_eq!(answer_of_chain_zero(&mut driver), (0xff, 0));
+    tenants.still_served(&mut driver);
+}
+
+#[test]
+fn ranges_past_the_end_or_overflowing_unknown_types_and_a_one_byte_id_are_answered() {
+    let tenants = Tenants::start();
+    let mut driver = tenants.driver();
+    for sector in [12, 11, u64::MAX, u64::MAX / 512 + 1] {
+        chain(
+            &driver,
+            0,
+            VIRTIO_BLK_T_IN,
+            sector,
+            &[(DATA, 1024, WRITABLE)],
+        );
+        assert_eq!(
+            answer_of_chain_zero(&mut driver),
+            (IOERR, 1),
+            "read at {sector}"
+        );
+        chain(&driver, 0, VIRTIO_BLK_T_OUT, sector, &[(DATA, 1024, 0)]);
+        assert_eq!(
+            answer_of_chain_zero(&mut driver),
+            (IOERR, 1),
+            "write at {sector}"
+        );
+    }
+    chain(&driver, 0, 0x7777, 0, &[(DATA, 512, WRITABLE)]);
+    assert_eq!(answer_of_chain_zero(&mut driver), (VIRTIO_BLK_S_UNSUPP, 1));
+    driver
+        .memory
+        .write_obj(0u8, GuestAddress(DATA + 1))
+        .unwrap();
+    chain(&driver, 0, VIRTIO_BLK_T_GET_ID, 0, &[(DATA, 1, WRITABLE)]);
+    assert_eq!(answer_of_chain_zero(&mut driver), (OK, 2));
+    let id: [u8; 2] = driver.memory.read_obj(GuestAddress(DATA)).unwrap();
+    assert_eq!(id, [b'v', 0], "one byte of the serial, nothing past it");
+    tenants.still_served(&mut driver);
+}
+
+#[test]
+fn a_used_ring_the_guest_overwrites_does_not_stop_the_queue() {
+    let tenants = Tenants::start();
+    let mut driver = tenants.driver();
+    tenants.still_served(&mut driver);
+    // The guest scribbles over the whole used ring, its index included, then puts the
+    // index back where it was so that it can count the next answers.
+    let used = driver.used_index();
+    driver
+        .memory
+        .write_slice(&[0xa5; 4 + 8 * 16], GuestAddress(USED))
+        .unwrap();
+    driver
+        .memory
+        .write_obj(used, GuestAddress(USED + 2))
+        .unwrap();
+    tenants.still_served(&mut driver);
+}
+
+#[test]
+fn a_call_eventfd_at_its_maximum_count_blocks_nothing() {
+    let tenants = Tenants::start();
+    let call = EventFd::new(0).unwrap();
+    call.write(0xffff_ffff_ffff_fffe).unwrap();
+    let mut driver = Driver::connect_with_call(&tenants.backend.socket(1, "xvda"), 0, call);
+    for _ in 0..3 {
+        tenants.still_served(&mut driver);
+    }
+    // The backend's control plane answers: the VBD is deleted.
+    tenants.backend.hypervisor().delete(1, xvda()).unwrap();
+    assert_eq!(driver.read(0, 512, 256).0, IOERR);
+}
+
+#[test]
+fn a_vmm_that_vanishes_mid_batch_leaves_the_socket_serving_the_next() {
+    let tenants = Tenants::start();
+    let mut driver = tenants.driver();
+    for head in 0..8u16 {
+        let data = DATA + 0x1000 * u64::from(head);
+        driver.raw_descriptor(3 * head, HEADER, 16, VIRTQ_DESC_F_NEXT, 3 * head + 1);
+        driver.raw_descriptor(
+            3 * head + 1,
+            data,
+            4096,
+            VIRTQ_DESC_F_NEXT | WRITABLE,
+            3 * head + 2,
+        );
+        driver.raw_descriptor(3 * head + 2, STATUS + u64::from(head), 1, WRITABLE, 0);
+    }
+    driver.header(VIRTIO_BLK_T_IN, 0);
+    driver.offer(&[0, 3, 6, 9, 12]);
+    driver.kick();
+    drop(driver);
+    let mut next = tenants.driver();
+    tenants.still_served(&mut next);
+}
