@@ -8,13 +8,13 @@
 
 mod handshake;
 mod transmission;
-mod wire;
 
 use std::io;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 
 use hv_vbd::VbdRef;
+use vbd_backend::nbd::{options, request, wire};
 
 use crate::service::Shared;
 use crate::threads::{Connections, VbdSocket};

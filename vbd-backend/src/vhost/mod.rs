@@ -14,7 +14,6 @@
 mod bridge;
 mod device;
 mod queue;
-mod request;
 
 use std::io;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -23,6 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
+use vbd_backend::vhost::request;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
