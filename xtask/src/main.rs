@@ -5,6 +5,7 @@
 
 mod bench;
 mod demo;
+mod fuzz;
 mod man;
 mod provision;
 mod qemu;
@@ -24,6 +25,11 @@ commands:
   demo [--bare-metal]           the HOWTO walkthrough, every command printed and checked: a
                                 real Linux guest boots from a VD served by vbd-backend
                                 (--bare-metal: dom1 of the test hypervisor reads it back)
+  fuzz TARGET [--seconds N]     run a cargo-fuzz target of fuzz/ for N seconds (default 60)
+                                after writing its seed corpus; installs cargo-fuzz if
+                                missing; fails on a crash, a panic or a hang (the input is
+                                kept in fuzz/artifacts/TARGET/). TARGET: virtio_request,
+                                nbd_option or nbd_request
   man                           write the manual page vdisk(1) to target/man/vdisk.1
   test                          formatting, clippy, every host test, the no_std builds and
                                 the QEMU integration suite
@@ -37,6 +43,7 @@ commands:
 examples:
   cargo xtask demo
   cargo xtask demo --bare-metal
+  cargo xtask fuzz virtio_request --seconds 600
   cargo xtask qemu --dir /tmp/vm --disk hda=512M --disk hdb=128M
 ";
 
@@ -51,6 +58,10 @@ fn main() -> ExitCode {
             [] => demo::run(demo::Embedding::Backend),
             [flag] if flag == "--bare-metal" => demo::run(demo::Embedding::BareMetal),
             _ => return usage_error("demo takes only --bare-metal"),
+        },
+        Some("fuzz") => match fuzz::Options::parse(&arguments[1..]) {
+            Ok(options) => fuzz::run(options),
+            Err(message) => return usage_error(&message),
         },
         Some("man") if arguments.len() == 1 => man::run(),
         Some("test") if arguments.len() == 1 => test::run(),

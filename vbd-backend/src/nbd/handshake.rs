@@ -7,14 +7,13 @@
 
 use std::io::{self, Read, Write};
 
+use super::options::{parse_info_request, read_option, ClientOption};
 use super::wire::*;
 use super::Target;
 use crate::vbd::vbd_state;
 
 /// Options a client may send before it must choose an export.
 const MAX_OPTIONS: usize = 64;
-/// The longest option data read: an export name is at most 4096 bytes.
-const MAX_OPTION_DATA: u32 = 8192;
 /// Block sizes: sectors at least, 4 KiB preferred, at most 32 MiB per request.
 pub const MINIMUM_BLOCK: u32 = 512;
 pub const PREFERRED_BLOCK: u32 = 4096;
@@ -67,25 +66,6 @@ fn lookup(target: &Target, name: &[u8]) -> Option<Negotiated> {
         })
 }
 
-/// The data of `NBD_OPT_INFO` and `NBD_OPT_GO`: a name and the information items asked.
-fn parse_info_request(data: &[u8]) -> Option<(&[u8], Vec<u16>)> {
-    let name_length = u32::from_be_bytes(data.get(..4)?.try_into().ok()?) as usize;
-    let name = data.get(4..4usize.checked_add(name_length)?)?;
-    let rest = &data[4 + name_length..];
-    let count = u16::from_be_bytes(rest.get(..2)?.try_into().ok()?) as usize;
-    let items = rest.get(2..)?;
-    if items.len() != count * 2 {
-        return None;
-    }
-    Some((
-        name,
-        items
-            .chunks_exact(2)
-            .map(|item| u16::from_be_bytes([item[0], item[1]]))
-            .collect(),
-    ))
-}
-
 /// Greet the client and haggle; `None` when the client left or had to be disconnected.
 pub fn negotiate<S: Read + Write>(
     stream: &mut S,
@@ -103,16 +83,9 @@ pub fn negotiate<S: Read + Write>(
     }
     let no_zeroes = client_flags & FLAG_C_NO_ZEROES != 0;
     for _ in 0..MAX_OPTIONS {
-        if read_u64(stream)? != IHAVEOPT {
+        let Some(ClientOption { option, data }) = read_option(stream)? else {
             return Ok(None);
-        }
-        let option = read_u32(stream)?;
-        let length = read_u32(stream)?;
-        if length > MAX_OPTION_DATA {
-            return Ok(None);
-        }
-        let mut data = vec![0u8; length as usize];
-        stream.read_exact(&mut data)?;
+        };
         match option {
             OPT_EXPORT_NAME => {
                 // No error reply exists for this option: an unknown name ends the session.
@@ -196,40 +169,6 @@ pub fn negotiate<S: Read + Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn info_request(name: &[u8], items: &[u16]) -> Vec<u8> {
-        let mut data = Vec::new();
-        data.put_u32(name.len() as u32);
-        data.extend_from_slice(name);
-        data.put_u16(items.len() as u16);
-        items.iter().for_each(|&item| {
-            data.put_u16(item);
-        });
-        data
-    }
-
-    #[test]
-    fn information_requests_parse_only_when_every_length_agrees() {
-        let good = info_request(b"xvda", &[INFO_BLOCK_SIZE, INFO_NAME]);
-        assert_eq!(
-            parse_info_request(&good),
-            Some((&b"xvda"[..], vec![INFO_BLOCK_SIZE, INFO_NAME]))
-        );
-        assert_eq!(parse_info_request(&good[..good.len() - 1]), None);
-        let mut long = good.clone();
-        long.push(0);
-        assert_eq!(parse_info_request(&long), None);
-        let mut lying = good.clone();
-        lying[3] = 200;
-        assert_eq!(parse_info_request(&lying), None);
-        let mut huge = good;
-        huge[..4].copy_from_slice(&u32::MAX.to_be_bytes());
-        assert_eq!(parse_info_request(&huge), None);
-        assert_eq!(
-            parse_info_request(&info_request(b"", &[])),
-            Some((&b""[..], vec![]))
-        );
-    }
 
     #[test]
     fn read_only_exports_advertise_read_only_and_no_trim() {

@@ -8,7 +8,6 @@
 
 mod handshake;
 mod transmission;
-mod wire;
 
 use std::io;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -16,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hv_vbd::VbdRef;
+use vbd_backend::nbd::{options, request, wire};
 
 use crate::shared::Shared;
 use crate::sockets::Peers;

@@ -16,7 +16,6 @@ mod bridge;
 mod device;
 mod exit_events;
 mod queue;
-mod request;
 
 use std::io;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -25,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use vbd_backend::vhost::request;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
