@@ -16,6 +16,9 @@ use crate::inflight::Fencing;
 use crate::seqlock::SeqLock;
 use crate::sync::{AtomicBool, AtomicU64, Ordering};
 
+/// I/O threads racing the change.
+const READERS: usize = 2;
+
 /// The old and new physical starts of the VBD's two extents.
 const OLD: [u64; 2] = [10, 20];
 const NEW: [u64; 2] = [30, 40];
@@ -74,35 +77,41 @@ impl Model {
     }
 }
 
-fn explore(test: impl Fn() + Sync + Send + 'static) {
+/// Run `test` in every interleaving with at most `preemptions` forced switches.
+fn explore(preemptions: usize, test: impl Fn() + Sync + Send + 'static) {
     let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(3);
-    // Every spin of a waiting thread is a branch: waits here are long in branches, not in
-    // states.
-    builder.max_branches = 100_000;
+    builder.preemption_bound = Some(preemptions);
+    // Every spin of a waiting thread is a branch: waits are long in branches, not in states.
+    builder.max_branches = 10_000;
     builder.check(test);
+}
+
+/// `readers` I/O threads race one change.
+fn race(readers: usize) {
+    let model = Arc::new(Model::new());
+    let threads: Vec<_> = (0..readers)
+        .map(|_| {
+            let model = model.clone();
+            thread::spawn(move || model.io())
+        })
+        .collect();
+    model.change();
+    for thread in threads {
+        thread.join().expect("a reader panicked");
+    }
 }
 
 #[test]
 fn no_io_translated_before_a_change_outlives_its_fence() {
-    explore(|| {
-        let model = Arc::new(Model::new());
-        let readers: Vec<_> = (0..2)
-            .map(|_| {
-                let model = model.clone();
-                thread::spawn(move || model.io())
-            })
-            .collect();
-        model.change();
-        for reader in readers {
-            reader.join().expect("a reader panicked");
-        }
-    });
+    // Deep in preemptions with one reader; two readers with fewer (each further forced switch
+    // multiplies the schedules by the threads' steps: two readers at 2 take many minutes).
+    explore(4, || race(1));
+    explore(1, || race(2));
 }
 
 #[test]
 fn a_change_to_another_vbd_does_not_wait_for_this_ones_io() {
-    explore(|| {
+    explore(4, || {
         let model = Arc::new(Model::new());
         let reader = {
             let model = model.clone();

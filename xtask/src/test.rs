@@ -101,6 +101,14 @@ pub fn run() -> Result<(), String> {
         cargo().args(["test", "--workspace", "--exclude", "vbd-integration"]),
         &mut tally,
     )?;
+    eprintln!("xtask: the model check of hv-vbd's fencing and seqlock (loom, in target/loom)");
+    run_tests(
+        cargo()
+            .env("RUSTFLAGS", "--cfg loom")
+            .env("CARGO_TARGET_DIR", root.join("target/loom"))
+            .args(["test", "--package", "hv-vbd", "--lib", "--release"]),
+        &mut tally,
+    )?;
     eprintln!("xtask: hv-vbd and shared-abi build for x86_64-unknown-none (no_std, no alloc)");
     run_command(cargo().args([
         "build",

@@ -15,6 +15,15 @@ pub fn display(command: &Command) -> String {
         .map_or_else(String::new, |directory| {
             format!("cd {} && ", shell_word(&directory.to_string_lossy()))
         });
+    for (name, value) in command.get_envs() {
+        if let Some(value) = value {
+            text.push_str(&format!(
+                "{}={} ",
+                name.to_string_lossy(),
+                shell_word(&value.to_string_lossy())
+            ));
+        }
+    }
     text.push_str(&shell_word(&command.get_program().to_string_lossy()));
     for argument in command.get_args() {
         text.push(' ');
@@ -282,5 +291,8 @@ mod tests {
             display(&elsewhere),
             "cd target/demo/rootfs && sha256sum init"
         );
+        let mut with_flags = Command::new("cargo");
+        with_flags.env("RUSTFLAGS", "--cfg loom").arg("test");
+        assert_eq!(display(&with_flags), "RUSTFLAGS='--cfg loom' cargo test");
     }
 }
