@@ -39,7 +39,7 @@
 //! still reach them; [`Fencing::quiet`] tells a change that adds extents whether any
 //! fence is still draining anywhere.
 //!
-//! The model test in [`crate::model`] checks this argument with loom.
+//! The model test (`model.rs`, under `--cfg loom`) checks this argument with loom.
 
 use crate::sync::{const_fn, fence, spin_loop, AtomicBool, AtomicU32, AtomicU64, Ordering};
 

@@ -6,7 +6,7 @@
 //! The embedding hypervisor keeps one [`VbdTable`] (usually in a `static`), registers the
 //! physical disks it found, and then supplies only its transport and its disk I/O:
 //! - hypercalls go to [`VbdTable::dispatch`] with the caller's domain taken from the
-//!   channel, or whole frames to [`serve::FrameServer`], which also answers the channel's
+//!   channel, or whole frames to [`VbdTable::serve_frame`], which also answers the channel's
 //!   block requests;
 //! - each I/O thread takes an [`IoContext`] (as many as it likes: they are free); a guest
 //!   request becomes a [`Request`], which [`VbdTable::translate`] turns into physical

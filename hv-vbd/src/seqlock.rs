@@ -50,7 +50,7 @@ impl SeqLock {
     }
 
     /// Begin a write. The caller must be the only writer (it holds the writer mutex, which
-    /// `&mut` on the guard's token proves) and must call [`WriteSection::end`]-by-drop.
+    /// `&mut` on the guard's token proves) and ends the write by dropping the returned section.
     pub(crate) fn write(&self) -> WriteSection<'_> {
         let sequence = self.sequence.load(Ordering::Relaxed);
         debug_assert!(sequence & 1 == 0, "nested seqlock write");

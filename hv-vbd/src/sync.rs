@@ -1,5 +1,5 @@
 //! The atomics the fencing and the seqlock are built on: `core`'s, or loom's under
-//! `--cfg loom`, so the model test in [`crate::model`] explores every interleaving of the
+//! `--cfg loom`, so the model test in `model.rs` explores every interleaving of the
 //! very code translation and changes run.
 //!
 //! loom's atomics cannot be made in a `const` context, so the few constructors that the
