@@ -194,11 +194,13 @@ fn a_guest_holding_its_queue_full_of_the_largest_reads_stalls_no_other_vbds_chan
         Err(mpsc::RecvTimeoutError::Timeout),
         "the delete returned while the VBD's reads were held"
     );
+    // The new tenant's bytes are ready before the release, so that they are written the
+    // moment the delete returns: a read still to land then would carry them.
+    let new_bytes = pattern(IMAGE_BYTES as usize, 0xa5);
     disk.release_reads();
     assert_eq!(deleted.recv_timeout(Duration::from_secs(20)), Ok(Ok(())));
 
     // The extents go to a new tenant, which writes its own bytes over them.
-    let new_bytes = pattern(IMAGE_BYTES as usize, 0xa5);
     OpenOptions::new()
         .write(true)
         .open(disk.path())
