@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use fuser::{
     Config, Errno, FileAttr, FileHandle, FileType, Filesystem, INodeNo, LockOwner, MountOption,
@@ -110,10 +110,21 @@ impl FaultyDisk {
         held.get_or_insert_with(Vec::new);
     }
 
-    /// How many reads are waiting for their answer.
-    pub fn held_reads(&self) -> usize {
-        let held = self.faults.held_reads.lock().unwrap();
-        held.as_ref().map_or(0, Vec::len)
+    /// Wait until a read is held, so the request that made it is in flight; fails the test
+    /// after 20 s.
+    pub fn wait_for_a_held_read(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self
+            .faults
+            .held_reads
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_none_or(Vec::is_empty)
+        {
+            assert!(Instant::now() < deadline, "no read reached the disk");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Answer every held read with the bytes the image holds now, as a slow disk answers
