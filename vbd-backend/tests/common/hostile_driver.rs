@@ -69,6 +69,17 @@ impl Driver {
 
     /// [`Driver::connect`], signalled through `call` (a VMM may hand over any eventfd).
     pub fn connect_with_call(socket: &Path, base: u16, call: EventFd) -> Driver {
+        Driver::connect_with_memory(socket, base, call, MEMORY_BYTES)
+    }
+
+    /// [`Driver::connect_with_call`] with `memory_bytes` of guest memory, for buffers past
+    /// [`MEMORY_BYTES`] (a queue full of the largest requests).
+    pub fn connect_with_memory(
+        socket: &Path,
+        base: u16,
+        call: EventFd,
+        memory_bytes: usize,
+    ) -> Driver {
         let deadline = Instant::now() + Duration::from_secs(20);
         let (mut frontend, features) = loop {
             let frontend = Frontend::connect(socket, 1).unwrap();
@@ -87,10 +98,10 @@ impl Driver {
             .set_protocol_features(VhostUserProtocolFeatures::CONFIG)
             .unwrap();
         let file = tempfile::tempfile().unwrap();
-        file.set_len(MEMORY_BYTES as u64).unwrap();
+        file.set_len(memory_bytes as u64).unwrap();
         let memory = GuestMemoryMmap::<()>::from_ranges_with_files([(
             GuestAddress(0),
-            MEMORY_BYTES,
+            memory_bytes,
             Some(FileOffset::new(file, 0)),
         )])
         .unwrap();

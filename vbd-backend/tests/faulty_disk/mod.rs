@@ -1,7 +1,9 @@
 //! A disk image on a FUSE filesystem served by the test process, whose writes and syncs
 //! fail when the test says so: the backend's real `pwrite` and `fdatasync` then return `EIO`,
-//! as they do on a disk that loses writes. Shared by the unit tests of `disks.rs` and the
-//! integration tests, which start the backend as another process on the same image.
+//! as they do on a disk that loses writes. Its reads can also be held unanswered until the
+//! test releases them, as on a disk far slower than any bound a test could wait for. Shared
+//! by the unit tests of `disks.rs` and the integration tests, which start the backend as
+//! another process on the same image.
 #![allow(dead_code)] // Each user takes part of this.
 
 use std::ffi::OsStr;
@@ -9,12 +11,15 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use fuser::{
     Config, Errno, FileAttr, FileHandle, FileType, Filesystem, INodeNo, LockOwner, MountOption,
     OpenFlags, ReplyAttr, ReplyData, ReplyEmpty, ReplyEntry, ReplyWrite, Request, WriteFlags,
 };
+
+/// The image's bytes, shared by the filesystem and the test that releases held reads.
+type Image = Arc<Mutex<Vec<u8>>>;
 
 /// The image's name in the mounted directory.
 const IMAGE: &str = "disk.img";
@@ -25,6 +30,7 @@ const ATTRIBUTES_VALID: Duration = Duration::from_secs(60);
 /// A mounted image; unmounted when dropped.
 pub struct FaultyDisk {
     faults: Arc<Faults>,
+    data: Image,
     path: PathBuf,
     // Declared before the directory: unmount first, then remove the mount point.
     _session: fuser::BackgroundSession,
@@ -37,6 +43,16 @@ struct Faults {
     fail_next_sync: AtomicBool,
     fail_writes: AtomicBool,
     syncs: AtomicUsize,
+    /// `Some` while reads are held: the reads waiting for their answer. The check whether
+    /// to hold and the push happen under this lock, so a release never misses a read.
+    held_reads: Mutex<Option<Vec<HeldRead>>>,
+}
+
+/// A read the filesystem has not answered yet.
+struct HeldRead {
+    offset: u64,
+    size: u32,
+    reply: ReplyData,
 }
 
 impl FaultyDisk {
@@ -44,10 +60,11 @@ impl FaultyDisk {
     /// `/dev/fuse`: a failure to mount fails the test, naming why.
     pub fn mount(bytes: u64) -> FaultyDisk {
         let faults = Arc::new(Faults::default());
+        let data = Arc::new(Mutex::new(vec![0; bytes as usize]));
         let mount_point = tempfile::tempdir().unwrap();
         let filesystem = ImageFilesystem {
             faults: Arc::clone(&faults),
-            data: Mutex::new(vec![0; bytes as usize]),
+            data: Arc::clone(&data),
             // The owner of a directory this process made: this process.
             owner: std::fs::metadata(mount_point.path())
                 .map(|metadata| (metadata.uid(), metadata.gid()))
@@ -59,6 +76,7 @@ impl FaultyDisk {
             .unwrap_or_else(|error| panic!("mounting a FUSE image (needs /dev/fuse): {error}"));
         FaultyDisk {
             faults,
+            data,
             path: mount_point.path().join(IMAGE),
             _session: session,
             _mount_point: mount_point,
@@ -84,12 +102,61 @@ impl FaultyDisk {
     pub fn syncs(&self) -> usize {
         self.faults.syncs.load(Ordering::SeqCst)
     }
+
+    /// Every read from now on waits unanswered until [`FaultyDisk::release_reads`]: the
+    /// reader blocks in the kernel as on a disk that has not answered yet.
+    pub fn hold_reads(&self) {
+        let mut held = self.faults.held_reads.lock().unwrap();
+        held.get_or_insert_with(Vec::new);
+    }
+
+    /// Wait until a read is held, so the request that made it is in flight; fails the test
+    /// after 20 s.
+    pub fn wait_for_a_held_read(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self
+            .faults
+            .held_reads
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_none_or(Vec::is_empty)
+        {
+            assert!(Instant::now() < deadline, "no read reached the disk");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Answer every held read with the bytes the image holds now, as a slow disk answers
+    /// with what is on it when it gets there, and answer later reads at once.
+    pub fn release_reads(&self) {
+        let held = self.faults.held_reads.lock().unwrap().take();
+        for read in held.into_iter().flatten() {
+            answer(&self.data, read.offset, read.size, read.reply);
+        }
+    }
+}
+
+impl Drop for FaultyDisk {
+    /// A test that fails while reads are held must not leave their readers blocked in the
+    /// kernel, where the backend could never be stopped.
+    fn drop(&mut self) {
+        self.release_reads();
+    }
+}
+
+/// Answer a read of `size` bytes at `offset` with the image's bytes; short at its end.
+fn answer(data: &Mutex<Vec<u8>>, offset: u64, size: u32, reply: ReplyData) {
+    let data = data.lock().unwrap();
+    let start = (offset as usize).min(data.len());
+    let end = start.saturating_add(size as usize).min(data.len());
+    reply.data(&data[start..end]);
 }
 
 /// One directory holding one image kept in memory.
 struct ImageFilesystem {
     faults: Arc<Faults>,
-    data: Mutex<Vec<u8>>,
+    data: Image,
     owner: (u32, u32),
 }
 
@@ -157,10 +224,18 @@ impl Filesystem for ImageFilesystem {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let data = self.data.lock().unwrap();
-        let start = (offset as usize).min(data.len());
-        let end = start.saturating_add(size as usize).min(data.len());
-        reply.data(&data[start..end]);
+        let mut held = self.faults.held_reads.lock().unwrap();
+        match held.as_mut() {
+            Some(reads) => reads.push(HeldRead {
+                offset,
+                size,
+                reply,
+            }),
+            None => {
+                drop(held);
+                answer(&self.data, offset, size, reply);
+            }
+        }
     }
 
     fn write(
