@@ -1,19 +1,28 @@
 //! vbd-backend against a hostile guest: the test writes descriptor tables and avail rings
 //! as a guest that wants to break the backend would, and checks the exact answer to each.
 //! After every case the queue still answers a well-formed read with the disk's bytes, and
-//! the other VBD served by the same backend keeps its bytes.
+//! the other VBD served by the same backend keeps its bytes. A VMM's own messages are tried
+//! too, against a read held in flight on a disk that answers only when the test says so:
+//! stopping the ring while it is held.
 
 mod common;
+mod faulty_disk;
 #[path = "common/hostile_driver.rs"]
 mod hostile_driver;
 
-use common::{hda, hdb, label, pattern, xvda, Backend};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use common::{hda, hdb, label, pattern, xvda, Backend, IMAGE_BYTES};
+use faulty_disk::FaultyDisk;
 use hostile_driver::{
     Driver, DATA, HEADER, IOERR, MEMORY_BYTES, OK, QUEUE_SIZE, STATUS, USED, VIRTIO_BLK_T_GET_ID,
     VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
 };
 use shared_abi::wire::Extent;
 use shared_abi::{Mode, SharingLevel};
+use vhost::VhostBackend;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -326,4 +335,104 @@ fn a_vmm_that_vanishes_mid_batch_leaves_the_socket_serving_the_next() {
     drop(driver);
     let mut next = tenants.driver();
     tenants.still_served(&mut next);
+}
+
+/// A backend whose hda is `disk`, serving domain 1's xvda over 64 sectors of it that nothing
+/// has read or written yet, so that its reads reach the disk (not the page cache) and are
+/// held there while the disk holds them.
+fn backend_on_a_held_disk(disk: &FaultyDisk) -> Backend {
+    let backend = Backend::start_with(Some(disk.path()), None, &[]);
+    let mut hypervisor = backend.hypervisor();
+    hypervisor
+        .create(1, xvda(), Mode::READ | Mode::WRITE, label("vd:1"))
+        .unwrap();
+    hypervisor
+        .set_extents(
+            1,
+            xvda(),
+            &[Extent::new(hda(), 20000, 64).unwrap()],
+            SharingLevel::ReadersOnly,
+        )
+        .unwrap();
+    backend
+}
+
+/// All of the guest's memory, to see whether anything in it changes.
+fn guest_bytes(driver: &Driver) -> Vec<u8> {
+    let mut bytes = vec![0u8; MEMORY_BYTES];
+    driver
+        .memory
+        .read_slice(&mut bytes, GuestAddress(0))
+        .unwrap();
+    bytes
+}
+
+/// How long the test gives the backend to do what it must not (answer early, write late).
+const GRACE: Duration = Duration::from_millis(500);
+
+#[test]
+fn get_vring_base_waits_for_the_read_in_flight_and_nothing_is_written_after_it() {
+    let disk = FaultyDisk::mount(IMAGE_BYTES);
+    let backend = backend_on_a_held_disk(&disk);
+    let mut driver = Driver::connect(&backend.socket(1, "xvda"), 0);
+    driver
+        .memory
+        .write_slice(&[0xee; 4096], GuestAddress(DATA))
+        .unwrap();
+    disk.hold_reads();
+    chain(&driver, 0, VIRTIO_BLK_T_IN, 0, &[(DATA, 4096, WRITABLE)]);
+    driver.offer(&[0]);
+    driver.kick();
+    disk.wait_for_a_held_read();
+    let frontend = &driver.frontend;
+    let (early, base, at_stop) = thread::scope(|scope| {
+        let (returned, stopped) = mpsc::channel();
+        scope.spawn(move || {
+            let base = frontend
+                .get_vring_base(0)
+                .map_err(|error| error.to_string());
+            returned.send(base).unwrap();
+        });
+        let early = stopped.recv_timeout(GRACE).ok();
+        disk.release_reads();
+        let base = early.clone().unwrap_or_else(|| {
+            stopped
+                .recv_timeout(Duration::from_secs(20))
+                .expect("GET_VRING_BASE never returned")
+        });
+        // What the guest's memory holds the moment the ring is stopped.
+        (early.is_some(), base, guest_bytes(&driver))
+    });
+    assert!(
+        !early,
+        "GET_VRING_BASE returned while a read of its ring was in flight"
+    );
+    assert_eq!(base, Ok(1));
+    assert_eq!(driver.used_index(), 1, "the read was answered before it");
+    assert_eq!(driver.status(), OK);
+    let mut data = vec![0xffu8; 4096];
+    driver
+        .memory
+        .read_slice(&mut data, GuestAddress(DATA))
+        .unwrap();
+    assert!(data == [0; 4096], "the read brought the disk's zeros");
+    thread::sleep(GRACE);
+    assert!(
+        guest_bytes(&driver) == at_stop,
+        "the guest's memory changed after the ring stopped"
+    );
+    // The guest offers the read again and kicks: the stopped ring touches nothing.
+    driver
+        .memory
+        .write_obj(0xffu8, GuestAddress(STATUS))
+        .unwrap();
+    driver.offer(&[0]);
+    driver.kick();
+    let offered = guest_bytes(&driver);
+    thread::sleep(GRACE);
+    assert_eq!(driver.used_index(), 1);
+    assert!(
+        guest_bytes(&driver) == offered,
+        "a stopped ring wrote to the guest's memory"
+    );
 }

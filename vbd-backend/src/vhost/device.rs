@@ -6,6 +6,13 @@
 //! requests. Nothing a guest sends can stop a queue: every failure becomes a status byte,
 //! and `handle_event` only fails on errors of the vhost-user plumbing itself.
 //!
+//! A ring is stopped (`GET_VRING_BASE`, when the VMM stops the device or hands it over) only
+//! once every request its queue thread popped has completed: vhost-user-backend marks the
+//! ring not ready, so the thread pops nothing more, then asks [`BlockDevice::stop_vring`],
+//! which waits for the thread's batch to finish. From then until the ring is started again,
+//! the queue thread writes nothing to the guest's memory or its used ring, whatever it is
+//! woken for: the VMM reads where the ring stopped and owns it.
+//!
 //! Every guest memory table is registered ([`crate::guest_memory`]) before a queue thread
 //! touches it. A VMM that takes its memory away (truncates the file it shared) breaks its
 //! own device: the queue threads stop serving and the connection is ended, and the process
@@ -26,6 +33,7 @@ use virtio_bindings::virtio_blk::{
 };
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
@@ -199,6 +207,10 @@ impl BlockDevice {
         };
         let mut worker = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let worker = worker.get_or_insert_with(|| QueueWorker::new(&self.target, device_event));
+        // A stopped ring is the VMM's (see `stop_vring`), until it is started again.
+        if !vring.get_ref().get_queue().ready() {
+            return Ok(());
+        }
         let queue = QueueTarget {
             target: &self.target,
             resumed: &self.resumed,
@@ -294,6 +306,17 @@ impl VhostUserBackend for BlockDevice {
         // `memory` is the atomic handle this device already holds, now pointing at the new
         // map; a queue thread that got there first has registered it already.
         self.mappings.track(&memory.memory())
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        // The ring is no longer ready, so its queue thread pops nothing more; it holds its
+        // worker while serving (queue `i` is thread `i`'s: `queues_per_thread`), so having the
+        // worker means every request it popped has completed. Its thread waits for nothing
+        // this thread holds: its ring's lock is free, and a call eventfd never blocks.
+        if let Some(slot) = self.workers.get(queue_index as usize) {
+            drop(slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        }
+        Ok(())
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {

@@ -1,6 +1,7 @@
 //! A disk image on a FUSE filesystem served by the test process, whose writes and syncs
 //! fail when the test says so: the backend's real `pwrite` and `fdatasync` then return `EIO`,
-//! as they do on a disk that loses writes. Shared by the unit tests of `disks.rs` and the
+//! as they do on a disk that loses writes. Its reads can also be held until the test
+//! releases them, as a disk that does not answer holds a request in flight. Shared by the unit tests of `disks.rs` and the
 //! integration tests, which start the backend as another process on the same image.
 #![allow(dead_code)] // Each user takes part of this.
 
@@ -8,8 +9,8 @@ use std::ffi::OsStr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, UNIX_EPOCH};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use fuser::{
     Config, Errno, FileAttr, FileHandle, FileType, Filesystem, INodeNo, LockOwner, MountOption,
@@ -37,6 +38,15 @@ struct Faults {
     fail_next_sync: AtomicBool,
     fail_writes: AtomicBool,
     syncs: AtomicUsize,
+    /// Whether reads wait, and how many are waiting now.
+    holding: Mutex<Holding>,
+    released: Condvar,
+}
+
+#[derive(Default)]
+struct Holding {
+    hold: bool,
+    waiting: usize,
 }
 
 impl FaultyDisk {
@@ -83,6 +93,42 @@ impl FaultyDisk {
     /// How many syncs reached the filesystem.
     pub fn syncs(&self) -> usize {
         self.faults.syncs.load(Ordering::SeqCst)
+    }
+
+    /// Every read that reaches the filesystem from now on waits until [`Self::release_reads`].
+    pub fn hold_reads(&self) {
+        self.faults.holding().hold = true;
+    }
+
+    /// Let the held reads go, and read at once from now on.
+    pub fn release_reads(&self) {
+        self.faults.holding().hold = false;
+        self.faults.released.notify_all();
+    }
+
+    /// Wait until a read is held, so the request that made it is in flight; fails the test
+    /// after 20 s.
+    pub fn wait_for_a_held_read(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.faults.holding().waiting == 0 {
+            assert!(Instant::now() < deadline, "no read reached the disk");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Faults {
+    fn holding(&self) -> std::sync::MutexGuard<'_, Holding> {
+        self.holding
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Drop for FaultyDisk {
+    fn drop(&mut self) {
+        // A test that failed with a read held must still unmount.
+        self.release_reads();
     }
 }
 
@@ -157,6 +203,19 @@ impl Filesystem for ImageFilesystem {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let mut holding = self.faults.holding();
+        if holding.hold {
+            holding.waiting += 1;
+            while holding.hold {
+                holding = self
+                    .faults
+                    .released
+                    .wait(holding)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+            holding.waiting -= 1;
+        }
+        drop(holding);
         let data = self.data.lock().unwrap();
         let start = (offset as usize).min(data.len());
         let end = start.saturating_add(size as usize).min(data.len());
