@@ -10,6 +10,7 @@ mod faulty_disk;
 #[path = "common/hostile_driver.rs"]
 mod hostile_driver;
 
+use std::os::unix::fs::FileExt;
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
@@ -17,8 +18,8 @@ use std::time::Duration;
 use common::{hda, hdb, label, pattern, xvda, Backend, IMAGE_BYTES};
 use faulty_disk::FaultyDisk;
 use hostile_driver::{
-    Driver, DATA, HEADER, IOERR, MEMORY_BYTES, OK, QUEUE_SIZE, STATUS, USED, VIRTIO_BLK_T_GET_ID,
-    VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+    Driver, DATA, HEADER, IOERR, MEMORY_BYTES, OK, QUEUE_SIZE, STATUS, USED, VIRTIO_BLK_T_FLUSH,
+    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
 };
 use shared_abi::wire::Extent;
 use shared_abi::{Mode, SharingLevel};
@@ -92,8 +93,21 @@ impl Tenants {
 /// Chain `head`: a header of `kind` at `sector` (at `HEADER`), the data descriptors, and
 /// the status byte, as descriptors `head`, `head + 1`, ...
 fn chain(driver: &Driver, head: u16, kind: u32, sector: u64, data: &[(u64, u32, u16)]) {
-    driver.header(kind, sector);
-    driver.descriptor(head, HEADER, 16, VIRTQ_DESC_F_NEXT);
+    chain_at(driver, head, (HEADER, STATUS), kind, sector, data);
+}
+
+/// [`chain`] with its header and status at `(header, status)`, so that it can be in flight
+/// beside another.
+fn chain_at(
+    driver: &Driver,
+    head: u16,
+    (header, status): (u64, u64),
+    kind: u32,
+    sector: u64,
+    data: &[(u64, u32, u16)],
+) {
+    driver.header_at((header, status), kind, sector);
+    driver.descriptor(head, header, 16, VIRTQ_DESC_F_NEXT);
     for (offset, &(address, length, flags)) in data.iter().enumerate() {
         driver.descriptor(
             head + 1 + offset as u16,
@@ -103,7 +117,7 @@ fn chain(driver: &Driver, head: u16, kind: u32, sector: u64, data: &[(u64, u32, 
         );
     }
     let last = head + 1 + data.len() as u16;
-    driver.raw_descriptor(last, STATUS, 1, VIRTQ_DESC_F_WRITE, 0);
+    driver.raw_descriptor(last, status, 1, VIRTQ_DESC_F_WRITE, 0);
 }
 
 /// Offer chain 0, kick, and return its status and used length.
@@ -434,5 +448,68 @@ fn get_vring_base_waits_for_the_read_in_flight_and_nothing_is_written_after_it()
     assert!(
         guest_bytes(&driver) == offered,
         "a stopped ring wrote to the guest's memory"
+    );
+}
+
+#[test]
+fn a_read_posted_after_a_new_memory_table_is_acknowledged_is_served_with_it() {
+    let disk = FaultyDisk::mount(IMAGE_BYTES);
+    let backend = backend_on_a_held_disk(&disk);
+    let mut driver = Driver::connect(&backend.socket(1, "xvda"), 0);
+    // VBD sectors 8..16, which the read in the new memory will fetch.
+    let sectors = pattern(8 * 512, 0x4d);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(disk.path())
+        .unwrap()
+        .write_all_at(&sectors, 20008 * 512)
+        .unwrap();
+    disk.hold_reads();
+    // A read the disk holds, and a flush after it, which keeps the queue thread in its
+    // batch (it waits for the read) until the read is let go.
+    chain_at(
+        &driver,
+        0,
+        (HEADER, STATUS),
+        VIRTIO_BLK_T_IN,
+        0,
+        &[(DATA, 4096, WRITABLE)],
+    );
+    chain_at(
+        &driver,
+        3,
+        (HEADER + 0x20, STATUS + 1),
+        VIRTIO_BLK_T_FLUSH,
+        0,
+        &[],
+    );
+    driver.offer(&[0, 3]);
+    driver.kick();
+    disk.wait_for_a_held_read();
+    // Memory past the old table's end, acknowledged before the guest uses it.
+    let plugged = MEMORY_BYTES as u64;
+    driver.plug_memory(plugged, 1 << 20);
+    chain_at(
+        &driver,
+        5,
+        (HEADER + 0x40, STATUS + 2),
+        VIRTIO_BLK_T_IN,
+        8,
+        &[(plugged + 0x1000, 4096, WRITABLE)],
+    );
+    driver.offer(&[5]);
+    driver.kick();
+    disk.release_reads();
+    assert_eq!(driver.answered(3), [(0, 4097), (3, 1), (5, 4097)]);
+    let statuses: [u8; 3] = driver.memory.read_obj(GuestAddress(STATUS)).unwrap();
+    assert_eq!(statuses, [OK; 3]);
+    let mut data = vec![0u8; 4096];
+    driver
+        .memory
+        .read_slice(&mut data, GuestAddress(plugged + 0x1000))
+        .unwrap();
+    assert!(
+        data == sectors,
+        "the read filled the new memory with its sectors"
     );
 }

@@ -41,6 +41,7 @@ use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{Immutable, IntoBytes, KnownLayout};
 
 use super::exit_events::ExitEvents;
+use super::memory_table::MemoryTable;
 use super::queue::{QueueTarget, QueueWorker};
 use super::request::{MAX_SEGMENTS, MAX_SEGMENT_SECTORS, MAX_TRANSFER_BYTES};
 use super::ResumedRings;
@@ -124,7 +125,7 @@ pub struct DeviceTarget {
 /// One vhost-user-blk device, for one connection.
 pub struct BlockDevice {
     target: Arc<DeviceTarget>,
-    memory: Memory,
+    table: MemoryTable,
     event_idx: AtomicBool,
     /// One worker per queue thread, made at its first request.
     workers: Vec<Mutex<Option<QueueWorker>>>,
@@ -152,7 +153,7 @@ impl BlockDevice {
             .collect();
         BlockDevice {
             target,
-            memory,
+            table: MemoryTable::new(memory),
             event_idx: AtomicBool::new(false),
             workers,
             resumed,
@@ -214,10 +215,11 @@ impl BlockDevice {
         let queue = QueueTarget {
             target: &self.target,
             resumed: &self.resumed,
+            table: &self.table,
         };
         let event_idx = self.event_idx.load(Ordering::Acquire);
         loop {
-            let memory = self.memory.memory();
+            let memory = self.table.newest();
             if let Err(error) = self.mappings.track(&memory) {
                 // Memory the fault handler does not know could take the process down with it.
                 self.end_connection(&format!(
@@ -234,6 +236,11 @@ impl BlockDevice {
                     .map_err(|error| io::Error::other(format!("{error:?}")))?;
             }
             worker.serve(&queue, vring, &memory)?;
+            if !self.table.is_newest(&memory) {
+                // The batch stopped popping at a newer table: what was posted since is
+                // served under it.
+                continue;
+            }
             // With event-idx, requests that arrived while notifications were off are served
             // before sleeping again.
             let more = event_idx
@@ -305,7 +312,11 @@ impl VhostUserBackend for BlockDevice {
     fn update_memory(&self, memory: Memory) -> io::Result<()> {
         // `memory` is the atomic handle this device already holds, now pointing at the new
         // map; a queue thread that got there first has registered it already.
-        self.mappings.track(&memory.memory())
+        let tracked = self.mappings.track(&memory.memory());
+        // vhost-user-backend acknowledges the table when this returns: by then no queue
+        // thread may pop under the old one.
+        self.table.published();
+        tracked
     }
 
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {

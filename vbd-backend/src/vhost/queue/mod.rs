@@ -31,6 +31,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use self::batch::{Pieces, SLOT_SEGMENTS};
 use self::execute::{execute, failed, serve_chain};
 use super::device::{DeviceTarget, Memory, QUEUE_SIZE};
+use super::memory_table::MemoryTable;
 use super::request::{Operation, RequestError};
 use super::ResumedRings;
 use crate::uring::Ring;
@@ -52,6 +53,8 @@ pub struct QueueWorker {
 pub struct QueueTarget<'a> {
     pub target: &'a DeviceTarget,
     pub resumed: &'a ResumedRings,
+    /// Where the batch learns that a newer guest memory table was published.
+    pub table: &'a MemoryTable,
 }
 
 impl QueueWorker {
@@ -123,11 +126,15 @@ struct Round<'a, 'q> {
 }
 
 impl<'a> Round<'a, '_> {
+    /// The next available chain, unless a newer memory table was published since the round
+    /// began: the requests posted after it are for a round under it.
     fn pop(&self) -> Option<virtio_queue::DescriptorChain<&'a Mapped>> {
-        self.vring
-            .get_mut()
-            .get_queue_mut()
-            .pop_descriptor_chain(self.memory)
+        self.queue.table.pop_under(self.memory, || {
+            self.vring
+                .get_mut()
+                .get_queue_mut()
+                .pop_descriptor_chain(self.memory)
+        })
     }
 
     /// Put chain `head` in the used ring. A head the used ring refuses (one at or past the
