@@ -13,7 +13,7 @@ mod hostile_driver;
 use std::os::unix::fs::FileExt;
 use std::sync::mpsc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{hda, hdb, label, pattern, xvda, Backend, IMAGE_BYTES};
 use faulty_disk::FaultyDisk;
@@ -23,8 +23,8 @@ use hostile_driver::{
 };
 use shared_abi::wire::Extent;
 use shared_abi::{Mode, SharingLevel};
-use vhost::VhostBackend;
-use vm_memory::{Bytes, GuestAddress};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 
 const VIRTIO_BLK_S_UNSUPP: u8 = 2;
@@ -511,5 +511,44 @@ fn a_read_posted_after_a_new_memory_table_is_acknowledged_is_served_with_it() {
     assert!(
         data == sectors,
         "the read filled the new memory with its sectors"
+    );
+}
+
+#[test]
+fn a_memory_region_larger_than_its_file_ends_the_connection_and_the_backend_serves_on() {
+    let tenants = Tenants::start();
+    let driver = tenants.driver();
+    // The file holds `MEMORY_BYTES`; the table announces twice that.
+    let region = driver.memory.iter().next().unwrap();
+    let mut announced = VhostUserMemoryRegionInfo::from_guest_region(region).unwrap();
+    announced.memory_size *= 2;
+    driver.frontend.set_mem_table(&[announced]).unwrap();
+    let why = format!(
+        "dom1/xvda.sock: connection ended: guest memory region 0 ends at byte {} of a {}-byte file",
+        2 * MEMORY_BYTES,
+        MEMORY_BYTES
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !tenants.backend.log().contains(&why) {
+        assert!(
+            Instant::now() < deadline,
+            "the log never said why: {}",
+            tenants.backend.log()
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    let answer = driver.frontend.get_features();
+    assert_eq!(
+        answer.map_err(|error| error.to_string()),
+        Err("vhost-user: socket is broken: Broken pipe (os error 32)".to_string()),
+        "the connection ended"
+    );
+    drop(driver);
+    let mut next = tenants.driver();
+    tenants.still_served(&mut next);
+    let mut bystander = Driver::connect(&tenants.backend.socket(2, "xvda"), 0);
+    assert_eq!(
+        bystander.read(0, 16 * 512, 512),
+        (OK, tenants.bystander.clone())
     );
 }
