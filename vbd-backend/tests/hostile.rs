@@ -552,3 +552,16 @@ fn a_memory_region_larger_than_its_file_ends_the_connection_and_the_backend_serv
         (OK, tenants.bystander.clone())
     );
 }
+
+#[test]
+fn with_event_idx_reads_are_served_and_the_device_says_where_to_kick() {
+    let tenants = Tenants::start();
+    let mut driver = Driver::connect_with_event_idx(&tenants.backend.socket(1, "xvda"), 0);
+    for _ in 0..3 {
+        tenants.still_served(&mut driver);
+    }
+    // `avail_event`, after the used ring's entries: the next request, please.
+    let avail_event = GuestAddress(USED + 4 + 8 * u64::from(QUEUE_SIZE));
+    let wanted: u16 = driver.memory.read_obj(avail_event).unwrap();
+    assert_eq!(wanted, 3);
+}

@@ -14,7 +14,9 @@
 //! woken for: the VMM reads where the ring stopped and owns it.
 //!
 //! Every guest memory table is registered ([`crate::guest_memory`]) before a queue thread
-//! touches it. A VMM that takes its memory away (truncates the file it shared) breaks its
+//! touches it. A queue thread touches only the table it registered, its rings included: the
+//! vring's own methods would reach for the newest table, which vhost-user-backend publishes
+//! before this device can register it. A VMM that takes its memory away (truncates the file it shared) breaks its
 //! own device: the queue threads stop serving and the connection is ended, and the process
 //! and every other VBD go on.
 
@@ -232,7 +234,9 @@ impl BlockDevice {
             }
             if event_idx {
                 vring
-                    .disable_notification()
+                    .get_mut()
+                    .get_queue_mut()
+                    .disable_notification(&*memory)
                     .map_err(|error| io::Error::other(format!("{error:?}")))?;
             }
             worker.serve(&queue, vring, &memory)?;
@@ -245,7 +249,9 @@ impl BlockDevice {
             // before sleeping again.
             let more = event_idx
                 && vring
-                    .enable_notification()
+                    .get_mut()
+                    .get_queue_mut()
+                    .enable_notification(&*memory)
                     .map_err(|error| io::Error::other(format!("{error:?}")))?;
             if !more {
                 return Ok(());

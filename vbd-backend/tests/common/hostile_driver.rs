@@ -73,6 +73,16 @@ impl Driver {
 
     /// [`Driver::connect`], signalled through `call` (a VMM may hand over any eventfd).
     pub fn connect_with_call(socket: &Path, base: u16, call: EventFd) -> Driver {
+        Driver::open(socket, base, call, false)
+    }
+
+    /// [`Driver::connect`] with event-idx negotiated, as a Linux guest does: the device then
+    /// says in the used ring at which avail index it wants the next kick.
+    pub fn connect_with_event_idx(socket: &Path, base: u16) -> Driver {
+        Driver::open(socket, base, EventFd::new(0).unwrap(), true)
+    }
+
+    fn open(socket: &Path, base: u16, call: EventFd, event_idx: bool) -> Driver {
         let deadline = Instant::now() + Duration::from_secs(20);
         let (mut frontend, features) = loop {
             let frontend = Frontend::connect(socket, 1).unwrap();
@@ -82,10 +92,13 @@ impl Driver {
             }
             std::thread::sleep(Duration::from_millis(50));
         };
-        // No event-idx: the driver kicks every request and polls the used ring.
-        frontend
-            .set_features(features & !VIRTIO_RING_F_EVENT_IDX)
-            .unwrap();
+        // The driver kicks every request and polls the used ring, whatever was negotiated.
+        let features = if event_idx {
+            features
+        } else {
+            features & !VIRTIO_RING_F_EVENT_IDX
+        };
+        frontend.set_features(features).unwrap();
         frontend.get_protocol_features().unwrap();
         frontend
             .set_protocol_features(VhostUserProtocolFeatures::CONFIG)

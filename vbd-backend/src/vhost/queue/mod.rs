@@ -141,7 +141,12 @@ impl<'a> Round<'a, '_> {
     /// queue size, which the avail ring may hold but no descriptor has) cannot be named
     /// to the guest, so it is skipped: the guest broke the ring, not the queue.
     fn used(&mut self, head: u16, length: u32) {
-        if self.vring.add_used(head, length).is_ok() {
+        let used = self
+            .vring
+            .get_mut()
+            .get_queue_mut()
+            .add_used(self.memory, head, length);
+        if used.is_ok() {
             self.completed = true;
         }
     }
@@ -149,7 +154,15 @@ impl<'a> Round<'a, '_> {
     /// Tell the guest about the chains completed since the last time, if it wants to know
     /// (and when its ring cannot say, tell it anyway).
     fn signal(&mut self) {
-        if std::mem::take(&mut self.completed) && self.vring.needs_notification().unwrap_or(true) {
+        let completed = std::mem::take(&mut self.completed);
+        if completed
+            && self
+                .vring
+                .get_mut()
+                .get_queue_mut()
+                .needs_notification(self.memory)
+                .unwrap_or(true)
+        {
             match self.vring.signal_used_queue() {
                 // The counter is full (the bridge made it non-blocking): the guest has a
                 // notification it has not read yet, which covers these chains too.
