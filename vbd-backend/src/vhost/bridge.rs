@@ -1,5 +1,6 @@
 //! The relay between a VMM's vhost-user connection and vhost-user-backend's, one message at
-//! a time with the descriptors it carries. It exists for two messages:
+//! a time with the descriptors it carries. It exists for the messages the daemon cannot be
+//! left to handle alone:
 //! - vhost 0.18's `Backend` (the back-end request channel the VMM hands over in
 //!   `SET_BACKEND_REQ_FD`) has no way to send `VHOST_USER_BACKEND_CONFIG_CHANGE_MSG`, so the
 //!   relay keeps its own copy of that channel, through which
