@@ -1,20 +1,30 @@
 //! vbd-backend against a hostile guest: the test writes descriptor tables and avail rings
 //! as a guest that wants to break the backend would, and checks the exact answer to each.
 //! After every case the queue still answers a well-formed read with the disk's bytes, and
-//! the other VBD served by the same backend keeps its bytes.
+//! the other VBD served by the same backend keeps its bytes. A VMM's own messages are tried
+//! too, against a read held in flight on a disk that answers only when the test says so:
+//! stopping the ring while it is held.
 
 mod common;
+mod faulty_disk;
 #[path = "common/hostile_driver.rs"]
 mod hostile_driver;
 
-use common::{hda, hdb, label, pattern, xvda, Backend};
+use std::os::unix::fs::FileExt;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{hda, hdb, label, pattern, xvda, Backend, IMAGE_BYTES};
+use faulty_disk::FaultyDisk;
 use hostile_driver::{
-    Driver, DATA, HEADER, IOERR, MEMORY_BYTES, OK, QUEUE_SIZE, STATUS, USED, VIRTIO_BLK_T_GET_ID,
-    VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+    Driver, DATA, HEADER, IOERR, MEMORY_BYTES, OK, QUEUE_SIZE, STATUS, USED, VIRTIO_BLK_T_FLUSH,
+    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
 };
 use shared_abi::wire::Extent;
 use shared_abi::{Mode, SharingLevel};
-use vm_memory::{Bytes, GuestAddress};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 
 const VIRTIO_BLK_S_UNSUPP: u8 = 2;
@@ -83,8 +93,21 @@ impl Tenants {
 /// Chain `head`: a header of `kind` at `sector` (at `HEADER`), the data descriptors, and
 /// the status byte, as descriptors `head`, `head + 1`, ...
 fn chain(driver: &Driver, head: u16, kind: u32, sector: u64, data: &[(u64, u32, u16)]) {
-    driver.header(kind, sector);
-    driver.descriptor(head, HEADER, 16, VIRTQ_DESC_F_NEXT);
+    chain_at(driver, head, (HEADER, STATUS), kind, sector, data);
+}
+
+/// [`chain`] with its header and status at `(header, status)`, so that it can be in flight
+/// beside another.
+fn chain_at(
+    driver: &Driver,
+    head: u16,
+    (header, status): (u64, u64),
+    kind: u32,
+    sector: u64,
+    data: &[(u64, u32, u16)],
+) {
+    driver.header_at((header, status), kind, sector);
+    driver.descriptor(head, header, 16, VIRTQ_DESC_F_NEXT);
     for (offset, &(address, length, flags)) in data.iter().enumerate() {
         driver.descriptor(
             head + 1 + offset as u16,
@@ -94,7 +117,7 @@ fn chain(driver: &Driver, head: u16, kind: u32, sector: u64, data: &[(u64, u32, 
         );
     }
     let last = head + 1 + data.len() as u16;
-    driver.raw_descriptor(last, STATUS, 1, VIRTQ_DESC_F_WRITE, 0);
+    driver.raw_descriptor(last, status, 1, VIRTQ_DESC_F_WRITE, 0);
 }
 
 /// Offer chain 0, kick, and return its status and used length.
@@ -326,4 +349,219 @@ fn a_vmm_that_vanishes_mid_batch_leaves_the_socket_serving_the_next() {
     drop(driver);
     let mut next = tenants.driver();
     tenants.still_served(&mut next);
+}
+
+/// A backend whose hda is `disk`, serving domain 1's xvda over 64 sectors of it that nothing
+/// has read or written yet, so that its reads reach the disk (not the page cache) and are
+/// held there while the disk holds them.
+fn backend_on_a_held_disk(disk: &FaultyDisk) -> Backend {
+    let backend = Backend::start_with(Some(disk.path()), None, &[]);
+    let mut hypervisor = backend.hypervisor();
+    hypervisor
+        .create(1, xvda(), Mode::READ | Mode::WRITE, label("vd:1"))
+        .unwrap();
+    hypervisor
+        .set_extents(
+            1,
+            xvda(),
+            &[Extent::new(hda(), 20000, 64).unwrap()],
+            SharingLevel::ReadersOnly,
+        )
+        .unwrap();
+    backend
+}
+
+/// All of the guest's memory, to see whether anything in it changes.
+fn guest_bytes(driver: &Driver) -> Vec<u8> {
+    let mut bytes = vec![0u8; MEMORY_BYTES];
+    driver
+        .memory
+        .read_slice(&mut bytes, GuestAddress(0))
+        .unwrap();
+    bytes
+}
+
+/// How long the test gives the backend to do what it must not (answer early, write late).
+const GRACE: Duration = Duration::from_millis(500);
+
+#[test]
+fn get_vring_base_waits_for_the_read_in_flight_and_nothing_is_written_after_it() {
+    let disk = FaultyDisk::mount(IMAGE_BYTES);
+    let backend = backend_on_a_held_disk(&disk);
+    let mut driver = Driver::connect(&backend.socket(1, "xvda"), 0);
+    driver
+        .memory
+        .write_slice(&[0xee; 4096], GuestAddress(DATA))
+        .unwrap();
+    disk.hold_reads();
+    chain(&driver, 0, VIRTIO_BLK_T_IN, 0, &[(DATA, 4096, WRITABLE)]);
+    driver.offer(&[0]);
+    driver.kick();
+    disk.wait_for_a_held_read();
+    let frontend = &driver.frontend;
+    let (early, base, at_stop) = thread::scope(|scope| {
+        let (returned, stopped) = mpsc::channel();
+        scope.spawn(move || {
+            let base = frontend
+                .get_vring_base(0)
+                .map_err(|error| error.to_string());
+            returned.send(base).unwrap();
+        });
+        let early = stopped.recv_timeout(GRACE).ok();
+        disk.release_reads();
+        let base = early.clone().unwrap_or_else(|| {
+            stopped
+                .recv_timeout(Duration::from_secs(20))
+                .expect("GET_VRING_BASE never returned")
+        });
+        // What the guest's memory holds the moment the ring is stopped.
+        (early.is_some(), base, guest_bytes(&driver))
+    });
+    assert!(
+        !early,
+        "GET_VRING_BASE returned while a read of its ring was in flight"
+    );
+    assert_eq!(base, Ok(1));
+    assert_eq!(driver.used_index(), 1, "the read was answered before it");
+    assert_eq!(driver.status(), OK);
+    let mut data = vec![0xffu8; 4096];
+    driver
+        .memory
+        .read_slice(&mut data, GuestAddress(DATA))
+        .unwrap();
+    assert!(data == [0; 4096], "the read brought the disk's zeros");
+    thread::sleep(GRACE);
+    assert!(
+        guest_bytes(&driver) == at_stop,
+        "the guest's memory changed after the ring stopped"
+    );
+    // The guest offers the read again and kicks: the stopped ring touches nothing.
+    driver
+        .memory
+        .write_obj(0xffu8, GuestAddress(STATUS))
+        .unwrap();
+    driver.offer(&[0]);
+    driver.kick();
+    let offered = guest_bytes(&driver);
+    thread::sleep(GRACE);
+    assert_eq!(driver.used_index(), 1);
+    assert!(
+        guest_bytes(&driver) == offered,
+        "a stopped ring wrote to the guest's memory"
+    );
+}
+
+#[test]
+fn a_read_posted_after_a_new_memory_table_is_acknowledged_is_served_with_it() {
+    let disk = FaultyDisk::mount(IMAGE_BYTES);
+    let backend = backend_on_a_held_disk(&disk);
+    let mut driver = Driver::connect(&backend.socket(1, "xvda"), 0);
+    // VBD sectors 8..16, which the read in the new memory will fetch.
+    let sectors = pattern(8 * 512, 0x4d);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(disk.path())
+        .unwrap()
+        .write_all_at(&sectors, 20008 * 512)
+        .unwrap();
+    disk.hold_reads();
+    // A read the disk holds, and a flush after it, which keeps the queue thread in its
+    // batch (it waits for the read) until the read is let go.
+    chain_at(
+        &driver,
+        0,
+        (HEADER, STATUS),
+        VIRTIO_BLK_T_IN,
+        0,
+        &[(DATA, 4096, WRITABLE)],
+    );
+    chain_at(
+        &driver,
+        3,
+        (HEADER + 0x20, STATUS + 1),
+        VIRTIO_BLK_T_FLUSH,
+        0,
+        &[],
+    );
+    driver.offer(&[0, 3]);
+    driver.kick();
+    disk.wait_for_a_held_read();
+    // Memory past the old table's end, acknowledged before the guest uses it.
+    let plugged = MEMORY_BYTES as u64;
+    driver.plug_memory(plugged, 1 << 20);
+    chain_at(
+        &driver,
+        5,
+        (HEADER + 0x40, STATUS + 2),
+        VIRTIO_BLK_T_IN,
+        8,
+        &[(plugged + 0x1000, 4096, WRITABLE)],
+    );
+    driver.offer(&[5]);
+    driver.kick();
+    disk.release_reads();
+    assert_eq!(driver.answered(3), [(0, 4097), (3, 1), (5, 4097)]);
+    let statuses: [u8; 3] = driver.memory.read_obj(GuestAddress(STATUS)).unwrap();
+    assert_eq!(statuses, [OK; 3]);
+    let mut data = vec![0u8; 4096];
+    driver
+        .memory
+        .read_slice(&mut data, GuestAddress(plugged + 0x1000))
+        .unwrap();
+    assert!(
+        data == sectors,
+        "the read filled the new memory with its sectors"
+    );
+}
+
+#[test]
+fn a_memory_region_larger_than_its_file_ends_the_connection_and_the_backend_serves_on() {
+    let tenants = Tenants::start();
+    let driver = tenants.driver();
+    // The file holds `MEMORY_BYTES`; the table announces twice that.
+    let region = driver.memory.iter().next().unwrap();
+    let mut announced = VhostUserMemoryRegionInfo::from_guest_region(region).unwrap();
+    announced.memory_size *= 2;
+    driver.frontend.set_mem_table(&[announced]).unwrap();
+    let why = format!(
+        "dom1/xvda.sock: connection ended: guest memory region 0 ends at byte {} of a {}-byte file",
+        2 * MEMORY_BYTES,
+        MEMORY_BYTES
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !tenants.backend.log().contains(&why) {
+        assert!(
+            Instant::now() < deadline,
+            "the log never said why: {}",
+            tenants.backend.log()
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    let answer = driver.frontend.get_features();
+    assert_eq!(
+        answer.map_err(|error| error.to_string()),
+        Err("vhost-user: socket is broken: Broken pipe (os error 32)".to_string()),
+        "the connection ended"
+    );
+    drop(driver);
+    let mut next = tenants.driver();
+    tenants.still_served(&mut next);
+    let mut bystander = Driver::connect(&tenants.backend.socket(2, "xvda"), 0);
+    assert_eq!(
+        bystander.read(0, 16 * 512, 512),
+        (OK, tenants.bystander.clone())
+    );
+}
+
+#[test]
+fn with_event_idx_reads_are_served_and_the_device_says_where_to_kick() {
+    let tenants = Tenants::start();
+    let mut driver = Driver::connect_with_event_idx(&tenants.backend.socket(1, "xvda"), 0);
+    for _ in 0..3 {
+        tenants.still_served(&mut driver);
+    }
+    // `avail_event`, after the used ring's entries: the next request, please.
+    let avail_event = GuestAddress(USED + 4 + 8 * u64::from(QUEUE_SIZE));
+    let wanted: u16 = driver.memory.read_obj(avail_event).unwrap();
+    assert_eq!(wanted, 3);
 }

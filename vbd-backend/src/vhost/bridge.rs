@@ -1,5 +1,6 @@
 //! The relay between a VMM's vhost-user connection and vhost-user-backend's, one message at
-//! a time with the descriptors it carries. It exists for two messages:
+//! a time with the descriptors it carries. It exists for the messages the daemon cannot be
+//! left to handle alone:
 //! - vhost 0.18's `Backend` (the back-end request channel the VMM hands over in
 //!   `SET_BACKEND_REQ_FD`) has no way to send `VHOST_USER_BACKEND_CONFIG_CHANGE_MSG`, so the
 //!   relay keeps its own copy of that channel, through which
@@ -10,7 +11,10 @@
 //! - `SET_VRING_CALL` hands over the eventfd that notifies the guest. A VMM may give a
 //!   blocking one already at its maximum count, on which a queue thread would block for
 //!   ever: the relay makes it non-blocking, and a notification that finds it full is one
-//!   the guest already has.
+//!   the guest already has;
+//! - `SET_MEM_TABLE` and `ADD_MEM_REG` carry the files of guest memory: a region that does
+//!   not fit inside its file ends the connection before the daemon maps it
+//!   ([`super::memory_regions`]).
 //!
 //! Only control messages pass here; the data path is shared memory and eventfds.
 
@@ -21,6 +25,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
 
+use super::memory_regions::{self, ADD_MEM_REG, SET_MEM_TABLE};
 use rustix::net::{
     recvmsg, sendmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags,
@@ -197,6 +202,11 @@ fn relay_messages(from: &UnixStream, to: &UnixStream, inbound: Option<&Inbound>)
                     let flags = rustix::fs::fcntl_getfl(fd)?;
                     rustix::fs::fcntl_setfl(fd, flags | rustix::fs::OFlags::NONBLOCK)?;
                 }
+            }
+            (Some(_), SET_MEM_TABLE | ADD_MEM_REG) => {
+                memory_regions::check(request, &message[HEADER_BYTES..], &fds).map_err(
+                    |refused| io::Error::new(io::ErrorKind::InvalidData, refused.to_string()),
+                )?;
             }
             (Some(inbound), SET_VRING_BASE) if size >= 8 => {
                 (inbound.ring_base)(

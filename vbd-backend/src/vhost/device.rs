@@ -6,8 +6,17 @@
 //! requests. Nothing a guest sends can stop a queue: every failure becomes a status byte,
 //! and `handle_event` only fails on errors of the vhost-user plumbing itself.
 //!
+//! A ring is stopped (`GET_VRING_BASE`, when the VMM stops the device or hands it over) only
+//! once every request its queue thread popped has completed: vhost-user-backend marks the
+//! ring not ready, so the thread pops nothing more, then asks [`BlockDevice::stop_vring`],
+//! which waits for the thread's batch to finish. From then until the ring is started again,
+//! the queue thread writes nothing to the guest's memory or its used ring, whatever it is
+//! woken for: the VMM reads where the ring stopped and owns it.
+//!
 //! Every guest memory table is registered ([`crate::guest_memory`]) before a queue thread
-//! touches it. A VMM that takes its memory away (truncates the file it shared) breaks its
+//! touches it. A queue thread touches only the table it registered, its rings included: the
+//! vring's own methods would reach for the newest table, which vhost-user-backend publishes
+//! before this device can register it. A VMM that takes its memory away (truncates the file it shared) breaks its
 //! own device: the queue threads stop serving and the connection is ended, and the process
 //! and every other VBD go on.
 
@@ -26,6 +35,7 @@ use virtio_bindings::virtio_blk::{
 };
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
@@ -33,6 +43,7 @@ use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{Immutable, IntoBytes, KnownLayout};
 
 use super::exit_events::ExitEvents;
+use super::memory_table::MemoryTable;
 use super::queue::{QueueTarget, QueueWorker};
 use super::request::{MAX_SEGMENTS, MAX_SEGMENT_SECTORS, MAX_TRANSFER_BYTES};
 use super::ResumedRings;
@@ -116,7 +127,7 @@ pub struct DeviceTarget {
 /// One vhost-user-blk device, for one connection.
 pub struct BlockDevice {
     target: Arc<DeviceTarget>,
-    memory: Memory,
+    table: MemoryTable,
     event_idx: AtomicBool,
     /// One worker per queue thread, made at its first request.
     workers: Vec<Mutex<Option<QueueWorker>>>,
@@ -144,7 +155,7 @@ impl BlockDevice {
             .collect();
         BlockDevice {
             target,
-            memory,
+            table: MemoryTable::new(memory),
             event_idx: AtomicBool::new(false),
             workers,
             resumed,
@@ -199,13 +210,18 @@ impl BlockDevice {
         };
         let mut worker = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let worker = worker.get_or_insert_with(|| QueueWorker::new(&self.target, device_event));
+        // A stopped ring is the VMM's (see `stop_vring`), until it is started again.
+        if !vring.get_ref().get_queue().ready() {
+            return Ok(());
+        }
         let queue = QueueTarget {
             target: &self.target,
             resumed: &self.resumed,
+            table: &self.table,
         };
         let event_idx = self.event_idx.load(Ordering::Acquire);
         loop {
-            let memory = self.memory.memory();
+            let memory = self.table.newest();
             if let Err(error) = self.mappings.track(&memory) {
                 // Memory the fault handler does not know could take the process down with it.
                 self.end_connection(&format!(
@@ -218,15 +234,24 @@ impl BlockDevice {
             }
             if event_idx {
                 vring
-                    .disable_notification()
+                    .get_mut()
+                    .get_queue_mut()
+                    .disable_notification(&*memory)
                     .map_err(|error| io::Error::other(format!("{error:?}")))?;
             }
             worker.serve(&queue, vring, &memory)?;
+            if !self.table.is_newest(&memory) {
+                // The batch stopped popping at a newer table: what was posted since is
+                // served under it.
+                continue;
+            }
             // With event-idx, requests that arrived while notifications were off are served
             // before sleeping again.
             let more = event_idx
                 && vring
-                    .enable_notification()
+                    .get_mut()
+                    .get_queue_mut()
+                    .enable_notification(&*memory)
                     .map_err(|error| io::Error::other(format!("{error:?}")))?;
             if !more {
                 return Ok(());
@@ -293,7 +318,22 @@ impl VhostUserBackend for BlockDevice {
     fn update_memory(&self, memory: Memory) -> io::Result<()> {
         // `memory` is the atomic handle this device already holds, now pointing at the new
         // map; a queue thread that got there first has registered it already.
-        self.mappings.track(&memory.memory())
+        let tracked = self.mappings.track(&memory.memory());
+        // vhost-user-backend acknowledges the table when this returns: by then no queue
+        // thread may pop under the old one.
+        self.table.published();
+        tracked
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        // The ring is no longer ready, so its queue thread pops nothing more; it holds its
+        // worker while serving (queue `i` is thread `i`'s: `queues_per_thread`), so having the
+        // worker means every request it popped has completed. Its thread waits for nothing
+        // this thread holds: its ring's lock is free, and a call eventfd never blocks.
+        if let Some(slot) = self.workers.get(queue_index as usize) {
+            drop(slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        }
+        Ok(())
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {

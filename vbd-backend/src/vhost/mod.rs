@@ -15,6 +15,8 @@
 mod bridge;
 mod device;
 mod exit_events;
+mod memory_regions;
+mod memory_table;
 mod queue;
 
 use std::io;

@@ -7,12 +7,16 @@
 
 use std::path::Path;
 use std::sync::atomic::{fence, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
-use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{
+    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap,
+    MmapRegion,
+};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Descriptors in the queue; one request is in flight at a time.
@@ -69,7 +73,7 @@ impl Driver {
 
     /// [`Driver::connect`], signalled through `call` (a VMM may hand over any eventfd).
     pub fn connect_with_call(socket: &Path, base: u16, call: EventFd) -> Driver {
-        Driver::connect_with_memory(socket, base, call, MEMORY_BYTES)
+        Driver::open(socket, base, call, MEMORY_BYTES, false)
     }
 
     /// [`Driver::connect_with_call`] with `memory_bytes` of guest memory, for buffers past
@@ -80,6 +84,22 @@ impl Driver {
         call: EventFd,
         memory_bytes: usize,
     ) -> Driver {
+        Driver::open(socket, base, call, memory_bytes, false)
+    }
+
+    /// [`Driver::connect`] with event-idx negotiated, as a Linux guest does: the device then
+    /// says in the used ring at which avail index it wants the next kick.
+    pub fn connect_with_event_idx(socket: &Path, base: u16) -> Driver {
+        Driver::open(socket, base, EventFd::new(0).unwrap(), MEMORY_BYTES, true)
+    }
+
+    fn open(
+        socket: &Path,
+        base: u16,
+        call: EventFd,
+        memory_bytes: usize,
+        event_idx: bool,
+    ) -> Driver {
         let deadline = Instant::now() + Duration::from_secs(20);
         let (mut frontend, features) = loop {
             let frontend = Frontend::connect(socket, 1).unwrap();
@@ -89,10 +109,13 @@ impl Driver {
             }
             std::thread::sleep(Duration::from_millis(50));
         };
-        // No event-idx: the driver kicks every request and polls the used ring.
-        frontend
-            .set_features(features & !VIRTIO_RING_F_EVENT_IDX)
-            .unwrap();
+        // The driver kicks every request and polls the used ring, whatever was negotiated.
+        let features = if event_idx {
+            features
+        } else {
+            features & !VIRTIO_RING_F_EVENT_IDX
+        };
+        frontend.set_features(features).unwrap();
         frontend.get_protocol_features().unwrap();
         frontend
             .set_protocol_features(VhostUserProtocolFeatures::CONFIG)
@@ -190,13 +213,36 @@ impl Driver {
     /// The request header `kind` at `sector`, at `HEADER`, and a status byte the device has
     /// not written (0xff) at `STATUS`.
     pub fn header(&self, kind: u32, sector: u64) {
+        self.header_at((HEADER, STATUS), kind, sector);
+    }
+
+    /// [`Driver::header`] at other addresses, for a request in flight beside another.
+    pub fn header_at(&self, (header_address, status): (u64, u64), kind: u32, sector: u64) {
         let mut header = kind.to_le_bytes().to_vec();
         header.extend_from_slice(&0u32.to_le_bytes());
         header.extend_from_slice(&sector.to_le_bytes());
         self.memory
-            .write_slice(&header, GuestAddress(HEADER))
+            .write_slice(&header, GuestAddress(header_address))
             .unwrap();
-        self.memory.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+        self.memory.write_obj(0xffu8, GuestAddress(status)).unwrap();
+    }
+
+    /// Plug `bytes` of guest memory at guest address `address`, in a file of its own, and
+    /// send the whole new memory table as a VMM does. Returns once the backend has answered
+    /// a later message, which it handles only after this one: the table is acknowledged.
+    pub fn plug_memory(&mut self, address: u64, bytes: usize) {
+        let file = tempfile::tempfile().unwrap();
+        file.set_len(bytes as u64).unwrap();
+        let mapping = MmapRegion::from_file(FileOffset::new(file, 0), bytes).unwrap();
+        let region = GuestRegionMmap::new(mapping, GuestAddress(address)).unwrap();
+        self.memory = self.memory.insert_region(Arc::new(region)).unwrap();
+        let regions: Vec<_> = self
+            .memory
+            .iter()
+            .map(|region| VhostUserMemoryRegionInfo::from_guest_region(region).unwrap())
+            .collect();
+        self.frontend.set_mem_table(&regions).unwrap();
+        self.frontend.get_features().unwrap();
     }
 
     /// Put `heads` in the avail ring, whatever they are, and publish them.

@@ -142,9 +142,12 @@ impl Backend {
         format!("unix:{}", self.control().display())
     }
 
+    /// Wait for the backend's ready line (control.sock may accept a moment before it).
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while UnixStream::connect(self.control()).is_err() {
+        while UnixStream::connect(self.control()).is_err()
+            || !self.log().contains("vbd-backend: serving ")
+        {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("vbd-backend exited with {status}: {}", self.log());
             }

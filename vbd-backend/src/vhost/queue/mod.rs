@@ -31,6 +31,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use self::batch::{Pieces, SLOT_SEGMENTS};
 use self::execute::{execute, failed, serve_chain};
 use super::device::{DeviceTarget, Memory, QUEUE_SIZE};
+use super::memory_table::MemoryTable;
 use super::request::{Operation, RequestError};
 use super::ResumedRings;
 use crate::uring::Ring;
@@ -52,6 +53,8 @@ pub struct QueueWorker {
 pub struct QueueTarget<'a> {
     pub target: &'a DeviceTarget,
     pub resumed: &'a ResumedRings,
+    /// Where the batch learns that a newer guest memory table was published.
+    pub table: &'a MemoryTable,
 }
 
 impl QueueWorker {
@@ -123,18 +126,27 @@ struct Round<'a, 'q> {
 }
 
 impl<'a> Round<'a, '_> {
+    /// The next available chain, unless a newer memory table was published since the round
+    /// began: the requests posted after it are for a round under it.
     fn pop(&self) -> Option<virtio_queue::DescriptorChain<&'a Mapped>> {
-        self.vring
-            .get_mut()
-            .get_queue_mut()
-            .pop_descriptor_chain(self.memory)
+        self.queue.table.pop_under(self.memory, || {
+            self.vring
+                .get_mut()
+                .get_queue_mut()
+                .pop_descriptor_chain(self.memory)
+        })
     }
 
     /// Put chain `head` in the used ring. A head the used ring refuses (one at or past the
     /// queue size, which the avail ring may hold but no descriptor has) cannot be named
     /// to the guest, so it is skipped: the guest broke the ring, not the queue.
     fn used(&mut self, head: u16, length: u32) {
-        if self.vring.add_used(head, length).is_ok() {
+        let used = self
+            .vring
+            .get_mut()
+            .get_queue_mut()
+            .add_used(self.memory, head, length);
+        if used.is_ok() {
             self.completed = true;
         }
     }
@@ -142,7 +154,15 @@ impl<'a> Round<'a, '_> {
     /// Tell the guest about the chains completed since the last time, if it wants to know
     /// (and when its ring cannot say, tell it anyway).
     fn signal(&mut self) {
-        if std::mem::take(&mut self.completed) && self.vring.needs_notification().unwrap_or(true) {
+        let completed = std::mem::take(&mut self.completed);
+        if completed
+            && self
+                .vring
+                .get_mut()
+                .get_queue_mut()
+                .needs_notification(self.memory)
+                .unwrap_or(true)
+        {
             match self.vring.signal_used_queue() {
                 // The counter is full (the bridge made it non-blocking): the guest has a
                 // notification it has not read yet, which covers these chains too.

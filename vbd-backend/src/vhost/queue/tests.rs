@@ -109,12 +109,14 @@ fn delete_during_a_read_on_the_ring<R>(
     let target = vd_1_on(disks);
     let table = target.shared.table;
     let resumed = ResumedRings::default();
+    let memory =
+        GuestMemoryAtomic::new(Mapped::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap());
+    let memory_table = MemoryTable::new(memory.clone());
     let queue = QueueTarget {
         target: &target,
         resumed: &resumed,
+        table: &memory_table,
     };
-    let memory =
-        GuestMemoryAtomic::new(Mapped::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap());
     let vring = a_ring_with_one_read(&memory);
     offer(&memory, then);
     std::thread::scope(|scope| {
@@ -219,11 +221,13 @@ fn requests_once_stopping_fail_and_touch_nothing() {
     let target = vd_1_on(disks);
     let (table, shared) = (target.shared.table, target.shared.clone());
     let resumed = ResumedRings::default();
+    let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+    let memory_table = MemoryTable::new(GuestMemoryAtomic::new(memory.clone()));
     let queue = QueueTarget {
         target: &target,
         resumed: &resumed,
+        table: &memory_table,
     };
-    let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
     let mut header = VIRTIO_BLK_T_OUT.to_le_bytes().to_vec();
     header.extend_from_slice(&[0; 12]);
     memory.write_slice(&header, GuestAddress(0x100)).unwrap();
@@ -280,9 +284,12 @@ fn write_zeroes_go_in_steps_across_extents_and_a_range_past_the_end_changes_noth
     };
     let shared = target.shared.clone();
     let resumed = ResumedRings::default();
+    let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+    let memory_table = MemoryTable::new(GuestMemoryAtomic::new(memory.clone()));
     let queue = QueueTarget {
         target: &target,
         resumed: &resumed,
+        table: &memory_table,
     };
     let disk = |index: usize| shared.disks.iter().nth(index).unwrap();
     for index in 0..2 {
@@ -290,7 +297,6 @@ fn write_zeroes_go_in_steps_across_extents_and_a_range_past_the_end_changes_noth
             .write_all_at(&vec![0xee; 4096 * 512], 0)
             .unwrap();
     }
-    let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
     let zeroes = |sector: u64, count: u32| {
         let mut header = virtio_bindings::virtio_blk::VIRTIO_BLK_T_WRITE_ZEROES
             .to_le_bytes()
