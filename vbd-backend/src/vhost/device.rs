@@ -137,10 +137,10 @@ pub struct BlockDevice {
     exit_events: ExitEvents,
     /// The guest memory this device has used, registered while it may be touched.
     mappings: GuestMappings,
-    /// The VMM's connection, ended when its guest memory cannot be served.
+    /// The VMM's connection, ended when it cannot be served any more.
     vmm: UnixStream,
-    /// Whether the connection was ended for that, so that it is said once.
-    memory_lost: AtomicBool,
+    /// Whether the connection was ended, so that why is said once.
+    ending: AtomicBool,
 }
 
 impl BlockDevice {
@@ -162,7 +162,7 @@ impl BlockDevice {
             exit_events: ExitEvents::default(),
             mappings: GuestMappings::default(),
             vmm,
-            memory_lost: AtomicBool::new(false),
+            ending: AtomicBool::new(false),
         }
     }
 
@@ -186,10 +186,10 @@ impl BlockDevice {
         }
     }
 
-    /// The guest memory cannot be served: end the connection (which ends the daemon and its
+    /// The connection cannot be served any more: end it (which ends the daemon and its
     /// queue threads), saying why once.
     fn end_connection(&self, why: &str) {
-        if !self.memory_lost.swap(true, Ordering::AcqRel) {
+        if !self.ending.swap(true, Ordering::AcqRel) {
             eprintln!(
                 "vbd-backend: {}: {why}: the connection ends",
                 self.target.name
@@ -362,9 +362,13 @@ impl VhostUserBackend for BlockDevice {
         if self.mappings.broken() {
             // Whatever the queue made of the zeros it read instead is moot.
             self.end_connection("the VMM's guest memory went away (was its file truncated?)");
-            return Ok(());
+        } else if let Err(error) = served {
+            // Its rings left its memory, or its call eventfd failed: the VMM's doing, and
+            // nothing more can be served to it. An error returned here would end this
+            // queue's thread and leave the connection up with a dead queue.
+            self.end_connection(&format!("queue {device_event} cannot be served ({error})"));
         }
-        served
+        Ok(())
     }
 }
 
