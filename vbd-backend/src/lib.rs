@@ -2,6 +2,7 @@
 //! tests and the fuzz targets (`fuzz/` at the repository root) drive the very code the
 //! backend runs: virtio-blk requests from descriptor chains, NBD options and NBD requests.
 //! The backend itself is the binary (`main.rs`); these modules depend on nothing of it.
+#![forbid(unsafe_code)]
 
 /// The vhost-user-blk side's parser.
 pub mod vhost {

@@ -3,18 +3,27 @@
 //! vhost-user-blk socket, each of dom0's as an NBD export, and dom0's hypercall frames on a
 //! control socket, so `vdisk --hv unix:DIR/control.sock` drives it as it drives the test
 //! hypervisor.
+//!
+//! `unsafe` is denied here and allowed only in the modules that must hand memory to the
+//! kernel or take a signal: [`sys`] and [`uring`] (positioned and ring I/O into guest
+//! memory), [`guest_memory`] (the SIGBUS guard) and `vhost::exit_events` (closing the
+//! descriptors vhost-user-backend leaks).
+#![deny(unsafe_code)]
 
 mod block;
 mod control;
 mod disks;
 mod exports;
+#[allow(unsafe_code)]
 mod guest_memory;
 mod nbd;
 mod service;
 mod shared;
 mod sockets;
+#[allow(unsafe_code)]
 mod sys;
 mod threads;
+#[allow(unsafe_code)]
 mod uring;
 mod vbd;
 mod vhost;

@@ -14,9 +14,7 @@ use hv_vbd::SharingLevel;
 use crate::control::{Service, Stop};
 use crate::disks::Disks;
 use crate::exports::Exports;
-// vhost/device.rs and vhost/queue.rs still name `Shared` here; once they import
-// `crate::shared::Shared` this re-export goes, and with it the last edge back into this file.
-pub use crate::shared::Shared;
+use crate::shared::Shared;
 use crate::sockets::{Access, SocketDirectory};
 use crate::vbd::Table;
 

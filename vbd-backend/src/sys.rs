@@ -26,8 +26,10 @@ pub fn read_exact_at(
         io::ErrorKind::UnexpectedEof,
         |done, position| {
             // SAFETY: `base..base + slice.len()` is guest memory that the VolatileSlice's
-            // constructor checked to be mapped and writable, and `guard` keeps that mapping alive
-            // for this call. `done < slice.len()`, so the range passed is inside it. The kernel
+            // constructor checked to be mapped and writable, and the slice's borrow of the
+            // guest memory (the caller's snapshot of the connection's `GuestMemoryMmap`, whose
+            // regions own the mappings) keeps it mapped for this call; `guard` only hands out
+            // the pointer. `done < slice.len()`, so the range passed is inside it. The kernel
             // writes through the pointer, never Rust code, so the guest changing the same bytes
             // concurrently cannot break an aliasing rule. The descriptor is valid: `file` is
             // borrowed for the duration of the call.
@@ -59,7 +61,8 @@ pub fn write_all_at(
         slice.len(),
         io::ErrorKind::WriteZero,
         |done, position| {
-            // SAFETY: as in `read_exact_at`: a checked, mapped guest range kept alive by `guard`,
+            // SAFETY: as in `read_exact_at`: a checked guest range kept mapped by the slice's
+            // borrow of the guest memory,
             // of which only `done..len` is passed; the kernel only reads it.
             unsafe {
                 libc::pwrite(

@@ -94,7 +94,8 @@ struct Transfer {
     /// The slices; `iovecs[first..]` are what is left, the first of them possibly cut.
     iovecs: Vec<libc::iovec>,
     first: usize,
-    /// The slices' pointer guards, kept for as long as the kernel may use the pointers.
+    /// The slices' pointer guards, from which the `iovecs` were taken; what keeps the memory
+    /// mapped is the batch's borrow of it (`'m`).
     guards: Vec<PtrGuardMut>,
     /// The in-flight registration of the translation this read was made from, let go
     /// only once the kernel has finished the read: a change that removes its extents
@@ -188,8 +189,13 @@ impl<'m> Batch<'_, 'm> {
             self.enter(0)?;
         }
         // SAFETY: the entry names the transfer's `fd`, a file borrowed for `'m`, and guest
-        // memory of slices borrowed for `'m` (their pointers checked by vm-memory's
-        // constructors and their mappings held by `guards`), through the transfer's `iovecs`,
+        // memory of slices borrowed for `'m`: each slice borrows the `GuestMemoryMmap` whose
+        // regions own the mappings (the queue thread holds it, through its snapshot of the
+        // connection's memory, for the whole batch), so nothing unmaps them before `'m` ends,
+        // and vm-memory's constructors checked the pointers in bounds. (The `guards` only
+        // hand out the pointers; they keep nothing mapped. A file shrunk under a mapping
+        // makes the kernel fail the read with `EFAULT`, never write elsewhere.) All of it
+        // goes through the transfer's `iovecs`,
         // a heap array of slot `index` left untouched until the transfer completes (a slot is
         // cleared and reused only after its completion is reaped). `'m` outlives the batch,
         // and the batch does not go away before the kernel has completed every transfer

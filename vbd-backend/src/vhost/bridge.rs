@@ -224,7 +224,7 @@ fn relay_messages(from: &UnixStream, to: &UnixStream, inbound: Option<&Inbound>)
 mod tests {
     use super::*;
     use std::io::Read;
-    use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+    use std::os::fd::AsRawFd;
     use std::sync::Mutex;
 
     fn message(request: u32, payload: &[u8]) -> Vec<u8> {
@@ -293,14 +293,12 @@ mod tests {
             channel: &channel,
             ring_base: &|_, _| {},
         };
-        let call = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
-        call.write(0xffff_ffff_ffff_fffe).unwrap();
+        let call = rustix::event::eventfd(0, rustix::event::EventfdFlags::empty()).unwrap();
+        rustix::io::write(&call, &0xffff_ffff_ffff_fffe_u64.to_ne_bytes()).unwrap();
         let payload = 0u64.to_le_bytes();
         std::thread::scope(|scope| {
             let relayed = scope.spawn(|| relay(&vmm_end, &daemon_end, Some(&inbound)));
-            let duplicate = call.try_clone().unwrap();
-            // SAFETY: `into_raw_fd` gives up the only owner of a descriptor that is open.
-            let descriptor = unsafe { OwnedFd::from_raw_fd(duplicate.into_raw_fd()) };
+            let descriptor = call.try_clone().unwrap();
             send(&vmm, &message(SET_VRING_CALL, &payload), &[descriptor]).unwrap();
             let mut fds = Vec::new();
             let mut received = vec![0u8; HEADER_BYTES + 8];

@@ -48,7 +48,7 @@ use super::queue::{QueueTarget, QueueWorker};
 use super::request::{MAX_SEGMENTS, MAX_SEGMENT_SECTORS, MAX_TRANSFER_BYTES};
 use super::ResumedRings;
 use crate::guest_memory::GuestMappings;
-use crate::service::Shared;
+use crate::shared::Shared;
 use crate::vbd::vbd_state;
 
 /// Descriptors per queue, and so the longest chain.

@@ -14,6 +14,7 @@
 
 mod bridge;
 mod device;
+#[allow(unsafe_code)]
 mod exit_events;
 mod memory_regions;
 mod memory_table;

@@ -8,7 +8,7 @@ use super::execute::serve_chain;
 use super::*;
 
 use crate::disks::tests::{a_disk_on_a_pipe, two_disks};
-use crate::service::Shared;
+use crate::shared::Shared;
 use crate::vbd::tests::{create, empty_table, xvda};
 use shared_abi::DOM0;
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
