@@ -13,6 +13,7 @@ use crate::timer::Instant;
 /// How long a partial frame may sit without a new byte before its sender counts as gone.
 pub const IDLE_MILLISECONDS: u64 = 200;
 
+/// One port's frames as they arrive, and how long its sender has been quiet.
 pub struct Receiver {
     frames: Reassembler<[u8; MAX_FRAME]>,
     /// When the last byte arrived, or when the hypervisor last came back from serving
