@@ -12,6 +12,8 @@
 //!   request becomes a [`Request`], which [`VbdTable::translate`] turns into physical
 //!   [`Segment`]s without taking a lock; the [`Translation`] it returns pairs them with the
 //!   request's buffers ([`Transfers`]) and is held until the disk I/O is done;
+//!   [`VbdTable::transfer`] is that whole loop, with the embedder's I/O as a closure and
+//!   its segment buffer as [`SegmentRoom`], grown on request;
 //! - a change that removes or moves a VBD's extents returns a [`Fence`], complete once
 //!   every I/O translated on that VBD under the old mapping has finished; only then may it
 //!   be answered. It waits for that VBD's I/O and no other's.
@@ -50,6 +52,8 @@ mod dispatch;
 #[cfg(not(loom))]
 mod memory;
 #[cfg(not(loom))]
+mod path;
+#[cfg(not(loom))]
 mod registry;
 #[cfg(not(loom))]
 pub mod serve;
@@ -65,6 +69,7 @@ pub use {
     dispatch::Outcome,
     inflight::{Fence, InFlight, IoContext},
     memory::{GuestAddress, GuestMemory, SliceMemory},
+    path::{SegmentRoom, Target},
     registry::Disk,
     shared_abi::SharingLevel,
     table::{

@@ -207,7 +207,7 @@ impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize, const DISKS:
         payload: &[u8],
         send: &mut SendFrame<'_>,
     ) -> Served {
-        let result = self.transfer(port, access, payload);
+        let result = self.block_transfer(port, access, payload);
         let response = BlockResponse {
             result: match result {
                 Ok(_) => 0,
@@ -231,7 +231,7 @@ impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize, const DISKS:
 
     /// Check the request, translate it for the port's domain, and move the data transfer
     /// by transfer while the translation is held. Returns the bytes moved.
-    fn transfer<B: BlockDevices>(
+    fn block_transfer<B: BlockDevices>(
         &self,
         port: &mut Port<'_, '_, B>,
         access: Access,
@@ -248,24 +248,27 @@ impl<const DOMAINS: usize, const VBDS: usize, const EXTENTS: usize, const DISKS:
             domain: port.domain,
             vdevice,
         };
-        let translation = self.translate(port.context, id, &request, port.segments)?;
-        for transfer in translation.transfers([bytes]) {
-            let transfer = transfer?;
-            let range = transfer.buffer_offset..transfer.buffer_offset + transfer.length;
-            match access {
-                Access::Read => {
-                    let buffer = port.buffer.get_mut(range).ok_or(Error::OutOfRange)?;
-                    port.disks
-                        .read(transfer.device, transfer.disk_offset, buffer)?;
+        let (disks, buffer) = (&mut *port.disks, &mut *port.buffer);
+        self.transfer(
+            port.context,
+            id.into(),
+            &request,
+            &mut *port.segments,
+            [bytes],
+            |transfer| {
+                let range = transfer.buffer_offset..transfer.buffer_offset + transfer.length;
+                match access {
+                    Access::Read => {
+                        let buffer = buffer.get_mut(range).ok_or(Error::OutOfRange)?;
+                        disks.read(transfer.device, transfer.disk_offset, buffer)
+                    }
+                    Access::Write => {
+                        let chunk = data.get(range).ok_or(Error::OutOfRange)?;
+                        disks.write(transfer.device, transfer.disk_offset, chunk)
+                    }
                 }
-                Access::Write => {
-                    let chunk = data.get(range).ok_or(Error::OutOfRange)?;
-                    port.disks
-                        .write(transfer.device, transfer.disk_offset, chunk)?;
-                }
-            }
-        }
-        drop(translation);
+            },
+        )?;
         Ok(bytes)
     }
 }

@@ -16,6 +16,7 @@
 //! The header has its own checksum so that a corrupted `length` is caught before the reader
 //! waits for a payload that will never come. After any malformed header the reader drops one
 //! byte and looks for the next magic ([`resync`]), so one bad frame costs only itself.
+//! Every reader does this through [`crate::reassembly::Reassembler`].
 
 use crate::Error;
 

@@ -14,6 +14,7 @@ pub mod flags;
 pub mod frame;
 pub mod label;
 pub mod op;
+pub mod reassembly;
 pub mod sharing;
 pub mod wire;
 

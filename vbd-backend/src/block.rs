@@ -9,7 +9,7 @@ use std::ops::Range;
 
 use hv_vbd::serve::BlockDevices;
 use hv_vbd::{Access, Request, Transfer, VbdRef};
-use shared_abi::{Error, SECTOR_SIZE};
+use shared_abi::Error;
 
 use crate::disks::{DiskIo, Release};
 use crate::vbd::{vbd_devices, Translator};
@@ -57,13 +57,11 @@ impl BlockContext<'_> {
     ) -> Result<(), Error> {
         let request = Request::from_bytes(access, sector, length as u64)?;
         let io = &mut self.io;
-        self.translator.with(vbd, &request, |translation| {
-            translation.transfers([length]).try_for_each(|transfer| {
-                let transfer = transfer?;
+        self.translator
+            .transfer(vbd, &request, [length], |transfer| {
                 let range = transfer.buffer_offset..transfer.buffer_offset + transfer.length;
                 each(io, transfer, range)
             })
-        })?
     }
 
     /// Discard or zero `nr_sectors` at `sector`, inside the VBD's extents only: the range is
@@ -76,21 +74,18 @@ impl BlockContext<'_> {
         how: Release,
     ) -> Result<(), Error> {
         let request = Request::new(Access::Write, sector, nr_sectors)?;
+        // One buffer as long as the request: one transfer per segment.
+        let length = usize::try_from(request.bytes()).map_err(|_| Error::TooBig)?;
         let io = &self.io;
-        self.translator.with(vbd, &request, |translation| {
-            translation.segments().iter().try_for_each(|segment| {
+        self.translator
+            .transfer(vbd, &request, [length], |transfer| {
                 io.disks
-                    .find(segment.device)
+                    .find(transfer.device)
                     .and_then(|disk| {
-                        disk.release(
-                            segment.sector * SECTOR_SIZE,
-                            segment.nr_sectors * SECTOR_SIZE,
-                            how,
-                        )
+                        disk.release(transfer.disk_offset, transfer.length as u64, how)
                     })
                     .map_err(|failure| io.failed(failure))
             })
-        })?
     }
 
     /// `fdatasync` every disk the VBD's extents lie on; `ENOENT` once the VBD is gone.

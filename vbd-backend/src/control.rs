@@ -1,6 +1,6 @@
 //! `DIR/control.sock`: dom0's hypercall channel. Accepts connections, reassembles frames
-//! from each byte stream (a blocking read of the 24-byte header, then of the payload it
-//! announces) and hands each to hv-vbd's frame server ([`hv_vbd::VbdTable::serve_frame`]),
+//! from each byte stream (shared-abi's [`Reassembler`], read with blocking reads of the
+//! bytes the current frame lacks: the rest of its header, then of its payload) and hands each to hv-vbd's frame server ([`hv_vbd::VbdTable::serve_frame`]),
 //! which decodes, dispatches, waits for a change's fence and replies. The backend adds the
 //! transport and the disks; the caller is always dom0, whatever a frame says.
 //!
@@ -14,7 +14,8 @@ use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use hv_vbd::serve::{reject_payload, Port, MAX_BLOCK_BYTES, MAX_SEGMENTS};
-use shared_abi::frame::{self, FrameHeader, FrameKind, HEADER_LEN};
+use shared_abi::frame::{FrameHeader, FrameKind, HEADER_LEN, MAX_FRAME};
+use shared_abi::reassembly::{Reassembler, Step};
 use shared_abi::DOM0;
 use zerocopy::IntoBytes;
 
@@ -119,21 +120,33 @@ fn encode(outgoing: &mut Vec<u8>, kind: FrameKind, sequence: u32, parts: &[&[u8]
 /// Serve one connection until the peer closes it or the service stops.
 fn connection(service: &Service, stream: UnixStream) -> io::Result<()> {
     let mut translator = Translator::new(service.table);
-    let mut reader = Reassembly::new(stream.try_clone()?);
+    let mut reader = stream.try_clone()?;
     let mut writer = stream;
+    let mut frames = Reassembler::new(vec![0u8; MAX_FRAME]);
     let mut buffer = vec![0u8; MAX_BLOCK_BYTES];
     let mut outgoing = Vec::new();
-    while let Some(incoming) = reader.next()? {
+    loop {
         let mut shutdown = false;
-        match incoming {
-            Incoming::Rejected { sequence, error } => encode(
+        match frames.step() {
+            Step::NeedMore => {
+                if !receive(&mut reader, &mut frames)? {
+                    // A header cut short by the end of the stream was not a frame either.
+                    let unfinished_header = match frames.buffered() {
+                        held if held < HEADER_LEN => held,
+                        _ => 0,
+                    };
+                    report_skipped(frames.take_discarded() + unfinished_header);
+                    return Ok(());
+                }
+                continue;
+            }
+            Step::Rejected { sequence, error } => encode(
                 &mut outgoing,
                 FrameKind::Reject,
                 sequence,
                 &[reject_payload(error.errno()).as_bytes()],
             ),
-            Incoming::Frame { header, length } => {
-                let payload = &mut reader.buffer[HEADER_LEN..length];
+            Step::Frame { header, payload } => {
                 let (context, segments) = translator.parts(MAX_SEGMENTS);
                 let mut port = Port {
                     domain: DOM0,
@@ -167,9 +180,9 @@ fn connection(service: &Service, stream: UnixStream) -> io::Result<()> {
                     serve()
                 };
                 shutdown = served.shutdown;
-                reader.consume(length);
             }
         }
+        report_skipped(frames.take_discarded());
         writer.write_all(&outgoing)?;
         outgoing.clear();
         if shutdown {
@@ -177,110 +190,27 @@ fn connection(service: &Service, stream: UnixStream) -> io::Result<()> {
             return Ok(());
         }
     }
-    Ok(())
 }
 
-/// What the byte stream held next.
-enum Incoming {
-    /// A checked frame of `length` bytes at the start of the buffer.
-    Frame { header: FrameHeader, length: usize },
-    /// A frame whose header was sound and whose payload was not.
-    Rejected {
-        sequence: u32,
-        error: frame::FrameError,
-    },
+/// Read the bytes the current frame still lacks, and no more, so that the buffer holds at
+/// most one frame; `false` at the end of the stream.
+fn receive(stream: &mut UnixStream, frames: &mut Reassembler<Vec<u8>>) -> io::Result<bool> {
+    loop {
+        match stream.read(frames.space()) {
+            Ok(0) => return Ok(false),
+            Ok(count) => {
+                frames.commit(count);
+                return Ok(true);
+            }
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
 }
 
-/// The bytes of at most one frame, read as the frame needs them.
-struct Reassembly {
-    stream: UnixStream,
-    buffer: Vec<u8>,
-    skipped: usize,
-}
-
-impl Reassembly {
-    fn new(stream: UnixStream) -> Reassembly {
-        Reassembly {
-            stream,
-            buffer: Vec::with_capacity(HEADER_LEN),
-            skipped: 0,
-        }
-    }
-
-    /// Read until the buffer holds `wanted` bytes; `false` at the end of the stream.
-    fn fill(&mut self, wanted: usize) -> io::Result<bool> {
-        while self.buffer.len() < wanted {
-            let start = self.buffer.len();
-            self.buffer.resize(wanted, 0);
-            match self.stream.read(&mut self.buffer[start..]) {
-                Ok(0) => {
-                    self.buffer.truncate(start);
-                    return Ok(false);
-                }
-                Ok(count) => self.buffer.truncate(start + count),
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => {
-                    self.buffer.truncate(start)
-                }
-                Err(error) => return Err(error),
-            }
-        }
-        Ok(true)
-    }
-
-    fn consume(&mut self, count: usize) {
-        self.buffer.drain(..count);
-    }
-
-    /// Drop garbage up to the next place a frame could start.
-    fn resync(&mut self) -> usize {
-        let count = frame::resync(&self.buffer);
-        self.consume(count);
-        count
-    }
-
-    /// The next frame, or `None` at the end of the stream. Garbage is skipped (and counted)
-    /// the way the hypervisor's serial reader skips it.
-    fn next(&mut self) -> io::Result<Option<Incoming>> {
-        let result = self.next_unreported();
-        if self.skipped != 0 {
-            eprintln!(
-                "vbd-backend: control.sock: skipped {} bytes that were not a frame",
-                self.skipped
-            );
-            self.skipped = 0;
-        }
-        result
-    }
-
-    fn next_unreported(&mut self) -> io::Result<Option<Incoming>> {
-        loop {
-            if !self.fill(HEADER_LEN)? {
-                self.skipped += self.buffer.len();
-                return Ok(None);
-            }
-            let Some(bytes) = self.buffer.first_chunk::<HEADER_LEN>() else {
-                continue;
-            };
-            let header = match FrameHeader::parse(bytes) {
-                Ok(header) => header,
-                Err(_) => {
-                    self.skipped += self.resync();
-                    continue;
-                }
-            };
-            let length = HEADER_LEN + header.length as usize;
-            if !self.fill(length)? {
-                return Ok(None);
-            }
-            if let Err(error) = header.check_payload(&self.buffer[HEADER_LEN..length]) {
-                // The next frame may have started inside what was taken for this payload.
-                self.skipped += self.resync();
-                return Ok(Some(Incoming::Rejected {
-                    sequence: header.sequence,
-                    error,
-                }));
-            }
-            return Ok(Some(Incoming::Frame { header, length }));
-        }
+/// Say how much garbage the stream held, the way the hypervisor's serial reader does.
+fn report_skipped(count: usize) {
+    if count != 0 {
+        eprintln!("vbd-backend: control.sock: skipped {count} bytes that were not a frame");
     }
 }

@@ -4,11 +4,13 @@
 //! Every socket and connection reaches its VBD through a [`VbdRef`] pinned when the socket
 //! was made, so once that VBD is deleted its requests fail with `ENOENT`, even after another
 //! of the same name is created. Every I/O holds its [`Translation`] (hv-vbd's in-flight
-//! registration) until it is done, inside [`Translator::with`] or, for a batch of requests
+//! registration) until it is done, inside [`Translator::transfer`] or, for a batch of requests
 //! in flight together, as [`Translator::translate_into`] returns it: a change that removes
 //! the extents is answered only after the I/O has finished. No lock is held meanwhile.
 
-use hv_vbd::{IoContext, Request, Segment, Translation, VbdId, VbdRef, VbdTable};
+use hv_vbd::{
+    IoContext, Request, Segment, SegmentRoom, Transfer, Translation, VbdId, VbdRef, VbdTable,
+};
 use shared_abi::{DeviceNumber, Error, Label, DOM0};
 
 /// Extents the table holds, in all VBDs together.
@@ -84,7 +86,7 @@ pub fn vbd_devices(table: &Table, vbd: &VbdRef) -> Result<Vec<DeviceNumber>, Err
 pub struct Translator {
     table: &'static Table,
     context: IoContext<'static>,
-    segments: Vec<Segment>,
+    segments: Segments,
 }
 
 /// Segments to start with; the buffer grows when a request crosses more extents.
@@ -98,7 +100,7 @@ impl Translator {
             // Queue, NBD and control threads can outnumber the cores: a translation that
             // meets a change under way yields to the control thread making it.
             context: table.io_context().relaxing_with(std::thread::yield_now),
-            segments: vec![Segment::default(); INITIAL_SEGMENTS],
+            segments: Segments(vec![Segment::default(); INITIAL_SEGMENTS]),
         }
     }
 
@@ -109,10 +111,8 @@ impl Translator {
     /// The context and a segment buffer of at least `room` entries, for hv-vbd's frame
     /// server, which translates by itself.
     pub fn parts(&mut self, room: usize) -> (&IoContext<'static>, &mut [Segment]) {
-        if self.segments.len() < room {
-            self.segments.resize(room, Segment::default());
-        }
-        (&self.context, &mut self.segments)
+        self.segments.grow(room);
+        (&self.context, &mut self.segments.0)
     }
 
     /// Translate `request` on the pinned VBD into `out`, once: `E2BIG` when its segments do
@@ -128,31 +128,40 @@ impl Translator {
             .translate_pinned(&self.context, vbd, request, out)
     }
 
-    /// Translate `request` on the pinned VBD and run `io` with the translation, which stays
-    /// registered as in flight until `io` returns. The segment buffer grows until every
-    /// segment fits: at most one per sector and one per extent of the table, so this ends.
-    pub fn with<R>(
+    /// Translate `request` on the pinned VBD and call `each` with every transfer against
+    /// buffers of the lengths `buffers` yields, while the translation is held (hv-vbd's
+    /// [`VbdTable::transfer`]): a change that removes the extents is answered only after
+    /// this returns. The segment buffer grows until every segment fits.
+    pub fn transfer<E: From<Error>>(
         &mut self,
         vbd: &VbdRef,
         request: &Request,
-        io: impl FnOnce(&Translation<'_, 'static>) -> R,
-    ) -> Result<R, Error> {
-        let most = usize::try_from(request.nr_sectors())
-            .unwrap_or(usize::MAX)
-            .min(EXTENTS);
-        loop {
-            let room = self.segments.len();
-            match self
-                .table
-                .translate_pinned(&self.context, vbd, request, &mut self.segments)
-            {
-                Ok(translation) => return Ok(io(&translation)),
-                Err(Error::TooBig) if room < most => {}
-                Err(error) => return Err(error),
-            }
-            self.segments
-                .resize(room.saturating_mul(4).min(most), Segment::default());
-        }
+        buffers: impl IntoIterator<Item = usize>,
+        each: impl FnMut(Transfer) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.table.transfer(
+            &self.context,
+            vbd.into(),
+            request,
+            &mut self.segments,
+            buffers,
+            each,
+        )
+    }
+}
+
+/// A translator's segment buffer, grown whenever hv-vbd asks for more room: a request has
+/// at most one segment per sector and one per extent of the table, so it stays bounded.
+struct Segments(Vec<Segment>);
+
+impl SegmentRoom for Segments {
+    fn segments(&mut self) -> &mut [Segment] {
+        &mut self.0
+    }
+
+    fn grow(&mut self, wanted: usize) -> bool {
+        self.0.resize(wanted.max(self.0.len()), Segment::default());
+        true
     }
 }
 
@@ -221,6 +230,12 @@ pub(crate) mod tests {
         table.pin(DOM0, id).unwrap()
     }
 
+    /// Walk `request` on `vbd` with a buffer of its length, doing nothing.
+    fn walk(translator: &mut Translator, vbd: &VbdRef, request: &Request) -> Result<(), Error> {
+        let bytes = request.bytes() as usize;
+        translator.transfer(vbd, request, [bytes], |_| Ok::<(), Error>(()))
+    }
+
     #[test]
     fn a_translator_grows_its_buffer_for_a_request_over_many_extents() {
         let table = empty_table();
@@ -229,13 +244,11 @@ pub(crate) mod tests {
         let vbd = create(table, xvda(1), &extents, true, "vd:1");
         let mut translator = Translator::new(table);
         let request = Request::new(Access::Read, 0, 40).unwrap();
-        let sectors = translator
-            .with(&vbd, &request, |translation| {
-                translation
-                    .segments()
-                    .iter()
-                    .map(|segment| segment.sector)
-                    .collect::<Vec<_>>()
+        let mut sectors = Vec::new();
+        translator
+            .transfer(&vbd, &request, [40 * 512], |transfer| {
+                sectors.push(transfer.disk_offset / 512);
+                Ok::<(), Error>(())
             })
             .unwrap();
         assert_eq!(sectors, (0..40).map(|index| index * 2).collect::<Vec<_>>());
@@ -247,20 +260,17 @@ pub(crate) mod tests {
         let vbd = create(table, xvda(1), &[(0, 0, 8)], true, "vd:1");
         let mut translator = Translator::new(table);
         let request = Request::new(Access::Write, 0, 1).unwrap();
-        assert_eq!(translator.with(&vbd, &request, |_| ()), Ok(()));
+        assert_eq!(walk(&mut translator, &vbd, &request), Ok(()));
         table
             .delete(DOM0, xvda(1))
             .unwrap()
             .fence
             .wait(std::thread::yield_now);
         let again = create(table, xvda(1), &[(1, 0, 8)], true, "vd:2");
-        assert_eq!(
-            translator.with(&vbd, &request, |_| ()),
-            Err(Error::NotFound)
-        );
+        assert_eq!(walk(&mut translator, &vbd, &request), Err(Error::NotFound));
         assert_eq!(vbd_state(table, &vbd), Err(Error::NotFound));
         assert_eq!(vbd_devices(table, &vbd), Err(Error::NotFound));
-        assert_eq!(translator.with(&again, &request, |_| ()), Ok(()));
+        assert_eq!(walk(&mut translator, &again, &request), Ok(()));
     }
 
     #[test]
@@ -269,11 +279,11 @@ pub(crate) mod tests {
         let vbd = create(table, xvda(1), &[(0, 0, 8)], false, "");
         let mut translator = Translator::new(table);
         let write = Request::new(Access::Write, 0, 1).unwrap();
-        assert_eq!(translator.with(&vbd, &write, |_| ()), Err(Error::ReadOnly));
+        assert_eq!(walk(&mut translator, &vbd, &write), Err(Error::ReadOnly));
         let read = Request::new(Access::Read, 0, 8).unwrap();
-        assert_eq!(translator.with(&vbd, &read, |_| ()), Ok(()));
+        assert_eq!(walk(&mut translator, &vbd, &read), Ok(()));
         let past = Request::new(Access::Read, 8, 1).unwrap();
-        assert_eq!(translator.with(&vbd, &past, |_| ()), Err(Error::OutOfRange));
+        assert_eq!(walk(&mut translator, &vbd, &past), Err(Error::OutOfRange));
     }
 
     #[test]
@@ -337,7 +347,7 @@ pub(crate) mod tests {
         let request = Request::new(Access::Read, 0, 8).unwrap();
         let mut translators: Vec<Translator> = (0..1000).map(|_| Translator::new(table)).collect();
         for translator in &mut translators {
-            assert_eq!(translator.with(&vbd, &request, |_| ()), Ok(()));
+            assert_eq!(walk(translator, &vbd, &request), Ok(()));
         }
     }
 }

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use shared_abi::frame::{self, FrameError, FrameHeader, FrameKind};
+use shared_abi::frame::{self, FrameHeader, FrameKind};
+use shared_abi::reassembly::{Reassembler, Step};
 use shared_abi::wire::ChangeNotice;
 use zerocopy::FromBytes;
 
@@ -48,7 +49,8 @@ pub struct Channel {
     /// How long a reply may take before the call fails with [`HypervisorError::NoReply`].
     reply_timeout: Duration,
     next_sequence: u32,
-    received: Vec<u8>,
+    /// Bytes read past the last frame handed out: replies are read as they come.
+    received: Reassembler<Vec<u8>>,
     notices: Vec<ChangeNotice>,
 }
 
@@ -72,7 +74,7 @@ impl Channel {
             endpoint,
             reply_timeout: REPLY_TIMEOUT,
             next_sequence: 1,
-            received: Vec::new(),
+            received: Reassembler::new(vec![0u8; frame::MAX_FRAME]),
             notices: Vec::new(),
         })
     }
@@ -191,21 +193,15 @@ impl Channel {
     /// Read the next well-formed frame, skipping anything malformed.
     fn next_frame(&mut self) -> Result<(FrameKind, u32, Vec<u8>), HypervisorError> {
         loop {
-            match frame::decode(&self.received) {
-                Ok((frame, used)) => {
-                    let decoded = (frame.kind, frame.sequence, frame.payload.to_vec());
-                    self.received.drain(..used);
-                    return Ok(decoded);
+            match self.received.step() {
+                Step::Frame { header, payload } => {
+                    return Ok((header.kind, header.sequence, payload.to_vec()))
                 }
-                Err(FrameError::Truncated { .. }) => {}
-                Err(_) => {
-                    let skip = frame::resync(&self.received);
-                    self.received.drain(..skip);
-                    continue;
-                }
+                // The hypervisor sent something malformed: nothing to tell it, read on.
+                Step::Rejected { .. } => continue,
+                Step::NeedMore => {}
             }
-            let mut chunk = [0u8; 64 * 1024];
-            let read = self.stream.read(&mut chunk).map_err(|error| {
+            let read = self.stream.read(self.received.spare()).map_err(|error| {
                 match error.kind() {
                     // What a read timeout looks like on a unix socket.
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
@@ -220,7 +216,7 @@ impl Channel {
             if read == 0 {
                 return Err(self.protocol_error("the port closed"));
             }
-            self.received.extend_from_slice(&chunk[..read]);
+            self.received.commit(read);
         }
     }
 }

@@ -25,9 +25,10 @@ mod timer;
 
 use hv_vbd::serve::{Port, MAX_BLOCK_BYTES, MAX_SEGMENTS};
 use hv_vbd::{DefaultVbdTable, IoContext, Segment, SharingLevel, VbdTable};
+use shared_abi::reassembly::Step;
 use shared_abi::DeviceNumber;
 
-use crate::channel::{Receiver, Step, IDLE_MILLISECONDS};
+use crate::channel::{Receiver, IDLE_MILLISECONDS};
 use crate::command_line::CommandLine;
 use crate::disks::Disks;
 use crate::exit::ExitCode;

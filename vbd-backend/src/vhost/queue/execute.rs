@@ -3,7 +3,7 @@
 
 use std::io;
 
-use hv_vbd::{Access, Translation, VbdRef};
+use hv_vbd::{Access, Transfer, Translation, VbdRef};
 use shared_abi::Error;
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_OK};
 use virtio_queue::desc::split::Descriptor;
@@ -85,13 +85,14 @@ pub(super) fn transfer_alone(
 ) -> Result<u32, RequestError> {
     let total: u64 = buffers.iter().map(|buffer| u64::from(buffer.length)).sum();
     let request = hv_vbd::Request::from_bytes(access, sector, total)?;
-    translator.with(&queue.target.vbd, &request, |translation| {
-        each_slice(
+    let lengths = buffers.iter().map(|buffer| buffer.length as usize);
+    translator.transfer(&queue.target.vbd, &request, lengths, |transfer| {
+        transfer_slices(
             queue,
-            translation,
+            transfer,
             buffers,
             memory,
-            |disk, offset, slice| {
+            &mut |disk, offset, slice| {
                 match access {
                     Access::Read => sys::read_exact_at(disk.file(), offset, &slice),
                     Access::Write => disk.write_guest_at(offset, &slice),
@@ -99,7 +100,7 @@ pub(super) fn transfer_alone(
                 .map_err(|error| failed(queue, error))
             },
         )
-    })??;
+    })?;
     Ok(match access {
         // At most `u32::MAX - 1`: parsing bounds a request's data.
         Access::Read => total as u32,
@@ -118,28 +119,39 @@ pub(super) fn each_slice<'m>(
     mut each: impl FnMut(&'m Disk, u64, VolatileSlice<'m>) -> Result<(), RequestError>,
 ) -> Result<(), RequestError> {
     let lengths = buffers.iter().map(|buffer| buffer.length as usize);
-    translation.transfers(lengths).try_for_each(|transfer| {
-        let transfer = transfer?;
-        // Inside a buffer that parsing checked against guest memory.
-        let address = buffers
-            .get(transfer.buffer)
-            .and_then(|buffer| buffer.address.checked_add(transfer.buffer_offset as u64))
-            .ok_or(RequestError::BadGuestAddress)?;
-        let disk = queue
-            .target
-            .shared
-            .disks
-            .find(transfer.device)
-            .map_err(|error| failed(queue, error))?;
-        let mut offset = transfer.disk_offset;
-        for slice in memory.get_slices(address, transfer.length) {
-            let slice = slice.map_err(|_| RequestError::BadGuestAddress)?;
-            let length = slice.len() as u64;
-            each(disk, offset, slice)?;
-            offset += length;
-        }
-        Ok(())
-    })
+    translation
+        .transfers(lengths)
+        .try_for_each(|transfer| transfer_slices(queue, transfer?, buffers, memory, &mut each))
+}
+
+/// Call `each` with the slices of guest memory one transfer covers, the disk it goes to
+/// or comes from and its offset there, in order; the first error ends the walk.
+fn transfer_slices<'m>(
+    queue: &'m QueueTarget<'_>,
+    transfer: Transfer,
+    buffers: &[GuestBuffer],
+    memory: &'m Mapped,
+    each: &mut impl FnMut(&'m Disk, u64, VolatileSlice<'m>) -> Result<(), RequestError>,
+) -> Result<(), RequestError> {
+    // Inside a buffer that parsing checked against guest memory.
+    let address = buffers
+        .get(transfer.buffer)
+        .and_then(|buffer| buffer.address.checked_add(transfer.buffer_offset as u64))
+        .ok_or(RequestError::BadGuestAddress)?;
+    let disk = queue
+        .target
+        .shared
+        .disks
+        .find(transfer.device)
+        .map_err(|error| failed(queue, error))?;
+    let mut offset = transfer.disk_offset;
+    for slice in memory.get_slices(address, transfer.length) {
+        let slice = slice.map_err(|_| RequestError::BadGuestAddress)?;
+        let length = slice.len() as u64;
+        each(disk, offset, slice)?;
+        offset += length;
+    }
+    Ok(())
 }
 
 /// The operations without guest data, on this thread's translator.
