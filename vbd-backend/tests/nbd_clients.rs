@@ -170,7 +170,11 @@ fn nbdinfo_and_qemu_img_map_see_exactly_what_was_written() {
     );
     qemu_io(
         &backend,
-        &["read -P 0 0 288k", "read -P 0xab 288k 32k", "read -P 0 320k 700k"],
+        &[
+            "read -P 0 0 288k",
+            "read -P 0xab 288k 32k",
+            "read -P 0 320k 700k",
+        ],
     );
 }
 
@@ -229,10 +233,13 @@ fn fio_nbd_engine_writes_and_verifies_with_crc32c() {
             "--iodepth=16",
             "--verify=crc32c",
             "--do_verify=1",
+            "--verify_state_save=0",
             "--output-format=json",
         ],
     );
-    let report: serde_json::Value = serde_json::from_str(&output).unwrap();
+    // fio says "fio: connected to NBD server" before its report.
+    let report: serde_json::Value =
+        serde_json::from_str(&output[output.find('{').unwrap()..]).unwrap();
     let job = &report["jobs"][0];
     assert_eq!(job["error"], 0);
     assert_eq!(job["write"]["io_bytes"], VBD_BYTES, "every block written");
