@@ -185,6 +185,17 @@ fn can_multi_conn(backend: &Backend) -> bool {
     info["exports"][0]["can_multi_conn"].as_bool().unwrap()
 }
 
+/// `nbdcopy FROM TO` over four connections, which it must say it used: it opens one per
+/// thread, and only when the export offers multi-conn.
+fn nbdcopy(from: &str, to: &str) {
+    let output = run(
+        "nbdcopy",
+        &["--verbose", "--connections=4", "--threads=4", from, to],
+    );
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("nbdcopy: connections=4 "));
+}
+
 #[test]
 fn nbdcopy_copies_in_and_out_over_four_connections_byte_for_byte() {
     let backend = Backend::start(&[]);
@@ -197,10 +208,9 @@ fn nbdcopy_copies_in_and_out_over_four_connections_byte_for_byte() {
     bytes[900 * 1024..904 * 1024].copy_from_slice(&pattern(4 * 1024, 9));
     std::fs::write(&source, &bytes).unwrap();
     let source = source.to_str().unwrap();
-    run_ok("nbdcopy", &["--connections=4", source, &url(&backend)]);
+    nbdcopy(source, &url(&backend));
     let copy = backend.work.path().join("copy.raw");
-    let copy_path = copy.to_str().unwrap();
-    run_ok("nbdcopy", &["--connections=4", &url(&backend), copy_path]);
+    nbdcopy(&url(&backend), copy.to_str().unwrap());
     assert_eq!(std::fs::read(&copy).unwrap(), bytes);
     // And what landed on the disks is the source, in VBD order.
     let on_disks: Vec<u8> = EXTENTS
