@@ -44,7 +44,10 @@ pub fn with_runs<R>(
 fn runs(io: &DiskIo<'_>, segments: &[Segment], limit: usize) -> Result<Vec<Run>, Error> {
     let mut runs = Vec::new();
     for segment in segments {
-        let disk = io.disks.find(segment.device).map_err(|f| io.failed(f))?;
+        let disk = io
+            .disks
+            .find(segment.device)
+            .map_err(|failure| io.failed(failure))?;
         let end = (segment.sector + segment.nr_sectors) * SECTOR_SIZE;
         let mut at = segment.sector * SECTOR_SIZE;
         while at < end {
