@@ -10,6 +10,9 @@
 //! had succeeded, and the kernel reports a failed writeback to one `fsync` of the shared
 //! file description only. So the disk remembers: every later write and flush of it fails
 //! until the backend is restarted, and reads go on.
+//!
+//! An image's holes are found with `SEEK_DATA`/`SEEK_HOLE`, for the NBD exports' block
+//! status and sparse reads; a block device reports data throughout.
 
 use std::fs::File;
 use std::io;
@@ -20,7 +23,7 @@ use std::sync::{Mutex, PoisonError};
 
 use host_tools::devices::{open_disk, DevicesFile};
 use hv_vbd::serve::BlockDevices;
-use rustix::fs::{fallocate, FallocateFlags};
+use rustix::fs::{fadvise, fallocate, seek, Advice, FallocateFlags, SeekFrom};
 use shared_abi::{DeviceNumber, Error, SECTOR_SIZE};
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::VolatileSlice;
@@ -41,6 +44,8 @@ pub struct Disk {
     /// Syncs run one at a time, so that the one the kernel tells of a failed writeback has
     /// marked the disk before another can sync and hear nothing.
     syncing: Mutex<()>,
+    /// A regular file, whose holes `SEEK_DATA` and `SEEK_HOLE` find.
+    has_holes: bool,
 }
 
 /// Every disk of the devices file.
@@ -50,11 +55,13 @@ pub struct Disks {
 }
 
 /// How to zero a range: reads of a discarded range may return anything, reads of a zeroed
-/// one must return zeros.
+/// one must return zeros. Zeroes in place fail with `ErrorKind::Unsupported` where the
+/// disk could only write zeros.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Release {
     Discard,
     WriteZeroes { may_unmap: bool },
+    ZeroesInPlace { may_unmap: bool },
 }
 
 impl Disks {
@@ -134,7 +141,11 @@ const SYNC_LOSSES: &[i32] = &[libc::EIO, libc::ENOSPC, libc::EDQUOT];
 
 impl Disk {
     fn new(name: String, device: DeviceNumber, sectors: u64, path: PathBuf, file: File) -> Disk {
+        let has_holes = file
+            .metadata()
+            .is_ok_and(|metadata| metadata.file_type().is_file());
         Disk {
+            has_holes,
             name,
             device,
             sectors,
@@ -181,10 +192,13 @@ impl Disk {
     /// device cannot zero in place, zeros are written.
     pub fn release(&self, offset: u64, length: u64, how: Release) -> io::Result<()> {
         let flags = match how {
-            Release::Discard | Release::WriteZeroes { may_unmap: true } => {
+            Release::Discard
+            | Release::WriteZeroes { may_unmap: true }
+            | Release::ZeroesInPlace { may_unmap: true } => {
                 FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE
             }
-            Release::WriteZeroes { may_unmap: false } => {
+            Release::WriteZeroes { may_unmap: false }
+            | Release::ZeroesInPlace { may_unmap: false } => {
                 FallocateFlags::ZERO_RANGE | FallocateFlags::KEEP_SIZE
             }
         };
@@ -195,10 +209,44 @@ impl Disk {
             Err(error)
                 if error == rustix::io::Errno::OPNOTSUPP || error == rustix::io::Errno::NOSYS =>
             {
-                write_zeros(file, offset, length)
+                match how {
+                    Release::ZeroesInPlace { .. } => Err(io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        format!("disk {} cannot zero in place", self.name),
+                    )),
+                    _ => write_zeros(file, offset, length),
+                }
             }
             Err(error) => Err(error.into()),
         })
+    }
+
+    /// The run of bytes from `offset` up to at most `end` that is all data or all hole:
+    /// `(length, hole)`. Only images have holes; a block device is data throughout.
+    pub fn allocation(&self, offset: u64, end: u64) -> io::Result<(u64, bool)> {
+        if !self.has_holes {
+            return Ok((end - offset, false));
+        }
+        match seek(&self.file, SeekFrom::Data(offset)) {
+            Ok(data) if data > offset => Ok((data.min(end) - offset, true)),
+            Ok(_) => {
+                let hole = seek(&self.file, SeekFrom::Hole(offset))?;
+                Ok((hole.min(end) - offset, false))
+            }
+            // No data at or after `offset`.
+            Err(rustix::io::Errno::NXIO) => Ok((end - offset, true)),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Ask the kernel to read `length` bytes at `offset` into the page cache, ahead of use.
+    pub fn prefetch(&self, offset: u64, length: u64) -> io::Result<()> {
+        Ok(fadvise(
+            &self.file,
+            offset,
+            std::num::NonZeroU64::new(length),
+            Advice::WillNeed,
+        )?)
     }
 
     /// Run `write` on the file unless the disk has lost writes; an error of it that may
@@ -345,6 +393,61 @@ pub(crate) mod tests {
             File::from(std::os::fd::OwnedFd::from(reader)),
         );
         (Disks { disks: vec![disk] }, writer)
+    }
+
+    #[test]
+    fn an_images_runs_of_data_and_holes_are_found_and_a_pipe_is_all_data() {
+        let (_directory, disks) = two_disks();
+        let hda = disks.iter().next().unwrap();
+        hda.write_all_at(&[1; 8192], 16384).unwrap();
+        assert_eq!(hda.allocation(0, 65536).unwrap(), (16384, true));
+        assert_eq!(
+            hda.allocation(4096, 8192).unwrap(),
+            (4096, true),
+            "up to end"
+        );
+        assert_eq!(hda.allocation(16384, 65536).unwrap(), (8192, false));
+        assert_eq!(hda.allocation(20480, 22528).unwrap(), (2048, false));
+        assert_eq!(hda.allocation(24576, 65536).unwrap(), (40960, true));
+        let end = 4096 * SECTOR_SIZE;
+        assert_eq!(hda.allocation(end - 512, end).unwrap(), (512, true));
+        let (on_a_pipe, _writer) = a_disk_on_a_pipe();
+        let pipe = on_a_pipe.iter().next().unwrap();
+        assert_eq!(pipe.allocation(0, 4096).unwrap(), (4096, false));
+    }
+
+    #[test]
+    fn zeroes_in_place_punch_or_zero_and_never_fall_back_to_writes() {
+        let (_directory, disks) = two_disks();
+        let hda = disks.iter().next().unwrap();
+        hda.write_all_at(&[1; 16384], 0).unwrap();
+        hda.release(0, 4096, Release::ZeroesInPlace { may_unmap: true })
+            .unwrap();
+        hda.release(4096, 4096, Release::ZeroesInPlace { may_unmap: false })
+            .unwrap();
+        let mut bytes = vec![0u8; 16384];
+        hda.read_exact_at(&mut bytes, 0).unwrap();
+        assert_eq!(bytes, [vec![0; 8192], vec![1; 8192]].concat());
+        // Punched: a hole. (A zeroed range's extent may stay allocated.)
+        assert_eq!(hda.allocation(0, 4096).unwrap(), (4096, true));
+        // The FUSE image implements no fallocate: write-zeroes writes zeros, zeroes in
+        // place refuse.
+        let (_directory, _image, _devices, disks) = hda_on_a_faulty_disk();
+        let hda = disks.iter().next().unwrap();
+        hda.write_all_at(&[1; 1024], 0).unwrap();
+        assert_eq!(
+            hda.release(0, 512, Release::ZeroesInPlace { may_unmap: true })
+                .map_err(|error| (error.kind(), error.to_string())),
+            Err((
+                io::ErrorKind::Unsupported,
+                "disk hda cannot zero in place".to_string()
+            ))
+        );
+        hda.release(0, 512, Release::WriteZeroes { may_unmap: true })
+            .unwrap();
+        let mut bytes = vec![0u8; 1024];
+        hda.read_exact_at(&mut bytes, 0).unwrap();
+        assert_eq!(bytes, [vec![0; 512], vec![1; 512]].concat());
     }
 
     #[test]

@@ -194,6 +194,7 @@ const EPERM: u32 = 1;
 const EIO: u32 = 5;
 const EINVAL: u32 = 22;
 const ENOSPC: u32 = 28;
+const ENOTSUP: u32 = 95;
 
 /// A minimal NBD client for the requests real clients never send.
 struct RawClient {
@@ -333,12 +334,35 @@ fn option_haggling_refuses_what_it_does_not_offer_and_goes_on() {
     attach(&backend, Mode::READ | Mode::WRITE);
     let path = backend.socket(0, "xvda");
     let mut stream = RawClient::haggle(&path);
+    // Metadata contexts before structured replies: ERR_INVALID.
+    let mut query = 0u32.to_be_bytes().to_vec();
+    query.extend_from_slice(&1u32.to_be_bytes());
+    query.extend_from_slice(&15u32.to_be_bytes());
+    query.extend_from_slice(b"base:allocation");
+    RawClient::option(&mut stream, 10, &query);
+    assert_eq!(RawClient::option_reply(&mut stream, 10).0, (1 << 31) + 3);
+    RawClient::option(&mut stream, 8, b"x");
+    assert_eq!(
+        RawClient::option_reply(&mut stream, 8).0,
+        (1 << 31) + 3,
+        "structured replies with data: ERR_INVALID"
+    );
     RawClient::option(&mut stream, 8, &[]);
     assert_eq!(
         RawClient::option_reply(&mut stream, 8).0,
-        (1 << 31) + 1,
-        "structured replies: ERR_UNSUP"
+        1,
+        "structured replies: ACK"
     );
+    RawClient::option(&mut stream, 10, &query[..query.len() - 1]);
+    assert_eq!(
+        RawClient::option_reply(&mut stream, 10).0,
+        (1 << 31) + 3,
+        "a truncated query: ERR_INVALID"
+    );
+    RawClient::option(&mut stream, 10, &query);
+    let (kind, data) = RawClient::option_reply(&mut stream, 10);
+    assert_eq!((kind, &data[4..]), (4, &b"base:allocation"[..]));
+    assert_eq!(RawClient::option_reply(&mut stream, 10).0, 1);
     RawClient::option(&mut stream, 3, &[]);
     let (kind, data) = RawClient::option_reply(&mut stream, 3);
     assert_eq!(
@@ -412,11 +436,12 @@ fn malformed_requests_get_errors_and_the_connection_goes_on() {
     attach(&backend, Mode::READ | Mode::WRITE);
     let mut client = RawClient::go(&backend.socket(0, "xvda"));
     assert_eq!(
-        client.transmission_flags, 0b110_1101,
-        "HAS_FLAGS SEND_FLUSH SEND_FUA SEND_TRIM SEND_WRITE_ZEROES"
+        client.transmission_flags, 0b1101_0110_1101,
+        "HAS_FLAGS SEND_FLUSH SEND_FUA SEND_TRIM SEND_WRITE_ZEROES CAN_MULTI_CONN SEND_CACHE \
+         SEND_FAST_ZERO"
     );
     let size = 128 * 512;
-    let refusals: [(u16, u16, u64, u32, u32, &str); 10] = [
+    let refusals: [(u16, u16, u64, u32, u32, &str); 13] = [
         (0, 0, 100, 512, EINVAL, "unaligned offset"),
         (0, 0, 0, 100, EINVAL, "unaligned length"),
         (0, 0, 0, 0, EINVAL, "empty read"),
@@ -424,7 +449,17 @@ fn malformed_requests_get_errors_and_the_connection_goes_on() {
         (1, 0, size - 512, 1024, ENOSPC, "write past the end"),
         (0, 0x8000, 0, 512, EINVAL, "unknown flag"),
         (3, 0, 512, 0, EINVAL, "flush with an offset"),
-        (7, 0, 0, 512, EINVAL, "block status was not offered"),
+        (7, 0, 0, 512, EINVAL, "block status was not negotiated"),
+        (
+            0,
+            4,
+            0,
+            512,
+            EINVAL,
+            "don't-fragment without structured replies",
+        ),
+        (9, 0, 0, 512, EINVAL, "an unknown command"),
+        (5, 0, size - 512, 1024, EINVAL, "cache past the end"),
         (0, 0, 0, 33 << 20, EINVAL, "larger than the maximum"),
         (4, 0, u64::MAX - 511, 512, ENOSPC, "trim that wraps"),
     ];
@@ -437,11 +472,14 @@ fn malformed_requests_get_errors_and_the_connection_goes_on() {
             "{why}"
         );
     }
-    // Still in step: a write with FUA, a flush and a read.
+    // Still in step: a write with FUA, a flush and a read; FUA is taken on every command.
     let data = pattern(1024, 5);
     assert_eq!(client.request(1, 1, 1024, 1024, Some(&data)).0, 0);
     assert_eq!(client.request(3, 0, 0, 0, None).0, 0);
     assert_eq!(client.request(0, 0, 1024, 1024, None), (0, data.clone()));
+    assert_eq!(client.request(0, 1, 1024, 1024, None), (0, data.clone()));
+    assert_eq!(client.request(3, 1, 0, 0, None).0, 0, "a flush with FUA");
+    assert_eq!(client.request(5, 1, 0, 4096, None).0, 0, "a cache with FUA");
     assert_eq!(backend.read_image("hdb", 1002 * 512, 1024), data);
     assert_eq!(
         client.request(6, 2, 1024, 512, None).0,
@@ -693,4 +731,118 @@ fn a_failed_writeback_fails_every_later_flush_and_write_of_its_disk_until_a_rest
         on_hda.request(READ, 0, 0, 1024, None),
         (0, [written, vec![2; 512]].concat())
     );
+}
+
+#[test]
+fn nothing_after_a_disconnect_is_served() {
+    let backend = Backend::start(&[]);
+    attach(&backend, Mode::READ | Mode::WRITE);
+    let mut client = RawClient::go(&backend.socket(0, "xvda"));
+    // NBD_CMD_DISC and, in the same write, a write the client must not send after it.
+    let mut message = 0x2560_9513u32.to_be_bytes().to_vec();
+    message.extend_from_slice(&[0, 0, 0, 2]);
+    message.extend_from_slice(&[0u8; 20]);
+    message.extend_from_slice(&0x2560_9513u32.to_be_bytes());
+    message.extend_from_slice(&[0, 0, 0, 1]);
+    message.extend_from_slice(&7u64.to_be_bytes());
+    message.extend_from_slice(&0u64.to_be_bytes());
+    message.extend_from_slice(&512u32.to_be_bytes());
+    message.extend_from_slice(&[0xee; 512]);
+    client.stream.write_all(&message).unwrap();
+    let mut rest = Vec::new();
+    client.stream.read_to_end(&mut rest).unwrap();
+    assert_eq!(
+        rest,
+        Vec::<u8>::new(),
+        "no reply, and the connection closed"
+    );
+    assert_eq!(backend.read_image("hdb", 1000 * 512, 512), vec![0; 512]);
+}
+
+/// A client that sends requests and never reads their replies blocks its own connection's
+/// thread in a write; every other connection, of this export or another, goes on.
+#[test]
+fn a_client_that_stops_reading_stalls_no_other_connection() {
+    let backend = Backend::start(&[]);
+    attach(&backend, Mode::READ | Mode::WRITE);
+    attach_whole(&backend, "xvdb", hda(), 64);
+    let mut stalled = RawClient::go(&backend.socket(0, "xvda"));
+    // 64 reads of 1 MiB: far more than the socket buffers hold.
+    for handle in 0..64u64 {
+        let mut message = 0x2560_9513u32.to_be_bytes().to_vec();
+        message.extend_from_slice(&[0, 0, 0, 0]);
+        message.extend_from_slice(&handle.to_be_bytes());
+        message.extend_from_slice(&0u64.to_be_bytes());
+        message.extend_from_slice(&(64u32 * 512).to_be_bytes());
+        stalled.stream.write_all(&message).unwrap();
+    }
+    // Let the backend fill the socket and block writing a reply.
+    std::thread::sleep(Duration::from_millis(500));
+    let data = pattern(4096, 3);
+    for export in ["xvda", "xvdb"] {
+        let mut other = RawClient::go(&backend.socket(0, export));
+        assert_eq!(other.request(1, 0, 8192, 4096, Some(&data)).0, 0);
+        assert_eq!(other.request(3, 0, 0, 0, None).0, 0);
+        assert_eq!(other.request(0, 0, 8192, 4096, None), (0, data.clone()));
+        other.disconnect();
+    }
+    // The table changes too: no translation is held by the stalled connection.
+    backend
+        .hypervisor()
+        .delete(0, shared_abi::DeviceNumber::from_name("xvdb").unwrap())
+        .unwrap();
+}
+
+/// Multi-conn's promise: a flush on one connection covers the writes completed on every
+/// connection of the export, since a flush syncs the disks themselves.
+#[test]
+fn a_flush_on_one_connection_covers_writes_completed_on_another() {
+    let disk = FaultyDisk::mount(IMAGE_BYTES);
+    let backend = Backend::start_with(Some(disk.path()), None, &[]);
+    attach_whole(&backend, "xvda", hda(), 64);
+    let mut writer = RawClient::go(&backend.socket(0, "xvda"));
+    let mut flusher = RawClient::go(&backend.socket(0, "xvda"));
+    assert_eq!(
+        writer.transmission_flags & 0x100,
+        0x100,
+        "NBD_FLAG_CAN_MULTI_CONN"
+    );
+    assert_eq!(writer.request(1, 0, 0, 512, Some(&[5; 512])).0, 0);
+    let syncs = disk.syncs();
+    assert_eq!(flusher.request(3, 0, 0, 0, None).0, 0);
+    assert_eq!(
+        disk.syncs(),
+        syncs + 1,
+        "the other connection's flush synced"
+    );
+    assert_eq!(flusher.request(0, 0, 0, 512, None), (0, vec![5; 512]));
+    // And it reports what the writer's data met: a failed writeback of it.
+    assert_eq!(writer.request(1, 0, 512, 512, Some(&[6; 512])).0, 0);
+    disk.fail_next_sync();
+    assert_eq!(flusher.request(3, 0, 0, 0, None), (EIO, vec![]));
+}
+
+#[test]
+fn a_fast_zero_that_would_write_zeros_fails_with_enotsup_and_changes_nothing() {
+    const WRITE_ZEROES: u16 = 6;
+    const NO_HOLE: u16 = 2;
+    const FAST_ZERO: u16 = 0x10;
+    // The FUSE image implements no fallocate: zeroing it means writing zeros.
+    let disk = FaultyDisk::mount(IMAGE_BYTES);
+    let backend = Backend::start_with(Some(disk.path()), None, &[]);
+    attach_whole(&backend, "xvda", hda(), 64);
+    let mut client = RawClient::go(&backend.socket(0, "xvda"));
+    assert_eq!(client.transmission_flags & 0x800, 0x800, "SEND_FAST_ZERO");
+    let data = pattern(4096, 1);
+    assert_eq!(client.request(1, 0, 0, 4096, Some(&data)).0, 0);
+    for flags in [FAST_ZERO, FAST_ZERO | NO_HOLE] {
+        assert_eq!(
+            client.request(WRITE_ZEROES, flags, 0, 4096, None),
+            (ENOTSUP, vec![])
+        );
+    }
+    assert_eq!(client.request(0, 0, 0, 4096, None), (0, data));
+    // Without the flag the zeros are written.
+    assert_eq!(client.request(WRITE_ZEROES, 0, 0, 4096, None).0, 0);
+    assert_eq!(client.request(0, 0, 0, 4096, None), (0, vec![0; 4096]));
 }

@@ -13,7 +13,7 @@ struct Tool {
     package: &'static str,
 }
 
-const TOOLS: [Tool; 8] = [
+const TOOLS: [Tool; 11] = [
     Tool {
         program: "qemu-system-x86_64",
         package: "qemu-system-x86",
@@ -47,6 +47,20 @@ const TOOLS: [Tool; 8] = [
     Tool {
         program: "setpriv",
         package: "util-linux",
+    },
+    // The NBD exports' clients: nbdinfo and nbdcopy, libnbd's Python binding (which ships
+    // nbdsh), and fio, whose nbd engine links libnbd.
+    Tool {
+        program: "nbdinfo",
+        package: "libnbd-bin",
+    },
+    Tool {
+        program: "nbdsh",
+        package: "python3-libnbd",
+    },
+    Tool {
+        program: "fio",
+        package: "fio",
     },
 ];
 

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use shared_abi::SECTOR_SIZE;
 use std::io;
 use vbd_backend::nbd::options::{parse_info_request, read_option, ClientOption, MAX_OPTION_DATA};
-use vbd_backend::nbd::request::{Command, Request, RequestError, HEADER_BYTES};
+use vbd_backend::nbd::request::{Command, Offered, Request, RequestError, HEADER_BYTES};
 use vbd_backend::nbd::wire::*;
 
 use crate::stream::Trickle;
@@ -359,26 +359,57 @@ fn check_command(request: &Request, writable: bool, maximum: u32) {
             && u64::from(length).is_multiple_of(SECTOR_SIZE)
             && request.offset.is_multiple_of(SECTOR_SIZE)
     };
-    let flags_within = |allowed: u16| request.flags & !allowed == 0;
-    match request.check(writable, maximum) {
-        Ok(Command::Read { sector }) => {
+    // FUA is taken by every command.
+    let flags_within = |allowed: u16| request.flags & !(allowed | CMD_FLAG_FUA) == 0;
+    // The fullest negotiation: structured replies and block status, so every flag and
+    // command is reachable.
+    let offered = Offered {
+        writable,
+        maximum_request: maximum,
+        structured_replies: true,
+        block_status: true,
+    };
+    match request.check(offered) {
+        Ok(Command::Read {
+            sector,
+            whole: dont_fragment,
+        }) => {
             assert_eq!(request.command, CMD_READ);
-            assert!(whole(request.length) && request.length <= maximum && flags_within(0));
+            assert!(whole(request.length) && request.length <= maximum);
+            assert!(flags_within(CMD_FLAG_DF));
+            assert_eq!(dont_fragment, request.flags & CMD_FLAG_DF != 0);
             assert_eq!(sector * SECTOR_SIZE, request.offset);
         }
         Ok(Command::Write { sector }) => {
             assert_eq!(request.command, CMD_WRITE);
             assert!(writable && whole(request.length) && request.length <= maximum);
-            assert!(flags_within(CMD_FLAG_FUA));
+            assert!(flags_within(0));
             assert_eq!(sector * SECTOR_SIZE, request.offset);
         }
         Ok(Command::Flush) => {
             assert_eq!(request.command, CMD_FLUSH);
             assert!(request.offset == 0 && request.length == 0 && flags_within(0));
         }
+        Ok(Command::Cache { sector, count }) => {
+            assert_eq!(request.command, CMD_CACHE);
+            assert!(whole(request.length) && flags_within(0));
+            assert_eq!(
+                (sector * SECTOR_SIZE, count * SECTOR_SIZE),
+                (request.offset, u64::from(request.length))
+            );
+        }
+        Ok(Command::BlockStatus { sector, count, one }) => {
+            assert_eq!(request.command, CMD_BLOCK_STATUS);
+            assert!(whole(request.length) && flags_within(CMD_FLAG_REQ_ONE));
+            assert_eq!(one, request.flags & CMD_FLAG_REQ_ONE != 0);
+            assert_eq!(
+                (sector * SECTOR_SIZE, count * SECTOR_SIZE),
+                (request.offset, u64::from(request.length))
+            );
+        }
         Ok(Command::Trim { sector, count }) => {
             assert_eq!(request.command, CMD_TRIM);
-            assert!(writable && whole(request.length) && flags_within(CMD_FLAG_FUA));
+            assert!(writable && whole(request.length) && flags_within(0));
             assert_eq!(
                 (sector * SECTOR_SIZE, count * SECTOR_SIZE),
                 (request.offset, u64::from(request.length))
@@ -388,11 +419,13 @@ fn check_command(request: &Request, writable: bool, maximum: u32) {
             sector,
             count,
             may_unmap,
+            fast,
         }) => {
             assert_eq!(request.command, CMD_WRITE_ZEROES);
             assert!(writable && whole(request.length));
-            assert!(flags_within(CMD_FLAG_FUA | CMD_FLAG_NO_HOLE));
+            assert!(flags_within(CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO));
             assert_eq!(may_unmap, request.flags & CMD_FLAG_NO_HOLE == 0);
+            assert_eq!(fast, request.flags & CMD_FLAG_FAST_ZERO != 0);
             assert_eq!(
                 (sector * SECTOR_SIZE, count * SECTOR_SIZE),
                 (request.offset, u64::from(request.length))
@@ -406,7 +439,13 @@ fn check_command(request: &Request, writable: bool, maximum: u32) {
             if error == RequestError::UnknownCommand {
                 assert!(!matches!(
                     request.command,
-                    CMD_READ | CMD_WRITE | CMD_FLUSH | CMD_TRIM | CMD_WRITE_ZEROES
+                    CMD_READ
+                        | CMD_WRITE
+                        | CMD_FLUSH
+                        | CMD_TRIM
+                        | CMD_CACHE
+                        | CMD_WRITE_ZEROES
+                        | CMD_BLOCK_STATUS
                 ));
             }
         }
@@ -589,7 +628,7 @@ pub fn request_seeds() -> Vec<(&'static str, RequestInput)> {
                         flags: Flags::Any(0x8000),
                         ..header(CommandKind::Read, 0, 1)
                     },
-                    header(CommandKind::Other(5), 0, 1),
+                    header(CommandKind::Other(9), 0, 1),
                     header(CommandKind::Flush, 1, 0),
                 ],
                 &[],

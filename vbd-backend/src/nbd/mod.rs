@@ -1,12 +1,15 @@
-//! NBD exports of dom0's VBDs, so dom0 fills and inspects virtual disks with standard tools
-//! (`qemu-img`, `qemu-io`, libnbd). A small fixed-newstyle server written here: the Rust NBD
-//! server crates are immature or GPL-licensed (tokio-nbd), and the subset needed (the
-//! handshake, simple replies, six commands) is a few hundred lines.
+//! NBD exports of dom0's VBDs, so dom0 fills, copies and inspects virtual disks with
+//! standard tools (`qemu-img`, `qemu-io`, nbdcopy, nbdinfo, fio). A small fixed-newstyle
+//! server written here: the Rust NBD server crates are immature or GPL-licensed
+//! (tokio-nbd). It speaks structured replies, `base:allocation` block status (holes found on
+//! the disks, see `allocation`), multi-conn, fast zero and cache, as qemu-nbd does.
 //!
-//! Structured replies are refused (`NBD_REP_ERR_UNSUP`), which every client must accept;
-//! the data path is then one header and the data per request.
+//! One thread per connection: a client that stops reading its replies blocks its own
+//! thread only, never another connection's.
 
+mod allocation;
 mod handshake;
+mod reply;
 mod transmission;
 
 use std::io;

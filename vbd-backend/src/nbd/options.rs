@@ -1,5 +1,5 @@
-//! The client's side of the handshake, parsed: one option message at a time, and the data
-//! of `NBD_OPT_INFO` and `NBD_OPT_GO`. Every length is checked against the bytes there are
+//! The client's side of the handshake, parsed: one option message at a time, the data of
+//! `NBD_OPT_INFO` and `NBD_OPT_GO`, and that of the meta context options. Every length is checked against the bytes there are
 //! before anything is taken, so no client can make the server allocate more than
 //! `MAX_OPTION_DATA` or read past what it sent.
 
@@ -52,6 +52,32 @@ pub fn parse_info_request(data: &[u8]) -> Option<(&[u8], Vec<u16>)> {
     ))
 }
 
+/// The data of `NBD_OPT_LIST_META_CONTEXT` and `NBD_OPT_SET_META_CONTEXT`: an export name
+/// and the queries. The count is checked against the bytes there are (each query takes at
+/// least its 4-byte length) before anything is allocated.
+pub fn parse_meta_context_request(data: &[u8]) -> Option<(&[u8], Vec<&[u8]>)> {
+    let (name, mut rest) = take_string(data)?;
+    let count = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    rest = &rest[4..];
+    if count > rest.len() / 4 {
+        return None;
+    }
+    let mut queries = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (query, after) = take_string(rest)?;
+        queries.push(query);
+        rest = after;
+    }
+    rest.is_empty().then_some((name, queries))
+}
+
+/// A string after its 32-bit length, and the bytes after it.
+fn take_string(data: &[u8]) -> Option<(&[u8], &[u8])> {
+    let length = u32::from_be_bytes(data.get(..4)?.try_into().ok()?) as usize;
+    let string = data.get(4..4usize.checked_add(length)?)?;
+    Some((string, &data[4 + length..]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::wire::{Put, INFO_BLOCK_SIZE, INFO_NAME, OPT_GO};
@@ -87,6 +113,41 @@ mod tests {
         assert_eq!(parse_info_request(&huge), None);
         assert_eq!(
             parse_info_request(&info_request(b"", &[])),
+            Some((&b""[..], vec![]))
+        );
+    }
+
+    fn meta_context_request(name: &[u8], queries: &[&[u8]]) -> Vec<u8> {
+        let mut data = Vec::new();
+        data.put_u32(name.len() as u32);
+        data.extend_from_slice(name);
+        data.put_u32(queries.len() as u32);
+        for query in queries {
+            data.put_u32(query.len() as u32);
+            data.extend_from_slice(query);
+        }
+        data
+    }
+
+    #[test]
+    fn meta_context_requests_parse_only_when_every_length_agrees() {
+        let good = meta_context_request(b"xvda", &[b"base:allocation", b"x-y:z"]);
+        assert_eq!(
+            parse_meta_context_request(&good),
+            Some((&b"xvda"[..], vec![&b"base:allocation"[..], &b"x-y:z"[..]]))
+        );
+        assert_eq!(parse_meta_context_request(&good[..good.len() - 1]), None);
+        let mut long = good.clone();
+        long.push(0);
+        assert_eq!(parse_meta_context_request(&long), None);
+        let mut too_many = good.clone();
+        too_many[8..12].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(parse_meta_context_request(&too_many), None);
+        let mut lying_query = good;
+        lying_query[12..16].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(parse_meta_context_request(&lying_query), None);
+        assert_eq!(
+            parse_meta_context_request(&meta_context_request(b"", &[])),
             Some((&b""[..], vec![]))
         );
     }

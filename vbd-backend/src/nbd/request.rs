@@ -25,6 +25,8 @@ pub enum RequestError {
     TooLarge,
     /// A change to a read-only export.
     ReadOnly,
+    /// A fast write-zeroes that could only be done by writing zeros.
+    SlowZeroes,
     /// The table refused the request (`ENOENT` once the VBD is gone), or the disk failed
     /// (`EIO`, logged where it happened).
     Refused(Error),
@@ -39,6 +41,7 @@ impl RequestError {
             | RequestError::Malformed
             | RequestError::TooLarge => EINVAL,
             RequestError::ReadOnly => EPERM,
+            RequestError::SlowZeroes => ENOTSUP,
             RequestError::Refused(error) => match error {
                 Error::ReadOnly | Error::PermissionDenied | Error::AccessDenied => EPERM,
                 // Past the end: the protocol asks for ENOSPC on writes, EINVAL otherwise.
@@ -54,6 +57,25 @@ impl RequestError {
                 | Error::NotImplemented
                 | Error::Stale => EIO,
             },
+        }
+    }
+}
+
+/// The one-line message of a structured error reply.
+impl std::fmt::Display for RequestError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RequestError::UnknownFlags => formatter.write_str("a flag this command does not take"),
+            RequestError::UnknownCommand => {
+                formatter.write_str("a command this export does not offer")
+            }
+            RequestError::Malformed => {
+                formatter.write_str("offset and length must be whole, non-zero sectors")
+            }
+            RequestError::TooLarge => formatter.write_str("longer than the maximum request"),
+            RequestError::ReadOnly => formatter.write_str("the export is read-only"),
+            RequestError::SlowZeroes => formatter.write_str("zeroing this range would write zeros"),
+            RequestError::Refused(error) => write!(formatter, "{error}"),
         }
     }
 }
@@ -74,12 +96,27 @@ pub struct Request {
     pub length: u32,
 }
 
+/// What the handshake offered the client, which decides what its requests may ask.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offered {
+    pub writable: bool,
+    /// The longest read or write, in bytes.
+    pub maximum_request: u32,
+    /// Structured replies, and with them `NBD_CMD_FLAG_DF` on reads.
+    pub structured_replies: bool,
+    /// `base:allocation` was selected, so `NBD_CMD_BLOCK_STATUS` may be sent.
+    pub block_status: bool,
+}
+
 /// What a checked request asks for. `NBD_CMD_DISC` is not among them: it ends the stream
-/// and is the connection's business.
+/// and is the connection's business. `NBD_CMD_FLAG_FUA` is accepted on every command, as
+/// the protocol requires once it is offered; it is the connection's business too.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Command {
     Read {
         sector: u64,
+        /// One data chunk, holes included (`NBD_CMD_FLAG_DF`).
+        whole: bool,
     },
     Write {
         sector: u64,
@@ -93,6 +130,18 @@ pub enum Command {
         sector: u64,
         count: u64,
         may_unmap: bool,
+        /// Fail rather than write zeros (`NBD_CMD_FLAG_FAST_ZERO`).
+        fast: bool,
+    },
+    Cache {
+        sector: u64,
+        count: u64,
+    },
+    BlockStatus {
+        sector: u64,
+        count: u64,
+        /// One extent is enough (`NBD_CMD_FLAG_REQ_ONE`).
+        one: bool,
     },
 }
 
@@ -148,21 +197,29 @@ impl Request {
         matches!(self.command, CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES)
     }
 
-    /// The command, checked against what the export advertised: whether it is writable,
-    /// and the longest transfer (`maximum_request` bytes).
-    pub fn check(&self, writable: bool, maximum_request: u32) -> Result<Command, RequestError> {
-        if self.writes() && !writable {
+    /// The command, checked against what the export `offered`: whether it is writable,
+    /// the longest transfer, and what the client negotiated.
+    pub fn check(&self, offered: Offered) -> Result<Command, RequestError> {
+        if self.writes() && !offered.writable {
             return Err(RequestError::ReadOnly);
         }
         match self.command {
             CMD_READ => {
-                self.check_flags(0)?;
-                let (sector, _) = self.transfer_sectors(maximum_request)?;
-                Ok(Command::Read { sector })
+                let dont_fragment = if offered.structured_replies {
+                    CMD_FLAG_DF
+                } else {
+                    0
+                };
+                self.check_flags(dont_fragment)?;
+                let (sector, _) = self.transfer_sectors(offered.maximum_request)?;
+                Ok(Command::Read {
+                    sector,
+                    whole: self.flags & CMD_FLAG_DF != 0,
+                })
             }
             CMD_WRITE => {
-                self.check_flags(CMD_FLAG_FUA)?;
-                let (sector, _) = self.transfer_sectors(maximum_request)?;
+                self.check_flags(0)?;
+                let (sector, _) = self.transfer_sectors(offered.maximum_request)?;
                 Ok(Command::Write { sector })
             }
             CMD_FLUSH => {
@@ -173,33 +230,49 @@ impl Request {
                 Ok(Command::Flush)
             }
             CMD_TRIM => {
-                self.check_flags(CMD_FLAG_FUA)?;
+                self.check_flags(0)?;
                 let (sector, count) = self.sectors()?;
                 Ok(Command::Trim { sector, count })
             }
             CMD_WRITE_ZEROES => {
-                self.check_flags(CMD_FLAG_FUA | CMD_FLAG_NO_HOLE)?;
+                self.check_flags(CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO)?;
                 let (sector, count) = self.sectors()?;
                 Ok(Command::WriteZeroes {
                     sector,
                     count,
                     may_unmap: self.flags & CMD_FLAG_NO_HOLE == 0,
+                    fast: self.flags & CMD_FLAG_FAST_ZERO != 0,
+                })
+            }
+            CMD_CACHE => {
+                self.check_flags(0)?;
+                let (sector, count) = self.sectors()?;
+                Ok(Command::Cache { sector, count })
+            }
+            CMD_BLOCK_STATUS if offered.block_status => {
+                self.check_flags(CMD_FLAG_REQ_ONE)?;
+                let (sector, count) = self.sectors()?;
+                Ok(Command::BlockStatus {
+                    sector,
+                    count,
+                    one: self.flags & CMD_FLAG_REQ_ONE != 0,
                 })
             }
             _ => Err(RequestError::UnknownCommand),
         }
     }
 
+    /// Whether the command takes no flags but `allowed` and FUA, which every command takes.
     fn check_flags(&self, allowed: u16) -> Result<(), RequestError> {
-        if self.flags & !allowed != 0 {
+        if self.flags & !(allowed | CMD_FLAG_FUA) != 0 {
             Err(RequestError::UnknownFlags)
         } else {
             Ok(())
         }
     }
 
-    /// The whole sectors the request covers: `(first sector, count)`. Trim and
-    /// write-zeroes carry no data, so they may exceed the transfer limit.
+    /// The whole sectors the request covers: `(first sector, count)`. Commands other than
+    /// read and write move no data, so they may exceed the transfer limit.
     fn sectors(&self) -> Result<(u64, u64), RequestError> {
         let length = u64::from(self.length);
         if length == 0 || length % SECTOR_SIZE != 0 || !self.offset.is_multiple_of(SECTOR_SIZE) {
@@ -266,58 +339,146 @@ mod tests {
         );
     }
 
+    const PLAIN: Offered = Offered {
+        writable: true,
+        maximum_request: LIMIT,
+        structured_replies: false,
+        block_status: false,
+    };
+    const STRUCTURED: Offered = Offered {
+        structured_replies: true,
+        block_status: true,
+        ..PLAIN
+    };
+    const READ_ONLY: Offered = Offered {
+        writable: false,
+        ..STRUCTURED
+    };
+
     #[test]
     fn checked_commands_carry_whole_sectors() {
         assert_eq!(
-            request(0, CMD_READ, 1024, 4096).check(false, LIMIT),
-            Ok(Command::Read { sector: 2 })
+            request(0, CMD_READ, 1024, 4096).check(READ_ONLY),
+            Ok(Command::Read {
+                sector: 2,
+                whole: false
+            })
         );
         assert_eq!(
-            request(CMD_FLAG_FUA, CMD_WRITE, 512, LIMIT).check(true, LIMIT),
+            request(CMD_FLAG_DF, CMD_READ, 0, 512).check(STRUCTURED),
+            Ok(Command::Read {
+                sector: 0,
+                whole: true
+            })
+        );
+        assert_eq!(
+            request(CMD_FLAG_FUA, CMD_WRITE, 512, LIMIT).check(PLAIN),
             Ok(Command::Write { sector: 1 })
         );
         assert_eq!(
-            request(0, CMD_FLUSH, 0, 0).check(false, LIMIT),
+            request(0, CMD_FLUSH, 0, 0).check(READ_ONLY),
             Ok(Command::Flush)
         );
         assert_eq!(
-            request(0, CMD_TRIM, 512, LIMIT * 4).check(true, LIMIT),
+            request(0, CMD_TRIM, 512, LIMIT * 4).check(PLAIN),
             Ok(Command::Trim {
                 sector: 1,
                 count: u64::from(LIMIT * 4 / 512)
             })
         );
         assert_eq!(
-            request(CMD_FLAG_NO_HOLE, CMD_WRITE_ZEROES, 0, 512).check(true, LIMIT),
+            request(CMD_FLAG_NO_HOLE, CMD_WRITE_ZEROES, 0, 512).check(PLAIN),
             Ok(Command::WriteZeroes {
                 sector: 0,
                 count: 1,
-                may_unmap: false
+                may_unmap: false,
+                fast: false
             })
+        );
+        assert_eq!(
+            request(CMD_FLAG_FAST_ZERO, CMD_WRITE_ZEROES, 0, 512).check(PLAIN),
+            Ok(Command::WriteZeroes {
+                sector: 0,
+                count: 1,
+                may_unmap: true,
+                fast: true
+            })
+        );
+        assert_eq!(
+            request(0, CMD_CACHE, 512, LIMIT * 2).check(READ_ONLY),
+            Ok(Command::Cache {
+                sector: 1,
+                count: u64::from(LIMIT * 2 / 512)
+            })
+        );
+        assert_eq!(
+            request(CMD_FLAG_REQ_ONE, CMD_BLOCK_STATUS, 0, LIMIT * 2).check(READ_ONLY),
+            Ok(Command::BlockStatus {
+                sector: 0,
+                count: u64::from(LIMIT * 2 / 512),
+                one: true
+            })
+        );
+    }
+
+    #[test]
+    fn fua_is_accepted_on_every_command() {
+        for command in [
+            CMD_READ,
+            CMD_WRITE,
+            CMD_TRIM,
+            CMD_WRITE_ZEROES,
+            CMD_CACHE,
+            CMD_BLOCK_STATUS,
+        ] {
+            assert_eq!(
+                request(CMD_FLAG_FUA, command, 0, 512).check(STRUCTURED),
+                request(0, command, 0, 512).check(STRUCTURED),
+                "command {command}"
+            );
+        }
+        assert_eq!(
+            request(CMD_FLAG_FUA, CMD_FLUSH, 0, 0).check(STRUCTURED),
+            Ok(Command::Flush)
         );
     }
 
     #[test]
     fn one_negative_test_per_error() {
         assert_eq!(
-            request(CMD_FLAG_FUA, CMD_READ, 0, 512).check(true, LIMIT),
+            request(CMD_FLAG_NO_HOLE, CMD_READ, 0, 512).check(STRUCTURED),
             Err(RequestError::UnknownFlags)
         );
         assert_eq!(
-            request(0, 5, 0, 512).check(true, LIMIT),
+            request(CMD_FLAG_DF, CMD_READ, 0, 512).check(PLAIN),
+            Err(RequestError::UnknownFlags),
+            "don't-fragment needs structured replies"
+        );
+        assert_eq!(
+            request(CMD_FLAG_FAST_ZERO, CMD_TRIM, 0, 512).check(STRUCTURED),
+            Err(RequestError::UnknownFlags)
+        );
+        assert_eq!(
+            request(0, 9, 0, 512).check(STRUCTURED),
             Err(RequestError::UnknownCommand)
         );
         assert_eq!(
-            request(0, CMD_READ, 0, 500).check(true, LIMIT),
+            request(0, CMD_BLOCK_STATUS, 0, 512).check(PLAIN),
+            Err(RequestError::UnknownCommand),
+            "block status without a meta context"
+        );
+        assert_eq!(
+            request(0, CMD_READ, 0, 500).check(PLAIN),
             Err(RequestError::Malformed)
         );
         assert_eq!(
-            request(0, CMD_READ, 0, LIMIT + 512).check(true, LIMIT),
+            request(0, CMD_READ, 0, LIMIT + 512).check(PLAIN),
             Err(RequestError::TooLarge)
         );
         assert_eq!(
-            request(0, CMD_WRITE_ZEROES, 0, 512).check(false, LIMIT),
+            request(0, CMD_WRITE_ZEROES, 0, 512).check(READ_ONLY),
             Err(RequestError::ReadOnly)
         );
+        assert_eq!(RequestError::SlowZeroes.errno(true), ENOTSUP);
     }
 }

@@ -1,30 +1,31 @@
 //! The transmission phase: one request at a time, each checked (magic, command, flags,
-//! alignment, size) before any I/O, answered with a simple reply carrying an errno.
+//! alignment, size) before any I/O, answered with a simple reply carrying an errno or, once
+//! negotiated, structured chunks.
 //!
 //! A bad request magic, or a write too large to take in, ends the connection: the stream
-//! cannot be trusted to be in step any more. Every other bad request gets `EINVAL`, `EPERM`
-//! or `ENOSPC` and the connection goes on.
+//! cannot be trusted to be in step any more. Every other bad request gets `EINVAL`, `EPERM`,
+//! `ENOSPC` or `ENOTSUP` and the connection goes on.
 
 use std::io::{self, Read, Write};
 
-use hv_vbd::VbdRef;
+use hv_vbd::{Access, VbdRef};
 
-use super::handshake::{Negotiated, MAXIMUM_REQUEST};
-use super::request::{Command, Request, RequestError};
+use super::allocation::{descriptors, read_runs, with_runs, Piece, MAX_STATUS_RUNS};
+use super::handshake::{Negotiated, BASE_ALLOCATION_ID, MAXIMUM_REQUEST};
+use super::reply::Replies;
+use super::request::{Command, Offered, Request, RequestError};
 use super::wire::*;
 use super::Target;
 use crate::block::BlockContext;
 use crate::disks::{DiskIo, Release};
 use crate::vbd::Translator;
 
-fn reply(stream: &mut impl Write, handle: u64, error: u32, data: &[u8]) -> io::Result<()> {
-    let mut message = Vec::with_capacity(16 + data.len());
-    message
-        .put_u32(SIMPLE_REPLY_MAGIC)
-        .put_u32(error)
-        .put_u64(handle);
-    stream.write_all(&message)?;
-    stream.write_all(data)
+/// What a request that succeeded answers.
+enum Answer {
+    Done,
+    /// The read's buffer, as data and hole pieces (none: all of it data).
+    Read(Vec<Piece>),
+    Status(Vec<(u32, u32)>),
 }
 
 /// Serve requests until the client disconnects. Each request's disk I/O is done (and its
@@ -45,12 +46,14 @@ pub fn serve<S: Read + Write>(
             channel: &channel,
         },
     };
+    let replies = Replies {
+        structured: export.structured_replies,
+    };
     let mut buffer = Vec::new();
     while let Some(request) = Request::read(stream)? {
         if request.command == CMD_DISC {
             return Ok(());
         }
-        let writes = request.writes();
         if request.command == CMD_WRITE {
             // The data follows whatever the verdict; one too large to take in ends the
             // connection, since the stream could not be kept in step.
@@ -63,10 +66,21 @@ pub fn serve<S: Read + Write>(
             buffer.resize(request.length as usize, 0);
             stream.read_exact(&mut buffer)?;
         }
-        match execute(&mut block, &vbd, export, &request, &mut buffer) {
-            Ok(()) if request.command == CMD_READ => reply(stream, request.handle, 0, &buffer)?,
-            Ok(()) => reply(stream, request.handle, 0, &[])?,
-            Err(error) => reply(stream, request.handle, error.errno(writes), &[])?,
+        let handle = request.handle;
+        match execute(&mut block, &vbd, export.offered(), &request, &mut buffer) {
+            Ok(Answer::Done) => replies.done(stream, handle)?,
+            Ok(Answer::Read(pieces)) => {
+                replies.read(stream, handle, request.offset, &buffer, &pieces)?
+            }
+            Ok(Answer::Status(descriptors)) => {
+                replies.block_status(stream, handle, BASE_ALLOCATION_ID, &descriptors)?
+            }
+            Err(error) => replies.error(
+                stream,
+                handle,
+                error.errno(request.writes()),
+                &error.to_string(),
+            )?,
         }
     }
     Ok(())
@@ -75,29 +89,116 @@ pub fn serve<S: Read + Write>(
 fn execute(
     block: &mut BlockContext<'_>,
     vbd: &VbdRef,
-    export: Negotiated,
+    offered: Offered,
     request: &Request,
     buffer: &mut Vec<u8>,
-) -> Result<(), RequestError> {
-    match request.check(export.writable, MAXIMUM_REQUEST)? {
-        Command::Read { sector } => {
+) -> Result<Answer, RequestError> {
+    match request.check(offered)? {
+        Command::Read { sector, whole } => {
             buffer.resize(request.length as usize, 0);
-            block.read(vbd, sector, buffer)?;
+            if whole || !offered.structured_replies {
+                block.read(vbd, sector, buffer)?;
+                return Ok(Answer::Read(Vec::new()));
+            }
+            let count = u64::from(request.length) / shared_abi::SECTOR_SIZE;
+            let io = &block.io;
+            let pieces = with_runs(
+                block.translator,
+                io,
+                vbd,
+                (sector, count),
+                usize::MAX,
+                |runs| read_runs(io, runs, buffer),
+            )?;
+            return Ok(Answer::Read(pieces));
         }
         Command::Write { sector } => block.write(vbd, sector, buffer)?,
-        Command::Flush => {
-            block.flush(vbd)?;
-            return Ok(());
-        }
+        Command::Flush => block.flush(vbd)?,
         Command::Trim { sector, count } => block.release(vbd, sector, count, Release::Discard)?,
         Command::WriteZeroes {
             sector,
             count,
             may_unmap,
+            fast: false,
         } => block.release(vbd, sector, count, Release::WriteZeroes { may_unmap })?,
+        Command::WriteZeroes {
+            sector,
+            count,
+            may_unmap,
+            fast: true,
+        } => zero_in_place(block, vbd, (sector, count), may_unmap)?,
+        Command::Cache { sector, count } => prefetch(block, vbd, (sector, count))?,
+        Command::BlockStatus { sector, count, one } => {
+            let io = &block.io;
+            let mut status = with_runs(
+                block.translator,
+                io,
+                vbd,
+                (sector, count),
+                MAX_STATUS_RUNS,
+                |runs| Ok(descriptors(runs)),
+            )?;
+            if one {
+                status.truncate(1);
+            }
+            return Ok(Answer::Status(status));
+        }
     }
-    if request.flags & CMD_FLAG_FUA != 0 {
+    // FUA asks that what the command wrote be durable before the reply; a command that
+    // wrote nothing has nothing to make durable.
+    if request.flags & CMD_FLAG_FUA != 0 && request.writes() {
         block.flush(vbd)?;
     }
+    Ok(Answer::Done)
+}
+
+/// Zero the range without writing zeros (`NBD_CMD_FLAG_FAST_ZERO`): `ENOTSUP` from the
+/// first disk that could only write them, so the client zeroes its own way instead.
+fn zero_in_place(
+    block: &mut BlockContext<'_>,
+    vbd: &VbdRef,
+    (sector, count): (u64, u64),
+    may_unmap: bool,
+) -> Result<(), RequestError> {
+    let request = hv_vbd::Request::new(Access::Write, sector, count)?;
+    let io = &block.io;
+    block.translator.with(vbd, &request, |translation| {
+        translation.segments().iter().try_for_each(|segment| {
+            io.disks
+                .find(segment.device)
+                .and_then(|disk| {
+                    disk.release(
+                        segment.sector * shared_abi::SECTOR_SIZE,
+                        segment.nr_sectors * shared_abi::SECTOR_SIZE,
+                        Release::ZeroesInPlace { may_unmap },
+                    )
+                })
+                .map_err(|failure| match failure.kind() {
+                    io::ErrorKind::Unsupported => RequestError::SlowZeroes,
+                    _ => RequestError::Refused(io.failed(failure)),
+                })
+        })
+    })?
+}
+
+/// `NBD_CMD_CACHE`: have the range read ahead into the page cache. Only advice, so a disk
+/// that does not take it changes nothing; the range is checked like a read's.
+fn prefetch(
+    block: &mut BlockContext<'_>,
+    vbd: &VbdRef,
+    (sector, count): (u64, u64),
+) -> Result<(), RequestError> {
+    let request = hv_vbd::Request::new(Access::Read, sector, count)?;
+    let disks = block.io.disks;
+    block.translator.with(vbd, &request, |translation| {
+        for segment in translation.segments() {
+            if let Ok(disk) = disks.find(segment.device) {
+                let _advice_only = disk.prefetch(
+                    segment.sector * shared_abi::SECTOR_SIZE,
+                    segment.nr_sectors * shared_abi::SECTOR_SIZE,
+                );
+            }
+        }
+    })?;
     Ok(())
 }
