@@ -4,8 +4,8 @@
 //! (`base:allocation`) and let a structured read send holes as hole chunks without reading
 //! them.
 
-use hv_vbd::{Access, Request, Segment, VbdRef};
-use shared_abi::{DeviceNumber, Error, SECTOR_SIZE};
+use hv_vbd::{Access, Request, VbdRef};
+use shared_abi::{DeviceNumber, Error};
 
 use super::wire::{STATE_HOLE, STATE_ZERO};
 use crate::disks::DiskIo;
@@ -25,7 +25,8 @@ pub struct Run {
 }
 
 /// The runs of `count` sectors of `vbd` from `sector`, in VBD order, at most `limit` of
-/// them, and `then` called with them while the translation is still held.
+/// them, and `then` called with them while the translation is still held (a read's data is
+/// read in `then`, so a change to the VBD waits for it).
 pub fn with_runs<R>(
     translator: &mut Translator,
     io: &DiskIo<'_>,
@@ -34,39 +35,55 @@ pub fn with_runs<R>(
     limit: usize,
     then: impl FnOnce(&[Run]) -> Result<R, Error>,
 ) -> Result<R, Error> {
+    /// Why the walk stopped early: `then` has run (at the limit) or something failed.
+    enum Stop {
+        Done,
+        Failed(Error),
+    }
+    impl From<Error> for Stop {
+        fn from(error: Error) -> Stop {
+            Stop::Failed(error)
+        }
+    }
     let request = Request::new(Access::Read, sector, count)?;
-    translator.with(vbd, &request, |translation| {
-        let runs = runs(io, translation.segments(), limit)?;
-        then(&runs)
-    })?
-}
-
-fn runs(io: &DiskIo<'_>, segments: &[Segment], limit: usize) -> Result<Vec<Run>, Error> {
+    let total = usize::try_from(request.bytes()).map_err(|_| Error::TooBig)?;
     let mut runs = Vec::new();
-    for segment in segments {
+    let mut then = Some(then);
+    let mut answer = None;
+    let walked = translator.transfer(vbd, &request, [total], |transfer| {
         let disk = io
             .disks
-            .find(segment.device)
+            .find(transfer.device)
             .map_err(|failure| io.failed(failure))?;
-        let end = (segment.sector + segment.nr_sectors) * SECTOR_SIZE;
-        let mut at = segment.sector * SECTOR_SIZE;
-        while at < end {
-            if runs.len() == limit {
-                return Ok(runs);
-            }
+        let end = transfer.disk_offset + transfer.length as u64;
+        let mut at = transfer.disk_offset;
+        let last = transfer.buffer_offset + transfer.length == total;
+        while at < end && runs.len() < limit {
             let (length, hole) = disk
                 .allocation(at, end)
                 .map_err(|failure| io.failed(failure))?;
             runs.push(Run {
-                device: segment.device,
+                device: transfer.device,
                 disk_offset: at,
                 length,
                 hole,
             });
             at += length;
         }
+        // The last piece, or as many runs as asked for: answer while the translation is
+        // still held.
+        if last || runs.len() == limit {
+            if let Some(then) = then.take() {
+                answer = Some(then(&runs)?);
+            }
+            return Err(Stop::Done);
+        }
+        Ok(())
+    });
+    match walked {
+        Err(Stop::Failed(error)) => Err(error),
+        Ok(()) | Err(Stop::Done) => answer.ok_or(Error::InvalidArgument),
     }
-    Ok(runs)
 }
 
 /// The block status descriptors of `runs`, `(length, flags)`: a hole reads as zeros, and

@@ -162,23 +162,22 @@ fn zero_in_place(
 ) -> Result<(), RequestError> {
     let request = hv_vbd::Request::new(Access::Write, sector, count)?;
     let io = &block.io;
-    block.translator.with(vbd, &request, |translation| {
-        translation.segments().iter().try_for_each(|segment| {
-            io.disks
-                .find(segment.device)
-                .and_then(|disk| {
-                    disk.release(
-                        segment.sector * shared_abi::SECTOR_SIZE,
-                        segment.nr_sectors * shared_abi::SECTOR_SIZE,
-                        Release::ZeroesInPlace { may_unmap },
-                    )
-                })
-                .map_err(|failure| match failure.kind() {
-                    io::ErrorKind::Unsupported => RequestError::SlowZeroes,
-                    _ => RequestError::Refused(io.failed(failure)),
-                })
-        })
-    })?
+    let whole = [request.bytes() as usize];
+    block.translator.transfer(vbd, &request, whole, |transfer| {
+        io.disks
+            .find(transfer.device)
+            .and_then(|disk| {
+                disk.release(
+                    transfer.disk_offset,
+                    transfer.length as u64,
+                    Release::ZeroesInPlace { may_unmap },
+                )
+            })
+            .map_err(|failure| match failure.kind() {
+                io::ErrorKind::Unsupported => RequestError::SlowZeroes,
+                _ => RequestError::Refused(io.failed(failure)),
+            })
+    })
 }
 
 /// `NBD_CMD_CACHE`: have the range read ahead into the page cache. Only advice, so a disk
@@ -190,15 +189,14 @@ fn prefetch(
 ) -> Result<(), RequestError> {
     let request = hv_vbd::Request::new(Access::Read, sector, count)?;
     let disks = block.io.disks;
-    block.translator.with(vbd, &request, |translation| {
-        for segment in translation.segments() {
-            if let Ok(disk) = disks.find(segment.device) {
-                let _advice_only = disk.prefetch(
-                    segment.sector * shared_abi::SECTOR_SIZE,
-                    segment.nr_sectors * shared_abi::SECTOR_SIZE,
-                );
+    let whole = [request.bytes() as usize];
+    block
+        .translator
+        .transfer(vbd, &request, whole, |transfer| {
+            if let Ok(disk) = disks.find(transfer.device) {
+                let _advice_only = disk.prefetch(transfer.disk_offset, transfer.length as u64);
             }
-        }
-    })?;
+            Ok::<(), shared_abi::Error>(())
+        })?;
     Ok(())
 }
