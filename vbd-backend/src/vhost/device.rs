@@ -294,9 +294,16 @@ impl VhostUserBackend for BlockDevice {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        // libblkio (nbdkit's blkio plugin, QEMU's blkio driver, fio's libblkio engine) refuses
+        // a back-end without REPLY_ACK, CONFIG and CONFIGURE_MEM_SLOTS: it maps its buffers
+        // one region at a time (ADD_MEM_REG, REM_MEM_REG), and each new table reaches
+        // `update_memory` like a SET_MEM_TABLE's. vhost answers REPLY_ACK itself; it is named
+        // here so that what a client may rely on is said in one place.
         VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::BACKEND_REQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
     }
 
     fn set_event_idx(&self, enabled: bool) {
