@@ -36,7 +36,7 @@ use virtio_bindings::virtio_blk::{
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::QueueT;
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 use zerocopy::little_endian::{U16, U32, U64};
@@ -63,6 +63,12 @@ const SEGMENTS_MAX: u32 = QUEUE_SIZE as u32 - 2;
 /// keeps a Linux guest's requests inside [`MAX_TRANSFER_BYTES`].
 const SEGMENT_BYTES_MAX: u32 = 16 << 10;
 const _: () = assert!(SEGMENTS_MAX as u64 * SEGMENT_BYTES_MAX as u64 <= MAX_TRANSFER_BYTES);
+
+/// Guest memory regions one connection may hold. Each takes a slot of the registry of guest
+/// mappings ([`crate::guest_memory`]) that every connection shares, and `CONFIGURE_MEM_SLOTS`
+/// lets a VMM add up to 509 one at a time: a few VMMs would fill it, and another VBD's VMM
+/// could not be served. QEMU maps a handful of regions, libblkio one per buffer area.
+const MAX_REGIONS: usize = 64;
 
 /// The virtio-blk config space up to the write-zeroes fields, little-endian and unaligned
 /// like the device's registers, so it has no padding.
@@ -198,6 +204,25 @@ impl BlockDevice {
         let _ = self.vmm.shutdown(Shutdown::Both);
     }
 
+    /// Register `memory` before it is touched. When it cannot be, the connection ends:
+    /// memory the fault handler does not know could take the process down with it.
+    fn track(&self, memory: &GuestMemoryMmap<()>) -> io::Result<()> {
+        let regions = memory.num_regions();
+        let tracked = if regions > MAX_REGIONS {
+            Err(io::Error::other(format!(
+                "{regions} guest memory regions, more than a connection may hold ({MAX_REGIONS})"
+            )))
+        } else {
+            self.mappings.track(memory)
+        };
+        if let Err(error) = &tracked {
+            self.end_connection(&format!(
+                "its guest memory cannot be served safely ({error})"
+            ));
+        }
+        tracked
+    }
+
     /// Serve `vring` until it has nothing more, or its guest memory broke.
     fn serve_queue(
         &self,
@@ -222,11 +247,7 @@ impl BlockDevice {
         let event_idx = self.event_idx.load(Ordering::Acquire);
         loop {
             let memory = self.table.newest();
-            if let Err(error) = self.mappings.track(&memory) {
-                // Memory the fault handler does not know could take the process down with it.
-                self.end_connection(&format!(
-                    "its guest memory cannot be served safely ({error})"
-                ));
+            if self.track(&memory).is_err() {
                 return Ok(());
             }
             if self.mappings.broken() {
@@ -294,9 +315,16 @@ impl VhostUserBackend for BlockDevice {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        // libblkio (nbdkit's blkio plugin, QEMU's blkio driver, fio's libblkio engine) refuses
+        // a back-end without REPLY_ACK, CONFIG and CONFIGURE_MEM_SLOTS: it maps its buffers
+        // one region at a time (ADD_MEM_REG, REM_MEM_REG), and each new table reaches
+        // `update_memory` like a SET_MEM_TABLE's. vhost answers REPLY_ACK itself; it is named
+        // here so that what a client may rely on is said in one place.
         VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::BACKEND_REQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
     }
 
     fn set_event_idx(&self, enabled: bool) {
@@ -318,7 +346,7 @@ impl VhostUserBackend for BlockDevice {
     fn update_memory(&self, memory: Memory) -> io::Result<()> {
         // `memory` is the atomic handle this device already holds, now pointing at the new
         // map; a queue thread that got there first has registered it already.
-        let tracked = self.mappings.track(&memory.memory());
+        let tracked = self.track(&memory.memory());
         // vhost-user-backend acknowledges the table when this returns: by then no queue
         // thread may pop under the old one.
         self.table.published();
