@@ -29,9 +29,11 @@ use std::sync::{Arc, Mutex, Once};
 
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, MmapRegion};
 
-/// Guest mappings registered at once, over every connection: 8 regions per memory table
-/// (vhost-user's limit), and a few tables per connection while the old one drains.
-const SLOTS: usize = 4096;
+/// Guest mappings registered at once, over every connection: room for every VBD socket of
+/// a full table (1024, one connection each) holding two memory tables (the new one and the
+/// one draining) of the most regions a connection may have (32, `vhost::device`), so no
+/// tenant's connections can leave another's memory untracked (and so refused).
+const SLOTS: usize = 1024 * 2 * 32;
 
 /// One registered range of guest memory.
 struct Slot {

@@ -16,7 +16,7 @@ use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo};
 
 /// The regions one connection may hold, as the backend's log names the limit.
-const REGIONS: u64 = 64;
+const REGIONS: u64 = 32;
 const PAGE: u64 = 4096;
 
 #[test]

@@ -68,7 +68,7 @@ const _: () = assert!(SEGMENTS_MAX as u64 * SEGMENT_BYTES_MAX as u64 <= MAX_TRAN
 /// mappings ([`crate::guest_memory`]) that every connection shares, and `CONFIGURE_MEM_SLOTS`
 /// lets a VMM add up to 509 one at a time: a few VMMs would fill it, and another VBD's VMM
 /// could not be served. QEMU maps a handful of regions, libblkio one per buffer area.
-const MAX_REGIONS: usize = 64;
+const MAX_REGIONS: usize = 32;
 
 /// The virtio-blk config space up to the write-zeroes fields, little-endian and unaligned
 /// like the device's registers, so it has no padding.
