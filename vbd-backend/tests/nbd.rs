@@ -10,11 +10,13 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{hda, hdb, label, pattern, xvda, Backend, IMAGE_BYTES};
+use common::{
+    attach_dom0_xvda, hda, hdb, label, pattern, qemu_io, run, xvda, xvda_url, Backend, IMAGE_BYTES,
+};
 use faulty_disk::FaultyDisk;
 use shared_abi::wire::Extent;
 use shared_abi::{Mode, SharingLevel};
@@ -22,57 +24,6 @@ use shared_abi::{Mode, SharingLevel};
 /// dom0's xvda over three extents, out of order and over both disks:
 /// VBD sectors 0..64 are hdb 1000..1064, 64..96 are hda 5000..5032, 96..128 are hdb 10..42.
 const EXTENTS: [(u32, u64, u64); 3] = [(1, 1000, 64), (0, 5000, 32), (1, 10, 32)];
-
-fn attach(backend: &Backend, mode: Mode) {
-    let mut hypervisor = backend.hypervisor();
-    hypervisor.create(0, xvda(), mode, label("vd:1")).unwrap();
-    let extents: Vec<Extent> = EXTENTS
-        .iter()
-        .map(|&(disk, start, count)| {
-            Extent::new(if disk == 0 { hda() } else { hdb() }, start, count).unwrap()
-        })
-        .collect();
-    hypervisor
-        .set_extents(0, xvda(), &extents, SharingLevel::ReadersOnly)
-        .unwrap();
-}
-
-fn url(backend: &Backend) -> String {
-    format!(
-        "nbd+unix:///xvda?socket={}",
-        backend.socket(0, "xvda").display()
-    )
-}
-
-fn run(program: &str, args: &[&str]) -> Output {
-    let output = Command::new("timeout")
-        .arg("60")
-        .arg(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|error| panic!("{program}: {error} (install qemu-utils)"));
-    eprintln!(
-        "$ {program} {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-/// `qemu-io -f raw -c COMMAND...` on the export, which must succeed with every pattern
-/// it checks intact.
-fn qemu_io(backend: &Backend, commands: &[&str]) {
-    let mut args = vec!["-f", "raw"];
-    commands
-        .iter()
-        .for_each(|command| args.extend(["-c", command]));
-    let url = url(backend);
-    args.push(&url);
-    let output = run("qemu-io", &args);
-    assert!(output.status.success());
-    assert!(!String::from_utf8_lossy(&output.stdout).contains("Pattern verification failed"));
-}
 
 fn image_name(disk: u32) -> &'static str {
     if disk == 0 {
@@ -95,8 +46,8 @@ fn vbd_bytes_from_images(backend: &Backend) -> Vec<u8> {
 #[test]
 fn qemu_io_writes_land_at_the_translated_offsets_and_read_back() {
     let backend = Backend::start(&[]);
-    attach(&backend, Mode::READ | Mode::WRITE);
-    let info = run("qemu-img", &["info", "--output=json", &url(&backend)]);
+    attach_dom0_xvda(&backend, Mode::READ | Mode::WRITE, &EXTENTS);
+    let info = run("qemu-img", &["info", "--output=json", &xvda_url(&backend)]);
     assert!(info.status.success());
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(info["virtual-size"], 128 * 512);
@@ -132,7 +83,7 @@ fn qemu_io_writes_land_at_the_translated_offsets_and_read_back() {
 #[test]
 fn qemu_img_converts_into_the_export_and_compares_equal() {
     let backend = Backend::start(&[]);
-    attach(&backend, Mode::READ | Mode::WRITE);
+    attach_dom0_xvda(&backend, Mode::READ | Mode::WRITE, &EXTENTS);
     let source = backend.work.path().join("source.raw");
     std::fs::write(&source, pattern(128 * 512, 3)).unwrap();
     let source = source.to_str().unwrap();
@@ -146,14 +97,22 @@ fn qemu_img_converts_into_the_export_and_compares_equal() {
             "-O",
             "raw",
             source,
-            &url(&backend)
+            &xvda_url(&backend)
         ]
     )
     .status
     .success());
     assert!(run(
         "qemu-img",
-        &["compare", "-f", "raw", "-F", "raw", source, &url(&backend)]
+        &[
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "raw",
+            source,
+            &xvda_url(&backend)
+        ]
     )
     .status
     .success());
@@ -164,10 +123,10 @@ fn qemu_img_converts_into_the_export_and_compares_equal() {
 fn a_read_only_export_says_so_and_refuses_writes() {
     let backend = Backend::start(&[]);
     backend.write_image("hdb", 1000 * 512, &pattern(512, 9));
-    attach(&backend, Mode::READ);
+    attach_dom0_xvda(&backend, Mode::READ, &EXTENTS);
     let write = run(
         "qemu-io",
-        &["-f", "raw", "-c", "write -P 0xcd 0 4k", &url(&backend)],
+        &["-f", "raw", "-c", "write -P 0xcd 0 4k", &xvda_url(&backend)],
     );
     assert!(
         !write.status.success(),
@@ -176,7 +135,7 @@ fn a_read_only_export_says_so_and_refuses_writes() {
     assert_eq!(backend.read_image("hdb", 1000 * 512, 512), pattern(512, 9));
     let read = run(
         "qemu-io",
-        &["-r", "-f", "raw", "-c", "read 0 4k", &url(&backend)],
+        &["-r", "-f", "raw", "-c", "read 0 4k", &xvda_url(&backend)],
     );
     assert!(read.status.success());
     // A client that ignores the flag gets EPERM, and the image is unchanged.
@@ -331,7 +290,7 @@ impl RawClient {
 #[test]
 fn option_haggling_refuses_what_it_does_not_offer_and_goes_on() {
     let backend = Backend::start(&[]);
-    attach(&backend, Mode::READ | Mode::WRITE);
+    attach_dom0_xvda(&backend, Mode::READ | Mode::WRITE, &EXTENTS);
     let path = backend.socket(0, "xvda");
     let mut stream = RawClient::haggle(&path);
     // Metadata contexts before structured replies: ERR_INVALID.
@@ -433,7 +392,7 @@ fn option_haggling_refuses_what_it_does_not_offer_and_goes_on() {
 #[test]
 fn malformed_requests_get_errors_and_the_connection_goes_on() {
     let backend = Backend::start(&[]);
-    attach(&backend, Mode::READ | Mode::WRITE);
+    attach_dom0_xvda(&backend, Mode::READ | Mode::WRITE, &EXTENTS);
     let mut client = RawClient::go(&backend.socket(0, "xvda"));
     assert_eq!(
         client.transmission_flags, 0b1101_0110_1101,
@@ -503,7 +462,7 @@ fn malformed_requests_get_errors_and_the_connection_goes_on() {
 #[test]
 fn a_deleted_vbd_fails_the_open_connection_and_takes_the_socket_away() {
     let backend = Backend::start(&[]);
-    attach(&backend, Mode::READ | Mode::WRITE);
+    attach_dom0_xvda(&backend, Mode::READ | Mode::WRITE, &EXTENTS);
     let mut client = RawClient::go(&backend.socket(0, "xvda"));
     assert_eq!(client.request(0, 0, 0, 512, None).0, 0);
     backend.hypervisor().delete(0, xvda()).unwrap();
@@ -516,7 +475,7 @@ fn a_deleted_vbd_fails_the_open_connection_and_takes_the_socket_away() {
     assert_eq!(client.request(0, 0, 0, 512, None).0, 5);
     assert_eq!(backend.read_image("hdb", 1000 * 512, 512), vec![0; 512]);
     // A VBD created again under the same name is a new export; the old connection stays dead.
-    attach(&backend, Mode::READ | Mode::WRITE);
+    attach_dom0_xvda(&backend, Mode::READ | Mode::WRITE, &EXTENTS);
     assert_eq!(client.request(0, 0, 0, 512, None).0, 5);
 }
 
@@ -601,7 +560,7 @@ fn a_delete_is_answered_only_after_the_writes_in_flight_have_landed() {
 #[test]
 fn idle_clients_never_lock_the_export_out_and_are_closed_after_the_idle_timeout() {
     let backend = Backend::start(&["--nbd-idle-timeout", "2"]);
-    attach(&backend, Mode::READ | Mode::WRITE);
+    attach_dom0_xvda(&backend, Mode::READ | Mode::WRITE, &EXTENTS);
     let path = backend.socket(0, "xvda");
     // More than the 8 clients an export once served at most: some haggling, some chose.
     let mut idle: Vec<UnixStream> = (0..5).map(|_| RawClient::haggle(&path)).collect();
@@ -628,7 +587,7 @@ fn idle_clients_never_lock_the_export_out_and_are_closed_after_the_idle_timeout(
 #[test]
 fn a_client_that_never_reads_its_replies_does_not_hold_a_stop() {
     let mut backend = Backend::start(&[]);
-    attach(&backend, Mode::READ | Mode::WRITE);
+    attach_dom0_xvda(&backend, Mode::READ | Mode::WRITE, &EXTENTS);
     let mut client = RawClient::go(&backend.socket(0, "xvda"));
     // 64 reads of 64 KiB, whose replies fill the socket's buffer long before the last.
     for handle in 0..64u64 {
@@ -736,7 +695,7 @@ fn a_failed_writeback_fails_every_later_flush_and_write_of_its_disk_until_a_rest
 #[test]
 fn nothing_after_a_disconnect_is_served() {
     let backend = Backend::start(&[]);
-    attach(&backend, Mode::READ | Mode::WRITE);
+    attach_dom0_xvda(&backend, Mode::READ | Mode::WRITE, &EXTENTS);
     let mut client = RawClient::go(&backend.socket(0, "xvda"));
     // NBD_CMD_DISC and, in the same write, a write the client must not send after it.
     let mut message = 0x2560_9513u32.to_be_bytes().to_vec();
@@ -769,7 +728,7 @@ fn nothing_after_a_disconnect_is_served() {
 #[test]
 fn a_client_that_stops_reading_stalls_no_other_connection() {
     let backend = Backend::start(&[]);
-    attach(&backend, Mode::READ | Mode::WRITE);
+    attach_dom0_xvda(&backend, Mode::READ | Mode::WRITE, &EXTENTS);
     attach_whole(&backend, "xvdb", hda(), 64);
     let mut stalled = RawClient::go(&backend.socket(0, "xvda"));
     // 64 reads of 1 MiB: far more than the socket buffers hold.

@@ -7,11 +7,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-use common::{hda, hdb, label, pattern, xvda, Backend};
-use shared_abi::wire::Extent;
-use shared_abi::{Mode, SharingLevel};
+use common::{attach_dom0_xvda, pattern, qemu_io, run, xvda_url, Backend};
+use shared_abi::Mode;
 
 const KIB: u64 = 1024;
 
@@ -21,45 +19,6 @@ const KIB: u64 = 1024;
 const EXTENTS: [(u32, u64, u64); 3] = [(1, 2048, 512), (0, 8192, 512), (1, 0, 1024)];
 const VBD_BYTES: u64 = 1024 * KIB;
 
-fn attach(backend: &Backend) {
-    let mut hypervisor = backend.hypervisor();
-    hypervisor
-        .create(0, xvda(), Mode::READ | Mode::WRITE, label("vd:1"))
-        .unwrap();
-    let extents: Vec<Extent> = EXTENTS
-        .iter()
-        .map(|&(disk, start, count)| {
-            Extent::new(if disk == 0 { hda() } else { hdb() }, start, count).unwrap()
-        })
-        .collect();
-    hypervisor
-        .set_extents(0, xvda(), &extents, SharingLevel::ReadersOnly)
-        .unwrap();
-}
-
-fn url(backend: &Backend) -> String {
-    format!(
-        "nbd+unix:///xvda?socket={}",
-        backend.socket(0, "xvda").display()
-    )
-}
-
-fn run(program: &str, args: &[&str]) -> Output {
-    let output = Command::new("timeout")
-        .arg("120")
-        .arg(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|error| panic!("{program}: {error}"));
-    eprintln!(
-        "$ {program} {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
 /// Run `program`, which must succeed; its standard output.
 fn run_ok(program: &str, args: &[&str]) -> String {
     let output = run(program, args);
@@ -67,22 +26,11 @@ fn run_ok(program: &str, args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-/// `qemu-io -f raw -c COMMAND...` on the export.
-fn qemu_io(backend: &Backend, commands: &[&str]) {
-    let mut args = vec!["-f", "raw"];
-    commands
-        .iter()
-        .for_each(|command| args.extend(["-c", command]));
-    let url = url(backend);
-    args.push(&url);
-    run_ok("qemu-io", &args);
-}
-
 /// What `nbdinfo --map --json` reports: (offset, length, type), type 3 for a hole that
 /// reads as zeros, 0 for data.
 fn nbdinfo_map(backend: &Backend) -> Vec<(u64, u64, u64)> {
     let map: serde_json::Value =
-        serde_json::from_str(&run_ok("nbdinfo", &["--map", "--json", &url(backend)])).unwrap();
+        serde_json::from_str(&run_ok("nbdinfo", &["--map", "--json", &xvda_url(backend)])).unwrap();
     map.as_array()
         .unwrap()
         .iter()
@@ -100,7 +48,7 @@ fn nbdinfo_map(backend: &Backend) -> Vec<(u64, u64, u64)> {
 fn qemu_img_map(backend: &Backend) -> Vec<(u64, u64, bool, bool)> {
     let map: serde_json::Value = serde_json::from_str(&run_ok(
         "qemu-img",
-        &["map", "--output=json", "-f", "raw", &url(backend)],
+        &["map", "--output=json", "-f", "raw", &xvda_url(backend)],
     ))
     .unwrap();
     map.as_array()
@@ -146,7 +94,7 @@ fn assert_maps(backend: &Backend, data: &[(u64, u64)], why: &str) {
 #[test]
 fn nbdinfo_and_qemu_img_map_see_exactly_what_was_written() {
     let backend = Backend::start(&[]);
-    attach(&backend);
+    attach_dom0_xvda(&backend, Mode::READ | Mode::WRITE, &EXTENTS);
     assert_maps(&backend, &[], "a fresh VD is all holes");
 
     // 128 KiB across the boundary of the first two extents (hdb, then hda), and 4 KiB at
@@ -181,7 +129,7 @@ fn nbdinfo_and_qemu_img_map_see_exactly_what_was_written() {
 /// Whether the export tells clients it may be used over several connections.
 fn can_multi_conn(backend: &Backend) -> bool {
     let info: serde_json::Value =
-        serde_json::from_str(&run_ok("nbdinfo", &["--json", &url(backend)])).unwrap();
+        serde_json::from_str(&run_ok("nbdinfo", &["--json", &xvda_url(backend)])).unwrap();
     info["exports"][0]["can_multi_conn"].as_bool().unwrap()
 }
 
@@ -199,7 +147,7 @@ fn nbdcopy(from: &str, to: &str) {
 #[test]
 fn nbdcopy_copies_in_and_out_over_four_connections_byte_for_byte() {
     let backend = Backend::start(&[]);
-    attach(&backend);
+    attach_dom0_xvda(&backend, Mode::READ | Mode::WRITE, &EXTENTS);
     assert!(can_multi_conn(&backend), "nbdcopy needs multi-conn for 4");
     // A source with data in two places and holes elsewhere.
     let source = backend.work.path().join("source.raw");
@@ -208,9 +156,9 @@ fn nbdcopy_copies_in_and_out_over_four_connections_byte_for_byte() {
     bytes[900 * 1024..904 * 1024].copy_from_slice(&pattern(4 * 1024, 9));
     std::fs::write(&source, &bytes).unwrap();
     let source = source.to_str().unwrap();
-    nbdcopy(source, &url(&backend));
+    nbdcopy(source, &xvda_url(&backend));
     let copy = backend.work.path().join("copy.raw");
-    nbdcopy(&url(&backend), copy.to_str().unwrap());
+    nbdcopy(&xvda_url(&backend), copy.to_str().unwrap());
     assert_eq!(std::fs::read(&copy).unwrap(), bytes);
     // And what landed on the disks is the source, in VBD order.
     let on_disks: Vec<u8> = EXTENTS
@@ -229,8 +177,8 @@ fn nbdcopy_copies_in_and_out_over_four_connections_byte_for_byte() {
 #[test]
 fn fio_nbd_engine_writes_and_verifies_with_crc32c() {
     let backend = Backend::start(&[]);
-    attach(&backend);
-    let uri = format!("--uri={}", url(&backend));
+    attach_dom0_xvda(&backend, Mode::READ | Mode::WRITE, &EXTENTS);
+    let uri = format!("--uri={}", xvda_url(&backend));
     let output = run_ok(
         "fio",
         &[
@@ -259,7 +207,7 @@ fn fio_nbd_engine_writes_and_verifies_with_crc32c() {
 #[test]
 fn libnbd_conformance_cases_pass() {
     let backend = Backend::start(&[]);
-    attach(&backend);
+    attach_dom0_xvda(&backend, Mode::READ | Mode::WRITE, &EXTENTS);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/nbd_conformance.py");
     // Debian's libnbd binding is importable from the system's python3 only.
     let output = run(

@@ -11,7 +11,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use host_tools::hypervisor::Hypervisor;
-use shared_abi::{DeviceNumber, Label};
+use shared_abi::wire::Extent;
+use shared_abi::{DeviceNumber, Label, Mode, SharingLevel};
 
 /// Each image: 64 MiB, sparse.
 pub const IMAGE_BYTES: u64 = 64 << 20;
@@ -261,4 +262,59 @@ impl Drop for Backend {
             let _ = child.wait();
         }
     }
+}
+
+/// dom0's xvda, labelled `vd:1`, over `extents` of `(disk, start, count)` (disk 0 is hda,
+/// 1 hdb), in that order.
+pub fn attach_dom0_xvda(backend: &Backend, mode: Mode, extents: &[(u32, u64, u64)]) {
+    let mut hypervisor = backend.hypervisor();
+    hypervisor.create(0, xvda(), mode, label("vd:1")).unwrap();
+    let extents: Vec<Extent> = extents
+        .iter()
+        .map(|&(disk, start, count)| {
+            Extent::new(if disk == 0 { hda() } else { hdb() }, start, count).unwrap()
+        })
+        .collect();
+    hypervisor
+        .set_extents(0, xvda(), &extents, SharingLevel::ReadersOnly)
+        .unwrap();
+}
+
+/// The NBD URL of dom0's xvda export.
+pub fn xvda_url(backend: &Backend) -> String {
+    format!(
+        "nbd+unix:///xvda?socket={}",
+        backend.socket(0, "xvda").display()
+    )
+}
+
+/// Run a client program under a two-minute timeout, showing its command and output.
+pub fn run(program: &str, args: &[&str]) -> Output {
+    let output = Command::new("timeout")
+        .arg("120")
+        .arg(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|error| panic!("{program}: {error}"));
+    eprintln!(
+        "$ {program} {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// `qemu-io -f raw -c COMMAND...` on dom0's xvda export, which must succeed with every
+/// pattern it checks intact.
+pub fn qemu_io(backend: &Backend, commands: &[&str]) {
+    let mut args = vec!["-f", "raw"];
+    commands
+        .iter()
+        .for_each(|command| args.extend(["-c", command]));
+    let url = xvda_url(backend);
+    args.push(&url);
+    let output = run("qemu-io", &args);
+    assert!(output.status.success(), "qemu-io {args:?} failed");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("Pattern verification failed"));
 }
