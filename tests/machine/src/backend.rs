@@ -93,8 +93,9 @@ impl Backend {
         )
     }
 
-    /// Make a read-write VBD `vdevice` of guest domain `domain` (at least 1) from `extents`,
-    /// labelled `label`, on control.sock, and return its vhost-user-blk socket once it exists.
+    /// Make a read-write VBD `vdevice` of domain `domain` from `extents`, labelled `label`, on
+    /// control.sock, and return its socket once it exists: the NBD export's for dom0, the
+    /// vhost-user-blk socket's for a guest domain.
     pub fn attach(
         &mut self,
         domain: u32,
@@ -118,7 +119,11 @@ impl Backend {
             .create(domain, vdevice, Mode::READ | Mode::WRITE, label)
             .and_then(|()| control.set_extents(domain, vdevice, extents, SharingLevel::ReadersOnly))
             .map_err(|error| format!("{what}: {error}"))?;
-        let socket = self.vhost_user_socket(domain, &name);
+        let socket = if domain == 0 {
+            self.nbd_socket(&name)
+        } else {
+            self.vhost_user_socket(domain, &name)
+        };
         self.daemon.wait_until(
             &format!("making {}", socket.display()),
             Duration::from_secs(10),

@@ -4,10 +4,13 @@
 //! The micro-benchmarks are criterion benches ([`criterion`]) and hv-vbd's threads bench
 //! ([`threads`]); the `vdisk` figures are wall-clock times of the release binary
 //! ([`vdisk`]); the test hypervisor's I/O runs in QEMU ([`qemu_io`]); and a real Linux guest
-//! runs fio on vbd-backend, qemu-storage-daemon and QEMU's own virtio-blk ([`guest_io`]).
+//! runs fio on vbd-backend, qemu-storage-daemon and QEMU's own virtio-blk ([`guest_io`]);
+//! dom0's NBD tools run on vbd-backend's and qemu-storage-daemon's NBD exports ([`nbd`]),
+//! alone with `--only nbd`.
 
 mod criterion;
 mod guest_io;
+mod nbd;
 mod qemu_io;
 mod summary;
 mod table;
@@ -21,25 +24,37 @@ use vbd_machine::{target_directory, workspace_root};
 
 use criterion::Medians;
 use summary::{render_json, Summary, TranslateRow};
-use table::render_table;
+use table::{render_goals, render_table};
 
 /// The VBD sizes the translation benchmark measures, in extents.
 const EXTENT_COUNTS: [u32; 5] = [1, 16, 256, 4096, 65536];
 
 pub struct Options {
     quick: bool,
+    /// Run the `nbd` section alone (`--only nbd`): its table, its goals and
+    /// `target/bench/nbd.json`, in a minute or two rather than the whole bench's time.
+    only_nbd: bool,
 }
 
 impl Options {
     pub fn parse(arguments: &[String]) -> Result<Options, String> {
         let mut quick = false;
-        for argument in arguments {
+        let mut only_nbd = false;
+        let mut arguments = arguments.iter();
+        while let Some(argument) = arguments.next() {
             match argument.as_str() {
                 "--quick" => quick = true,
+                "--only" => match arguments.next().map(String::as_str) {
+                    Some("nbd") => only_nbd = true,
+                    Some(other) => {
+                        return Err(format!("bench: `--only {other}`: the only section is nbd"))
+                    }
+                    None => return Err("bench: `--only` needs a section: nbd".to_owned()),
+                },
                 other => return Err(format!("bench: unknown option `{other}`")),
             }
         }
-        Ok(Options { quick })
+        Ok(Options { quick, only_nbd })
     }
 
     /// Timed runs of each `vdisk` command; the median is reported.
@@ -55,6 +70,9 @@ impl Options {
 pub fn run(options: Options) -> Result<(), String> {
     let root = workspace_root();
     let target = target_directory();
+    if options.only_nbd {
+        return run_nbd_alone(&target, options.quick);
+    }
     let started = SystemTime::now();
     let clock = Instant::now();
     let lap = |what: &str| {
@@ -86,6 +104,8 @@ pub fn run(options: Options) -> Result<(), String> {
     lap("test hypervisor I/O");
     let guest_io = guest_io::measure(options.quick)?;
     lap("guest I/O");
+    let nbd = nbd::measure(options.quick)?;
+    lap("NBD");
     let summary = Summary {
         translate,
         setextents_us: medians.nanoseconds("set_extents/1024_into_10000")? / 1e3,
@@ -96,6 +116,7 @@ pub fn run(options: Options) -> Result<(), String> {
         validate_naive_ms_10k: medians.nanoseconds("validate/naive_10k")? / 1e6,
         qemu_io,
         guest_io,
+        nbd,
         bytes_per_extent: hv_vbd::BYTES_PER_EXTENT,
         table_bytes: hv_vbd::DEFAULT_TABLE_BYTES,
     };
@@ -112,6 +133,21 @@ pub fn run(options: Options) -> Result<(), String> {
         path.display(),
         clock.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// `--only nbd`: the section's table and goals, and its object of `summary.json` alone in
+/// `target/bench/nbd.json` (a partial run must not pass for a whole one's summary).
+fn run_nbd_alone(target: &std::path::Path, quick: bool) -> Result<(), String> {
+    let nbd = nbd::measure(quick)?;
+    let mut table = String::new();
+    nbd.render(&mut table);
+    render_goals(&mut table, &nbd.goals());
+    print!("{table}");
+    let path = target.join("bench/nbd.json");
+    fs::write(&path, format!("{:#}\n", nbd.json()))
+        .map_err(|error| format!("writing {}: {error}", path.display()))?;
+    println!("\nwrote {}", path.display());
     Ok(())
 }
 

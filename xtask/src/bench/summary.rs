@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use super::guest_io::{GuestIo, Target, Workload};
+use super::nbd::Nbd;
 use super::qemu_io::QemuIo;
 use super::threads::{Rates, Threads};
 
@@ -35,6 +36,7 @@ pub struct Summary {
     pub validate_naive_ms_10k: f64,
     pub qemu_io: QemuIo,
     pub guest_io: GuestIo,
+    pub nbd: Nbd,
     pub bytes_per_extent: usize,
     pub table_bytes: usize,
 }
@@ -47,7 +49,7 @@ impl Summary {
 }
 
 /// A JSON number to three decimals; `null` for what is not finite (a ratio of nothing).
-fn number(value: f64) -> Value {
+pub fn number(value: f64) -> Value {
     if value.is_finite() {
         Value::from((value * 1000.0).round() / 1000.0)
     } else {
@@ -229,6 +231,7 @@ pub fn render_json(summary: &Summary) -> String {
                 ("guest_cpus", Value::from(super::guest_io::GUEST_CPUS)),
             ]),
         ),
+        ("nbd", summary.nbd.json()),
         ("bytes_per_extent", Value::from(summary.bytes_per_extent)),
         ("table_bytes", Value::from(summary.table_bytes)),
     ];

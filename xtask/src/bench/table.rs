@@ -61,7 +61,7 @@ pub fn goals(summary: &Summary) -> Vec<Goal> {
     let cpu = guest.backend_cpu_us_per_io / guest.qsd_cpu_us_per_io;
     let queues = guest.queues_speedup();
     let resident = guest.backend_rss_mib.1;
-    vec![
+    let mut goals = vec![
         goal(
             format!("translation at 1 extent within 2x of the slice walk: {one_vs_slice:.2}x"),
             at_most(one_vs_slice, 2.0),
@@ -147,7 +147,9 @@ pub fn goals(summary: &Summary) -> Vec<Goal> {
             format!("vbd-backend under 64 MiB resident with {MANY_VBDS} VBDs: {resident:.1} MiB"),
             resident < 64.0,
         ),
-    ]
+    ];
+    goals.extend(summary.nbd.goals());
+    goals
 }
 
 fn render_translation(table: &mut String, summary: &Summary) {
@@ -332,10 +334,16 @@ pub fn render_table(summary: &Summary) -> String {
         let _ = writeln!(table, "{name:<34} {value}");
     }
     render_guest(&mut table, summary);
+    summary.nbd.render(&mut table);
+    render_goals(&mut table, &goals(summary));
+    table
+}
+
+/// Each goal with its verdict, under a `goals` heading.
+pub fn render_goals(table: &mut String, goals: &[Goal]) {
     let _ = writeln!(table, "\ngoals");
-    for goal in goals(summary) {
+    for goal in goals {
         let verdict = if goal.met { "met" } else { "MISSED" };
         let _ = writeln!(table, "  {verdict:<7} {}", goal.text);
     }
-    table
 }

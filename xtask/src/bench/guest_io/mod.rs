@@ -21,7 +21,7 @@ use vbd_machine::{build_backend, target_directory};
 
 pub use plan::{Target, Workload};
 pub use resident::MANY_VBDS;
-pub use setup::{BUILTIN_AIO, BUILTIN_CACHE};
+pub use setup::{write_image, BUILTIN_AIO, BUILTIN_CACHE};
 
 use plan::{schedule, Samples, Step, GROUPS};
 use setup::{Servers, DISK_BYTES};

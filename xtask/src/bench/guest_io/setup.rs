@@ -72,7 +72,7 @@ pub fn scattered_extents() -> Vec<Extent> {
 
 /// Write `bytes` of data (not a sparse file: reading a hole costs the host less than
 /// reading data) and flush it, so no write-back of the set-up runs during the jobs.
-fn write_image(path: &Path, bytes: u64) -> Result<(), String> {
+pub fn write_image(path: &Path, bytes: u64) -> Result<(), String> {
     let failed = |error: std::io::Error| format!("{}: {error}", path.display());
     let mut file = File::create(path).map_err(failed)?;
     let chunk: Vec<u8> = (0..1u32 << 20)
