@@ -119,6 +119,7 @@ fn summary() -> Summary {
         // Nothing measured: the `backend_io` section's own tests fill it in.
         backend_io: BackendIo {
             medians: BTreeMap::new(),
+            idle_cpu_percent: f64::NAN,
             rounds: 3,
             seconds_per_job: 1,
         },

@@ -13,6 +13,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
 use vbd_machine::guest::process_cpu_time;
@@ -22,7 +23,10 @@ use vbd_machine::{build_backend, build_blkio_runner, target_directory};
 pub use plan::{Figures, Job, Target};
 
 use plan::{schedule, Samples, Step};
-use setup::{Servers, IMAGE_BYTES};
+use setup::{Servers, IDLE_VBDS, IMAGE_BYTES};
+
+/// How long the idle backend's CPU time is measured over.
+const IDLE_SECONDS: u64 = 5;
 
 use super::table::Goal;
 
@@ -40,6 +44,9 @@ fn settings(quick: bool) -> (usize, u64) {
 pub struct BackendIo {
     /// The medians over the rounds of each job on each target.
     pub medians: BTreeMap<(Target, Job), Figures>,
+    /// vbd-backend's CPU over [`IDLE_SECONDS`] with [`IDLE_VBDS`] attached and no client,
+    /// after the jobs, in percent of one core.
+    pub idle_cpu_percent: f64,
     pub rounds: usize,
     pub seconds_per_job: u64,
 }
@@ -116,6 +123,10 @@ impl BackendIo {
             );
         }
         object.insert(
+            format!("idle_cpu_percent_{IDLE_VBDS}_vbds"),
+            number(self.idle_cpu_percent),
+        );
+        object.insert(
             "run".to_owned(),
             serde_json::json!({
                 "rounds": self.rounds,
@@ -188,6 +199,13 @@ impl BackendIo {
                 ),
                 scattered >= 0.95,
             ),
+            goal(
+                format!(
+                    "backend_io: an idle backend with {IDLE_VBDS} VBDs uses < 1 % of a core: {:.2} %",
+                    self.idle_cpu_percent
+                ),
+                self.idle_cpu_percent < 1.0,
+            ),
         ]
     }
 
@@ -234,7 +252,9 @@ impl BackendIo {
         let _ = writeln!(
             table,
             "CPU us/IO: the server's user and system time per 4K read at QD32 (host_fio: fio's \
-             own, the kernel's copy included)"
+             own, the kernel's copy included)\nvbd-backend idle with {IDLE_VBDS} VBDs, over \
+             {IDLE_SECONDS} s: {:.2} % of a core",
+            self.idle_cpu_percent
         );
     }
 }
@@ -373,7 +393,7 @@ pub fn measure(quick: bool) -> Result<BackendIo, String> {
     let dir = target_directory().join("bench/backend_io");
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).map_err(|error| format!("{}: {error}", dir.display()))?;
-    let servers = Servers::start(&dir, &backend)?;
+    let mut servers = Servers::start(&dir, &backend)?;
     let steps = schedule(rounds, &Target::ALL);
     let mut samples = Samples::default();
     for (number, step) in steps.iter().enumerate() {
@@ -399,9 +419,17 @@ pub fn measure(quick: bool) -> Result<BackendIo, String> {
             medians.insert((target, job), samples.median(target, job)?);
         }
     }
+    servers.attach_idle_vbds()?;
+    let idle = Duration::from_secs(IDLE_SECONDS);
+    let before = process_cpu_time(servers.backend_pid())?;
+    std::thread::sleep(idle);
+    let idle_cpu_percent = (process_cpu_time(servers.backend_pid())? - before).as_secs_f64()
+        / idle.as_secs_f64()
+        * 100.0;
     servers.stop()?;
     Ok(BackendIo {
         medians,
+        idle_cpu_percent,
         rounds,
         seconds_per_job,
     })

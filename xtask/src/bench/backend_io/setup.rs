@@ -8,7 +8,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use shared_abi::DeviceNumber;
+use shared_abi::wire::Extent;
+use shared_abi::{DeviceNumber, SECTOR_SIZE};
 use vbd_machine::process::Daemon;
 use vbd_machine::{write_devices, Backend};
 
@@ -19,6 +20,11 @@ use super::plan::Target;
 
 /// What every target serves.
 pub const IMAGE_BYTES: u64 = DISK_BYTES;
+/// VBDs the backend holds while its idle CPU is measured: `vbd_1`, `vbd_1024` and the rest
+/// of [`IDLE_VBDS_PER_DOMAIN`] a domain on hdc, 1 MiB each.
+pub const IDLE_VBDS: u32 = 64;
+const IDLE_VBDS_PER_DOMAIN: u32 = 16;
+const IDLE_VBD_BYTES: u64 = 1 << 20;
 
 /// qemu-storage-daemon's way of doing I/O on its image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +88,10 @@ impl StorageDaemon {
     }
 }
 
+fn hdc() -> DeviceNumber {
+    DeviceNumber::from_name("hdc").expect("hdc is a device name")
+}
+
 /// Read `path` through, so its pages are in the page cache before the jobs.
 fn read_through(path: &Path) -> Result<(), String> {
     let failed = |error: std::io::Error| format!("{}: {error}", path.display());
@@ -113,6 +123,7 @@ impl Servers {
             ("qsd-uring", IMAGE_BYTES),
             ("qsd-threads", IMAGE_BYTES),
             ("host", IMAGE_BYTES),
+            ("hdc", u64::from(IDLE_VBDS) * IDLE_VBD_BYTES),
         ];
         eprintln!(
             "backend_io: writing the images in {} ({} MiB of data)",
@@ -125,12 +136,13 @@ impl Servers {
         }
         let devices = dir.join("devices.toml");
         let hdb = DeviceNumber::from_name("hdb").expect("hdb is a device name");
-        let (hda_image, hdb_image) = (image("hda"), image("hdb"));
+        let (hda_image, hdb_image, hdc_image) = (image("hda"), image("hdb"), image("hdc"));
         write_devices(
             &devices,
             [
                 ("hda", hda(), hda_image.as_path()),
                 ("hdb", hdb, hdb_image.as_path()),
+                ("hdc", hdc(), hdc_image.as_path()),
             ],
         )?;
         let xvdb = DeviceNumber::from_name("xvdb").expect("xvdb is a device name");
@@ -145,6 +157,28 @@ impl Servers {
             qsd_threads: StorageDaemon::start(dir, &image("qsd-threads"), Aio::Threads)?,
             host_image: image("host"),
         })
+    }
+
+    /// Attach VBDs until the backend holds [`IDLE_VBDS`]: domains 2 onwards, xvda to xvdp,
+    /// each 1 MiB of hdc.
+    pub fn attach_idle_vbds(&mut self) -> Result<(), String> {
+        for index in 0..IDLE_VBDS - 2 {
+            let domain = 2 + index / IDLE_VBDS_PER_DOMAIN;
+            let letter = char::from(b'a' + (index % IDLE_VBDS_PER_DOMAIN) as u8);
+            let vdevice = DeviceNumber::from_name(&format!("xvd{letter}"))
+                .ok_or_else(|| format!("xvd{letter} is no device name"))?;
+            let sectors = IDLE_VBD_BYTES / SECTOR_SIZE;
+            let extent = Extent::new(hdc(), u64::from(index) * sectors, sectors)
+                .map_err(|error| format!("backend_io: idle extent {index}: {error}"))?;
+            self.backend
+                .attach(domain, vdevice, &format!("idle_{index}"), &[extent])?;
+        }
+        Ok(())
+    }
+
+    /// vbd-backend's process.
+    pub fn backend_pid(&self) -> u32 {
+        self.backend.pid()
     }
 
     /// The vhost-user-blk socket of `target`; none for the host's own fio.

@@ -25,6 +25,7 @@ fn run() -> BackendIo {
     }
     BackendIo {
         medians,
+        idle_cpu_percent: 0.4,
         rounds: 5,
         seconds_per_job: 2,
     }
@@ -67,6 +68,7 @@ fn the_summary_object_has_every_figure_per_target_and_the_ratios() {
     assert_eq!(json["vbd_1_over_qsd_uring"]["randread_4k_qd32"], 2.0);
     assert_eq!(json["vbd_1_over_host_fio"]["randread_4k_qd32"], 1.0);
     assert_eq!(json["vbd_1024_over_vbd_1"]["write_1m_qd8"], 0.9);
+    assert_eq!(json["idle_cpu_percent_64_vbds"], 0.4);
     assert_eq!(json["run"]["rounds"], 5);
     assert_eq!(json["run"]["image_mib"], 128);
     for target in Target::ALL {
@@ -111,6 +113,10 @@ fn every_goal_is_judged_on_its_ratio() {
                 "backend_io: vbd_1024 >= 0.95x vbd_1 on every job: lowest 0.90x (randwrite_4k_qd32)"
                     .to_owned(),
                 false
+            ),
+            (
+                "backend_io: an idle backend with 64 VBDs uses < 1 % of a core: 0.40 %".to_owned(),
+                true
             ),
         ]
     );
