@@ -45,7 +45,7 @@ pub struct BackendIo {
     /// The medians over the rounds of each job on each target.
     pub medians: BTreeMap<(Target, Job), Figures>,
     /// vbd-backend's CPU over [`IDLE_SECONDS`] with [`IDLE_VBDS`] attached and no client,
-    /// after the jobs, in percent of one core.
+    /// right after the jobs, in percent of one core.
     pub idle_cpu_percent: f64,
     pub rounds: usize,
     pub seconds_per_job: u64,
@@ -393,7 +393,7 @@ pub fn measure(quick: bool) -> Result<BackendIo, String> {
     let dir = target_directory().join("bench/backend_io");
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).map_err(|error| format!("{}: {error}", dir.display()))?;
-    let mut servers = Servers::start(&dir, &backend)?;
+    let servers = Servers::start(&dir, &backend)?;
     let steps = schedule(rounds, &Target::ALL);
     let mut samples = Samples::default();
     for (number, step) in steps.iter().enumerate() {
@@ -419,7 +419,6 @@ pub fn measure(quick: bool) -> Result<BackendIo, String> {
             medians.insert((target, job), samples.median(target, job)?);
         }
     }
-    servers.attach_idle_vbds()?;
     let idle = Duration::from_secs(IDLE_SECONDS);
     let before = process_cpu_time(servers.backend_pid())?;
     std::thread::sleep(idle);

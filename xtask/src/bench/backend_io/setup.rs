@@ -20,7 +20,8 @@ use super::plan::Target;
 
 /// What every target serves.
 pub const IMAGE_BYTES: u64 = DISK_BYTES;
-/// VBDs the backend holds while its idle CPU is measured: `vbd_1`, `vbd_1024` and the rest
+/// VBDs the backend holds throughout, and while its idle CPU is measured: `vbd_1`,
+/// `vbd_1024` and the rest
 /// of [`IDLE_VBDS_PER_DOMAIN`] a domain on hdc, 1 MiB each.
 pub const IDLE_VBDS: u32 = 64;
 const IDLE_VBDS_PER_DOMAIN: u32 = 16;
@@ -92,6 +93,22 @@ fn hdc() -> DeviceNumber {
     DeviceNumber::from_name("hdc").expect("hdc is a device name")
 }
 
+/// Attach VBDs until `backend` holds [`IDLE_VBDS`]: domains 2 onwards, xvda to xvdp, each
+/// 1 MiB of hdc. No client connects to them; they are there for the idle figure.
+fn attach_idle_vbds(backend: &mut Backend) -> Result<(), String> {
+    for index in 0..IDLE_VBDS - 2 {
+        let domain = 2 + index / IDLE_VBDS_PER_DOMAIN;
+        let letter = char::from(b'a' + (index % IDLE_VBDS_PER_DOMAIN) as u8);
+        let vdevice = DeviceNumber::from_name(&format!("xvd{letter}"))
+            .ok_or_else(|| format!("xvd{letter} is no device name"))?;
+        let sectors = IDLE_VBD_BYTES / SECTOR_SIZE;
+        let extent = Extent::new(hdc(), u64::from(index) * sectors, sectors)
+            .map_err(|error| format!("backend_io: idle extent {index}: {error}"))?;
+        backend.attach(domain, vdevice, &format!("idle_{index}"), &[extent])?;
+    }
+    Ok(())
+}
+
 /// Read `path` through, so its pages are in the page cache before the jobs.
 fn read_through(path: &Path) -> Result<(), String> {
     let failed = |error: std::io::Error| format!("{}: {error}", path.display());
@@ -149,6 +166,9 @@ impl Servers {
         let mut backend = start_backend(backend_binary, &devices, &dir.join("backend"), 1)?;
         let vbd_1 = backend.attach(1, xvda(), Target::Vbd1.key(), &single_extent())?;
         let vbd_1024 = backend.attach(1, xvdb, Target::Vbd1024.key(), &scattered_extents())?;
+        // Attached now, not after the jobs: the backend closes a control connection idle
+        // for a minute, and the jobs take longer than that.
+        attach_idle_vbds(&mut backend)?;
         Ok(Servers {
             backend,
             vbd_1,
@@ -157,23 +177,6 @@ impl Servers {
             qsd_threads: StorageDaemon::start(dir, &image("qsd-threads"), Aio::Threads)?,
             host_image: image("host"),
         })
-    }
-
-    /// Attach VBDs until the backend holds [`IDLE_VBDS`]: domains 2 onwards, xvda to xvdp,
-    /// each 1 MiB of hdc.
-    pub fn attach_idle_vbds(&mut self) -> Result<(), String> {
-        for index in 0..IDLE_VBDS - 2 {
-            let domain = 2 + index / IDLE_VBDS_PER_DOMAIN;
-            let letter = char::from(b'a' + (index % IDLE_VBDS_PER_DOMAIN) as u8);
-            let vdevice = DeviceNumber::from_name(&format!("xvd{letter}"))
-                .ok_or_else(|| format!("xvd{letter} is no device name"))?;
-            let sectors = IDLE_VBD_BYTES / SECTOR_SIZE;
-            let extent = Extent::new(hdc(), u64::from(index) * sectors, sectors)
-                .map_err(|error| format!("backend_io: idle extent {index}: {error}"))?;
-            self.backend
-                .attach(domain, vdevice, &format!("idle_{index}"), &[extent])?;
-        }
-        Ok(())
     }
 
     /// vbd-backend's process.
