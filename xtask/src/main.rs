@@ -17,13 +17,16 @@ const USAGE: &str = "\
 usage: cargo xtask <command> [options]
 
 commands:
-  bench [--quick] [--only nbd]  every benchmark beside its baseline: criterion, hv-vbd's
+  bench [--quick] [--only SECTION]
+                                every benchmark beside its baseline: criterion, hv-vbd's
                                 threads, vdisk, the test hypervisor's I/O, fio in a real
                                 guest on vbd-backend, qemu-storage-daemon and QEMU's own
-                                virtio-blk, and fio and nbdcopy on both NBD exports; prints a
-                                table, writes target/bench/summary.json
-                                (--quick: under 5 minutes once built; --only nbd: the NBD
-                                section alone, to target/bench/nbd.json)
+                                virtio-blk, fio and nbdcopy on both NBD exports, and a
+                                host libblkio client on vbd-backend and qemu-storage-daemon
+                                beside fio on the file; prints a table, writes
+                                target/bench/summary.json (--quick: under 5 minutes once
+                                built; --only nbd|backend_io: that section alone, to
+                                target/bench/SECTION.json)
   demo [--bare-metal]           the HOWTO walkthrough, every command printed and checked: a
                                 real Linux guest boots from a VD served by vbd-backend
                                 (--bare-metal: dom1 of the test hypervisor reads it back)

@@ -56,6 +56,12 @@ pub fn build_backend(release: bool) -> Result<PathBuf, String> {
     build_binary("vbd-backend", "vbd-backend", release)
 }
 
+/// Build the guest-less benchmark client `blkio-runner` (release: it is a benchmark) and
+/// return its path.
+pub fn build_blkio_runner() -> Result<PathBuf, String> {
+    build_binary("blkio-runner", "blkio-runner", true)
+}
+
 fn build_binary(package: &str, binary: &str, release: bool) -> Result<PathBuf, String> {
     let root = workspace_root();
     let mut command = Command::new(env!("CARGO"));

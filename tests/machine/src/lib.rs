@@ -18,7 +18,10 @@ mod vdisk;
 pub mod walkthrough;
 
 pub use backend::Backend;
-pub use build::{build_backend, build_hypervisor, build_vdisk, target_directory, workspace_root};
+pub use build::{
+    build_backend, build_blkio_runner, build_hypervisor, build_vdisk, target_directory,
+    workspace_root,
+};
 pub use devices::write_devices;
 pub use image::{default_partitions, DiskImages, DiskSpec};
 pub use machine::{Machine, MachineConfig, SUMMARY_PREFIX};

@@ -6,8 +6,11 @@
 //! ([`vdisk`]); the test hypervisor's I/O runs in QEMU ([`qemu_io`]); and a real Linux guest
 //! runs fio on vbd-backend, qemu-storage-daemon and QEMU's own virtio-blk ([`guest_io`]);
 //! dom0's NBD tools run on vbd-backend's and qemu-storage-daemon's NBD exports ([`nbd`]),
-//! alone with `--only nbd`.
+//! alone with `--only nbd`; and a host client with no guest runs on vbd-backend,
+//! qemu-storage-daemon and, as fio, on the file itself ([`backend_io`]), alone with
+//! `--only backend_io`.
 
+mod backend_io;
 mod criterion;
 mod guest_io;
 mod nbd;
@@ -29,32 +32,44 @@ use table::{render_goals, render_table};
 /// The VBD sizes the translation benchmark measures, in extents.
 const EXTENT_COUNTS: [u32; 5] = [1, 16, 256, 4096, 65536];
 
+/// A section `--only` runs alone: its table, its goals and `target/bench/SECTION.json`, in
+/// minutes rather than the whole bench's time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Section {
+    Nbd,
+    BackendIo,
+}
+
+#[derive(Debug, PartialEq, Eq)]
 pub struct Options {
     quick: bool,
-    /// Run the `nbd` section alone (`--only nbd`): its table, its goals and
-    /// `target/bench/nbd.json`, in a minute or two rather than the whole bench's time.
-    only_nbd: bool,
+    only: Option<Section>,
 }
 
 impl Options {
     pub fn parse(arguments: &[String]) -> Result<Options, String> {
         let mut quick = false;
-        let mut only_nbd = false;
+        let mut only = None;
         let mut arguments = arguments.iter();
         while let Some(argument) = arguments.next() {
             match argument.as_str() {
                 "--quick" => quick = true,
                 "--only" => match arguments.next().map(String::as_str) {
-                    Some("nbd") => only_nbd = true,
+                    Some("nbd") => only = Some(Section::Nbd),
+                    Some("backend_io") => only = Some(Section::BackendIo),
                     Some(other) => {
-                        return Err(format!("bench: `--only {other}`: the only section is nbd"))
+                        return Err(format!(
+                            "bench: `--only {other}`: the sections are nbd and backend_io"
+                        ))
                     }
-                    None => return Err("bench: `--only` needs a section: nbd".to_owned()),
+                    None => {
+                        return Err("bench: `--only` needs a section: nbd or backend_io".to_owned())
+                    }
                 },
                 other => return Err(format!("bench: unknown option `{other}`")),
             }
         }
-        Ok(Options { quick, only_nbd })
+        Ok(Options { quick, only })
     }
 
     /// Timed runs of each `vdisk` command; the median is reported.
@@ -70,8 +85,28 @@ impl Options {
 pub fn run(options: Options) -> Result<(), String> {
     let root = workspace_root();
     let target = target_directory();
-    if options.only_nbd {
-        return run_nbd_alone(&target, options.quick);
+    match options.only {
+        Some(Section::Nbd) => {
+            let nbd = nbd::measure(options.quick)?;
+            return write_alone(
+                &target,
+                "nbd",
+                |table| nbd.render(table),
+                &nbd.goals(),
+                nbd.json(),
+            );
+        }
+        Some(Section::BackendIo) => {
+            let io = backend_io::measure(options.quick)?;
+            return write_alone(
+                &target,
+                "backend_io",
+                |table| io.render(table),
+                &io.goals(),
+                io.json(),
+            );
+        }
+        None => {}
     }
     let started = SystemTime::now();
     let clock = Instant::now();
@@ -106,6 +141,8 @@ pub fn run(options: Options) -> Result<(), String> {
     lap("guest I/O");
     let nbd = nbd::measure(options.quick)?;
     lap("NBD");
+    let backend_io = backend_io::measure(options.quick)?;
+    lap("backend I/O");
     let summary = Summary {
         translate,
         setextents_us: medians.nanoseconds("set_extents/1024_into_10000")? / 1e3,
@@ -117,6 +154,7 @@ pub fn run(options: Options) -> Result<(), String> {
         qemu_io,
         guest_io,
         nbd,
+        backend_io,
         bytes_per_extent: hv_vbd::BYTES_PER_EXTENT,
         table_bytes: hv_vbd::DEFAULT_TABLE_BYTES,
     };
@@ -136,16 +174,21 @@ pub fn run(options: Options) -> Result<(), String> {
     Ok(())
 }
 
-/// `--only nbd`: the section's table and goals, and its object of `summary.json` alone in
-/// `target/bench/nbd.json` (a partial run must not pass for a whole one's summary).
-fn run_nbd_alone(target: &std::path::Path, quick: bool) -> Result<(), String> {
-    let nbd = nbd::measure(quick)?;
+/// `--only SECTION`: the section's table and goals, and its object of `summary.json` alone in
+/// `target/bench/SECTION.json` (a partial run must not pass for a whole one's summary).
+fn write_alone(
+    target: &std::path::Path,
+    section: &str,
+    render: impl FnOnce(&mut String),
+    goals: &[table::Goal],
+    json: serde_json::Value,
+) -> Result<(), String> {
     let mut table = String::new();
-    nbd.render(&mut table);
-    render_goals(&mut table, &nbd.goals());
+    render(&mut table);
+    render_goals(&mut table, goals);
     print!("{table}");
-    let path = target.join("bench/nbd.json");
-    fs::write(&path, format!("{:#}\n", nbd.json()))
+    let path = target.join(format!("bench/{section}.json"));
+    fs::write(&path, format!("{json:#}\n"))
         .map_err(|error| format!("writing {}: {error}", path.display()))?;
     println!("\nwrote {}", path.display());
     Ok(())

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
+use super::backend_io::BackendIo;
 use super::guest_io::{GuestIo, Target, Workload};
 use super::nbd::Nbd;
 use super::qemu_io::QemuIo;
@@ -37,6 +38,7 @@ pub struct Summary {
     pub qemu_io: QemuIo,
     pub guest_io: GuestIo,
     pub nbd: Nbd,
+    pub backend_io: BackendIo,
     pub bytes_per_extent: usize,
     pub table_bytes: usize,
 }
@@ -232,6 +234,7 @@ pub fn render_json(summary: &Summary) -> String {
             ]),
         ),
         ("nbd", summary.nbd.json()),
+        ("backend_io", summary.backend_io.json()),
         ("bytes_per_extent", Value::from(summary.bytes_per_extent)),
         ("table_bytes", Value::from(summary.table_bytes)),
     ];

@@ -149,6 +149,7 @@ pub fn goals(summary: &Summary) -> Vec<Goal> {
         ),
     ];
     goals.extend(summary.nbd.goals());
+    goals.extend(summary.backend_io.goals());
     goals
 }
 
@@ -335,6 +336,7 @@ pub fn render_table(summary: &Summary) -> String {
     }
     render_guest(&mut table, summary);
     summary.nbd.render(&mut table);
+    summary.backend_io.render(&mut table);
     render_goals(&mut table, &goals(summary));
     table
 }

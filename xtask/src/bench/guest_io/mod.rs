@@ -21,10 +21,13 @@ use vbd_machine::{build_backend, target_directory};
 
 pub use plan::{Target, Workload};
 pub use resident::MANY_VBDS;
-pub use setup::{write_image, BUILTIN_AIO, BUILTIN_CACHE};
+pub use setup::{
+    hda, scattered_extents, single_extent, start_backend, write_image, xvda, BUILTIN_AIO,
+    BUILTIN_CACHE, DISK_BYTES,
+};
 
 use plan::{schedule, Samples, Step, GROUPS};
-use setup::{Servers, DISK_BYTES};
+use setup::Servers;
 
 /// Linux gives a virtio-blk device at most one queue per CPU, so the two-queue figure needs
 /// two; every other figure runs one fio job, on whichever CPU the guest picks.
