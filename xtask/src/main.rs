@@ -24,8 +24,8 @@ commands:
                                 virtio-blk, fio and nbdcopy on both NBD exports, and a
                                 host libblkio client on vbd-backend and qemu-storage-daemon
                                 beside fio on the file; prints a table, writes
-                                target/bench/summary.json (--quick: under 5 minutes once
-                                built; --only nbd|backend_io: that section alone, to
+                                target/bench/summary.json (--quick: shorter samples and
+                                rounds; --only nbd|backend_io: that section alone, to
                                 target/bench/SECTION.json)
   demo [--bare-metal]           the HOWTO walkthrough, every command printed and checked: a
                                 real Linux guest boots from a VD served by vbd-backend
