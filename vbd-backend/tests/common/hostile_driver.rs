@@ -63,6 +63,20 @@ pub struct Driver {
     pub used: u16,
 }
 
+/// Connect to `socket`, take ownership and read the device's features, retrying while the
+/// backend still counts a VMM that has just left.
+pub fn take_ownership(socket: &Path) -> (Frontend, u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let frontend = Frontend::connect(socket, 1).unwrap();
+        match frontend.set_owner().and_then(|()| frontend.get_features()) {
+            Ok(features) => return (frontend, features),
+            Err(error) => assert!(Instant::now() < deadline, "refused: {error}"),
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 impl Driver {
     /// Connect to `socket` and start queue 0 with its rings at `base`: 0 for a driver that
     /// has just started, anything else for a VMM resuming a guest that ran before. A VMM
@@ -100,15 +114,7 @@ impl Driver {
         memory_bytes: usize,
         event_idx: bool,
     ) -> Driver {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let (mut frontend, features) = loop {
-            let frontend = Frontend::connect(socket, 1).unwrap();
-            match frontend.set_owner().and_then(|()| frontend.get_features()) {
-                Ok(features) => break (frontend, features),
-                Err(error) => assert!(Instant::now() < deadline, "refused: {error}"),
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let (mut frontend, features) = take_ownership(socket);
         // The driver kicks every request and polls the used ring, whatever was negotiated.
         let features = if event_idx {
             features
@@ -258,6 +264,12 @@ impl Driver {
         self.memory
             .write_obj(self.next_avail, GuestAddress(AVAIL + 2))
             .unwrap();
+    }
+
+    /// Truncate the file of the first memory region to nothing, as a hostile VMM may.
+    pub fn truncate_memory(&self) {
+        let region = self.memory.iter().next().unwrap();
+        region.file_offset().unwrap().file().set_len(0).unwrap();
     }
 
     pub fn kick(&self) {
