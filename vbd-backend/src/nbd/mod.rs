@@ -5,14 +5,16 @@
 //! the disks, see `allocation`), multi-conn, fast zero and cache, as qemu-nbd does.
 //!
 //! One thread per connection: a client that stops reading its replies blocks its own
-//! thread only, never another connection's.
+//! thread only, never another connection's. Each connection takes in what its client has
+//! sent in one receive and answers it in one send (`batched`).
 
 mod allocation;
+mod batched;
 mod handshake;
 mod reply;
 mod transmission;
 
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,10 +80,18 @@ impl Export {
 }
 
 /// Serve one client: the handshake, then its requests.
-fn connection(target: &Target, mut stream: UnixStream) -> io::Result<()> {
-    let Some(export) = handshake::negotiate(&mut stream, target)? else {
+fn connection(target: &Target, stream: UnixStream) -> io::Result<()> {
+    let mut stream = batched::Batched::new(&stream, &stream);
+    let served = serve(target, &mut stream);
+    // Replies to what came before an error or a disconnect still go out.
+    let flushed = stream.flush();
+    served.and(flushed)
+}
+
+fn serve(target: &Target, stream: &mut batched::Batched<&UnixStream>) -> io::Result<()> {
+    let Some(export) = handshake::negotiate(stream, target)? else {
         return Ok(());
     };
     let mut translator = Translator::new(target.shared.table);
-    transmission::serve(&mut stream, target, &mut translator, export)
+    transmission::serve(stream, target, &mut translator, export)
 }

@@ -2,9 +2,10 @@
 //! structured reply chunks, where a read's holes go as hole chunks and an error carries a
 //! message.
 
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
 
 use super::allocation::Piece;
+use super::batched::write_all_vectored;
 use super::wire::*;
 
 /// How one connection answers.
@@ -118,12 +119,11 @@ fn simple(stream: &mut impl Write, handle: u64, error: u32, data: &[u8]) -> io::
         .put_u32(SIMPLE_REPLY_MAGIC)
         .put_u32(error)
         .put_u64(handle);
-    stream.write_all(&message)?;
-    stream.write_all(data)
+    write_all_vectored(stream, &mut [IoSlice::new(&message), IoSlice::new(data)])
 }
 
 /// One structured chunk whose payload is `head` then `data` (kept apart so that a read's
-/// data is written from its buffer, not copied).
+/// data is written from its buffer, not copied), in one vectored write.
 fn chunk(
     stream: &mut impl Write,
     handle: u64,
@@ -140,8 +140,7 @@ fn chunk(
         .put_u64(handle)
         .put_u32((head.len() + data.len()) as u32);
     message.extend_from_slice(head);
-    stream.write_all(&message)?;
-    stream.write_all(data)
+    write_all_vectored(stream, &mut [IoSlice::new(&message), IoSlice::new(data)])
 }
 
 #[cfg(test)]
