@@ -3,7 +3,7 @@
 //!
 //! Each queue has its own thread (`queues_per_thread` gives one queue per thread) with its
 //! own I/O context and io_uring, which alone pops, serves and completes that queue's
-//! requests. Nothing a guest sends can stop a queue: every failure becomes a status byte,
+//! requests, and which looks for more for a moment after a busy round ([`super::polling`]). Nothing a guest sends can stop a queue: every failure becomes a status byte,
 //! and `handle_event` only fails on errors of the vhost-user plumbing itself.
 //!
 //! A ring is stopped (`GET_VRING_BASE`, when the VMM stops the device or hands it over) only
@@ -44,6 +44,7 @@ use zerocopy::{Immutable, IntoBytes, KnownLayout};
 
 use super::exit_events::ExitEvents;
 use super::memory_table::MemoryTable;
+use super::polling;
 use super::queue::{QueueTarget, QueueWorker};
 use super::request::{MAX_SEGMENTS, MAX_SEGMENT_SECTORS, MAX_TRANSFER_BYTES};
 use super::ResumedRings;
@@ -260,10 +261,17 @@ impl BlockDevice {
                     .disable_notification(&*memory)
                     .map_err(|error| io::Error::other(format!("{error:?}")))?;
             }
+            let popped_from = vring.get_ref().get_queue().next_avail();
             worker.serve(&queue, vring, &memory)?;
             if !self.table.is_newest(&memory) {
                 // The batch stopped popping at a newer table: what was posted since is
                 // served under it.
+                continue;
+            }
+            // Notifications are still off: a request the driver posts while the queue looks
+            // costs it no kick.
+            let busy = vring.get_ref().get_queue().next_avail() != popped_from;
+            if busy && polling::look_for_more(|| available(vring, &memory)) {
                 continue;
             }
             // With event-idx, requests that arrived while notifications were off are served
@@ -279,6 +287,17 @@ impl BlockDevice {
             }
         }
     }
+}
+
+/// Whether the driver has posted a chain the queue has not popped, while the ring is
+/// started.
+fn available(vring: &VringRwLock<Memory>, memory: &GuestMemoryMmap<()>) -> bool {
+    let state = vring.get_ref();
+    let queue = state.get_queue();
+    queue.ready()
+        && queue
+            .avail_idx(memory, Ordering::Acquire)
+            .is_ok_and(|index| index.0 != queue.next_avail())
 }
 
 impl VhostUserBackend for BlockDevice {

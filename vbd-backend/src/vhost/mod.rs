@@ -18,6 +18,7 @@ mod device;
 mod exit_events;
 mod memory_regions;
 mod memory_table;
+mod polling;
 mod queue;
 
 use std::io;
