@@ -1,8 +1,9 @@
-//! `blkio-runner SOCKET PATTERN BLOCK_BYTES DEPTH SECONDS`: one timed I/O job on a
-//! vhost-user-blk socket through libblkio (one queue, `DEPTH` requests kept in flight, each
-//! of `BLOCK_BYTES`), printed as one JSON object: requests completed, IOPS, MiB/s and the
-//! p50 and p99 latencies. No guest stands between the client and the server, so the figures
-//! are the server's, not an emulated CPU's.
+//! `blkio-runner SOCKET PATTERN BLOCK_BYTES DEPTH SECONDS [QUEUES]`: one timed I/O job on a
+//! vhost-user-blk socket through libblkio (`QUEUES` queues, 1 unless given, each driven by a
+//! thread of its own that keeps `DEPTH` requests of `BLOCK_BYTES` in flight), printed as one
+//! JSON object: requests completed, IOPS, MiB/s and the p50 and p99 latencies, over every
+//! queue. No guest stands between the client and the server, so the figures are the
+//! server's, not an emulated CPU's.
 
 use std::fs::File;
 use std::mem::MaybeUninit;
@@ -52,14 +53,26 @@ struct Job {
     block_bytes: usize,
     depth: usize,
     duration: Duration,
+    queues: usize,
 }
 
 const USAGE: &str =
-    "usage: blkio-runner SOCKET randread|randwrite|read|write BLOCK_BYTES DEPTH SECONDS";
+    "usage: blkio-runner SOCKET randread|randwrite|read|write BLOCK_BYTES DEPTH SECONDS [QUEUES]";
 
 fn parse_job(arguments: &[String]) -> Result<Job, String> {
-    let [socket, pattern, block_bytes, depth, seconds] = arguments else {
-        return Err(USAGE.to_owned());
+    let (socket, pattern, block_bytes, depth, seconds, queues) = match arguments {
+        [socket, pattern, block_bytes, depth, seconds] => {
+            (socket, pattern, block_bytes, depth, seconds, "1")
+        }
+        [socket, pattern, block_bytes, depth, seconds, queues] => (
+            socket,
+            pattern,
+            block_bytes,
+            depth,
+            seconds,
+            queues.as_str(),
+        ),
+        _ => return Err(USAGE.to_owned()),
     };
     let positive = |what: &str, text: &str| match text.parse::<usize>() {
         Ok(value) if value > 0 => Ok(value),
@@ -77,6 +90,7 @@ fn parse_job(arguments: &[String]) -> Result<Job, String> {
         block_bytes,
         depth: positive("DEPTH", depth)?,
         duration: Duration::from_secs(positive("SECONDS", seconds)? as u64),
+        queues: positive("QUEUES", queues)?,
     })
 }
 
@@ -90,13 +104,20 @@ struct Offsets {
 }
 
 impl Offsets {
-    fn new(capacity: u64, block_bytes: usize, random: bool) -> Offsets {
+    /// The offsets of queue `queue`: each queue has a seed of its own, or starts its
+    /// sequential pattern at its own share of the device.
+    fn new(capacity: u64, block_bytes: usize, random: bool, queue: usize) -> Offsets {
+        let blocks = capacity / block_bytes as u64;
         Offsets {
-            blocks: capacity / block_bytes as u64,
+            blocks,
             block_bytes: block_bytes as u64,
             random,
             // The generator's seed, or the sequential pattern's first block.
-            state: if random { 0x9e37_79b9_7f4a_7c15 } else { 0 },
+            state: if random {
+                0x9e37_79b9_7f4a_7c15 ^ (queue as u64).wrapping_mul(0x1000_0000_01b3)
+            } else {
+                blocks / 8 * queue as u64
+            },
         }
     }
 
@@ -147,15 +168,17 @@ impl Report {
     }
 }
 
-/// A connected client: its queue, one buffer of `depth` blocks, and each slot's segments.
+/// A connected client: its queues, one buffer of `depth` blocks per queue, and the length of
+/// the segments a block is split into.
 struct Client {
-    /// Kept so the connection and the mapping outlive the queue.
+    /// Kept so the connection and the mapping outlive the queues.
     _blkio: Blkio,
     _buffer: MemoryRegion,
-    queue: Blkioq,
+    queues: Vec<Blkioq>,
     capacity: u64,
-    /// The segments of each slot's block, split at the device's longest segment.
-    slots: Vec<Vec<blkio::iovec>>,
+    /// The buffer's address in this process.
+    buffer: usize,
+    segment_bytes: usize,
 }
 
 fn failed(what: &str) -> impl Fn(blkio::Error) -> String + '_ {
@@ -170,8 +193,9 @@ impl Client {
         blkio
             .connect()
             .map_err(failed(&format!("connecting to {socket}")))?;
+        let queues = i32::try_from(job.queues).map_err(|_| "too many queues")?;
         blkio
-            .set_i32("num-queues", 1)
+            .set_i32("num-queues", queues)
             .map_err(failed("num-queues"))?;
         let max_transfer = blkio
             .get_i32("max-transfer")
@@ -189,16 +213,18 @@ impl Client {
             0 => job.block_bytes,
             bytes => bytes as usize,
         };
-        let buffer_bytes = job.block_bytes * job.depth;
+        let buffer_bytes = job.block_bytes * job.depth * job.queues;
         let buffer = blkio
             .alloc_mem_region(buffer_bytes)
             .map_err(failed("allocating the buffer"))?;
-        let queue = blkio
-            .start()
-            .map_err(failed("starting"))?
-            .queues
-            .pop()
-            .ok_or("libblkio started no queue")?;
+        let started = blkio.start().map_err(failed("starting"))?.queues;
+        if started.len() != job.queues {
+            return Err(format!(
+                "libblkio started {} queues, not {}",
+                started.len(),
+                job.queues
+            ));
+        }
         blkio
             .map_mem_region(&buffer)
             .map_err(failed("mapping the buffer"))?;
@@ -212,9 +238,31 @@ impl Client {
             file.write_all_at(&bytes, buffer.fd_offset as u64)
                 .map_err(|error| format!("filling the buffer: {error}"))?;
         }
+        let capacity = blkio.get_u64("capacity").map_err(failed("capacity"))?;
+        Ok(Client {
+            _blkio: blkio,
+            buffer: buffer.addr,
+            _buffer: buffer,
+            queues: started,
+            capacity,
+            segment_bytes,
+        })
+    }
+}
+
+/// One queue and its share of the buffer: `depth` slots, each a block split into segments.
+struct Lane {
+    queue: Blkioq,
+    slots: Vec<Vec<blkio::iovec>>,
+}
+
+impl Lane {
+    /// The lane of queue `index`, whose slots start at `buffer + index * depth * block`.
+    fn new(queue: Blkioq, index: usize, buffer: usize, segment_bytes: usize, job: &Job) -> Lane {
+        let first = buffer + index * job.depth * job.block_bytes;
         let slots = (0..job.depth)
             .map(|slot| {
-                let start = buffer.addr + slot * job.block_bytes;
+                let start = first + slot * job.block_bytes;
                 (0..job.block_bytes)
                     .step_by(segment_bytes)
                     .map(|offset| blkio::iovec {
@@ -224,14 +272,7 @@ impl Client {
                     .collect()
             })
             .collect();
-        let capacity = blkio.get_u64("capacity").map_err(failed("capacity"))?;
-        Ok(Client {
-            _blkio: blkio,
-            _buffer: buffer,
-            queue,
-            capacity,
-            slots,
-        })
+        Lane { queue, slots }
     }
 
     fn submit(&mut self, slot: usize, offset: u64, writes: bool) {
@@ -247,8 +288,14 @@ impl Client {
     }
 }
 
-/// Keep `depth` requests in flight for the job's duration; requests still in flight at the
-/// end are waited for but not counted.
+/// What one queue measured: each counted request's latency, and when counting ended.
+struct Measured {
+    latencies_ns: Vec<u64>,
+    ended: Option<Instant>,
+}
+
+/// Drive every queue from a thread of its own for the job's duration, all started together,
+/// and put their figures together.
 fn run(job: &Job) -> Result<Report, String> {
     let mut client = Client::connect(job)?;
     if client.capacity < job.block_bytes as u64 {
@@ -257,23 +304,72 @@ fn run(job: &Job) -> Result<Report, String> {
             client.capacity
         ));
     }
-    let mut offsets = Offsets::new(client.capacity, job.block_bytes, job.pattern.random());
+    let (capacity, buffer, segment_bytes) = (client.capacity, client.buffer, client.segment_bytes);
+    let started = Instant::now();
+    let measured: Vec<Result<Measured, String>> = std::thread::scope(|scope| {
+        let threads: Vec<_> = client
+            .queues
+            .drain(..)
+            .enumerate()
+            .map(|(index, queue)| {
+                scope.spawn(move || {
+                    let mut lane = Lane::new(queue, index, buffer, segment_bytes, job);
+                    let offsets =
+                        Offsets::new(capacity, job.block_bytes, job.pattern.random(), index);
+                    drive(&mut lane, offsets, job, started)
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|thread| {
+                thread
+                    .join()
+                    .unwrap_or_else(|_| Err("a queue's thread panicked".into()))
+            })
+            .collect()
+    });
+    let mut latencies_ns = Vec::new();
+    let mut ended = started;
+    for queue in measured {
+        let queue = queue?;
+        latencies_ns.extend(queue.latencies_ns);
+        ended = ended.max(queue.ended.unwrap_or_else(Instant::now));
+    }
+    if latencies_ns.is_empty() {
+        return Err("no request completed".to_owned());
+    }
+    Ok(Report {
+        ios: latencies_ns.len() as u64,
+        elapsed: ended - started,
+        block_bytes: job.block_bytes,
+        latencies_ns,
+    })
+}
+
+/// Keep `depth` requests in flight on `lane` until the job's duration from `started` is
+/// over; requests still in flight then are waited for but not counted.
+fn drive(
+    lane: &mut Lane,
+    mut offsets: Offsets,
+    job: &Job,
+    started: Instant,
+) -> Result<Measured, String> {
     let writes = job.pattern.writes();
     let mut submitted = vec![Instant::now(); job.depth];
     let mut latencies_ns = Vec::with_capacity(1 << 22);
     let mut completions: Vec<MaybeUninit<Completion>> =
         (0..job.depth).map(|_| MaybeUninit::uninit()).collect();
-    let started = Instant::now();
     for (slot, at) in submitted.iter_mut().enumerate() {
         *at = Instant::now();
-        client.submit(slot, offsets.next(), writes);
+        lane.submit(slot, offsets.next(), writes);
     }
     let deadline = started + job.duration;
     let mut in_flight = job.depth;
     let mut ended = None;
     while in_flight > 0 {
         let mut timeout = Duration::from_secs(20);
-        let done = client
+        let done = lane
             .queue
             .do_io(&mut completions, 1, Some(&mut timeout), None)
             .map_err(failed("waiting for completions"))?;
@@ -298,19 +394,14 @@ fn run(job: &Job) -> Result<Report, String> {
             }
             if ended.is_none() {
                 submitted[slot] = Instant::now();
-                client.submit(slot, offsets.next(), writes);
+                lane.submit(slot, offsets.next(), writes);
                 in_flight += 1;
             }
         }
     }
-    if latencies_ns.is_empty() {
-        return Err("no request completed".to_owned());
-    }
-    Ok(Report {
-        ios: latencies_ns.len() as u64,
-        elapsed: ended.unwrap_or_else(Instant::now) - started,
-        block_bytes: job.block_bytes,
+    Ok(Measured {
         latencies_ns,
+        ended,
     })
 }
 
@@ -346,7 +437,13 @@ mod tests {
                 block_bytes: 4096,
                 depth: 32,
                 duration: Duration::from_secs(2),
+                queues: 1,
             })
+        );
+        assert_eq!(
+            parse_job(&arguments(&["/run/x.sock", "read", "4096", "16", "2", "2"]))
+                .map(|job| job.queues),
+            Ok(2)
         );
     }
 
@@ -368,20 +465,36 @@ mod tests {
             parse_job(&arguments(&["s", "read", "4096", "0", "1"])),
             Err("DEPTH `0` is not a positive whole number".to_owned())
         );
+        assert_eq!(
+            parse_job(&arguments(&["s", "read", "4096", "1", "1", "0"])),
+            Err("QUEUES `0` is not a positive whole number".to_owned())
+        );
+    }
+
+    fn offsets_of_queue_0() -> Vec<u64> {
+        let mut random = Offsets::new(1 << 20, 4096, true, 0);
+        (0..10).map(|_| random.next()).collect()
     }
 
     #[test]
     fn random_offsets_are_whole_blocks_inside_the_device_and_sequential_ones_wrap() {
-        let mut random = Offsets::new(1 << 20, 4096, true);
+        let mut random = Offsets::new(1 << 20, 4096, true, 0);
         let offsets: Vec<u64> = (0..1000).map(|_| random.next()).collect();
         assert!(offsets
             .iter()
             .all(|offset| offset % 4096 == 0 && *offset < 1 << 20));
         let distinct: std::collections::BTreeSet<_> = offsets.iter().collect();
         assert!(distinct.len() > 200, "{} distinct offsets", distinct.len());
-        let mut sequential = Offsets::new(3 << 20, 1 << 20, false);
+        let mut sequential = Offsets::new(3 << 20, 1 << 20, false, 0);
         let offsets: Vec<u64> = (0..4).map(|_| sequential.next()).collect();
         assert_eq!(offsets, [0, 1 << 20, 2 << 20, 0]);
+
+        // Each queue its own: another seed, another eighth of the device to start from.
+        let mut second = Offsets::new(1 << 20, 4096, true, 1);
+        let second: Vec<u64> = (0..1000).map(|_| second.next()).collect();
+        assert_ne!(second[..10], offsets_of_queue_0()[..10]);
+        let mut sequential = Offsets::new(16 << 20, 1 << 20, false, 1);
+        assert_eq!(sequential.next(), 2 << 20);
     }
 
     #[test]

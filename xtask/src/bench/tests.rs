@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::backend_io::BackendIo;
+use super::backend_io::{BackendIo, Figures, QueueScaling};
 use super::guest_io::{GuestIo, Target, Workload};
 use super::nbd::Nbd;
 use super::qemu_io::QemuIo;
@@ -13,6 +13,13 @@ use super::threads::{Rates, Threads};
 use super::{median_of, Options, Section};
 
 fn summary() -> Summary {
+    let not_measured = Figures {
+        iops: f64::NAN,
+        mib_per_second: f64::NAN,
+        p50_us: f64::NAN,
+        p99_us: f64::NAN,
+        cpu_us_per_io: f64::NAN,
+    };
     let mut medians = BTreeMap::new();
     let mut cpu_us_per_io = BTreeMap::new();
     for (index, target) in [
@@ -120,6 +127,10 @@ fn summary() -> Summary {
         backend_io: BackendIo {
             medians: BTreeMap::new(),
             idle_cpu_percent: f64::NAN,
+            queues: QueueScaling {
+                one: not_measured,
+                many: not_measured,
+            },
             rounds: 3,
             seconds_per_job: 1,
         },

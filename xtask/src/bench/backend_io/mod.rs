@@ -3,7 +3,9 @@
 //! vbd-backend's VBDs and on qemu-storage-daemon in both its `aio` modes; fio with io_uring
 //! runs the same jobs on a page-cached image from the host, for what the host itself gets
 //! from the file. Every job on every target in one run, rounds rotated ([`plan`]), medians
-//! kept, each server's CPU time per request from `/proc/PID/stat`.
+//! kept, each server's CPU time per request from `/proc/PID/stat`. Then `--queues`
+//! scaling: 4 KiB random reads, 32 in flight, from one client queue and from [`QUEUES`]
+//! queues (one client thread each), on a backend with that many queues a VBD.
 
 mod plan;
 mod setup;
@@ -23,7 +25,7 @@ use vbd_machine::{build_backend, build_blkio_runner, target_directory};
 pub use plan::{Figures, Job, Target};
 
 use plan::{schedule, Samples, Step};
-use setup::{Servers, IDLE_VBDS, IMAGE_BYTES};
+use setup::{Servers, IDLE_VBDS, IMAGE_BYTES, QUEUES};
 
 /// How long the idle backend's CPU time is measured over.
 const IDLE_SECONDS: u64 = 5;
@@ -47,8 +49,27 @@ pub struct BackendIo {
     /// vbd-backend's CPU over [`IDLE_SECONDS`] with [`IDLE_VBDS`] attached and no client,
     /// right after the jobs, in percent of one core.
     pub idle_cpu_percent: f64,
+    /// 4 KiB random reads at depth 32 in all on `vbd_1`'s VBD of a backend with [`QUEUES`]
+    /// queues: the medians from one client queue, and from [`QUEUES`].
+    pub queues: QueueScaling,
     pub rounds: usize,
     pub seconds_per_job: u64,
+}
+
+/// The figures of one client queue and of several, on the same backend.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueueScaling {
+    pub one: Figures,
+    pub many: Figures,
+}
+
+impl QueueScaling {
+    /// The client queues used for the `many` figure, and the depth of each: 32 in all.
+    const DEPTH_EACH: u32 = 32 / QUEUES as u32;
+
+    pub fn speedup(&self) -> f64 {
+        self.many.iops / self.one.iops
+    }
 }
 
 /// `numerator` over `denominator`, NaN (never a met goal) where either was not measured.
@@ -125,6 +146,20 @@ impl BackendIo {
         object.insert(
             format!("idle_cpu_percent_{IDLE_VBDS}_vbds"),
             number(self.idle_cpu_percent),
+        );
+        let number_of = |figures: &Figures| {
+            serde_json::json!({
+                "iops": number(figures.iops),
+                "cpu_us_per_io": number(figures.cpu_us_per_io),
+            })
+        };
+        object.insert(
+            format!("randread_4k_qd32_queues_{QUEUES}"),
+            serde_json::json!({
+                "1": number_of(&self.queues.one),
+                QUEUES.to_string(): number_of(&self.queues.many),
+                "speedup": number(self.queues.speedup()),
+            }),
         );
         object.insert(
             "run".to_owned(),
@@ -256,18 +291,29 @@ impl BackendIo {
              {IDLE_SECONDS} s: {:.2} % of a core",
             self.idle_cpu_percent
         );
+        let _ = writeln!(
+            table,
+            "vbd-backend --queues {QUEUES}, 4K random reads, 32 in flight: one client queue              {:.0} IOPS ({:.2} us CPU/IO), {QUEUES} queues of {} {:.0} IOPS ({:.2} us): {:.2}x",
+            self.queues.one.iops,
+            self.queues.one.cpu_us_per_io,
+            QueueScaling::DEPTH_EACH,
+            self.queues.many.iops,
+            self.queues.many.cpu_us_per_io,
+            self.queues.speedup()
+        );
     }
 }
 
-/// The runner's command for `job` on `socket`.
-fn runner_command(runner: &Path, socket: &Path, job: Job, seconds: u64) -> Command {
+/// The runner's command for `job` on `socket`, its depth shared by `queues` client queues.
+fn runner_command(runner: &Path, socket: &Path, job: Job, seconds: u64, queues: u32) -> Command {
     let mut command = Command::new(runner);
     command
         .arg(socket)
         .arg(job.pattern())
         .arg(job.block_bytes().to_string())
-        .arg(job.depth().to_string())
-        .arg(seconds.to_string());
+        .arg((job.depth() / queues).to_string())
+        .arg(seconds.to_string())
+        .arg(queues.to_string());
     command
 }
 
@@ -376,13 +422,60 @@ fn run_step(
         return parse_fio(&String::from_utf8_lossy(&printed.stdout), step.job)
             .map_err(|error| format!("backend_io: {name}: {error}"));
     };
+    run_runner(runner, (socket, pid), step.job, seconds, 1)
+        .map_err(|error| format!("backend_io: {name}: {error}"))
+}
+
+/// Run `job` from `queues` client queues on `socket`, served by process `pid`, and return
+/// its figures with the server's CPU per request.
+fn run_runner(
+    runner: &Path,
+    (socket, pid): (&Path, u32),
+    job: Job,
+    seconds: u64,
+    queues: u32,
+) -> Result<Figures, String> {
     let before = process_cpu_time(pid)?;
-    let printed = output(&mut runner_command(runner, socket, step.job, seconds))?;
+    let printed = output(&mut runner_command(runner, socket, job, seconds, queues))?;
     let cpu = process_cpu_time(pid)? - before;
-    let (mut figures, ios) = parse_runner(&String::from_utf8_lossy(&printed.stdout))
-        .map_err(|error| format!("backend_io: {name}: {error}"))?;
+    let (mut figures, ios) = parse_runner(&String::from_utf8_lossy(&printed.stdout))?;
     figures.cpu_us_per_io = cpu.as_secs_f64() * 1e6 / ios as f64;
     Ok(figures)
+}
+
+/// `--queues` scaling: 4 KiB random reads at depth 32 from one client queue and from
+/// [`QUEUES`], taking turns (the first swapped every round), medians of the rounds.
+fn measure_queues(
+    servers: &Servers,
+    runner: &Path,
+    rounds: usize,
+    seconds: u64,
+) -> Result<QueueScaling, String> {
+    let job = Job::RandomReadDepth32;
+    let mut one = Vec::new();
+    let mut many = Vec::new();
+    for round in 0..rounds {
+        let order = if round % 2 == 0 {
+            [1, u32::from(QUEUES)]
+        } else {
+            [u32::from(QUEUES), 1]
+        };
+        for queues in order {
+            let figures = run_runner(runner, servers.queues_target(), job, seconds, queues)
+                .map_err(|error| format!("backend_io: round {round}, {queues} queues: {error}"))?;
+            eprintln!(
+                "backend_io: round {round} {} from {queues} client queues on vbd-backend                  --queues {QUEUES}: {:.0} IOPS, {:.2} us CPU/IO",
+                job.key(),
+                figures.iops,
+                figures.cpu_us_per_io
+            );
+            if queues == 1 { &mut one } else { &mut many }.push(figures);
+        }
+    }
+    Ok(QueueScaling {
+        one: Figures::median(&one),
+        many: Figures::median(&many),
+    })
 }
 
 /// Start every server and measure.
@@ -419,6 +512,7 @@ pub fn measure(quick: bool) -> Result<BackendIo, String> {
             medians.insert((target, job), samples.median(target, job)?);
         }
     }
+    let queues = measure_queues(&servers, &runner, rounds, seconds_per_job)?;
     let idle = Duration::from_secs(IDLE_SECONDS);
     let before = process_cpu_time(servers.backend_pid())?;
     std::thread::sleep(idle);
@@ -429,6 +523,7 @@ pub fn measure(quick: bool) -> Result<BackendIo, String> {
     Ok(BackendIo {
         medians,
         idle_cpu_percent,
+        queues,
         rounds,
         seconds_per_job,
     })

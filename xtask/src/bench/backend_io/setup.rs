@@ -24,6 +24,8 @@ pub const IMAGE_BYTES: u64 = DISK_BYTES;
 /// `vbd_1024` and the rest
 /// of [`IDLE_VBDS_PER_DOMAIN`] a domain on hdc, 1 MiB each.
 pub const IDLE_VBDS: u32 = 64;
+/// Queues of the second backend, whose scaling with the client's queues is measured.
+pub const QUEUES: u16 = 2;
 const IDLE_VBDS_PER_DOMAIN: u32 = 16;
 const IDLE_VBD_BYTES: u64 = 1 << 20;
 
@@ -122,6 +124,9 @@ fn read_through(path: &Path) -> Result<(), String> {
 pub struct Servers {
     backend: Backend,
     vbd_1: PathBuf,
+    /// vbd-backend with [`QUEUES`] queues a VBD, serving `vbd_1`'s VBD as well.
+    queues_backend: Backend,
+    vbd_1_queues: PathBuf,
     vbd_1024: PathBuf,
     qsd_uring: StorageDaemon,
     qsd_threads: StorageDaemon,
@@ -165,6 +170,14 @@ impl Servers {
         let xvdb = DeviceNumber::from_name("xvdb").expect("xvdb is a device name");
         let mut backend = start_backend(backend_binary, &devices, &dir.join("backend"), 1)?;
         let vbd_1 = backend.attach(1, xvda(), Target::Vbd1.key(), &single_extent())?;
+        // vbd_1's VBD again, on a backend of its own with more queues: only read from.
+        let mut queues_backend = start_backend(
+            backend_binary,
+            &devices,
+            &dir.join("backend-queues"),
+            QUEUES,
+        )?;
+        let vbd_1_queues = queues_backend.attach(1, xvda(), "vbd_1_queues", &single_extent())?;
         let vbd_1024 = backend.attach(1, xvdb, Target::Vbd1024.key(), &scattered_extents())?;
         // Attached now, not after the jobs: the backend closes a control connection idle
         // for a minute, and the jobs take longer than that.
@@ -172,6 +185,8 @@ impl Servers {
         Ok(Servers {
             backend,
             vbd_1,
+            queues_backend,
+            vbd_1_queues,
             vbd_1024,
             qsd_uring: StorageDaemon::start(dir, &image("qsd-uring"), Aio::IoUring)?,
             qsd_threads: StorageDaemon::start(dir, &image("qsd-threads"), Aio::Threads)?,
@@ -205,11 +220,17 @@ impl Servers {
         }
     }
 
+    /// The socket of `vbd_1`'s VBD on the backend with [`QUEUES`] queues, and its process.
+    pub fn queues_target(&self) -> (&Path, u32) {
+        (&self.vbd_1_queues, self.queues_backend.pid())
+    }
+
     /// Stop every server, each required to exit cleanly.
     pub fn stop(self) -> Result<(), String> {
         let limit = Duration::from_secs(10);
         let results = [
             self.backend.stop().map(drop),
+            self.queues_backend.stop().map(drop),
             self.qsd_uring.daemon.stop(limit).map(drop),
             self.qsd_threads.daemon.stop(limit).map(drop),
         ];

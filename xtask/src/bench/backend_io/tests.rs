@@ -26,6 +26,14 @@ fn run() -> BackendIo {
     BackendIo {
         medians,
         idle_cpu_percent: 0.4,
+        queues: QueueScaling {
+            one: figures(),
+            many: Figures {
+                iops: 150_000.0,
+                cpu_us_per_io: 1.5,
+                ..figures()
+            },
+        },
         rounds: 5,
         seconds_per_job: 2,
     }
@@ -69,6 +77,11 @@ fn the_summary_object_has_every_figure_per_target_and_the_ratios() {
     assert_eq!(json["vbd_1_over_host_fio"]["randread_4k_qd32"], 1.0);
     assert_eq!(json["vbd_1024_over_vbd_1"]["write_1m_qd8"], 0.9);
     assert_eq!(json["idle_cpu_percent_64_vbds"], 0.4);
+    let queues = &json["randread_4k_qd32_queues_2"];
+    assert_eq!(queues["1"]["iops"], 100_000.0);
+    assert_eq!(queues["2"]["iops"], 150_000.0);
+    assert_eq!(queues["2"]["cpu_us_per_io"], 1.5);
+    assert_eq!(queues["speedup"], 1.5);
     assert_eq!(json["run"]["rounds"], 5);
     assert_eq!(json["run"]["image_mib"], 128);
     for target in Target::ALL {
@@ -148,9 +161,21 @@ fn the_runner_and_fio_get_the_same_job() {
             Path::new("/t/blkio-runner"),
             Path::new("/b/vbd.sock"),
             job,
+            2,
+            1
+        )),
+        "/t/blkio-runner /b/vbd.sock write 1048576 8 2 1"
+    );
+    assert_eq!(
+        display(&runner_command(
+            Path::new("/t/blkio-runner"),
+            Path::new("/b/vbd.sock"),
+            Job::RandomReadDepth32,
+            2,
             2
         )),
-        "/t/blkio-runner /b/vbd.sock write 1048576 8 2"
+        "/t/blkio-runner /b/vbd.sock randread 4096 16 2 2",
+        "the depth is shared by the queues"
     );
     assert_eq!(
         display(&fio_command(
