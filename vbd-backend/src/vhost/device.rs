@@ -3,8 +3,9 @@
 //!
 //! Each queue has its own thread (`queues_per_thread` gives one queue per thread) with its
 //! own I/O context and io_uring, which alone pops, serves and completes that queue's
-//! requests, and which looks for more for a moment after a busy round ([`super::polling`]). Nothing a guest sends can stop a queue: every failure becomes a status byte,
-//! and `handle_event` only fails on errors of the vhost-user plumbing itself.
+//! requests, and looks for more for a moment after a busy round ([`super::polling`]).
+//! Nothing a guest sends can stop a queue: every failure becomes a status byte, and
+//! `handle_event` only fails on errors of the vhost-user plumbing itself.
 //!
 //! A ring is stopped (`GET_VRING_BASE`, when the VMM stops the device or hands it over) only
 //! once every request its queue thread popped has completed: vhost-user-backend marks the

@@ -293,7 +293,8 @@ impl BackendIo {
         );
         let _ = writeln!(
             table,
-            "vbd-backend --queues {QUEUES}, 4K random reads, 32 in flight: one client queue              {:.0} IOPS ({:.2} us CPU/IO), {QUEUES} queues of {} {:.0} IOPS ({:.2} us): {:.2}x",
+            "vbd-backend --queues {QUEUES}, 4K random reads, 32 in flight: one client queue \
+             {:.0} IOPS ({:.2} us CPU/IO), {QUEUES} queues of {} {:.0} IOPS ({:.2} us): {:.2}x",
             self.queues.one.iops,
             self.queues.one.cpu_us_per_io,
             QueueScaling::DEPTH_EACH,
@@ -464,7 +465,8 @@ fn measure_queues(
             let figures = run_runner(runner, servers.queues_target(), job, seconds, queues)
                 .map_err(|error| format!("backend_io: round {round}, {queues} queues: {error}"))?;
             eprintln!(
-                "backend_io: round {round} {} from {queues} client queues on vbd-backend                  --queues {QUEUES}: {:.0} IOPS, {:.2} us CPU/IO",
+                "backend_io: round {round} {} from {queues} client queues on vbd-backend \
+                 --queues {QUEUES}: {:.0} IOPS, {:.2} us CPU/IO",
                 job.key(),
                 figures.iops,
                 figures.cpu_us_per_io
