@@ -7,7 +7,13 @@
 //! 11.9k IOPS with `pread` to 55k on io_uring, while 128 KiB buffered writes at depth 8 fell
 //! from 3.9 to 2.7 GB/s, with 40 000 context switches against 100: the kernel cannot write
 //! a buffered file without blocking, so io_uring hands every write to a worker thread.
-//! Writes therefore stay `pwrite`s on the queue thread ([`crate::sys`]).
+//! Writes therefore stay `pwrite`s on the queue thread ([`crate::sys`]); `pwritev2` with
+//! `RWF_NOWAIT` is no way around it, since ext4 refuses it (`EOPNOTSUPP`) for buffered files.
+//!
+//! Nor are reads tried with `preadv2(RWF_NOWAIT)` before the ring: io_uring already
+//! completes a page-cache hit inline at submission, one `io_uring_enter` for the whole batch,
+//! where `preadv2` costs a system call per read, and measured slower at depth 32
+//! (BENCHMARKS.md, issue 15).
 //!
 //! The kernel holds a transfer's addresses from submission until its completion, so no
 //! transfer may outlive the guest memory, the file or the `iovec` array it names. The only
