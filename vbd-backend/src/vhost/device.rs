@@ -43,6 +43,7 @@ use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{Immutable, IntoBytes, KnownLayout};
 
 use super::exit_events::ExitEvents;
+use super::inflight::Inflight;
 use super::memory_table::MemoryTable;
 use super::queue::{QueueTarget, QueueWorker};
 use super::request::{MAX_SEGMENTS, MAX_SEGMENT_SECTORS, MAX_TRANSFER_BYTES};
@@ -139,6 +140,8 @@ pub struct BlockDevice {
     workers: Vec<Mutex<Option<QueueWorker>>>,
     /// Rings the VMM resumed where this backend did not start them; see [`super`].
     resumed: Arc<ResumedRings>,
+    /// The rings' inflight records ([`super::inflight`]).
+    inflight: Arc<Inflight>,
     /// The queue threads' exit events, closed with the device since the daemon leaks them.
     exit_events: ExitEvents,
     /// The guest memory this device has used, registered while it may be touched.
@@ -154,6 +157,7 @@ impl BlockDevice {
         target: Arc<DeviceTarget>,
         memory: Memory,
         resumed: Arc<ResumedRings>,
+        inflight: Arc<Inflight>,
         vmm: UnixStream,
     ) -> BlockDevice {
         let workers = (0..target.shared.queues)
@@ -165,6 +169,7 @@ impl BlockDevice {
             event_idx: AtomicBool::new(false),
             workers,
             resumed,
+            inflight,
             exit_events: ExitEvents::default(),
             mappings: GuestMappings::default(),
             vmm,
@@ -243,6 +248,8 @@ impl BlockDevice {
             target: &self.target,
             resumed: &self.resumed,
             table: &self.table,
+            inflight: &self.inflight,
+            ring: device_event,
         };
         let event_idx = self.event_idx.load(Ordering::Acquire);
         loop {
@@ -422,7 +429,13 @@ mod tests {
         };
         let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let (vmm, _peer) = UnixStream::pair().unwrap();
-        let device = BlockDevice::new(Arc::new(target), memory, Arc::default(), vmm);
+        let device = BlockDevice::new(
+            Arc::new(target),
+            memory,
+            Arc::default(),
+            Arc::new(Inflight::new(1)),
+            vmm,
+        );
         for feature in [
             VIRTIO_BLK_F_SIZE_MAX,
             VIRTIO_BLK_F_SEG_MAX,

@@ -5,17 +5,22 @@
 //!
 //! A VMM whose backend went away (killed, or stopped) and that reconnects (QEMU's
 //! `-chardev socket,...,reconnect=1`) resumes its rings where its guest left them, without
-//! resetting the device. A restarted backend cannot know what that guest believes about
-//! the disk, so every request of such a connection fails with `VIRTIO_BLK_S_IOERR`: the
-//! guest sees errors, never another VBD's data under the old name. The errors last until
-//! the guest resets the device (its rings start at 0 again, and it reads the disk afresh).
-//! Only a VMM that this socket's VBD saw start its rings (same process, rings at 0) is
-//! trusted to resume.
+//! resetting the device. A VMM that took up inflight tracking ([`inflight`]) hands back the
+//! record of its rings: when it was made for the VBD this socket serves now (same label,
+//! mode, size and extents), the requests that were in flight are done again, in order, and
+//! the rings are served from there: the guest sees a pause. Without a record, or with one
+//! of another VBD, a restarted backend cannot know what that guest believes about the
+//! disk, so every request of such a connection fails with `VIRTIO_BLK_S_IOERR`: the guest
+//! sees errors, never another VBD's data under the old name. The errors last until the
+//! guest resets the device (its rings start at 0 again, and it reads the disk afresh).
+//! Without a record, only a VMM that this socket's VBD saw start its rings (same process,
+//! rings at 0) is trusted to resume.
 
 mod bridge;
 mod device;
 #[allow(unsafe_code)]
 mod exit_events;
+mod inflight;
 mod memory_regions;
 mod memory_table;
 mod queue;
@@ -31,8 +36,9 @@ use vbd_backend::vhost::request;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
-use self::bridge::{BackendChannel, Inbound};
+use self::bridge::{BackendChannel, Inbound, Vmm};
 use self::device::{BlockDevice, DeviceTarget};
+use self::inflight::{Inflight, Start};
 use crate::shared::Shared;
 use crate::sockets::{Peers, SocketDirectory};
 use crate::threads::{Connections, Policy, VbdSocket};
@@ -65,6 +71,8 @@ struct Session {
     sockets: Arc<SocketDirectory>,
     /// The VMM processes whose rings started at 0 on this socket: they may resume.
     started_by: Mutex<Vec<u32>>,
+    /// The inflight tracking of the current connection.
+    inflight: Mutex<Option<Arc<Inflight>>>,
 }
 
 impl Export {
@@ -92,6 +100,7 @@ impl Export {
             channel: BackendChannel::default(),
             sockets,
             started_by: Mutex::new(Vec::new()),
+            inflight: Mutex::new(None),
         });
         let serving = session.clone();
         let connections = Connections::serve(label, listener, ONE_VMM, move |stream| {
@@ -103,8 +112,18 @@ impl Export {
         })
     }
 
-    /// The VBD's size changed: tell the VMM to re-read the config space.
+    /// The VBD's size changed: tell the VMM to re-read the config space, and record the VBD
+    /// anew in its inflight region, so that a restart resumes onto the VBD as it is now.
     pub fn resized(&self) {
+        let inflight = self
+            .session
+            .inflight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        if let (Some(inflight), Some(stamp)) = (inflight, self.session.stamp()) {
+            inflight.restamp(stamp);
+        }
         match self.session.channel.config_changed() {
             Ok(true) | Ok(false) => {}
             Err(error) => eprintln!("vbd-backend: cannot signal a config change: {error}"),
@@ -147,6 +166,11 @@ impl Session {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The stamp of the socket's VBD as it is now, for inflight records.
+    fn stamp(&self) -> Option<inflight::Stamp> {
+        inflight::stamp_of(self.target.shared.table, &self.target.vbd)
+    }
+
     /// Serve one VMM connection until it ends.
     fn serve(&self, vmm: UnixStream) -> io::Result<()> {
         let vmm_process = rustix::net::sockopt::socket_peercred(&vmm)?
@@ -156,22 +180,53 @@ impl Session {
         let trusted = self.started_by().contains(&vmm_process);
         let resumed = Arc::new(ResumedRings::default());
         let started = AtomicBool::new(false);
+        let inflight = Arc::new(Inflight::new(self.target.shared.queues));
+        *self
+            .inflight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(inflight.clone());
+        let name = &self.target.name;
         let ring_base = |index: u32, base: u32| {
-            if base == 0 {
-                started.store(true, Ordering::Release);
-                resumed.start(index);
-            } else if !trusted && resumed.resume(index) {
-                eprintln!(
-                    "vbd-backend: {}: VMM process {vmm_process} resumes ring {index} at {base}, which this backend did not start (a VMM reconnecting after a restart?): its requests fail until the guest resets the device",
-                    self.target.name
-                );
+            match inflight.ring_starts(index, base, || self.stamp())? {
+                Start::Fresh => {
+                    started.store(true, Ordering::Release);
+                    resumed.start(index);
+                }
+                Start::Resumed => {
+                    resumed.start(index);
+                    eprintln!("vbd-backend: {name}: ring {index} resumes from its inflight record: the requests in flight are done again");
+                }
+                Start::Foreign(why) => {
+                    if resumed.resume(index) {
+                        eprintln!("vbd-backend: {name}: ring {index} resumes from an inflight record of another VBD ({why}): its requests fail until the guest resets the device");
+                    }
+                }
+                Start::Unrecorded if base == 0 => {
+                    started.store(true, Ordering::Release);
+                    resumed.start(index);
+                }
+                Start::Unrecorded => {
+                    if !trusted && resumed.resume(index) {
+                        eprintln!(
+                            "vbd-backend: {name}: VMM process {vmm_process} resumes ring {index} at {base}, which this backend did not start, with no inflight record (a VMM reconnecting after a restart?): its requests fail until the guest resets the device"
+                        );
+                    }
+                }
             }
+            Ok(())
+        };
+        let get_inflight = |asked: &[u8; inflight::PAYLOAD_BYTES]| {
+            let stamp = self
+                .stamp()
+                .ok_or_else(|| io::Error::other("the VBD is gone"))?;
+            inflight.get(asked, stamp)
         };
         let memory = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());
         let device = Arc::new(BlockDevice::new(
             self.target.clone(),
             memory.clone(),
             resumed.clone(),
+            inflight.clone(),
             vmm.try_clone()?,
         ));
         let mut daemon = VhostUserDaemon::new(self.target.serial.clone(), device, memory)
@@ -180,10 +235,16 @@ impl Session {
         let watch = Inbound {
             channel: &self.channel,
             ring_base: &ring_base,
+            inflight: &inflight,
+            get_inflight: &get_inflight,
+        };
+        let vmm_side = Vmm {
+            stream: &vmm,
+            sending: Mutex::new(()),
         };
         let result = thread::scope(|scope| {
-            let inbound = scope.spawn(|| bridge::relay(&vmm, &daemon_side, Some(&watch)));
-            let outbound = bridge::relay(&daemon_side, &vmm, None);
+            let inbound = scope.spawn(|| bridge::relay_inbound(&vmm_side, &daemon_side, &watch));
+            let outbound = bridge::relay_outbound(&daemon_side, &vmm_side);
             let inbound = inbound
                 .join()
                 .unwrap_or_else(|_| Err(io::Error::other("relay panicked")));
