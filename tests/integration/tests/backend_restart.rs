@@ -34,7 +34,7 @@ result kernel.errors "$(dmesg | grep -ciE 'i/o error|blk_update_request|critical
 /// A backend on two disks serving a VD that spans both as domain 1's xvda, and a guest
 /// running [`FIO_BODY`] on it, once fio has started.
 fn fio_guest_on_two_disks(dir: &Path) -> (TestBackend, Guest) {
-    let mut test = TestBackend::start(dir, &[disk("hda", 24), disk("hdb", 24)], &[]);
+    let test = TestBackend::start(dir, &[disk("hda", 24), disk("hdb", 24)], &[]);
     test.vdisk_ok(&["format", "phy:hda", "--extent-size", "1M"]);
     test.vdisk_ok(&["format", "phy:hdb", "--extent-size", "1M"]);
     let id = test.vdisk_ok(&["create", "40M"]).trim().to_owned();
@@ -73,9 +73,17 @@ fn require_clean_fio(guest: Guest) -> Duration {
     assert_eq!(get("fio.status"), "0", "fio: {}", get("fio.report"));
     let json = get("fio.report");
     let parsed = FioReport::parse(json).unwrap_or_else(|error| panic!("{error}: {json}"));
-    assert!(parsed.write.total_ios > 0 && parsed.read.total_ios > 0, "{json}");
-    assert_eq!(get("kernel.errors"), "0", "the guest's kernel logged I/O errors");
-    let document: serde_json::Value = serde_json::from_str(&json[json.find('{').unwrap()..]).unwrap();
+    assert!(
+        parsed.write.total_ios > 0 && parsed.read.total_ios > 0,
+        "{json}"
+    );
+    assert_eq!(
+        get("kernel.errors"),
+        "0",
+        "the guest's kernel logged I/O errors"
+    );
+    let document: serde_json::Value =
+        serde_json::from_str(&json[json.find('{').unwrap()..]).unwrap();
     let longest = document["jobs"][0]["write"]["clat_ns"]["max"]
         .as_f64()
         .expect("fio reports its longest write");

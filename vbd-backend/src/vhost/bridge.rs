@@ -115,8 +115,11 @@ pub struct Inbound<'a> {
     /// The connection's inflight tracking.
     pub inflight: &'a Inflight,
     /// Answers `GET_INFLIGHT_FD` with a region stamped with the socket's VBD.
-    pub get_inflight: &'a (dyn Fn(&[u8; PAYLOAD_BYTES]) -> io::Result<([u8; PAYLOAD_BYTES], OwnedFd)> + Sync),
+    pub get_inflight: &'a (dyn Fn(&[u8; PAYLOAD_BYTES]) -> io::Result<InflightReply> + Sync),
 }
+
+/// The payload and the region's descriptor that answer `GET_INFLIGHT_FD`.
+pub type InflightReply = ([u8; PAYLOAD_BYTES], OwnedFd);
 
 /// One end of the VMM's connection, written by both directions of the relay: the daemon's
 /// replies and the relay's own answers must not interleave.
@@ -296,14 +299,14 @@ fn watch(
         SET_VRING_BASE if payload.len() >= 8 => {
             (inbound.ring_base)(word(payload, 0), word(payload, 4)).map_err(invalid)?;
         }
-        SET_VRING_KICK if payload.len() >= 8 => {
-            // The ring's requests in flight wait for a kick no guest will send: give one.
-            // It stays in the eventfd until the daemon listens on it, once the ring is
-            // started and enabled.
-            if inbound.inflight.replay_pending(word(payload, 0) & 0xff) {
-                if let Some(kick) = fds.first() {
-                    rustix::io::write(kick, &1u64.to_ne_bytes())?;
-                }
+        // The ring's requests in flight wait for a kick no guest will send: give one. It
+        // stays in the eventfd until the daemon listens on it, once the ring is started and
+        // enabled.
+        SET_VRING_KICK
+            if payload.len() >= 8 && inbound.inflight.replay_pending(word(payload, 0) & 0xff) =>
+        {
+            if let Some(kick) = fds.first() {
+                rustix::io::write(kick, &1u64.to_ne_bytes())?;
             }
         }
         GET_INFLIGHT_FD => {
@@ -358,7 +361,7 @@ mod tests {
     use std::io::Read;
     use std::os::fd::AsRawFd;
 
-    fn no_inflight(_: &[u8; PAYLOAD_BYTES]) -> io::Result<([u8; PAYLOAD_BYTES], OwnedFd)> {
+    fn no_inflight(_: &[u8; PAYLOAD_BYTES]) -> io::Result<InflightReply> {
         Err(io::Error::other("not in this test"))
     }
 
@@ -465,6 +468,56 @@ mod tests {
             drop(vmm);
             relayed.join().unwrap().unwrap();
         });
+    }
+
+    #[test]
+    fn inflight_tracking_is_offered_and_a_region_not_made_here_ends_the_connection() {
+        let (daemon, daemon_end) = UnixStream::pair().unwrap();
+        let (vmm_end, mut vmm) = UnixStream::pair().unwrap();
+        let vmm_side = Vmm {
+            stream: &vmm_end,
+            sending: Mutex::new(()),
+        };
+        let mut reply = message(GET_PROTOCOL_FEATURES, &0x202u64.to_le_bytes());
+        reply[4..8].copy_from_slice(&(VERSION_1 | REPLY).to_le_bytes());
+        send(&daemon, &reply, &[]).unwrap();
+        drop(daemon);
+        relay_outbound(&daemon_end, &vmm_side).unwrap();
+        let mut received = vec![0u8; HEADER_BYTES + 8];
+        vmm.read_exact(&mut received).unwrap();
+        let features = u64::from_le_bytes(received[HEADER_BYTES..].try_into().unwrap());
+        assert_eq!(features, 0x202 | INFLIGHT_SHMFD);
+
+        // A plain file is no region of ours: the relay ends before the daemon sees it.
+        let (vmm, vmm_end) = UnixStream::pair().unwrap();
+        let (daemon_end, _daemon) = UnixStream::pair().unwrap();
+        let channel = BackendChannel::default();
+        let inflight = Inflight::new(1);
+        let inbound = Inbound {
+            channel: &channel,
+            ring_base: &|_, _| Ok(()),
+            inflight: &inflight,
+            get_inflight: &no_inflight,
+        };
+        let vmm_side = Vmm {
+            stream: &vmm_end,
+            sending: Mutex::new(()),
+        };
+        let file = tempfile::tempfile().unwrap();
+        file.set_len(1 << 20).unwrap();
+        let mut payload = [0u8; PAYLOAD_BYTES];
+        payload[..8].copy_from_slice(&4224u64.to_le_bytes());
+        payload[16..18].copy_from_slice(&1u16.to_le_bytes());
+        payload[18..20].copy_from_slice(&256u16.to_le_bytes());
+        send(
+            &vmm,
+            &message(SET_INFLIGHT_FD, &payload),
+            &[OwnedFd::from(file)],
+        )
+        .unwrap();
+        let ended = relay_inbound(&vmm_side, &daemon_end, &inbound).unwrap_err();
+        assert_eq!(ended.kind(), io::ErrorKind::InvalidData);
+        assert!(ended.to_string().contains("not sealed"), "{ended}");
     }
 
     #[test]

@@ -67,7 +67,10 @@ mod tests {
 
     fn put(memory: &GuestMemoryMmap<()>, at: u64, index: u16, descriptor: Descriptor) {
         memory
-            .write_obj(descriptor, GuestAddress(at + u64::from(index) * DESCRIPTOR_BYTES))
+            .write_obj(
+                descriptor,
+                GuestAddress(at + u64::from(index) * DESCRIPTOR_BYTES),
+            )
             .unwrap();
     }
 
@@ -76,7 +79,12 @@ mod tests {
         let memory = memory();
         let next = VRING_DESC_F_NEXT as u16;
         put(&memory, 0x1000, 3, Descriptor::new(0x2000, 16, next, 5));
-        put(&memory, 0x1000, 5, Descriptor::new(0x3000, 48, VRING_DESC_F_INDIRECT as u16, 0));
+        put(
+            &memory,
+            0x1000,
+            5,
+            Descriptor::new(0x3000, 48, VRING_DESC_F_INDIRECT as u16, 0),
+        );
         put(&memory, 0x3000, 0, Descriptor::new(0x4000, 512, next, 2));
         put(&memory, 0x3000, 2, Descriptor::new(0x5000, 1, 0, 0));
         let chain = descriptors(&memory, GuestAddress(0x1000), 8, 3);

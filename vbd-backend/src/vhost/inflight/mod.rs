@@ -41,8 +41,8 @@ use hv_vbd::VbdRef;
 use virtio_queue::{Queue, QueueT};
 
 pub use self::chain::descriptors;
-pub use self::region::{Refused, Stamp};
 use self::region::{Layout, Region};
+pub use self::region::{Refused, Stamp};
 use super::device::QUEUE_SIZE;
 use crate::vbd::{vbd_state, Table};
 
@@ -226,7 +226,9 @@ fn describe(stamp: Option<Stamp>) -> String {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// One ring's view of its record, kept by the queue thread that serves the ring.

@@ -130,16 +130,19 @@ impl Region {
             MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
         )?;
         rustix::fs::ftruncate(&fd, layout.bytes() as u64)?;
-        rustix::fs::fcntl_add_seals(
-            &fd,
-            SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
-        )?;
-        let region = Region::map(&fd, 0, layout).map_err(|refused| io::Error::other(refused.to_string()))?;
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
+        let region =
+            Region::map(&fd, 0, layout).map_err(|refused| io::Error::other(refused.to_string()))?;
         Ok((region, fd))
     }
 
     /// Map the region a VMM hands back, once its file is checked: sealed, and long enough.
-    pub fn open(fd: &OwnedFd, offset: u64, declared: u64, layout: Layout) -> Result<Region, Refused> {
+    pub fn open(
+        fd: &OwnedFd,
+        offset: u64,
+        declared: u64,
+        layout: Layout,
+    ) -> Result<Region, Refused> {
         let expected = layout.bytes();
         if declared != expected as u64 {
             return Err(Refused::Size { declared, expected });
@@ -151,7 +154,9 @@ impl Region {
         let file = rustix::fs::fstat(fd)
             .map_err(|error| Refused::Map(error.to_string()))?
             .st_size as u64;
-        let needed = offset.checked_add(declared).ok_or(Refused::Offset(offset))?;
+        let needed = offset
+            .checked_add(declared)
+            .ok_or(Refused::Offset(offset))?;
         if needed > file {
             return Err(Refused::Short { file, needed });
         }
@@ -161,7 +166,10 @@ impl Region {
     /// Map `layout`'s bytes at `offset` of `fd`; an offset that is not page-aligned is
     /// refused by mmap(2).
     fn map(fd: &OwnedFd, offset: u64, layout: Layout) -> Result<Region, Refused> {
-        let file = File::from(fd.try_clone().map_err(|error| Refused::Map(error.to_string()))?);
+        let file = File::from(
+            fd.try_clone()
+                .map_err(|error| Refused::Map(error.to_string()))?,
+        );
         let map = MmapRegion::from_file(FileOffset::new(file, offset), layout.bytes())
             .map_err(|error| Refused::Map(error.to_string()))?;
         Ok(Region { map, layout })
@@ -194,7 +202,11 @@ impl Region {
     /// The stamp, if one was written.
     pub fn stamp(&self) -> Option<Stamp> {
         let at = self.layout.bytes() - STAMP_BYTES;
-        let word = |offset: usize| self.bytes().load::<u64>(at + offset, Ordering::Acquire).unwrap_or(0);
+        let word = |offset: usize| {
+            self.bytes()
+                .load::<u64>(at + offset, Ordering::Acquire)
+                .unwrap_or(0)
+        };
         (u64::from_le(word(0)) == STAMP_MAGIC).then(|| Stamp {
             digest: u64::from_le(word(8)),
             size_sectors: u64::from_le(word(16)),
@@ -207,7 +219,9 @@ impl Region {
         let at = self.layout.bytes() - STAMP_BYTES;
         let words = [STAMP_MAGIC, stamp.digest, stamp.size_sectors, stamp.extents];
         for (index, word) in words.into_iter().enumerate() {
-            let _ = self.bytes().store(word.to_le(), at + 8 * index, Ordering::Release);
+            let _ = self
+                .bytes()
+                .store(word.to_le(), at + 8 * index, Ordering::Release);
         }
     }
 }
@@ -261,7 +275,9 @@ impl QueueRecord<'_> {
         let Some(at) = self.desc(head) else {
             return;
         };
-        let _ = self.slice.store(counter.to_le(), at + COUNTER_AT, Ordering::Relaxed);
+        let _ = self
+            .slice
+            .store(counter.to_le(), at + COUNTER_AT, Ordering::Relaxed);
         let _ = self.slice.store(1u8, at + INFLIGHT_AT, Ordering::Release);
     }
 
@@ -302,7 +318,9 @@ impl QueueRecord<'_> {
             })
             .collect();
         taken.sort_unstable();
-        let next = taken.last().map_or(0, |(counter, _)| counter.wrapping_add(1));
+        let next = taken
+            .last()
+            .map_or(0, |(counter, _)| counter.wrapping_add(1));
         (taken.into_iter().map(|(_, head)| head).collect(), next)
     }
 }
