@@ -148,7 +148,10 @@ impl Exports {
         let name = vdevice_name(state.id().vdevice);
         let extension = if domain == DOM0 { "nbd" } else { "sock" };
         let path = directory.join(format!("{name}.{extension}"));
-        claim_socket_path(&path)?;
+        // While taking over, the live socket there is the old process's, replaced below.
+        if !self.sockets.taking_over() {
+            claim_socket_path(&path)?;
+        }
         let listener = self.sockets.listen(&path)?;
         let server = if domain == DOM0 {
             nbd::Export::start(
@@ -178,6 +181,21 @@ impl Exports {
             state,
             server,
         })
+    }
+
+    /// Another process took over and serves the sockets' paths: stop every socket and
+    /// connection, each VMM's once its queue threads completed what they popped, and leave
+    /// the paths alone.
+    pub fn hand_over(&mut self) {
+        for export in std::mem::take(&mut self.live).into_values() {
+            match &export.server {
+                Server::Vhost(device) => device.hand_over(),
+                Server::Nbd(export) => export.socket.stop(),
+            }
+        }
+        for export in self.retired.drain(..) {
+            export.socket().stop();
+        }
     }
 
     /// Stop every socket and connection and remove the sockets.

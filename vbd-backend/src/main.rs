@@ -22,6 +22,7 @@ mod shared;
 mod sockets;
 #[allow(unsafe_code)]
 mod sys;
+mod takeover;
 mod threads;
 #[allow(unsafe_code)]
 mod uring;
@@ -97,6 +98,11 @@ struct Options {
     /// idle clients never lock out others.
     #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     nbd_idle_timeout: u64,
+    /// Upgrade in place: take the VBDs and the sockets over from the backend serving DIR
+    /// (its guests' VMMs reconnect here and resume), then that backend finishes its
+    /// requests in flight and exits 0.
+    #[arg(long)]
+    takeover: bool,
 }
 
 fn sharing_level(text: &str) -> Result<SharingLevel, String> {
@@ -116,6 +122,7 @@ fn main() -> ExitCode {
         },
         control_idle_timeout: Duration::from_secs(options.control_idle_timeout),
         nbd_idle_timeout: Duration::from_secs(options.nbd_idle_timeout),
+        takeover: options.takeover,
     };
     match service::run(settings) {
         Ok(()) => ExitCode::SUCCESS,

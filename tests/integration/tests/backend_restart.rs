@@ -125,3 +125,41 @@ fn fio_verified_writes_survive_two_kills_of_the_backend_and_restores() {
     );
     test.stop();
 }
+
+#[test]
+fn fio_verified_writes_survive_two_upgrades_in_place() {
+    let dir = test_dir("backend-restart-upgrade");
+    let (mut test, guest) = fio_guest_on_two_disks(&dir);
+    let mut handovers = Vec::new();
+    for round in 1..=2 {
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(!fio_ended(&guest), "fio ended before upgrade {round}");
+        let started = Instant::now();
+        test.upgrade();
+        handovers.push(started.elapsed());
+        // The VBDs never went away: vdisk sees them attached, not to be restored.
+        let listed = test.vdisk_ok(&["vbds", "all"]);
+        assert!(
+            listed.contains("attached") && !listed.contains("restorable"),
+            "{listed}"
+        );
+    }
+    let longest = require_clean_fio(guest);
+    for start in 1..=2 {
+        let log = fs::read_to_string(dir.join(format!("backend-{start}.log"))).unwrap();
+        assert!(log.contains("handed 1 VBDs over"), "{log}");
+    }
+    let logs: String = (2..=3)
+        .map(|start| fs::read_to_string(dir.join(format!("backend-{start}.log"))).unwrap())
+        .collect();
+    assert!(logs.contains("took over 1 VBDs"), "{logs}");
+    assert!(
+        logs.contains("resumes from its inflight record"),
+        "no ring resumed from its record: {logs}"
+    );
+    assert!(!logs.contains("fail until"), "{logs}");
+    eprintln!(
+        "each upgrade took {handovers:?} until the old backend exited; the longest write fio saw took {longest:?}"
+    );
+    test.stop();
+}

@@ -228,6 +228,25 @@ impl BlockDevice {
         tracked
     }
 
+    /// Wait until queue `index`'s thread has completed every request it popped. Its thread
+    /// holds its worker while serving (queue `i` is thread `i`'s: `queues_per_thread`), so
+    /// having the worker means that; the thread waits for nothing the caller holds: its
+    /// ring's lock is free, and a call eventfd never blocks.
+    fn wait_for_worker(&self, index: usize) {
+        if let Some(slot) = self.workers.get(index) {
+            drop(slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        }
+    }
+
+    /// Another process took over: once no queue thread pops any more (see
+    /// [`crate::shared::Shared::handed_over`]), wait until every request popped has
+    /// completed, so that nothing of this process touches the rings after the VMM moves on.
+    pub fn quiesce(&self) {
+        for index in 0..self.workers.len() {
+            self.wait_for_worker(index);
+        }
+    }
+
     /// Serve `vring` until it has nothing more, or its guest memory broke.
     fn serve_queue(
         &self,
@@ -257,7 +276,9 @@ impl BlockDevice {
             if self.track(&memory).is_err() {
                 return Ok(());
             }
-            if self.mappings.broken() {
+            // Once another process took over, what is left in the ring is its to take: more
+            // passes would find the same entries and take none.
+            if self.mappings.broken() || self.target.shared.handed_over() {
                 return Ok(());
             }
             if event_idx {
@@ -361,13 +382,8 @@ impl VhostUserBackend for BlockDevice {
     }
 
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
-        // The ring is no longer ready, so its queue thread pops nothing more; it holds its
-        // worker while serving (queue `i` is thread `i`'s: `queues_per_thread`), so having the
-        // worker means every request it popped has completed. Its thread waits for nothing
-        // this thread holds: its ring's lock is free, and a call eventfd never blocks.
-        if let Some(slot) = self.workers.get(queue_index as usize) {
-            drop(slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
-        }
+        // The ring is no longer ready, so its queue thread pops nothing more.
+        self.wait_for_worker(queue_index as usize);
         Ok(())
     }
 

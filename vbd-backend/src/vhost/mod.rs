@@ -73,6 +73,8 @@ struct Session {
     started_by: Mutex<Vec<u32>>,
     /// The inflight tracking of the current connection.
     inflight: Mutex<Option<Arc<Inflight>>>,
+    /// The device of the current connection.
+    device: Mutex<Option<Arc<BlockDevice>>>,
 }
 
 impl Export {
@@ -101,6 +103,7 @@ impl Export {
             sockets,
             started_by: Mutex::new(Vec::new()),
             inflight: Mutex::new(None),
+            device: Mutex::new(None),
         });
         let serving = session.clone();
         let connections = Connections::serve(label, listener, ONE_VMM, move |stream| {
@@ -112,15 +115,20 @@ impl Export {
         })
     }
 
+    /// Another process took over: wait until the current connection's queue threads have
+    /// completed every request they popped, then end the connections.
+    pub fn hand_over(&self) {
+        let device = lock(&self.session.device).clone();
+        if let Some(device) = device {
+            device.quiesce();
+        }
+        self.socket.stop();
+    }
+
     /// The VBD's size changed: tell the VMM to re-read the config space, and record the VBD
     /// anew in its inflight region, so that a restart resumes onto the VBD as it is now.
     pub fn resized(&self) {
-        let inflight = self
-            .session
-            .inflight
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
+        let inflight = lock(&self.session.inflight).clone();
         if let (Some(inflight), Some(stamp)) = (inflight, self.session.stamp()) {
             inflight.restamp(stamp);
         }
@@ -159,11 +167,15 @@ impl ResumedRings {
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl Session {
     fn started_by(&self) -> std::sync::MutexGuard<'_, Vec<u32>> {
-        self.started_by
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.started_by)
     }
 
     /// The stamp of the socket's VBD as it is now, for inflight records.
@@ -181,10 +193,7 @@ impl Session {
         let resumed = Arc::new(ResumedRings::default());
         let started = AtomicBool::new(false);
         let inflight = Arc::new(Inflight::new(self.target.shared.queues));
-        *self
-            .inflight
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(inflight.clone());
+        *lock(&self.inflight) = Some(inflight.clone());
         let name = &self.target.name;
         let ring_base = |index: u32, base: u32| {
             match inflight.ring_starts(index, base, || self.stamp())? {
@@ -229,6 +238,7 @@ impl Session {
             inflight.clone(),
             vmm.try_clone()?,
         ));
+        *lock(&self.device) = Some(device.clone());
         let mut daemon = VhostUserDaemon::new(self.target.serial.clone(), device, memory)
             .map_err(|error| io::Error::other(error.to_string()))?;
         let daemon_side = self.connect_daemon(&mut daemon)?;
@@ -262,6 +272,7 @@ impl Session {
             Err(error) => Err(io::Error::other(error.to_string())),
         };
         drop(daemon);
+        lock(&self.device).take();
         if started.load(Ordering::Acquire) && !resumed.any() && !trusted {
             self.started_by().push(vmm_process);
         }

@@ -147,9 +147,13 @@ struct Round<'a, 'q> {
 
 impl<'a> Round<'a, '_> {
     /// The next available chain, unless a newer memory table was published since the round
-    /// began: the requests posted after it are for a round under it. It is recorded in
-    /// flight before it is returned.
+    /// began: the requests posted after it are for a round under it, and none once another
+    /// process took over: they are left in the ring for it. It is recorded in flight before
+    /// it is returned.
     fn pop(&mut self) -> Option<virtio_queue::DescriptorChain<&'a Mapped>> {
+        if self.queue.target.shared.handed_over() {
+            return None;
+        }
         let chain = self.queue.table.pop_under(self.memory, || {
             self.vring
                 .get_mut()
