@@ -57,19 +57,25 @@ use hv_vbd::SharingLevel;
 /// error says `vbd-backend: serving N disks on DIR/control.sock (... start 0x...)`.
 ///
 /// A backend that dies leaves a VMM with no one to answer its guest: QEMU then holds the
-/// guest's requests for ever. With `reconnect=1` on the VMM's chardev, QEMU reconnects when
-/// the socket is back (a new backend, the VBD attached again) and the guest's requests then
-/// fail with I/O errors until the guest resets the device, since no backend can vouch for
-/// what that guest believes about the disk.
+/// guest's requests. With `reconnect=1` on the VMM's chardev, QEMU reconnects when the
+/// socket is back (a new backend, the VBD restored) and hands back its inflight record: the
+/// requests that were in flight are done again and the guest goes on. A record of another
+/// VBD (other extents, another mode), or none, makes the guest's requests fail with I/O
+/// errors until it resets the device.
+///
+/// Upgrade in place: --takeover takes the VBDs and sockets of the backend serving DIR over
+/// (through DIR/takeover.sock); that backend then finishes its requests in flight, closes
+/// its connections (VMMs reconnect here) and exits 0.
 ///
 /// Exit status: 0 stopped by SIGTERM, SIGINT or dom0's shutdown frame, after finishing the
-/// requests in flight (queued ones fail), flushing the disks and removing the sockets; 1
-/// could not start or stop cleanly (one line on standard error); 2 usage.
+/// requests in flight (queued ones fail), flushing the disks and removing the sockets, or
+/// after handing everything over to a --takeover; 1 could not start or stop cleanly (one
+/// line on standard error); 2 usage.
 #[derive(Parser)]
 #[command(
     name = "vbd-backend",
     version,
-    after_help = "Example:\n  vbd-backend --devices machine.toml --dir /run/vbd &\n  vdisk --hv unix:/run/vbd/control.sock attach vd:1 xvda 1 rw\n  qemu-system-x86_64 ... -chardev socket,id=c0,path=/run/vbd/dom1/xvda.sock,reconnect=1 -device vhost-user-blk-pci,chardev=c0"
+    after_help = "Example:\n  vbd-backend --devices machine.toml --dir /run/vbd &\n  vdisk --hv unix:/run/vbd/control.sock attach vd:1 xvda 1 rw\n  qemu-system-x86_64 ... -chardev socket,id=c0,path=/run/vbd/dom1/xvda.sock,reconnect=1 -device vhost-user-blk-pci,chardev=c0\n  vbd-backend --devices machine.toml --dir /run/vbd --takeover &   # a new binary, in place"
 )]
 struct Options {
     /// vdisk's devices file: `[[disk]] name, device, path` for each disk (image or device).
