@@ -154,7 +154,11 @@ fn crash_with_three_writes_in_flight(driver: &mut Driver, region: &File) {
 fn wait_for_log(backend: &Backend, text: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !backend.log().contains(text) {
-        assert!(Instant::now() < deadline, "no {text:?} in {}", backend.log());
+        assert!(
+            Instant::now() < deadline,
+            "no {text:?} in {}",
+            backend.log()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
