@@ -5,7 +5,8 @@
 //! taken and not completed. The reconnected backend must replay exactly those, in the order
 //! they were taken, and serve the ring on from the right entry; with a record of another
 //! VBD it must fail them; and regions and ring sizes a VMM makes up end its connection
-//! without harm to anyone else.
+//! without harm to anyone else. An upgrade in place (`--takeover`) hands the VBDs and the
+//! socket paths to a new process, which the VMM resumes on.
 
 mod common;
 #[path = "common/hostile_driver.rs"]
@@ -14,9 +15,10 @@ mod hostile_driver;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{hda, hdb, label, pattern, xvda, Backend};
+use common::{hda, hdb, label, pattern, wait_with_timeout, xvda, Backend};
 use hostile_driver::{
     take_ownership, Driver, IOERR, MEMORY_BYTES, OK, QUEUE_SIZE, VIRTIO_BLK_T_OUT,
     VIRTIO_RING_F_EVENT_IDX, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
@@ -310,4 +312,103 @@ fn a_made_up_region_or_ring_size_ends_that_connection_and_no_other() {
     let mut driver = Driver::connect(&socket, 0);
     assert_eq!(driver.write(0, &[b'w'; 512], 256), OK);
     assert!(!backend.log().contains("panicked"));
+}
+
+#[test]
+fn a_takeover_serves_the_vbds_on_the_same_paths_and_the_vmm_resumes_on_the_new_process() {
+    let (mut backend, bystander) = tenants();
+    let socket = backend.socket(1, "xvda");
+    let start_id = backend.hypervisor().start_id();
+    let mut first = connect(&socket, None);
+    let (info, region) = new_region(&mut first);
+    first
+        .frontend
+        .set_inflight_fd(&info, region.as_raw_fd())
+        .unwrap();
+    first.start_ring(0);
+    assert_eq!(first.write(0, &[b'a'; 512], 256), OK);
+
+    let log = backend.work.path().join("new.log");
+    let mut new = Command::new(env!("CARGO_BIN_EXE_vbd-backend"))
+        .arg("--devices")
+        .arg(&backend.devices)
+        .arg("--dir")
+        .arg(&backend.dir)
+        .arg("--takeover")
+        .stdin(Stdio::null())
+        .stderr(File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // The old process ends its VMM's connection and exits 0 once it has handed over.
+    assert!(backend.wait(Duration::from_secs(30)).success());
+    assert!(
+        backend.log().ends_with("vbd-backend: handed over\n"),
+        "{}",
+        backend.log()
+    );
+    assert!(socket.exists() && backend.control().exists());
+    let new_log = std::fs::read_to_string(&log).unwrap();
+    assert!(new_log.contains("took over 2 VBDs"), "{new_log}");
+    assert_eq!(
+        backend.hypervisor().start_id(),
+        start_id,
+        "the start goes on"
+    );
+
+    // The VMM reconnects to the same path, now the new process's, and goes on.
+    let Driver {
+        frontend, memory, ..
+    } = first;
+    drop(frontend);
+    let mut second = connect(&socket, Some(memory));
+    second
+        .frontend
+        .set_inflight_fd(&info, region.as_raw_fd())
+        .unwrap();
+    second.next_avail = 1;
+    second.used = 1;
+    second.resume_ring(1);
+    assert_eq!(second.write(1, &[b'b'; 512], 256), OK);
+    assert_eq!(
+        second.read(0, 1024, 512),
+        (OK, [[b'a'; 512], [b'b'; 512]].concat())
+    );
+    bystander_served(&backend, &bystander);
+
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(new.id().to_string())
+        .status()
+        .unwrap();
+    assert!(wait_with_timeout(&mut new, Duration::from_secs(30)).success());
+}
+
+#[test]
+fn a_takeover_with_no_backend_to_take_over_is_one_line_and_exit_1() {
+    let work = tempfile::tempdir().unwrap();
+    let devices = work.path().join("devices.toml");
+    File::create(work.path().join("hda.img"))
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    std::fs::write(
+        &devices,
+        "[[disk]]\nname = \"hda\"\ndevice = \"3:0\"\npath = \"hda.img\"\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_vbd-backend"))
+        .arg("--devices")
+        .arg(&devices)
+        .arg("--dir")
+        .arg(work.path().join("run"))
+        .arg("--takeover")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let error = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(error.lines().count(), 1, "{error}");
+    assert!(
+        error.contains("takeover.sock: no backend to take over"),
+        "{error}"
+    );
 }
