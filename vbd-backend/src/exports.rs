@@ -129,6 +129,11 @@ impl Exports {
                         device.resized();
                     }
                 }
+                // Its extents may have been set anew: what a guest's record names follows.
+                Some(Export {
+                    server: Server::Vhost(device),
+                    ..
+                }) => device.changed(),
                 Some(_) => {}
                 None => match self.create(state) {
                     Ok(export) => {

@@ -90,6 +90,17 @@ fn require_clean_fio(guest: Guest) -> Duration {
     Duration::from_nanos(longest as u64)
 }
 
+/// What the backends' logs say they replayed: how many requests were in flight at each
+/// kill or handover depends on where the backend was, so it is reported, not required.
+fn replays(logs: &str) -> String {
+    let counts: Vec<&str> = logs
+        .lines()
+        .filter_map(|line| line.split(" replayed ").nth(1))
+        .filter_map(|rest| rest.split(' ').next())
+        .collect();
+    format!("requests replayed after each: {counts:?}")
+}
+
 /// Whether fio has reported its end.
 fn fio_ended(guest: &Guest) -> bool {
     guest.console().contains("RESULT fio.status=")
@@ -120,8 +131,8 @@ fn fio_verified_writes_survive_two_kills_of_the_backend_and_restores() {
     );
     assert!(!logs.contains("fail until"), "{logs}");
     eprintln!(
-        "kill + restart + restore took {:?}; the longest write fio saw took {longest:?}",
-        pauses
+        "kill + restart + restore took {pauses:?}; the longest write fio saw took {longest:?}; {}",
+        replays(&logs)
     );
     test.stop();
 }
@@ -159,7 +170,8 @@ fn fio_verified_writes_survive_two_upgrades_in_place() {
     );
     assert!(!logs.contains("fail until"), "{logs}");
     eprintln!(
-        "each upgrade took {handovers:?} until the old backend exited; the longest write fio saw took {longest:?}"
+        "each upgrade took {handovers:?} until the old backend exited; the longest write fio saw took {longest:?}; {}",
+        replays(&logs)
     );
     test.stop();
 }

@@ -71,10 +71,16 @@ struct Session {
     sockets: Arc<SocketDirectory>,
     /// The VMM processes whose rings started at 0 on this socket: they may resume.
     started_by: Mutex<Vec<u32>>,
-    /// The inflight tracking of the current connection.
-    inflight: Mutex<Option<Arc<Inflight>>>,
-    /// The device of the current connection.
-    device: Mutex<Option<Arc<BlockDevice>>>,
+    /// The connection being served, if any.
+    current: Mutex<Option<Current>>,
+}
+
+/// What the socket's other users need of the connection being served.
+#[derive(Clone)]
+struct Current {
+    inflight: Arc<Inflight>,
+    resumed: Arc<ResumedRings>,
+    device: Arc<BlockDevice>,
 }
 
 impl Export {
@@ -102,8 +108,7 @@ impl Export {
             channel: BackendChannel::default(),
             sockets,
             started_by: Mutex::new(Vec::new()),
-            inflight: Mutex::new(None),
-            device: Mutex::new(None),
+            current: Mutex::new(None),
         });
         let serving = session.clone();
         let connections = Connections::serve(label, listener, ONE_VMM, move |stream| {
@@ -118,20 +123,29 @@ impl Export {
     /// Another process took over: wait until the current connection's queue threads have
     /// completed every request they popped, then end the connections.
     pub fn hand_over(&self) {
-        let device = lock(&self.session.device).clone();
-        if let Some(device) = device {
-            device.quiesce();
+        let current = lock(&self.session.current).clone();
+        if let Some(current) = current {
+            current.device.quiesce();
         }
         self.socket.stop();
     }
 
-    /// The VBD's size changed: tell the VMM to re-read the config space, and record the VBD
-    /// anew in its inflight region, so that a restart resumes onto the VBD as it is now.
-    pub fn resized(&self) {
-        let inflight = lock(&self.session.inflight).clone();
-        if let (Some(inflight), Some(stamp)) = (inflight, self.session.stamp()) {
-            inflight.restamp(stamp);
+    /// The VBD changed (grown, or its extents set anew): record it anew in the inflight
+    /// region, so that a restart resumes onto the VBD the guest is served now. Not when a
+    /// ring resumed untrusted: the guest's view of the disk is unknown, and stays so until
+    /// it resets the device.
+    pub fn changed(&self) {
+        let current = lock(&self.session.current).clone();
+        if let (Some(current), Some(stamp)) = (current, self.session.stamp()) {
+            if !current.resumed.any() {
+                current.inflight.restamp(stamp);
+            }
         }
+    }
+
+    /// The VBD's size changed: tell the VMM to re-read the config space.
+    pub fn resized(&self) {
+        self.changed();
         match self.session.channel.config_changed() {
             Ok(true) | Ok(false) => {}
             Err(error) => eprintln!("vbd-backend: cannot signal a config change: {error}"),
@@ -193,7 +207,6 @@ impl Session {
         let resumed = Arc::new(ResumedRings::default());
         let started = AtomicBool::new(false);
         let inflight = Arc::new(Inflight::new(self.target.shared.queues));
-        *lock(&self.inflight) = Some(inflight.clone());
         let name = &self.target.name;
         let ring_base = |index: u32, base: u32| {
             match inflight.ring_starts(index, base, || self.stamp())? {
@@ -238,7 +251,11 @@ impl Session {
             inflight.clone(),
             vmm.try_clone()?,
         ));
-        *lock(&self.device) = Some(device.clone());
+        *lock(&self.current) = Some(Current {
+            inflight: inflight.clone(),
+            resumed: resumed.clone(),
+            device: device.clone(),
+        });
         let mut daemon = VhostUserDaemon::new(self.target.serial.clone(), device, memory)
             .map_err(|error| io::Error::other(error.to_string()))?;
         let daemon_side = self.connect_daemon(&mut daemon)?;
@@ -272,7 +289,7 @@ impl Session {
             Err(error) => Err(io::Error::other(error.to_string())),
         };
         drop(daemon);
-        lock(&self.device).take();
+        lock(&self.current).take();
         if started.load(Ordering::Acquire) && !resumed.any() && !trusted {
             self.started_by().push(vmm_process);
         }

@@ -24,7 +24,8 @@
 //! admission and translation as any request, so a change to the VBD fences them too.
 //!
 //! The region also carries, after the queues, a stamp of the VBD it was made for (a digest
-//! of its label, mode, size and extents, [`stamp_of`]), refreshed when the VBD is resized.
+//! of its label, mode, size and extents, [`stamp_of`]), refreshed whenever the VBD changes
+//! under a connection whose rings are all trusted (`vhost::Export::changed`).
 //! A ring whose record carries another VBD's stamp (a restore onto other extents, another
 //! mode, another VD under the same name) is replayed too, but every request fails with
 //! `VIRTIO_BLK_S_IOERR` until the guest resets the device ([`super::ResumedRings`]): errors,

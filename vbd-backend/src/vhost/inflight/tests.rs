@@ -162,10 +162,13 @@ fn a_region_a_vmm_hands_over_is_checked_before_it_is_used() {
         queue_size: 128,
     };
     let (_small, small_fd) = Region::create(smaller).unwrap();
-    assert!(matches!(
-        Region::open(&small_fd, 0, size, LAYOUT),
-        Err(Refused::Short { .. })
-    ));
+    assert_eq!(
+        Region::open(&small_fd, 0, size, LAYOUT).err(),
+        Some(Refused::Short {
+            file: smaller.bytes() as u64,
+            needed: size
+        })
+    );
     assert!(Region::open(&fd, 0, size, LAYOUT).is_ok());
 
     let inflight = Inflight::new(2);
