@@ -412,3 +412,52 @@ fn a_takeover_with_no_backend_to_take_over_is_one_line_and_exit_1() {
         "{error}"
     );
 }
+
+#[test]
+fn a_vbd_grown_under_its_vmm_is_recorded_anew_and_a_restart_resumes_onto_it() {
+    let (backend, bystander) = tenants();
+    let socket = backend.socket(1, "xvda");
+    let mut first = connect(&socket, None);
+    let (info, region) = new_region(&mut first);
+    first
+        .frontend
+        .set_inflight_fd(&info, region.as_raw_fd())
+        .unwrap();
+    first.start_ring(0);
+    assert_eq!(first.write(0, &[b'g'; 512], 256), OK);
+    let mut stamp = [0u8; 32];
+    region.read_exact_at(&mut stamp, DIGEST_AT - 8).unwrap();
+    backend
+        .hypervisor()
+        .grow(
+            1,
+            xvda(),
+            Extent::new(hda(), 6000, 4).unwrap(),
+            SharingLevel::ReadersOnly,
+        )
+        .unwrap();
+    let mut grown = [0u8; 32];
+    region.read_exact_at(&mut grown, DIGEST_AT - 8).unwrap();
+    assert_ne!(
+        grown, stamp,
+        "the record still names the VBD before it grew"
+    );
+    assert_eq!(u64::from_le_bytes(grown[16..24].try_into().unwrap()), 16);
+
+    let Driver {
+        frontend, memory, ..
+    } = first;
+    drop(frontend);
+    let mut second = connect(&socket, Some(memory));
+    second
+        .frontend
+        .set_inflight_fd(&info, region.as_raw_fd())
+        .unwrap();
+    second.next_avail = 1;
+    second.used = 1;
+    second.resume_ring(1);
+    assert_eq!(second.write(15, &[b'h'; 512], 256), OK);
+    assert_eq!(backend.read_image("hda", 6003 * 512, 512), vec![b'h'; 512]);
+    assert!(!backend.log().contains("another VBD"), "{}", backend.log());
+    bystander_served(&backend, &bystander);
+}
