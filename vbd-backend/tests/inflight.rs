@@ -461,3 +461,34 @@ fn a_vbd_grown_under_its_vmm_is_recorded_anew_and_a_restart_resumes_onto_it() {
     assert!(!backend.log().contains("another VBD"), "{}", backend.log());
     bystander_served(&backend, &bystander);
 }
+
+#[test]
+fn a_takeover_that_fails_before_it_has_taken_over_leaves_the_old_backend_serving() {
+    let (backend, bystander) = tenants();
+    let mut first = Driver::connect(&backend.socket(1, "xvda"), 0);
+    assert_eq!(first.write(0, &[b'o'; 512], 256), OK);
+    // A devices file without hdb: the new process cannot make domain 1's VBD.
+    let devices = backend.work.path().join("hda-only.toml");
+    std::fs::write(
+        &devices,
+        "[[disk]]\nname = \"hda\"\ndevice = \"3:0\"\npath = \"hda.img\"\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_vbd-backend"))
+        .arg("--devices")
+        .arg(&devices)
+        .arg("--dir")
+        .arg(&backend.dir)
+        .arg("--takeover")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let error = String::from_utf8(output.stderr).unwrap();
+    assert!(error.contains("cannot give the VBD"), "{error}");
+    wait_for_log(&backend, "the new backend went away before it took over");
+    // The old backend goes on: its VMM, its control socket, the other tenants.
+    assert_eq!(first.write(1, &[b'p'; 512], 256), OK);
+    let (listed, _) = backend.hypervisor().probe(Some(1)).unwrap();
+    assert_eq!(listed.len(), 1);
+    bystander_served(&backend, &bystander);
+}
