@@ -139,7 +139,8 @@ fn status_of(driver: &Driver, head: u16) -> u8 {
 
 /// What a backend killed after taking chains 2, 5 and 9 (taken in the order 9, 2, 5: the
 /// guest posted them in the other) and before completing any leaves: the chains in the
-/// avail ring, none in the used ring, and the region's record of them.
+/// avail ring, none in the used ring, and the region's record of them. Written while no
+/// backend serves the ring, as after a crash.
 fn crash_with_three_writes_in_flight(driver: &mut Driver, region: &File) {
     for (head, byte) in [(2, b'B'), (5, b'C'), (9, b'A')] {
         write_chain(driver, head, 0, byte);
@@ -187,20 +188,20 @@ fn the_requests_in_flight_at_a_crash_replay_in_the_order_taken_and_the_ring_goes
         "a completed request is still recorded in flight"
     );
 
-    crash_with_three_writes_in_flight(&mut first, &region);
     let Driver {
         frontend, memory, ..
     } = first;
     drop(frontend);
-    // The VMM reconnects and hands back its region; after a crash QEMU sends the used
-    // index as the ring's base.
+    // The VMM reconnects (once connected, the first connection has ended) and hands back
+    // its region; after a crash QEMU sends the used index as the ring's base.
     let mut second = connect(&socket, Some(memory));
+    second.next_avail = 1;
+    second.used = 1;
+    crash_with_three_writes_in_flight(&mut second, &region);
     second
         .frontend
         .set_inflight_fd(&info, region.as_raw_fd())
         .unwrap();
-    second.next_avail = 4;
-    second.used = 1;
     second.resume_ring(1);
     assert_eq!(second.answered(3), vec![(9, 1), (2, 1), (5, 1)]);
     for head in [2, 5, 9] {
@@ -232,19 +233,18 @@ fn a_record_of_another_vbd_fails_the_requests_it_names_until_the_guest_resets_th
     first.start_ring(0);
     // Once answered, every message before has been handled: the ring has started.
     first.frontend.get_features().unwrap();
-    crash_with_three_writes_in_flight(&mut first, &region);
-    // The record says it served another VBD.
-    region.write_all_at(&[0xee; 8], DIGEST_AT).unwrap();
     let Driver {
         frontend, memory, ..
     } = first;
     drop(frontend);
     let mut second = connect(&socket, Some(memory));
+    crash_with_three_writes_in_flight(&mut second, &region);
+    // The record says it served another VBD.
+    region.write_all_at(&[0xee; 8], DIGEST_AT).unwrap();
     second
         .frontend
         .set_inflight_fd(&info, region.as_raw_fd())
         .unwrap();
-    second.next_avail = 3;
     second.resume_ring(0);
     let answers = second.answered(3);
     assert_eq!(answers, vec![(9, 1), (2, 1), (5, 1)], "{}", backend.log());
