@@ -25,7 +25,7 @@ fn disk(name: &str, mib: u64) -> DiskSpec {
 /// and the I/O errors in the kernel's log.
 const FIO_BODY: &str = r#"wait_for_block /dev/vda
 result fio.started yes
-fio --name=restart --filename=/dev/vda --rw=randwrite --bs=4k --iodepth=16 --ioengine=libaio --direct=1 --verify=crc32c --do_verify=1 --verify_fatal=1 --eta=never --output-format=json --output=/tmp/fio.json
+fio --name=restart --filename=/dev/vda --rw=randwrite --bs=4k --iodepth=16 --ioengine=libaio --direct=1 --fsync=4 --verify=crc32c --do_verify=1 --verify_fatal=1 --eta=never --output-format=json --output=/tmp/fio.json
 result fio.status "$?"
 result fio.report "$(tr -d '\n' < /tmp/fio.json)"
 result kernel.errors "$(dmesg | grep -ciE 'i/o error|blk_update_request|critical medium')"
