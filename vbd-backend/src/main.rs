@@ -51,7 +51,8 @@ use hv_vbd::SharingLevel;
 /// for each VBD of guest domain D >= 1 (vhost-user-blk, one VMM at a time: another waits
 /// up to 10 s for it to end; get-id is the VBD's label); DIR/dom0/VDEV.nbd for each VBD of dom0 (NBD, export name VDEV). Each
 /// exists while its VBD does: `vdisk attach` returns once it exists, `vdisk detach` once it
-/// is gone and the I/O in flight on the old mapping has finished.
+/// is gone and the I/O in flight on the old mapping has finished. DIR/takeover.sock (root
+/// and the backend's user only) is where a --takeover asks for everything.
 ///
 /// Ready: control.sock accepts connections once the disks are registered, and standard
 /// error says `vbd-backend: serving N disks on DIR/control.sock (... start 0x...)`.

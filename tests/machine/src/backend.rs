@@ -1,7 +1,8 @@
 //! vbd-backend as dom0 runs it: started on a devices file and a socket directory, ready once
 //! its control socket answers, VBDs made on that socket from any extent list (as `vdisk
 //! --hv` makes them, with the host-tools client), stopped with SIGTERM (a clean exit
-//! required) or killed with SIGKILL as a crash would kill it.
+//! required), killed with SIGKILL as a crash would kill it, or upgraded in place by a new
+//! process started with `--takeover`.
 
 use std::fs;
 use std::os::unix::net::UnixStream;

@@ -301,12 +301,18 @@ fn watch(
         }
         // The ring's requests in flight wait for a kick no guest will send: give one. It
         // stays in the eventfd until the daemon listens on it, once the ring is started and
-        // enabled.
+        // enabled. Made non-blocking first, as call eventfds are: a kick that finds the
+        // counter full is one the daemon will see anyway.
         SET_VRING_KICK
             if payload.len() >= 8 && inbound.inflight.replay_pending(word(payload, 0) & 0xff) =>
         {
             if let Some(kick) = fds.first() {
-                rustix::io::write(kick, &1u64.to_ne_bytes())?;
+                let flags = rustix::fs::fcntl_getfl(kick)?;
+                rustix::fs::fcntl_setfl(kick, flags | rustix::fs::OFlags::NONBLOCK)?;
+                match rustix::io::write(kick, &1u64.to_ne_bytes()) {
+                    Ok(_) | Err(rustix::io::Errno::AGAIN) => {}
+                    Err(error) => return Err(error.into()),
+                }
             }
         }
         GET_INFLIGHT_FD => {
@@ -518,6 +524,70 @@ mod tests {
         let ended = relay_inbound(&vmm_side, &daemon_end, &inbound).unwrap_err();
         assert_eq!(ended.kind(), io::ErrorKind::InvalidData);
         assert!(ended.to_string().contains("not sealed"), "{ended}");
+    }
+
+    #[test]
+    fn a_ring_to_replay_is_kicked_and_a_full_kick_eventfd_does_not_block_the_relay() {
+        use crate::vhost::inflight::{Stamp, Start};
+        let stamp = Stamp {
+            digest: 1,
+            size_sectors: 8,
+            extents: 1,
+        };
+        let mut asked = [0u8; PAYLOAD_BYTES];
+        asked[16..18].copy_from_slice(&1u16.to_le_bytes());
+        asked[18..20].copy_from_slice(&16u16.to_le_bytes());
+        // A ring started under one backend, resumed under the next: it has a replay pending.
+        let before = Inflight::new(1);
+        let (region, fd) = before.get(&asked, stamp).unwrap();
+        before.set(&region, Some(&fd)).unwrap();
+        before.ring_size(0, 16);
+        assert_eq!(before.ring_starts(0, 0, || Some(stamp)), Ok(Start::Fresh));
+        let inflight = Inflight::new(1);
+        inflight.set(&region, Some(&fd)).unwrap();
+        inflight.ring_size(0, 16);
+        assert_eq!(
+            inflight.ring_starts(0, 0, || Some(stamp)),
+            Ok(Start::Resumed)
+        );
+
+        let (vmm, vmm_end) = UnixStream::pair().unwrap();
+        let (daemon_end, daemon) = UnixStream::pair().unwrap();
+        let channel = BackendChannel::default();
+        let inbound = Inbound {
+            channel: &channel,
+            ring_base: &|_, _| Ok(()),
+            inflight: &inflight,
+            get_inflight: &no_inflight,
+        };
+        let vmm_side = Vmm {
+            stream: &vmm_end,
+            sending: Mutex::new(()),
+        };
+        let empty = rustix::event::eventfd(0, rustix::event::EventfdFlags::empty()).unwrap();
+        let full = rustix::event::eventfd(0, rustix::event::EventfdFlags::empty()).unwrap();
+        rustix::io::write(&full, &0xffff_ffff_ffff_fffe_u64.to_ne_bytes()).unwrap();
+        let payload = 0u64.to_le_bytes();
+        std::thread::scope(|scope| {
+            let relayed = scope.spawn(|| relay_inbound(&vmm_side, &daemon_end, &inbound));
+            for kick in [&empty, &full] {
+                let descriptor = kick.try_clone().unwrap();
+                send(&vmm, &message(SET_VRING_KICK, &payload), &[descriptor]).unwrap();
+                let mut fds = Vec::new();
+                let mut received = vec![0u8; HEADER_BYTES + 8];
+                assert!(receive(&daemon, &mut received, &mut fds).unwrap());
+                assert_eq!(received, message(SET_VRING_KICK, &payload));
+            }
+            drop(vmm);
+            relayed.join().unwrap().unwrap();
+        });
+        let mut count = [0u8; 8];
+        rustix::io::read(&empty, &mut count).unwrap();
+        assert_eq!(
+            u64::from_ne_bytes(count),
+            1,
+            "the ring to replay was kicked"
+        );
     }
 
     #[test]
