@@ -124,11 +124,18 @@ pub type InflightReply = ([u8; PAYLOAD_BYTES], OwnedFd);
 /// One end of the VMM's connection, written by both directions of the relay: the daemon's
 /// replies and the relay's own answers must not interleave.
 pub struct Vmm<'a> {
-    pub stream: &'a UnixStream,
-    pub sending: Mutex<()>,
+    stream: &'a UnixStream,
+    sending: Mutex<()>,
 }
 
-impl Vmm<'_> {
+impl<'a> Vmm<'a> {
+    pub fn new(stream: &'a UnixStream) -> Vmm<'a> {
+        Vmm {
+            stream,
+            sending: Mutex::new(()),
+        }
+    }
+
     fn send(&self, message: &[u8], fds: &[OwnedFd]) -> io::Result<()> {
         let _sending = self
             .sending
@@ -371,6 +378,16 @@ mod tests {
         Err(io::Error::other("not in this test"))
     }
 
+    /// A watch that keeps the back-end channel and tracks inflight I/O, and nothing more.
+    fn watching<'a>(channel: &'a BackendChannel, inflight: &'a Inflight) -> Inbound<'a> {
+        Inbound {
+            channel,
+            ring_base: &|_, _| Ok(()),
+            inflight,
+            get_inflight: &no_inflight,
+        }
+    }
+
     fn message(request: u32, payload: &[u8]) -> Vec<u8> {
         let mut bytes = request.to_le_bytes().to_vec();
         bytes.extend_from_slice(&VERSION_1.to_le_bytes());
@@ -396,10 +413,7 @@ mod tests {
             inflight: &inflight,
             get_inflight: &no_inflight,
         };
-        let vmm_side = Vmm {
-            stream: &vmm_end,
-            sending: Mutex::new(()),
-        };
+        let vmm_side = Vmm::new(&vmm_end);
         let (backend_ours, mut backend_vmm) = UnixStream::pair().unwrap();
         let mut ring_base = 1u32.to_le_bytes().to_vec();
         ring_base.extend_from_slice(&77u32.to_le_bytes());
@@ -444,16 +458,8 @@ mod tests {
         let (daemon_end, daemon) = UnixStream::pair().unwrap();
         let channel = BackendChannel::default();
         let inflight = Inflight::new(1);
-        let inbound = Inbound {
-            channel: &channel,
-            ring_base: &|_, _| Ok(()),
-            inflight: &inflight,
-            get_inflight: &no_inflight,
-        };
-        let vmm_side = Vmm {
-            stream: &vmm_end,
-            sending: Mutex::new(()),
-        };
+        let inbound = watching(&channel, &inflight);
+        let vmm_side = Vmm::new(&vmm_end);
         let call = rustix::event::eventfd(0, rustix::event::EventfdFlags::empty()).unwrap();
         rustix::io::write(&call, &0xffff_ffff_ffff_fffe_u64.to_ne_bytes()).unwrap();
         let payload = 0u64.to_le_bytes();
@@ -480,10 +486,7 @@ mod tests {
     fn inflight_tracking_is_offered_and_a_region_not_made_here_ends_the_connection() {
         let (daemon, daemon_end) = UnixStream::pair().unwrap();
         let (vmm_end, mut vmm) = UnixStream::pair().unwrap();
-        let vmm_side = Vmm {
-            stream: &vmm_end,
-            sending: Mutex::new(()),
-        };
+        let vmm_side = Vmm::new(&vmm_end);
         let mut reply = message(GET_PROTOCOL_FEATURES, &0x202u64.to_le_bytes());
         reply[4..8].copy_from_slice(&(VERSION_1 | REPLY).to_le_bytes());
         send(&daemon, &reply, &[]).unwrap();
@@ -499,16 +502,8 @@ mod tests {
         let (daemon_end, _daemon) = UnixStream::pair().unwrap();
         let channel = BackendChannel::default();
         let inflight = Inflight::new(1);
-        let inbound = Inbound {
-            channel: &channel,
-            ring_base: &|_, _| Ok(()),
-            inflight: &inflight,
-            get_inflight: &no_inflight,
-        };
-        let vmm_side = Vmm {
-            stream: &vmm_end,
-            sending: Mutex::new(()),
-        };
+        let inbound = watching(&channel, &inflight);
+        let vmm_side = Vmm::new(&vmm_end);
         let file = tempfile::tempfile().unwrap();
         file.set_len(1 << 20).unwrap();
         let mut payload = [0u8; PAYLOAD_BYTES];
@@ -554,16 +549,8 @@ mod tests {
         let (vmm, vmm_end) = UnixStream::pair().unwrap();
         let (daemon_end, daemon) = UnixStream::pair().unwrap();
         let channel = BackendChannel::default();
-        let inbound = Inbound {
-            channel: &channel,
-            ring_base: &|_, _| Ok(()),
-            inflight: &inflight,
-            get_inflight: &no_inflight,
-        };
-        let vmm_side = Vmm {
-            stream: &vmm_end,
-            sending: Mutex::new(()),
-        };
+        let inbound = watching(&channel, &inflight);
+        let vmm_side = Vmm::new(&vmm_end);
         let empty = rustix::event::eventfd(0, rustix::event::EventfdFlags::empty()).unwrap();
         let full = rustix::event::eventfd(0, rustix::event::EventfdFlags::empty()).unwrap();
         rustix::io::write(&full, &0xffff_ffff_ffff_fffe_u64.to_ne_bytes()).unwrap();
@@ -597,10 +584,7 @@ mod tests {
         let mut header = message(5, &[]);
         header[8..12].copy_from_slice(&(MAX_PAYLOAD as u32 + 1).to_le_bytes());
         send(&vmm, &header, &[]).unwrap();
-        let vmm_side = Vmm {
-            stream: &daemon_end,
-            sending: Mutex::new(()),
-        };
+        let vmm_side = Vmm::new(&daemon_end);
         assert_eq!(
             relay_outbound(&vmm_end, &vmm_side).unwrap_err().kind(),
             io::ErrorKind::InvalidData

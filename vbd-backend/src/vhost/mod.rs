@@ -265,10 +265,7 @@ impl Session {
             inflight: &inflight,
             get_inflight: &get_inflight,
         };
-        let vmm_side = Vmm {
-            stream: &vmm,
-            sending: Mutex::new(()),
-        };
+        let vmm_side = Vmm::new(&vmm);
         let result = thread::scope(|scope| {
             let inbound = scope.spawn(|| bridge::relay_inbound(&vmm_side, &daemon_side, &watch));
             let outbound = bridge::relay_outbound(&daemon_side, &vmm_side);
