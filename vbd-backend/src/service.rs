@@ -85,15 +85,27 @@ pub fn run(settings: Settings) -> Result<(), String> {
         Exports::new(shared.clone(), sockets.clone(), settings.nbd_idle_timeout),
         stop_sender,
     ));
-    if let Some((_, domains, _)) = &predecessor {
-        let mut exports = service.lock_exports();
-        for domain in domains {
-            exports.reconcile(*domain);
-        }
-    }
+    let taken_over = predecessor
+        .map(|(stream, domains, count)| {
+            {
+                let mut exports = service.lock_exports();
+                for domain in domains {
+                    exports.reconcile(domain);
+                }
+            }
+            sockets.taken_over();
+            takeover::taken(stream).map(|()| count)
+        })
+        .transpose()?;
     let listener = sockets.listen(&control_path)?;
     let control = crate::control::serve(service.clone(), listener, settings.control_idle_timeout)
         .map_err(|error| format!("{}: cannot serve: {error}", control_path.display()))?;
+    if let Some(count) = taken_over {
+        eprintln!(
+            "vbd-backend: took over {count} VBDs from the backend serving {}",
+            settings.dir.display()
+        );
+    }
     let handover = Arc::new(Handover {
         service: service.clone(),
         sockets: sockets.clone(),
@@ -102,14 +114,6 @@ pub fn run(settings: Settings) -> Result<(), String> {
         successor: Mutex::new(None),
     });
     let takeover_socket = takeover::serve(handover.clone())?;
-    if let Some((stream, _, count)) = predecessor {
-        sockets.taken_over();
-        takeover::taken(stream)?;
-        eprintln!(
-            "vbd-backend: took over {count} VBDs from the backend serving {}",
-            settings.dir.display()
-        );
-    }
     eprintln!(
         "vbd-backend: serving {} disks on {} (sharing ceiling {}, queues per guest VBD: {}, start {start_id:#018x})",
         shared.disks.iter().count(),

@@ -9,8 +9,10 @@
 //! missing (a client connects to the old socket or to the new one), and says it has taken
 //! over. The old process then pops no more requests, finishes those in flight, closes its
 //! VMMs' connections (QEMU's `reconnect=N` brings each to the new process, which resumes
-//! its rings from their inflight records: [`crate::vhost`]) and its NBD and control clients',
-//! flushes the disks and exits 0, leaving the sockets, now the new process's, in place.
+//! its rings from their inflight records: [`crate::vhost`]) and its NBD clients', flushes
+//! the disks and exits 0, leaving the sockets, now the new process's, in place. Only then
+//! does the new process serve its control socket: a change it makes (a detach) fences its
+//! own I/O, not the old process's, which must therefore be over.
 //!
 //! The new process keeps the old start identifier: the VBDs were never taken away, so
 //! `vdisk` must not take them for an earlier start's. If the new process goes away before
@@ -225,21 +227,28 @@ pub fn request(dir: &Path) -> Result<(Snapshot, UnixStream), String> {
     Ok((snapshot, stream))
 }
 
-/// The new process serves everything: tell the old one, and log when it has finished.
+/// The new process serves every VBD's socket: tell the old one, and wait (bounded) until
+/// it has finished the requests it took and exited, so that no I/O it translated can land
+/// after a change this process makes: only then may the control socket take changes.
 pub fn taken(mut stream: UnixStream) -> Result<(), String> {
     stream
         .write_all(b"taken\n")
         .map_err(|error| format!("cannot tell the old backend: {error}"))?;
-    std::thread::Builder::new()
-        .name("takeover".into())
-        .spawn(move || {
-            let _ = stream.set_read_timeout(None);
-            // The old process's end closes when it exits.
-            let _ = io::Read::read(&mut stream, &mut [0u8; 1]);
-            eprintln!("vbd-backend: the backend taken over from has finished");
-        })
-        .map(drop)
-        .map_err(|error| format!("cannot start the takeover thread: {error}"))
+    // The old process's end closes when it exits.
+    let mut byte = [0u8; 1];
+    loop {
+        match io::Read::read(&mut stream, &mut byte) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => {
+                eprintln!(
+                    "vbd-backend: the backend taken over from has not finished ({error}): serving on"
+                );
+                return Ok(());
+            }
+        }
+    }
 }
 
 /// The old process's side: what a handover needs.
