@@ -42,6 +42,8 @@ const FENCE_POLL: Duration = Duration::from_micros(20);
 pub enum Stop {
     Signal(i32),
     ShutdownFrame,
+    /// A new process took the VBDs and the sockets over ([`crate::takeover`]).
+    HandedOver,
 }
 
 /// The shared state, the sockets, and the way to ask for a stop.

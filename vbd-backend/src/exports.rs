@@ -129,6 +129,11 @@ impl Exports {
                         device.resized();
                     }
                 }
+                // Its extents may have been set anew: what a guest's record names follows.
+                Some(Export {
+                    server: Server::Vhost(device),
+                    ..
+                }) => device.changed(),
                 Some(_) => {}
                 None => match self.create(state) {
                     Ok(export) => {
@@ -148,7 +153,10 @@ impl Exports {
         let name = vdevice_name(state.id().vdevice);
         let extension = if domain == DOM0 { "nbd" } else { "sock" };
         let path = directory.join(format!("{name}.{extension}"));
-        claim_socket_path(&path)?;
+        // While taking over, the live socket there is the old process's, replaced below.
+        if !self.sockets.taking_over() {
+            claim_socket_path(&path)?;
+        }
         let listener = self.sockets.listen(&path)?;
         let server = if domain == DOM0 {
             nbd::Export::start(
@@ -178,6 +186,21 @@ impl Exports {
             state,
             server,
         })
+    }
+
+    /// Another process took over and serves the sockets' paths: stop every socket and
+    /// connection, each VMM's once its queue threads completed what they popped, and leave
+    /// the paths alone.
+    pub fn hand_over(&mut self) {
+        for export in std::mem::take(&mut self.live).into_values() {
+            match &export.server {
+                Server::Vhost(device) => device.hand_over(),
+                Server::Nbd(export) => export.socket.stop(),
+            }
+        }
+        for export in self.retired.drain(..) {
+            export.socket().stop();
+        }
     }
 
     /// Stop every socket and connection and remove the sockets.

@@ -22,6 +22,7 @@ mod shared;
 mod sockets;
 #[allow(unsafe_code)]
 mod sys;
+mod takeover;
 mod threads;
 #[allow(unsafe_code)]
 mod uring;
@@ -50,25 +51,32 @@ use hv_vbd::SharingLevel;
 /// for each VBD of guest domain D >= 1 (vhost-user-blk, one VMM at a time: another waits
 /// up to 10 s for it to end; get-id is the VBD's label); DIR/dom0/VDEV.nbd for each VBD of dom0 (NBD, export name VDEV). Each
 /// exists while its VBD does: `vdisk attach` returns once it exists, `vdisk detach` once it
-/// is gone and the I/O in flight on the old mapping has finished.
+/// is gone and the I/O in flight on the old mapping has finished. DIR/takeover.sock (root
+/// and the backend's user only) is where a --takeover asks for everything.
 ///
 /// Ready: control.sock accepts connections once the disks are registered, and standard
 /// error says `vbd-backend: serving N disks on DIR/control.sock (... start 0x...)`.
 ///
 /// A backend that dies leaves a VMM with no one to answer its guest: QEMU then holds the
-/// guest's requests for ever. With `reconnect=1` on the VMM's chardev, QEMU reconnects when
-/// the socket is back (a new backend, the VBD attached again) and the guest's requests then
-/// fail with I/O errors until the guest resets the device, since no backend can vouch for
-/// what that guest believes about the disk.
+/// guest's requests. With `reconnect=1` on the VMM's chardev, QEMU reconnects when the
+/// socket is back (a new backend, the VBD restored) and hands back its inflight record: the
+/// requests that were in flight are done again and the guest goes on. A record of another
+/// VBD (other extents, another mode), or none, makes the guest's requests fail with I/O
+/// errors until it resets the device.
+///
+/// Upgrade in place: --takeover takes the VBDs and sockets of the backend serving DIR over
+/// (through DIR/takeover.sock); that backend then finishes its requests in flight, closes
+/// its connections (VMMs reconnect here) and exits 0.
 ///
 /// Exit status: 0 stopped by SIGTERM, SIGINT or dom0's shutdown frame, after finishing the
-/// requests in flight (queued ones fail), flushing the disks and removing the sockets; 1
-/// could not start or stop cleanly (one line on standard error); 2 usage.
+/// requests in flight (queued ones fail), flushing the disks and removing the sockets, or
+/// after handing everything over to a --takeover; 1 could not start or stop cleanly (one
+/// line on standard error); 2 usage.
 #[derive(Parser)]
 #[command(
     name = "vbd-backend",
     version,
-    after_help = "Example:\n  vbd-backend --devices machine.toml --dir /run/vbd &\n  vdisk --hv unix:/run/vbd/control.sock attach vd:1 xvda 1 rw\n  qemu-system-x86_64 ... -chardev socket,id=c0,path=/run/vbd/dom1/xvda.sock,reconnect=1 -device vhost-user-blk-pci,chardev=c0"
+    after_help = "Example:\n  vbd-backend --devices machine.toml --dir /run/vbd &\n  vdisk --hv unix:/run/vbd/control.sock attach vd:1 xvda 1 rw\n  qemu-system-x86_64 ... -chardev socket,id=c0,path=/run/vbd/dom1/xvda.sock,reconnect=1 -device vhost-user-blk-pci,chardev=c0\n  vbd-backend --devices machine.toml --dir /run/vbd --takeover &   # a new binary, in place"
 )]
 struct Options {
     /// vdisk's devices file: `[[disk]] name, device, path` for each disk (image or device).
@@ -97,6 +105,11 @@ struct Options {
     /// idle clients never lock out others.
     #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     nbd_idle_timeout: u64,
+    /// Upgrade in place: take the VBDs and the sockets over from the backend serving DIR
+    /// (its guests' VMMs reconnect here and resume), then that backend finishes its
+    /// requests in flight and exits 0.
+    #[arg(long)]
+    takeover: bool,
 }
 
 fn sharing_level(text: &str) -> Result<SharingLevel, String> {
@@ -116,6 +129,7 @@ fn main() -> ExitCode {
         },
         control_idle_timeout: Duration::from_secs(options.control_idle_timeout),
         nbd_idle_timeout: Duration::from_secs(options.nbd_idle_timeout),
+        takeover: options.takeover,
     };
     match service::run(settings) {
         Ok(()) => ExitCode::SUCCESS,

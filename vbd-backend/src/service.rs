@@ -1,12 +1,13 @@
 //! The backend's life: claim `DIR`, open and register the disks, serve control.sock, keep the
 //! per-VBD sockets in step with the table, and on SIGTERM, SIGINT or dom0's `Shutdown`
 //! frame stop cleanly: no new connections, in-flight requests finished, disks flushed,
-//! sockets removed.
+//! sockets removed. Or hand everything over to a new process ([`crate::takeover`]), or
+//! take it over from an old one.
 
 use std::fs;
 use std::io::Read;
 use std::path::PathBuf;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use hv_vbd::SharingLevel;
@@ -16,6 +17,7 @@ use crate::disks::Disks;
 use crate::exports::Exports;
 use crate::shared::Shared;
 use crate::sockets::{Access, SocketDirectory};
+use crate::takeover::{self, Handover};
 use crate::vbd::Table;
 
 /// The table, in a `static` as a hypervisor keeps it: it is about 2 MiB.
@@ -33,6 +35,8 @@ pub struct Settings {
     /// How long a client of control.sock, or of an NBD export, may stay idle.
     pub control_idle_timeout: Duration,
     pub nbd_idle_timeout: Duration,
+    /// Take the VBDs and sockets over from the backend serving `dir`.
+    pub takeover: bool,
 }
 
 /// Run the backend until it is told to stop. An error is one line for standard error.
@@ -40,12 +44,24 @@ pub fn run(settings: Settings) -> Result<(), String> {
     TABLE
         .set_sharing_ceiling(settings.sharing_ceiling)
         .map_err(|error| format!("cannot set the sharing ceiling: {error}"))?;
-    let start_id = fresh_start_id()?;
     let disks = Disks::open(&settings.devices)?;
     disks.register(&TABLE)?;
-    let sockets = Arc::new(SocketDirectory::claim(&settings.dir, settings.access)?);
+    let sockets = Arc::new(SocketDirectory::claim(
+        &settings.dir,
+        settings.access,
+        settings.takeover,
+    )?);
+    let (start_id, predecessor) = if settings.takeover {
+        let (snapshot, stream) = takeover::request(&settings.dir)?;
+        let domains = snapshot.restore(&TABLE)?;
+        (
+            snapshot.start_id,
+            Some((stream, domains, snapshot.vbds.len())),
+        )
+    } else {
+        (fresh_start_id()?, None)
+    };
     let control_path = settings.dir.join("control.sock");
-    let listener = sockets.listen(&control_path)?;
 
     let (stop_sender, stop_receiver) = mpsc::channel();
     let mut signals = signal_hook::iterator::Signals::new([
@@ -69,8 +85,35 @@ pub fn run(settings: Settings) -> Result<(), String> {
         Exports::new(shared.clone(), sockets.clone(), settings.nbd_idle_timeout),
         stop_sender,
     ));
+    let taken_over = predecessor
+        .map(|(stream, domains, count)| {
+            {
+                let mut exports = service.lock_exports();
+                for domain in domains {
+                    exports.reconcile(domain);
+                }
+            }
+            sockets.taken_over();
+            takeover::taken(stream).map(|()| count)
+        })
+        .transpose()?;
+    let listener = sockets.listen(&control_path)?;
     let control = crate::control::serve(service.clone(), listener, settings.control_idle_timeout)
         .map_err(|error| format!("{}: cannot serve: {error}", control_path.display()))?;
+    if let Some(count) = taken_over {
+        eprintln!(
+            "vbd-backend: took over {count} VBDs from the backend serving {}",
+            settings.dir.display()
+        );
+    }
+    let handover = Arc::new(Handover {
+        service: service.clone(),
+        sockets: sockets.clone(),
+        control: Mutex::new(control),
+        control_idle_timeout: settings.control_idle_timeout,
+        successor: Mutex::new(None),
+    });
+    let takeover_socket = takeover::serve(handover.clone())?;
     eprintln!(
         "vbd-backend: serving {} disks on {} (sharing ceiling {}, queues per guest VBD: {}, start {start_id:#018x})",
         shared.disks.iter().count(),
@@ -83,11 +126,27 @@ pub fn run(settings: Settings) -> Result<(), String> {
         .recv()
         .map_err(|_| "the stop channel closed".to_string())?;
     eprintln!("vbd-backend: stopping ({reason:?})");
+    takeover_socket.stop();
+    handover
+        .control
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .stop();
+    if reason == Stop::HandedOver {
+        // The paths are the new process's: only the connections end here.
+        service.lock_exports().hand_over();
+        shared
+            .disks
+            .flush_all()
+            .map_err(|error| format!("flushing the disks failed: {error}"))?;
+        eprintln!("vbd-backend: handed over");
+        return Ok(());
+    }
     shared.stop();
-    control.stop();
     service.lock_exports().stop();
     let flushed = shared.disks.flush_all();
     let _ = fs::remove_file(&control_path);
+    let _ = fs::remove_file(settings.dir.join(takeover::SOCKET));
     sockets.remove_private();
     flushed.map_err(|error| format!("flushing the disks failed: {error}"))?;
     eprintln!("vbd-backend: stopped");

@@ -18,6 +18,8 @@ pub struct Shared {
     /// another start describe VBDs that a restart took away.
     pub start_id: u64,
     stopping: AtomicBool,
+    /// Whether another process took over: queue threads pop nothing more.
+    handed_over: AtomicBool,
 }
 
 impl Shared {
@@ -28,6 +30,7 @@ impl Shared {
             queues,
             start_id,
             stopping: AtomicBool::new(false),
+            handed_over: AtomicBool::new(false),
         }
     }
 
@@ -39,5 +42,15 @@ impl Shared {
 
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
+    }
+
+    /// Whether a new process took over the VBDs: the requests not yet taken from a ring are
+    /// left in it for that process ([`crate::takeover`]).
+    pub fn handed_over(&self) -> bool {
+        self.handed_over.load(Ordering::Acquire)
+    }
+
+    pub fn hand_over(&self) {
+        self.handed_over.store(true, Ordering::Release);
     }
 }

@@ -11,7 +11,7 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// The private directory, inside `DIR`: sockets before they take their place, and the
 /// bridges between a VMM's connection and the daemon that serves it.
@@ -109,12 +109,16 @@ pub struct SocketDirectory {
     access: Access,
     /// Private names are unique within the process.
     names: AtomicU64,
+    /// Whether this process is taking over from another that serves the same sockets.
+    taking_over: AtomicBool,
 }
 
 impl SocketDirectory {
     /// Create `root` (or take it over) with the access asked for, make sure no other
-    /// backend serves it, and remove what a killed one left.
-    pub fn claim(root: &Path, access: Access) -> Result<SocketDirectory, String> {
+    /// backend serves it, and remove what a killed one left. With `takeover`, another
+    /// backend must serve it, and what it has is left as it is: its sockets are replaced
+    /// one by one ([`crate::takeover`]).
+    pub fn claim(root: &Path, access: Access, takeover: bool) -> Result<SocketDirectory, String> {
         let cannot = |what: &str, path: &Path, error: io::Error| {
             format!("{}: cannot {what}: {error}", path.display())
         };
@@ -129,9 +133,13 @@ impl SocketDirectory {
             private: root.join(PRIVATE),
             access,
             names: AtomicU64::new(0),
+            taking_over: AtomicBool::new(takeover),
         };
         let mode = access.directory_mode();
         make_directory(root, mode).map_err(|error| cannot("create", root, error))?;
+        if takeover {
+            return Ok(directories);
+        }
         // Another backend's directory is left as it is.
         claim_socket_path(&root.join("control.sock"))?;
         access
@@ -155,6 +163,16 @@ impl SocketDirectory {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Whether the live sockets are another backend's, which this one is taking over.
+    pub fn taking_over(&self) -> bool {
+        self.taking_over.load(Ordering::Acquire)
+    }
+
+    /// The sockets are all this process's now.
+    pub fn taken_over(&self) {
+        self.taking_over.store(false, Ordering::Release);
     }
 
     /// Create (or take over) `path` as a directory of sockets.

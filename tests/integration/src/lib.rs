@@ -307,6 +307,20 @@ impl TestBackend {
         Hypervisor::connect(&self.backend().endpoint()).expect("control.sock connects")
     }
 
+    /// Upgrade the backend in place: a new one started with `--takeover` takes its VBDs and
+    /// sockets over, and the old one exits 0 once it has finished; each logs to a file of
+    /// its own, `backend-N.log`.
+    pub fn upgrade(&mut self) {
+        let old = self.backend.take().expect("the backend is running");
+        self.starts += 1;
+        let options: Vec<&str> = self.options.iter().map(String::as_str).collect();
+        let log = self.dir.join(format!("backend-{}.log", self.starts));
+        self.backend = Some(
+            old.upgrade(backend_binary(), &self.vdisk.devices, &options, &log)
+                .unwrap_or_else(|error| panic!("{error}")),
+        );
+    }
+
     /// Kill the backend with SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         let backend = self.backend.take().expect("the backend is running");

@@ -60,6 +60,13 @@ fn fill_images(test: &TestBackend) -> BTreeMap<String, Vec<u8>> {
 }
 
 /// Every image equals `expected`; a difference is reported at its first byte.
+/// The images of `test`'s one disk, hda, as they are now.
+fn fill_images_of(test: &TestBackend) -> BTreeMap<String, Vec<u8>> {
+    let mut images = BTreeMap::new();
+    images.insert("hda".to_owned(), fs::read(test.image("hda")).unwrap());
+    images
+}
+
 fn assert_images(test: &TestBackend, expected: &BTreeMap<String, Vec<u8>>, when: &str) {
     for (name, contents) in expected {
         let now = fs::read(test.image(name)).unwrap();
@@ -521,7 +528,7 @@ result vdb.read "$(head -n1 /tmp/read)"
 }
 
 #[test]
-fn a_killed_backend_fails_the_guests_io_with_errors_and_after_a_restart_restore_serves_a_fresh_guest_the_same_bytes(
+fn a_guest_resumed_onto_its_vd_label_with_other_extents_gets_errors_and_leaves_that_vd_as_it_was_and_restore_serves_a_fresh_guest_the_same_bytes(
 ) {
     let dir = test_dir("backend-guest-kill");
     let mut test = TestBackend::start(&dir, &[disk("hda", 32)], &[]);
@@ -529,6 +536,9 @@ fn a_killed_backend_fails_the_guests_io_with_errors_and_after_a_restart_restore_
     let id = test.vdisk_ok(&["create", "4M"]).trim().to_owned();
     test.vdisk_ok(&["attach", &format!("vd:{id}"), "xvda", "1", "rw"]);
     let layout = vd_layout(&test, &id);
+    // Another VD, whose extents a mistaken restore puts under the guest's socket.
+    let other = test.vdisk_ok(&["create", "4M"]).trim().to_owned();
+    let other_layout = vd_layout(&test, &other);
     let pattern = noise(4 << 20, 8);
     let late = noise(4096, 9);
     let body = r#"wait_for_block /dev/vda
@@ -571,13 +581,22 @@ result vda.write "$(head -n1 /tmp/write-error)"
     );
 
     test.restart();
-    let listed = test.vdisk_ok(&["vbds", "all"]);
-    assert!(listed.contains("restorable"), "{listed}");
-    let restored = test.vdisk_ok(&["restore"]);
-    assert!(restored.contains("restored"), "{restored}");
-    assert!(socket.exists());
-    // QEMU reconnects and resumes the rings where its guest left them; the restarted
-    // backend fails every request of that guest.
+    let images_before = fill_images_of(&test);
+    // The VBD comes back under its name and label, but on the other VD's extents: the
+    // inflight region QEMU kept records another VBD, so every request fails.
+    let mut client = test.client();
+    let label = Label::new(&format!("vd:{id}")).unwrap();
+    client
+        .create(1, device("xvda"), Mode::READ | Mode::WRITE, label)
+        .unwrap();
+    client
+        .set_extents(
+            1,
+            device("xvda"),
+            &other_layout.extents(),
+            SharingLevel::Unrestricted,
+        )
+        .unwrap();
     let report = first.finish().unwrap_or_else(|error| panic!("{error}"));
     let scratch = dir.join("scratch");
     assert_eq!(result(&report, "vda.sha256"), sha256_of(&pattern, &scratch));
@@ -594,6 +613,18 @@ result vda.write "$(head -n1 /tmp/write-error)"
         layout.gather(&images) == pattern,
         "the VD does not hold what the guest wrote before the kill, and only that"
     );
+    assert!(
+        other_layout.gather(&images) == other_layout.gather(&images_before),
+        "the other VD's bytes changed under the resumed guest"
+    );
+    let log = fs::read_to_string(dir.join("backend-2.log")).unwrap();
+    assert!(log.contains("an inflight record of another VBD"), "{log}");
+    client.delete(1, device("xvda")).unwrap();
+    let listed = test.vdisk_ok(&["vbds", "all"]);
+    assert!(listed.contains("restorable"), "{listed}");
+    let restored = test.vdisk_ok(&["restore"]);
+    assert!(restored.contains("restored"), "{restored}");
+    assert!(socket.exists());
 
     // A fresh guest on the restored VBD reads those bytes.
     let body = r#"wait_for_block /dev/vda

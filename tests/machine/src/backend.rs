@@ -1,8 +1,10 @@
 //! vbd-backend as dom0 runs it: started on a devices file and a socket directory, ready once
 //! its control socket answers, VBDs made on that socket from any extent list (as `vdisk
 //! --hv` makes them, with the host-tools client), stopped with SIGTERM (a clean exit
-//! required) or killed with SIGKILL as a crash would kill it.
+//! required), killed with SIGKILL as a crash would kill it, or upgraded in place by a new
+//! process started with `--takeover`.
 
+use std::fs;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -60,6 +62,47 @@ impl Backend {
         Ok(Backend {
             daemon,
             dir: dir.to_path_buf(),
+            control: None,
+        })
+    }
+
+    /// Start a new backend with `--takeover` on the directory `self` serves, wait until it
+    /// has taken over, then until `self` has finished and exited 0 on its own, logging
+    /// `vbd-backend: handed over`. Returns the new backend.
+    pub fn upgrade(
+        self,
+        binary: &Path,
+        devices: &Path,
+        options: &[&str],
+        log: &Path,
+    ) -> Result<Backend, String> {
+        let mut arguments = vec![
+            "--devices".to_owned(),
+            devices.display().to_string(),
+            "--dir".to_owned(),
+            self.dir.display().to_string(),
+            "--takeover".to_owned(),
+        ];
+        arguments.extend(options.iter().map(|option| option.to_string()));
+        let mut daemon = Daemon::spawn(
+            binary,
+            &arguments,
+            log,
+            "build it with cargo build -p vbd-backend",
+        )?;
+        daemon.wait_until("taking over", Duration::from_secs(20), || {
+            fs::read_to_string(log).is_ok_and(|text| text.contains("vbd-backend: took over"))
+        })?;
+        let (status, old_log) = self.daemon.wait_exit(STOP_LIMIT)?;
+        if !status.success() || old_log.lines().last() != Some("vbd-backend: handed over") {
+            return Err(format!(
+                "the old backend exited with {status} after the takeover: {}",
+                old_log.trim()
+            ));
+        }
+        Ok(Backend {
+            daemon,
+            dir: self.dir,
             control: None,
         })
     }

@@ -195,6 +195,30 @@ impl Daemon {
         Ok(())
     }
 
+    /// Wait for the server to exit by itself, for at most `limit`; returns its status and
+    /// all it printed. Still running after `limit` is an error, and it is terminated.
+    pub fn wait_exit(mut self, limit: Duration) -> Result<(ExitStatus, String), String> {
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| format!("{} is not running", self.name))?;
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().map_err(|error| error.to_string())? {
+                return Ok((status, self.log()));
+            }
+            if started.elapsed() > limit {
+                terminate(child);
+                return Err(format!(
+                    "{} still running {limit:?} later: {}",
+                    self.name,
+                    self.log().trim()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)

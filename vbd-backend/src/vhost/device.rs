@@ -44,6 +44,7 @@ use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{Immutable, IntoBytes, KnownLayout};
 
 use super::exit_events::ExitEvents;
+use super::inflight::Inflight;
 use super::memory_table::MemoryTable;
 use super::polling;
 use super::queue::{QueueTarget, QueueWorker};
@@ -141,6 +142,8 @@ pub struct BlockDevice {
     workers: Vec<Mutex<Option<QueueWorker>>>,
     /// Rings the VMM resumed where this backend did not start them; see [`super`].
     resumed: Arc<ResumedRings>,
+    /// The rings' inflight records ([`super::inflight`]).
+    inflight: Arc<Inflight>,
     /// The queue threads' exit events, closed with the device since the daemon leaks them.
     exit_events: ExitEvents,
     /// The guest memory this device has used, registered while it may be touched.
@@ -156,6 +159,7 @@ impl BlockDevice {
         target: Arc<DeviceTarget>,
         memory: Memory,
         resumed: Arc<ResumedRings>,
+        inflight: Arc<Inflight>,
         vmm: UnixStream,
     ) -> BlockDevice {
         let workers = (0..target.shared.queues)
@@ -167,6 +171,7 @@ impl BlockDevice {
             event_idx: AtomicBool::new(false),
             workers,
             resumed,
+            inflight,
             exit_events: ExitEvents::default(),
             mappings: GuestMappings::default(),
             vmm,
@@ -225,6 +230,25 @@ impl BlockDevice {
         tracked
     }
 
+    /// Wait until queue `index`'s thread has completed every request it popped. Its thread
+    /// holds its worker while serving (queue `i` is thread `i`'s: `queues_per_thread`), so
+    /// having the worker means that; the thread waits for nothing the caller holds: its
+    /// ring's lock is free, and a call eventfd never blocks.
+    fn wait_for_worker(&self, index: usize) {
+        if let Some(slot) = self.workers.get(index) {
+            drop(slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        }
+    }
+
+    /// Another process took over: once no queue thread pops any more (see
+    /// [`crate::shared::Shared::handed_over`]), wait until every request popped has
+    /// completed, so that nothing of this process touches the rings after the VMM moves on.
+    pub fn quiesce(&self) {
+        for index in 0..self.workers.len() {
+            self.wait_for_worker(index);
+        }
+    }
+
     /// Serve `vring` until it has nothing more, or its guest memory broke.
     fn serve_queue(
         &self,
@@ -245,6 +269,8 @@ impl BlockDevice {
             target: &self.target,
             resumed: &self.resumed,
             table: &self.table,
+            inflight: &self.inflight,
+            ring: device_event,
         };
         let event_idx = self.event_idx.load(Ordering::Acquire);
         loop {
@@ -252,7 +278,9 @@ impl BlockDevice {
             if self.track(&memory).is_err() {
                 return Ok(());
             }
-            if self.mappings.broken() {
+            // Once another process took over, what is left in the ring is its to take: more
+            // passes would find the same entries and take none.
+            if self.mappings.broken() || self.target.shared.handed_over() {
                 return Ok(());
             }
             if event_idx {
@@ -374,13 +402,8 @@ impl VhostUserBackend for BlockDevice {
     }
 
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
-        // The ring is no longer ready, so its queue thread pops nothing more; it holds its
-        // worker while serving (queue `i` is thread `i`'s: `queues_per_thread`), so having the
-        // worker means every request it popped has completed. Its thread waits for nothing
-        // this thread holds: its ring's lock is free, and a call eventfd never blocks.
-        if let Some(slot) = self.workers.get(queue_index as usize) {
-            drop(slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
-        }
+        // The ring is no longer ready, so its queue thread pops nothing more.
+        self.wait_for_worker(queue_index as usize);
         Ok(())
     }
 
@@ -442,7 +465,13 @@ mod tests {
         };
         let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let (vmm, _peer) = UnixStream::pair().unwrap();
-        let device = BlockDevice::new(Arc::new(target), memory, Arc::default(), vmm);
+        let device = BlockDevice::new(
+            Arc::new(target),
+            memory,
+            Arc::default(),
+            Arc::new(Inflight::new(1)),
+            vmm,
+        );
         for feature in [
             VIRTIO_BLK_F_SIZE_MAX,
             VIRTIO_BLK_F_SEG_MAX,

@@ -5,17 +5,22 @@
 //!
 //! A VMM whose backend went away (killed, or stopped) and that reconnects (QEMU's
 //! `-chardev socket,...,reconnect=1`) resumes its rings where its guest left them, without
-//! resetting the device. A restarted backend cannot know what that guest believes about
-//! the disk, so every request of such a connection fails with `VIRTIO_BLK_S_IOERR`: the
-//! guest sees errors, never another VBD's data under the old name. The errors last until
-//! the guest resets the device (its rings start at 0 again, and it reads the disk afresh).
-//! Only a VMM that this socket's VBD saw start its rings (same process, rings at 0) is
-//! trusted to resume.
+//! resetting the device. A VMM that took up inflight tracking ([`inflight`]) hands back the
+//! record of its rings: when it was made for the VBD this socket serves now (same label,
+//! mode, size and extents), the requests that were in flight are done again, in order, and
+//! the rings are served from there: the guest sees a pause. Without a record, or with one
+//! of another VBD, a restarted backend cannot know what that guest believes about the
+//! disk, so every request of such a connection fails with `VIRTIO_BLK_S_IOERR`: the guest
+//! sees errors, never another VBD's data under the old name. The errors last until the
+//! guest resets the device (its rings start at 0 again, and it reads the disk afresh).
+//! Without a record, only a VMM that this socket's VBD saw start its rings (same process,
+//! rings at 0) is trusted to resume.
 
 mod bridge;
 mod device;
 #[allow(unsafe_code)]
 mod exit_events;
+mod inflight;
 mod memory_regions;
 mod memory_table;
 mod polling;
@@ -32,8 +37,9 @@ use vbd_backend::vhost::request;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
-use self::bridge::{BackendChannel, Inbound};
+use self::bridge::{BackendChannel, Inbound, Vmm};
 use self::device::{BlockDevice, DeviceTarget};
+use self::inflight::{Inflight, Start};
 use crate::shared::Shared;
 use crate::sockets::{Peers, SocketDirectory};
 use crate::threads::{Connections, Policy, VbdSocket};
@@ -66,6 +72,16 @@ struct Session {
     sockets: Arc<SocketDirectory>,
     /// The VMM processes whose rings started at 0 on this socket: they may resume.
     started_by: Mutex<Vec<u32>>,
+    /// The connection being served, if any.
+    current: Mutex<Option<Current>>,
+}
+
+/// What the socket's other users need of the connection being served.
+#[derive(Clone)]
+struct Current {
+    inflight: Arc<Inflight>,
+    resumed: Arc<ResumedRings>,
+    device: Arc<BlockDevice>,
 }
 
 impl Export {
@@ -93,6 +109,7 @@ impl Export {
             channel: BackendChannel::default(),
             sockets,
             started_by: Mutex::new(Vec::new()),
+            current: Mutex::new(None),
         });
         let serving = session.clone();
         let connections = Connections::serve(label, listener, ONE_VMM, move |stream| {
@@ -104,8 +121,32 @@ impl Export {
         })
     }
 
+    /// Another process took over: wait until the current connection's queue threads have
+    /// completed every request they popped, then end the connections.
+    pub fn hand_over(&self) {
+        let current = lock(&self.session.current).clone();
+        if let Some(current) = current {
+            current.device.quiesce();
+        }
+        self.socket.stop();
+    }
+
+    /// The VBD changed (grown, or its extents set anew): record it anew in the inflight
+    /// region, so that a restart resumes onto the VBD the guest is served now. Not when a
+    /// ring resumed untrusted: the guest's view of the disk is unknown, and stays so until
+    /// it resets the device.
+    pub fn changed(&self) {
+        let current = lock(&self.session.current).clone();
+        if let (Some(current), Some(stamp)) = (current, self.session.stamp()) {
+            if !current.resumed.any() {
+                current.inflight.restamp(stamp);
+            }
+        }
+    }
+
     /// The VBD's size changed: tell the VMM to re-read the config space.
     pub fn resized(&self) {
+        self.changed();
         match self.session.channel.config_changed() {
             Ok(true) | Ok(false) => {}
             Err(error) => eprintln!("vbd-backend: cannot signal a config change: {error}"),
@@ -141,11 +182,20 @@ impl ResumedRings {
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl Session {
     fn started_by(&self) -> std::sync::MutexGuard<'_, Vec<u32>> {
-        self.started_by
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.started_by)
+    }
+
+    /// The stamp of the socket's VBD as it is now, for inflight records.
+    fn stamp(&self) -> Option<inflight::Stamp> {
+        inflight::stamp_of(self.target.shared.table, &self.target.vbd)
     }
 
     /// Serve one VMM connection until it ends.
@@ -157,34 +207,69 @@ impl Session {
         let trusted = self.started_by().contains(&vmm_process);
         let resumed = Arc::new(ResumedRings::default());
         let started = AtomicBool::new(false);
+        let inflight = Arc::new(Inflight::new(self.target.shared.queues));
+        let name = &self.target.name;
         let ring_base = |index: u32, base: u32| {
-            if base == 0 {
-                started.store(true, Ordering::Release);
-                resumed.start(index);
-            } else if !trusted && resumed.resume(index) {
-                eprintln!(
-                    "vbd-backend: {}: VMM process {vmm_process} resumes ring {index} at {base}, which this backend did not start (a VMM reconnecting after a restart?): its requests fail until the guest resets the device",
-                    self.target.name
-                );
+            match inflight.ring_starts(index, base, || self.stamp())? {
+                Start::Fresh => {
+                    started.store(true, Ordering::Release);
+                    resumed.start(index);
+                }
+                Start::Resumed => {
+                    resumed.start(index);
+                    eprintln!("vbd-backend: {name}: ring {index} resumes from its inflight record: the requests in flight are done again");
+                }
+                Start::Foreign(why) => {
+                    if resumed.resume(index) {
+                        eprintln!("vbd-backend: {name}: ring {index} resumes from an inflight record of another VBD ({why}): its requests fail until the guest resets the device");
+                    }
+                }
+                Start::Unrecorded if base == 0 => {
+                    started.store(true, Ordering::Release);
+                    resumed.start(index);
+                }
+                Start::Unrecorded => {
+                    if !trusted && resumed.resume(index) {
+                        eprintln!(
+                            "vbd-backend: {name}: VMM process {vmm_process} resumes ring {index} at {base}, which this backend did not start, with no inflight record (a VMM reconnecting after a restart?): its requests fail until the guest resets the device"
+                        );
+                    }
+                }
             }
+            Ok(())
+        };
+        let get_inflight = |asked: &[u8; inflight::PAYLOAD_BYTES]| {
+            let stamp = self
+                .stamp()
+                .ok_or_else(|| io::Error::other("the VBD is gone"))?;
+            inflight.get(asked, stamp)
         };
         let memory = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());
         let device = Arc::new(BlockDevice::new(
             self.target.clone(),
             memory.clone(),
             resumed.clone(),
+            inflight.clone(),
             vmm.try_clone()?,
         ));
+        *lock(&self.current) = Some(Current {
+            inflight: inflight.clone(),
+            resumed: resumed.clone(),
+            device: device.clone(),
+        });
         let mut daemon = VhostUserDaemon::new(self.target.serial.clone(), device, memory)
             .map_err(|error| io::Error::other(error.to_string()))?;
         let daemon_side = self.connect_daemon(&mut daemon)?;
         let watch = Inbound {
             channel: &self.channel,
             ring_base: &ring_base,
+            inflight: &inflight,
+            get_inflight: &get_inflight,
         };
+        let vmm_side = Vmm::new(&vmm);
         let result = thread::scope(|scope| {
-            let inbound = scope.spawn(|| bridge::relay(&vmm, &daemon_side, Some(&watch)));
-            let outbound = bridge::relay(&daemon_side, &vmm, None);
+            let inbound = scope.spawn(|| bridge::relay_inbound(&vmm_side, &daemon_side, &watch));
+            let outbound = bridge::relay_outbound(&daemon_side, &vmm_side);
             let inbound = inbound
                 .join()
                 .unwrap_or_else(|_| Err(io::Error::other("relay panicked")));
@@ -202,6 +287,7 @@ impl Session {
             Err(error) => Err(io::Error::other(error.to_string())),
         };
         drop(daemon);
+        lock(&self.current).take();
         if started.load(Ordering::Acquire) && !resumed.any() && !trusted {
             self.started_by().push(vmm_process);
         }

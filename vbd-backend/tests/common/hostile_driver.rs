@@ -152,14 +152,20 @@ impl Driver {
 
     /// Start queue 0 with its rings at `base`.
     pub fn start_ring(&mut self, base: u16) {
-        // Ring addresses are the VMM's own, as QEMU sends them.
-        let mapped = self.memory.iter().next().unwrap().as_ptr() as u64;
         self.memory
             .write_obj(base, GuestAddress(AVAIL + 2))
             .unwrap();
         self.memory.write_obj(base, GuestAddress(USED + 2)).unwrap();
         self.next_avail = base;
         self.used = base;
+        self.resume_ring(base);
+    }
+
+    /// Start queue 0 on its rings as they are in guest memory, telling the backend `base`
+    /// as the next request, as a VMM that reconnects does.
+    pub fn resume_ring(&mut self, base: u16) {
+        // Ring addresses are the VMM's own, as QEMU sends them.
+        let mapped = self.memory.iter().next().unwrap().as_ptr() as u64;
         let frontend = &mut self.frontend;
         frontend.set_vring_num(0, QUEUE_SIZE).unwrap();
         frontend

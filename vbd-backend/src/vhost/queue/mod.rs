@@ -13,10 +13,15 @@
 //! run after every request popped before them has completed, as they did when requests ran
 //! one at a time. A read whose translation has more pieces than a batch slot holds, and every
 //! read when the kernel gives no io_uring, runs on its own with `pread` ([`crate::sys`]).
+//!
+//! Every chain popped is recorded in the ring's inflight record before anything is done for
+//! it, and cleared only once its used element is published ([`super::inflight`]); a ring
+//! resumed from a record first replays the chains it names ([`replay`]).
 
 mod admit;
 mod batch;
 mod execute;
+mod replay;
 #[cfg(test)]
 mod tests;
 
@@ -31,6 +36,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use self::batch::{Pieces, SLOT_SEGMENTS};
 use self::execute::{execute, failed, serve_chain};
 use super::device::{DeviceTarget, Memory, QUEUE_SIZE};
+use super::inflight::{Inflight, RingTracker};
 use super::memory_table::MemoryTable;
 use super::request::{Operation, RequestError};
 use super::ResumedRings;
@@ -55,6 +61,9 @@ pub struct QueueTarget<'a> {
     pub resumed: &'a ResumedRings,
     /// Where the batch learns that a newer guest memory table was published.
     pub table: &'a MemoryTable,
+    /// The connection's inflight records, and the index of this queue's ring.
+    pub inflight: &'a Inflight,
+    pub ring: u16,
 }
 
 impl QueueWorker {
@@ -90,15 +99,24 @@ impl QueueWorker {
             ring,
             segments,
         } = self;
+        // Held while serving: the relay sets the tracker up only as the ring starts.
+        let mut tracked = queue.inflight.ring(queue.ring);
+        let mut untracked = RingTracker::default();
+        let tracker = tracked.as_deref_mut().unwrap_or(&mut untracked);
+        let replay = tracker.take_replay(vring.get_mut().get_queue_mut(), memory);
         let mut round = Round {
             queue,
             vring,
             memory,
             translator,
+            tracker,
             completed: false,
             failure: None,
             pieces: Pieces::default(),
         };
+        if let Some(heads) = replay {
+            round.replay(&heads);
+        }
         loop {
             let more = match ring {
                 Some(ring) => ring.batch(|batch| round.batch(batch, segments))?,
@@ -117,6 +135,8 @@ struct Round<'a, 'q> {
     vring: &'a VringRwLock<Memory>,
     memory: &'a Mapped,
     translator: &'a mut Translator,
+    /// The ring's inflight record.
+    tracker: &'a mut RingTracker,
     /// Whether a chain was completed since the last signal.
     completed: bool,
     /// The first failure to signal the guest, reported when the round is over.
@@ -127,26 +147,32 @@ struct Round<'a, 'q> {
 
 impl<'a> Round<'a, '_> {
     /// The next available chain, unless a newer memory table was published since the round
-    /// began: the requests posted after it are for a round under it.
-    fn pop(&self) -> Option<virtio_queue::DescriptorChain<&'a Mapped>> {
-        self.queue.table.pop_under(self.memory, || {
+    /// began: the requests posted after it are for a round under it, and none once another
+    /// process took over: they are left in the ring for it. It is recorded in flight before
+    /// it is returned.
+    fn pop(&mut self) -> Option<virtio_queue::DescriptorChain<&'a Mapped>> {
+        if self.queue.target.shared.handed_over() {
+            return None;
+        }
+        let chain = self.queue.table.pop_under(self.memory, || {
             self.vring
                 .get_mut()
                 .get_queue_mut()
                 .pop_descriptor_chain(self.memory)
-        })
+        })?;
+        self.tracker.take(chain.head_index());
+        Some(chain)
     }
 
     /// Put chain `head` in the used ring. A head the used ring refuses (one at or past the
     /// queue size, which the avail ring may hold but no descriptor has) cannot be named
     /// to the guest, so it is skipped: the guest broke the ring, not the queue.
     fn used(&mut self, head: u16, length: u32) {
-        let used = self
-            .vring
-            .get_mut()
-            .get_queue_mut()
-            .add_used(self.memory, head, length);
-        if used.is_ok() {
+        self.tracker.publishing(head);
+        let mut vring = self.vring.get_mut();
+        let queue = vring.get_queue_mut();
+        if queue.add_used(self.memory, head, length).is_ok() {
+            self.tracker.published(head, queue.next_used());
             self.completed = true;
         }
     }

@@ -116,6 +116,8 @@ fn delete_during_a_read_on_the_ring<R>(
         target: &target,
         resumed: &resumed,
         table: &memory_table,
+        inflight: &Inflight::new(1),
+        ring: 0,
     };
     let vring = a_ring_with_one_read(&memory);
     offer(&memory, then);
@@ -227,6 +229,8 @@ fn requests_once_stopping_fail_and_touch_nothing() {
         target: &target,
         resumed: &resumed,
         table: &memory_table,
+        inflight: &Inflight::new(1),
+        ring: 0,
     };
     let mut header = VIRTIO_BLK_T_OUT.to_le_bytes().to_vec();
     header.extend_from_slice(&[0; 12]);
@@ -290,6 +294,8 @@ fn write_zeroes_go_in_steps_across_extents_and_a_range_past_the_end_changes_noth
         target: &target,
         resumed: &resumed,
         table: &memory_table,
+        inflight: &Inflight::new(1),
+        ring: 0,
     };
     let disk = |index: usize| shared.disks.iter().nth(index).unwrap();
     for index in 0..2 {
