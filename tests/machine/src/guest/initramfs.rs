@@ -7,6 +7,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 
 use super::artefacts::{Fio, GuestArtefacts};
 use super::script;
@@ -195,6 +196,11 @@ impl Initramfs {
 /// reading it: a guest that powers off at once took 2.7 s without the layer, 3.1 s with it
 /// uncompressed and 3.9-4.6 s with it gzip'd (measured here).
 pub fn fio_layer() -> Result<PathBuf, String> {
+    // Two guests of one test binary may ask at once: one builds, the other waits for it.
+    static BUILDING: Mutex<()> = Mutex::new(());
+    let _building = BUILDING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let fio = Fio::ensure()?;
     let layer = super::artefacts::guest_directory().join("fio.cpio");
     if layer.is_file() {
@@ -207,8 +213,9 @@ pub fn fio_layer() -> Result<PathBuf, String> {
     for (guest_path, host_file) in &fio.libraries {
         archive.copy(guest_path, host_file, 0o755);
     }
-    // Written aside and renamed, so a half-written layer is never taken for a built one.
-    let partial = layer.with_extension("partial");
+    // Written aside and renamed, so a half-written layer is never taken for a built one;
+    // aside under this process's name, as test binaries run by nextest build at once.
+    let partial = layer.with_extension(format!("partial.{}", std::process::id()));
     archive.write_uncompressed(&partial)?;
     fs::rename(&partial, &layer).map_err(|error| format!("{}: {error}", layer.display()))?;
     Ok(layer)
