@@ -62,7 +62,13 @@ impl Channel {
             source,
         };
         let Endpoint::Unix(path) = endpoint;
-        let stream = UnixStream::connect(path).map_err(io)?;
+        // A signal that interrupts the connect is no answer from the hypervisor: ask again.
+        let stream = loop {
+            match UnixStream::connect(path) {
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => break other.map_err(io)?,
+            }
+        };
         Channel::over(stream, name.clone()).map_err(io)
     }
 
@@ -201,7 +207,11 @@ impl Channel {
                 Step::Rejected { .. } => continue,
                 Step::NeedMore => {}
             }
-            let read = self.stream.read(self.received.spare()).map_err(|error| {
+            let read = match self.stream.read(self.received.spare()) {
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => other,
+            };
+            let read = read.map_err(|error| {
                 match error.kind() {
                     // What a read timeout looks like on a unix socket.
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
