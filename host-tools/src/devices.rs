@@ -13,6 +13,7 @@ use shared_abi::wire::Extent;
 use shared_abi::{DeviceNumber, SECTOR_SIZE};
 
 use crate::error::{Error, Result};
+pub use crate::partition::TableKind;
 use crate::partition::{self, TableError};
 use crate::uname::{is_device_name, parse_device_number};
 
@@ -24,28 +25,6 @@ use crate::uname::{is_device_name, parse_device_number};
 pub struct DiskIdentity {
     pub path: PathBuf,
     pub identity: String,
-}
-
-/// What kind of partition table a whole disk carries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TableKind {
-    Mbr,
-    Gpt,
-    /// The kernel lists partitions of it (sysfs), whatever their table.
-    Some,
-    /// Sector 0 has an MBR signature, but the table does not make sense.
-    Damaged,
-}
-
-impl std::fmt::Display for TableKind {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.write_str(match self {
-            TableKind::Mbr => "an MBR",
-            TableKind::Gpt => "a GPT",
-            TableKind::Some => "a",
-            TableKind::Damaged => "a damaged",
-        })
-    }
 }
 
 /// A named range of a physical disk: the whole disk or one partition of it.

@@ -5,7 +5,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use shared_abi::wire::Extent;
 use shared_abi::{DeviceNumber, SharingLevel};
 
-use super::disks::read_live;
+use super::virtual_disk::read_live;
 use super::{extent_from_row, vdevice_name, Database};
 use crate::allocate::merge_adjacent;
 use crate::error::{Error, Result};
