@@ -649,6 +649,7 @@ mod tests {
             },
             partition_table: None,
             warnings: Vec::new(),
+            shared: false,
         };
         database.format(&region, 2048).unwrap();
         (directory, database, clock)

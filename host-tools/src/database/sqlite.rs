@@ -162,6 +162,10 @@ impl Store for SqliteFile {
         format!("sqlite:{}", self.path.display())
     }
 
+    fn shared(&self) -> bool {
+        false
+    }
+
     fn read(&self, read: &mut dyn FnMut(&Connection) -> Result<()>) -> Result<()> {
         read(&self.connection.borrow()).map_err(|error| named(&self.path, error))
     }

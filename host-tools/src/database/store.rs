@@ -14,6 +14,9 @@ pub trait Store: Send {
     /// The pool's URL, naming it in every message.
     fn url(&self) -> String;
 
+    /// Whether many hosts share the pool, so that it may hold only shared disks.
+    fn shared(&self) -> bool;
+
     /// Run `read` on the pool as it is now: never an older state than a write that has
     /// already returned, on this host or any other.
     fn read(&self, read: &mut dyn FnMut(&Connection) -> Result<()>) -> Result<()>;

@@ -276,6 +276,10 @@ impl Store for EtcdStore {
         format!("etcd://{}", self.endpoints.join(","))
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn read(&self, read: &mut dyn FnMut(&Connection) -> Result<()>) -> Result<()> {
         let url = self.url();
         let copy = self.current()?;
