@@ -95,6 +95,9 @@ fn to_json<T: Serialize>(value: &T) -> Result<String> {
 /// empty one for a pool never written.
 pub fn load(values: &BTreeMap<String, String>) -> Result<Connection> {
     let connection = Connection::open_in_memory()?;
+    // Tables are loaded one after another, so references are whole only at the end
+    // (SQLite as built here enforces foreign keys from the start).
+    connection.execute_batch("PRAGMA foreign_keys = OFF;")?;
     let Some(schema) = values.get(SCHEMA_KEY) else {
         if values.is_empty() {
             return Ok(connection);
@@ -140,6 +143,15 @@ pub fn load(values: &BTreeMap<String, String>) -> Result<Connection> {
                 .collect::<Result<_>>()?;
             insert.execute(rusqlite::params_from_iter(values))?;
         }
+    }
+    let broken: i64 =
+        connection.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |row| {
+            row.get(0)
+        })?;
+    if broken > 0 {
+        return Err(bad(format!(
+            "{broken} rows refer to rows that are not there"
+        )));
     }
     connection.execute_batch("PRAGMA foreign_keys = ON;")?;
     Ok(connection)
