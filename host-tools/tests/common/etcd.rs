@@ -118,13 +118,25 @@ impl Cluster {
     }
 
     /// Wait until member `index` takes connections.
-    pub fn wait_for(&self, index: usize) {
+    pub fn wait_for(&mut self, index: usize) {
         let port = self.members[index].client_port;
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let log = || {
+                std::fs::read_to_string(self.directory.path().join(format!("e{index}.log")))
+                    .unwrap_or_default()
+            };
+            if let Some(status) = self.members[index]
+                .process
+                .as_mut()
+                .and_then(|process| process.try_wait().unwrap())
+            {
+                panic!("etcd member {index} exited ({status}): {}", log());
+            }
             assert!(
                 Instant::now() < deadline,
-                "etcd member {index} did not listen on port {port} within 20 s"
+                "etcd member {index} did not listen on port {port} within 20 s: {}",
+                log()
             );
             std::thread::sleep(Duration::from_millis(20));
         }

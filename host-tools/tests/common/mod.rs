@@ -75,16 +75,26 @@ impl Machine {
 
     /// The same, with its pool on `pool`.
     pub fn on(pool: PoolKind, disk_mib: u64, partitions_mib: &[u64]) -> Machine {
-        Machine::with_label_on(pool, "dos", disk_mib, partitions_mib)
+        let members = match pool {
+            PoolKind::Sqlite => 0,
+            PoolKind::Etcd => 1,
+        };
+        Machine::with_label_on(members, "dos", disk_mib, partitions_mib)
+    }
+
+    /// The same, with its pool on an etcd cluster of `members` members.
+    pub fn on_cluster(members: usize, disk_mib: u64, partitions_mib: &[u64]) -> Machine {
+        Machine::with_label_on(members, "dos", disk_mib, partitions_mib)
     }
 
     /// A machine whose disk carries a partition table of sfdisk's `label` (`dos`, `gpt`).
     pub fn with_label(label: &str, disk_mib: u64, partitions_mib: &[u64]) -> Machine {
-        Machine::with_label_on(PoolKind::Sqlite, label, disk_mib, partitions_mib)
+        Machine::with_label_on(0, label, disk_mib, partitions_mib)
     }
 
+    /// `etcd_members` 0 for an SQLite pool.
     fn with_label_on(
-        pool: PoolKind,
+        etcd_members: usize,
         label: &str,
         disk_mib: u64,
         partitions_mib: &[u64],
@@ -118,16 +128,17 @@ impl Machine {
             .write_all(script.as_bytes())
             .unwrap();
         assert!(child.wait().unwrap().success(), "sfdisk failed");
-        let shared = match pool {
-            PoolKind::Sqlite => "",
-            PoolKind::Etcd => "shared = true\n",
+        let shared = if etcd_members > 0 {
+            "shared = true\n"
+        } else {
+            ""
         };
         fs::write(
             directory.path().join("devices.toml"),
             format!("[[disk]]\nname = \"hda\"\ndevice = \"3:0\"\npath = \"hda.img\"\n{shared}"),
         )
         .unwrap();
-        let etcd = (pool == PoolKind::Etcd).then(|| etcd::Cluster::start(1));
+        let etcd = (etcd_members > 0).then(|| etcd::Cluster::start(etcd_members));
         Machine { directory, etcd }
     }
 

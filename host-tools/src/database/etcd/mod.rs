@@ -34,11 +34,12 @@ pub const PREFIX: &str = "/vdisk/pool/";
 const HEAD: &str = "/vdisk/pool/head";
 
 /// One request waits this long for an answer.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Reads that find no quorum are tried again until this long has passed, which rides out
-/// a leader election (about a second) and still fails a command well within 15 s.
-const UNAVAILABLE_AFTER: Duration = Duration::from_secs(9);
+/// Requests that find no quorum are tried again until this long has passed, which rides
+/// out a leader election (one to two seconds with etcd's defaults) and still fails a
+/// command well within 15 s.
+const UNAVAILABLE_AFTER: Duration = Duration::from_secs(5);
 
 /// A write that keeps losing to other hosts' writes gives up after this long.
 const CONFLICTS_FOR: Duration = Duration::from_secs(60);
@@ -118,25 +119,49 @@ impl EtcdStore {
     fn request<T>(
         &self,
         request: impl std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
-    ) -> Result<T> {
+    ) -> std::result::Result<T, Failure> {
         self.runtime
             .block_on(async { tokio::time::timeout(REQUEST_TIMEOUT, request).await })
-            .map_err(|_| {
-                self.unavailable(format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()))
-            })?
-            .map_err(|error| self.unavailable(describe(&error)))
+            .map_err(|_| Failure::NoAnswer)?
+            .map_err(Failure::Client)
     }
 
-    /// A linearizable read, tried again while the cluster has no quorum (an election) until
-    /// [`UNAVAILABLE_AFTER`].
+    /// A linearizable read, tried again while members are down or the cluster has no
+    /// quorum (an election) until [`UNAVAILABLE_AFTER`].
     fn get(&self, key: &str, options: Option<GetOptions>) -> Result<etcd_client::GetResponse> {
         let deadline = Instant::now() + UNAVAILABLE_AFTER;
         loop {
             let mut client = self.client.clone();
             match self.request(client.get(key, options.clone())) {
                 Ok(response) => return Ok(response),
-                Err(error) if Instant::now() >= deadline => return Err(error),
+                Err(failure) if Instant::now() >= deadline => {
+                    return Err(self.unavailable(failure.to_string()))
+                }
                 Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+
+    /// The transaction `txn`, tried again only while it certainly did not reach the
+    /// cluster (a member down, no leader), until [`UNAVAILABLE_AFTER`]: one that may have
+    /// been applied is never applied twice.
+    fn commit(&self, txn: Txn) -> Result<etcd_client::TxnResponse> {
+        let deadline = Instant::now() + UNAVAILABLE_AFTER;
+        loop {
+            let mut client = self.client.clone();
+            match self.request(client.txn(txn.clone())) {
+                Ok(response) => return Ok(response),
+                Err(failure) if failure.not_delivered() && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Err(failure) if failure.not_delivered() => {
+                    return Err(self.unavailable(failure.to_string()))
+                }
+                Err(failure) => {
+                    return Err(self.unavailable(format!(
+                    "{failure} (the change may or may not have been made: vdisk list shows which)"
+                )))
+                }
             }
         }
     }
@@ -229,9 +254,7 @@ impl EtcdStore {
             } else {
                 Compare::mod_revision(HEAD, CompareOp::Equal, copy.revision)
             };
-            let mut client = self.client.clone();
-            let response =
-                self.request(client.txn(Txn::new().when([unchanged]).and_then(operations)))?;
+            let response = self.commit(Txn::new().when([unchanged]).and_then(operations))?;
             Ok(Some((response, values)))
         })();
         match outcome {
@@ -260,6 +283,43 @@ fn back_off(attempt: u32) {
     std::thread::sleep(Duration::from_millis(
         u64::from(attempt.min(10)) * 5 + jitter,
     ));
+}
+
+/// Why a request failed.
+enum Failure {
+    /// No answer within [`REQUEST_TIMEOUT`]: it may have been applied.
+    NoAnswer,
+    Client(etcd_client::Error),
+}
+
+impl Failure {
+    /// The request certainly was not applied: no connection was made, or the member
+    /// refused it for want of a leader before proposing it.
+    fn not_delivered(&self) -> bool {
+        match self {
+            Failure::NoAnswer => false,
+            Failure::Client(etcd_client::Error::TransportError(_)) => true,
+            Failure::Client(etcd_client::Error::GRpcStatus(status)) => {
+                let message = status.message();
+                status.code() == tonic::Code::Unavailable
+                    && (message.contains("connect") || message == "etcdserver: no leader")
+            }
+            Failure::Client(_) => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::NoAnswer => write!(
+                formatter,
+                "no answer within {} s",
+                REQUEST_TIMEOUT.as_secs()
+            ),
+            Failure::Client(error) => formatter.write_str(&describe(error)),
+        }
+    }
 }
 
 /// One line for an etcd client error: gRPC's own message where there is one.
