@@ -2,6 +2,7 @@
 //! `run`, and the mapping of errors to one line and an exit status.
 
 mod disks;
+mod hosts;
 mod io;
 mod output;
 mod pool;
@@ -89,6 +90,7 @@ enum Command {
     Detach(vbd::Detach),
     Vbds(vbd::Vbds),
     Restore(restore::Restore),
+    Hosts(hosts::Hosts),
     Write(io::Write),
     Read(io::Read),
     Completions(shell::Completions),
@@ -113,6 +115,7 @@ impl Command {
             Command::Detach(command) => command.run(context),
             Command::Vbds(command) => command.run(context),
             Command::Restore(command) => command.run(context),
+            Command::Hosts(command) => command.run(context),
             Command::Write(command) => command.run(context),
             Command::Read(command) => command.run(context),
             Command::Completions(command) => command.run(context),
@@ -178,13 +181,18 @@ impl Context {
         hypervisor: Option<&mut Hypervisor>,
         scope: Option<u32>,
     ) -> Result<Reconciliation> {
-        let (records, elsewhere): (Vec<_>, Vec<_>) = match database {
+        let (records, mut elsewhere): (Vec<_>, Vec<_>) = match database {
             Some(database) => database
                 .attachments()?
                 .into_iter()
                 .partition(|record| record.is_on(&self.host)),
             None => Default::default(),
         };
+        // A fenced host's backend serves no I/O: what its records map is in no one's use.
+        if let Some(database) = database {
+            let fenced = database.fenced_hosts()?;
+            elsewhere.retain(|record| !fenced.contains(&record.host));
+        }
         let view = match hypervisor {
             Some(hypervisor) => Some(HypervisorView {
                 vbds: hypervisor.all_vbds(scope)?,

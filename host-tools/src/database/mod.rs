@@ -186,6 +186,23 @@ impl Database {
         self.host = host.into();
     }
 
+    /// The hosts registered with the pool, or `None` for a pool of one host.
+    pub fn hosts(&self) -> Result<Option<Vec<etcd::hosts::HostState>>> {
+        self.store.hosts()
+    }
+
+    /// The hosts whose registration has lapsed: their backends serve no I/O, so what their
+    /// attachments map is no one's in use any more.
+    pub fn fenced_hosts(&self) -> Result<Vec<String>> {
+        Ok(self
+            .hosts()?
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|host| !host.alive)
+            .map(|host| host.host)
+            .collect())
+    }
+
     /// The host this database records attachments for.
     pub fn host(&self) -> &str {
         &self.host

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
 
+use super::etcd::hosts::HostState;
 use super::{check_schema, OpenMode, SchemaState, Store};
 use crate::error::{Error, Result};
 use crate::schema::{self, LATEST_VERSION};
@@ -164,6 +165,10 @@ impl Store for SqliteFile {
 
     fn shared(&self) -> bool {
         false
+    }
+
+    fn hosts(&self) -> Result<Option<Vec<HostState>>> {
+        Ok(None)
     }
 
     fn read(&self, read: &mut dyn FnMut(&Connection) -> Result<()>) -> Result<()> {

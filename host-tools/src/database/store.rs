@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use rusqlite::{Connection, Transaction};
 
+use super::etcd::hosts::HostState;
 use crate::error::{Error, Result};
 
 /// A place that keeps a pool's tables and runs the pool's operations on them. The
@@ -16,6 +17,10 @@ pub trait Store: Send {
 
     /// Whether many hosts share the pool, so that it may hold only shared disks.
     fn shared(&self) -> bool;
+
+    /// The hosts that registered with the pool, or `None` for a pool of one host, which
+    /// has no registrations.
+    fn hosts(&self) -> Result<Option<Vec<HostState>>>;
 
     /// Run `read` on the pool as it is now: never an older state than a write that has
     /// already returned, on this host or any other.

@@ -10,6 +10,8 @@
 //! conflicts under many writers, and of a pool no larger than one etcd request (1.5 MiB by
 //! default: a little over 40 000 extents).
 
+mod cluster;
+pub mod hosts;
 mod snapshot;
 
 use std::cell::{RefCell, RefMut};
@@ -19,9 +21,10 @@ use std::hash::{BuildHasher, Hasher};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use rusqlite::{Connection, Transaction};
 
+use self::cluster::{describe, Cluster};
 use super::sqlite::named;
 use super::{check_schema, OpenMode, SchemaState, Store};
 use crate::error::{Error, Result};
@@ -32,14 +35,6 @@ pub const PREFIX: &str = "/vdisk/pool/";
 
 /// The key every write of the pool puts: its revision is the pool's.
 const HEAD: &str = "/vdisk/pool/head";
-
-/// One request waits this long for an answer.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Requests that find no quorum are tried again until this long has passed, which rides
-/// out a leader election (one to two seconds with etcd's defaults) and still fails a
-/// command well within 15 s.
-const UNAVAILABLE_AFTER: Duration = Duration::from_secs(5);
 
 /// A write that keeps losing to other hosts' writes gives up after this long.
 const CONFLICTS_FOR: Duration = Duration::from_secs(60);
@@ -55,9 +50,7 @@ struct Copy {
 
 /// A pool kept in an etcd cluster.
 pub struct EtcdStore {
-    endpoints: Vec<String>,
-    runtime: tokio::runtime::Runtime,
-    client: Client,
+    cluster: Cluster,
     copy: RefCell<Option<Copy>>,
 }
 
@@ -66,36 +59,8 @@ impl EtcdStore {
     /// formatted unless `mode` may create it.
     pub fn open(endpoints: &[String], mode: OpenMode) -> Result<EtcdStore> {
         let url = format!("etcd://{}", endpoints.join(","));
-        let unavailable = |reason: String| Error::Unavailable {
-            pool: url.clone(),
-            reason,
-        };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|error| unavailable(format!("cannot start its client: {error}")))?;
-        let options = ConnectOptions::new()
-            .with_connect_timeout(REQUEST_TIMEOUT)
-            .with_timeout(REQUEST_TIMEOUT);
-        let urls: Vec<String> = endpoints
-            .iter()
-            .map(|endpoint| format!("http://{endpoint}"))
-            .collect();
-        let client = runtime
-            .block_on(async {
-                tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(&urls, Some(options))).await
-            })
-            .map_err(|_| {
-                unavailable(format!(
-                    "no member answered within {} s",
-                    REQUEST_TIMEOUT.as_secs()
-                ))
-            })?
-            .map_err(|error| unavailable(describe(&error)))?;
         let store = EtcdStore {
-            endpoints: endpoints.to_vec(),
-            runtime,
-            client,
+            cluster: Cluster::connect(endpoints)?,
             copy: RefCell::new(None),
         };
         if store.current()?.as_ref().is_some_and(|copy| copy.fresh)
@@ -108,87 +73,31 @@ impl EtcdStore {
         Ok(store)
     }
 
-    fn unavailable(&self, reason: String) -> Error {
-        Error::Unavailable {
-            pool: self.url(),
-            reason,
-        }
-    }
-
-    /// One request, given at most [`REQUEST_TIMEOUT`].
-    fn request<T>(
-        &self,
-        request: impl std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
-    ) -> std::result::Result<T, Failure> {
-        self.runtime
-            .block_on(async { tokio::time::timeout(REQUEST_TIMEOUT, request).await })
-            .map_err(|_| Failure::NoAnswer)?
-            .map_err(Failure::Client)
-    }
-
-    /// A linearizable read, tried again while members are down or the cluster has no
-    /// quorum (an election) until [`UNAVAILABLE_AFTER`].
-    fn get(&self, key: &str, options: Option<GetOptions>) -> Result<etcd_client::GetResponse> {
-        let deadline = Instant::now() + UNAVAILABLE_AFTER;
-        loop {
-            let mut client = self.client.clone();
-            match self.request(client.get(key, options.clone())) {
-                Ok(response) => return Ok(response),
-                Err(failure) if Instant::now() >= deadline => {
-                    return Err(self.unavailable(failure.to_string()))
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(200)),
-            }
-        }
-    }
-
-    /// The transaction `txn`, tried again only while it certainly did not reach the
-    /// cluster (a member down, no leader), until [`UNAVAILABLE_AFTER`]: one that may have
-    /// been applied is never applied twice.
-    fn commit(&self, txn: Txn) -> Result<etcd_client::TxnResponse> {
-        let deadline = Instant::now() + UNAVAILABLE_AFTER;
-        loop {
-            let mut client = self.client.clone();
-            match self.request(client.txn(txn.clone())) {
-                Ok(response) => return Ok(response),
-                Err(failure) if failure.not_delivered() && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(100))
-                }
-                Err(failure) if failure.not_delivered() => {
-                    return Err(self.unavailable(failure.to_string()))
-                }
-                Err(failure) => {
-                    return Err(self.unavailable(format!(
-                    "{failure} (the change may or may not have been made: vdisk list shows which)"
-                )))
-                }
-            }
-        }
-    }
-
     /// The pool as it is now: the copy already held when the head key has not moved since,
     /// otherwise every key read again at one revision.
     fn current(&self) -> Result<RefMut<'_, Option<Copy>>> {
-        let head = self.get(HEAD, None)?;
+        let head = self.cluster.get(HEAD, None)?;
         let revision = head.kvs().first().map_or(0, |head| head.mod_revision());
         let mut copy = self.copy.borrow_mut();
         if copy.as_ref().is_some_and(|copy| copy.revision == revision) {
             return Ok(copy);
         }
-        let all = self.get(PREFIX, Some(GetOptions::new().with_prefix()))?;
+        let all = self
+            .cluster
+            .get(PREFIX, Some(GetOptions::new().with_prefix()))?;
         let mut stored = BTreeMap::new();
         let mut revision = 0;
         for entry in all.kvs() {
             let key = entry
                 .key_str()
-                .map_err(|error| self.unavailable(describe(&error)))?;
+                .map_err(|error| self.cluster.unavailable(describe(&error)))?;
             if key == HEAD {
                 revision = entry.mod_revision();
                 continue;
             }
             let value = entry
                 .value_str()
-                .map_err(|error| self.unavailable(describe(&error)))?;
+                .map_err(|error| self.cluster.unavailable(describe(&error)))?;
             stored.insert(key[PREFIX.len()..].to_string(), value.to_string());
         }
         let url = self.url();
@@ -225,7 +134,7 @@ impl EtcdStore {
         let url = self.url();
         let mut guard = self.current()?;
         let Some(copy) = guard.as_mut() else {
-            return Err(self.unavailable("no copy of the pool".into()));
+            return Err(self.cluster.unavailable("no copy of the pool".into()));
         };
         if copy.fresh {
             schema::migrate(&mut copy.connection).map_err(|error| named(Path::new(&url), error))?;
@@ -254,7 +163,9 @@ impl EtcdStore {
             } else {
                 Compare::mod_revision(HEAD, CompareOp::Equal, copy.revision)
             };
-            let response = self.commit(Txn::new().when([unchanged]).and_then(operations))?;
+            let response = self
+                .cluster
+                .commit(Txn::new().when([unchanged]).and_then(operations))?;
             Ok(Some((response, values)))
         })();
         match outcome {
@@ -285,59 +196,17 @@ fn back_off(attempt: u32) {
     ));
 }
 
-/// Why a request failed.
-enum Failure {
-    /// No answer within [`REQUEST_TIMEOUT`]: it may have been applied.
-    NoAnswer,
-    Client(etcd_client::Error),
-}
-
-impl Failure {
-    /// The request certainly was not applied: no connection was made, or the member
-    /// refused it for want of a leader before proposing it.
-    fn not_delivered(&self) -> bool {
-        match self {
-            Failure::NoAnswer => false,
-            Failure::Client(etcd_client::Error::TransportError(_)) => true,
-            Failure::Client(etcd_client::Error::GRpcStatus(status)) => {
-                let message = status.message();
-                status.code() == tonic::Code::Unavailable
-                    && (message.contains("connect") || message == "etcdserver: no leader")
-            }
-            Failure::Client(_) => false,
-        }
-    }
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::NoAnswer => write!(
-                formatter,
-                "no answer within {} s",
-                REQUEST_TIMEOUT.as_secs()
-            ),
-            Failure::Client(error) => formatter.write_str(&describe(error)),
-        }
-    }
-}
-
-/// One line for an etcd client error: gRPC's own message where there is one.
-fn describe(error: &etcd_client::Error) -> String {
-    match error {
-        etcd_client::Error::GRpcStatus(status) => status.message().to_string(),
-        other => other.to_string(),
-    }
-    .replace('\n', " ")
-}
-
 impl Store for EtcdStore {
     fn url(&self) -> String {
-        format!("etcd://{}", self.endpoints.join(","))
+        self.cluster.url()
     }
 
     fn shared(&self) -> bool {
         true
+    }
+
+    fn hosts(&self) -> Result<Option<Vec<hosts::HostState>>> {
+        hosts::hosts(&self.cluster).map(Some)
     }
 
     fn read(&self, read: &mut dyn FnMut(&Connection) -> Result<()>) -> Result<()> {
@@ -345,7 +214,7 @@ impl Store for EtcdStore {
         let copy = self.current()?;
         match copy.as_ref() {
             Some(copy) => read(&copy.connection).map_err(|error| named(Path::new(&url), error)),
-            None => Err(self.unavailable("no copy of the pool".into())),
+            None => Err(self.cluster.unavailable("no copy of the pool".into())),
         }
     }
 
@@ -364,7 +233,7 @@ impl Store for EtcdStore {
             }
             back_off(attempt);
         }
-        Err(self.unavailable(format!(
+        Err(self.cluster.unavailable(format!(
             "other hosts' writes kept coming first for {} s",
             CONFLICTS_FOR.as_secs()
         )))
