@@ -33,6 +33,8 @@ pub struct Settings {
     /// How long a client of control.sock, or of an NBD export, may stay idle.
     pub control_idle_timeout: Duration,
     pub nbd_idle_timeout: Duration,
+    /// The host's lease in a shared pool, when there is one.
+    pub lease: Option<crate::lease::LeaseSettings>,
 }
 
 /// Run the backend until it is told to stop. An error is one line for standard error.
@@ -41,6 +43,9 @@ pub fn run(settings: Settings) -> Result<(), String> {
         .set_sharing_ceiling(settings.sharing_ceiling)
         .map_err(|error| format!("cannot set the sharing ceiling: {error}"))?;
     let start_id = fresh_start_id()?;
+    if let Some(lease) = &settings.lease {
+        crate::lease::start(lease, start_id)?;
+    }
     let disks = Disks::open(&settings.devices)?;
     disks.register(&TABLE)?;
     let sockets = Arc::new(SocketDirectory::claim(&settings.dir, settings.access)?);

@@ -1,0 +1,142 @@
+//! A backend registered with a pool on a real etcd cluster: it holds its host's lease and
+//! fences itself. A backend paused (SIGSTOP) for longer than its lease serves not one more
+//! I/O when it resumes, and `vdisk hosts` shows its lease expired.
+
+mod common;
+#[path = "../../host-tools/tests/common/etcd.rs"]
+mod etcd;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{attach_dom0_xvda, run, xvda_url, Backend};
+use rustix::process::{kill_process, Pid, Signal};
+use shared_abi::Mode;
+
+/// `qemu-io` on dom0's xvda: its combined output.
+fn qemu_io(backend: &Backend, command: &str) -> String {
+    let url = xvda_url(backend);
+    let output = run("qemu-io", &["-f", "raw", "-c", command, &url]);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// `vdisk ARGUMENTS` on the pool, which must succeed; its standard output.
+fn vdisk(pool: &str, devices: &std::path::Path, arguments: &[&str]) -> String {
+    let output = Command::new(common::vdisk_binary())
+        .args(["--pool", pool])
+        .arg("--devices")
+        .arg(devices)
+        .args(arguments)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn a_backend_paused_past_its_lease_serves_no_io_when_it_resumes() {
+    let cluster = etcd::Cluster::start(1);
+    let pool = cluster.url();
+    let backend = Backend::start(&["--pool", &pool, "--host", "h1", "--lease-ttl", "2"]);
+    assert!(
+        backend.log().contains(&format!(
+            "vbd-backend: host h1 registered with {pool} (lease of 2 s)"
+        )),
+        "{}",
+        backend.log()
+    );
+    let start = backend
+        .log()
+        .split("start ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap()
+        .to_string();
+    // A pool of one shared LUN, hdb, beside the host's own hda.
+    let devices = backend.work.path().join("shared.toml");
+    std::fs::write(
+        &devices,
+        format!(
+            "[[disk]]\nname = \"hdb\"\ndevice = \"3:64\"\npath = \"{}\"\nshared = true\n",
+            backend.image("hdb").display()
+        ),
+    )
+    .unwrap();
+    vdisk(
+        &pool,
+        &devices,
+        &["format", "phy:hdb", "--extent-size", "1M"],
+    );
+    let hosts = || -> serde_json::Value {
+        serde_json::from_str(&vdisk(&pool, &devices, &["hosts", "--json"])).unwrap()
+    };
+    let listed = hosts();
+    assert_eq!(
+        listed,
+        serde_json::json!([{"host": "h1", "start": start, "lease": "alive", "attachments": 0}])
+    );
+    attach_dom0_xvda(&backend, Mode::READ | Mode::WRITE, &[(0, 2048, 128)]);
+    // Renewals keep it serving well past its TTL.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(qemu_io(&backend, "write -P 0xab 0 64k").contains("wrote 65536/65536 bytes"));
+    assert_eq!(
+        backend.read_image("hda", 2048 * 512, 64 << 10),
+        vec![0xab; 64 << 10]
+    );
+
+    let pid = Pid::from_raw(backend.pid() as i32).unwrap();
+    kill_process(pid, Signal::STOP).unwrap();
+    std::thread::sleep(Duration::from_millis(3500));
+    kill_process(pid, Signal::CONT).unwrap();
+    // The first request after the pause is refused, before the renewing thread has
+    // learnt anything: the deadline passed while the process was stopped.
+    let written = qemu_io(&backend, "write -P 0xcd 0 64k");
+    assert!(written.contains("Input/output error"), "{written}");
+    assert_eq!(
+        backend.read_image("hda", 2048 * 512, 64 << 10),
+        vec![0xab; 64 << 10]
+    );
+    let read = qemu_io(&backend, "read 0 4k");
+    assert!(read.contains("Input/output error"), "{read}");
+    // The lease is gone for good: the backend says so, and so does the pool.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        backend.log().contains("vbd-backend: the lease of host h1 expired: fenced, every I/O fails until the backend is restarted"),
+        "{}",
+        backend.log()
+    );
+    assert_eq!(hosts()[0]["lease"], "expired");
+    let written = qemu_io(&backend, "write -P 0xcd 0 64k");
+    assert!(written.contains("Input/output error"), "{written}");
+    assert_eq!(
+        backend.read_image("hda", 2048 * 512, 64 << 10),
+        vec![0xab; 64 << 10]
+    );
+}
+
+#[test]
+fn a_backend_refuses_a_pool_that_is_not_on_etcd() {
+    let output = Command::new(env!("CARGO_BIN_EXE_vbd-backend"))
+        .args([
+            "--devices",
+            "/nonexistent",
+            "--dir",
+            "/nonexistent",
+            "--pool",
+            "sqlite:/x",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains(
+        "\"sqlite:/x\": a backend registers its host only with a pool on etcd (etcd://HOST:PORT)"
+    ));
+}
