@@ -8,6 +8,7 @@
 mod attachments;
 mod audit;
 mod disks;
+#[cfg(feature = "etcd")]
 pub mod etcd;
 mod pool;
 mod sqlite;
@@ -27,7 +28,7 @@ pub use attachments::{AccessMode, Attachment, AttachmentTarget};
 pub use disks::{Claim, Owner, PendingCreate, VdState, VirtualDisk};
 pub use pool::{moved as pool_moved, PoolPartition};
 pub use sqlite::SqliteFile;
-pub use store::{PoolUrl, Store};
+pub use store::{HostState, PoolUrl, Store};
 
 /// A disk being created, and a claim (a wipe or a grow), holds its extents for this long;
 /// the process renews the lease while it zeros. When the process dies, the lease runs out
@@ -160,7 +161,14 @@ impl Database {
     pub fn open_pool(url: &PoolUrl, mode: OpenMode) -> Result<Database> {
         let store: Box<dyn Store> = match url {
             PoolUrl::Sqlite(path) => Box::new(SqliteFile::open(path, mode)?),
+            #[cfg(feature = "etcd")]
             PoolUrl::Etcd(endpoints) => Box::new(etcd::EtcdStore::open(endpoints, mode)?),
+            #[cfg(not(feature = "etcd"))]
+            PoolUrl::Etcd(_) => {
+                return Err(Error::Refused(format!(
+                    "pool {url}: this build has no pools on etcd (the host-tools feature etcd)"
+                )))
+            }
         };
         Ok(Database::with_store(store))
     }
@@ -187,7 +195,7 @@ impl Database {
     }
 
     /// The hosts registered with the pool, or `None` for a pool of one host.
-    pub fn hosts(&self) -> Result<Option<Vec<etcd::hosts::HostState>>> {
+    pub fn hosts(&self) -> Result<Option<Vec<HostState>>> {
         self.store.hosts()
     }
 

@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
 
-use super::etcd::hosts::HostState;
-use super::{check_schema, OpenMode, SchemaState, Store};
+use super::{check_schema, HostState, OpenMode, SchemaState, Store};
 use crate::error::{Error, Result};
 use crate::schema::{self, LATEST_VERSION};
 

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use rusqlite::{Connection, Transaction};
 
-use super::etcd::hosts::HostState;
 use crate::error::{Error, Result};
 
 /// A place that keeps a pool's tables and runs the pool's operations on them. The
@@ -30,6 +29,16 @@ pub trait Store: Send {
     /// other writer of the pool. A store that finds another writer came first runs it
     /// again on the newer pool, so it must do nothing outside the transaction.
     fn write(&mut self, operation: &mut dyn FnMut(&Transaction<'_>) -> Result<()>) -> Result<()>;
+}
+
+/// A host as the pool knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostState {
+    pub host: String,
+    /// The start id of its backend's latest registration.
+    pub start: u64,
+    /// Its lease is alive: its backend serves I/O.
+    pub alive: bool,
 }
 
 /// A pool's address, as `--pool` and `VDISK_POOL` give it.

@@ -9,6 +9,7 @@ use etcd_client::{GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn
 use serde::{Deserialize, Serialize};
 
 use super::cluster::Cluster;
+use crate::database::HostState;
 use crate::error::Result;
 
 const REGISTERED: &str = "/vdisk/hosts/";
@@ -18,16 +19,6 @@ const ALIVE: &str = "/vdisk/alive/";
 #[derive(Serialize, Deserialize)]
 struct Registered {
     start: u64,
-}
-
-/// A host as the pool knows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HostState {
-    pub host: String,
-    /// The start id of its backend's latest registration.
-    pub start: u64,
-    /// Its lease is alive: its backend serves I/O.
-    pub alive: bool,
 }
 
 fn registered(cluster: &Cluster, prefix: &str) -> Result<Vec<(String, u64)>> {

@@ -205,7 +205,7 @@ impl Store for EtcdStore {
         true
     }
 
-    fn hosts(&self) -> Result<Option<Vec<hosts::HostState>>> {
+    fn hosts(&self) -> Result<Option<Vec<super::HostState>>> {
         hosts::hosts(&self.cluster).map(Some)
     }
 
