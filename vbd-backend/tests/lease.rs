@@ -6,7 +6,8 @@ mod common;
 #[path = "../../host-tools/tests/common/etcd.rs"]
 mod etcd;
 
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::{attach_dom0_xvda, run, xvda_url, Backend};
@@ -24,21 +25,40 @@ fn qemu_io(backend: &Backend, command: &str) -> String {
     )
 }
 
-/// `vdisk ARGUMENTS` on the pool, which must succeed; its standard output.
-fn vdisk(pool: &str, devices: &std::path::Path, arguments: &[&str]) -> String {
-    let output = Command::new(common::vdisk_binary())
+/// `vdisk ARGUMENTS` on the pool.
+fn vdisk_run(pool: &str, devices: &Path, arguments: &[&str]) -> Output {
+    Command::new(common::vdisk_binary())
         .args(["--pool", pool])
         .arg("--devices")
         .arg(devices)
         .args(arguments)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// `vdisk ARGUMENTS` on the pool, which must succeed; its standard output.
+fn vdisk(pool: &str, devices: &Path, arguments: &[&str]) -> String {
+    let output = vdisk_run(pool, devices, arguments);
     assert!(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).unwrap()
+}
+
+/// A devices file for `vdisk` naming the backend's image `name` a shared LUN.
+fn shared_lun(backend: &Backend, name: &str, device: &str) -> PathBuf {
+    let devices = backend.work.path().join("shared.toml");
+    std::fs::write(
+        &devices,
+        format!(
+            "[[disk]]\nname = \"{name}\"\ndevice = \"{device}\"\npath = \"{}\"\nshared = true\n",
+            backend.image(name).display()
+        ),
+    )
+    .unwrap();
+    devices
 }
 
 #[test]
@@ -61,15 +81,7 @@ fn a_backend_paused_past_its_lease_serves_no_io_when_it_resumes() {
         .unwrap()
         .to_string();
     // A pool of one shared LUN, hdb, beside the host's own hda.
-    let devices = backend.work.path().join("shared.toml");
-    std::fs::write(
-        &devices,
-        format!(
-            "[[disk]]\nname = \"hdb\"\ndevice = \"3:64\"\npath = \"{}\"\nshared = true\n",
-            backend.image("hdb").display()
-        ),
-    )
-    .unwrap();
+    let devices = shared_lun(&backend, "hdb", "3:64");
     vdisk(
         &pool,
         &devices,
@@ -139,4 +151,62 @@ fn a_backend_refuses_a_pool_that_is_not_on_etcd() {
     assert!(String::from_utf8_lossy(&output.stderr).contains(
         "\"sqlite:/x\": a backend registers its host only with a pool on etcd (etcd://HOST:PORT)"
     ));
+}
+
+#[test]
+fn a_host_killed_loses_its_lease_and_another_may_then_take_its_disks() {
+    let cluster = etcd::Cluster::start(1);
+    let pool = cluster.url();
+    let mut first = Backend::start(&["--pool", &pool, "--host", "h1", "--lease-ttl", "2"]);
+    // The second host sees the first one's hda as its own hda: the shared LUN.
+    let second = Backend::start_with(
+        Some(&first.image("hda")),
+        None,
+        &["--pool", &pool, "--host", "h2", "--lease-ttl", "2"],
+    );
+    let devices = shared_lun(&first, "hda", "3:0");
+    vdisk(
+        &pool,
+        &devices,
+        &["format", "phy:hda", "--extent-size", "1M"],
+    );
+    vdisk(&pool, &devices, &["create", "4"]);
+    let on = |host: &str, backend: &Backend, rest: &[&str]| -> Output {
+        let endpoint = backend.endpoint();
+        let mut arguments = vec!["--host", host, "--hv", &endpoint];
+        arguments.extend_from_slice(rest);
+        vdisk_run(&pool, &devices, &arguments)
+    };
+    let attach = ["attach", "vd:1", "xvda", "1", "rw"];
+    assert!(on("h1", &first, &attach).status.success());
+    let refused = on("h2", &second, &attach);
+    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&refused.stderr),
+        "vdisk: attach vd:1 as xvda of domain 1 rw: unsafe at safety 0: 3:0 sectors 0+8192 overlaps domain 1 xvda (rw) at 3:0 sectors 0+8192 (shared: sectors 0+8192)\n"
+    );
+    let pid = Pid::from_raw(first.pid() as i32).unwrap();
+    kill_process(pid, Signal::KILL).unwrap();
+    first.wait(Duration::from_secs(10));
+    // Refused while the lease may still be alive; let in once etcd has expired it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let hosts: serde_json::Value =
+            serde_json::from_str(&vdisk(&pool, &devices, &["hosts", "--json"])).unwrap();
+        if hosts[0]["lease"] == "expired" {
+            assert_eq!(hosts[0]["host"], "h1");
+            assert_eq!(hosts[0]["attachments"], 1);
+            assert_eq!(hosts[1]["lease"], "alive");
+            break;
+        }
+        assert!(on("h2", &second, &attach).status.code() == Some(1));
+        assert!(std::time::Instant::now() < deadline, "{hosts}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let taken = on("h2", &second, &attach);
+    assert!(
+        taken.status.success(),
+        "{}",
+        String::from_utf8_lossy(&taken.stderr)
+    );
 }
