@@ -311,10 +311,10 @@ fn one_member_down_works_two_down_fail_cleanly_and_the_pool_is_whole_after() {
         );
     }
     let cluster = machine.etcd.as_mut().unwrap();
-    cluster.start_member(0);
-    cluster.start_member(1);
-    cluster.wait_for(0);
-    cluster.wait_for(1);
+    cluster.start_member(0).unwrap();
+    cluster.start_member(1).unwrap();
+    cluster.wait_for(0).unwrap();
+    cluster.wait_for(1).unwrap();
     assert_eq!(machine.snapshot(), before, "nothing was half done");
     check_pool(&machine, 0);
     assert_eq!(machine.ok(&["create", "1"]), "3\n");

@@ -3,8 +3,6 @@
 //! I/O when it resumes, and `vdisk hosts` shows its lease expired.
 
 mod common;
-#[path = "../../host-tools/tests/common/etcd.rs"]
-mod etcd;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -13,6 +11,7 @@ use std::time::Duration;
 use common::{attach_dom0_xvda, run, xvda_url, Backend};
 use rustix::process::{kill_process, Pid, Signal};
 use shared_abi::Mode;
+use vbd_machine::etcd::Cluster;
 
 /// `qemu-io` on dom0's xvda: its combined output.
 fn qemu_io(backend: &Backend, command: &str) -> String {
@@ -63,7 +62,8 @@ fn shared_lun(backend: &Backend, name: &str, device: &str) -> PathBuf {
 
 #[test]
 fn a_backend_paused_past_its_lease_serves_no_io_when_it_resumes() {
-    let cluster = etcd::Cluster::start(1);
+    let directory = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(directory.path(), 1).unwrap();
     let pool = cluster.url();
     let backend = Backend::start(&["--pool", &pool, "--host", "h1", "--lease-ttl", "2"]);
     assert!(
@@ -155,7 +155,8 @@ fn a_backend_refuses_a_pool_that_is_not_on_etcd() {
 
 #[test]
 fn a_host_killed_loses_its_lease_and_another_may_then_take_its_disks() {
-    let cluster = etcd::Cluster::start(1);
+    let directory = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(directory.path(), 1).unwrap();
     let pool = cluster.url();
     let mut first = Backend::start(&["--pool", &pool, "--host", "h1", "--lease-ttl", "2"]);
     // The second host sees the first one's hda as its own hda: the shared LUN.

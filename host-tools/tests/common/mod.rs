@@ -4,7 +4,6 @@
 //! etcd cluster of its own, so that a test can run against both.
 #![allow(dead_code)] // each test crate uses its own part of this module
 
-pub mod etcd;
 pub mod hypervisor;
 
 use std::fs;
@@ -19,6 +18,7 @@ use host_tools::database::{
 use host_tools::uname::VdId;
 use serde_json::Value;
 use shared_abi::DeviceNumber;
+use vbd_machine::etcd::Cluster;
 
 pub const SFDISK: &str = "/usr/sbin/sfdisk";
 pub const MIB: u64 = 1 << 20;
@@ -56,9 +56,10 @@ macro_rules! on_both_pools {
 /// A temporary machine: one disk image `hda` (3:0) with partitions, a devices file and a
 /// pool.
 pub struct Machine {
+    /// The cluster of a machine whose pool is on etcd; dropped (its members killed) before
+    /// the directory that holds its data.
+    pub etcd: Option<Cluster>,
     pub directory: tempfile::TempDir,
-    /// The cluster of a machine whose pool is on etcd.
-    pub etcd: Option<etcd::Cluster>,
 }
 
 pub struct Run {
@@ -138,8 +139,9 @@ impl Machine {
             format!("[[disk]]\nname = \"hda\"\ndevice = \"3:0\"\npath = \"hda.img\"\n{shared}"),
         )
         .unwrap();
-        let etcd = (etcd_members > 0).then(|| etcd::Cluster::start(etcd_members));
-        Machine { directory, etcd }
+        let etcd = (etcd_members > 0)
+            .then(|| Cluster::start(&directory.path().join("etcd"), etcd_members).unwrap());
+        Machine { etcd, directory }
     }
 
     /// The pool every command is given, as `--pool` takes it.

@@ -1,7 +1,9 @@
-//! Real etcd clusters for the tests: `etcd` processes on loopback ports, their data in a
-//! temporary directory, every member killed when the cluster is dropped, also when a test
-//! fails. A member can be killed and started again, to take the quorum away and back.
+//! Real etcd clusters for the tests and the benchmarks: `etcd` processes on loopback
+//! ports, their data and logs in a directory of the caller's, every member killed when the
+//! cluster is dropped, also when a test fails. A member can be killed and started again, to
+//! take the quorum away and back.
 
+use std::fs::{self, File};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -9,9 +11,12 @@ use std::time::{Duration, Instant};
 
 const ETCD: &str = "/usr/bin/etcd";
 
+/// How long a member may take to listen.
+const START_LIMIT: Duration = Duration::from_secs(20);
+
 /// A running cluster; dropping it kills every member.
 pub struct Cluster {
-    directory: tempfile::TempDir,
+    directory: PathBuf,
     members: Vec<Member>,
     initial_cluster: String,
 }
@@ -24,46 +29,50 @@ struct Member {
 }
 
 /// A loopback port no one listens on now (the kernel's choice, released at once).
-fn free_port() -> u16 {
+fn free_port() -> Result<u16, String> {
     TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .map_err(|error| format!("no free loopback port: {error}"))
 }
 
 impl Cluster {
-    /// Start `size` members and wait until each answers.
-    pub fn start(size: usize) -> Cluster {
-        assert!(
-            Path::new(ETCD).exists(),
-            "{ETCD} is missing: install the etcd-server package (apt-get install etcd-server etcd-client)"
-        );
-        let members: Vec<Member> = (0..size)
-            .map(|index| Member {
+    /// Start `size` members with their data and logs in `directory` (made if missing, and
+    /// left there) and wait until each takes connections.
+    pub fn start(directory: &Path, size: usize) -> Result<Cluster, String> {
+        if !Path::new(ETCD).exists() {
+            return Err(format!(
+                "{ETCD} is missing: install the etcd-server package (apt-get install etcd-server etcd-client)"
+            ));
+        }
+        let mut members = Vec::new();
+        for index in 0..size {
+            members.push(Member {
                 name: format!("e{index}"),
-                client_port: free_port(),
-                peer_port: free_port(),
+                client_port: free_port()?,
+                peer_port: free_port()?,
                 process: None,
-            })
-            .collect();
+            });
+        }
         let initial_cluster = members
             .iter()
             .map(|member| format!("{}=http://127.0.0.1:{}", member.name, member.peer_port))
             .collect::<Vec<_>>()
             .join(",");
+        fs::create_dir_all(directory)
+            .map_err(|error| format!("{}: {error}", directory.display()))?;
         let mut cluster = Cluster {
-            directory: tempfile::tempdir().unwrap(),
+            directory: directory.to_path_buf(),
             members,
             initial_cluster,
         };
         for index in 0..size {
-            cluster.start_member(index);
+            cluster.start_member(index)?;
         }
         for index in 0..size {
-            cluster.wait_for(index);
+            cluster.wait_for(index)?;
         }
-        cluster
+        Ok(cluster)
     }
 
     /// The pool URL of the whole cluster.
@@ -76,16 +85,16 @@ impl Cluster {
         format!("etcd://{}", endpoints.join(","))
     }
 
-    fn data_directory(&self, index: usize) -> PathBuf {
-        self.directory.path().join(&self.members[index].name)
+    fn log(&self, index: usize) -> PathBuf {
+        self.directory.join(format!("e{index}.log"))
     }
 
     /// Start member `index` (again: its data directory is kept, so it rejoins).
-    pub fn start_member(&mut self, index: usize) {
-        let data = self.data_directory(index);
-        let log =
-            std::fs::File::create(self.directory.path().join(format!("e{index}.log"))).unwrap();
+    pub fn start_member(&mut self, index: usize) -> Result<(), String> {
         let member = &self.members[index];
+        let data = self.directory.join(&member.name);
+        let log = File::create(self.log(index))
+            .map_err(|error| format!("{}: {error}", self.log(index).display()))?;
         let client = format!("http://127.0.0.1:{}", member.client_port);
         let peer = format!("http://127.0.0.1:{}", member.peer_port);
         let child = Command::new(ETCD)
@@ -113,33 +122,34 @@ impl Cluster {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .unwrap();
+            .map_err(|error| format!("{ETCD}: {error}"))?;
         self.members[index].process = Some(child);
+        Ok(())
     }
 
-    /// Wait until member `index` takes connections.
-    pub fn wait_for(&mut self, index: usize) {
+    /// Wait until member `index` takes connections; fail, with its log, if it exits or
+    /// takes longer than 20 s.
+    pub fn wait_for(&mut self, index: usize) -> Result<(), String> {
         let port = self.members[index].client_port;
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + START_LIMIT;
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            let log = || {
-                std::fs::read_to_string(self.directory.path().join(format!("e{index}.log")))
-                    .unwrap_or_default()
+            let log = fs::read_to_string(self.log(index)).unwrap_or_default();
+            let exited = match self.members[index].process.as_mut() {
+                Some(process) => process.try_wait().map_err(|error| error.to_string())?,
+                None => return Err(format!("etcd member {index} is not running")),
             };
-            if let Some(status) = self.members[index]
-                .process
-                .as_mut()
-                .and_then(|process| process.try_wait().unwrap())
-            {
-                panic!("etcd member {index} exited ({status}): {}", log());
+            if let Some(status) = exited {
+                return Err(format!("etcd member {index} exited ({status}): {log}"));
             }
-            assert!(
-                Instant::now() < deadline,
-                "etcd member {index} did not listen on port {port} within 20 s: {}",
-                log()
-            );
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "etcd member {index} did not listen on port {port} within {} s: {log}",
+                    START_LIMIT.as_secs()
+                ));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(())
     }
 
     /// Kill member `index` (SIGKILL) and reap it.
