@@ -55,6 +55,9 @@ pub struct Reconciliation {
     /// they are never matched, restored or found dead here, but they map their extents all
     /// the same.
     pub elsewhere: Vec<Attachment>,
+    /// Records of other hosts whose lease has expired: their backends serve no I/O, so they
+    /// map nothing any more; listed as `fenced`.
+    pub fenced: Vec<Attachment>,
 }
 
 /// Where a record stands against what the hypervisor reports.
@@ -97,6 +100,7 @@ impl Reconciliation {
             dead: Vec::new(),
             found_again: Vec::new(),
             elsewhere: Vec::new(),
+            fenced: Vec::new(),
         };
         let Some(view) = view else {
             reconciliation.unmatched = records;
@@ -129,10 +133,15 @@ impl Reconciliation {
         reconciliation
     }
 
-    /// The same, with `elsewhere`: the records of other hosts, which are users of their
-    /// extents whatever this host's hypervisor holds.
-    pub fn with_other_hosts(mut self, elsewhere: Vec<Attachment>) -> Reconciliation {
+    /// The same, with the records of other hosts: those of `elsewhere` are users of their
+    /// extents whatever this host's hypervisor holds; those of `fenced` hosts are not.
+    pub fn with_other_hosts(
+        mut self,
+        elsewhere: Vec<Attachment>,
+        fenced: Vec<Attachment>,
+    ) -> Reconciliation {
         self.elsewhere = elsewhere;
+        self.fenced = fenced;
         self
     }
 
@@ -418,7 +427,7 @@ mod tests {
             ..record(1, "xvda", true, 0)
         };
         let reconciliation = Reconciliation::new(vec![], view(vec![], None), 1000)
-            .with_other_hosts(vec![there.clone()]);
+            .with_other_hosts(vec![there.clone()], vec![]);
         assert_eq!(reconciliation.dead, vec![]);
         assert_eq!(reconciliation.restorable, vec![]);
         assert_eq!(reconciliation.users(), vec![there.user()]);
@@ -427,5 +436,9 @@ mod tests {
             reconciliation.users_other_than(VdId::parse("1").unwrap()),
             vec![]
         );
+        let fenced = Reconciliation::new(vec![], view(vec![], None), 1000)
+            .with_other_hosts(vec![], vec![there.clone()]);
+        assert_eq!(fenced.users(), vec![], "a fenced host maps nothing");
+        assert_eq!(fenced.fenced, vec![there]);
     }
 }

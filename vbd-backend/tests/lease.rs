@@ -204,6 +204,23 @@ fn a_host_killed_loses_its_lease_and_another_may_then_take_its_disks() {
         assert!(std::time::Instant::now() < deadline, "{hosts}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Host b sees host a's attachment fenced, and no longer counts it as a user.
+    let listed = on("h2", &second, &["vbds", "all", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(
+        (
+            &listed[0]["domain"],
+            &listed[0]["vdevice"],
+            &listed[0]["source"],
+            &listed[0]["state"]
+        ),
+        (
+            &serde_json::json!(1),
+            &serde_json::json!("xvda"),
+            &serde_json::json!("vd:1"),
+            &serde_json::json!("fenced")
+        )
+    );
     let taken = on("h2", &second, &attach);
     assert!(
         taken.status.success(),

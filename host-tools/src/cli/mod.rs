@@ -181,7 +181,7 @@ impl Context {
         hypervisor: Option<&mut Hypervisor>,
         scope: Option<u32>,
     ) -> Result<Reconciliation> {
-        let (records, mut elsewhere): (Vec<_>, Vec<_>) = match database {
+        let (records, elsewhere): (Vec<_>, Vec<_>) = match database {
             Some(database) => database
                 .attachments()?
                 .into_iter()
@@ -189,10 +189,13 @@ impl Context {
             None => Default::default(),
         };
         // A fenced host's backend serves no I/O: what its records map is in no one's use.
-        if let Some(database) = database {
-            let fenced = database.fenced_hosts()?;
-            elsewhere.retain(|record| !fenced.contains(&record.host));
-        }
+        let fenced_hosts = match database {
+            Some(database) => database.fenced_hosts()?,
+            None => Vec::new(),
+        };
+        let (fenced, elsewhere): (Vec<_>, Vec<_>) = elsewhere
+            .into_iter()
+            .partition(|record| fenced_hosts.contains(&record.host));
         let view = match hypervisor {
             Some(hypervisor) => Some(HypervisorView {
                 vbds: hypervisor.all_vbds(scope)?,
@@ -202,7 +205,7 @@ impl Context {
             None => None,
         };
         let now = database.map_or_else(host_tools::timestamp::now, Database::now);
-        Ok(Reconciliation::new(records, view, now).with_other_hosts(elsewhere))
+        Ok(Reconciliation::new(records, view, now).with_other_hosts(elsewhere, fenced))
     }
 
     /// [`Context::observe`], then the records brought in line with what it saw: records

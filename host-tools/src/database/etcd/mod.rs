@@ -40,7 +40,7 @@ const HEAD: &str = "/vdisk/pool/head";
 const CONFLICTS_FOR: Duration = Duration::from_secs(60);
 
 /// The pool as last read, with the revision of its head key then (0: never written).
-struct Copy {
+struct PoolCopy {
     revision: i64,
     connection: Connection,
     /// The stored values it was loaded from, to put only what a write changed.
@@ -51,7 +51,7 @@ struct Copy {
 /// A pool kept in an etcd cluster.
 pub struct EtcdStore {
     cluster: Cluster,
-    copy: RefCell<Option<Copy>>,
+    copy: RefCell<Option<PoolCopy>>,
 }
 
 impl EtcdStore {
@@ -75,7 +75,7 @@ impl EtcdStore {
 
     /// The pool as it is now: the copy already held when the head key has not moved since,
     /// otherwise every key read again at one revision.
-    fn current(&self) -> Result<RefMut<'_, Option<Copy>>> {
+    fn current(&self) -> Result<RefMut<'_, Option<PoolCopy>>> {
         let head = self.cluster.get(HEAD, None)?;
         let revision = head.kvs().first().map_or(0, |head| head.mod_revision());
         let mut copy = self.copy.borrow_mut();
@@ -119,7 +119,7 @@ impl EtcdStore {
                     false
                 }
             };
-        *copy = Some(Copy {
+        *copy = Some(PoolCopy {
             revision,
             connection,
             stored,
