@@ -110,13 +110,13 @@ impl Cluster {
 
     /// The transaction `txn`, tried again only while it certainly did not reach the
     /// cluster (a member down, no leader), until [`UNAVAILABLE_AFTER`]: one that may have
-    /// been applied is never applied twice.
-    pub fn commit(&self, txn: Txn) -> Result<etcd_client::TxnResponse> {
+    /// been applied is never sent twice, but said to be [`Outcome::Unknown`].
+    pub fn commit(&self, txn: Txn) -> Result<Outcome> {
         let deadline = Instant::now() + UNAVAILABLE_AFTER;
         loop {
             let mut client = self.client.clone();
             match self.request(client.txn(txn.clone())) {
-                Ok(response) => return Ok(response),
+                Ok(response) => return Ok(Outcome::Answered(response)),
                 Err(failure) if failure.not_delivered() && Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(100))
                 }
@@ -126,14 +126,18 @@ impl Cluster {
                         UNAVAILABLE_AFTER.as_secs()
                     )))
                 }
-                Err(failure) => {
-                    return Err(self.unavailable(format!(
-                    "{failure} (the change may or may not have been made: vdisk list shows which)"
-                )))
-                }
+                Err(failure) => return Ok(Outcome::Unknown(failure.to_string())),
             }
         }
     }
+}
+
+/// What became of a transaction.
+pub enum Outcome {
+    /// The cluster answered: it was applied, or its comparison failed.
+    Answered(etcd_client::TxnResponse),
+    /// The answer was lost (why, in a line): it may or may not have been applied.
+    Unknown(String),
 }
 
 /// Why a request failed.

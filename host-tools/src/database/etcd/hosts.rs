@@ -8,7 +8,7 @@
 use etcd_client::{GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 
-use super::cluster::Cluster;
+use super::cluster::{Cluster, Outcome};
 use crate::database::HostState;
 use crate::error::Result;
 
@@ -72,14 +72,16 @@ impl Registration {
             .id();
         let value = serde_json::to_string(&Registered { start: start_id })
             .map_err(|error| cluster.unavailable(error.to_string()))?;
-        cluster.commit(Txn::new().and_then([
+        let register = Txn::new().and_then([
             TxnOp::put(format!("{REGISTERED}{host}"), value.as_str(), None),
             TxnOp::put(
                 format!("{ALIVE}{host}"),
                 value.as_str(),
                 Some(PutOptions::new().with_lease(lease)),
             ),
-        ]))?;
+        ]);
+        // Putting the same values twice is harmless: an answer lost is simply asked again.
+        while let Outcome::Unknown(_) = cluster.commit(register.clone())? {}
         Ok(Registration {
             cluster,
             lease,

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use rusqlite::{Connection, Transaction};
 
-use self::cluster::{describe, Cluster};
+use self::cluster::{describe, Cluster, Outcome};
 use super::sqlite::named;
 use super::{check_schema, OpenMode, SchemaState, Store};
 use crate::error::{Error, Result};
@@ -157,22 +157,33 @@ impl EtcdStore {
             if operations.is_empty() {
                 return Ok(None);
             }
-            operations.push(TxnOp::put(HEAD, "vdisk pool", None));
+            // Which write put the head, should its answer be lost.
+            let mark = format!(
+                "vdisk pool {:016x}",
+                RandomState::new().build_hasher().finish()
+            );
+            operations.push(TxnOp::put(HEAD, mark.as_str(), None));
             let unchanged = if copy.revision == 0 {
                 Compare::version(HEAD, CompareOp::Equal, 0)
             } else {
                 Compare::mod_revision(HEAD, CompareOp::Equal, copy.revision)
             };
-            let response = self
+            let committed = match self
                 .cluster
-                .commit(Txn::new().when([unchanged]).and_then(operations))?;
-            Ok(Some((response, values)))
+                .commit(Txn::new().when([unchanged]).and_then(operations))?
+            {
+                Outcome::Answered(response) => response
+                    .succeeded()
+                    .then(|| response.header().map_or(0, |header| header.revision())),
+                Outcome::Unknown(why) => self.settle(copy.revision, &mark, &why)?,
+            };
+            Ok(Some((committed, values)))
         })();
         match outcome {
             Ok(None) => Ok(true),
-            Ok(Some((response, values))) if response.succeeded() => {
+            Ok(Some((Some(revision), values))) => {
                 transaction.commit()?;
-                copy.revision = response.header().map_or(0, |header| header.revision());
+                copy.revision = revision;
                 copy.stored = values;
                 copy.fresh = false;
                 Ok(true)
@@ -184,6 +195,24 @@ impl EtcdStore {
                 *guard = None;
                 result.map(|_| false)
             }
+        }
+    }
+}
+
+impl EtcdStore {
+    /// Whether a write whose answer was lost (`why`) was applied, from the head key: the
+    /// revision it was applied at when the head holds its `mark`, `None` when the head is
+    /// still at the revision it compared with `read` (so it was not, and may run again),
+    /// and an error when another write has moved the head since (it cannot be told).
+    fn settle(&self, read: i64, mark: &str, why: &str) -> Result<Option<i64>> {
+        let head = self.cluster.get(HEAD, None)?;
+        match head.kvs().first() {
+            Some(head) if head.value() == mark.as_bytes() => Ok(Some(head.mod_revision())),
+            Some(head) if head.mod_revision() == read => Ok(None),
+            None if read == 0 => Ok(None),
+            _ => Err(self.cluster.unavailable(format!(
+                "{why} (the change may or may not have been made: vdisk list shows which)"
+            ))),
         }
     }
 }
