@@ -819,3 +819,40 @@ on_both_pools!(
     seed_defect_8_extents_still_mapped_are_not_reissued,
     seed_defect_9_long_extent_lists_are_kept_whole,
 );
+
+#[test]
+fn a_pool_url_names_the_store_and_sqlite_is_what_db_was() {
+    let machine = Machine::new(16, &[8]);
+    let database = machine.database_path();
+    let url = format!("sqlite:{}", database.display());
+    machine.ok(&["--pool", &url, "format", "phy:hda1", "--extent-size", "1M"]);
+    // --db names the same file; --pool wins over it.
+    assert!(machine
+        .ok(&["--db", database.to_str().unwrap(), "pool"])
+        .contains("hda1"));
+    let elsewhere = machine.directory.path().join("elsewhere.sqlite");
+    assert!(machine
+        .ok(&["--db", elsewhere.to_str().unwrap(), "--pool", &url, "pool"])
+        .contains("hda1"));
+    for (pool, why) in [
+        (
+            "mysql://x",
+            "expected sqlite:PATH or etcd://HOST:PORT[,HOST:PORT...]",
+        ),
+        ("etcd://a", "member \"a\": expected HOST:PORT"),
+        ("sqlite:", "sqlite: needs a path"),
+    ] {
+        machine.fails(
+            &["--pool", pool, "pool"],
+            2,
+            &format!("invalid value '{pool}' for '--pool <POOL>': pool \"{pool}\": {why}"),
+        );
+    }
+    // A pool of one host lists no hosts, and says so.
+    machine.fails(
+        &["hosts"],
+        1,
+        &format!("pool {url}: a pool of one host has no hosts to list (vdisk hosts is for a pool on etcd)"),
+    );
+    assert!(!elsewhere.exists());
+}
