@@ -28,13 +28,23 @@ struct Member {
     process: Option<Child>,
 }
 
-/// A loopback port no one listens on now (the kernel's choice, released at once).
-fn free_port() -> Result<u16, String> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
+/// `count` loopback ports no one listens on now, all different: each is held until all
+/// are chosen, then released for a member to take.
+fn free_ports(count: usize) -> Result<Vec<u16>, String> {
+    let listeners = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(|error| format!("no free loopback port: {error}"))?;
+    listeners
+        .iter()
+        .map(|listener| listener.local_addr().map(|address| address.port()))
+        .collect::<std::io::Result<_>>()
         .map_err(|error| format!("no free loopback port: {error}"))
 }
+
+/// Starts tried before giving up: between choosing a port and a member binding it, another
+/// process (another test's cluster) may take it.
+const ATTEMPTS: usize = 3;
 
 impl Cluster {
     /// Start `size` members with their data and logs in `directory` (made if missing, and
@@ -45,15 +55,26 @@ impl Cluster {
                 "{ETCD} is missing: install the etcd-server package (apt-get install etcd-server etcd-client)"
             ));
         }
-        let mut members = Vec::new();
-        for index in 0..size {
-            members.push(Member {
-                name: format!("e{index}"),
-                client_port: free_port()?,
-                peer_port: free_port()?,
-                process: None,
-            });
+        let mut failure = String::new();
+        for attempt in 0..ATTEMPTS {
+            match Cluster::start_once(&directory.join(format!("attempt{attempt}")), size) {
+                Ok(cluster) => return Ok(cluster),
+                Err(error) => failure = error,
+            }
         }
+        Err(failure)
+    }
+
+    fn start_once(directory: &Path, size: usize) -> Result<Cluster, String> {
+        let ports = free_ports(2 * size)?;
+        let members: Vec<Member> = (0..size)
+            .map(|index| Member {
+                name: format!("e{index}"),
+                client_port: ports[2 * index],
+                peer_port: ports[2 * index + 1],
+                process: None,
+            })
+            .collect();
         let initial_cluster = members
             .iter()
             .map(|member| format!("{}=http://127.0.0.1:{}", member.name, member.peer_port))
@@ -61,6 +82,7 @@ impl Cluster {
             .join(",");
         fs::create_dir_all(directory)
             .map_err(|error| format!("{}: {error}", directory.display()))?;
+        // Dropped on an error: the members started so far are killed.
         let mut cluster = Cluster {
             directory: directory.to_path_buf(),
             members,
