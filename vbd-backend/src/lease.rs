@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use host_tools::database::etcd::hosts::Registration;
 
-use crate::fence;
+use crate::fence::{self, FENCE};
 
 /// What `--pool`, `--host` and `--lease-ttl` asked for.
 pub struct LeaseSettings {
@@ -24,13 +24,13 @@ const MARGIN: Duration = Duration::from_secs(1);
 /// Register the host and start renewing its lease. I/O is fenced from now until the lease
 /// is granted.
 pub fn start(settings: &LeaseSettings, start_id: u64) -> Result<(), String> {
-    fence::arm();
+    FENCE.arm();
     let ttl_seconds = i64::try_from(settings.ttl.as_secs()).unwrap_or(i64::MAX);
     let sent = fence::now();
     let mut registration =
         Registration::register(&settings.endpoints, &settings.host, start_id, ttl_seconds)
             .map_err(|error| format!("cannot register host {}: {error}", settings.host))?;
-    fence::renewed(sent, settings.ttl, MARGIN);
+    FENCE.renewed(sent, settings.ttl, MARGIN);
     eprintln!(
         "vbd-backend: host {} registered with {} (lease of {} s)",
         settings.host,
@@ -48,14 +48,14 @@ pub fn start(settings: &LeaseSettings, start_id: u64) -> Result<(), String> {
                 let sent = fence::now();
                 match registration.keep_alive() {
                     Ok(ttl) if ttl > 0 => {
-                        fence::renewed(sent, Duration::from_secs(ttl as u64), MARGIN);
+                        FENCE.renewed(sent, Duration::from_secs(ttl as u64), MARGIN);
                         if failing {
                             eprintln!("vbd-backend: lease of host {host} renewed again");
                             failing = false;
                         }
                     }
                     Ok(_) => {
-                        fence::expired();
+                        FENCE.expired();
                         eprintln!(
                             "vbd-backend: the lease of host {host} expired: fenced, every I/O fails until the backend is restarted"
                         );
