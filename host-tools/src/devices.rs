@@ -13,6 +13,7 @@ use shared_abi::wire::Extent;
 use shared_abi::{DeviceNumber, SECTOR_SIZE};
 
 use crate::error::{Error, Result};
+pub use crate::partition::TableKind;
 use crate::partition::{self, TableError};
 use crate::uname::{is_device_name, parse_device_number};
 
@@ -24,28 +25,6 @@ use crate::uname::{is_device_name, parse_device_number};
 pub struct DiskIdentity {
     pub path: PathBuf,
     pub identity: String,
-}
-
-/// What kind of partition table a whole disk carries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TableKind {
-    Mbr,
-    Gpt,
-    /// The kernel lists partitions of it (sysfs), whatever their table.
-    Some,
-    /// Sector 0 has an MBR signature, but the table does not make sense.
-    Damaged,
-}
-
-impl std::fmt::Display for TableKind {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.write_str(match self {
-            TableKind::Mbr => "an MBR",
-            TableKind::Gpt => "a GPT",
-            TableKind::Some => "a",
-            TableKind::Damaged => "a damaged",
-        })
-    }
 }
 
 /// A named range of a physical disk: the whole disk or one partition of it.
@@ -65,6 +44,9 @@ pub struct Region {
     pub partition_table: Option<TableKind>,
     /// What was found amiss but worked around (a GPT read from its backup), to be told.
     pub warnings: Vec<String>,
+    /// It lies on a disk every host of a shared pool sees (`shared = true` in the devices
+    /// file); only such regions go into a pool on etcd.
+    pub shared: bool,
 }
 
 impl Region {
@@ -157,6 +139,8 @@ pub struct Disk {
     pub name: String,
     pub device: DeviceNumber,
     pub path: PathBuf,
+    /// A LUN every host of a shared pool sees under the same name and device number.
+    pub shared: bool,
 }
 
 #[derive(Deserialize)]
@@ -171,6 +155,8 @@ struct DiskToml {
     name: String,
     device: String,
     path: PathBuf,
+    #[serde(default)]
+    shared: bool,
 }
 
 /// The disks named in a devices file. Other tables in the file (such as a machine
@@ -221,6 +207,7 @@ impl DevicesFile {
                 name: entry.name,
                 device,
                 path: base.join(entry.path),
+                shared: entry.shared,
             });
         }
         // Two entries for one disk (a link, the same block device) would let two virtual
@@ -276,6 +263,7 @@ impl DevicesFile {
             disk: identity,
             partition_table: None,
             warnings: Vec::new(),
+            shared: disk.shared,
         };
         let Some(number) = number else {
             region.partition_table = match table {
@@ -485,6 +473,7 @@ impl DeviceSource for Sysfs {
             disk: self.disk(disk_device)?,
             partition_table: partitioned.then_some(TableKind::Some),
             warnings: Vec::new(),
+            shared: false,
         })
     }
 
@@ -517,16 +506,25 @@ mod tests {
         let file = Path::new("/images/machine.toml");
         let devices = DevicesFile::parse(
             file,
-            "[[disk]]\nname = \"hda\"\ndevice = \"3:0\"\npath = \"hda.img\"\n\n[endpoints]\ndom0 = \"unix:/x\"\n",
+            "[[disk]]\nname = \"hda\"\ndevice = \"3:0\"\npath = \"hda.img\"\n\n[[disk]]\nname = \"sda\"\ndevice = \"8:0\"\npath = \"/san/lun0\"\nshared = true\n\n[endpoints]\ndom0 = \"unix:/x\"\n",
         )
         .unwrap();
         assert_eq!(
             devices.disks(),
-            &[Disk {
-                name: "hda".into(),
-                device: DeviceNumber::new(3, 0).unwrap(),
-                path: PathBuf::from("/images/hda.img"),
-            }]
+            &[
+                Disk {
+                    name: "hda".into(),
+                    device: DeviceNumber::new(3, 0).unwrap(),
+                    path: PathBuf::from("/images/hda.img"),
+                    shared: false,
+                },
+                Disk {
+                    name: "sda".into(),
+                    device: DeviceNumber::new(8, 0).unwrap(),
+                    path: PathBuf::from("/san/lun0"),
+                    shared: true,
+                }
+            ]
         );
         assert_eq!(
             DevicesFile::parse(file, "[[disk]]\nname = \"hda\"\ndevice = \"3\"\npath = \"a\"\n")
@@ -601,6 +599,7 @@ mod tests {
                 },
                 partition_table: None,
                 warnings: vec![],
+                shared: false,
             }
         );
         assert_eq!(
@@ -616,6 +615,7 @@ mod tests {
                 },
                 partition_table: Some(TableKind::Some),
                 warnings: vec![],
+                shared: false,
             }
         );
         assert_eq!(sysfs.disk(sda).unwrap().path, PathBuf::from("/dev/sda"));

@@ -24,6 +24,10 @@ pub enum Error {
     /// SQLite failed in a way that is not the caller's fault.
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The pool's store cannot be reached or has no quorum; nothing was changed (exit
+    /// status 3).
+    #[error("pool {pool}: unavailable: {reason}")]
+    Unavailable { pool: String, reason: String },
     /// Reading or writing a file or device failed.
     #[error("{path}: {source}")]
     Io {
@@ -36,10 +40,12 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// The documented exit status: 2 for usage errors, 1 for every refusal or failure.
+    /// The documented exit status: 2 for usage errors, 3 for a pool that cannot be reached,
+    /// 1 for every other refusal or failure.
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) => 2,
+            Error::Unavailable { .. } => 3,
             Error::NotFound(_)
             | Error::Refused(_)
             | Error::BadDatabase { .. }

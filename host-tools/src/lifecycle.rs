@@ -124,7 +124,13 @@ fn zero_claim(
         let _ = database.abandon_claim(claim);
         return Err(error);
     }
-    finish(database, claim)
+    let finished = finish(database, claim);
+    if finished.is_err() {
+        // A grow whose disk was deleted meanwhile, or a claim that lapsed: its extents,
+        // still dirty, go back to the pool now rather than when the lease runs out.
+        let _ = database.abandon_claim(claim);
+    }
+    finished
 }
 
 /// Zero what a delete or shrink released under `claim`, if it released anything, and mark

@@ -21,6 +21,28 @@ const MAX_LOGICAL_PARTITIONS: u32 = 256;
 /// Anything past this bound is a corrupt header, not a disk we should trust.
 const MAX_GPT_ENTRY_BYTES: u64 = 4 << 20;
 
+/// What kind of partition table a whole disk carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableKind {
+    Mbr,
+    Gpt,
+    /// The kernel lists partitions of it (sysfs), whatever their table.
+    Some,
+    /// Sector 0 has an MBR signature, but the table does not make sense.
+    Damaged,
+}
+
+impl std::fmt::Display for TableKind {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(match self {
+            TableKind::Mbr => "an MBR",
+            TableKind::Gpt => "a GPT",
+            TableKind::Some => "a",
+            TableKind::Damaged => "a damaged",
+        })
+    }
+}
+
 /// One partition: its Linux number and where it lies, in sectors of the whole disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Partition {
@@ -32,7 +54,7 @@ pub struct Partition {
 /// A disk's partition table as read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartitionTable {
-    pub kind: crate::devices::TableKind,
+    pub kind: TableKind,
     pub partitions: Vec<Partition>,
     /// What was found damaged and worked around.
     pub warnings: Vec<String>,
@@ -168,11 +190,7 @@ pub fn read_partition_table(
         }
     }
     Ok(PartitionTable {
-        kind: if gpt {
-            crate::devices::TableKind::Gpt
-        } else {
-            crate::devices::TableKind::Mbr
-        },
+        kind: if gpt { TableKind::Gpt } else { TableKind::Mbr },
         partitions,
         warnings,
     })

@@ -51,6 +51,13 @@ pub struct Reconciliation {
     /// extents (restored, or made again by hand): matched, and to be stamped with the
     /// current start.
     pub found_again: Vec<Attachment>,
+    /// Records of other hosts of a shared pool: their VBDs are in other hypervisors, so
+    /// they are never matched, restored or found dead here, but they map their extents all
+    /// the same.
+    pub elsewhere: Vec<Attachment>,
+    /// Records of other hosts whose lease has expired: their backends serve no I/O, so they
+    /// map nothing any more; listed as `fenced`.
+    pub fenced: Vec<Attachment>,
 }
 
 /// Where a record stands against what the hypervisor reports.
@@ -92,6 +99,8 @@ impl Reconciliation {
             restorable: Vec::new(),
             dead: Vec::new(),
             found_again: Vec::new(),
+            elsewhere: Vec::new(),
+            fenced: Vec::new(),
         };
         let Some(view) = view else {
             reconciliation.unmatched = records;
@@ -122,6 +131,18 @@ impl Reconciliation {
             })
             .collect();
         reconciliation
+    }
+
+    /// The same, with the records of other hosts: those of `elsewhere` are users of their
+    /// extents whatever this host's hypervisor holds; those of `fenced` hosts are not.
+    pub fn with_other_hosts(
+        mut self,
+        elsewhere: Vec<Attachment>,
+        fenced: Vec<Attachment>,
+    ) -> Reconciliation {
+        self.elsewhere = elsewhere;
+        self.fenced = fenced;
+        self
     }
 
     /// Everything that maps extents, as validator users: every VBD the hypervisor reports
@@ -171,6 +192,7 @@ impl Reconciliation {
                 self.unmatched
                     .iter()
                     .chain(restorable)
+                    .chain(&self.elsewhere)
                     .filter(|record| keep(Some(record)))
                     .map(Attachment::user),
             )
@@ -215,6 +237,7 @@ mod tests {
     fn record(domain: u32, vdevice: &str, confirmed: bool, attached_at: i64) -> Attachment {
         Attachment {
             record: i64::from(domain) * 100 + i64::from(xvd(vdevice).minor()),
+            host: "here".into(),
             uname: "vd:1".into(),
             virtual_disk: Some(VdId::parse("1").unwrap()),
             domain,
@@ -394,5 +417,28 @@ mod tests {
         assert_eq!(scoped.dead, vec![records[0].clone()]);
         assert_eq!(scoped.unmatched, records[1..].to_vec());
         assert_eq!(scoped.restorable, vec![]);
+    }
+
+    #[test]
+    fn another_hosts_records_are_users_and_nothing_else() {
+        let there = Attachment {
+            host: "there".into(),
+            mode: AccessMode::ReadWrite,
+            ..record(1, "xvda", true, 0)
+        };
+        let reconciliation = Reconciliation::new(vec![], view(vec![], None), 1000)
+            .with_other_hosts(vec![there.clone()], vec![]);
+        assert_eq!(reconciliation.dead, vec![]);
+        assert_eq!(reconciliation.restorable, vec![]);
+        assert_eq!(reconciliation.users(), vec![there.user()]);
+        assert_eq!(reconciliation.current_users(), vec![there.user()]);
+        assert_eq!(
+            reconciliation.users_other_than(VdId::parse("1").unwrap()),
+            vec![]
+        );
+        let fenced = Reconciliation::new(vec![], view(vec![], None), 1000)
+            .with_other_hosts(vec![], vec![there.clone()]);
+        assert_eq!(fenced.users(), vec![], "a fenced host maps nothing");
+        assert_eq!(fenced.fenced, vec![there]);
     }
 }

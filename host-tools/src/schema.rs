@@ -157,6 +157,36 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE attachments ADD COLUMN start_id INTEGER;
     ALTER TABLE attachments ADD COLUMN sharing_level INTEGER NOT NULL DEFAULT 0 CHECK (sharing_level BETWEEN 0 AND 2);
     ",
+    // Version 4.
+    //
+    // A pool may be shared by many hosts (on etcd), so an attachment records the host whose
+    // hypervisor holds its VBD, and a slot (domain, device) is one host's: domain 1's xvda
+    // on two hosts are two VBDs. Records of older versions get the empty host, which every
+    // host takes for its own: only a pool of one host could have made them. SQLite cannot
+    // change a UNIQUE constraint in place, so the table is made anew and copied (foreign
+    // keys are off while migrating, so the drop cascades to nothing).
+    "
+    CREATE TABLE attachments_v4 (
+        id INTEGER PRIMARY KEY,
+        host TEXT NOT NULL DEFAULT '' CHECK (length(host) <= 64),
+        uname TEXT NOT NULL,
+        virtual_disk_id INTEGER REFERENCES virtual_disks (id),
+        domain INTEGER NOT NULL CHECK (domain BETWEEN 0 AND 4294967295),
+        vdevice INTEGER NOT NULL CHECK (vdevice BETWEEN 0 AND 4294967295),
+        mode TEXT NOT NULL CHECK (mode IN ('r', 'rw')),
+        attached_at INTEGER NOT NULL,
+        confirmed INTEGER NOT NULL DEFAULT 1 CHECK (confirmed IN (0, 1)),
+        start_id INTEGER,
+        sharing_level INTEGER NOT NULL DEFAULT 0 CHECK (sharing_level BETWEEN 0 AND 2),
+        UNIQUE (host, domain, vdevice)
+    ) STRICT;
+    INSERT INTO attachments_v4
+        (id, host, uname, virtual_disk_id, domain, vdevice, mode, attached_at, confirmed, start_id, sharing_level)
+        SELECT id, '', uname, virtual_disk_id, domain, vdevice, mode, attached_at, confirmed, start_id, sharing_level
+        FROM attachments;
+    DROP TABLE attachments;
+    ALTER TABLE attachments_v4 RENAME TO attachments;
+    ",
 ];
 
 /// The schema version this build writes.
@@ -166,6 +196,18 @@ pub const LATEST_VERSION: i64 = MIGRATIONS.len() as i64;
 /// read again inside the transaction, so two processes initialising one file at once apply
 /// each migration once.
 pub fn migrate(connection: &mut Connection) -> Result<()> {
+    // A migration that makes a table anew drops the old one, which with foreign keys on
+    // would cascade to the rows that refer to it. The pragma is a no-op in a transaction.
+    let enforced: bool = connection.query_row("PRAGMA foreign_keys", [], |row| row.get(0))?;
+    connection.execute_batch("PRAGMA foreign_keys = OFF;")?;
+    let result = migrate_without_foreign_keys(connection);
+    if enforced {
+        connection.execute_batch("PRAGMA foreign_keys = ON;")?;
+    }
+    result
+}
+
+fn migrate_without_foreign_keys(connection: &mut Connection) -> Result<()> {
     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let version: i64 = transaction.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     for (index, migration) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
@@ -175,6 +217,16 @@ pub fn migrate(connection: &mut Connection) -> Result<()> {
             "PRAGMA user_version = {}; PRAGMA application_id = {APPLICATION_ID};",
             index + 1
         ))?;
+    }
+    // The copies of tables made anew must leave every reference whole.
+    let violations: i64 =
+        transaction.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |row| {
+            row.get(0)
+        })?;
+    if violations > 0 {
+        return Err(crate::error::Error::Refused(format!(
+            "migrating the schema to version {LATEST_VERSION} would leave {violations} broken references"
+        )));
     }
     transaction.commit()?;
     Ok(())

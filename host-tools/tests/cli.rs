@@ -8,16 +8,15 @@ use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{extents, partition_starts, Machine};
+use common::{extents, partition_starts, Machine, PoolKind};
 use host_tools::database::{AccessMode, AttachmentTarget, Database, OpenMode, VdState};
 use host_tools::timestamp::now;
 use host_tools::uname::VdId;
 use serde_json::Value;
 use shared_abi::DeviceNumber;
 
-#[test]
-fn every_command_works_and_prints_the_agreed_shapes() {
-    let machine = Machine::new(64, &[16, 16, 16]);
+fn every_command_works_and_prints_the_agreed_shapes(pool: PoolKind) {
+    let machine = Machine::on(pool, 64, &[16, 16, 16]);
     let partition = machine.json(&["format", "phy:hda2", "--extent-size", "1M"]);
     let starts = partition_starts(&machine.image());
     assert_eq!(partition["name"], "hda2");
@@ -140,9 +139,8 @@ fn global_options_are_accepted_anywhere() {
     assert!(database.exists());
 }
 
-#[test]
-fn formatting_refuses_overlaps_and_unknown_devices() {
-    let machine = Machine::new(32, &[8, 8]);
+fn formatting_refuses_overlaps_and_unknown_devices(pool: PoolKind) {
+    let machine = Machine::on(pool, 32, &[8, 8]);
     machine.ok(&["format", "phy:hda1", "--extent-size", "1M"]);
     let starts = partition_starts(&machine.image());
     machine.fails(
@@ -179,9 +177,8 @@ fn formatting_refuses_overlaps_and_unknown_devices() {
     );
 }
 
-#[test]
-fn seed_defect_1_ids_are_bound_never_spliced_into_sql() {
-    let machine = Machine::new(16, &[8]);
+fn seed_defect_1_ids_are_bound_never_spliced_into_sql(pool: PoolKind) {
+    let machine = Machine::on(pool, 16, &[8]);
     machine.ok(&["format", "phy:hda1", "--extent-size", "1M"]);
     machine.ok(&["create", "2"]);
     let before = machine.snapshot();
@@ -204,9 +201,8 @@ fn seed_defect_1_ids_are_bound_never_spliced_into_sql() {
     assert_eq!(machine.json(&["lookup", "vd:1"])["size_sectors"], 4096);
 }
 
-#[test]
-fn seed_defect_2_partition_extents_count_from_the_start_of_the_disk() {
-    let machine = Machine::new(48, &[8, 8, 8]);
+fn seed_defect_2_partition_extents_count_from_the_start_of_the_disk(pool: PoolKind) {
+    let machine = Machine::on(pool, 48, &[8, 8, 8]);
     let starts = partition_starts(&machine.image());
     // hda1 and hda2 hold data and stay out of the pool; a disk made from hda3 and zeroed
     // must not touch them (the seed numbered hda3's extents from sector 0 of the disk).
@@ -237,9 +233,8 @@ fn seed_defect_2_partition_extents_count_from_the_start_of_the_disk() {
     );
 }
 
-#[test]
-fn seed_defect_3_refresh_does_not_revive_a_reissued_disk() {
-    let machine = Machine::new(16, &[4]);
+fn seed_defect_3_refresh_does_not_revive_a_reissued_disk(pool: PoolKind) {
+    let machine = Machine::on(pool, 16, &[4]);
     machine.ok(&["format", "phy:hda1", "--extent-size", "1M"]);
     machine.ok(&["create", "4", "--expiry", "1s"]);
     std::thread::sleep(Duration::from_millis(2100));
@@ -264,9 +259,8 @@ fn seed_defect_3_refresh_does_not_revive_a_reissued_disk() {
     assert_eq!(second["state"], "live");
 }
 
-#[test]
-fn seed_defect_5_layout_follows_recorded_positions_in_disk_order() {
-    let machine = Machine::new(16, &[8]);
+fn seed_defect_5_layout_follows_recorded_positions_in_disk_order(pool: PoolKind) {
+    let machine = Machine::on(pool, 16, &[8]);
     machine.ok(&["format", "phy:hda1", "--extent-size", "1M"]);
     for _ in 0..8 {
         machine.ok(&["create", "1"]);
@@ -295,9 +289,8 @@ fn seed_defect_5_layout_follows_recorded_positions_in_disk_order() {
     );
 }
 
-#[test]
-fn seed_defect_6_eight_racing_creates_on_room_for_four_succeed_four_times() {
-    let machine = Machine::new(16, &[8]);
+fn seed_defect_6_eight_racing_creates_on_room_for_four_succeed_four_times(pool: PoolKind) {
+    let machine = Machine::on(pool, 16, &[8]);
     machine.ok(&["format", "phy:hda1", "--extent-size", "2M"]);
     let children: Vec<_> = (0..8)
         .map(|_| {
@@ -345,9 +338,8 @@ fn seed_defect_6_eight_racing_creates_on_room_for_four_succeed_four_times() {
     );
 }
 
-#[test]
-fn seed_defect_7_a_new_disk_never_reads_the_previous_owners_data() {
-    let machine = Machine::new(16, &[8]);
+fn seed_defect_7_a_new_disk_never_reads_the_previous_owners_data(pool: PoolKind) {
+    let machine = Machine::on(pool, 16, &[8]);
     machine.ok(&["format", "phy:hda1", "--extent-size", "1M"]);
     let first = machine.json(&["create", "8"]);
     let (_, start, count) = extents(&first)[0].clone();
@@ -373,9 +365,8 @@ fn seed_defect_7_a_new_disk_never_reads_the_previous_owners_data() {
         .all(|&byte| byte == 0));
 }
 
-#[test]
-fn seed_defect_8_extents_still_mapped_are_not_reissued() {
-    let machine = Machine::new(16, &[4]);
+fn seed_defect_8_extents_still_mapped_are_not_reissued(pool: PoolKind) {
+    let machine = Machine::on(pool, 16, &[4]);
     machine.ok(&["format", "phy:hda1", "--extent-size", "1M"]);
     machine.ok(&["create", "4"]);
     machine.record_vd_attachment("1");
@@ -407,9 +398,8 @@ fn seed_defect_8_extents_still_mapped_are_not_reissued() {
     machine.ok(&["create", "1"]);
 }
 
-#[test]
-fn seed_defect_9_long_extent_lists_are_kept_whole() {
-    let machine = Machine::new(1200, &[1100]);
+fn seed_defect_9_long_extent_lists_are_kept_whole(pool: PoolKind) {
+    let machine = Machine::on(pool, 1200, &[1100]);
     machine.ok(&["format", "phy:hda1", "--extent-size", "1M"]);
     let mut database = machine.database();
     // Claim every extent, then free every other one: 550 free extents, none adjacent.
@@ -815,4 +805,54 @@ fn completions_and_the_manual_come_from_the_command_definitions() {
         2,
         "invalid value 'tcsh' for '<SHELL>' [possible values: bash, elvish, fish, powershell, zsh]",
     );
+}
+
+on_both_pools!(
+    every_command_works_and_prints_the_agreed_shapes,
+    formatting_refuses_overlaps_and_unknown_devices,
+    seed_defect_1_ids_are_bound_never_spliced_into_sql,
+    seed_defect_2_partition_extents_count_from_the_start_of_the_disk,
+    seed_defect_3_refresh_does_not_revive_a_reissued_disk,
+    seed_defect_5_layout_follows_recorded_positions_in_disk_order,
+    seed_defect_6_eight_racing_creates_on_room_for_four_succeed_four_times,
+    seed_defect_7_a_new_disk_never_reads_the_previous_owners_data,
+    seed_defect_8_extents_still_mapped_are_not_reissued,
+    seed_defect_9_long_extent_lists_are_kept_whole,
+);
+
+#[test]
+fn a_pool_url_names_the_store_and_sqlite_is_what_db_was() {
+    let machine = Machine::new(16, &[8]);
+    let database = machine.database_path();
+    let url = format!("sqlite:{}", database.display());
+    machine.ok(&["--pool", &url, "format", "phy:hda1", "--extent-size", "1M"]);
+    // --db names the same file; --pool wins over it.
+    assert!(machine
+        .ok(&["--db", database.to_str().unwrap(), "pool"])
+        .contains("hda1"));
+    let elsewhere = machine.directory.path().join("elsewhere.sqlite");
+    assert!(machine
+        .ok(&["--db", elsewhere.to_str().unwrap(), "--pool", &url, "pool"])
+        .contains("hda1"));
+    for (pool, why) in [
+        (
+            "mysql://x",
+            "expected sqlite:PATH or etcd://HOST:PORT[,HOST:PORT...]",
+        ),
+        ("etcd://a", "member \"a\": expected HOST:PORT"),
+        ("sqlite:", "sqlite: needs a path"),
+    ] {
+        machine.fails(
+            &["--pool", pool, "pool"],
+            2,
+            &format!("invalid value '{pool}' for '--pool <POOL>': pool \"{pool}\": {why}"),
+        );
+    }
+    // A pool of one host lists no hosts, and says so.
+    machine.fails(
+        &["hosts"],
+        1,
+        &format!("pool {url}: a pool of one host has no hosts to list (vdisk hosts is for a pool on etcd)"),
+    );
+    assert!(!elsewhere.exists());
 }

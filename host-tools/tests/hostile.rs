@@ -182,6 +182,7 @@ fn seed_defect_1_hostile_text_that_reaches_sql_is_bound() {
         },
         partition_table: None,
         warnings: Vec::new(),
+        shared: false,
     };
     database.format(&region, 2048).unwrap();
     database

@@ -4,12 +4,11 @@
 
 mod common;
 
-use common::{extents, partition_starts, Machine};
+use common::{extents, partition_starts, Machine, PoolKind};
 use shared_abi::DeviceNumber;
 
-#[test]
-fn growing_appends_after_the_last_extent_and_keeps_the_data_in_place() {
-    let machine = Machine::new(64, &[16, 16]);
+fn growing_appends_after_the_last_extent_and_keeps_the_data_in_place(pool: PoolKind) {
+    let machine = Machine::on(pool, 64, &[16, 16]);
     let starts = partition_starts(&machine.image());
     machine.ok(&["format", "phy:hda1", "--extent-size", "1M"]);
     machine.ok(&["format", "phy:hda2", "--extent-size", "1M"]);
@@ -64,9 +63,8 @@ fn growing_appends_after_the_last_extent_and_keeps_the_data_in_place() {
     assert_eq!(machine.count("SELECT count(*) FROM claims"), 0);
 }
 
-#[test]
-fn shrinking_needs_shrink_is_refused_while_mapped_and_zeroes_what_it_releases() {
-    let machine = Machine::new(32, &[16]);
+fn shrinking_needs_shrink_is_refused_while_mapped_and_zeroes_what_it_releases(pool: PoolKind) {
+    let machine = Machine::on(pool, 32, &[16]);
     let starts = partition_starts(&machine.image());
     machine.ok(&["format", "phy:hda1", "--extent-size", "1M"]);
     machine.ok(&["create", "4"]);
@@ -118,3 +116,8 @@ fn shrinking_needs_shrink_is_refused_while_mapped_and_zeroes_what_it_releases() 
     assert_eq!(machine.json(&["resize", "1", "2"]), shrunk);
     machine.fails(&["resize", "9", "2"], 1, "vd:9: no such virtual disk");
 }
+
+on_both_pools!(
+    growing_appends_after_the_last_extent_and_keeps_the_data_in_place,
+    shrinking_needs_shrink_is_refused_while_mapped_and_zeroes_what_it_releases,
+);

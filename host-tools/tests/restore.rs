@@ -366,20 +366,42 @@ fn a_vbd_made_again_under_the_new_start_is_found_again_and_then_dies_like_any_ot
 #[test]
 fn a_database_of_schema_version_2_is_migrated_and_its_records_are_restorable() {
     let (machine, second) = attached_then_restarted();
-    // What issue 9's vdisk left: the same tables without a start id or a level.
+    // What issue 9's vdisk left: the same tables without a start id, a level or a host,
+    // and one VBD per (domain, device).
     machine.tamper(
-        "ALTER TABLE attachments DROP COLUMN start_id;
-         ALTER TABLE attachments DROP COLUMN sharing_level;
+        "CREATE TABLE attachments_v2 (
+             id INTEGER PRIMARY KEY,
+             uname TEXT NOT NULL,
+             virtual_disk_id INTEGER REFERENCES virtual_disks (id),
+             domain INTEGER NOT NULL CHECK (domain BETWEEN 0 AND 4294967295),
+             vdevice INTEGER NOT NULL CHECK (vdevice BETWEEN 0 AND 4294967295),
+             mode TEXT NOT NULL CHECK (mode IN ('r', 'rw')),
+             attached_at INTEGER NOT NULL,
+             confirmed INTEGER NOT NULL DEFAULT 1 CHECK (confirmed IN (0, 1)),
+             UNIQUE (domain, vdevice)
+         ) STRICT;
+         INSERT INTO attachments_v2 SELECT id, uname, virtual_disk_id, domain, vdevice, mode,
+             attached_at, confirmed FROM attachments;
+         DROP TABLE attachments;
+         ALTER TABLE attachments_v2 RENAME TO attachments;
          PRAGMA user_version = 2;",
     );
     assert_eq!(
         listed(&machine, &second),
         vec![entry(1, "xvda", "vd:1", "restorable")]
     );
-    assert_eq!(machine.count("PRAGMA user_version"), 3);
+    assert_eq!(machine.count("PRAGMA user_version"), 4);
     assert_eq!(
-        machine
-            .count("SELECT count(*) FROM attachments WHERE start_id IS NULL AND sharing_level = 0"),
+        machine.count(
+            "SELECT count(*) FROM attachments WHERE start_id IS NULL AND sharing_level = 0 AND host = ''"
+        ),
+        1
+    );
+    // The migration copied the attachments table: its extents still refer to the record.
+    assert_eq!(
+        machine.count(
+            "SELECT count(*) FROM attachment_extents e JOIN attachments a ON a.id = e.attachment_id"
+        ),
         1
     );
     assert_eq!(

@@ -316,6 +316,7 @@ impl DiskIo<'_> {
 
 impl BlockDevices for DiskIo<'_> {
     fn read(&mut self, device: DeviceNumber, offset: u64, buffer: &mut [u8]) -> Result<(), Error> {
+        crate::fence::check()?;
         self.disks
             .find(device)
             .and_then(|disk| disk.read_exact_at(buffer, offset))
@@ -323,6 +324,7 @@ impl BlockDevices for DiskIo<'_> {
     }
 
     fn write(&mut self, device: DeviceNumber, offset: u64, data: &[u8]) -> Result<(), Error> {
+        crate::fence::check()?;
         self.disks
             .find(device)
             .and_then(|disk| disk.write_all_at(data, offset))

@@ -14,8 +14,10 @@ mod block;
 mod control;
 mod disks;
 mod exports;
+mod fence;
 #[allow(unsafe_code)]
 mod guest_memory;
+mod lease;
 mod nbd;
 mod service;
 mod shared;
@@ -38,6 +40,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use host_tools::database::PoolUrl;
 use hv_vbd::SharingLevel;
 
 /// Serve VBDs to virtual machines: vhost-user-blk for guests, NBD for dom0, and dom0's
@@ -110,6 +113,33 @@ struct Options {
     /// requests in flight and exits 0.
     #[arg(long)]
     takeover: bool,
+    /// A pool on etcd, `etcd://HOST:PORT[,HOST:PORT...]`, to register this host with: the
+    /// backend holds a lease there and fences itself (every I/O fails, nothing reaches the
+    /// disks) from the moment the lease may have expired, so other hosts may then take
+    /// over what it mapped.
+    #[arg(long, value_parser = pool_argument)]
+    pool: Option<Endpoints>,
+    /// The host this backend serves, as `vdisk --host` names it (default: the machine's
+    /// host name).
+    #[arg(long)]
+    host: Option<String>,
+    /// The lease's time to live: I/O stops a second before it may run out without a
+    /// renewal, which is tried every third of it.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    lease_ttl: u64,
+}
+
+/// The client endpoints of a pool's etcd members.
+#[derive(Clone)]
+struct Endpoints(Vec<String>);
+
+fn pool_argument(text: &str) -> Result<Endpoints, String> {
+    match PoolUrl::parse(text).map_err(|error| error.to_string())? {
+        PoolUrl::Etcd(endpoints) => Ok(Endpoints(endpoints)),
+        PoolUrl::Sqlite(_) => Err(format!(
+            "{text:?}: a backend registers its host only with a pool on etcd (etcd://HOST:PORT)"
+        )),
+    }
 }
 
 fn sharing_level(text: &str) -> Result<SharingLevel, String> {
@@ -130,6 +160,19 @@ fn main() -> ExitCode {
         control_idle_timeout: Duration::from_secs(options.control_idle_timeout),
         nbd_idle_timeout: Duration::from_secs(options.nbd_idle_timeout),
         takeover: options.takeover,
+        lease: options
+            .pool
+            .map(|Endpoints(endpoints)| lease::LeaseSettings {
+                url: format!("etcd://{}", endpoints.join(",")),
+                endpoints,
+                host: options.host.unwrap_or_else(|| {
+                    rustix::system::uname()
+                        .nodename()
+                        .to_string_lossy()
+                        .into_owned()
+                }),
+                ttl: Duration::from_secs(options.lease_ttl),
+            }),
     };
     match service::run(settings) {
         Ok(()) => ExitCode::SUCCESS,

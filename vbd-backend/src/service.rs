@@ -37,6 +37,8 @@ pub struct Settings {
     pub nbd_idle_timeout: Duration,
     /// Take the VBDs and sockets over from the backend serving `dir`.
     pub takeover: bool,
+    /// The host's lease in a shared pool, when there is one.
+    pub lease: Option<crate::lease::LeaseSettings>,
 }
 
 /// Run the backend until it is told to stop. An error is one line for standard error.
@@ -61,6 +63,9 @@ pub fn run(settings: Settings) -> Result<(), String> {
     } else {
         (fresh_start_id()?, None)
     };
+    if let Some(lease) = &settings.lease {
+        crate::lease::start(lease, start_id)?;
+    }
     let control_path = settings.dir.join("control.sock");
 
     let (stop_sender, stop_receiver) = mpsc::channel();

@@ -124,6 +124,7 @@ impl Translator {
         request: &Request,
         out: &'s mut [Segment],
     ) -> Result<Translation<'s, 'static>, Error> {
+        crate::fence::check()?;
         self.table
             .translate_pinned(&self.context, vbd, request, out)
     }
@@ -139,6 +140,7 @@ impl Translator {
         buffers: impl IntoIterator<Item = usize>,
         each: impl FnMut(Transfer) -> Result<(), E>,
     ) -> Result<(), E> {
+        crate::fence::check()?;
         self.table.transfer(
             &self.context,
             vbd.into(),

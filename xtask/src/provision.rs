@@ -13,7 +13,7 @@ struct Tool {
     package: &'static str,
 }
 
-const TOOLS: [Tool; 11] = [
+const TOOLS: [Tool; 14] = [
     Tool {
         program: "qemu-system-x86_64",
         package: "qemu-system-x86",
@@ -61,6 +61,20 @@ const TOOLS: [Tool; 11] = [
     Tool {
         program: "fio",
         package: "fio",
+    },
+    // Pools on etcd: the host tools' etcd client is built with protoc, and the tests start
+    // etcd clusters of their own (etcdctl is the operator's look into them).
+    Tool {
+        program: "protoc",
+        package: "protobuf-compiler",
+    },
+    Tool {
+        program: "etcd",
+        package: "etcd-server",
+    },
+    Tool {
+        program: "etcdctl",
+        package: "etcd-client",
     },
 ];
 

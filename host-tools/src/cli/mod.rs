@@ -2,6 +2,7 @@
 //! `run`, and the mapping of errors to one line and an exit status.
 
 mod disks;
+mod hosts;
 mod io;
 mod output;
 mod pool;
@@ -13,7 +14,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use host_tools::database::{Database, OpenMode};
+use host_tools::database::{Database, OpenMode, PoolUrl};
 use host_tools::devices::{DeviceSource, DevicesFile, Region, Sysfs};
 use host_tools::error::Error;
 use host_tools::hypervisor::Hypervisor;
@@ -27,7 +28,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// Exit status: 0 done (also when whoever reads the output stops reading it, as `vdisk
 /// list | head -1` does); 1 refused or failed (no space, not found, unsafe, corrupt or
 /// locked database), with one line on standard error naming the input and the reason; 2
-/// usage.
+/// usage; 3 the pool cannot be reached (an etcd cluster without quorum), nothing changed.
 #[derive(Parser)]
 #[command(name = "vdisk", version, propagate_version = true)]
 pub struct Cli {
@@ -39,14 +40,17 @@ pub struct Cli {
 
 #[derive(clap::Args)]
 struct GlobalOptions {
-    /// The VD database; its directory is created by the first `format`.
-    #[arg(
-        long,
-        global = true,
-        env = "VDISK_DB",
-        default_value = "/var/lib/vdisk/vdisk.sqlite"
-    )]
-    db: PathBuf,
+    /// The pool: `sqlite:PATH` (a file on this host, the default) or
+    /// `etcd://HOST:PORT[,HOST:PORT...]` (one pool for many hosts). Wins over --db.
+    #[arg(long, global = true, env = "VDISK_POOL", value_parser = pool_argument)]
+    pool: Option<PoolUrl>,
+    /// The same as `--pool sqlite:PATH`; its directory is created by the first `format`.
+    #[arg(long, global = true, env = "VDISK_DB")]
+    db: Option<PathBuf>,
+    /// The host this vdisk and its hypervisor run on, which attachments record (default:
+    /// the machine's host name).
+    #[arg(long, global = true, env = "VDISK_HOST")]
+    host: Option<String>,
     /// A TOML file of `[[disk]] name, device, path` naming the physical disks (images can
     /// stand in for disks). Without it, names resolve through /sys/class/block.
     #[arg(long, global = true, env = "VDISK_DEVICES")]
@@ -86,6 +90,7 @@ enum Command {
     Detach(vbd::Detach),
     Vbds(vbd::Vbds),
     Restore(restore::Restore),
+    Hosts(hosts::Hosts),
     Write(io::Write),
     Read(io::Read),
     Completions(shell::Completions),
@@ -110,6 +115,7 @@ impl Command {
             Command::Detach(command) => command.run(context),
             Command::Vbds(command) => command.run(context),
             Command::Restore(command) => command.run(context),
+            Command::Hosts(command) => command.run(context),
             Command::Write(command) => command.run(context),
             Command::Read(command) => command.run(context),
             Command::Completions(command) => command.run(context),
@@ -118,9 +124,17 @@ impl Command {
     }
 }
 
+fn pool_argument(text: &str) -> std::result::Result<PoolUrl, String> {
+    PoolUrl::parse(text).map_err(|error| error.to_string())
+}
+
+/// The pool when neither --pool nor --db names one.
+const DEFAULT_POOL: &str = "/var/lib/vdisk/vdisk.sqlite";
+
 /// What every subcommand may need, opened only when it asks.
 pub struct Context {
-    db: PathBuf,
+    pool: PoolUrl,
+    host: String,
     devices: Option<PathBuf>,
     hv: Option<String>,
     json: bool,
@@ -129,16 +143,17 @@ pub struct Context {
 
 impl Context {
     fn database(&self, mode: OpenMode) -> Result<Database> {
-        Database::open(&self.db, mode)
+        let mut database = Database::open_pool(&self.pool, mode)?;
+        database.set_host(&self.host);
+        Ok(database)
     }
 
-    /// The database when its file exists: commands that work on the hypervisor alone use
+    /// The database when the pool exists: commands that work on the hypervisor alone use
     /// what it records when there is one, and still refuse a damaged one.
     fn existing_database(&self, mode: OpenMode) -> Result<Option<Database>> {
-        if self.db.exists() {
-            self.database(mode).map(Some)
-        } else {
-            Ok(None)
+        match self.database(mode) {
+            Err(Error::NotFound(_)) => Ok(None),
+            other => other.map(Some),
         }
     }
 
@@ -166,10 +181,21 @@ impl Context {
         hypervisor: Option<&mut Hypervisor>,
         scope: Option<u32>,
     ) -> Result<Reconciliation> {
-        let records = match database {
-            Some(database) => database.attachments()?,
+        let (records, elsewhere): (Vec<_>, Vec<_>) = match database {
+            Some(database) => database
+                .attachments()?
+                .into_iter()
+                .partition(|record| record.is_on(&self.host)),
+            None => Default::default(),
+        };
+        // A fenced host's backend serves no I/O: what its records map is in no one's use.
+        let fenced_hosts = match database {
+            Some(database) => database.fenced_hosts()?,
             None => Vec::new(),
         };
+        let (fenced, elsewhere): (Vec<_>, Vec<_>) = elsewhere
+            .into_iter()
+            .partition(|record| fenced_hosts.contains(&record.host));
         let view = match hypervisor {
             Some(hypervisor) => Some(HypervisorView {
                 vbds: hypervisor.all_vbds(scope)?,
@@ -179,7 +205,7 @@ impl Context {
             None => None,
         };
         let now = database.map_or_else(host_tools::timestamp::now, Database::now);
-        Ok(Reconciliation::new(records, view, now))
+        Ok(Reconciliation::new(records, view, now).with_other_hosts(elsewhere, fenced))
     }
 
     /// [`Context::observe`], then the records brought in line with what it saw: records
@@ -259,8 +285,20 @@ pub fn main() -> i32 {
             return 2;
         }
     };
+    let host = match cli.global.host {
+        Some(host) => host,
+        None => rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned(),
+    };
+    let pool = cli
+        .global
+        .pool
+        .unwrap_or_else(|| PoolUrl::Sqlite(cli.global.db.unwrap_or_else(|| DEFAULT_POOL.into())));
     let context = Context {
-        db: cli.global.db,
+        pool,
+        host,
         devices: cli.global.devices,
         hv: cli.global.hv,
         json: cli.global.json,

@@ -262,9 +262,11 @@ impl Detach {
 ///
 /// dom0's port may list any domain or all; a guest's port only its own (the default there).
 /// SOURCE is what the database recorded the VBD was made from, or (unrecorded) for a VBD
-/// made behind vdisk's back. STATE is `attached` for a VBD the hypervisor has, and
+/// made behind vdisk's back. STATE is `attached` for a VBD the hypervisor has,
 /// `restorable` for an attachment recorded under an earlier start of the hypervisor whose
-/// VBD the restart took away: `vdisk restore` makes it again (`vdisk detach` forgets it).
+/// VBD the restart took away: `vdisk restore` makes it again (`vdisk detach` forgets it),
+/// and, in a pool on etcd, `fenced` for another host's attachment whose lease has expired
+/// (`vdisk hosts` names the host).
 /// A record whose VBD is gone under the current start (its domain died) is removed.
 #[derive(Args)]
 #[command(
@@ -283,6 +285,8 @@ enum VbdState {
     Attached,
     /// Recorded under an earlier start; `vdisk restore` makes it again.
     Restorable,
+    /// Recorded by another host whose lease has expired: its backend serves no I/O.
+    Fenced,
 }
 
 impl VbdState {
@@ -290,6 +294,7 @@ impl VbdState {
         match self {
             VbdState::Attached => "attached",
             VbdState::Restorable => "restorable",
+            VbdState::Fenced => "fenced",
         }
     }
 }
@@ -332,6 +337,15 @@ impl Listed {
     }
 
     fn restorable(record: &Attachment) -> Listed {
+        Listed::recorded(record, VbdState::Restorable)
+    }
+
+    fn fenced(record: &Attachment) -> Listed {
+        Listed::recorded(record, VbdState::Fenced)
+    }
+
+    /// A record with no VBD here to show for it.
+    fn recorded(record: &Attachment, state: VbdState) -> Listed {
         Listed {
             domain: record.domain,
             vdevice: record.vdevice,
@@ -339,7 +353,7 @@ impl Listed {
             size_sectors: record.extents.iter().map(Extent::nr_sectors).sum(),
             source: Some(record.uname.clone()),
             label: None,
-            state: VbdState::Restorable,
+            state,
             extents: record.extents.clone(),
         }
     }
@@ -409,6 +423,13 @@ impl Vbds {
             .iter()
             .map(Listed::attached)
             .chain(reconciliation.restorable.iter().map(Listed::restorable))
+            .chain(
+                reconciliation
+                    .fenced
+                    .iter()
+                    .filter(|record| domain.is_none_or(|domain| domain == record.domain))
+                    .map(Listed::fenced),
+            )
             .collect();
         if context.json {
             let array: Vec<VbdJson> = listed

@@ -5,8 +5,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use shared_abi::wire::Extent;
 use shared_abi::{DeviceNumber, SharingLevel};
 
-use super::disks::read_live;
-use super::{extent_from_row, vdevice_name, Database};
+use super::virtual_disk::read_live;
+use super::{extent_from_row, vdevice_name, Database, UNNAMED_HOST};
 use crate::allocate::merge_adjacent;
 use crate::error::{Error, Result};
 use crate::uname::VdId;
@@ -58,6 +58,9 @@ pub enum AttachmentTarget {
 pub struct Attachment {
     /// The record's row, which names it when it is removed.
     pub record: i64,
+    /// The host whose hypervisor holds the VBD; empty for a record made before hosts were
+    /// recorded, which is the one host's of its pool.
+    pub host: String,
     /// `vd:ID` or `phy:NAME`.
     pub uname: String,
     pub virtual_disk: Option<VdId>,
@@ -77,6 +80,11 @@ pub struct Attachment {
 }
 
 impl Attachment {
+    /// Whether the VBD is `host`'s: made there, or made before hosts were recorded.
+    pub fn is_on(&self, host: &str) -> bool {
+        self.host == host || self.host == UNNAMED_HOST
+    }
+
     /// The VBD this records, as a user of its extents.
     pub fn user(&self) -> User {
         User::vbd(
@@ -115,8 +123,8 @@ pub(super) fn attachments_where(
 ) -> Result<Vec<Attachment>> {
     let mut statement = connection.prepare_cached(
         "SELECT id, uname, virtual_disk_id, domain, vdevice, mode, attached_at, confirmed,
-                sharing_level, start_id FROM attachments
-         WHERE ?1 IS NULL OR virtual_disk_id = ?1 ORDER BY domain, vdevice",
+                sharing_level, start_id, host FROM attachments
+         WHERE ?1 IS NULL OR virtual_disk_id = ?1 ORDER BY domain, vdevice, host",
     )?;
     let mut attachments = statement
         .query_map(params![id.map(VdId::get)], |row| {
@@ -137,6 +145,7 @@ pub(super) fn attachments_where(
                 confirmed: row.get(7)?,
                 level: level_from_row(row.get(8)?)?,
                 start_id: start_id_from_row(row.get(9)?),
+                host: row.get(10)?,
                 extents: Vec::new(),
             })
         })?
@@ -185,6 +194,7 @@ impl Database {
         level: SharingLevel,
         start_id: u64,
     ) -> Result<Attachment> {
+        let host = self.host().to_string();
         self.immediate(|transaction, now| {
             let (uname, virtual_disk, extents) = match target {
                 AttachmentTarget::VirtualDisk(id) => {
@@ -195,8 +205,8 @@ impl Database {
             };
             let existing: Option<String> = transaction
                 .query_row(
-                    "SELECT uname FROM attachments WHERE domain = ?1 AND vdevice = ?2",
-                    params![domain, vdevice.raw()],
+                    "SELECT uname FROM attachments WHERE domain = ?1 AND vdevice = ?2 AND host IN (?3, ?4)",
+                    params![domain, vdevice.raw(), host, UNNAMED_HOST],
                     |row| row.get(0),
                 )
                 .optional()?;
@@ -208,8 +218,8 @@ impl Database {
             }
             transaction.execute(
                 "INSERT INTO attachments
-                   (uname, virtual_disk_id, domain, vdevice, mode, attached_at, confirmed, sharing_level, start_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8)",
+                   (uname, virtual_disk_id, domain, vdevice, mode, attached_at, confirmed, sharing_level, start_id, host)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9)",
                 params![
                     uname,
                     virtual_disk.map(VdId::get),
@@ -218,13 +228,15 @@ impl Database {
                     mode.as_str(),
                     now,
                     level.number(),
-                    stored_start_id(start_id)
+                    stored_start_id(start_id),
+                    host
                 ],
             )?;
             let record = transaction.last_insert_rowid();
             insert_extents(transaction, record, &extents)?;
             Ok(Attachment {
                 record,
+                host: host.clone(),
                 uname,
                 virtual_disk,
                 domain,
@@ -267,10 +279,15 @@ impl Database {
 
     /// Forget the VBD `vdevice` of `domain` (after `detach`); returns what was recorded.
     pub fn remove_attachment(&mut self, domain: u32, vdevice: DeviceNumber) -> Result<Attachment> {
+        let host = self.host().to_string();
         self.immediate(|transaction, _| {
             let attachment = attachments_where(transaction, None)?
                 .into_iter()
-                .find(|attachment| attachment.domain == domain && attachment.vdevice == vdevice)
+                .find(|attachment| {
+                    attachment.is_on(&host)
+                        && attachment.domain == domain
+                        && attachment.vdevice == vdevice
+                })
                 .ok_or_else(|| {
                     Error::NotFound(format!(
                         "domain {domain} {}: no recorded attachment",

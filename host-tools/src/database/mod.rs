@@ -1,19 +1,23 @@
-//! The VD database: the free pool, virtual disks, claims and recorded attachments in
-//! SQLite. Every public operation that writes is one `BEGIN IMMEDIATE` transaction with
-//! bound parameters, so it is all-or-nothing and serialised against every other process;
-//! its time is read once the lock is held, so a wait for the lock never ages a lease.
+//! The VD database: the free pool, virtual disks, claims and recorded attachments, as
+//! SQLite tables kept by a [`Store`]: a file on this host, or etcd for a pool many hosts
+//! share. Every operation is written once, against those tables; every one that writes is
+//! one transaction of its store with bound parameters, so it is all-or-nothing and
+//! serialised against every other writer, and its time is read once it holds the pool, so
+//! a wait never ages a lease.
 
 mod attachments;
 mod audit;
 mod disks;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 mod pool;
+mod sqlite;
+mod store;
+mod virtual_disk;
 
-use std::fs;
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
-use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
+use rusqlite::{Connection, Transaction};
 use shared_abi::wire::Extent;
 use shared_abi::DeviceNumber;
 
@@ -23,10 +27,8 @@ use crate::schema::{self, APPLICATION_ID, LATEST_VERSION};
 pub use attachments::{AccessMode, Attachment, AttachmentTarget};
 pub use disks::{Claim, Owner, PendingCreate, VdState, VirtualDisk};
 pub use pool::{moved as pool_moved, PoolPartition};
-
-/// How long a process waits for another's lock before it gives up: long enough for eight
-/// processes to queue behind one another, short enough that a wedged one is noticed.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+pub use sqlite::SqliteFile;
+pub use store::{HostState, PoolUrl, Store};
 
 /// A disk being created, and a claim (a wipe or a grow), holds its extents for this long;
 /// the process renews the lease while it zeros. When the process dies, the lease runs out
@@ -49,14 +51,16 @@ pub enum OpenMode {
 /// Where a database takes the time from: Unix seconds.
 pub type Clock = Box<dyn Fn() -> i64 + Send>;
 
-/// An open vdisk database.
+/// An open vdisk database: the pool's operations over whichever store holds it.
 pub struct Database {
-    connection: Connection,
-    path: PathBuf,
+    store: Box<dyn Store>,
     clock: Clock,
+    host: String,
 }
 
-const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+/// The host an attachment made before hosts were recorded belongs to: whichever host reads
+/// it, since only a pool of one host (an SQLite file) can hold such records.
+pub const UNNAMED_HOST: &str = "";
 
 fn device_number(raw: i64) -> rusqlite::Result<DeviceNumber> {
     u32::try_from(raw)
@@ -82,52 +86,6 @@ fn extent_from_row(row: &rusqlite::Row<'_>, first_column: usize) -> rusqlite::Re
     })
 }
 
-/// One line saying what SQLite found wrong with the file at `path`. SQLite's messages for
-/// bad statements carry the whole statement; only the message itself is kept.
-fn describe(path: &Path, error: rusqlite::Error) -> Error {
-    let bad = |reason: String| Error::BadDatabase {
-        path: path.to_path_buf(),
-        reason: reason.replace('\n', " "),
-    };
-    match error.sqlite_error_code() {
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Error::Locked {
-            path: path.to_path_buf(),
-            seconds: BUSY_TIMEOUT.as_secs(),
-        },
-        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
-            bad("corrupt (not a healthy SQLite file)".into())
-        }
-        _ => match error {
-            rusqlite::Error::SqlInputError { msg, .. } => bad(msg),
-            rusqlite::Error::SqliteFailure(_, Some(message)) => bad(message),
-            other => bad(other.to_string()),
-        },
-    }
-}
-
-/// Refuse a file that is there but is not an SQLite database, reading only its header.
-/// `Ok(false)` when the file does not exist.
-fn check_header(path: &Path) -> Result<bool> {
-    match fs::File::open(path) {
-        Ok(mut file) => {
-            let mut header = [0u8; 16];
-            let length = file
-                .read(&mut header)
-                .map_err(|error| Error::io(path, error))?;
-            // An empty file is what SQLite itself leaves before its first write.
-            if length > 0 && (length < 16 || &header != SQLITE_MAGIC) {
-                return Err(Error::BadDatabase {
-                    path: path.to_path_buf(),
-                    reason: "not an SQLite database".into(),
-                });
-            }
-            Ok(true)
-        }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(error) => Err(Error::io(path, error)),
-    }
-}
-
 /// Why the tables of a database do not match what its version says, if they do not.
 fn schema_mismatch(connection: &Connection, version: i64) -> rusqlite::Result<Option<String>> {
     let found = schema::objects(connection)?;
@@ -145,107 +103,117 @@ fn schema_mismatch(connection: &Connection, version: i64) -> rusqlite::Result<Op
     })
 }
 
+/// What a pool's tables say of themselves, once checked to be a vdisk pool's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SchemaState {
+    /// Nothing at all: a pool never formatted.
+    Fresh,
+    /// A vdisk pool at this schema version, at most [`LATEST_VERSION`].
+    Version(i64),
+}
+
+/// Refuse tables that are not a vdisk pool's, were written by a newer vdisk, or do not
+/// match their schema version; `bad` words the refusal for the store. Changes nothing.
+pub(crate) fn check_schema(
+    connection: &Connection,
+    bad: &dyn Fn(String) -> Error,
+) -> Result<SchemaState> {
+    let application_id: i32 =
+        connection.query_row("PRAGMA application_id", [], |row| row.get(0))?;
+    let version: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    let objects: i64 =
+        connection.query_row("SELECT count(*) FROM sqlite_schema", [], |row| row.get(0))?;
+    if application_id == 0 && version == 0 && objects == 0 {
+        return Ok(SchemaState::Fresh);
+    }
+    if application_id != APPLICATION_ID {
+        return Err(bad(
+            "not a vdisk database (another program's SQLite file)".into()
+        ));
+    }
+    if version > LATEST_VERSION {
+        return Err(bad(format!(
+            "schema version {version} is newer than this vdisk understands ({LATEST_VERSION})"
+        )));
+    }
+    if let Some(reason) = schema_mismatch(connection, version)? {
+        return Err(bad(reason));
+    }
+    Ok(SchemaState::Version(version))
+}
+
+/// A store said it ran an operation and did not: a bug of the store, said as one.
+fn unran(url: &str) -> Error {
+    Error::Refused(format!("pool {url}: the store did not run the operation"))
+}
+
 impl Database {
-    /// Open the database at `path`, refusing (and leaving untouched) a file that is not a
-    /// vdisk database, is corrupt, was written by a newer vdisk, or whose tables do not
-    /// match its schema version.
+    /// Open the SQLite database at `path`, refusing (and leaving untouched) a file that is
+    /// not a vdisk database, is corrupt, was written by a newer vdisk, or whose tables do
+    /// not match its schema version.
     pub fn open(path: &Path, mode: OpenMode) -> Result<Database> {
-        let bad = |reason: String| Error::BadDatabase {
-            path: path.to_path_buf(),
-            reason,
-        };
-        if !check_header(path)? {
-            if mode != OpenMode::CreateIfMissing {
-                return Err(Error::NotFound(format!(
-                    "database {}: does not exist (vdisk format creates it)",
-                    path.display()
-                )));
-            }
-            if let Some(parent) = path
-                .parent()
-                .filter(|parent| !parent.as_os_str().is_empty())
-            {
-                fs::create_dir_all(parent).map_err(|error| Error::io(parent, error))?;
-            }
-        }
-        let flags = match mode {
-            OpenMode::ReadOnly => OpenFlags::SQLITE_OPEN_READ_ONLY,
-            OpenMode::Existing => OpenFlags::SQLITE_OPEN_READ_WRITE,
-            OpenMode::CreateIfMissing => {
-                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
-            }
-        } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let describe = |error| describe(path, error);
-        let mut connection = Connection::open_with_flags(path, flags).map_err(describe)?;
-        connection.busy_timeout(BUSY_TIMEOUT).map_err(describe)?;
-        let read_header = |connection: &Connection| -> rusqlite::Result<(i32, i64, i64)> {
-            Ok((
-                connection.query_row("PRAGMA application_id", [], |row| row.get(0))?,
-                connection.query_row("PRAGMA user_version", [], |row| row.get(0))?,
-                connection.query_row("SELECT count(*) FROM sqlite_schema", [], |row| row.get(0))?,
-            ))
-        };
-        let (application_id, version, objects) = read_header(&connection).map_err(describe)?;
-        let fresh = application_id == 0 && version == 0 && objects == 0;
-        if fresh && mode != OpenMode::CreateIfMissing {
-            return Err(bad(
-                "empty, not a vdisk database (vdisk format initialises one)".into(),
-            ));
-        }
-        if !fresh && application_id != APPLICATION_ID {
-            return Err(bad(
-                "not a vdisk database (another program's SQLite file)".into()
-            ));
-        }
-        if version > LATEST_VERSION {
-            return Err(bad(format!(
-                "schema version {version} is newer than this vdisk understands ({LATEST_VERSION})"
-            )));
-        }
-        if let Some(reason) = schema_mismatch(&connection, version).map_err(describe)? {
-            return Err(bad(reason));
-        }
-        if version < LATEST_VERSION && mode == OpenMode::ReadOnly {
-            // Reading needs the latest tables; migrating is the one write a reader makes,
-            // through a connection of its own, and only where it may write.
-            Database::open(path, OpenMode::Existing).map_err(|error| match error {
-                Error::BadDatabase { reason, .. } if reason.contains("readonly") => bad(format!(
-                    "schema version {version} must be brought up to {LATEST_VERSION}, which needs write access"
-                )),
-                other => other,
-            })?;
-        }
-        if mode != OpenMode::ReadOnly {
-            // Only now that the file is known to be ours may anything be written to it. A
-            // rollback journal, not WAL: a WAL reader needs `-wal` and `-shm` files beside
-            // the database, which a reader who may not write cannot make, and which a
-            // reader who may write leaves owned by itself, locking out the owner.
-            connection
-                .query_row("PRAGMA journal_mode = DELETE", [], |_| Ok(()))
-                .map_err(describe)?;
-            connection
-                .execute_batch("PRAGMA synchronous = FULL;")
-                .map_err(describe)?;
-            if version < LATEST_VERSION {
-                schema::migrate(&mut connection).map_err(|error| match error {
-                    Error::Sqlite(error) => describe(error),
-                    other => other,
-                })?;
-            }
-        }
-        connection
-            .execute_batch("PRAGMA foreign_keys = ON;")
-            .map_err(describe)?;
-        Ok(Database {
-            connection,
-            path: path.to_path_buf(),
-            clock: Box::new(crate::timestamp::now),
-        })
+        Ok(Database::with_store(Box::new(SqliteFile::open(
+            path, mode,
+        )?)))
     }
 
-    /// The file this database lives in.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Open the pool `url` names, in whichever store it is.
+    pub fn open_pool(url: &PoolUrl, mode: OpenMode) -> Result<Database> {
+        let store: Box<dyn Store> = match url {
+            PoolUrl::Sqlite(path) => Box::new(SqliteFile::open(path, mode)?),
+            #[cfg(feature = "etcd")]
+            PoolUrl::Etcd(endpoints) => Box::new(etcd::EtcdStore::open(endpoints, mode)?),
+            #[cfg(not(feature = "etcd"))]
+            PoolUrl::Etcd(_) => {
+                return Err(Error::Refused(format!(
+                    "pool {url}: this build has no pools on etcd (the host-tools feature etcd)"
+                )))
+            }
+        };
+        Ok(Database::with_store(store))
+    }
+
+    /// The operations over `store`, on the system's clock, as the host this process runs
+    /// on (see [`Database::set_host`]).
+    pub fn with_store(store: Box<dyn Store>) -> Database {
+        Database {
+            store,
+            clock: Box::new(crate::timestamp::now),
+            host: UNNAMED_HOST.into(),
+        }
+    }
+
+    /// The pool's URL, as messages name it.
+    pub fn url(&self) -> String {
+        self.store.url()
+    }
+
+    /// Record attachments as made on `host`, and take records of other hosts for VBDs this
+    /// host's hypervisor does not hold.
+    pub fn set_host(&mut self, host: &str) {
+        self.host = host.into();
+    }
+
+    /// The hosts registered with the pool, or `None` for a pool of one host.
+    pub fn hosts(&self) -> Result<Option<Vec<HostState>>> {
+        self.store.hosts()
+    }
+
+    /// The hosts whose registration has lapsed: their backends serve no I/O, so what their
+    /// attachments map is no one's in use any more.
+    pub fn fenced_hosts(&self) -> Result<Vec<String>> {
+        Ok(self
+            .hosts()?
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|host| !host.alive)
+            .map(|host| host.host)
+            .collect())
+    }
+
+    /// The host this database records attachments for.
+    pub fn host(&self) -> &str {
+        &self.host
     }
 
     /// Take the time from `clock` instead of the system's (tests move it to see leases
@@ -259,35 +227,31 @@ impl Database {
         (self.clock)()
     }
 
-    /// Errors of SQLite named with this database's path.
-    fn named(&self, error: Error) -> Error {
-        match error {
-            Error::Sqlite(error) => describe(&self.path, error),
-            other => other,
-        }
+    /// Run `read` against the pool as it is now.
+    fn read<T>(&self, mut read: impl FnMut(&Connection, i64) -> Result<T>) -> Result<T> {
+        let now = self.now();
+        let mut result = None;
+        self.store.read(&mut |connection| {
+            result = Some(read(connection, now)?);
+            Ok(())
+        })?;
+        result.ok_or_else(|| unran(&self.store.url()))
     }
 
-    /// Run `read` against the database at the current time.
-    fn read<T>(&self, read: impl FnOnce(&Connection, i64) -> Result<T>) -> Result<T> {
-        read(&self.connection, self.now()).map_err(|error| self.named(error))
-    }
-
-    /// Run `operation` as one immediate transaction at the time read once its lock is
-    /// held: committed when it succeeds, rolled back when it fails.
+    /// Run `operation` as one transaction of the store at the time read once it holds the
+    /// pool: committed when it succeeds, rolled back when it fails. A store may run it
+    /// again on a newer pool when another writer came first.
     fn immediate<T>(
         &mut self,
-        operation: impl FnOnce(&Transaction<'_>, i64) -> Result<T>,
+        mut operation: impl FnMut(&Transaction<'_>, i64) -> Result<T>,
     ) -> Result<T> {
-        let result = (|| {
-            let transaction = self
-                .connection
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let now = (self.clock)();
-            let result = operation(&transaction, now)?;
-            transaction.commit()?;
-            Ok(result)
-        })();
-        result.map_err(|error| self.named(error))
+        let clock = &self.clock;
+        let mut result = None;
+        self.store.write(&mut |transaction| {
+            result = Some(operation(transaction, clock())?);
+            Ok(())
+        })?;
+        result.ok_or_else(|| unran(&self.store.url()))
     }
 }
 

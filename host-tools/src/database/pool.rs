@@ -48,6 +48,14 @@ impl Database {
             .ok_or_else(|| {
                 Error::Refused(format!("phy:{}: sector range overflows", region.name))
             })?;
+        if self.store.shared() && !region.shared {
+            // Another host would find another disk, or nothing, under this number.
+            return Err(Error::Refused(format!(
+                "phy:{}: not a shared disk (shared = true in the devices file), and pool {} is shared by many hosts",
+                region.name,
+                self.url()
+            )));
+        }
         self.immediate(|transaction, now| {
             record_disk(transaction, region)?;
             let overlapping: Option<(String, u64, u64)> = transaction

@@ -1,6 +1,7 @@
 //! What the `vdisk` test suites share: a temporary machine of sparse images partitioned
 //! with sfdisk, a devices file and a database path, and ways to run `vdisk` against it and
-//! look into its database directly.
+//! look into its database directly. A machine's pool is an SQLite file, or a pool on an
+//! etcd cluster of its own, so that a test can run against both.
 #![allow(dead_code)] // each test crate uses its own part of this module
 
 pub mod hypervisor;
@@ -10,17 +11,54 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use host_tools::database::{AccessMode, AttachmentTarget, Database, OpenMode};
+use host_tools::database::etcd::EtcdStore;
+use host_tools::database::{
+    AccessMode, AttachmentTarget, Database, OpenMode, PoolUrl, SqliteFile, Store,
+};
 use host_tools::uname::VdId;
 use serde_json::Value;
 use shared_abi::DeviceNumber;
+use vbd_machine::etcd::Cluster;
 
 pub const SFDISK: &str = "/usr/sbin/sfdisk";
 pub const MIB: u64 = 1 << 20;
 
+/// Where a test machine keeps its pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolKind {
+    /// An SQLite file, `state/vdisk.sqlite` in the machine's directory.
+    Sqlite,
+    /// A one-member etcd cluster of the machine's own; its disk is a shared one.
+    Etcd,
+}
+
+/// Run each named test, a `fn NAME(pool: PoolKind)`, once on each pool: as `NAME::sqlite`
+/// and `NAME::etcd`.
+#[macro_export]
+macro_rules! on_both_pools {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn sqlite() {
+                    super::$name(super::common::PoolKind::Sqlite)
+                }
+
+                #[test]
+                fn etcd() {
+                    super::$name(super::common::PoolKind::Etcd)
+                }
+            }
+        )*
+    };
+}
+
 /// A temporary machine: one disk image `hda` (3:0) with partitions, a devices file and a
-/// database path.
+/// pool.
 pub struct Machine {
+    /// The cluster of a machine whose pool is on etcd; dropped (its members killed) before
+    /// the directory that holds its data.
+    pub etcd: Option<Cluster>,
     pub directory: tempfile::TempDir,
 }
 
@@ -33,11 +71,35 @@ pub struct Run {
 impl Machine {
     /// `partitions_mib` sizes the partitions in MiB, starting at 1 MiB.
     pub fn new(disk_mib: u64, partitions_mib: &[u64]) -> Machine {
-        Machine::with_label("dos", disk_mib, partitions_mib)
+        Machine::on(PoolKind::Sqlite, disk_mib, partitions_mib)
+    }
+
+    /// The same, with its pool on `pool`.
+    pub fn on(pool: PoolKind, disk_mib: u64, partitions_mib: &[u64]) -> Machine {
+        let members = match pool {
+            PoolKind::Sqlite => 0,
+            PoolKind::Etcd => 1,
+        };
+        Machine::with_label_on(members, "dos", disk_mib, partitions_mib)
+    }
+
+    /// The same, with its pool on an etcd cluster of `members` members.
+    pub fn on_cluster(members: usize, disk_mib: u64, partitions_mib: &[u64]) -> Machine {
+        Machine::with_label_on(members, "dos", disk_mib, partitions_mib)
     }
 
     /// A machine whose disk carries a partition table of sfdisk's `label` (`dos`, `gpt`).
     pub fn with_label(label: &str, disk_mib: u64, partitions_mib: &[u64]) -> Machine {
+        Machine::with_label_on(0, label, disk_mib, partitions_mib)
+    }
+
+    /// `etcd_members` 0 for an SQLite pool.
+    fn with_label_on(
+        etcd_members: usize,
+        label: &str,
+        disk_mib: u64,
+        partitions_mib: &[u64],
+    ) -> Machine {
         assert!(
             Path::new(SFDISK).exists(),
             "{SFDISK} is missing: install the fdisk package (apt-get install fdisk)"
@@ -67,12 +129,27 @@ impl Machine {
             .write_all(script.as_bytes())
             .unwrap();
         assert!(child.wait().unwrap().success(), "sfdisk failed");
+        let shared = if etcd_members > 0 {
+            "shared = true\n"
+        } else {
+            ""
+        };
         fs::write(
             directory.path().join("devices.toml"),
-            "[[disk]]\nname = \"hda\"\ndevice = \"3:0\"\npath = \"hda.img\"\n",
+            format!("[[disk]]\nname = \"hda\"\ndevice = \"3:0\"\npath = \"hda.img\"\n{shared}"),
         )
         .unwrap();
-        Machine { directory }
+        let etcd = (etcd_members > 0)
+            .then(|| Cluster::start(&directory.path().join("etcd"), etcd_members).unwrap());
+        Machine { etcd, directory }
+    }
+
+    /// The pool every command is given, as `--pool` takes it.
+    pub fn pool_url(&self) -> String {
+        match &self.etcd {
+            Some(cluster) => cluster.url(),
+            None => format!("sqlite:{}", self.database_path().display()),
+        }
     }
 
     /// Start a hypervisor over this machine's disk, reporting `start_id` and allowing every
@@ -104,7 +181,12 @@ impl Machine {
             .args(arguments)
             .env("VDISK_DB", self.database_path())
             .env("VDISK_DEVICES", self.directory.path().join("devices.toml"))
-            .env_remove("VDISK_HV");
+            .env_remove("VDISK_HV")
+            .env_remove("VDISK_POOL")
+            .env_remove("VDISK_HOST");
+        if let Some(cluster) = &self.etcd {
+            command.env("VDISK_POOL", cluster.url());
+        }
         command
     }
 
@@ -149,7 +231,11 @@ impl Machine {
     }
 
     pub fn database(&self) -> Database {
-        Database::open(&self.database_path(), OpenMode::Existing).unwrap()
+        Database::open_pool(
+            &PoolUrl::parse(&self.pool_url()).unwrap(),
+            OpenMode::Existing,
+        )
+        .unwrap()
     }
 
     /// Record, straight in the database, VD `vd` attached read-write to domain 1 as `xvda`
@@ -241,11 +327,22 @@ impl Machine {
             .unwrap();
     }
 
-    /// One integer from `query` against the database.
+    /// One integer from `query` against the pool's tables, whichever store holds them.
     pub fn count(&self, query: &str) -> i64 {
-        self.sqlite()
-            .query_row(query, [], |row| row.get(0))
-            .unwrap()
+        let store: Box<dyn Store> = match PoolUrl::parse(&self.pool_url()).unwrap() {
+            PoolUrl::Sqlite(path) => Box::new(SqliteFile::open(&path, OpenMode::ReadOnly).unwrap()),
+            PoolUrl::Etcd(endpoints) => {
+                Box::new(EtcdStore::open(&endpoints, OpenMode::ReadOnly).unwrap())
+            }
+        };
+        let mut count = None;
+        store
+            .read(&mut |connection| {
+                count = Some(connection.query_row(query, [], |row| row.get(0))?);
+                Ok(())
+            })
+            .unwrap();
+        count.unwrap()
     }
 }
 

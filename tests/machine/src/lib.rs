@@ -10,6 +10,7 @@
 mod backend;
 mod build;
 mod devices;
+pub mod etcd;
 pub mod guest;
 mod image;
 mod machine;

@@ -8,12 +8,14 @@
 //! dom0's NBD tools run on vbd-backend's and qemu-storage-daemon's NBD exports ([`nbd`]),
 //! alone with `--only nbd`; and a host client with no guest runs on vbd-backend,
 //! qemu-storage-daemon and, as fio, on the file itself ([`backend_io`]), alone with
-//! `--only backend_io`.
+//! `--only backend_io`; and `vdisk` on a pool on etcd beside SQLite ([`pool`]), alone with
+//! `--only pool`.
 
 mod backend_io;
 mod criterion;
 mod guest_io;
 mod nbd;
+mod pool;
 mod qemu_io;
 mod summary;
 mod table;
@@ -38,6 +40,7 @@ const EXTENT_COUNTS: [u32; 5] = [1, 16, 256, 4096, 65536];
 pub enum Section {
     Nbd,
     BackendIo,
+    Pool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -57,13 +60,16 @@ impl Options {
                 "--only" => match arguments.next().map(String::as_str) {
                     Some("nbd") => only = Some(Section::Nbd),
                     Some("backend_io") => only = Some(Section::BackendIo),
+                    Some("pool") => only = Some(Section::Pool),
                     Some(other) => {
                         return Err(format!(
-                            "bench: `--only {other}`: the sections are nbd and backend_io"
+                            "bench: `--only {other}`: the sections are nbd, backend_io and pool"
                         ))
                     }
                     None => {
-                        return Err("bench: `--only` needs a section: nbd or backend_io".to_owned())
+                        return Err(
+                            "bench: `--only` needs a section: nbd, backend_io or pool".to_owned()
+                        )
                     }
                 },
                 other => return Err(format!("bench: unknown option `{other}`")),
@@ -106,6 +112,16 @@ pub fn run(options: Options) -> Result<(), String> {
                 io.json(),
             );
         }
+        Some(Section::Pool) => {
+            let pool = pool::measure(options.quick)?;
+            return write_alone(
+                &target,
+                "pool",
+                |table| pool.render(table),
+                &pool.goals(),
+                pool.json(),
+            );
+        }
         None => {}
     }
     let started = SystemTime::now();
@@ -143,6 +159,8 @@ pub fn run(options: Options) -> Result<(), String> {
     lap("NBD");
     let backend_io = backend_io::measure(options.quick)?;
     lap("backend I/O");
+    let pool = pool::measure(options.quick)?;
+    lap("pool");
     let summary = Summary {
         translate,
         setextents_us: medians.nanoseconds("set_extents/1024_into_10000")? / 1e3,
@@ -155,6 +173,7 @@ pub fn run(options: Options) -> Result<(), String> {
         guest_io,
         nbd,
         backend_io,
+        pool,
         bytes_per_extent: hv_vbd::BYTES_PER_EXTENT,
         table_bytes: hv_vbd::DEFAULT_TABLE_BYTES,
     };

@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use super::backend_io::BackendIo;
 use super::guest_io::{GuestIo, Target, Workload};
 use super::nbd::Nbd;
+use super::pool::PoolBench;
 use super::qemu_io::QemuIo;
 use super::threads::{Rates, Threads};
 
@@ -39,6 +40,7 @@ pub struct Summary {
     pub guest_io: GuestIo,
     pub nbd: Nbd,
     pub backend_io: BackendIo,
+    pub pool: PoolBench,
     pub bytes_per_extent: usize,
     pub table_bytes: usize,
 }
@@ -235,6 +237,7 @@ pub fn render_json(summary: &Summary) -> String {
         ),
         ("nbd", summary.nbd.json()),
         ("backend_io", summary.backend_io.json()),
+        ("pool", summary.pool.json()),
         ("bytes_per_extent", Value::from(summary.bytes_per_extent)),
         ("table_bytes", Value::from(summary.table_bytes)),
     ];

@@ -150,6 +150,7 @@ pub fn goals(summary: &Summary) -> Vec<Goal> {
     ];
     goals.extend(summary.nbd.goals());
     goals.extend(summary.backend_io.goals());
+    goals.extend(summary.pool.goals());
     goals
 }
 
@@ -337,6 +338,7 @@ pub fn render_table(summary: &Summary) -> String {
     render_guest(&mut table, summary);
     summary.nbd.render(&mut table);
     summary.backend_io.render(&mut table);
+    summary.pool.render(&mut table);
     render_goals(&mut table, &goals(summary));
     table
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::backend_io::{BackendIo, Figures, QueueScaling};
 use super::guest_io::{GuestIo, Target, Workload};
 use super::nbd::Nbd;
+use super::pool::PoolBench;
 use super::qemu_io::QemuIo;
 use super::summary::{render_json, Summary, TranslateRow};
 use super::table::{goals, render_table};
@@ -134,6 +135,8 @@ fn summary() -> Summary {
             rounds: 3,
             seconds_per_job: 1,
         },
+        // Nothing measured: the `pool` section is measured against real processes only.
+        pool: PoolBench::unmeasured(),
         bytes_per_extent: hv_vbd::BYTES_PER_EXTENT,
         table_bytes: hv_vbd::DEFAULT_TABLE_BYTES,
     }
@@ -285,12 +288,19 @@ fn only_runs_one_section_and_an_unknown_one_is_named() {
         })
     );
     assert_eq!(
+        parse(&["--only", "pool"]),
+        Ok(Options {
+            quick: false,
+            only: Some(Section::Pool)
+        })
+    );
+    assert_eq!(
         parse(&["--only", "guest"]),
-        Err("bench: `--only guest`: the sections are nbd and backend_io".to_owned())
+        Err("bench: `--only guest`: the sections are nbd, backend_io and pool".to_owned())
     );
     assert_eq!(
         parse(&["--only"]),
-        Err("bench: `--only` needs a section: nbd or backend_io".to_owned())
+        Err("bench: `--only` needs a section: nbd, backend_io or pool".to_owned())
     );
 }
 
