@@ -15,7 +15,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{hda, hdb, label, pattern, xvda, Backend, IMAGE_BYTES};
+use common::{hda, label, pattern, xvda, Backend, IMAGE_BYTES};
 use faulty_disk::FaultyDisk;
 use hostile_driver::{
     Driver, DATA, HEADER, IOERR, MEMORY_BYTES, OK, QUEUE_SIZE, STATUS, USED, VIRTIO_BLK_T_FLUSH,
@@ -43,25 +43,7 @@ struct Tenants {
 impl Tenants {
     fn start() -> Tenants {
         let backend = Backend::start(&[]);
-        let mut hypervisor = backend.hypervisor();
-        let rw = Mode::READ | Mode::WRITE;
-        hypervisor.create(1, xvda(), rw, label("vd:1")).unwrap();
-        let extents = [
-            Extent::new(hdb(), 1000, 8).unwrap(),
-            Extent::new(hda(), 5000, 4).unwrap(),
-        ];
-        hypervisor
-            .set_extents(1, xvda(), &extents, SharingLevel::ReadersOnly)
-            .unwrap();
-        hypervisor.create(2, xvda(), rw, label("vd:2")).unwrap();
-        hypervisor
-            .set_extents(
-                2,
-                xvda(),
-                &[Extent::new(hda(), 100, 16).unwrap()],
-                SharingLevel::ReadersOnly,
-            )
-            .unwrap();
+        common::attach_two_tenants(&backend);
         let guest = pattern(12 * 512, 0x31);
         backend.write_image("hdb", 1000 * 512, &guest[..8 * 512]);
         backend.write_image("hda", 5000 * 512, &guest[8 * 512..]);

@@ -18,13 +18,13 @@ use std::os::unix::fs::FileExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{hda, hdb, label, pattern, wait_with_timeout, xvda, Backend};
+use common::{hda, pattern, wait_with_timeout, xvda, Backend};
 use hostile_driver::{
     take_ownership, Driver, IOERR, MEMORY_BYTES, OK, QUEUE_SIZE, VIRTIO_BLK_T_OUT,
     VIRTIO_RING_F_EVENT_IDX, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
 };
 use shared_abi::wire::Extent;
-use shared_abi::{Mode, SharingLevel};
+use shared_abi::SharingLevel;
 use vhost::vhost_user::message::{VhostUserInflight, VhostUserProtocolFeatures};
 use vhost::vhost_user::VhostUserFrontend;
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo};
@@ -40,25 +40,7 @@ const DIGEST_AT: u64 = 320 + 8;
 /// (hda 100..116), filled with a pattern.
 fn tenants() -> (Backend, Vec<u8>) {
     let backend = Backend::start(&[]);
-    let mut hypervisor = backend.hypervisor();
-    let rw = Mode::READ | Mode::WRITE;
-    hypervisor.create(1, xvda(), rw, label("vd:1")).unwrap();
-    let extents = [
-        Extent::new(hdb(), 1000, 8).unwrap(),
-        Extent::new(hda(), 5000, 4).unwrap(),
-    ];
-    hypervisor
-        .set_extents(1, xvda(), &extents, SharingLevel::ReadersOnly)
-        .unwrap();
-    hypervisor.create(2, xvda(), rw, label("vd:2")).unwrap();
-    hypervisor
-        .set_extents(
-            2,
-            xvda(),
-            &[Extent::new(hda(), 100, 16).unwrap()],
-            SharingLevel::ReadersOnly,
-        )
-        .unwrap();
+    common::attach_two_tenants(&backend);
     let bystander = pattern(16 * 512, 0x77);
     backend.write_image("hda", 100 * 512, &bystander);
     (backend, bystander)

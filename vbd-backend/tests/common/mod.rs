@@ -280,6 +280,31 @@ pub fn attach_dom0_xvda(backend: &Backend, mode: Mode, extents: &[(u32, u64, u64
         .unwrap();
 }
 
+/// Two tenants, each an xvda read-write: domain 1's `vd:1` scattered over hdb 1000..1008
+/// then hda 5000..5004, and domain 2's `vd:2` on hda 100..116, the bystander the tests of a
+/// hostile domain 1 watch.
+pub fn attach_two_tenants(backend: &Backend) {
+    let mut hypervisor = backend.hypervisor();
+    let rw = Mode::READ | Mode::WRITE;
+    hypervisor.create(1, xvda(), rw, label("vd:1")).unwrap();
+    let extents = [
+        Extent::new(hdb(), 1000, 8).unwrap(),
+        Extent::new(hda(), 5000, 4).unwrap(),
+    ];
+    hypervisor
+        .set_extents(1, xvda(), &extents, SharingLevel::ReadersOnly)
+        .unwrap();
+    hypervisor.create(2, xvda(), rw, label("vd:2")).unwrap();
+    hypervisor
+        .set_extents(
+            2,
+            xvda(),
+            &[Extent::new(hda(), 100, 16).unwrap()],
+            SharingLevel::ReadersOnly,
+        )
+        .unwrap();
+}
+
 /// The NBD URL of dom0's xvda export.
 pub fn xvda_url(backend: &Backend) -> String {
     format!(
