@@ -3,11 +3,15 @@
 //! another host may have been given what this one maps.
 //!
 //! The deadline is the send time of the last acknowledged renewal plus the lease's time to
-//! live, less a margin, on the monotonic clock. The clock keeps running while the process
-//! is stopped (SIGSTOP, a frozen VM), so a backend that resumes after its deadline finds it
-//! passed before its renewing thread can say anything: the check fails closed. It is read
-//! as `CLOCK_MONOTONIC_COARSE`, which the vDSO answers without a system call, so the check
-//! costs the I/O path a few nanoseconds.
+//! live, less a margin, on `CLOCK_BOOTTIME`. That clock keeps running while the process is
+//! stopped (SIGSTOP) and while the whole machine is suspended, which `CLOCK_MONOTONIC` does
+//! not count, so a backend that resumes after its deadline finds it passed before its
+//! renewing thread can say anything: the check fails closed. The vDSO answers it without a
+//! system call, so the check costs the I/O path some tens of nanoseconds.
+//!
+//! What the check cannot cover is a pause between a check that passed and the system call
+//! it let through: the margin absorbs ordinary scheduling delays there, not a stop of the
+//! process at that very instruction.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -17,7 +21,7 @@ use shared_abi::Error;
 
 /// A deadline for I/O and whether it can still move.
 pub struct Fence {
-    /// Nanoseconds on the coarse monotonic clock before which I/O may run.
+    /// Nanoseconds on the boot-time clock before which I/O may run.
     deadline: AtomicU64,
     /// The lease is known to have expired: no renewal moves the deadline again.
     expired: AtomicBool,
@@ -26,9 +30,9 @@ pub struct Fence {
 /// The backend's fence. Without a lease (no `--pool`), its deadline is never reached.
 pub static FENCE: Fence = Fence::open();
 
-/// The coarse monotonic clock, in nanoseconds.
+/// The boot-time clock (monotonic, suspend included), in nanoseconds.
 pub fn now() -> u64 {
-    let time = clock_gettime(ClockId::MonotonicCoarse);
+    let time = clock_gettime(ClockId::Boottime);
     (time.tv_sec as u64)
         .saturating_mul(1_000_000_000)
         .saturating_add(time.tv_nsec as u64)
