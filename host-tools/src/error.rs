@@ -36,6 +36,16 @@ pub enum Error {
     },
 }
 
+impl From<devices::Error> for Error {
+    fn from(error: devices::Error) -> Error {
+        match error {
+            devices::Error::NotFound(message) => Error::NotFound(message),
+            devices::Error::Refused(message) => Error::Refused(message),
+            devices::Error::Io { path, source } => Error::Io { path, source },
+        }
+    }
+}
+
 /// The result of every host-tools operation.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
