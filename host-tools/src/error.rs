@@ -46,6 +46,17 @@ impl From<devices::Error> for Error {
     }
 }
 
+impl From<pool_cluster::Error> for Error {
+    fn from(error: pool_cluster::Error) -> Error {
+        match error {
+            pool_cluster::Error::Usage(message) => Error::Usage(message),
+            pool_cluster::Error::Unavailable { pool, reason } => {
+                Error::Unavailable { pool, reason }
+            }
+        }
+    }
+}
+
 /// The result of every host-tools operation.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use host_tools::database::etcd::hosts::Registration;
+use pool_cluster::hosts::Registration;
 
 use crate::fence::{self, FENCE};
 

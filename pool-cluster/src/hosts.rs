@@ -8,9 +8,8 @@
 use etcd_client::{GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 
-use super::cluster::{Cluster, Outcome};
-use crate::database::HostState;
-use crate::error::Result;
+use crate::connection::{Cluster, Outcome};
+use crate::{HostState, Result};
 
 const REGISTERED: &str = "/vdisk/hosts/";
 const ALIVE: &str = "/vdisk/alive/";
