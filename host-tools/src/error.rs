@@ -50,6 +50,7 @@ impl From<pool_cluster::Error> for Error {
     fn from(error: pool_cluster::Error) -> Error {
         match error {
             pool_cluster::Error::Usage(message) => Error::Usage(message),
+            pool_cluster::Error::Refused(message) => Error::Refused(message),
             pool_cluster::Error::Unavailable { pool, reason } => {
                 Error::Unavailable { pool, reason }
             }

@@ -17,6 +17,9 @@ pub enum Error {
     /// A malformed pool URL.
     #[error("{0}")]
     Usage(String),
+    /// The request is well formed but refused: a registration that lapsed.
+    #[error("{0}")]
+    Refused(String),
     /// The cluster cannot be reached or has no quorum; nothing was changed.
     #[error("pool {pool}: unavailable: {reason}")]
     Unavailable { pool: String, reason: String },
