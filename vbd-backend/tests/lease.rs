@@ -302,6 +302,19 @@ fn a_takeover_serves_the_vbds_only_while_the_registration_they_were_granted_unde
     attach_dom0_xvda(&backend, Mode::READ | Mode::WRITE, &[(0, 2048, 128)]);
     assert!(qemu_io(&backend, "write -P 0xab 0 64k").contains("wrote 65536/65536 bytes"));
 
+    // A successor outside the pool would serve them unfenced: refused.
+    let mut unregistered = Successor::spawn(&backend, "unregistered.log", &[]);
+    let status = wait_with_timeout(&mut unregistered.child, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{}", unregistered.log());
+    assert!(
+        unregistered
+            .log()
+            .contains("is registered with a pool: take it over with --pool and --host"),
+        "{}",
+        unregistered.log()
+    );
+    assert!(qemu_io(&backend, "write -P 0xab 0 64k").contains("wrote 65536/65536 bytes"));
+
     // While the lease lives, a takeover continues the registration and serves on.
     let successor = Successor::spawn(&backend, "successor.log", &lease);
     assert!(backend.wait(Duration::from_secs(30)).success());
