@@ -104,8 +104,9 @@ impl Registration {
                 Outcome::Answered(_) => true,
                 Outcome::Unknown(_) => false,
             };
-            // A put whose answer was lost shows as the alive key under this lease; one
-            // that certainly was not made is simply made again.
+            // A put whose answer was lost shows as the alive key under this lease; when the
+            // key is not under it, the put was not made and is tried again (a failed
+            // comparison is the only answer that is not a success).
             let now = cluster.get(&alive, None)?;
             if let Some(entry) = now.kvs().first().filter(|entry| entry.lease() == lease) {
                 break entry.mod_revision();
