@@ -36,6 +36,28 @@ pub enum Error {
     },
 }
 
+impl From<devices::Error> for Error {
+    fn from(error: devices::Error) -> Error {
+        match error {
+            devices::Error::NotFound(message) => Error::NotFound(message),
+            devices::Error::Refused(message) => Error::Refused(message),
+            devices::Error::Io { path, source } => Error::Io { path, source },
+        }
+    }
+}
+
+impl From<pool_cluster::Error> for Error {
+    fn from(error: pool_cluster::Error) -> Error {
+        match error {
+            pool_cluster::Error::Usage(message) => Error::Usage(message),
+            pool_cluster::Error::Refused(message) => Error::Refused(message),
+            pool_cluster::Error::Unavailable { pool, reason } => {
+                Error::Unavailable { pool, reason }
+            }
+        }
+    }
+}
+
 /// The result of every host-tools operation.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

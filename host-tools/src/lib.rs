@@ -4,13 +4,11 @@
 
 pub mod allocate;
 pub mod database;
-pub mod devices;
 pub mod duration;
 pub mod error;
 pub mod hypervisor;
 pub mod lifecycle;
 pub mod mounts;
-pub mod partition;
 pub mod reconcile;
 pub mod schema;
 pub mod size;

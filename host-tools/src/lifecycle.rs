@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 use shared_abi::wire::Extent;
 
 use crate::database::{Claim, Database, VirtualDisk, LEASE_SECONDS};
-use crate::devices::DeviceSource;
 use crate::duration::Expiry;
 use crate::error::{Error, Result};
 use crate::size::format_sectors;
 use crate::uname::VdId;
 use crate::validator::User;
 use crate::zero::{check_pool_disk, total_bytes, ZeroTarget, Zeroing};
+use devices::DeviceSource;
 
 /// What `create` is asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

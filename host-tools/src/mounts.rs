@@ -8,9 +8,9 @@ use std::path::Path;
 
 use shared_abi::DeviceNumber;
 
-use crate::devices::{device_number_of, DeviceSource, Sysfs};
 use crate::error::{Error, Result};
 use crate::validator::{User, UserKind};
+use devices::{device_number_of, DeviceSource, Sysfs};
 
 /// One line of `/proc/mounts`.
 #[derive(Clone, Debug, PartialEq, Eq)]

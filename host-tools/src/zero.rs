@@ -25,9 +25,9 @@ use shared_abi::{DeviceNumber, SECTOR_SIZE};
 
 use crate::allocate::merge_adjacent;
 use crate::database::pool_moved as moved;
-use crate::devices::{open_disk, DeviceSource, DiskIdentity};
 use crate::error::{Error, Result};
 use crate::validator::describe_extent;
+use devices::{open_disk, DeviceSource, DiskIdentity};
 
 /// Bytes written per call: large enough to stream, small enough to report progress often.
 const WRITE_CHUNK_BYTES: usize = 1 << 20;
@@ -395,7 +395,7 @@ mod tests {
                 ),
             )
             .unwrap();
-            let devices = crate::devices::DevicesFile::load(&devices_file).unwrap();
+            let devices = devices::DevicesFile::load(&devices_file).unwrap();
             let extent = |start_sector, nr_sectors| {
                 Extent::new(DeviceNumber::new(3, 0).unwrap(), start_sector, nr_sectors).unwrap()
             };

@@ -8,8 +8,8 @@ use std::fs;
 use std::os::unix::fs::FileExt;
 
 use common::{extents, partition_starts, Machine};
+use devices::{DiskIdentity, Region};
 use host_tools::database::{AccessMode, AttachmentTarget};
-use host_tools::devices::{DiskIdentity, Region};
 use shared_abi::DeviceNumber;
 
 #[test]

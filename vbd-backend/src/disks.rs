@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 
-use host_tools::devices::{open_disk, DevicesFile};
+use devices::{open_disk, DevicesFile};
 use hv_vbd::serve::BlockDevices;
 use rustix::fs::{fadvise, fallocate, seek, Advice, FallocateFlags, SeekFrom};
 use shared_abi::{DeviceNumber, Error, SECTOR_SIZE};

@@ -2,10 +2,14 @@
 //! starts, renewed by a thread of its own every third of the lease, each acknowledged
 //! renewal moving the fence's deadline ([`crate::fence`]). A renewal that finds the lease
 //! gone fences the backend for good.
+//!
+//! A backend that takes over another's VBDs continues its registration: the VBDs were
+//! granted under it, so they are served only if it never lapsed (see
+//! [`pool_cluster::hosts`]).
 
 use std::time::Duration;
 
-use host_tools::database::etcd::hosts::Registration;
+use pool_cluster::hosts::Registration;
 
 use crate::fence::{self, FENCE};
 
@@ -21,18 +25,29 @@ pub struct LeaseSettings {
 /// to finish, and for the clocks of this host and etcd's leader to disagree.
 const MARGIN: Duration = Duration::from_secs(1);
 
-/// Register the host and start renewing its lease. I/O is fenced from now until the lease
-/// is granted.
-pub fn start(settings: &LeaseSettings, start_id: u64) -> Result<(), String> {
+/// Register the host (continuing the registration made at revision `continues`, if given)
+/// and start renewing its lease; returns the revision the registration was made at. I/O is
+/// fenced from now until the lease is granted.
+pub fn start(
+    settings: &LeaseSettings,
+    start_id: u64,
+    continues: Option<i64>,
+) -> Result<i64, String> {
     FENCE.arm();
     let ttl_seconds = i64::try_from(settings.ttl.as_secs()).unwrap_or(i64::MAX);
     let sent = fence::now();
-    let mut registration =
-        Registration::register(&settings.endpoints, &settings.host, start_id, ttl_seconds)
-            .map_err(|error| format!("cannot register host {}: {error}", settings.host))?;
+    let mut registration = Registration::register(
+        &settings.endpoints,
+        &settings.host,
+        start_id,
+        ttl_seconds,
+        continues,
+    )
+    .map_err(|error| format!("cannot register host {}: {error}", settings.host))?;
+    let revision = registration.revision();
     FENCE.renewed(sent, settings.ttl, MARGIN);
     eprintln!(
-        "vbd-backend: host {} registered with {} (lease of {} s)",
+        "vbd-backend: host {} registered with {} at revision {revision} (lease of {} s)",
         settings.host,
         settings.url,
         settings.ttl.as_secs()
@@ -73,5 +88,5 @@ pub fn start(settings: &LeaseSettings, start_id: u64) -> Result<(), String> {
             }
         })
         .map_err(|error| format!("cannot start the lease thread: {error}"))?;
-    Ok(())
+    Ok(revision)
 }

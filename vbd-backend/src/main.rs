@@ -40,8 +40,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use host_tools::database::PoolUrl;
 use hv_vbd::SharingLevel;
+use pool_cluster::PoolUrl;
 
 /// Serve VBDs to virtual machines: vhost-user-blk for guests, NBD for dom0, and dom0's
 /// hypercall channel on DIR/control.sock.

@@ -53,19 +53,41 @@ pub fn run(settings: Settings) -> Result<(), String> {
         settings.access,
         settings.takeover,
     )?);
-    let (start_id, predecessor) = if settings.takeover {
+    let (start_id, registration, predecessor) = if settings.takeover {
         let (snapshot, stream) = takeover::request(&settings.dir)?;
+        // The registration first: VBDs granted under one that has lapsed are never made.
+        let registration = match (&settings.lease, snapshot.registration) {
+            (None, Some(_)) => {
+                return Err(format!(
+                    "the backend serving {} is registered with a pool: take it over with --pool and --host",
+                    settings.dir.display()
+                ))
+            }
+            (None, None) => None,
+            (Some(lease), continues) => Some(
+                crate::lease::start(lease, snapshot.start_id, continues).map_err(|error| {
+                    format!(
+                        "{error}: the VBDs of the backend serving {} were granted under it, and other hosts may have their disks now; start without --takeover, then vdisk restore checks them again",
+                        settings.dir.display()
+                    )
+                })?,
+            ),
+        };
         let domains = snapshot.restore(&TABLE)?;
         (
             snapshot.start_id,
+            registration,
             Some((stream, domains, snapshot.vbds.len())),
         )
     } else {
-        (fresh_start_id()?, None)
+        let start_id = fresh_start_id()?;
+        let registration = settings
+            .lease
+            .as_ref()
+            .map(|lease| crate::lease::start(lease, start_id, None))
+            .transpose()?;
+        (start_id, registration, None)
     };
-    if let Some(lease) = &settings.lease {
-        crate::lease::start(lease, start_id)?;
-    }
     let control_path = settings.dir.join("control.sock");
 
     let (stop_sender, stop_receiver) = mpsc::channel();
@@ -84,7 +106,13 @@ pub fn run(settings: Settings) -> Result<(), String> {
         })
         .map_err(|error| format!("cannot start the signal thread: {error}"))?;
 
-    let shared = Arc::new(Shared::new(&TABLE, disks, settings.queues, start_id));
+    let shared = Arc::new(Shared::new(
+        &TABLE,
+        disks,
+        settings.queues,
+        start_id,
+        registration,
+    ));
     let service = Arc::new(Service::new(
         shared.clone(),
         Exports::new(shared.clone(), sockets.clone(), settings.nbd_idle_timeout),

@@ -17,18 +17,28 @@ pub struct Shared {
     /// This start's identifier, reported in every Ready notice: records made under
     /// another start describe VBDs that a restart took away.
     pub start_id: u64,
+    /// The etcd revision of the host's registration in a shared pool, which a successor
+    /// taking the VBDs over must find unbroken.
+    pub registration: Option<i64>,
     stopping: AtomicBool,
     /// Whether another process took over: queue threads pop nothing more.
     handed_over: AtomicBool,
 }
 
 impl Shared {
-    pub fn new(table: &'static Table, disks: Disks, queues: u16, start_id: u64) -> Shared {
+    pub fn new(
+        table: &'static Table,
+        disks: Disks,
+        queues: u16,
+        start_id: u64,
+        registration: Option<i64>,
+    ) -> Shared {
         Shared {
             table,
             disks,
             queues,
             start_id,
+            registration,
             stopping: AtomicBool::new(false),
             handed_over: AtomicBool::new(false),
         }

@@ -15,7 +15,11 @@
 //! own I/O, not the old process's, which must therefore be over.
 //!
 //! The new process keeps the old start identifier: the VBDs were never taken away, so
-//! `vdisk` must not take them for an earlier start's. If the new process goes away before
+//! `vdisk` must not take them for an earlier start's. In a shared pool it also continues
+//! the old process's registration, whose revision the snapshot carries: the VBDs were
+//! granted under it, and if it lapsed meanwhile (the old process fenced), other hosts may
+//! hold their disks now, so the new process refuses to serve them and exits
+//! ([`crate::lease`]). If the new process goes away before
 //! it has taken over, the old one serves its control socket again and goes on.
 
 use std::io::{self, BufRead, BufReader, Write};
@@ -39,10 +43,12 @@ pub const SOCKET: &str = "takeover.sock";
 /// How long either side waits for the other's next line.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// What the old process hands over: its start identifier and its VBDs.
+/// What the old process hands over: its start identifier, the revision of its host's
+/// registration in a shared pool, and its VBDs.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Snapshot {
     pub start_id: u64,
+    pub registration: Option<i64>,
     pub vbds: Vec<VbdRecord>,
 }
 
@@ -58,7 +64,7 @@ pub struct VbdRecord {
 
 impl Snapshot {
     /// Every VBD of `table`.
-    pub fn of(table: &Table, start_id: u64) -> Result<Snapshot, String> {
+    pub fn of(table: &Table, start_id: u64, registration: Option<i64>) -> Result<Snapshot, String> {
         let states = domain_vbds(table, shared_abi::wire::PROBE_ALL)
             .map_err(|error| format!("cannot list the VBDs: {error}"))?;
         let mut vbds = Vec::with_capacity(states.len());
@@ -79,7 +85,11 @@ impl Snapshot {
                 extents,
             });
         }
-        Ok(Snapshot { start_id, vbds })
+        Ok(Snapshot {
+            start_id,
+            registration,
+            vbds,
+        })
     }
 
     /// Make every VBD in `table` (the new process's, empty), at the table's sharing ceiling:
@@ -108,10 +118,14 @@ impl Snapshot {
         Ok(domains)
     }
 
-    /// The lines that carry it: `start ID`, `vbd DOMAIN DEVICE MODE LABEL-HEX EXTENTS` with
-    /// EXTENTS `DEVICE:START:COUNT,...`, and `end`.
+    /// The lines that carry it: `start ID`, `registration REVISION` in a shared pool,
+    /// `vbd DOMAIN DEVICE MODE LABEL-HEX EXTENTS` with EXTENTS `DEVICE:START:COUNT,...`, and
+    /// `end`.
     pub fn encode(&self) -> String {
         let mut text = format!("start {:#x}\n", self.start_id);
+        if let Some(revision) = self.registration {
+            text.push_str(&format!("registration {revision}\n"));
+        }
         for vbd in &self.vbds {
             let label: String = vbd
                 .label
@@ -159,10 +173,27 @@ impl Snapshot {
             .and_then(|hex| u64::from_str_radix(hex, 16).ok())
             .ok_or_else(|| format!("not a start line: {first:?}"))?;
         let mut vbds = Vec::new();
+        let mut registration = None;
         loop {
             let line = next()?;
             if line == "end" {
-                return Ok(Snapshot { start_id, vbds });
+                return Ok(Snapshot {
+                    start_id,
+                    registration,
+                    vbds,
+                });
+            }
+            // Only right after the start line; a backend outside a shared pool sends none.
+            if let Some(revision) = line.strip_prefix("registration ") {
+                if registration.is_some() || !vbds.is_empty() {
+                    return Err(format!("a registration line out of place: {line:?}"));
+                }
+                registration = Some(
+                    revision
+                        .parse()
+                        .map_err(|_| format!("not a registration line: {line:?}"))?,
+                );
+                continue;
             }
             vbds.push(VbdRecord::decode(&line).ok_or_else(|| format!("not a VBD line: {line:?}"))?);
         }
@@ -300,7 +331,8 @@ impl Handover {
         eprintln!("vbd-backend: a new backend takes over");
         // No change to the table from now on: the snapshot is the last word.
         self.control().stop();
-        let snapshot = Snapshot::of(self.service.shared.table, self.service.shared.start_id)
+        let shared = &self.service.shared;
+        let snapshot = Snapshot::of(shared.table, shared.start_id, shared.registration)
             .map_err(io::Error::other)?;
         let answer = (&stream)
             .write_all(snapshot.encode().as_bytes())
@@ -354,16 +386,19 @@ mod tests {
 
     #[test]
     fn a_snapshot_reads_back_as_it_was_written() {
-        let snapshot = Snapshot {
-            start_id: 0xfeed_beef_0000_0001,
-            vbds: vec![
-                record(1, "vd:7", &[(768, 2048, 8192), (832, 0, 4096)]),
-                record(0, "", &[(768, 0, 16)]),
-            ],
-        };
-        let text = snapshot.encode();
-        let decoded = Snapshot::decode(text.lines().map(|line| Ok(line.to_owned()))).unwrap();
-        assert_eq!(decoded, snapshot);
+        for registration in [None, Some(42)] {
+            let snapshot = Snapshot {
+                start_id: 0xfeed_beef_0000_0001,
+                registration,
+                vbds: vec![
+                    record(1, "vd:7", &[(768, 2048, 8192), (832, 0, 4096)]),
+                    record(0, "", &[(768, 0, 16)]),
+                ],
+            };
+            let text = snapshot.encode();
+            let decoded = Snapshot::decode(text.lines().map(|line| Ok(line.to_owned()))).unwrap();
+            assert_eq!(decoded, snapshot);
+        }
     }
 
     #[test]
@@ -391,5 +426,15 @@ mod tests {
                 Err(format!("not a VBD line: {bad:?}"))
             );
         }
+        assert_eq!(
+            Snapshot::decode(lines("start 0x1\nregistration x\nend\n")),
+            Err("not a registration line: \"registration x\"".to_owned())
+        );
+        assert_eq!(
+            Snapshot::decode(lines(
+                "start 0x1\nvbd 1 51712 3 7664 768:0:8\nregistration 5\nend\n"
+            )),
+            Err("a registration line out of place: \"registration 5\"".to_owned())
+        );
     }
 }

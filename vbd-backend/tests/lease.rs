@@ -1,14 +1,17 @@
 //! A backend registered with a pool on a real etcd cluster: it holds its host's lease and
 //! fences itself. A backend paused (SIGSTOP) for longer than its lease serves not one more
-//! I/O when it resumes, and `vdisk hosts` shows its lease expired.
+//! I/O when it resumes, and `vdisk hosts` shows its lease expired. A backend that takes
+//! over another's VBDs serves them only under the registration they were granted under,
+//! unbroken.
 
 mod common;
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{attach_dom0_xvda, run, xvda_url, Backend};
+use common::{attach_dom0_xvda, run, wait_with_timeout, xvda_url, Backend};
 use rustix::process::{kill_process, Pid, Signal};
 use shared_abi::Mode;
 use vbd_machine::etcd::Cluster;
@@ -68,8 +71,13 @@ fn a_backend_paused_past_its_lease_serves_no_io_when_it_resumes() {
     let backend = Backend::start(&["--pool", &pool, "--host", "h1", "--lease-ttl", "2"]);
     assert!(
         backend.log().contains(&format!(
-            "vbd-backend: host h1 registered with {pool} (lease of 2 s)"
+            "vbd-backend: host h1 registered with {pool} at revision "
         )),
+        "{}",
+        backend.log()
+    );
+    assert!(
+        backend.log().contains(" (lease of 2 s)"),
         "{}",
         backend.log()
     );
@@ -227,5 +235,129 @@ fn a_host_killed_loses_its_lease_and_another_may_then_take_its_disks() {
         taken.status.success(),
         "{}",
         String::from_utf8_lossy(&taken.stderr)
+    );
+}
+
+/// A backend started with `--takeover` on `backend`'s directory, logging to `log`; killed
+/// when dropped.
+struct Successor {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Successor {
+    fn spawn(backend: &Backend, log: &str, extra: &[&str]) -> Successor {
+        let log = backend.work.path().join(log);
+        let child = Command::new(env!("CARGO_BIN_EXE_vbd-backend"))
+            .arg("--devices")
+            .arg(&backend.devices)
+            .arg("--dir")
+            .arg(&backend.dir)
+            .arg("--takeover")
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Successor { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait until the log says `text`.
+    fn wait_for(&self, text: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !self.log().contains(text) {
+            assert!(std::time::Instant::now() < deadline, "{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_takeover_serves_the_vbds_only_while_the_registration_they_were_granted_under_lasts() {
+    let directory = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(directory.path(), 1).unwrap();
+    let pool = cluster.url();
+    let lease = ["--pool", &pool, "--host", "h1", "--lease-ttl", "2"];
+    let mut backend = Backend::start(&lease);
+    let revision = |log: &str| -> i64 {
+        log.split(" at revision ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|number| number.parse().ok())
+            .unwrap_or_else(|| panic!("no registration in {log}"))
+    };
+    let first_registration = revision(&backend.log());
+    attach_dom0_xvda(&backend, Mode::READ | Mode::WRITE, &[(0, 2048, 128)]);
+    assert!(qemu_io(&backend, "write -P 0xab 0 64k").contains("wrote 65536/65536 bytes"));
+
+    // A successor outside the pool would serve them unfenced: refused.
+    let mut unregistered = Successor::spawn(&backend, "unregistered.log", &[]);
+    let status = wait_with_timeout(&mut unregistered.child, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{}", unregistered.log());
+    assert!(
+        unregistered
+            .log()
+            .contains("is registered with a pool: take it over with --pool and --host"),
+        "{}",
+        unregistered.log()
+    );
+    assert!(qemu_io(&backend, "write -P 0xab 0 64k").contains("wrote 65536/65536 bytes"));
+
+    // While the lease lives, a takeover continues the registration and serves on.
+    let successor = Successor::spawn(&backend, "successor.log", &lease);
+    assert!(backend.wait(Duration::from_secs(30)).success());
+    successor.wait_for("took over 1 VBDs");
+    assert!(revision(&successor.log()) > first_registration);
+    assert!(qemu_io(&backend, "write -P 0xcd 0 64k").contains("wrote 65536/65536 bytes"));
+    assert_eq!(
+        backend.read_image("hda", 2048 * 512, 64 << 10),
+        vec![0xcd; 64 << 10]
+    );
+
+    // Paused past its lease, the successor is fenced: its registration has lapsed, and
+    // another host could now be granted the VD. A third backend may not take its VBDs over
+    // and serve them again under a registration of its own.
+    let pid = Pid::from_raw(successor.child.id() as i32).unwrap();
+    kill_process(pid, Signal::STOP).unwrap();
+    std::thread::sleep(Duration::from_millis(3500));
+    kill_process(pid, Signal::CONT).unwrap();
+    successor.wait_for("expired: fenced");
+    let mut third = Successor::spawn(&backend, "third.log", &lease);
+    let status = wait_with_timeout(&mut third.child, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{}", third.log());
+    assert!(
+        third.log().contains(&format!(
+            "cannot register host h1: host h1: the registration made at revision {} has lapsed",
+            revision(&successor.log())
+        )),
+        "{}",
+        third.log()
+    );
+    assert!(
+        third
+            .log()
+            .contains("start without --takeover, then vdisk restore checks them again"),
+        "{}",
+        third.log()
+    );
+    // The fenced backend serves on, writing nothing.
+    successor.wait_for("the new backend went away before it took over");
+    let written = qemu_io(&backend, "write -P 0xef 0 64k");
+    assert!(written.contains("Input/output error"), "{written}");
+    assert_eq!(
+        backend.read_image("hda", 2048 * 512, 64 << 10),
+        vec![0xcd; 64 << 10]
     );
 }

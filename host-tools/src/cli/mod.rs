@@ -14,8 +14,8 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use devices::{DeviceSource, DevicesFile, Region, Sysfs};
 use host_tools::database::{Database, OpenMode, PoolUrl};
-use host_tools::devices::{DeviceSource, DevicesFile, Region, Sysfs};
 use host_tools::error::Error;
 use host_tools::hypervisor::Hypervisor;
 use host_tools::reconcile::{HypervisorView, Reconciliation};

@@ -3,9 +3,9 @@
 use std::path::Path;
 
 use clap::Args;
+use devices::{DeviceSource, Sysfs};
 use host_tools::allocate::merge_adjacent;
 use host_tools::database::{AccessMode, Database, OpenMode};
-use host_tools::devices::{DeviceSource, Sysfs};
 use host_tools::error::{Error, Result};
 use host_tools::mounts::read_mount_users;
 use host_tools::size::{format_sectors, parse_size, DISK_SIZE};

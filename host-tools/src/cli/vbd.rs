@@ -1,6 +1,7 @@
 //! The subcommands that change or list VBDs in the hypervisor: attach, detach, vbds.
 
 use clap::Args;
+use devices::parse_device_number;
 use host_tools::allocate::merge_adjacent;
 use host_tools::database::{
     vdevice_name, AccessMode, Attachment, AttachmentTarget, Database, OpenMode,
@@ -9,7 +10,7 @@ use host_tools::error::{Error, Result};
 use host_tools::hypervisor::Hypervisor;
 use host_tools::reconcile::ReconciledVbd;
 use host_tools::size::format_sectors;
-use host_tools::uname::{parse_device_number, Uname};
+use host_tools::uname::Uname;
 use host_tools::validator::validate;
 use serde::Serialize;
 use shared_abi::wire::Extent;

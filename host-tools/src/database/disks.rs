@@ -625,7 +625,7 @@ mod tests {
 
     use super::*;
     use crate::database::OpenMode;
-    use crate::devices::{DiskIdentity, Region};
+    use devices::{DiskIdentity, Region};
 
     /// A pool of `extents` extents of 1 MiB on hda1, and the clock the database reads.
     fn pool_of(extents: u64) -> (tempfile::TempDir, Database, Arc<AtomicI64>) {

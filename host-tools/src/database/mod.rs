@@ -27,8 +27,9 @@ use crate::schema::{self, APPLICATION_ID, LATEST_VERSION};
 pub use attachments::{AccessMode, Attachment, AttachmentTarget};
 pub use disks::{Claim, Owner, PendingCreate, VdState, VirtualDisk};
 pub use pool::{moved as pool_moved, PoolPartition};
+pub use pool_cluster::{HostState, PoolUrl};
 pub use sqlite::SqliteFile;
-pub use store::{HostState, PoolUrl, Store};
+pub use store::Store;
 
 /// A disk being created, and a claim (a wipe or a grow), holds its extents for this long;
 /// the process renews the lease while it zeros. When the process dies, the lease runs out

@@ -6,9 +6,9 @@ use shared_abi::DeviceNumber;
 
 use super::{device_number, extent_from_row, Database};
 use crate::allocate::FreeExtent;
-use crate::devices::{DiskIdentity, Region};
 use crate::error::{Error, Result};
 use crate::size::format_sectors;
+use devices::{DiskIdentity, Region};
 
 /// A partition (or whole disk) in the pool, with its occupancy.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]

@@ -457,7 +457,7 @@ mod tests {
         let table = empty_table();
         let vbd = create(table, xvda(1), &[(0, 0, 8)], true, "vd:1");
         let target = DeviceTarget {
-            shared: Arc::new(Shared::new(table, disks, 1, 1)),
+            shared: Arc::new(Shared::new(table, disks, 1, 1, None)),
             vbd,
             writable: true,
             serial: "vd:1".into(),

@@ -10,8 +10,6 @@
 //! conflicts under many writers, and of a pool no larger than one etcd request (1.5 MiB by
 //! default: a little over 40 000 extents).
 
-mod cluster;
-pub mod hosts;
 mod snapshot;
 
 use std::cell::{RefCell, RefMut};
@@ -24,7 +22,9 @@ use std::time::{Duration, Instant};
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use rusqlite::{Connection, Transaction};
 
-use self::cluster::{describe, Cluster, Outcome};
+use pool_cluster::connection::{describe, Cluster, Outcome};
+use pool_cluster::hosts;
+
 use super::sqlite::named;
 use super::{check_schema, OpenMode, SchemaState, Store};
 use crate::error::{Error, Result};
@@ -134,7 +134,10 @@ impl EtcdStore {
         let url = self.url();
         let mut guard = self.current()?;
         let Some(copy) = guard.as_mut() else {
-            return Err(self.cluster.unavailable("no copy of the pool".into()));
+            return Err(self
+                .cluster
+                .unavailable("no copy of the pool".into())
+                .into());
         };
         if copy.fresh {
             schema::migrate(&mut copy.connection).map_err(|error| named(Path::new(&url), error))?;
@@ -210,9 +213,12 @@ impl EtcdStore {
             Some(head) if head.value() == mark.as_bytes() => Ok(Some(head.mod_revision())),
             Some(head) if head.mod_revision() == read => Ok(None),
             None if read == 0 => Ok(None),
-            _ => Err(self.cluster.unavailable(format!(
-                "{why} (the change may or may not have been made: vdisk list shows which)"
-            ))),
+            _ => Err(self
+                .cluster
+                .unavailable(format!(
+                    "{why} (the change may or may not have been made: vdisk list shows which)"
+                ))
+                .into()),
         }
     }
 }
@@ -235,7 +241,7 @@ impl Store for EtcdStore {
     }
 
     fn hosts(&self) -> Result<Option<Vec<super::HostState>>> {
-        hosts::hosts(&self.cluster).map(Some)
+        Ok(Some(hosts::hosts(&self.cluster)?))
     }
 
     fn read(&self, read: &mut dyn FnMut(&Connection) -> Result<()>) -> Result<()> {
@@ -243,7 +249,10 @@ impl Store for EtcdStore {
         let copy = self.current()?;
         match copy.as_ref() {
             Some(copy) => read(&copy.connection).map_err(|error| named(Path::new(&url), error)),
-            None => Err(self.cluster.unavailable("no copy of the pool".into())),
+            None => Err(self
+                .cluster
+                .unavailable("no copy of the pool".into())
+                .into()),
         }
     }
 
@@ -262,9 +271,12 @@ impl Store for EtcdStore {
             }
             back_off(attempt);
         }
-        Err(self.cluster.unavailable(format!(
-            "other hosts' writes kept coming first for {} s",
-            CONFLICTS_FOR.as_secs()
-        )))
+        Err(self
+            .cluster
+            .unavailable(format!(
+                "other hosts' writes kept coming first for {} s",
+                CONFLICTS_FOR.as_secs()
+            ))
+            .into())
     }
 }

@@ -22,7 +22,7 @@ fn vd_1_on(disks: crate::disks::Disks) -> DeviceTarget {
     let table = empty_table();
     let vbd = create(table, xvda(1), &[(0, 0, 8)], true, "vd:1");
     DeviceTarget {
-        shared: Arc::new(Shared::new(table, disks, 1, 1)),
+        shared: Arc::new(Shared::new(table, disks, 1, 1, None)),
         vbd,
         writable: true,
         serial: "vd:1".into(),
@@ -280,7 +280,7 @@ fn write_zeroes_go_in_steps_across_extents_and_a_range_past_the_end_changes_noth
         "vd:1",
     );
     let target = DeviceTarget {
-        shared: Arc::new(Shared::new(table, disks, 1, 1)),
+        shared: Arc::new(Shared::new(table, disks, 1, 1, None)),
         vbd,
         writable: true,
         serial: "vd:1".into(),

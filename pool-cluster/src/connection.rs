@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions, GetOptions, Txn};
 
-use crate::error::{Error, Result};
+use crate::{Error, Result};
 
 /// One request waits this long for an answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
