@@ -19,6 +19,7 @@ mod fence;
 mod guest_memory;
 mod lease;
 mod nbd;
+mod polling;
 mod service;
 mod shared;
 mod sockets;

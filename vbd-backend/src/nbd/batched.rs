@@ -5,9 +5,16 @@
 //! A pipelining client (fio at depth 32, nbdcopy) otherwise costs a receive for each header,
 //! another for each write's data and a send for each reply. Replies never wait behind a
 //! read that could block: whatever is pending is sent before the socket is asked for more,
-//! so a client that waits for its replies before it sends again is answered.
+//! so a client that waits for its replies before it sends again is answered. Once they
+//! have left, the connection looks for the client's next request for a moment before it
+//! blocks in the receive ([`crate::polling`]).
 
 use std::io::{self, BufReader, BufWriter, IoSlice, Read, Write};
+use std::os::unix::net::UnixStream;
+
+use rustix::net::{recv, RecvFlags};
+
+use crate::polling;
 
 /// Bytes received at once: a depth-32 batch of 4 KiB writes with their headers.
 const RECEIVE_BYTES: usize = 160 << 10;
@@ -15,40 +22,64 @@ const RECEIVE_BYTES: usize = 160 << 10;
 /// A larger reply goes straight from its buffer to the socket.
 const SEND_BYTES: usize = 160 << 10;
 
-/// Both directions of one connection's stream.
-pub struct Batched<S: Read + Write> {
-    reader: BufReader<S>,
-    writer: BufWriter<S>,
+/// Both directions of one connection's socket.
+pub struct Batched<'a> {
+    socket: &'a UnixStream,
+    reader: BufReader<&'a UnixStream>,
+    writer: BufWriter<&'a UnixStream>,
+    /// Something was answered since the socket was last read: the client may be about to
+    /// send more.
+    answered: bool,
 }
 
-impl<S: Read + Write> Batched<S> {
-    /// Batch `stream`, read through `reading` and written through `writing`: two handles of
-    /// the same socket (a `&UnixStream` is both).
-    pub fn new(reading: S, writing: S) -> Batched<S> {
+impl<'a> Batched<'a> {
+    /// Batch `socket`, both ways.
+    pub fn new(socket: &'a UnixStream) -> Batched<'a> {
         Batched {
-            reader: BufReader::with_capacity(RECEIVE_BYTES, reading),
-            writer: BufWriter::with_capacity(SEND_BYTES, writing),
+            socket,
+            reader: BufReader::with_capacity(RECEIVE_BYTES, socket),
+            writer: BufWriter::with_capacity(SEND_BYTES, socket),
+            answered: false,
         }
+    }
+
+    /// Whether the client has sent something not yet received (or closed, or failed: the
+    /// receive then says what), without waiting for it.
+    fn client_has_sent(&self) -> bool {
+        let mut byte = [0u8; 1];
+        !matches!(
+            recv(
+                self.socket,
+                &mut byte,
+                RecvFlags::PEEK | RecvFlags::DONTWAIT
+            ),
+            Err(rustix::io::Errno::AGAIN)
+        )
     }
 }
 
-impl<S: Read + Write> Read for Batched<S> {
+impl Read for Batched<'_> {
     fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
         // A `BufReader` goes to the socket only when it holds nothing: then, and only then,
         // the replies so far must leave first.
         if self.reader.buffer().is_empty() {
             self.writer.flush()?;
+            if std::mem::take(&mut self.answered) {
+                polling::look_for_more(|| self.client_has_sent());
+            }
         }
         self.reader.read(buffer)
     }
 }
 
-impl<S: Read + Write> Write for Batched<S> {
+impl Write for Batched<'_> {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.answered = true;
         self.writer.write(bytes)
     }
 
     fn write_vectored(&mut self, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.answered = true;
         self.writer.write_vectored(slices)
     }
 
@@ -78,13 +109,12 @@ pub fn write_all_vectored(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::net::UnixStream;
 
     #[test]
     fn replies_wait_for_the_next_read_that_would_go_to_the_socket() {
         let (server, mut client) = UnixStream::pair().unwrap();
         client.write_all(b"onetwo").unwrap();
-        let mut batched = Batched::new(&server, &server);
+        let mut batched = Batched::new(&server);
         let mut first = [0u8; 3];
         batched.read_exact(&mut first).unwrap();
         batched.write_all(b"reply1").unwrap();

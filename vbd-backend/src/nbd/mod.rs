@@ -81,14 +81,14 @@ impl Export {
 
 /// Serve one client: the handshake, then its requests.
 fn connection(target: &Target, stream: UnixStream) -> io::Result<()> {
-    let mut stream = batched::Batched::new(&stream, &stream);
+    let mut stream = batched::Batched::new(&stream);
     let served = serve(target, &mut stream);
     // Replies to what came before an error or a disconnect still go out.
     let flushed = stream.flush();
     served.and(flushed)
 }
 
-fn serve(target: &Target, stream: &mut batched::Batched<&UnixStream>) -> io::Result<()> {
+fn serve(target: &Target, stream: &mut batched::Batched) -> io::Result<()> {
     let Some(export) = handshake::negotiate(stream, target)? else {
         return Ok(());
     };

@@ -3,7 +3,7 @@
 //!
 //! Each queue has its own thread (`queues_per_thread` gives one queue per thread) with its
 //! own I/O context and io_uring, which alone pops, serves and completes that queue's
-//! requests, and looks for more for a moment after a busy round ([`super::polling`]).
+//! requests, and looks for more for a moment after a busy round ([`crate::polling`]).
 //! Nothing a guest sends can stop a queue: every failure becomes a status byte, and
 //! `handle_event` only fails on errors of the vhost-user plumbing itself.
 //!
@@ -46,11 +46,11 @@ use zerocopy::{Immutable, IntoBytes, KnownLayout};
 use super::exit_events::ExitEvents;
 use super::inflight::Inflight;
 use super::memory_table::MemoryTable;
-use super::polling;
 use super::queue::{QueueTarget, QueueWorker};
 use super::request::{MAX_SEGMENTS, MAX_SEGMENT_SECTORS, MAX_TRANSFER_BYTES};
 use super::ResumedRings;
 use crate::guest_memory::GuestMappings;
+use crate::polling;
 use crate::shared::Shared;
 use crate::vbd::vbd_state;
 

@@ -23,7 +23,6 @@ mod exit_events;
 mod inflight;
 mod memory_regions;
 mod memory_table;
-mod polling;
 mod queue;
 
 use std::io;
