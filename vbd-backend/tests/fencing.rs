@@ -132,18 +132,11 @@ fn a_guest_holding_its_queue_full_of_the_largest_reads_stalls_no_other_vbds_chan
     let backend = Backend::start_with(Some(disk.path()), None, &[]);
     let bystander_bytes = pattern(BYSTANDER_SECTORS as usize * 512, 0x77);
     backend.write_image("hdb", 0, &bystander_bytes);
-    let mut hypervisor = backend.hypervisor();
     let rw = Mode::READ | Mode::WRITE;
     let whole_hda = Extent::new(hda(), 0, IMAGE_BYTES / 512).unwrap();
-    hypervisor.create(1, xvda(), rw, label("vd:1")).unwrap();
-    hypervisor
-        .set_extents(1, xvda(), &[whole_hda], SharingLevel::ReadersOnly)
-        .unwrap();
-    hypervisor.create(2, xvda(), rw, label("vd:2")).unwrap();
+    common::attach_xvda(&backend, 1, rw, "vd:1", &[whole_hda]);
     let bystander_extent = Extent::new(hdb(), 0, BYSTANDER_SECTORS).unwrap();
-    hypervisor
-        .set_extents(2, xvda(), &[bystander_extent], SharingLevel::ReadersOnly)
-        .unwrap();
+    common::attach_xvda(&backend, 2, rw, "vd:2", &[bystander_extent]);
 
     let mut hostile = Driver::connect_with_memory(
         &backend.socket(1, "xvda"),

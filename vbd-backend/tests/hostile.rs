@@ -15,14 +15,14 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{hda, label, pattern, xvda, Backend, IMAGE_BYTES};
+use common::{hda, pattern, xvda, Backend, IMAGE_BYTES};
 use faulty_disk::FaultyDisk;
 use hostile_driver::{
     Driver, DATA, HEADER, IOERR, MEMORY_BYTES, OK, QUEUE_SIZE, STATUS, USED, VIRTIO_BLK_T_FLUSH,
     VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
 };
 use shared_abi::wire::Extent;
-use shared_abi::{Mode, SharingLevel};
+use shared_abi::Mode;
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
@@ -338,18 +338,8 @@ fn a_vmm_that_vanishes_mid_batch_leaves_the_socket_serving_the_next() {
 /// held there while the disk holds them.
 fn backend_on_a_held_disk(disk: &FaultyDisk) -> Backend {
     let backend = Backend::start_with(Some(disk.path()), None, &[]);
-    let mut hypervisor = backend.hypervisor();
-    hypervisor
-        .create(1, xvda(), Mode::READ | Mode::WRITE, label("vd:1"))
-        .unwrap();
-    hypervisor
-        .set_extents(
-            1,
-            xvda(),
-            &[Extent::new(hda(), 20000, 64).unwrap()],
-            SharingLevel::ReadersOnly,
-        )
-        .unwrap();
+    let extent = Extent::new(hda(), 20000, 64).unwrap();
+    common::attach_xvda(&backend, 1, Mode::READ | Mode::WRITE, "vd:1", &[extent]);
     backend
 }
 

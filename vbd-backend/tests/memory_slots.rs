@@ -8,9 +8,9 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use common::{hda, label, xvda, Backend};
+use common::{hda, Backend};
 use shared_abi::wire::Extent;
-use shared_abi::{Mode, SharingLevel};
+use shared_abi::Mode;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo};
@@ -22,18 +22,8 @@ const PAGE: u64 = 4096;
 #[test]
 fn a_vmm_adding_more_regions_than_a_connection_may_hold_loses_its_connection_only() {
     let backend = Backend::start(&[]);
-    let mut hypervisor = backend.hypervisor();
-    hypervisor
-        .create(1, xvda(), Mode::READ | Mode::WRITE, label("vd:1"))
-        .unwrap();
-    hypervisor
-        .set_extents(
-            1,
-            xvda(),
-            &[Extent::new(hda(), 0, 2048).unwrap()],
-            SharingLevel::ReadersOnly,
-        )
-        .unwrap();
+    let extent = Extent::new(hda(), 0, 2048).unwrap();
+    common::attach_xvda(&backend, 1, Mode::READ | Mode::WRITE, "vd:1", &[extent]);
 
     let mut frontend = Frontend::connect(backend.socket(1, "xvda"), 1).unwrap();
     frontend.set_owner().unwrap();

@@ -9,7 +9,7 @@ use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use common::{hda, hdb, label, xvda, Backend};
+use common::{hda, hdb, xvda, Backend};
 use shared_abi::wire::Extent;
 use shared_abi::{Mode, SharingLevel};
 use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
@@ -25,16 +25,8 @@ const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 const PROTOCOL_FEATURES: u64 = 1 << 30;
 
 fn guest_vbd(backend: &Backend, mode: Mode, sectors: u64) {
-    let mut hypervisor = backend.hypervisor();
-    hypervisor.create(1, xvda(), mode, label("vd:1")).unwrap();
-    hypervisor
-        .set_extents(
-            1,
-            xvda(),
-            &[Extent::new(hda(), 4096, sectors).unwrap()],
-            SharingLevel::ReadersOnly,
-        )
-        .unwrap();
+    let extent = Extent::new(hda(), 4096, sectors).unwrap();
+    common::attach_xvda(backend, 1, mode, "vd:1", &[extent]);
 }
 
 /// Connect and negotiate as QEMU does; returns the front end and the offered features.

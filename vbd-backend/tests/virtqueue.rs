@@ -22,15 +22,11 @@ use shared_abi::{Mode, SharingLevel};
 
 /// Domain 1's xvda, labelled `vd:4`: VBD sectors 0..8 are hdb 1000..1008, 8..12 hda 5000..5004.
 fn guest_vbd(backend: &Backend, mode: Mode) {
-    let mut hypervisor = backend.hypervisor();
-    hypervisor.create(1, xvda(), mode, label("vd:4")).unwrap();
     let extents = [
         Extent::new(hdb(), 1000, 8).unwrap(),
         Extent::new(hda(), 5000, 4).unwrap(),
     ];
-    hypervisor
-        .set_extents(1, xvda(), &extents, SharingLevel::ReadersOnly)
-        .unwrap();
+    common::attach_xvda(backend, 1, mode, "vd:4", &extents);
 }
 
 /// The VBD's 12 sectors, read from the images in VBD order.

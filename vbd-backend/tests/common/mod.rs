@@ -264,45 +264,46 @@ impl Drop for Backend {
     }
 }
 
+/// `domain`'s xvda, labelled `text`, in `mode`, over `extents` in that order.
+pub fn attach_xvda(backend: &Backend, domain: u32, mode: Mode, text: &str, extents: &[Extent]) {
+    let mut hypervisor = backend.hypervisor();
+    hypervisor
+        .create(domain, xvda(), mode, label(text))
+        .unwrap();
+    hypervisor
+        .set_extents(domain, xvda(), extents, SharingLevel::ReadersOnly)
+        .unwrap();
+}
+
 /// dom0's xvda, labelled `vd:1`, over `extents` of `(disk, start, count)` (disk 0 is hda,
 /// 1 hdb), in that order.
 pub fn attach_dom0_xvda(backend: &Backend, mode: Mode, extents: &[(u32, u64, u64)]) {
-    let mut hypervisor = backend.hypervisor();
-    hypervisor.create(0, xvda(), mode, label("vd:1")).unwrap();
     let extents: Vec<Extent> = extents
         .iter()
         .map(|&(disk, start, count)| {
             Extent::new(if disk == 0 { hda() } else { hdb() }, start, count).unwrap()
         })
         .collect();
-    hypervisor
-        .set_extents(0, xvda(), &extents, SharingLevel::ReadersOnly)
-        .unwrap();
+    attach_xvda(backend, 0, mode, "vd:1", &extents);
 }
 
 /// Two tenants, each an xvda read-write: domain 1's `vd:1` scattered over hdb 1000..1008
 /// then hda 5000..5004, and domain 2's `vd:2` on hda 100..116, the bystander the tests of a
 /// hostile domain 1 watch.
 pub fn attach_two_tenants(backend: &Backend) {
-    let mut hypervisor = backend.hypervisor();
     let rw = Mode::READ | Mode::WRITE;
-    hypervisor.create(1, xvda(), rw, label("vd:1")).unwrap();
-    let extents = [
+    let scattered = [
         Extent::new(hdb(), 1000, 8).unwrap(),
         Extent::new(hda(), 5000, 4).unwrap(),
     ];
-    hypervisor
-        .set_extents(1, xvda(), &extents, SharingLevel::ReadersOnly)
-        .unwrap();
-    hypervisor.create(2, xvda(), rw, label("vd:2")).unwrap();
-    hypervisor
-        .set_extents(
-            2,
-            xvda(),
-            &[Extent::new(hda(), 100, 16).unwrap()],
-            SharingLevel::ReadersOnly,
-        )
-        .unwrap();
+    attach_xvda(backend, 1, rw, "vd:1", &scattered);
+    attach_xvda(
+        backend,
+        2,
+        rw,
+        "vd:2",
+        &[Extent::new(hda(), 100, 16).unwrap()],
+    );
 }
 
 /// The NBD URL of dom0's xvda export.
