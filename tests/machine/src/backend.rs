@@ -42,19 +42,7 @@ impl Backend {
         options: &[&str],
         log: &Path,
     ) -> Result<Backend, String> {
-        let mut arguments = vec![
-            "--devices".to_owned(),
-            devices.display().to_string(),
-            "--dir".to_owned(),
-            dir.display().to_string(),
-        ];
-        arguments.extend(options.iter().map(|option| option.to_string()));
-        let mut daemon = Daemon::spawn(
-            binary,
-            &arguments,
-            log,
-            "build it with cargo build -p vbd-backend",
-        )?;
+        let mut daemon = spawn(binary, devices, dir, options, log)?;
         let control = dir.join("control.sock");
         daemon.wait_until("serving control.sock", Duration::from_secs(20), || {
             UnixStream::connect(&control).is_ok()
@@ -76,20 +64,11 @@ impl Backend {
         options: &[&str],
         log: &Path,
     ) -> Result<Backend, String> {
-        let mut arguments = vec![
-            "--devices".to_owned(),
-            devices.display().to_string(),
-            "--dir".to_owned(),
-            self.dir.display().to_string(),
-            "--takeover".to_owned(),
-        ];
-        arguments.extend(options.iter().map(|option| option.to_string()));
-        let mut daemon = Daemon::spawn(
-            binary,
-            &arguments,
-            log,
-            "build it with cargo build -p vbd-backend",
-        )?;
+        let takeover: Vec<&str> = ["--takeover"]
+            .into_iter()
+            .chain(options.iter().copied())
+            .collect();
+        let mut daemon = spawn(binary, devices, &self.dir, &takeover, log)?;
         daemon.wait_until("taking over", Duration::from_secs(20), || {
             fs::read_to_string(log).is_ok_and(|text| text.contains("vbd-backend: took over"))
         })?;
@@ -200,4 +179,27 @@ impl Backend {
     pub fn kill(self) -> Result<(), String> {
         self.daemon.kill().map(drop)
     }
+}
+
+/// Spawn `binary --devices DEVICES --dir DIR OPTIONS...`, both outputs in `log`.
+fn spawn(
+    binary: &Path,
+    devices: &Path,
+    dir: &Path,
+    options: &[&str],
+    log: &Path,
+) -> Result<Daemon, String> {
+    let mut arguments = vec![
+        "--devices".to_owned(),
+        devices.display().to_string(),
+        "--dir".to_owned(),
+        dir.display().to_string(),
+    ];
+    arguments.extend(options.iter().map(|option| option.to_string()));
+    Daemon::spawn(
+        binary,
+        &arguments,
+        log,
+        "build it with cargo build -p vbd-backend",
+    )
 }
