@@ -189,7 +189,10 @@ impl Disk {
     }
 
     /// Discard or zero `length` bytes at `offset`, within the disk's size. Where the file or
-    /// device cannot zero in place, zeros are written.
+    /// device cannot zero in place, zeros are written. A range to unmap that is a hole
+    /// already is left alone: the look is a `SEEK_DATA`, where a punch is a journalled change
+    /// of the inode that drops the range from the page cache (what a copy of a sparse disk
+    /// asks of every hole it skips).
     pub fn release(&self, offset: u64, length: u64, how: Release) -> io::Result<()> {
         let flags = match how {
             Release::Discard
@@ -202,7 +205,25 @@ impl Disk {
                 FallocateFlags::ZERO_RANGE | FallocateFlags::KEEP_SIZE
             }
         };
-        self.writing(|file| match fallocate(file, flags, offset, length) {
+        let punch = flags.contains(FallocateFlags::PUNCH_HOLE);
+        self.writing(|file| {
+            if punch && self.allocation(offset, offset + length)? == (length, true) {
+                return Ok(());
+            }
+            self.fallocate_or_write(file, flags, offset, length, how)
+        })
+    }
+
+    /// `fallocate`, or where the disk has none, zeros written (a discard: nothing done).
+    fn fallocate_or_write(
+        &self,
+        file: &File,
+        flags: FallocateFlags,
+        offset: u64,
+        length: u64,
+        how: Release,
+    ) -> io::Result<()> {
+        match fallocate(file, flags, offset, length) {
             Ok(()) => Ok(()),
             // A discard is a hint: a disk that cannot punch holes keeps its data.
             Err(_) if how == Release::Discard => Ok(()),
@@ -218,7 +239,7 @@ impl Disk {
                 }
             }
             Err(error) => Err(error.into()),
-        })
+        }
     }
 
     /// The run of bytes from `offset` up to at most `end` that is all data or all hole:
@@ -450,6 +471,39 @@ pub(crate) mod tests {
         let mut bytes = vec![0u8; 1024];
         hda.read_exact_at(&mut bytes, 0).unwrap();
         assert_eq!(bytes, [vec![0; 512], vec![1; 512]].concat());
+    }
+
+    #[test]
+    fn unmapping_a_range_that_is_already_a_hole_leaves_the_file_alone() {
+        let (_directory, disks) = two_disks();
+        let hda = disks.iter().next().unwrap();
+        hda.write_all_at(&[1; 4096], 65536).unwrap();
+        let long_ago = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1 << 30);
+        hda.file.set_modified(long_ago).unwrap();
+        let modified = || hda.file.metadata().unwrap().modified().unwrap();
+        // All hole: nothing to punch, so the file is not touched (a punch is a journalled
+        // change of the inode, far dearer than the look).
+        for how in [
+            Release::Discard,
+            Release::WriteZeroes { may_unmap: true },
+            Release::ZeroesInPlace { may_unmap: true },
+        ] {
+            hda.release(0, 65536, how).unwrap();
+            assert_eq!(modified(), long_ago, "{how:?} of a hole");
+        }
+        // Any data in the range: punched, and it reads as zeros.
+        hda.release(0, 131072, Release::WriteZeroes { may_unmap: true })
+            .unwrap();
+        assert_ne!(modified(), long_ago);
+        assert_eq!(hda.allocation(0, 131072).unwrap(), (131072, true));
+        let mut bytes = vec![1u8; 4096];
+        hda.read_exact_at(&mut bytes, 65536).unwrap();
+        assert_eq!(bytes, vec![0; 4096]);
+        // A zeroing that must keep the range allocated still allocates it.
+        hda.file.set_modified(long_ago).unwrap();
+        hda.release(0, 4096, Release::WriteZeroes { may_unmap: false })
+            .unwrap();
+        assert_ne!(modified(), long_ago);
     }
 
     #[test]
