@@ -13,7 +13,7 @@ struct Tool {
     package: &'static str,
 }
 
-const TOOLS: [Tool; 14] = [
+const TOOLS: [Tool; 15] = [
     Tool {
         program: "qemu-system-x86_64",
         package: "qemu-system-x86",
@@ -61,6 +61,11 @@ const TOOLS: [Tool; 14] = [
     Tool {
         program: "fio",
         package: "fio",
+    },
+    // The `nbd` bench's floor: nbdkit's null plugin, a server that does nothing.
+    Tool {
+        program: "nbdkit",
+        package: "nbdkit",
     },
     // Pools on etcd: the host tools' etcd client is built with protoc, and the tests start
     // etcd clusters of their own (etcdctl is the operator's look into them).

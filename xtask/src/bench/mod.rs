@@ -89,6 +89,9 @@ impl Options {
 }
 
 pub fn run(options: Options) -> Result<(), String> {
+    // Every section builds vbd-backend (protoc for its etcd client) or runs a tool the
+    // machine may lack (qemu-storage-daemon, fio, nbdcopy, etcd).
+    crate::provision::ensure_all()?;
     let root = workspace_root();
     let target = target_directory();
     match options.only {

@@ -1,7 +1,9 @@
 //! The `nbd` figures: dom0's tools on vbd-backend's NBD exports beside qemu-storage-daemon's
 //! export of the same image files, in one run: fio's `nbd` engine (4 KiB random reads and
 //! writes at depth 1 and 32) and nbdcopy (a full and a sparse disk, to `null:` and from a
-//! file), every operation on both servers in turn, rounds rotated ([`plan`]), medians kept.
+//! file), every operation on both servers in turn, rounds rotated ([`plan`]), medians kept;
+//! and beside the workloads that only write, the floor: nbdkit's `null` plugin, a server that
+//! throws the writes away, so the table shows what the client alone costs.
 
 mod plan;
 mod setup;
@@ -62,8 +64,14 @@ impl Nbd {
 
     /// vbd-backend against qemu-storage-daemon on `workload`, above 1 when better.
     pub fn speedup(&self, workload: Workload) -> f64 {
+        self.over_qsd(Server::Backend, workload)
+    }
+
+    /// `server` against qemu-storage-daemon on `workload`, above 1 when better; for the
+    /// floor, the most any server could reach.
+    fn over_qsd(&self, server: Server, workload: Workload) -> f64 {
         workload.speedup(
-            self.median(Server::Backend, workload),
+            self.median(server, workload),
             self.median(Server::Qsd, workload),
         )
     }
@@ -80,10 +88,11 @@ impl Nbd {
     /// The `nbd` object of `summary.json`.
     pub fn json(&self) -> Value {
         let number = super::summary::number;
-        let figures = |figure: &dyn Fn(Workload) -> f64| {
+        let figures = |server: Server, figure: &dyn Fn(Workload) -> f64| {
             Value::Object(
                 Workload::ALL
                     .into_iter()
+                    .filter(|workload| server.runs(*workload))
                     .map(|workload| (workload.key().to_owned(), number(figure(workload))))
                     .collect(),
             )
@@ -92,14 +101,16 @@ impl Nbd {
         for server in Server::ALL {
             object.insert(
                 server.key().to_owned(),
-                figures(&|workload| self.median(server, workload)),
+                figures(server, &|workload| self.median(server, workload)),
             );
         }
-        object.insert(
-            "vbd_over_qsd".to_owned(),
-            figures(&|workload| self.speedup(workload)),
-        );
-        for server in Server::ALL {
+        for server in [Server::Backend, Server::Floor] {
+            object.insert(
+                format!("{}_over_qsd", server.key()),
+                figures(server, &|workload| self.over_qsd(server, workload)),
+            );
+        }
+        for server in Server::EXPORTS {
             let (to_null, from_file) = self.sparse_cost(server);
             object.insert(
                 format!("{}_sparse_over_full", server.key()),
@@ -125,9 +136,17 @@ impl Nbd {
             .into_iter()
             .map(|workload| {
                 let speedup = self.speedup(workload);
+                let floor = if Server::Floor.runs(workload) {
+                    format!(
+                        " (a server that does nothing: {:.2}x)",
+                        self.over_qsd(Server::Floor, workload)
+                    )
+                } else {
+                    String::new()
+                };
                 Goal {
                     text: format!(
-                        "nbd: vbd-backend >= {SPEEDUP_GOAL}x qemu-storage-daemon on {}: {speedup:.2}x",
+                        "nbd: vbd-backend >= {SPEEDUP_GOAL}x qemu-storage-daemon on {}: {speedup:.2}x{floor}",
                         workload.key()
                     ),
                     met: speedup >= SPEEDUP_GOAL,
@@ -159,20 +178,33 @@ impl Nbd {
         );
         let _ = writeln!(
             table,
-            "{:<26} {:>12} {:>12} {:>10}",
-            "", "vbd-backend", "qsd", "vbd/qsd"
+            "{:<26} {:>12} {:>12} {:>10} {:>12} {:>10}",
+            "", "vbd-backend", "qsd", "vbd/qsd", "floor", "floor/qsd"
         );
         for workload in Workload::ALL {
+            let floor = if Server::Floor.runs(workload) {
+                format!(
+                    "{:>12.1} {:>9.2}x",
+                    self.median(Server::Floor, workload),
+                    self.over_qsd(Server::Floor, workload)
+                )
+            } else {
+                format!("{:>12} {:>10}", "-", "-")
+            };
             let _ = writeln!(
                 table,
-                "{:<26} {:>12.1} {:>12.1} {:>9.2}x",
+                "{:<26} {:>12.1} {:>12.1} {:>9.2}x {floor}",
                 workload.key(),
                 self.median(Server::Backend, workload),
                 self.median(Server::Qsd, workload),
                 self.speedup(workload)
             );
         }
-        for server in Server::ALL {
+        let _ = writeln!(
+            table,
+            "floor: nbdkit's null plugin, which throws writes away (the client's own cost)"
+        );
+        for server in Server::EXPORTS {
             let (to_null, from_file) = self.sparse_cost(server);
             let allocated = self
                 .sparse_allocated_bytes
@@ -266,13 +298,12 @@ pub fn measure(quick: bool) -> Result<Nbd, String> {
     }
     let mut medians = BTreeMap::new();
     for server in Server::ALL {
-        for workload in Workload::ALL {
+        for workload in Workload::ALL.into_iter().filter(|w| server.runs(*w)) {
             medians.insert((server, workload), samples.median(server, workload)?);
         }
     }
     let mut sparse_allocated_bytes = BTreeMap::new();
-    for server in Server::ALL {
-        let image = servers.sparse_image(server);
+    for (server, image) in servers.sparse_images() {
         sparse_allocated_bytes.insert(server, allocated_bytes(image)?);
     }
     servers.stop()?;

@@ -1,27 +1,40 @@
 //! What the `nbd` section measures, in which order: each NBD server and each workload (fio's
-//! `nbd` engine, nbdcopy), the servers taking turns and their order swapped every round, so
-//! a change in the machine's load weighs on both alike; then the medians of the rounds.
+//! `nbd` engine, nbdcopy), the servers taking turns and their order rotated every round, so
+//! a change in the machine's load weighs on all alike; then the medians of the rounds.
 
 use std::collections::BTreeMap;
 
-/// An NBD server of the section; each exports the same two image files.
+/// An NBD server of the section: the two that export the same two image files, and the
+/// floor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Server {
     /// vbd-backend: dom0's VBDs of one extent each, a whole image file.
     Backend,
     /// qemu-storage-daemon's NBD export of each image file.
     Qsd,
+    /// nbdkit's `null` plugin, which throws every write away: what the client itself costs,
+    /// the best any server could do. Measured on the workloads that only write.
+    Floor,
 }
 
 impl Server {
-    pub const ALL: [Server; 2] = [Server::Backend, Server::Qsd];
+    pub const ALL: [Server; 3] = [Server::Backend, Server::Qsd, Server::Floor];
+    /// The servers that export the images.
+    pub const EXPORTS: [Server; 2] = [Server::Backend, Server::Qsd];
 
     /// The key in `summary.json`.
     pub fn key(self) -> &'static str {
         match self {
             Server::Backend => "vbd",
             Server::Qsd => "qsd",
+            Server::Floor => "floor",
         }
+    }
+
+    /// Whether the server runs `workload`: the floor only where it could stand for a real
+    /// server, the workloads that write and never read.
+    pub fn runs(self, workload: Workload) -> bool {
+        self != Server::Floor || workload.only_writes()
     }
 }
 
@@ -90,6 +103,17 @@ impl Workload {
         }
     }
 
+    /// Whether the workload sends the server writes (and write-zeroes) and no reads.
+    pub fn only_writes(self) -> bool {
+        matches!(
+            self,
+            Workload::RandomWriteDepth1
+                | Workload::RandomWriteDepth32
+                | Workload::CopyFullFromFile
+                | Workload::CopySparseFromFile
+        )
+    }
+
     /// The disk the workload runs on: fio's random I/O on the full one.
     pub fn disk(self) -> Disk {
         match self {
@@ -116,18 +140,21 @@ pub struct Step {
     pub workload: Workload,
 }
 
-/// Every operation, in order: round by round, workload by workload, each workload on both
-/// servers, the one that goes first swapped every round.
+/// Every operation, in order: round by round, workload by workload, each workload on every
+/// server that runs it, the order rotated every round.
 pub fn schedule(rounds: usize) -> Vec<Step> {
     let mut steps = Vec::new();
     for round in 0..rounds {
         for workload in Workload::ALL {
             for turn in 0..Server::ALL.len() {
-                steps.push(Step {
-                    round,
-                    server: Server::ALL[(turn + round) % Server::ALL.len()],
-                    workload,
-                });
+                let server = Server::ALL[(turn + round) % Server::ALL.len()];
+                if server.runs(workload) {
+                    steps.push(Step {
+                        round,
+                        server,
+                        workload,
+                    });
+                }
             }
         }
     }
@@ -164,9 +191,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_pair_runs_once_a_round_and_the_first_server_alternates() {
+    fn every_pair_runs_once_a_round_the_order_rotates_and_the_floor_only_writes() {
+        use Server::{Backend, Floor, Qsd};
         let steps = schedule(3);
-        assert_eq!(steps.len(), 3 * 8 * 2);
+        assert_eq!(steps.len(), 3 * (8 * 2 + 4));
         for round in 0..3 {
             for workload in Workload::ALL {
                 let servers: Vec<Server> = steps
@@ -174,11 +202,15 @@ mod tests {
                     .filter(|step| step.round == round && step.workload == workload)
                     .map(|step| step.server)
                     .collect();
-                let expected = if round % 2 == 0 {
-                    [Server::Backend, Server::Qsd]
-                } else {
-                    [Server::Qsd, Server::Backend]
-                };
+                let all = [
+                    [Backend, Qsd, Floor],
+                    [Qsd, Floor, Backend],
+                    [Floor, Backend, Qsd],
+                ];
+                let expected: Vec<Server> = all[round]
+                    .into_iter()
+                    .filter(|server| workload.only_writes() || *server != Floor)
+                    .collect();
                 assert_eq!(servers, expected, "round {round}, {}", workload.key());
             }
         }

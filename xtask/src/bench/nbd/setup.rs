@@ -3,15 +3,18 @@
 //! export) and by qemu-storage-daemon; and a full and a sparse file to copy into them. Each
 //! server has images of its own because copying the sparse file in leaves the sparse disk
 //! as the server's zeroing makes it (qemu-storage-daemon's default `discard=ignore`
-//! allocates what it zeroes), and the other server must not measure that.
+//! allocates what it zeroes), and the other server must not measure that. The floor,
+//! nbdkit's `null` plugin, keeps nothing.
 
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use shared_abi::wire::Extent;
 use shared_abi::{DeviceNumber, SECTOR_SIZE};
 use vbd_machine::guest::StorageDaemon;
+use vbd_machine::process::Daemon;
 use vbd_machine::{write_devices, Backend};
 
 use super::super::guest_io::write_image;
@@ -61,6 +64,9 @@ pub struct Servers {
     pub backend: Backend,
     pub qsd_full: StorageDaemon,
     pub qsd_sparse: StorageDaemon,
+    /// nbdkit's `null` plugin of [`DISK_BYTES`], on `floor_socket`.
+    floor: Daemon,
+    floor_socket: PathBuf,
     /// Each server's sparse image.
     pub backend_sparse_image: PathBuf,
     pub qsd_sparse_image: PathBuf,
@@ -114,10 +120,13 @@ impl Servers {
                 .map_err(|error| format!("{}: {error}", qsd_dir.display()))?;
             StorageDaemon::start(&qsd_dir, image, 1)
         };
+        let (floor, floor_socket) = start_floor(dir)?;
         Ok(Servers {
             backend,
             qsd_full: qsd("qsd-full", &qsd_full_image)?,
             qsd_sparse: qsd("qsd-sparse", &qsd_sparse_image)?,
+            floor,
+            floor_socket,
 
             backend_sparse_image,
             qsd_sparse_image,
@@ -140,15 +149,16 @@ impl Servers {
                 };
                 format!("nbd+unix:///d0?socket={}", qsd.nbd_socket.display())
             }
+            Server::Floor => format!("nbd+unix:///?socket={}", self.floor_socket.display()),
         }
     }
 
-    /// `server`'s sparse image.
-    pub fn sparse_image(&self, server: Server) -> &Path {
-        match server {
-            Server::Backend => &self.backend_sparse_image,
-            Server::Qsd => &self.qsd_sparse_image,
-        }
+    /// The sparse image of each server that has one.
+    pub fn sparse_images(&self) -> [(Server, &Path); 2] {
+        [
+            (Server::Backend, &self.backend_sparse_image),
+            (Server::Qsd, &self.qsd_sparse_image),
+        ]
     }
 
     /// The file copied into `disk`.
@@ -165,9 +175,33 @@ impl Servers {
             self.backend.stop().map(drop),
             self.qsd_full.stop(),
             self.qsd_sparse.stop(),
+            self.floor.stop(Duration::from_secs(10)).map(drop),
         ];
         results.into_iter().collect()
     }
+}
+
+/// nbdkit's `null` plugin of [`DISK_BYTES`] on a socket in `dir`, once it listens.
+fn start_floor(dir: &Path) -> Result<(Daemon, PathBuf), String> {
+    let socket = dir.join("floor.sock");
+    let _ = std::fs::remove_file(&socket);
+    let arguments = [
+        "--foreground".to_owned(),
+        "--unix".to_owned(),
+        socket.display().to_string(),
+        "null".to_owned(),
+        format!("size={DISK_BYTES}"),
+    ];
+    let mut floor = Daemon::spawn(
+        Path::new("nbdkit"),
+        &arguments,
+        &dir.join("floor.log"),
+        "install nbdkit",
+    )?;
+    floor.wait_until("making its socket", Duration::from_secs(10), || {
+        socket.exists()
+    })?;
+    Ok((floor, socket))
 }
 
 #[cfg(test)]

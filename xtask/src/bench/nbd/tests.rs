@@ -3,8 +3,8 @@
 use super::*;
 use vbd_machine::process::display;
 
-/// A run where vbd-backend is 1.5x qsd on every figure, and its sparse copies cost 0.1x
-/// (to null) and 0.4x (from a file) of the full ones.
+/// A run where vbd-backend is 1.5x qsd on every figure, the floor 2x qsd where it runs, and
+/// vbd-backend's sparse copies cost 0.1x (to null) and 0.4x (from a file) of the full ones.
 fn nbd() -> Nbd {
     let mut medians = BTreeMap::new();
     let backend = [
@@ -24,6 +24,13 @@ fn nbd() -> Nbd {
             Unit::Milliseconds => figure * 1.5,
         };
         medians.insert((Server::Qsd, workload), qsd);
+        if workload.only_writes() {
+            let floor = match workload.unit() {
+                Unit::Iops => qsd * 2.0,
+                Unit::Milliseconds => qsd / 2.0,
+            };
+            medians.insert((Server::Floor, workload), floor);
+        }
     }
     Nbd {
         medians,
@@ -55,6 +62,14 @@ fn the_summary_object_has_every_figure_per_server_and_the_ratios() {
     for server in ["vbd", "qsd", "vbd_over_qsd"] {
         assert_eq!(json[server].as_object().unwrap().len(), 8, "{server}");
     }
+    // The floor only where it runs: the four workloads that only write.
+    assert_eq!(json["floor"]["copy_sparse_from_file_ms"], 120.0);
+    assert_eq!(json["floor_over_qsd"]["randwrite_qd32_iops"], 2.0);
+    for floor in ["floor", "floor_over_qsd"] {
+        assert_eq!(json[floor].as_object().unwrap().len(), 4, "{floor}");
+        assert!(json[floor].get("copy_full_to_null_ms").is_none());
+    }
+    assert!(json.get("floor_sparse_over_full").is_none());
 }
 
 #[test]
@@ -69,6 +84,15 @@ fn every_figure_has_a_speedup_goal_and_the_sparse_copies_a_cost_goal() {
         verdicts[0],
         (
             "nbd: vbd-backend >= 1.2x qemu-storage-daemon on randread_qd1_iops: 1.50x".to_owned(),
+            true
+        )
+    );
+    assert_eq!(
+        verdicts[7],
+        (
+            "nbd: vbd-backend >= 1.2x qemu-storage-daemon on copy_sparse_from_file_ms: 1.50x \
+             (a server that does nothing: 2.00x)"
+                .to_owned(),
             true
         )
     );
@@ -97,7 +121,8 @@ fn a_figure_not_measured_misses_its_goal() {
     assert_eq!(
         (goal.text.as_str(), goal.met),
         (
-            "nbd: vbd-backend >= 1.2x qemu-storage-daemon on randwrite_qd32_iops: NaNx",
+            "nbd: vbd-backend >= 1.2x qemu-storage-daemon on randwrite_qd32_iops: NaNx \
+             (a server that does nothing: NaNx)",
             false
         )
     );
