@@ -170,13 +170,13 @@ impl Disk {
         self.writing(|file| file.write_all_at(buffer, offset))
     }
 
-    /// Write all of `slice`, guest memory, at byte `offset`.
+    /// Write all of `slices`, guest memory, in order from byte `offset`.
     pub fn write_guest_at(
         &self,
         offset: u64,
-        slice: &VolatileSlice<impl BitmapSlice>,
+        slices: &[VolatileSlice<impl BitmapSlice>],
     ) -> io::Result<()> {
-        self.writing(|file| sys::write_all_at(file, offset, slice))
+        self.writing(|file| sys::write_all_vectored_at(file, offset, slices))
     }
 
     /// `fdatasync`, refused once the disk has lost writes.

@@ -6,13 +6,12 @@ use std::io;
 
 use hv_vbd::{Access, Segment, Translation};
 use shared_abi::Error;
-use vm_memory::{GuestAddress, VolatileSlice};
+use vm_memory::GuestAddress;
 
 use super::admit::{admit, Admitted};
 use super::execute::{each_slice, transfer_alone};
 use super::Round;
-use crate::disks::Disk;
-use crate::uring::{self, Batch};
+use crate::uring::Batch;
 use crate::vhost::device::QUEUE_SIZE;
 use crate::vhost::request::{GuestBuffer, Operation, RequestError};
 
@@ -215,40 +214,5 @@ impl<'a> Round<'a, '_> {
         pending.clear();
         self.signal();
         Ok(())
-    }
-}
-
-/// Consecutive slices of one transfer in the making: one disk, contiguous offsets.
-#[derive(Default)]
-pub(super) struct Pieces<'m> {
-    /// The disk and the offset of the first slice.
-    start: Option<(&'m Disk, u64)>,
-    /// The offset just past the last slice.
-    end: u64,
-    slices: Vec<VolatileSlice<'m>>,
-}
-
-impl<'m> Pieces<'m> {
-    /// Whether a slice of `disk` at `offset` continues this transfer.
-    fn extends(&self, disk: &Disk, offset: u64) -> bool {
-        self.start
-            .is_some_and(|(start, _)| std::ptr::eq(start, disk))
-            && self.end == offset
-            && self.slices.len() < uring::MAX_SLICES
-    }
-
-    /// Forget what was gathered, keeping the room for it.
-    fn clear(&mut self) {
-        self.start = None;
-        self.slices.clear();
-    }
-
-    fn start(&mut self, disk: &'m Disk, offset: u64) {
-        self.start = Some((disk, offset));
-    }
-
-    fn push(&mut self, slice: VolatileSlice<'m>, end: u64) {
-        self.slices.push(slice);
-        self.end = end;
     }
 }

@@ -1,5 +1,5 @@
 //! Execution of one request on its own, at once: reads and writes with blocking
-//! `pread`/`pwrite` while the translation is held, and the operations without guest data.
+//! `preadv`/`pwritev` while the translation is held, and the operations without guest data.
 
 use std::io;
 
@@ -14,6 +14,7 @@ use super::{Mapped, QueueTarget};
 use crate::block::BlockContext;
 use crate::disks::{Disk, DiskIo, Release};
 use crate::sys;
+use crate::uring;
 use crate::vbd::{vbd_state, Translator};
 use crate::vhost::request::{GuestBuffer, Operation, Range, RequestError};
 
@@ -73,8 +74,8 @@ pub(super) fn execute(
 }
 
 /// Move a read's or write's data straight between the guest's buffers and the disks with
-/// blocking `pread`/`pwrite`, each piece at its translated offset, while the translation is
-/// held. Returns the bytes written to the guest.
+/// blocking `preadv`/`pwritev`, one for each run of slices that lie end to end on one disk,
+/// while the translation is held. Returns the bytes written to the guest.
 pub(super) fn transfer_alone(
     queue: &QueueTarget<'_>,
     access: Access,
@@ -86,26 +87,53 @@ pub(super) fn transfer_alone(
     let total: u64 = buffers.iter().map(|buffer| u64::from(buffer.length)).sum();
     let request = hv_vbd::Request::from_bytes(access, sector, total)?;
     let lengths = buffers.iter().map(|buffer| buffer.length as usize);
+    let mut run = Pieces::default();
+    let mut left = total;
     translator.transfer(&queue.target.vbd, &request, lengths, |transfer| {
+        left -= transfer.length as u64;
         transfer_slices(
             queue,
             transfer,
             buffers,
             memory,
             &mut |disk, offset, slice| {
-                match access {
-                    Access::Read => sys::read_exact_at(disk.file(), offset, &slice),
-                    Access::Write => disk.write_guest_at(offset, &slice),
+                if !run.extends(disk, offset) {
+                    move_run(queue, access, &mut run)?;
+                    run.start(disk, offset);
                 }
-                .map_err(|error| failed(queue, error))
+                run.push(slice, offset + slice.len() as u64);
+                Ok(())
             },
-        )
+        )?;
+        // The translation is held only while transfers are handed out: the last run moves
+        // before the last of them returns.
+        if left == 0 {
+            move_run(queue, access, &mut run)?;
+        }
+        Ok::<(), RequestError>(())
     })?;
     Ok(match access {
         // At most `u32::MAX - 1`: parsing bounds a request's data.
         Access::Read => total as u32,
         Access::Write => 0,
     })
+}
+
+/// Move the data of the slices gathered in `run`, if any, and empty it.
+fn move_run(
+    queue: &QueueTarget<'_>,
+    access: Access,
+    run: &mut Pieces<'_>,
+) -> Result<(), RequestError> {
+    let Some((disk, offset)) = run.start.take() else {
+        return Ok(());
+    };
+    let moved = match access {
+        Access::Read => sys::read_exact_vectored_at(disk.file(), offset, &run.slices),
+        Access::Write => disk.write_guest_at(offset, &run.slices),
+    };
+    run.slices.clear();
+    moved.map_err(|error| failed(queue, error))
 }
 
 /// Walk `translation` over the guest's `buffers`, calling `each` with every slice of guest
@@ -152,6 +180,41 @@ fn transfer_slices<'m>(
         offset += length;
     }
     Ok(())
+}
+
+/// Consecutive slices of one transfer in the making: one disk, contiguous offsets.
+#[derive(Default)]
+pub(super) struct Pieces<'m> {
+    /// The disk and the offset of the first slice.
+    pub(super) start: Option<(&'m Disk, u64)>,
+    /// The offset just past the last slice.
+    end: u64,
+    pub(super) slices: Vec<VolatileSlice<'m>>,
+}
+
+impl<'m> Pieces<'m> {
+    /// Whether a slice of `disk` at `offset` continues this transfer.
+    pub(super) fn extends(&self, disk: &Disk, offset: u64) -> bool {
+        self.start
+            .is_some_and(|(start, _)| std::ptr::eq(start, disk))
+            && self.end == offset
+            && self.slices.len() < uring::MAX_SLICES
+    }
+
+    /// Forget what was gathered, keeping the room for it.
+    pub(super) fn clear(&mut self) {
+        self.start = None;
+        self.slices.clear();
+    }
+
+    pub(super) fn start(&mut self, disk: &'m Disk, offset: u64) {
+        self.start = Some((disk, offset));
+    }
+
+    pub(super) fn push(&mut self, slice: VolatileSlice<'m>, end: u64) {
+        self.slices.push(slice);
+        self.end = end;
+    }
 }
 
 /// The operations without guest data, on this thread's translator.

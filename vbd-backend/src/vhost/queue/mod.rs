@@ -33,7 +33,8 @@ use virtio_bindings::virtio_blk::VIRTIO_BLK_S_OK;
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use self::batch::{Pieces, SLOT_SEGMENTS};
+use self::batch::SLOT_SEGMENTS;
+use self::execute::Pieces;
 use self::execute::{execute, failed, serve_chain};
 use super::device::{DeviceTarget, Memory, QUEUE_SIZE};
 use super::inflight::{Inflight, RingTracker};
