@@ -18,9 +18,12 @@ pub const DISK_BYTES: u64 = 128 << 20;
 /// The scattered VBD: 1024 extents of 128 KiB, half on each disk.
 const SCATTERED_EXTENTS: u64 = 1024;
 const SCATTERED_EXTENT_BYTES: u64 = DISK_BYTES / SCATTERED_EXTENTS;
-/// On each disk the scattered extents take every other slot of twice their length, so no
-/// two are adjacent (adjacent extents would merge into one).
-const SLOT_BYTES: u64 = 2 * SCATTERED_EXTENT_BYTES;
+/// On each disk the scattered extents fill 64 MiB end to end, as much of the files as the
+/// one-extent VBD takes of hda: spread over twice that, their 4 KiB writes ran at 0.74 to
+/// 0.89x the one-extent VBD's, for the page-cache folios the kernel walks, not for anything
+/// of the backend's (BENCHMARKS.md, issue 15). Consecutive extents of the VBD alternate between the disks,
+/// so none continues the one before it and they cannot merge.
+const SLOT_BYTES: u64 = SCATTERED_EXTENT_BYTES;
 /// hda: the one-extent VBD, then its half of the scattered one; hdb: the other half.
 const HDA_BYTES: u64 = 2 * DISK_BYTES;
 const HDB_BYTES: u64 = DISK_BYTES;
@@ -206,7 +209,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_scattered_vbd_is_as_large_as_the_others_and_no_two_extents_touch() {
+    fn the_scattered_vbd_is_as_large_as_the_others_and_packs_its_half_of_each_disk() {
         let extents = scattered_extents();
         assert_eq!(extents.len(), 1024);
         let total: u64 = extents.iter().map(Extent::nr_sectors).sum();
@@ -223,16 +226,15 @@ mod tests {
         for pair in places.windows(2) {
             let ((device, start, length), (next_device, next_start, _)) = (pair[0], pair[1]);
             assert!(
-                device != next_device || start + length < next_start,
+                device != next_device || start + length == next_start,
                 "{pair:?}"
             );
         }
         let on_hda: Vec<_> = places.iter().filter(|place| place.0 == hda()).collect();
         assert_eq!(on_hda.len(), 512);
-        assert!(
-            on_hda[0].1 >= sectors(DISK_BYTES),
-            "clear of the single extent"
-        );
+        assert_eq!(on_hda[0].1, sectors(DISK_BYTES), "after the single extent");
+        let on_hdb = places.iter().find(|place| place.0 == hdb());
+        assert_eq!(on_hdb.map(|place| place.1), Some(0), "hdb from its start");
         assert!(places.iter().all(|place| {
             let end = (place.1 + place.2) * SECTOR_SIZE;
             end <= if place.0 == hda() {

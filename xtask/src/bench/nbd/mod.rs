@@ -281,6 +281,7 @@ pub fn measure(quick: bool) -> Result<Nbd, String> {
     let steps = schedule(rounds);
     let mut samples = Samples::default();
     for (number, step) in steps.iter().enumerate() {
+        super::write_back_dirty_pages()?;
         let figure = run_step(&servers, step, fio_runtime)?;
         let unit = match step.workload.unit() {
             Unit::Iops => "IOPS",
