@@ -462,7 +462,7 @@ fn measure_queues(
             [u32::from(QUEUES), 1]
         };
         for queues in order {
-            super::write_back_dirty_pages()?;
+            servers.reload(Target::Vbd1)?;
             let figures = run_runner(runner, servers.queues_target(), job, seconds, queues)
                 .map_err(|error| format!("backend_io: round {round}, {queues} queues: {error}"))?;
             eprintln!(
@@ -493,7 +493,7 @@ pub fn measure(quick: bool) -> Result<BackendIo, String> {
     let steps = schedule(rounds, &Target::ALL);
     let mut samples = Samples::default();
     for (number, step) in steps.iter().enumerate() {
-        super::write_back_dirty_pages()?;
+        servers.reload(step.target)?;
         let figures = run_step(&servers, &runner, step, seconds_per_job)?;
         eprintln!(
             "backend_io: {}/{} round {} {} on {}: {:.0} IOPS, {:.0} MiB/s, p50 {:.1} us, \

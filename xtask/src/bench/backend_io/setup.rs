@@ -1,16 +1,25 @@
 //! The disks and servers of the `backend_io` section: vbd-backend's VBDs of the guest
 //! section (one extent, and 1024 scattered over two images), qemu-storage-daemon on an image
 //! of its own in each of its `aio` modes, and an image for fio on the host; every image the
-//! same size, written with data, and read once so each is in the page cache before a job.
+//! same size, written with data, and before every job dropped from the page cache and read
+//! back, so that each target's files are in the same state when its job starts.
+//!
+//! The state matters: ext4 prepares every page-cache folio a buffered write touches in full,
+//! so a 4 KiB write into a 1 MiB folio costs many times one into a 4 KiB folio, and the mix of
+//! folio sizes a file's cache holds depends on how it was written and read before. The same
+//! fio job (4 KiB random `psync` writes) on images written alike, after a run of the jobs,
+//! made 66k to 128k writes a second on one and 292k to 375k on another (BENCHMARKS.md, issue
+//! 15). Dropped and read back sequentially, every file gets the same mix from readahead.
 
 use std::fs::{self, File};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use shared_abi::wire::Extent;
 use shared_abi::{DeviceNumber, SECTOR_SIZE};
-use vbd_machine::process::Daemon;
+use vbd_machine::process::{output, Daemon};
 use vbd_machine::{write_devices, Backend};
 
 use super::super::guest_io::{
@@ -111,6 +120,17 @@ fn attach_idle_vbds(backend: &mut Backend) -> Result<(), String> {
     Ok(())
 }
 
+/// Drop `path` from the page cache (its dirty pages written back first: `dd`'s `nocache`
+/// does not drop those), then read it through.
+fn reload(path: &Path) -> Result<(), String> {
+    super::super::write_back_dirty_pages()?;
+    let mut drop = Command::new("dd");
+    drop.arg(format!("if={}", path.display()))
+        .args(["iflag=nocache", "count=0", "status=none"]);
+    output(&mut drop)?;
+    read_through(path)
+}
+
 /// Read `path` through, so its pages are in the page cache before the jobs.
 fn read_through(path: &Path) -> Result<(), String> {
     let failed = |error: std::io::Error| format!("{}: {error}", path.display());
@@ -132,6 +152,8 @@ pub struct Servers {
     qsd_threads: StorageDaemon,
     /// The image fio reads and writes on the host.
     pub host_image: PathBuf,
+    /// Every image file, and the targets whose bytes each holds.
+    images: Vec<(PathBuf, Vec<Target>)>,
 }
 
 impl Servers {
@@ -191,7 +213,23 @@ impl Servers {
             qsd_uring: StorageDaemon::start(dir, &image("qsd-uring"), Aio::IoUring)?,
             qsd_threads: StorageDaemon::start(dir, &image("qsd-threads"), Aio::Threads)?,
             host_image: image("host"),
+            images: vec![
+                (hda_image, vec![Target::Vbd1, Target::Vbd1024]),
+                (hdb_image, vec![Target::Vbd1024]),
+                (image("qsd-uring"), vec![Target::QsdUring]),
+                (image("qsd-threads"), vec![Target::QsdThreads]),
+                (image("host"), vec![Target::HostFio]),
+            ],
         })
+    }
+
+    /// Write back, drop from the page cache and read back every image `target`'s bytes are
+    /// in, so that its job starts on files in the same state as any other target's.
+    pub fn reload(&self, target: Target) -> Result<(), String> {
+        self.images
+            .iter()
+            .filter(|(_, targets)| targets.contains(&target))
+            .try_for_each(|(image, _)| reload(image))
     }
 
     /// vbd-backend's process.
