@@ -3,7 +3,8 @@
 //! writes at depth 1 and 32) and nbdcopy (a full and a sparse disk, to `null:` and from a
 //! file), every operation on both servers in turn, rounds rotated ([`plan`]), medians kept;
 //! and beside the workloads that only write, the floor: nbdkit's `null` plugin, a server that
-//! throws the writes away, so the table shows what the client alone costs.
+//! throws the writes away, so the table shows what the client costs with a server that does
+//! no I/O.
 
 mod plan;
 mod setup;
@@ -202,7 +203,7 @@ impl Nbd {
         }
         let _ = writeln!(
             table,
-            "floor: nbdkit's null plugin, which throws writes away (the client's own cost)"
+            "floor: nbdkit's null plugin, a server that throws writes away and does no I/O"
         );
         for server in Server::EXPORTS {
             let (to_null, from_file) = self.sparse_cost(server);

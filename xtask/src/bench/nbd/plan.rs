@@ -12,8 +12,8 @@ pub enum Server {
     Backend,
     /// qemu-storage-daemon's NBD export of each image file.
     Qsd,
-    /// nbdkit's `null` plugin, which throws every write away: what the client itself costs,
-    /// the best any server could do. Measured on the workloads that only write.
+    /// nbdkit's `null` plugin, which throws every write away: the client's cost with a
+    /// server that does no I/O at all. Measured on the workloads that only write.
     Floor,
 }
 
