@@ -21,14 +21,7 @@ pub fn read_exact_vectored_at(
     slices: &[VolatileSlice<impl BitmapSlice>],
 ) -> io::Result<()> {
     let guards: Vec<_> = slices.iter().map(VolatileSlice::ptr_guard_mut).collect();
-    let mut iovecs: Vec<libc::iovec> = guards
-        .iter()
-        .zip(slices)
-        .map(|(guard, slice)| libc::iovec {
-            iov_base: guard.as_ptr().cast(),
-            iov_len: slice.len(),
-        })
-        .collect();
+    let mut iovecs = iovecs(guards.iter().map(|guard| guard.as_ptr()), slices);
     let result = repeat_vectored(
         offset,
         &mut iovecs,
@@ -70,14 +63,7 @@ pub fn write_all_vectored_at(
     slices: &[VolatileSlice<impl BitmapSlice>],
 ) -> io::Result<()> {
     let guards: Vec<_> = slices.iter().map(VolatileSlice::ptr_guard).collect();
-    let mut iovecs: Vec<libc::iovec> = guards
-        .iter()
-        .zip(slices)
-        .map(|(guard, slice)| libc::iovec {
-            iov_base: guard.as_ptr().cast_mut().cast(),
-            iov_len: slice.len(),
-        })
-        .collect();
+    let mut iovecs = iovecs(guards.iter().map(|guard| guard.as_ptr().cast_mut()), slices);
     repeat_vectored(
         offset,
         &mut iovecs,
@@ -95,6 +81,20 @@ pub fn write_all_vectored_at(
             }
         },
     )
+}
+
+/// The `iovec`s of `slices`, at `pointers` (their guards').
+fn iovecs(
+    pointers: impl Iterator<Item = *mut u8>,
+    slices: &[VolatileSlice<impl BitmapSlice>],
+) -> Vec<libc::iovec> {
+    pointers
+        .zip(slices)
+        .map(|(pointer, slice)| libc::iovec {
+            iov_base: pointer.cast(),
+            iov_len: slice.len(),
+        })
+        .collect()
 }
 
 /// Call `transfer(left, position)` with the `iovecs` not yet done until all are, retrying

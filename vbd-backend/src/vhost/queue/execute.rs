@@ -90,7 +90,7 @@ pub(super) fn transfer_alone(
     let mut run = Pieces::default();
     let mut left = total;
     translator.transfer(&queue.target.vbd, &request, lengths, |transfer| {
-        left -= transfer.length as u64;
+        left = left.saturating_sub(transfer.length as u64);
         transfer_slices(
             queue,
             transfer,
@@ -112,6 +112,14 @@ pub(super) fn transfer_alone(
         }
         Ok::<(), RequestError>(())
     })?;
+    // hv-vbd's transfers cover the request exactly, so the last run moved in the last of
+    // them; one still gathered here would be data never moved.
+    if run.start.is_some() {
+        return Err(failed(
+            queue,
+            io::Error::other("a request's transfers fell short of its data"),
+        ));
+    }
     Ok(match access {
         // At most `u32::MAX - 1`: parsing bounds a request's data.
         Access::Read => total as u32,

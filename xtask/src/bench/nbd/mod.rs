@@ -1,7 +1,7 @@
 //! The `nbd` figures: dom0's tools on vbd-backend's NBD exports beside qemu-storage-daemon's
 //! export of the same image files, in one run: fio's `nbd` engine (4 KiB random reads and
 //! writes at depth 1 and 32) and nbdcopy (a full and a sparse disk, to `null:` and from a
-//! file), every operation on both servers in turn, rounds rotated ([`plan`]), medians kept;
+//! file), every operation on each server in turn, rounds rotated ([`plan`]), medians kept;
 //! and beside the workloads that only write, the floor: nbdkit's `null` plugin, a server that
 //! throws the writes away, so the table shows what the client costs with a server that does
 //! no I/O.
@@ -69,7 +69,7 @@ impl Nbd {
     }
 
     /// `server` against qemu-storage-daemon on `workload`, above 1 when better; for the
-    /// floor, the most any server could reach.
+    /// floor, what a server that does no I/O reaches.
     fn over_qsd(&self, server: Server, workload: Workload) -> f64 {
         workload.speedup(
             self.median(server, workload),
