@@ -163,6 +163,30 @@ impl Daemon {
         })
     }
 
+    /// Spawn a server (as [`Daemon::spawn`]) that makes `sockets`, after removing any left
+    /// there by an earlier one, and wait up to 10 s until it has made them all.
+    pub fn spawn_serving(
+        program: &Path,
+        arguments: &[String],
+        log: &Path,
+        hint: &str,
+        sockets: &[&Path],
+    ) -> Result<Daemon, String> {
+        for socket in sockets {
+            let _ = std::fs::remove_file(socket);
+        }
+        let mut daemon = Daemon::spawn(program, arguments, log, hint)?;
+        let what = if sockets.len() == 1 {
+            "making its socket"
+        } else {
+            "making its sockets"
+        };
+        daemon.wait_until(what, Duration::from_secs(10), || {
+            sockets.iter().all(|socket| socket.exists())
+        })?;
+        Ok(daemon)
+    }
+
     /// Wait until `ready` holds, for at most `limit`; an error if the server exits first.
     pub fn wait_until(
         &mut self,

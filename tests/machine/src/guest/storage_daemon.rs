@@ -1,7 +1,6 @@
 //! qemu-storage-daemon serving a raw image as vhost-user-blk and NBD at once: the `qsd`
 //! baseline of the guest benchmarks, and a known-good backend for testing the guest side.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -22,9 +21,6 @@ impl StorageDaemon {
     pub fn start(dir: &Path, image: &Path, queues: u16) -> Result<StorageDaemon, String> {
         let vhost_user_socket = dir.join("qsd-vhost-user.sock");
         let nbd_socket = dir.join("qsd-nbd.sock");
-        for socket in [&vhost_user_socket, &nbd_socket] {
-            let _ = fs::remove_file(socket);
-        }
         let arguments = [
             "--blockdev".to_owned(),
             format!("driver=file,node-name=f0,filename={}", image.display()),
@@ -40,15 +36,13 @@ impl StorageDaemon {
             "--export".to_owned(),
             "type=nbd,id=e1,node-name=d0,name=d0,writable=on".to_owned(),
         ];
-        let mut daemon = Daemon::spawn(
+        let daemon = Daemon::spawn_serving(
             Path::new("qemu-storage-daemon"),
             &arguments,
             &dir.join("qsd.log"),
             "install qemu-system-common",
+            &[&vhost_user_socket, &nbd_socket],
         )?;
-        daemon.wait_until("making its sockets", Duration::from_secs(10), || {
-            vhost_user_socket.exists() && nbd_socket.exists()
-        })?;
         Ok(StorageDaemon {
             daemon,
             vhost_user_socket,

@@ -86,16 +86,13 @@ impl StorageDaemon {
         let dir = dir.join(format!("qsd-{}", aio.as_str()));
         fs::create_dir_all(&dir).map_err(|error| format!("{}: {error}", dir.display()))?;
         let socket = dir.join("vhost-user.sock");
-        let _ = fs::remove_file(&socket);
-        let mut daemon = Daemon::spawn(
+        let daemon = Daemon::spawn_serving(
             Path::new("qemu-storage-daemon"),
             &storage_daemon_arguments(image, aio, &socket),
             &dir.join("qsd.log"),
             "install qemu-system-common",
+            &[&socket],
         )?;
-        daemon.wait_until("making its socket", Duration::from_secs(10), || {
-            socket.exists()
-        })?;
         Ok(StorageDaemon { daemon, socket })
     }
 }

@@ -184,7 +184,6 @@ impl Servers {
 /// nbdkit's `null` plugin of [`DISK_BYTES`] on a socket in `dir`, once it listens.
 fn start_floor(dir: &Path) -> Result<(Daemon, PathBuf), String> {
     let socket = dir.join("floor.sock");
-    let _ = std::fs::remove_file(&socket);
     let arguments = [
         "--foreground".to_owned(),
         "--unix".to_owned(),
@@ -192,15 +191,13 @@ fn start_floor(dir: &Path) -> Result<(Daemon, PathBuf), String> {
         "null".to_owned(),
         format!("size={DISK_BYTES}"),
     ];
-    let mut floor = Daemon::spawn(
+    let floor = Daemon::spawn_serving(
         Path::new("nbdkit"),
         &arguments,
         &dir.join("floor.log"),
         "install nbdkit",
+        &[&socket],
     )?;
-    floor.wait_until("making its socket", Duration::from_secs(10), || {
-        socket.exists()
-    })?;
     Ok((floor, socket))
 }
 
