@@ -532,8 +532,15 @@ fn with_event_idx_reads_are_served_and_the_device_says_where_to_kick() {
     for _ in 0..3 {
         tenants.still_served(&mut driver);
     }
-    // `avail_event`, after the used ring's entries: the next request, please.
+    // `avail_event`, after the used ring's entries: the next request, please. The device
+    // writes it as it goes back to sleep, once its look for more work after the last
+    // request (up to 50 us) has found none, which may be after the driver saw the answer.
     let avail_event = GuestAddress(USED + 4 + 8 * u64::from(QUEUE_SIZE));
-    let wanted: u16 = driver.memory.read_obj(avail_event).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut wanted: u16 = driver.memory.read_obj(avail_event).unwrap();
+    while wanted != 3 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(1));
+        wanted = driver.memory.read_obj(avail_event).unwrap();
+    }
     assert_eq!(wanted, 3);
 }
