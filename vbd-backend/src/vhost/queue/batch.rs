@@ -174,21 +174,15 @@ impl<'a> Round<'a, '_> {
         request: &mut Pending,
         translation: &Translation<'_, 'static>,
     ) {
-        let Some((disk, offset)) = self.pieces.start.take() else {
-            return;
-        };
-        let registration = translation.registration();
-        match batch.read(
-            token as u64,
-            disk.file(),
-            offset,
-            &self.pieces.slices,
-            registration,
-        ) {
-            Ok(()) => request.transfers += 1,
-            Err(error) => request.error = Some(self.failed(error)),
+        let queued = self.pieces.take(|disk, offset, slices| {
+            let registration = translation.registration();
+            batch.read(token as u64, disk.file(), offset, slices, registration)
+        });
+        match queued {
+            Some(Ok(())) => request.transfers += 1,
+            Some(Err(error)) => request.error = Some(self.failed(error)),
+            None => {}
         }
-        self.pieces.slices.clear();
     }
 
     /// Wait for every transfer of the batch, completing each request once its last one has,

@@ -114,7 +114,7 @@ pub(super) fn transfer_alone(
     })?;
     // hv-vbd's transfers cover the request exactly, so the last run moved in the last of
     // them; one still gathered here would be data never moved.
-    if run.start.is_some() {
+    if !run.is_empty() {
         return Err(failed(
             queue,
             io::Error::other("a request's transfers fell short of its data"),
@@ -133,15 +133,12 @@ fn move_run(
     access: Access,
     run: &mut Pieces<'_>,
 ) -> Result<(), RequestError> {
-    let Some((disk, offset)) = run.start.take() else {
-        return Ok(());
-    };
-    let moved = match access {
-        Access::Read => sys::read_exact_vectored_at(disk.file(), offset, &run.slices),
-        Access::Write => disk.write_guest_at(offset, &run.slices),
-    };
-    run.slices.clear();
-    moved.map_err(|error| failed(queue, error))
+    run.take(|disk, offset, slices| match access {
+        Access::Read => sys::read_exact_vectored_at(disk.file(), offset, slices),
+        Access::Write => disk.write_guest_at(offset, slices),
+    })
+    .unwrap_or(Ok(()))
+    .map_err(|error| failed(queue, error))
 }
 
 /// Walk `translation` over the guest's `buffers`, calling `each` with every slice of guest
@@ -194,10 +191,10 @@ fn transfer_slices<'m>(
 #[derive(Default)]
 pub(super) struct Pieces<'m> {
     /// The disk and the offset of the first slice.
-    pub(super) start: Option<(&'m Disk, u64)>,
+    start: Option<(&'m Disk, u64)>,
     /// The offset just past the last slice.
     end: u64,
-    pub(super) slices: Vec<VolatileSlice<'m>>,
+    slices: Vec<VolatileSlice<'m>>,
 }
 
 impl<'m> Pieces<'m> {
@@ -222,6 +219,23 @@ impl<'m> Pieces<'m> {
     pub(super) fn push(&mut self, slice: VolatileSlice<'m>, end: u64) {
         self.slices.push(slice);
         self.end = end;
+    }
+
+    /// Whether no run is gathered.
+    pub(super) fn is_empty(&self) -> bool {
+        self.start.is_none()
+    }
+
+    /// Hand the run gathered, if any, to `each` (its disk, its offset and its slices) and
+    /// empty it.
+    pub(super) fn take<R>(
+        &mut self,
+        each: impl FnOnce(&'m Disk, u64, &[VolatileSlice<'m>]) -> R,
+    ) -> Option<R> {
+        let (disk, offset) = self.start.take()?;
+        let result = each(disk, offset, &self.slices);
+        self.slices.clear();
+        Some(result)
     }
 }
 
