@@ -12,6 +12,8 @@ use std::process::Command;
 use vbd_machine::process::run as run_command;
 use vbd_machine::workspace_root;
 
+use crate::provision;
+
 /// The targets of `fuzz/Cargo.toml`.
 pub const TARGETS: [&str; 3] = ["virtio_request", "nbd_option", "nbd_request"];
 /// One input that takes longer than this is a hang.
@@ -58,14 +60,7 @@ pub fn run(options: Options) -> Result<(), String> {
         command.current_dir(&fuzz);
         command
     };
-    let installed = cargo()
-        .args(["fuzz", "--version"])
-        .output()
-        .is_ok_and(|output| output.status.success());
-    if !installed {
-        eprintln!("xtask: cargo-fuzz is missing; installing it from crates.io");
-        run_command(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
-    }
+    provision::ensure_cargo_subcommand("fuzz", "cargo-fuzz")?;
     eprintln!("xtask: the seed corpus, written by fuzz/common's tests");
     run_command(cargo().args(["test", "--package", "vbd-fuzz-common"]))?;
     eprintln!(

@@ -142,6 +142,21 @@ fn ensure_rust_target() -> Result<(), String> {
     run(Command::new("rustup").args(["target", "add", RUST_TARGET]))
 }
 
+/// Make sure `cargo SUBCOMMAND` works, installing `krate` from crates.io when it does not.
+pub fn ensure_cargo_subcommand(subcommand: &str, krate: &str) -> Result<(), String> {
+    let cargo = || Command::new(env!("CARGO"));
+    let installed = cargo()
+        .args([subcommand, "--version"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if installed {
+        eprintln!("xtask: {krate} is installed");
+        return Ok(());
+    }
+    eprintln!("xtask: {krate} is missing; installing it from crates.io");
+    run(cargo().args(["install", krate, "--locked"]))
+}
+
 /// Whether `program` is on PATH or in the sbin directories a non-login root shell may lack.
 pub fn find_program(program: &str) -> bool {
     let path = std::env::var_os("PATH").unwrap_or_default();

@@ -8,10 +8,9 @@
 //! satisfied fio's dependencies with; `ldd`, run with the unpacked library directories on
 //! `LD_LIBRARY_PATH`, is the authority on which file each library is.
 
-use std::fs;
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
 
 use super::apt;
 use crate::process::output;
@@ -32,8 +31,18 @@ pub fn guest_directory() -> PathBuf {
     target_directory().join("guest")
 }
 
-/// Tests run in threads; one fetch at a time keeps two of them from unpacking the same package.
-static FETCHING: Mutex<()> = Mutex::new(());
+/// One fetch at a time, across threads and processes (nextest runs every test in a process
+/// of its own), keeps two tests from unpacking the same package: an exclusive lock on
+/// `target/guest/.fetching`, held until the returned file is dropped.
+fn lock_fetching() -> Result<File, String> {
+    let directory = guest_directory();
+    fs::create_dir_all(&directory).map_err(|error| format!("{}: {error}", directory.display()))?;
+    let path = directory.join(".fetching");
+    let lock = File::create(&path).map_err(|error| format!("{}: {error}", path.display()))?;
+    lock.lock()
+        .map_err(|error| format!("locking {}: {error}", path.display()))?;
+    Ok(lock)
+}
 
 /// The kernel, its virtio modules and busybox.
 #[derive(Clone, Debug)]
@@ -52,9 +61,7 @@ impl GuestArtefacts {
     /// Find the artefacts, fetching whatever is missing and printing each step; a second call
     /// only says what is there.
     pub fn ensure() -> Result<GuestArtefacts, String> {
-        let _fetching = FETCHING
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _fetching = lock_fetching()?;
         let directory = guest_directory();
         let abi = match unpacked_kernel_abi(&directory) {
             Some(abi) => {
@@ -165,9 +172,7 @@ pub struct Fio {
 impl Fio {
     /// Find fio, fetching it and the libraries the host lacks on first use.
     pub fn ensure() -> Result<Fio, String> {
-        let _fetching = FETCHING
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _fetching = lock_fetching()?;
         let root = guest_directory().join("fio");
         if root.is_dir() {
             eprintln!("guest: fio is unpacked in {}", root.display());
