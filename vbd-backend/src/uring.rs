@@ -24,6 +24,11 @@
 //!
 //! A read that moves fewer bytes than asked (a signal, a file that ends) is resubmitted for
 //! the rest; one that moves nothing is an error, as a short `pread` is in `sys.rs`.
+//!
+//! A large read is split in two: its first half goes to io_uring's workers (`IOSQE_ASYNC`)
+//! while the second is copied in the queue thread as it submits, so one request's copy out
+//! of the page cache runs on two cores at once; its token is reported once, when both halves
+//! are done, with the first error either met.
 
 use std::fs::File;
 use std::io;
@@ -36,6 +41,9 @@ use vm_memory::VolatileSlice;
 
 /// The most slices one transfer may take: the kernel's `UIO_MAXIOV`.
 pub const MAX_SLICES: usize = 1024;
+
+/// Reads of at least this many bytes are split in two halves copied at once.
+const SPLIT_BYTES: u64 = 256 << 10;
 
 /// One queue thread's io_uring.
 pub struct Ring {
@@ -97,6 +105,12 @@ struct Transfer {
     fd: RawFd,
     /// The file offset of the first byte not yet moved.
     offset: u64,
+    /// Done by io_uring's workers (`IOSQE_ASYNC`), not by the submitting thread.
+    on_workers: bool,
+    /// The other half of a split read while it is still going: it reports for both.
+    sibling: Option<usize>,
+    /// An error of the other half, finished first, to report with this one.
+    carried: Option<io::Error>,
     /// The slices; `iovecs[first..]` are what is left, the first of them possibly cut.
     iovecs: Vec<libc::iovec>,
     first: usize,
@@ -141,12 +155,70 @@ impl<'m> Batch<'_, 'm> {
         if !fits || slices.is_empty() || slices.len() > MAX_SLICES {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
-        // Never more in flight than the completion queue holds, so none is dropped or
-        // deferred by the kernel.
-        while self.in_flight >= self.ring.params().cq_entries() as usize {
+        let total = total.unwrap_or_default();
+        if total < SPLIT_BYTES {
+            self.make_room(1)?;
+            let index = self.take_slot(token, file, offset, slices.iter().copied(), registration);
+            return self.push(index).inspect_err(|_| {
+                // Not submitted: nothing to wait for.
+                self.release(index);
+            });
+        }
+        // The first half, a whole number of pages, to the workers; the rest here.
+        let half = (total / 2) & !4095;
+        self.make_room(2)?;
+        let worker = self.take_slot(
+            token,
+            file,
+            offset,
+            part(slices, 0..half),
+            registration.clone(),
+        );
+        let here = self.take_slot(
+            token,
+            file,
+            offset + half,
+            part(slices, half..total),
+            registration,
+        );
+        let transfers = &mut self.state.transfers;
+        transfers[worker].on_workers = true;
+        transfers[worker].sibling = Some(here);
+        transfers[here].sibling = Some(worker);
+        if let Err(error) = self.push(worker) {
+            self.release(worker);
+            self.release(here);
+            return Err(error);
+        }
+        if let Err(error) = self.push(here) {
+            // The first half is in flight: it reports this failure with its own end.
+            self.state.transfers[worker].sibling = None;
+            self.state.transfers[worker].carried = Some(error);
+            self.release(here);
+        }
+        Ok(())
+    }
+
+    /// Wait until `parts` more transfers fit beside those in flight: never more in flight
+    /// than the completion queue holds, so none is dropped or deferred by the kernel.
+    fn make_room(&mut self, parts: usize) -> io::Result<()> {
+        while self.in_flight + parts > self.ring.params().cq_entries() as usize {
             self.enter(1)?;
             self.reap();
         }
+        Ok(())
+    }
+
+    /// A free slot, filled with a read of `file` at `offset` into `slices`, counted in flight
+    /// but not yet submitted.
+    fn take_slot(
+        &mut self,
+        token: u64,
+        file: &'m File,
+        offset: u64,
+        slices: impl Iterator<Item = VolatileSlice<'m>>,
+        registration: InFlight<'static>,
+    ) -> usize {
         let transfers = &mut self.state.transfers;
         let index = self.state.free.pop().unwrap_or_else(|| {
             transfers.push(Transfer::default());
@@ -158,18 +230,18 @@ impl<'m> Batch<'_, 'm> {
         transfer.fd = file.as_raw_fd();
         transfer.offset = offset;
         transfer.first = 0;
+        transfer.on_workers = false;
+        transfer.sibling = None;
+        transfer.carried = None;
         transfer.registration = Some(registration);
         let Transfer { iovecs, guards, .. } = transfer;
-        guards.extend(slices.iter().map(VolatileSlice::ptr_guard_mut));
+        guards.extend(slices.map(|slice| slice.ptr_guard_mut()));
         iovecs.extend(guards.iter().map(|guard| libc::iovec {
             iov_base: guard.as_ptr().cast(),
             iov_len: guard.len(),
         }));
         self.in_flight += 1;
-        self.push(index).inspect_err(|_| {
-            // Not submitted: nothing to wait for.
-            self.release(index);
-        })
+        index
     }
 
     /// Transfers queued or submitted and not yet reported finished.
@@ -259,9 +331,30 @@ impl<'m> Batch<'_, 'm> {
                 Err(error) => Err(error),
             },
         };
-        let token = self.state.transfers[index].token;
+        self.report(index, result);
+    }
+
+    /// Transfer `index` is over with `result`. Its token is reported unless it is half of a
+    /// split read whose other half is still going, which then reports for both.
+    fn report(&mut self, index: usize, result: io::Result<()>) {
+        let transfer = &mut self.state.transfers[index];
+        let token = transfer.token;
+        let sibling = transfer.sibling.take();
+        let result = match transfer.carried.take() {
+            Some(error) => Err(error),
+            None => result,
+        };
         self.release(index);
-        self.state.finished.push((token, result));
+        match sibling {
+            Some(other) => {
+                let other = &mut self.state.transfers[other];
+                other.sibling = None;
+                if let Err(error) = result {
+                    other.carried.get_or_insert(error);
+                }
+            }
+            None => self.state.finished.push((token, result)),
+        }
     }
 
     /// Transfer `index` is over: the kernel has no more use of its memory.
@@ -270,6 +363,8 @@ impl<'m> Batch<'_, 'm> {
         transfer.live = false;
         transfer.iovecs.clear();
         transfer.guards.clear();
+        transfer.sibling = None;
+        transfer.carried = None;
         // The kernel is done with it: a fence may pass now.
         transfer.registration = None;
         self.state.free.push(index);
@@ -298,14 +393,40 @@ impl Transfer {
 /// several a vectored one.
 fn submission(transfer: &Transfer) -> squeue::Entry {
     let fd = types::Fd(transfer.fd);
-    match &transfer.iovecs[transfer.first..] {
+    let entry = match &transfer.iovecs[transfer.first..] {
         [one] => opcode::Read::new(fd, one.iov_base.cast(), one.iov_len as u32)
             .offset(transfer.offset)
             .build(),
         many => opcode::Readv::new(fd, many.as_ptr(), many.len() as u32)
             .offset(transfer.offset)
             .build(),
+    };
+    if transfer.on_workers {
+        entry.flags(squeue::Flags::ASYNC)
+    } else {
+        entry
     }
+}
+
+/// The pieces of `slices`, taken as one run of bytes, that lie in `range`.
+fn part<'s, 'm>(
+    slices: &'s [VolatileSlice<'m>],
+    range: std::ops::Range<u64>,
+) -> impl Iterator<Item = VolatileSlice<'m>> + 's {
+    let mut start = 0u64;
+    slices.iter().filter_map(move |slice| {
+        let (from, to) = (start, start + slice.len() as u64);
+        start = to;
+        let (first, last) = (from.max(range.start), to.min(range.end));
+        // In bounds of the slice by construction, so `subslice` cannot fail.
+        (first < last)
+            .then(|| {
+                slice
+                    .subslice((first - from) as usize, (last - first) as usize)
+                    .ok()
+            })
+            .flatten()
+    })
 }
 
 impl Drop for Batch<'_, '_> {
@@ -517,6 +638,44 @@ mod tests {
             assert_eq!(finished[1].0, 5);
             assert!(finished[1].1.is_ok());
         });
+    }
+
+    #[test]
+    fn a_large_read_is_split_in_two_halves_reported_once_and_an_error_of_either_is_reported() {
+        let length = 2 * SPLIT_BYTES as usize + 4096;
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let bytes: Vec<u8> = (0..length as u32 + 8192).map(|at| (at / 7) as u8).collect();
+        file.as_file().write_all_at(&bytes, 0).unwrap();
+        let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 2 * length)]).unwrap();
+        // Three slices of odd lengths, out of order in memory: the halves cut one of them.
+        let (a, b) = (1000, SPLIT_BYTES as usize);
+        let slices = [
+            slice(&memory, length as u64, a),
+            slice(&memory, 0, b),
+            slice(&memory, (length + a) as u64, length - a - b),
+        ];
+        let mut ring = Ring::new(4).unwrap();
+        let mut reported: Vec<(u64, bool)> = ring.batch(|batch| {
+            batch.read(1, file.as_file(), 512, &slices, held()).unwrap();
+            // Past the end of the file: its second half moves nothing.
+            let past = [slice(&memory, 0, length)];
+            let end = bytes.len() as u64 - SPLIT_BYTES;
+            batch.read(2, file.as_file(), end, &past, held()).unwrap();
+            let mut reported = Vec::new();
+            while batch.in_flight() > 0 {
+                reported.extend(batch.finish_some().unwrap().map(|(t, r)| (t, r.is_ok())));
+            }
+            reported
+        });
+        reported.sort();
+        assert_eq!(reported, [(1, true), (2, false)], "one report a read");
+        // Read 1 landed before read 2 overwrote part of it: check what read 2 did not touch.
+        let data = &bytes[512..512 + length];
+        assert_eq!(guest_bytes(&memory, length as u64, a), data[..a]);
+        assert_eq!(
+            guest_bytes(&memory, (length + a) as u64, length - a - b),
+            data[a + b..]
+        );
     }
 
     #[test]
