@@ -25,10 +25,10 @@
 //! A read that moves fewer bytes than asked (a signal, a file that ends) is resubmitted for
 //! the rest; one that moves nothing is an error, as a short `pread` is in `sys.rs`.
 //!
-//! A large read is split in two: its first half goes to io_uring's workers (`IOSQE_ASYNC`)
-//! while the second is copied in the queue thread as it submits, so one request's copy out
-//! of the page cache runs on two cores at once; its token is reported once, when both halves
-//! are done, with the first error either met.
+//! The caller may send the first bytes of a read to io_uring's workers (`IOSQE_ASYNC`),
+//! while the rest is copied in the queue thread as it submits, so one large request's copy
+//! out of the page cache runs on two cores at once. A read cut in two this way reports its
+//! token once, when both parts are done, with the first error either met.
 
 use std::fs::File;
 use std::io;
@@ -42,8 +42,8 @@ use vm_memory::VolatileSlice;
 /// The most slices one transfer may take: the kernel's `UIO_MAXIOV`.
 pub const MAX_SLICES: usize = 1024;
 
-/// Reads of at least this many bytes are split in two halves copied at once.
-const SPLIT_BYTES: u64 = 256 << 10;
+/// A read is cut for the workers on a page boundary of its bytes.
+const PAGE_BYTES: u64 = 4096;
 
 /// One queue thread's io_uring.
 pub struct Ring {
@@ -136,7 +136,9 @@ pub struct Batch<'r, 'm> {
 impl<'m> Batch<'_, 'm> {
     /// Queue a read of `file` at byte `offset` filling `slices` in order, holding
     /// `registration` until the kernel has finished it; `token` comes back with its
-    /// completion. `EINVAL` (and nothing queued) past `i64::MAX` or with more than
+    /// completion. The first `to_workers` bytes (cut on a page boundary; all of them when
+    /// `to_workers` covers the read) are copied by io_uring's workers, the rest by this
+    /// thread as it submits. `EINVAL` (and nothing queued) past `i64::MAX` or with more than
     /// [`MAX_SLICES`] slices.
     pub fn read(
         &mut self,
@@ -145,6 +147,7 @@ impl<'m> Batch<'_, 'm> {
         offset: u64,
         slices: &[VolatileSlice<'m>],
         registration: InFlight<'static>,
+        to_workers: u64,
     ) -> io::Result<()> {
         let total = slices
             .iter()
@@ -156,29 +159,33 @@ impl<'m> Batch<'_, 'm> {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
         let total = total.unwrap_or_default();
-        if total < SPLIT_BYTES {
+        let cut = if to_workers >= total {
+            total
+        } else {
+            to_workers & !(PAGE_BYTES - 1)
+        };
+        if cut == 0 || cut == total {
             self.make_room(1)?;
             let index = self.take_slot(token, file, offset, slices.iter().copied(), registration);
+            self.state.transfers[index].on_workers = cut == total;
             return self.push(index).inspect_err(|_| {
                 // Not submitted: nothing to wait for.
                 self.release(index);
             });
         }
-        // The first half, a whole number of pages, to the workers; the rest here.
-        let half = (total / 2) & !4095;
         self.make_room(2)?;
         let worker = self.take_slot(
             token,
             file,
             offset,
-            part(slices, 0..half),
+            part(slices, 0..cut),
             registration.clone(),
         );
         let here = self.take_slot(
             token,
             file,
-            offset + half,
-            part(slices, half..total),
+            offset + cut,
+            part(slices, cut..total),
             registration,
         );
         let transfers = &mut self.state.transfers;
@@ -191,7 +198,7 @@ impl<'m> Batch<'_, 'm> {
             return Err(error);
         }
         if let Err(error) = self.push(here) {
-            // The first half is in flight: it reports this failure with its own end.
+            // The first part is in flight: it reports this failure with its own end.
             self.state.transfers[worker].sibling = None;
             self.state.transfers[worker].carried = Some(error);
             self.release(here);
@@ -531,6 +538,7 @@ mod tests {
                     512,
                     &[slice(&memory, 0x1000, 4096)],
                     held(),
+                    0,
                 )
                 .unwrap();
             let scattered = [
@@ -539,7 +547,7 @@ mod tests {
                 slice(&memory, 0x9000, 3000),
             ];
             batch
-                .read(9, file.as_file(), 40000, &scattered, held())
+                .read(9, file.as_file(), 40000, &scattered, held(), 0)
                 .unwrap();
             let mut finished = Vec::new();
             while batch.in_flight() > 0 {
@@ -573,6 +581,7 @@ mod tests {
                         at,
                         &[slice(&memory, at, 1024)],
                         held(),
+                        0,
                     )
                     .unwrap();
             }
@@ -594,20 +603,20 @@ mod tests {
         ring.batch(|batch| {
             let refused = |result: io::Result<()>| result.unwrap_err().raw_os_error();
             assert_eq!(
-                refused(batch.read(1, file.as_file(), 0, &[], held())),
+                refused(batch.read(1, file.as_file(), 0, &[], held(), 0)),
                 Some(libc::EINVAL)
             );
             let past_i64 = u64::MAX - 100;
             let one = [slice(&memory, 0, 512)];
             assert_eq!(
-                refused(batch.read(2, file.as_file(), past_i64, &one, held())),
+                refused(batch.read(2, file.as_file(), past_i64, &one, held(), 0)),
                 Some(libc::EINVAL)
             );
             let too_many: Vec<VolatileSlice<'_>> = (0..=MAX_SLICES as u64)
                 .map(|at| slice(&memory, at, 1))
                 .collect();
             assert_eq!(
-                refused(batch.read(3, file.as_file(), 0, &too_many, held())),
+                refused(batch.read(3, file.as_file(), 0, &too_many, held(), 0)),
                 Some(libc::EINVAL)
             );
             assert_eq!(batch.in_flight(), 0, "nothing was queued");
@@ -620,10 +629,18 @@ mod tests {
                     65536 - 512,
                     &[slice(&memory, 0, 1024)],
                     held(),
+                    0,
                 )
                 .unwrap();
             batch
-                .read(5, file.as_file(), 0, &[slice(&memory, 0x4000, 512)], held())
+                .read(
+                    5,
+                    file.as_file(),
+                    0,
+                    &[slice(&memory, 0x4000, 512)],
+                    held(),
+                    0,
+                )
                 .unwrap();
             let mut finished = Vec::new();
             while batch.in_flight() > 0 {
@@ -641,26 +658,38 @@ mod tests {
     }
 
     #[test]
-    fn a_large_read_is_split_in_two_halves_reported_once_and_an_error_of_either_is_reported() {
-        let length = 2 * SPLIT_BYTES as usize + 4096;
+    fn a_read_cut_for_the_workers_is_reported_once_with_an_error_of_either_part() {
+        const HALF: usize = 256 << 10;
+        let length = 2 * HALF + 4096;
         let file = tempfile::NamedTempFile::new().unwrap();
         let bytes: Vec<u8> = (0..length as u32 + 8192).map(|at| (at / 7) as u8).collect();
         file.as_file().write_all_at(&bytes, 0).unwrap();
-        let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 2 * length)]).unwrap();
-        // Three slices of odd lengths, out of order in memory: the halves cut one of them.
-        let (a, b) = (1000, SPLIT_BYTES as usize);
+        let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 4 * length)]).unwrap();
+        // Three slices of odd lengths, out of order in memory: the cut falls inside one.
+        let (a, b) = (1000, HALF);
         let slices = [
             slice(&memory, length as u64, a),
             slice(&memory, 0, b),
             slice(&memory, (length + a) as u64, length - a - b),
         ];
+        let on_workers = [slice(&memory, 3 * length as u64, length)];
         let mut ring = Ring::new(4).unwrap();
         let mut reported: Vec<(u64, bool)> = ring.batch(|batch| {
-            batch.read(1, file.as_file(), 512, &slices, held()).unwrap();
-            // Past the end of the file: its second half moves nothing.
-            let past = [slice(&memory, 0, length)];
-            let end = bytes.len() as u64 - SPLIT_BYTES;
-            batch.read(2, file.as_file(), end, &past, held()).unwrap();
+            // Not on a page boundary: cut at the page below.
+            let to_workers = length as u64 / 2 + 100;
+            batch
+                .read(1, file.as_file(), 512, &slices, held(), to_workers)
+                .unwrap();
+            // Past the end of the file: its part read here moves nothing.
+            let past = [slice(&memory, 2 * length as u64, length)];
+            let end = (bytes.len() - HALF) as u64;
+            batch
+                .read(2, file.as_file(), end, &past, held(), HALF as u64)
+                .unwrap();
+            // All of it on the workers.
+            batch
+                .read(3, file.as_file(), 0, &on_workers, held(), u64::MAX)
+                .unwrap();
             let mut reported = Vec::new();
             while batch.in_flight() > 0 {
                 reported.extend(batch.finish_some().unwrap().map(|(t, r)| (t, r.is_ok())));
@@ -668,13 +697,21 @@ mod tests {
             reported
         });
         reported.sort();
-        assert_eq!(reported, [(1, true), (2, false)], "one report a read");
-        // Read 1 landed before read 2 overwrote part of it: check what read 2 did not touch.
+        assert_eq!(
+            reported,
+            [(1, true), (2, false), (3, true)],
+            "one report a read"
+        );
         let data = &bytes[512..512 + length];
         assert_eq!(guest_bytes(&memory, length as u64, a), data[..a]);
+        assert_eq!(guest_bytes(&memory, 0, b), data[a..a + b]);
         assert_eq!(
             guest_bytes(&memory, (length + a) as u64, length - a - b),
             data[a + b..]
+        );
+        assert_eq!(
+            guest_bytes(&memory, 3 * length as u64, length),
+            bytes[..length]
         );
     }
 
@@ -685,7 +722,7 @@ mod tests {
         let mut ring = Ring::new(4).unwrap();
         ring.batch(|batch| {
             batch
-                .read(1, file.as_file(), 0, &[slice(&memory, 0, 65536)], held())
+                .read(1, file.as_file(), 0, &[slice(&memory, 0, 65536)], held(), 0)
                 .unwrap();
             // Returns with the read in flight: the batch's drop waits for it.
         });
@@ -700,7 +737,7 @@ mod tests {
         // The first batch leaves with its read finished but never reported.
         ring.batch(|batch| {
             batch
-                .read(1, file.as_file(), 0, &[slice(&memory, 0, 4096)], held())
+                .read(1, file.as_file(), 0, &[slice(&memory, 0, 4096)], held(), 0)
                 .unwrap();
         });
         for round in 0..3u64 {
@@ -709,7 +746,7 @@ mod tests {
                     let at = 4096 * (index + 1);
                     let slices = [slice(&memory, at, 2048), slice(&memory, at + 2048, 2048)];
                     batch
-                        .read(10 * round + index, file.as_file(), at, &slices, held())
+                        .read(10 * round + index, file.as_file(), at, &slices, held(), 0)
                         .unwrap();
                 }
                 let mut tokens = Vec::new();
@@ -742,7 +779,7 @@ mod tests {
         std::thread::scope(|scope| {
             ring.batch(|batch| {
                 batch
-                    .read(1, &disk, 0, &[slice(&memory, 0, 512)], registration)
+                    .read(1, &disk, 0, &[slice(&memory, 0, 512)], registration, 0)
                     .unwrap();
                 assert!(!fence.is_complete(), "the read is queued");
                 // Left with the read in flight: the drop waits for the kernel, which waits

@@ -1,6 +1,8 @@
 //! Batching: the reads of every chain popped in one pass go on the io_uring together,
 //! each gathered into as few transfers as its translation allows, and each completed once
-//! its last transfer has.
+//! its last transfer has. The first half of a large read's bytes, over however many disks
+//! and extents, is copied by io_uring's workers while the queue thread copies the rest, so
+//! one large request does not wait for one core's copy.
 
 use std::io;
 
@@ -21,6 +23,20 @@ pub(super) const SLOT_SEGMENTS: usize = 32;
 /// Reads one batch submits before it waits for them all, so that a batch ends.
 const BATCH_READS: usize = QUEUE_SIZE as usize;
 
+/// Reads of at least this many bytes have their first half copied by io_uring's workers.
+/// Smaller ones are copied faster than a worker wakes.
+const SPLIT_BYTES: u64 = 256 << 10;
+
+/// How many bytes of a read's transfer go to io_uring's workers: the part of the read's
+/// first half ([`SPLIT_BYTES`] or more in all, `total`) that the transfers queued before it
+/// (`queued` bytes) have not taken.
+fn to_workers(total: u64, queued: u64) -> u64 {
+    if total < SPLIT_BYTES {
+        return 0;
+    }
+    (total / 2).saturating_sub(queued)
+}
+
 /// A read of the batch whose I/O is in flight. Its in-flight registrations belong to its
 /// transfers on the ring ([`crate::uring`]), so none is let go before the kernel is done,
 /// whichever way the batch ends.
@@ -31,6 +47,8 @@ struct Pending {
     input: u32,
     /// I/O submissions not yet completed.
     transfers: usize,
+    /// Bytes of the read its transfers queued so far.
+    queued: u64,
     error: Option<RequestError>,
 }
 
@@ -132,6 +150,7 @@ impl<'a> Round<'a, '_> {
             // At most `u32::MAX - 1`: parsing bounds a request's data.
             input: total as u32,
             transfers: 0,
+            queued: 0,
             error: None,
         };
         self.pieces.clear();
@@ -176,7 +195,16 @@ impl<'a> Round<'a, '_> {
     ) {
         let queued = self.pieces.take(|disk, offset, slices| {
             let registration = translation.registration();
-            batch.read(token as u64, disk.file(), offset, slices, registration)
+            let workers = to_workers(u64::from(request.input), request.queued);
+            request.queued += slices.iter().map(|slice| slice.len() as u64).sum::<u64>();
+            batch.read(
+                token as u64,
+                disk.file(),
+                offset,
+                slices,
+                registration,
+                workers,
+            )
         });
         match queued {
             Some(Ok(())) => request.transfers += 1,
@@ -208,5 +236,26 @@ impl<'a> Round<'a, '_> {
         pending.clear();
         self.signal();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_half_of_a_large_read_goes_to_the_workers_however_it_is_cut() {
+        const KIB: u64 = 1 << 10;
+        assert_eq!(to_workers(SPLIT_BYTES - 512, 0), 0, "small reads stay here");
+        assert_eq!(
+            to_workers(1024 * KIB, 0),
+            512 * KIB,
+            "one transfer: cut in the middle"
+        );
+        // Eight transfers of 128 KiB (eight extents): the first four whole, none of the rest.
+        let shares: Vec<u64> = (0..8)
+            .map(|run| to_workers(1024 * KIB, run * 128 * KIB) / KIB)
+            .collect();
+        assert_eq!(shares, [512, 384, 256, 128, 0, 0, 0, 0]);
     }
 }
