@@ -5,7 +5,8 @@
 //! label; flush, discard and write-zeroes stay inside the extents; a read-only VBD refuses a
 //! driver that ignores the flag; a deleted VBD fails its requests; a VMM resuming rings this
 //! backend never started gets errors, never data, until its guest resets the device; a
-//! disk that lost a write fails the guest's later writes to it and its flushes.
+//! disk that lost a write fails the guest's later writes to it and its flushes, also when
+//! the write was a large one over two disks, which leaves the other disk writable.
 
 mod common;
 mod faulty_disk;
@@ -34,6 +35,50 @@ fn vbd_from_images(backend: &Backend) -> Vec<u8> {
     let mut bytes = backend.read_image("hdb", 1000 * 512, 8 * 512);
     bytes.extend(backend.read_image("hda", 5000 * 512, 4 * 512));
     bytes
+}
+
+/// Domain 1's xvda of four 128 KiB extents, alternately on hda and hdb: a write of the whole
+/// 512 KiB is a large one whose runs take turns between the disks.
+const STRIPES: [(&str, u64); 4] = [("hda", 8192), ("hdb", 8192), ("hda", 16384), ("hdb", 16384)];
+const STRIPE_SECTORS: u64 = 256;
+
+fn striped_vbd(backend: &Backend) {
+    let extents: Vec<Extent> = STRIPES
+        .iter()
+        .map(|&(disk, start)| {
+            let device = if disk == "hda" { hda() } else { hdb() };
+            Extent::new(device, start, STRIPE_SECTORS).unwrap()
+        })
+        .collect();
+    common::attach_xvda(backend, 1, Mode::READ | Mode::WRITE, "vd:5", &extents);
+}
+
+/// The striped VBD's bytes, read from the images in VBD order.
+fn striped_from_images(backend: &Backend) -> Vec<u8> {
+    STRIPES
+        .iter()
+        .flat_map(|&(disk, start)| {
+            backend.read_image(disk, start * 512, (STRIPE_SECTORS * 512) as usize)
+        })
+        .collect()
+}
+
+#[test]
+fn a_large_write_over_two_disks_lands_on_both_and_reads_back() {
+    let backend = Backend::start(&[]);
+    striped_vbd(&backend);
+    let mut driver = Driver::connect(&backend.socket(1, "xvda"), 0);
+    let data = pattern(512 << 10, 7);
+    // The buffers split inside the first extent.
+    assert_eq!(driver.write(0, &data, (100 << 10) + 512), OK);
+    assert!(
+        striped_from_images(&backend) == data,
+        "the images hold the write"
+    );
+    assert_eq!(backend.read_image("hda", 8191 * 512, 512), vec![0; 512]);
+    assert_eq!(backend.read_image("hdb", 8448 * 512, 512), vec![0; 512]);
+    let read = driver.read(0, data.len(), 300 << 10);
+    assert!(read == (OK, data), "the write reads back");
 }
 
 #[test]
@@ -204,6 +249,34 @@ fn a_disk_that_failed_a_guest_write_fails_its_later_writes_and_the_flush() {
     // hdb is not concerned: the part of the VBD on it is written, though not flushed.
     assert_eq!(driver.write(0, &[2; 512], 512), OK);
     assert_eq!(backend.read_image("hdb", 1000 * 512, 512), vec![2; 512]);
+    let log = backend.log();
+    let said = format!("disk hda ({}): a write failed", disk.path().display());
+    assert_eq!(log.matches(&said).count(), 1, "said once: {log}");
+}
+
+#[test]
+fn a_large_write_over_two_disks_that_fails_on_one_marks_that_disk_only() {
+    let disk = FaultyDisk::mount(IMAGE_BYTES);
+    let backend = Backend::start_with(Some(disk.path()), None, &[]);
+    striped_vbd(&backend);
+    let mut driver = Driver::connect(&backend.socket(1, "xvda"), 0);
+    let data = pattern(512 << 10, 9);
+    assert_eq!(driver.write(0, &data, 256 << 10), OK);
+    // hda is the faulty disk's image, which the backend reads back.
+    let read = driver.read(0, data.len(), 256 << 10);
+    assert!(read == (OK, data.clone()), "the write reads back");
+
+    disk.fail_writes(true);
+    assert_eq!(driver.write(0, &pattern(512 << 10, 10), 256 << 10), IOERR);
+    disk.fail_writes(false);
+    assert_eq!(
+        driver.write(0, &data, 256 << 10),
+        IOERR,
+        "hda lost writes: a write with a part on it fails"
+    );
+    // VBD sectors 256..512 are hdb's: it is not concerned.
+    assert_eq!(driver.write(256, &[4; 1024], 512), OK);
+    assert_eq!(backend.read_image("hdb", 8192 * 512, 1024), vec![4; 1024]);
     let log = backend.log();
     let said = format!("disk hda ({}): a write failed", disk.path().display());
     assert_eq!(log.matches(&said).count(), 1, "said once: {log}");
