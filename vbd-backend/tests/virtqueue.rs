@@ -249,9 +249,7 @@ fn a_disk_that_failed_a_guest_write_fails_its_later_writes_and_the_flush() {
     // hdb is not concerned: the part of the VBD on it is written, though not flushed.
     assert_eq!(driver.write(0, &[2; 512], 512), OK);
     assert_eq!(backend.read_image("hdb", 1000 * 512, 512), vec![2; 512]);
-    let log = backend.log();
-    let said = format!("disk hda ({}): a write failed", disk.path().display());
-    assert_eq!(log.matches(&said).count(), 1, "said once: {log}");
+    assert_hda_failure_said_once(&backend, &disk);
 }
 
 #[test]
@@ -277,6 +275,11 @@ fn a_large_write_over_two_disks_that_fails_on_one_marks_that_disk_only() {
     // VBD sectors 256..512 are hdb's: it is not concerned.
     assert_eq!(driver.write(256, &[4; 1024], 512), OK);
     assert_eq!(backend.read_image("hdb", 8192 * 512, 1024), vec![4; 1024]);
+    assert_hda_failure_said_once(&backend, &disk);
+}
+
+/// The log names hda, the faulty disk, as having failed a write, once.
+fn assert_hda_failure_said_once(backend: &Backend, disk: &FaultyDisk) {
     let log = backend.log();
     let said = format!("disk hda ({}): a write failed", disk.path().display());
     assert_eq!(log.matches(&said).count(), 1, "said once: {log}");

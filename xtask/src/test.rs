@@ -19,14 +19,17 @@ struct Tally {
 impl Tally {
     /// Add the counts of one `test result: ok. 28 passed; 0 failed; ...` line or one
     /// `Summary [ 75.8s] 473 tests run: 471 passed (1 slow), 1 failed, 1 timed out, ...` line.
+    /// cargo test's line starts the line: the same words indented are a failed test's
+    /// output, which nextest shows, and were counted in its summary already.
     fn add_line(&mut self, line: &str) {
-        let line = line.trim();
+        let line = line.trim_end();
         let (parts, separator) = if let Some(rest) = line.strip_prefix("test result: ") {
             let rest = rest
                 .trim_start_matches("ok. ")
                 .trim_start_matches("FAILED. ");
             (rest, ';')
         } else if let Some((_, rest)) = line
+            .trim_start()
             .strip_prefix("Summary [")
             .and_then(|rest| rest.split_once(" run: "))
         {
@@ -171,6 +174,7 @@ mod tests {
         tally.add_line("test passed_and_failed ... ok");
         tally.add_line("     Summary [  75.865s] 473 tests run: 470 passed (1 slow), 2 failed, 1 timed out, 0 skipped");
         tally.add_line("        FAIL [   0.442s] (378/473) vbd-backend polling::tests::it_stops");
+        tally.add_line("    test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured");
         tally.add_line("     Summary [   1.000s] 1 test run: 1 passed, 0 skipped");
         assert_eq!(
             tally,
