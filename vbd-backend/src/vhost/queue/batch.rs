@@ -193,10 +193,10 @@ impl<'a> Round<'a, '_> {
         request: &mut Pending,
         translation: &Translation<'_, 'static>,
     ) {
+        let workers = to_workers(u64::from(request.input), request.queued);
+        request.queued += self.pieces.bytes();
         let queued = self.pieces.take(|disk, offset, slices| {
             let registration = translation.registration();
-            let workers = to_workers(u64::from(request.input), request.queued);
-            request.queued += slices.iter().map(|slice| slice.len() as u64).sum::<u64>();
             batch.read(
                 token as u64,
                 disk.file(),

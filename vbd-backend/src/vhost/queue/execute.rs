@@ -226,6 +226,11 @@ impl<'m> Pieces<'m> {
         self.start.is_none()
     }
 
+    /// The bytes of the run gathered: from its first slice's offset to just past its last.
+    pub(super) fn bytes(&self) -> u64 {
+        self.start.map_or(0, |(_, offset)| self.end - offset)
+    }
+
     /// Hand the run gathered, if any, to `each` (its disk, its offset and its slices) and
     /// empty it.
     pub(super) fn take<R>(
