@@ -8,6 +8,7 @@
 mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use common::*;
 use hv_vbd::{Access, Request, Segment, VbdId};
@@ -133,7 +134,17 @@ fn no_write_translated_before_a_removal_lands_after_it_completes() {
             scope.spawn(move || guest_writer(table, domain, stop, landed));
         }
         let writable = Mode::READ | Mode::WRITE;
-        for round in 0..600u32 {
+        // At least 600 hand-overs, and more on a loaded machine, until each guest's writer
+        // has been scheduled to write: the race must run with both (bounded, so a writer
+        // that never writes still fails the check below).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let both_wrote = || {
+            landed
+                .iter()
+                .all(|landed| landed.load(Ordering::Relaxed) > 0)
+        };
+        let mut round = 0u32;
+        while round < 600 || (!both_wrote() && Instant::now() < deadline) {
             // The two guests take turns owning the same extents; each hand-over goes
             // through a different kind of removal.
             let domain = [GUEST, OTHER_GUEST][round as usize % 2];
@@ -165,6 +176,7 @@ fn no_write_translated_before_a_removal_lands_after_it_completes() {
                 }
             }
             OWNER.store(0, Ordering::SeqCst);
+            round += 1;
         }
         stop.store(true, Ordering::Relaxed);
     });
