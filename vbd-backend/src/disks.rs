@@ -270,6 +270,19 @@ impl Disk {
         )?)
     }
 
+    /// The file, for a write made elsewhere (on io_uring), unless the disk has lost writes;
+    /// that write's failure goes through [`Disk::write_failed`].
+    pub fn file_to_write(&self) -> io::Result<&File> {
+        self.check_writable()?;
+        Ok(&self.file)
+    }
+
+    /// A write made elsewhere failed with `error`: the disk is marked if it may have lost
+    /// data, as for a write made here.
+    pub fn write_failed(&self, error: io::Error) -> io::Error {
+        self.lost_if(error, "a write", WRITE_LOSSES)
+    }
+
     /// Run `write` on the file unless the disk has lost writes; an error of it that may
     /// have lost data marks the disk.
     fn writing(&self, write: impl FnOnce(&File) -> io::Result<()>) -> io::Result<()> {

@@ -2,7 +2,10 @@
 //! each gathered into as few transfers as its translation allows, and each completed once
 //! its last transfer has. The first half of a large read's bytes, over however many disks
 //! and extents, is copied by io_uring's workers while the queue thread copies the rest, so
-//! one large request does not wait for one core's copy.
+//! one large request does not wait for one core's copy. A large write over several disks
+//! likewise: io_uring's workers write what goes to the disk its first run is on while the
+//! queue thread writes the rest (the kernel writes one file's data one write at a time, so
+//! a write to one disk gains nothing from a second thread).
 
 use std::io;
 
@@ -13,6 +16,7 @@ use vm_memory::GuestAddress;
 use super::admit::{admit, Admitted};
 use super::execute::{each_slice, transfer_alone};
 use super::Round;
+use crate::disks::Disk;
 use crate::uring::Batch;
 use crate::vhost::device::QUEUE_SIZE;
 use crate::vhost::request::{GuestBuffer, Operation, RequestError};
@@ -23,9 +27,15 @@ pub(super) const SLOT_SEGMENTS: usize = 32;
 /// Reads one batch submits before it waits for them all, so that a batch ends.
 const BATCH_READS: usize = QUEUE_SIZE as usize;
 
-/// Reads of at least this many bytes have their first half copied by io_uring's workers.
-/// Smaller ones are copied faster than a worker wakes.
+/// Reads of at least this many bytes have their first half copied by io_uring's workers, and
+/// writes this large over several disks have one disk's part written there. Smaller ones
+/// are copied faster than a worker wakes.
 const SPLIT_BYTES: u64 = 256 << 10;
+
+/// The data bytes of a read's or write's buffers.
+fn request_bytes(buffers: &[GuestBuffer]) -> u64 {
+    buffers.iter().map(|buffer| u64::from(buffer.length)).sum()
+}
 
 /// How many bytes of a read's transfer go to io_uring's workers: the part of the read's
 /// first half ([`SPLIT_BYTES`] or more in all, `total`) that the transfers queued before it
@@ -37,14 +47,17 @@ fn to_workers(total: u64, queued: u64) -> u64 {
     (total / 2).saturating_sub(queued)
 }
 
-/// A read of the batch whose I/O is in flight. Its in-flight registrations belong to its
-/// transfers on the ring ([`crate::uring`]), so none is let go before the kernel is done,
-/// whichever way the batch ends.
-struct Pending {
+/// A read or write of the batch whose I/O is in flight. Its in-flight registrations belong
+/// to its transfers on the ring ([`crate::uring`]), so none is let go before the kernel is
+/// done, whichever way the batch ends.
+struct Pending<'a> {
     head: u16,
     status: GuestAddress,
-    /// The data bytes the read fills in the guest.
+    /// The data bytes a read fills in the guest; 0 for a write.
     input: u32,
+    /// For a write, the disk its part on the ring goes to, which a failure there may mark
+    /// as having lost writes.
+    writing_to: Option<&'a Disk>,
     /// I/O submissions not yet completed.
     transfers: usize,
     /// Bytes of the read its transfers queued so far.
@@ -88,6 +101,15 @@ impl<'a> Round<'a, '_> {
                 }
                 // Writes need not wait for the reads in flight: virtio orders no two requests
                 // the guest has in flight together.
+                Operation::Write { sector, buffers } if request_bytes(buffers) >= SPLIT_BYTES => {
+                    let token = pending.len();
+                    let chain = (head, request.status);
+                    if let Some(started) =
+                        self.submit_write(batch, token, chain, *sector, buffers, segments)
+                    {
+                        pending.push(started);
+                    }
+                }
                 Operation::Write { .. } => {
                     let result = self.execute(&request.operation);
                     self.complete(head, request.status, result);
@@ -116,10 +138,10 @@ impl<'a> Round<'a, '_> {
         sector: u64,
         buffers: &[GuestBuffer],
         segments: &mut [Segment],
-    ) -> Option<Pending> {
+    ) -> Option<Pending<'a>> {
         let (head, status) = chain;
         let translator = &mut *self.translator;
-        let total: u64 = buffers.iter().map(|buffer| u64::from(buffer.length)).sum();
+        let total = request_bytes(buffers);
         let translated =
             hv_vbd::Request::from_bytes(Access::Read, sector, total).and_then(|hv_request| {
                 translator.translate_into(&self.queue.target.vbd, &hv_request, segments)
@@ -149,6 +171,7 @@ impl<'a> Round<'a, '_> {
             status,
             // At most `u32::MAX - 1`: parsing bounds a request's data.
             input: total as u32,
+            writing_to: None,
             transfers: 0,
             queued: 0,
             error: None,
@@ -184,13 +207,123 @@ impl<'a> Round<'a, '_> {
         Some(request)
     }
 
+    /// Translate the large write of `buffers` to `sector` into `segments`; when they lie on
+    /// more than one disk, queue the runs bound for the first one's disk on the ring as
+    /// request `token` and write the others at once. Returns the request while its part on
+    /// the ring is in flight; `None` once it has been completed here.
+    fn submit_write(
+        &mut self,
+        batch: &mut Batch<'_, 'a>,
+        token: usize,
+        chain: (u16, GuestAddress),
+        sector: u64,
+        buffers: &[GuestBuffer],
+        segments: &mut [Segment],
+    ) -> Option<Pending<'a>> {
+        let (head, status) = chain;
+        let translator = &mut *self.translator;
+        let total = request_bytes(buffers);
+        let translated =
+            hv_vbd::Request::from_bytes(Access::Write, sector, total).and_then(|hv_request| {
+                translator.translate_into(&self.queue.target.vbd, &hv_request, segments)
+            });
+        let translation = match translated {
+            Ok(translation) => translation,
+            Err(Error::TooBig) => {
+                let result = transfer_alone(
+                    self.queue,
+                    Access::Write,
+                    sector,
+                    buffers,
+                    self.memory,
+                    translator,
+                );
+                self.complete(head, status, result);
+                return None;
+            }
+            Err(error) => {
+                self.complete(head, status, Err(error.into()));
+                return None;
+            }
+        };
+        let ring_device = match translation.segments() {
+            [first, rest @ ..] if rest.iter().any(|other| other.device != first.device) => {
+                Some(first.device)
+            }
+            _ => None,
+        };
+        let mut request = Pending {
+            head,
+            status,
+            input: 0,
+            writing_to: None,
+            transfers: 0,
+            queued: 0,
+            error: None,
+        };
+        self.pieces.clear();
+        let walked = each_slice(
+            self.queue,
+            &translation,
+            buffers,
+            self.memory,
+            |disk, offset, slice| {
+                if !self.pieces.extends(disk, offset) {
+                    self.write_pieces(batch, token, &mut request, &translation, ring_device)?;
+                    self.pieces.start(disk, offset);
+                }
+                self.pieces.push(slice, offset + slice.len() as u64);
+                Ok(())
+            },
+        )
+        .and_then(|()| self.write_pieces(batch, token, &mut request, &translation, ring_device));
+        if let Err(error) = walked {
+            self.pieces.clear();
+            request.error = Some(error);
+        }
+        drop(translation);
+        if request.transfers == 0 {
+            let result = request.error.map_or(Ok(0), Err);
+            self.complete(head, status, result);
+            return None;
+        }
+        Some(request)
+    }
+
+    /// Write the `pieces` gathered (one contiguous run of one disk): on the ring when they
+    /// go to `ring_device`, holding a registration of `translation` until the kernel is
+    /// done; otherwise at once. The first error ends the request's walk.
+    fn write_pieces(
+        &mut self,
+        batch: &mut Batch<'_, 'a>,
+        token: usize,
+        request: &mut Pending<'a>,
+        translation: &Translation<'_, 'static>,
+        ring_device: Option<shared_abi::DeviceNumber>,
+    ) -> Result<(), RequestError> {
+        let written = self.pieces.take(|disk, offset, slices| {
+            if ring_device != Some(disk.device) {
+                return disk.write_guest_at(offset, slices);
+            }
+            let registration = translation.registration();
+            disk.file_to_write()
+                .and_then(|file| batch.write(token as u64, file, offset, slices, registration))?;
+            request.writing_to = Some(disk);
+            request.transfers += 1;
+            Ok(())
+        });
+        written
+            .unwrap_or(Ok(()))
+            .map_err(|error| self.failed(error))
+    }
+
     /// Queue the read `pieces` gathered (one contiguous run of one disk) as one transfer,
     /// which holds a registration of `translation` until the kernel has finished it.
     fn queue_pieces(
         &mut self,
         batch: &mut Batch<'_, 'a>,
         token: usize,
-        request: &mut Pending,
+        request: &mut Pending<'a>,
         translation: &Translation<'_, 'static>,
     ) {
         let workers = to_workers(u64::from(request.input), request.queued);
@@ -215,13 +348,21 @@ impl<'a> Round<'a, '_> {
 
     /// Wait for every transfer of the batch, completing each request once its last one has,
     /// and signal the guest after every round of completions.
-    fn finish(&mut self, batch: &mut Batch<'_, 'a>, pending: &mut Vec<Pending>) -> io::Result<()> {
+    fn finish(
+        &mut self,
+        batch: &mut Batch<'_, 'a>,
+        pending: &mut Vec<Pending<'a>>,
+    ) -> io::Result<()> {
         while batch.in_flight() > 0 {
             for (token, result) in batch.finish_some()? {
                 let Some(request) = pending.get_mut(token as usize) else {
                     continue;
                 };
                 if let Err(error) = result {
+                    let error = match request.writing_to {
+                        Some(disk) => disk.write_failed(error),
+                        None => error,
+                    };
                     request.error = Some(self.failed(error));
                 }
                 request.transfers -= 1;

@@ -9,7 +9,9 @@
 //! byte; the others of the batch go on.
 //!
 //! Writes run at once with `pwrite` on the queue thread, beside the reads in flight (io_uring
-//! does not pay for buffered writes here: [`crate::uring`]). Flush, discard and write-zeroes
+//! does not pay for buffered writes here: [`crate::uring`]), except the part of a large write
+//! over several disks that goes to the disk of its first run, which io_uring's workers write
+//! meanwhile, holding the translation as reads do ([`batch`]). Flush, discard and write-zeroes
 //! run after every request popped before them has completed, as they did when requests ran
 //! one at a time. A read whose translation has more pieces than a batch slot holds, and every
 //! read when the kernel gives no io_uring, runs on its own with `pread` ([`crate::sys`]).
