@@ -185,8 +185,8 @@ fn the_runner_and_fio_get_the_same_job() {
             2
         )),
         "fio --name=r0_host_fio_write_1m_qd8 --filename=/b/host.img --size=134217728 \
-         --ioengine=io_uring --direct=0 --invalidate=0 --rw=write --bs=1048576 --iodepth=8 \
-         --time_based --runtime=2s --lat_percentiles=1 --eta=never --output-format=json"
+         --ioengine=io_uring --direct=0 --invalidate=0 --iomem=mmap --rw=write --bs=1048576 \
+         --iodepth=8 --time_based --runtime=2s --lat_percentiles=1 --eta=never --output-format=json"
     );
 }
 
