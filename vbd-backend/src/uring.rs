@@ -577,12 +577,28 @@ mod tests {
             .unwrap()
     }
 
+    /// Wait for every transfer of `batch`: each one's token and result, by token.
+    fn finish_all(batch: &mut Batch<'_, '_>) -> Vec<(u64, io::Result<()>)> {
+        let mut finished = Vec::new();
+        while batch.in_flight() > 0 {
+            finished.extend(batch.finish_some().unwrap());
+        }
+        finished.sort_by_key(|(token, _)| *token);
+        finished
+    }
+
+    /// [`finish_all`], each result told only as done or failed.
+    fn outcomes(batch: &mut Batch<'_, '_>) -> Vec<(u64, bool)> {
+        let finished = finish_all(batch);
+        finished.into_iter().map(|(t, r)| (t, r.is_ok())).collect()
+    }
+
     #[test]
     fn reads_of_one_and_many_slices_land_in_order_and_each_reports_its_token() {
         let (file, bytes) = patterned_file();
         let memory = memory();
         let mut ring = Ring::new(8).unwrap();
-        let mut finished = ring.batch(|batch| {
+        let tokens = ring.batch(|batch| {
             batch
                 .read(
                     7,
@@ -601,14 +617,8 @@ mod tests {
             batch
                 .read(9, file.as_file(), 40000, &scattered, held(), 0)
                 .unwrap();
-            let mut finished = Vec::new();
-            while batch.in_flight() > 0 {
-                finished.extend(batch.finish_some().unwrap());
-            }
-            finished
+            outcomes(batch)
         });
-        finished.sort_by_key(|(token, _)| *token);
-        let tokens: Vec<(u64, bool)> = finished.iter().map(|(t, r)| (*t, r.is_ok())).collect();
         assert_eq!(tokens, [(7, true), (9, true)]);
         let read = |at: u64, length: usize| guest_bytes(&memory, at, length);
         assert_eq!(read(0x1000, 4096), bytes[512..4608]);
@@ -694,11 +704,7 @@ mod tests {
                     0,
                 )
                 .unwrap();
-            let mut finished = Vec::new();
-            while batch.in_flight() > 0 {
-                finished.extend(batch.finish_some().unwrap());
-            }
-            finished.sort_by_key(|(token, _)| *token);
+            let finished = finish_all(batch);
             assert_eq!(finished[0].0, 4);
             assert_eq!(
                 finished[0].1.as_ref().unwrap_err().kind(),
@@ -726,7 +732,7 @@ mod tests {
         ];
         let on_workers = [slice(&memory, 3 * length as u64, length)];
         let mut ring = Ring::new(4).unwrap();
-        let mut reported: Vec<(u64, bool)> = ring.batch(|batch| {
+        let reported = ring.batch(|batch| {
             // Not on a page boundary: cut at the page below.
             let to_workers = length as u64 / 2 + 100;
             batch
@@ -742,13 +748,8 @@ mod tests {
             batch
                 .read(3, file.as_file(), 0, &on_workers, held(), u64::MAX)
                 .unwrap();
-            let mut reported = Vec::new();
-            while batch.in_flight() > 0 {
-                reported.extend(batch.finish_some().unwrap().map(|(t, r)| (t, r.is_ok())));
-            }
-            reported
+            outcomes(batch)
         });
-        reported.sort();
         assert_eq!(
             reported,
             [(1, true), (2, false), (3, true)],
@@ -779,18 +780,13 @@ mod tests {
             .unwrap();
         let read_only = std::fs::File::open(file.path()).unwrap();
         let mut ring = Ring::new(4).unwrap();
-        let mut reported: Vec<(u64, bool)> = ring.batch(|batch| {
+        let reported = ring.batch(|batch| {
             let two = [slice(&memory, 0x1000, 3000), slice(&memory, 0x8000, 5000)];
             batch.write(1, file.as_file(), 1000, &two, held()).unwrap();
             let one = [slice(&memory, 0x1000, 512)];
             batch.write(2, &read_only, 0, &one, held()).unwrap();
-            let mut reported = Vec::new();
-            while batch.in_flight() > 0 {
-                reported.extend(batch.finish_some().unwrap().map(|(t, r)| (t, r.is_ok())));
-            }
-            reported
+            outcomes(batch)
         });
-        reported.sort();
         assert_eq!(reported, [(1, true), (2, false)]);
         bytes[1000..4000].fill(7);
         bytes[4000..9000].fill(9);
@@ -823,9 +819,7 @@ mod tests {
                 }
                 std::thread::sleep(std::time::Duration::from_millis(1));
             };
-            while batch.in_flight() > 0 {
-                batch.finish_some().unwrap().for_each(drop);
-            }
+            finish_all(batch);
             landed
         });
         assert!(landed, "the write waited for the batch to be submitted");

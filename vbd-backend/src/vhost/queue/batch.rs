@@ -126,6 +126,39 @@ impl<'a> Round<'a, '_> {
         Ok(reads == BATCH_READS)
     }
 
+    /// Translate the read or write of `buffers` at `sector` into `segments`. `None` once the
+    /// request has been completed here instead: refused by the translation, or run on its
+    /// own ([`transfer_alone`], with a buffer that grows) for having more pieces than a slot
+    /// holds.
+    fn translate<'s>(
+        &mut self,
+        access: Access,
+        chain: (u16, GuestAddress),
+        sector: u64,
+        buffers: &[GuestBuffer],
+        segments: &'s mut [Segment],
+    ) -> Option<Translation<'s, 'static>> {
+        let (head, status) = chain;
+        let total = request_bytes(buffers);
+        let translated = hv_vbd::Request::from_bytes(access, sector, total).and_then(|request| {
+            (self.translator).translate_into(&self.queue.target.vbd, &request, segments)
+        });
+        let result = match translated {
+            Ok(translation) => return Some(translation),
+            Err(Error::TooBig) => transfer_alone(
+                self.queue,
+                access,
+                sector,
+                buffers,
+                self.memory,
+                self.translator,
+            ),
+            Err(error) => Err(error.into()),
+        };
+        self.complete(head, status, result);
+        None
+    }
+
     /// Translate the read of `buffers` from `sector` into `segments` and queue its
     /// transfers as request `token`, each holding a registration of the translation.
     /// Returns the request while its I/O is in flight; `None` once it has been completed
@@ -139,33 +172,9 @@ impl<'a> Round<'a, '_> {
         buffers: &[GuestBuffer],
         segments: &mut [Segment],
     ) -> Option<Pending<'a>> {
+        let translation = self.translate(Access::Read, chain, sector, buffers, segments)?;
         let (head, status) = chain;
-        let translator = &mut *self.translator;
         let total = request_bytes(buffers);
-        let translated =
-            hv_vbd::Request::from_bytes(Access::Read, sector, total).and_then(|hv_request| {
-                translator.translate_into(&self.queue.target.vbd, &hv_request, segments)
-            });
-        let translation = match translated {
-            Ok(translation) => translation,
-            Err(Error::TooBig) => {
-                // More pieces than a slot holds: on its own, with a buffer that grows.
-                let result = transfer_alone(
-                    self.queue,
-                    Access::Read,
-                    sector,
-                    buffers,
-                    self.memory,
-                    translator,
-                );
-                self.complete(head, status, result);
-                return None;
-            }
-            Err(error) => {
-                self.complete(head, status, Err(error.into()));
-                return None;
-            }
-        };
         let mut request = Pending {
             head,
             status,
@@ -220,32 +229,8 @@ impl<'a> Round<'a, '_> {
         buffers: &[GuestBuffer],
         segments: &mut [Segment],
     ) -> Option<Pending<'a>> {
+        let translation = self.translate(Access::Write, chain, sector, buffers, segments)?;
         let (head, status) = chain;
-        let translator = &mut *self.translator;
-        let total = request_bytes(buffers);
-        let translated =
-            hv_vbd::Request::from_bytes(Access::Write, sector, total).and_then(|hv_request| {
-                translator.translate_into(&self.queue.target.vbd, &hv_request, segments)
-            });
-        let translation = match translated {
-            Ok(translation) => translation,
-            Err(Error::TooBig) => {
-                let result = transfer_alone(
-                    self.queue,
-                    Access::Write,
-                    sector,
-                    buffers,
-                    self.memory,
-                    translator,
-                );
-                self.complete(head, status, result);
-                return None;
-            }
-            Err(error) => {
-                self.complete(head, status, Err(error.into()));
-                return None;
-            }
-        };
         let ring_device = match translation.segments() {
             [first, rest @ ..] if rest.iter().any(|other| other.device != first.device) => {
                 Some(first.device)
