@@ -65,6 +65,23 @@ struct Pending<'a> {
     error: Option<RequestError>,
 }
 
+impl Pending<'_> {
+    /// A request of `chain` (its head and status byte) filling `input` bytes of the guest's
+    /// memory, nothing of it in flight yet.
+    fn new(chain: (u16, GuestAddress), input: u32) -> Self {
+        let (head, status) = chain;
+        Pending {
+            head,
+            status,
+            input,
+            writing_to: None,
+            transfers: 0,
+            queued: 0,
+            error: None,
+        }
+    }
+}
+
 impl<'a> Round<'a, '_> {
     /// Pop chains until the ring is empty or [`BATCH_READS`] reads were popped, submit the
     /// reads together, and complete them all. `true` when it stopped at that bound, with
@@ -173,47 +190,14 @@ impl<'a> Round<'a, '_> {
         segments: &mut [Segment],
     ) -> Option<Pending<'a>> {
         let translation = self.translate(Access::Read, chain, sector, buffers, segments)?;
-        let (head, status) = chain;
-        let total = request_bytes(buffers);
-        let mut request = Pending {
-            head,
-            status,
-            // At most `u32::MAX - 1`: parsing bounds a request's data.
-            input: total as u32,
-            writing_to: None,
-            transfers: 0,
-            queued: 0,
-            error: None,
-        };
-        self.pieces.clear();
-        let walked = each_slice(
-            self.queue,
-            &translation,
-            buffers,
-            self.memory,
-            |disk, offset, slice| {
-                if !self.pieces.extends(disk, offset) {
-                    self.queue_pieces(batch, token, &mut request, &translation);
-                    self.pieces.start(disk, offset);
-                }
-                self.pieces.push(slice, offset + slice.len() as u64);
-                Ok(())
-            },
-        );
-        if let Err(error) = walked {
-            request.error = Some(error);
-        }
-        if request.error.is_none() {
-            self.queue_pieces(batch, token, &mut request, &translation);
-        }
+        // At most `u32::MAX - 1`: parsing bounds a request's data.
+        let mut request = Pending::new(chain, request_bytes(buffers) as u32);
+        let walked = self.each_run(&translation, buffers, |round| {
+            round.queue_pieces(batch, token, &mut request, &translation)
+        });
         // The transfers queued hold registrations of their own; this one may go.
         drop(translation);
-        if request.transfers == 0 {
-            let result = request.error.map_or(Ok(request.input), Err);
-            self.complete(head, status, result);
-            return None;
-        }
-        Some(request)
+        self.started(request, walked)
     }
 
     /// Translate the large write of `buffers` to `sector` into `segments`; when they lie on
@@ -230,49 +214,64 @@ impl<'a> Round<'a, '_> {
         segments: &mut [Segment],
     ) -> Option<Pending<'a>> {
         let translation = self.translate(Access::Write, chain, sector, buffers, segments)?;
-        let (head, status) = chain;
         let ring_device = match translation.segments() {
             [first, rest @ ..] if rest.iter().any(|other| other.device != first.device) => {
                 Some(first.device)
             }
             _ => None,
         };
-        let mut request = Pending {
-            head,
-            status,
-            input: 0,
-            writing_to: None,
-            transfers: 0,
-            queued: 0,
-            error: None,
-        };
+        let mut request = Pending::new(chain, 0);
+        let walked = self.each_run(&translation, buffers, |round| {
+            round.write_pieces(batch, token, &mut request, &translation, ring_device)
+        });
+        drop(translation);
+        self.started(request, walked)
+    }
+
+    /// Walk `translation` over the guest's `buffers`, gathering in [`Round::pieces`] the
+    /// slices that lie end to end on one disk, and call `run` to take each run gathered;
+    /// the first error ends the walk.
+    fn each_run(
+        &mut self,
+        translation: &Translation<'_, 'static>,
+        buffers: &[GuestBuffer],
+        mut run: impl FnMut(&mut Self) -> Result<(), RequestError>,
+    ) -> Result<(), RequestError> {
         self.pieces.clear();
-        let walked = each_slice(
-            self.queue,
-            &translation,
+        let (queue, memory) = (self.queue, self.memory);
+        each_slice(
+            queue,
+            translation,
             buffers,
-            self.memory,
+            memory,
             |disk, offset, slice| {
                 if !self.pieces.extends(disk, offset) {
-                    self.write_pieces(batch, token, &mut request, &translation, ring_device)?;
+                    run(self)?;
                     self.pieces.start(disk, offset);
                 }
                 self.pieces.push(slice, offset + slice.len() as u64);
                 Ok(())
             },
-        )
-        .and_then(|()| self.write_pieces(batch, token, &mut request, &translation, ring_device));
+        )?;
+        run(self)
+    }
+
+    /// `request` once its walk has `walked`: in flight, or, when none of its transfers is,
+    /// completed here (`None`).
+    fn started(
+        &mut self,
+        mut request: Pending<'a>,
+        walked: Result<(), RequestError>,
+    ) -> Option<Pending<'a>> {
         if let Err(error) = walked {
-            self.pieces.clear();
             request.error = Some(error);
         }
-        drop(translation);
-        if request.transfers == 0 {
-            let result = request.error.map_or(Ok(0), Err);
-            self.complete(head, status, result);
-            return None;
+        if request.transfers > 0 {
+            return Some(request);
         }
-        Some(request)
+        let result = request.error.map_or(Ok(request.input), Err);
+        self.complete(request.head, request.status, result);
+        None
     }
 
     /// Write the `pieces` gathered (one contiguous run of one disk): on the ring when they
@@ -310,7 +309,7 @@ impl<'a> Round<'a, '_> {
         token: usize,
         request: &mut Pending<'a>,
         translation: &Translation<'_, 'static>,
-    ) {
+    ) -> Result<(), RequestError> {
         let workers = to_workers(u64::from(request.input), request.queued);
         request.queued += self.pieces.bytes();
         let queued = self.pieces.take(|disk, offset, slices| {
@@ -326,9 +325,10 @@ impl<'a> Round<'a, '_> {
         });
         match queued {
             Some(Ok(())) => request.transfers += 1,
-            Some(Err(error)) => request.error = Some(self.failed(error)),
+            Some(Err(error)) => return Err(self.failed(error)),
             None => {}
         }
+        Ok(())
     }
 
     /// Wait for every transfer of the batch, completing each request once its last one has,
