@@ -514,7 +514,7 @@ impl Drop for Batch<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
+    use std::io::{Read, Write};
     use std::os::unix::fs::FileExt;
     use std::sync::OnceLock;
     use std::time::Duration;
@@ -874,13 +874,14 @@ mod tests {
         assert_eq!(guest_bytes(&memory, 0, 7 * 4096), bytes[..7 * 4096]);
     }
 
-    #[test]
-    fn a_reads_registration_is_let_go_only_once_the_kernel_finished_it_even_if_the_batch_is_left_early(
+    /// Queue with `queue`, on a batch left early, one transfer made from a translation of a
+    /// VBD deleted since, which the kernel can finish only once `unblock` has run (on another
+    /// thread, 50 ms later): the delete's fence must wait for the kernel, not for the batch.
+    fn assert_the_fence_waits_for_the_kernel<'m>(
+        queue: impl FnOnce(&mut Batch<'_, 'm>, InFlight<'static>),
+        unblock: impl FnOnce() + Send,
     ) {
         let (table, vbd) = a_table_with_a_vbd();
-        let (reader, mut writer) = std::io::pipe().unwrap();
-        let disk = File::from(std::os::fd::OwnedFd::from(reader));
-        let memory = memory();
         let mut ring = Ring::new(4).unwrap();
         // Translated before the delete: the delete's fence waits for it.
         let registration = registration_of(table, &vbd);
@@ -888,21 +889,60 @@ mod tests {
         let fence = &removal.fence;
         std::thread::scope(|scope| {
             ring.batch(|batch| {
-                batch
-                    .read(1, &disk, 0, &[slice(&memory, 0, 512)], registration, 0)
-                    .unwrap();
-                assert!(!fence.is_complete(), "the read is queued");
-                // Left with the read in flight: the drop waits for the kernel, which waits
-                // for the pipe, which another thread writes once it has looked at the fence.
+                queue(batch, registration);
+                assert!(!fence.is_complete(), "the transfer is queued");
+                // Left with the transfer in flight: the drop waits for the kernel, which
+                // waits for the other thread, which looks at the fence first.
                 scope.spawn(move || {
                     std::thread::sleep(Duration::from_millis(50));
                     let held = !fence.is_complete();
-                    writer.write_all(&[0x5a; 512]).unwrap();
-                    assert!(held, "the fence passed while the batch waited for the read");
+                    unblock();
+                    assert!(
+                        held,
+                        "the fence passed while the batch waited for the transfer"
+                    );
                 });
             });
-            assert!(fence.is_complete(), "the read is over");
+            assert!(fence.is_complete(), "the transfer is over");
         });
+    }
+
+    #[test]
+    fn a_reads_registration_is_let_go_only_once_the_kernel_finished_it_even_if_the_batch_is_left_early(
+    ) {
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        let disk = File::from(std::os::fd::OwnedFd::from(reader));
+        let memory = memory();
+        assert_the_fence_waits_for_the_kernel(
+            |batch, registration| {
+                let into = [slice(&memory, 0, 512)];
+                batch.read(1, &disk, 0, &into, registration, 0).unwrap();
+            },
+            move || writer.write_all(&[0x5a; 512]).unwrap(),
+        );
         assert_eq!(guest_bytes(&memory, 0, 512), [0x5a; 512]);
+    }
+
+    #[test]
+    fn a_writes_registration_is_let_go_only_once_the_kernel_finished_it_even_if_the_batch_is_left_early(
+    ) {
+        let (mut reader, mut writer) = std::io::pipe().unwrap();
+        // A pipe holds 16 pages unless resized: full, it makes the write wait until the
+        // other end is read.
+        let room = 16 * PAGE_BYTES as usize;
+        writer.write_all(&vec![0; room]).unwrap();
+        let disk = File::from(std::os::fd::OwnedFd::from(writer));
+        let memory = memory();
+        memory.write_slice(&[0x77; 512], GuestAddress(0)).unwrap();
+        assert_the_fence_waits_for_the_kernel(
+            |batch, registration| {
+                let from = [slice(&memory, 0, 512)];
+                batch.write(1, &disk, 0, &from, registration).unwrap();
+            },
+            move || {
+                let mut drained = vec![0; room];
+                reader.read_exact(&mut drained).unwrap();
+            },
+        );
     }
 }
