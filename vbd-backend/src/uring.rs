@@ -242,8 +242,8 @@ impl<'m> Batch<'_, 'm> {
         Ok(())
     }
 
-    /// A free slot, filled with a read of `file` at `offset` into `slices`, counted in flight
-    /// but not yet submitted.
+    /// A free slot, filled with a read of `file` at `offset` into `slices` (which the caller
+    /// may mark a write), counted in flight but not yet submitted.
     fn take_slot(
         &mut self,
         token: u64,
