@@ -286,8 +286,7 @@ impl Disk {
     /// Run `write` on the file unless the disk has lost writes; an error of it that may
     /// have lost data marks the disk.
     fn writing(&self, write: impl FnOnce(&File) -> io::Result<()>) -> io::Result<()> {
-        self.check_writable()?;
-        write(&self.file).map_err(|error| self.lost_if(error, "a write", WRITE_LOSSES))
+        write(self.file_to_write()?).map_err(|error| self.write_failed(error))
     }
 
     /// Whether writes and flushes may still run: an error naming the disk once it has lost

@@ -161,12 +161,9 @@ impl<'m> Batch<'_, 'm> {
             to_workers & !(PAGE_BYTES - 1)
         };
         if cut == 0 || cut == total {
-            self.make_room(1)?;
-            let index = self.take_slot(token, file, offset, slices.iter().copied(), registration);
-            self.state.transfers[index].on_workers = cut == total;
-            return self.push(index).inspect_err(|_| {
-                // Not submitted: nothing to wait for.
-                self.release(index);
+            let on_workers = cut == total;
+            return self.queue_whole(token, file, offset, slices, registration, |transfer| {
+                transfer.on_workers = on_workers;
             });
         }
         self.make_room(2)?;
@@ -217,19 +214,34 @@ impl<'m> Batch<'_, 'm> {
         registration: InFlight<'static>,
     ) -> io::Result<()> {
         checked_total(offset, slices)?;
-        self.make_room(1)?;
-        let index = self.take_slot(token, file, offset, slices.iter().copied(), registration);
-        let transfer = &mut self.state.transfers[index];
-        transfer.write = true;
-        transfer.on_workers = true;
-        self.push(index).inspect_err(|_| {
-            // Not submitted: nothing to wait for.
-            self.release(index);
+        self.queue_whole(token, file, offset, slices, registration, |transfer| {
+            transfer.write = true;
+            transfer.on_workers = true;
         })?;
         // Queued, so in flight whatever this returns: a ring that fails to submit now fails
         // again, and says so, when the batch waits for it.
         let _ = self.enter(0);
         Ok(())
+    }
+
+    /// Queue all of `slices` as one transfer, read here unless `mark` makes it a write or
+    /// sends it to io_uring's workers; nothing is left queued when it fails.
+    fn queue_whole(
+        &mut self,
+        token: u64,
+        file: &'m File,
+        offset: u64,
+        slices: &[VolatileSlice<'m>],
+        registration: InFlight<'static>,
+        mark: impl FnOnce(&mut Transfer),
+    ) -> io::Result<()> {
+        self.make_room(1)?;
+        let index = self.take_slot(token, file, offset, slices.iter().copied(), registration);
+        mark(&mut self.state.transfers[index]);
+        self.push(index).inspect_err(|_| {
+            // Not submitted: nothing to wait for.
+            self.release(index);
+        })
     }
 
     /// Wait until `parts` more transfers fit beside those in flight: never more in flight
@@ -562,6 +574,17 @@ mod tests {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x20000)]).unwrap()
     }
 
+    /// Guest memory holding, for each `(at, byte, length)`, `length` copies of `byte` at `at`.
+    fn memory_holding(runs: &[(u64, u8, usize)]) -> GuestMemoryMmap<()> {
+        let memory = memory();
+        for &(at, byte, length) in runs {
+            memory
+                .write_slice(&vec![byte; length], GuestAddress(at))
+                .unwrap();
+        }
+        memory
+    }
+
     /// What guest memory holds at `at`.
     fn guest_bytes(memory: &GuestMemoryMmap<()>, at: u64, length: usize) -> Vec<u8> {
         let mut out = vec![0; length];
@@ -771,13 +794,7 @@ mod tests {
     #[test]
     fn writes_on_the_workers_land_in_order_and_a_failed_one_is_reported() {
         let (file, mut bytes) = patterned_file();
-        let memory = memory();
-        memory
-            .write_slice(&[7; 3000], GuestAddress(0x1000))
-            .unwrap();
-        memory
-            .write_slice(&[9; 5000], GuestAddress(0x8000))
-            .unwrap();
+        let memory = memory_holding(&[(0x1000, 7, 3000), (0x8000, 9, 5000)]);
         let read_only = std::fs::File::open(file.path()).unwrap();
         let mut ring = Ring::new(4).unwrap();
         let reported = ring.batch(|batch| {
@@ -799,10 +816,7 @@ mod tests {
     #[test]
     fn a_write_on_the_workers_starts_before_the_batch_waits() {
         let (file, mut bytes) = patterned_file();
-        let memory = memory();
-        memory
-            .write_slice(&[5; 4096], GuestAddress(0x1000))
-            .unwrap();
+        let memory = memory_holding(&[(0x1000, 5, 4096)]);
         bytes[..4096].fill(5);
         let mut ring = Ring::new(4).unwrap();
         let landed = ring.batch(|batch| {
@@ -932,8 +946,7 @@ mod tests {
         let room = 16 * PAGE_BYTES as usize;
         writer.write_all(&vec![0; room]).unwrap();
         let disk = File::from(std::os::fd::OwnedFd::from(writer));
-        let memory = memory();
-        memory.write_slice(&[0x77; 512], GuestAddress(0)).unwrap();
+        let memory = memory_holding(&[(0, 0x77, 512)]);
         assert_the_fence_waits_for_the_kernel(
             |batch, registration| {
                 let from = [slice(&memory, 0, 512)];

@@ -14,7 +14,7 @@ use shared_abi::Error;
 use vm_memory::GuestAddress;
 
 use super::admit::{admit, Admitted};
-use super::execute::{each_slice, transfer_alone};
+use super::execute::{each_slice, request_bytes, transfer_alone};
 use super::Round;
 use crate::disks::Disk;
 use crate::uring::Batch;
@@ -31,11 +31,6 @@ const BATCH_READS: usize = QUEUE_SIZE as usize;
 /// writes this large over several disks have one disk's part written there. Smaller ones
 /// are copied faster than a worker wakes.
 const SPLIT_BYTES: u64 = 256 << 10;
-
-/// The data bytes of a read's or write's buffers.
-fn request_bytes(buffers: &[GuestBuffer]) -> u64 {
-    buffers.iter().map(|buffer| u64::from(buffer.length)).sum()
-}
 
 /// How many bytes of a read's transfer go to io_uring's workers: the part of the read's
 /// first half ([`SPLIT_BYTES`] or more in all, `total`) that the transfers queued before it
@@ -143,7 +138,8 @@ impl<'a> Round<'a, '_> {
         Ok(reads == BATCH_READS)
     }
 
-    /// Translate the read or write of `buffers` at `sector` into `segments`. `None` once the
+    /// Translate the read or write of `buffers` (`total` bytes) at `sector` into `segments`.
+    /// `None` once the
     /// request has been completed here instead: refused by the translation, or run on its
     /// own ([`transfer_alone`], with a buffer that grows) for having more pieces than a slot
     /// holds.
@@ -152,11 +148,11 @@ impl<'a> Round<'a, '_> {
         access: Access,
         chain: (u16, GuestAddress),
         sector: u64,
+        total: u64,
         buffers: &[GuestBuffer],
         segments: &'s mut [Segment],
     ) -> Option<Translation<'s, 'static>> {
         let (head, status) = chain;
-        let total = request_bytes(buffers);
         let translated = hv_vbd::Request::from_bytes(access, sector, total).and_then(|request| {
             (self.translator).translate_into(&self.queue.target.vbd, &request, segments)
         });
@@ -189,9 +185,10 @@ impl<'a> Round<'a, '_> {
         buffers: &[GuestBuffer],
         segments: &mut [Segment],
     ) -> Option<Pending<'a>> {
-        let translation = self.translate(Access::Read, chain, sector, buffers, segments)?;
+        let total = request_bytes(buffers);
+        let translation = self.translate(Access::Read, chain, sector, total, buffers, segments)?;
         // At most `u32::MAX - 1`: parsing bounds a request's data.
-        let mut request = Pending::new(chain, request_bytes(buffers) as u32);
+        let mut request = Pending::new(chain, total as u32);
         let walked = self.each_run(&translation, buffers, |round| {
             round.queue_pieces(batch, token, &mut request, &translation)
         });
@@ -213,7 +210,8 @@ impl<'a> Round<'a, '_> {
         buffers: &[GuestBuffer],
         segments: &mut [Segment],
     ) -> Option<Pending<'a>> {
-        let translation = self.translate(Access::Write, chain, sector, buffers, segments)?;
+        let total = request_bytes(buffers);
+        let translation = self.translate(Access::Write, chain, sector, total, buffers, segments)?;
         let ring_device = match translation.segments() {
             [first, rest @ ..] if rest.iter().any(|other| other.device != first.device) => {
                 Some(first.device)

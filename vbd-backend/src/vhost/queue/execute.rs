@@ -84,7 +84,7 @@ pub(super) fn transfer_alone(
     memory: &Mapped,
     translator: &mut Translator,
 ) -> Result<u32, RequestError> {
-    let total: u64 = buffers.iter().map(|buffer| u64::from(buffer.length)).sum();
+    let total = request_bytes(buffers);
     let request = hv_vbd::Request::from_bytes(access, sector, total)?;
     let lengths = buffers.iter().map(|buffer| buffer.length as usize);
     let mut run = Pieces::default();
@@ -125,6 +125,11 @@ pub(super) fn transfer_alone(
         Access::Read => total as u32,
         Access::Write => 0,
     })
+}
+
+/// The data bytes of a read's or write's buffers.
+pub(super) fn request_bytes(buffers: &[GuestBuffer]) -> u64 {
+    buffers.iter().map(|buffer| u64::from(buffer.length)).sum()
 }
 
 /// Move the data of the slices gathered in `run`, if any, and empty it.
